@@ -1,0 +1,95 @@
+"""Choosing this host's subnet: keep the one we hold, reuse the last one, else a random free one.
+
+Pure: the caller lists the leases, we rank the options, and the caller tries them in order with a
+create-if-absent transaction. Choosing at random among the first free subnets (as flanneld does)
+keeps agents that start together from all racing for the same one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.config import NetworkConfig
+from overlayd.lease import Lease
+
+# flanneld picks among the first 100 free subnets; enough spread to avoid racing peers.
+RANDOM_POOL = 100
+
+
+class OutOfSubnets(RuntimeError):
+    """Every subnet between SubnetMin and SubnetMax is leased."""
+
+
+@dataclass(frozen=True)
+class SubnetChoice:
+    """One option for our subnet; ``existing`` is set when it is a lease we already hold."""
+
+    subnet: IPv4Network
+    existing: Lease | None = None
+
+
+def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> Lease | None:
+    """The lease that carries our PublicIP and still fits the config, if any."""
+    for lease in sorted(leases, key=lambda item: item.subnet):
+        if lease.attrs.public_ip == public_ip and config.contains_subnet(lease.subnet):
+            return lease
+    return None
+
+
+def all_subnets(config: NetworkConfig) -> Iterator[IPv4Network]:
+    """Every subnet the config hands out, SubnetMin to SubnetMax in order (lazily)."""
+    size = config.subnet_size
+    address = int(config.subnet_min)
+    while address <= int(config.subnet_max):
+        yield IPv4Network((address, config.subnet_len))
+        address += size
+
+
+def free_subnets(config: NetworkConfig, taken: Iterable[IPv4Network], limit: int) -> list[IPv4Network]:
+    """Up to ``limit`` subnets in SubnetMin..SubnetMax that overlap no taken one, in order."""
+    # Same-length leases (the usual case) are a set lookup; only odd-sized ones need overlap tests.
+    taken_list = list(taken)
+    same_len = {s for s in taken_list if s.prefixlen == config.subnet_len}
+    odd = [s for s in taken_list if s.prefixlen != config.subnet_len]
+    result: list[IPv4Network] = []
+    for subnet in all_subnets(config):
+        if subnet not in same_len and not any(subnet.overlaps(other) for other in odd):
+            result.append(subnet)
+            if len(result) >= limit:
+                break
+    return result
+
+
+def choose_subnets(
+    config: NetworkConfig,
+    leases: Iterable[Lease],
+    public_ip: IPv4Address,
+    previous: IPv4Network | None = None,
+    rng: random.Random | None = None,
+) -> list[SubnetChoice]:
+    """Options in the order to try them; raises OutOfSubnets when there are none."""
+    lease_list = list(leases)
+    mine = own_lease(config, lease_list, public_ip)
+    if mine is not None:
+        return [SubnetChoice(mine.subnet, existing=mine)]
+    taken = [lease.subnet for lease in lease_list]
+    choices: list[SubnetChoice] = []
+    if (
+        previous is not None
+        and config.contains_subnet(previous)
+        and not any(previous.overlaps(other) for other in taken)
+    ):
+        choices.append(SubnetChoice(previous))
+    pool = [s for s in free_subnets(config, taken, RANDOM_POOL) if s != previous]
+    (rng or random.Random()).shuffle(pool)
+    choices.extend(SubnetChoice(subnet) for subnet in pool)
+    if not choices:
+        raise OutOfSubnets(
+            f"out of subnets: Network {config.network} has no free /{config.subnet_len} between "
+            f"SubnetMin {config.subnet_min} and SubnetMax {config.subnet_max} "
+            f"({len(lease_list)} leases held); remove stale leases or widen the Network"
+        )
+    return choices

@@ -1,0 +1,1 @@
+"""Network backends: each programs the kernel for one flannel backend type."""

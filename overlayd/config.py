@@ -1,0 +1,211 @@
+"""The network config stored at ``<prefix>/config``: flannel's JSON, parsed, defaulted, validated.
+
+Keys are case-insensitive, as Go's ``encoding/json`` matches them, and unknown keys are ignored,
+so any config a flanneld cluster runs on is read the same way here. Every error names the key,
+the bad value and a value that would work, because the reader is an operator fixing etcd by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+DEFAULT_VXLAN_PORT = 8472
+MAX_VNI = (1 << 24) - 1
+SUPPORTED_BACKENDS = ("vxlan",)
+
+
+class ConfigError(ValueError):
+    """An invalid network config; str() is a complete message for the operator."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str = "vxlan"
+    vni: int = 1
+    port: int = DEFAULT_VXLAN_PORT
+    gbp: bool = False
+    learning: bool = False
+    direct_routing: bool = False
+    mtu: int | None = None  # None: derive from the underlay interface
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: IPv4Network
+    subnet_len: int
+    subnet_min: IPv4Address
+    subnet_max: IPv4Address
+    backend: BackendConfig
+
+    @property
+    def subnet_size(self) -> int:
+        return 1 << (32 - self.subnet_len)
+
+    def contains_subnet(self, subnet: IPv4Network) -> bool:
+        """True if subnet is one flannel would hand out under this config."""
+        return (
+            subnet.prefixlen == self.subnet_len
+            and self.subnet_min <= subnet.network_address <= self.subnet_max
+        )
+
+
+def _lower_keys(value: Mapping[str, object]) -> dict[str, object]:
+    return {str(k).lower(): v for k, v in value.items()}
+
+
+class _Fields:
+    """Typed reads from a case-insensitive JSON object, with errors naming the key."""
+
+    def __init__(self, where: str, value: Mapping[str, object], parent: str = "") -> None:
+        self.where = where
+        self.value = _lower_keys(value)
+        self.parent = parent
+
+    def fail(self, key: str, raw: object, fix: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {self.parent}{key} {raw!r} is invalid; {fix}")
+
+    def get_int(self, key: str, default: int, lo: int, hi: int) -> int:
+        raw = self.value.get(key.lower())
+        if raw is None:
+            return default
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise self.fail(key, raw, f"use a whole number between {lo} and {hi}")
+        if not lo <= raw <= hi:
+            raise self.fail(key, raw, f"use a whole number between {lo} and {hi}")
+        return raw
+
+    def get_bool(self, key: str) -> bool:
+        raw = self.value.get(key.lower())
+        if raw is None:
+            return False
+        if not isinstance(raw, bool):
+            raise self.fail(key, raw, "use true or false")
+        return raw
+
+    def get_address(self, key: str) -> IPv4Address | None:
+        raw = self.value.get(key.lower())
+        if raw is None or raw == "":
+            return None
+        fix = "use an IPv4 address such as 198.18.1.0"
+        if not isinstance(raw, str):
+            raise self.fail(key, raw, fix)
+        try:
+            return IPv4Address(raw)
+        except ValueError:
+            raise self.fail(key, raw, fix) from None
+
+
+def _parse_backend(where: str, raw: object) -> BackendConfig:
+    if raw is None:
+        return BackendConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: Backend must be a JSON object such as {{"Type": "vxlan"}}')
+    fields = _Fields(where, raw, parent="Backend.")
+    backend_type = fields.value.get("type", "vxlan")
+    if backend_type not in SUPPORTED_BACKENDS:
+        raise fields.fail(
+            "Type", backend_type, f"overlayd supports {', '.join(SUPPORTED_BACKENDS)}"
+        )
+    port = fields.get_int("Port", 0, 0, 65535) or DEFAULT_VXLAN_PORT
+    mtu_raw = fields.value.get("mtu")
+    mtu = fields.get_int("MTU", 0, 576, 65535) if mtu_raw not in (None, 0) else None
+    return BackendConfig(
+        type=str(backend_type),
+        vni=fields.get_int("VNI", 1, 0, MAX_VNI),
+        port=port,
+        gbp=fields.get_bool("GBP"),
+        learning=fields.get_bool("Learning"),
+        direct_routing=fields.get_bool("DirectRouting"),
+        mtu=mtu,
+    )
+
+
+def _parse_network(fields: _Fields) -> IPv4Network:
+    raw = fields.value.get("network")
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(
+            f'{fields.where}: Network is missing; set it to an IPv4 CIDR such as "198.18.0.0/16"'
+        )
+    try:
+        # Host bits are dropped, as flanneld does ("198.18.3.4/16" means 198.18.0.0/16).
+        return IPv4Network(raw, strict=False)
+    except ValueError:
+        raise fields.fail("Network", raw, 'use an IPv4 CIDR such as "198.18.0.0/16"') from None
+
+
+def _default_subnet_len(where: str, network: IPv4Network) -> int:
+    if network.prefixlen > 28:
+        raise ConfigError(
+            f"{where}: Network {network} is too small (/{network.prefixlen}); "
+            "use a Network of /28 or larger, such as 198.18.0.0/16"
+        )
+    return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+
+
+def _bound(
+    fields: _Fields, key: str, network: IPv4Network, subnet_len: int, default: IPv4Address
+) -> IPv4Address:
+    value = fields.get_address(key)
+    if value is None:
+        return default
+    if value not in network:
+        raise fields.fail(key, str(value), f"use an address inside Network {network}")
+    aligned = IPv4Network(f"{value}/{subnet_len}", strict=False).network_address
+    if aligned != value:
+        raise fields.fail(
+            key, str(value), f"it must start a /{subnet_len} subnet, such as {aligned}"
+        )
+    return value
+
+
+def parse_network_config(raw: str | bytes, where: str = "network config") -> NetworkConfig:
+    """Parse and validate the JSON at ``<prefix>/config``; raises ConfigError for the operator."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc}); fix the JSON text") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f'{where}: must be a JSON object such as {{"Network": "198.18.0.0/16"}}')
+    fields = _Fields(where, value)
+    network = _parse_network(fields)
+    lo, hi = network.prefixlen + 2, 30
+    if lo > hi:
+        raise ConfigError(
+            f"{where}: Network {network} is too small (/{network.prefixlen}); "
+            "use a Network of /28 or larger, such as 198.18.0.0/16"
+        )
+    raw_len = fields.value.get("subnetlen")
+    if raw_len in (None, 0):
+        subnet_len = _default_subnet_len(where, network)
+    else:
+        fix = f"use a SubnetLen between {lo} and {hi} for Network {network}"
+        if isinstance(raw_len, bool) or not isinstance(raw_len, int):
+            raise fields.fail("SubnetLen", raw_len, fix)
+        if raw_len > hi:
+            raise ConfigError(f"{where}: SubnetLen {raw_len} is larger than {hi}; {fix}")
+        if raw_len < lo:
+            raise ConfigError(
+                f"{where}: SubnetLen {raw_len} leaves Network {network} fewer than four "
+                f"subnets; {fix}"
+            )
+        subnet_len = raw_len
+    size = 1 << (32 - subnet_len)
+    first = network.network_address + size
+    last = network.broadcast_address + 1 - size
+    subnet_min = _bound(fields, "SubnetMin", network, subnet_len, first)
+    subnet_max = _bound(fields, "SubnetMax", network, subnet_len, last)
+    if subnet_min > subnet_max:
+        raise ConfigError(
+            f"{where}: SubnetMin {subnet_min} is above SubnetMax {subnet_max}; "
+            "swap them or widen the range"
+        )
+    return NetworkConfig(
+        network=network,
+        subnet_len=subnet_len,
+        subnet_min=subnet_min,
+        subnet_max=subnet_max,
+        backend=_parse_backend(where, fields.value.get("backend")),
+    )

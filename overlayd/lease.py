@@ -1,0 +1,131 @@
+"""Subnet leases as flannel stores them in etcd: the key format and the JSON value codec.
+
+Peers running flanneld read what we write and we read what they write, so the value is encoded
+byte for byte as Go's ``encoding/json`` renders flannel's ``LeaseAttrs`` struct (field order,
+no spaces, ``null`` for an absent IPv6 address).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+_KEY_RE = re.compile(
+    r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3})-(?P<len>\d{1,2})"
+    r"(?:&(?P<ip6>[0-9a-fA-F:]+)-(?P<len6>\d{1,3}))?$"
+)
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+
+
+class LeaseError(ValueError):
+    """A lease key or value that cannot be decoded; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a host publishes about itself: where to send its traffic and how."""
+
+    public_ip: IPv4Address
+    backend_type: str = "vxlan"
+    vni: int | None = None
+    vtep_mac: str | None = None
+    public_ipv6: IPv6Address | None = None
+    # Backend data of backends we do not program, kept so a re-put does not lose it.
+    extra_backend_data: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One host's subnet with its attributes and the etcd bookkeeping we need to renew it."""
+
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    ipv6_subnet: IPv6Network | None = None
+    etcd_lease_id: int = 0  # 0: no etcd lease attached (a reservation)
+    mod_revision: int = field(default=0, compare=False)
+
+    @property
+    def key(self) -> str:
+        return subnet_to_key(self.subnet, self.ipv6_subnet)
+
+
+def subnet_to_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+    """The last path element of a lease key: ``198.18.46.0-24`` (``&<v6>-<len>`` when dual stack)."""
+    key = f"{subnet.network_address}-{subnet.prefixlen}"
+    if ipv6_subnet is not None:
+        key += f"&{ipv6_subnet.network_address}-{ipv6_subnet.prefixlen}"
+    return key
+
+
+def key_to_subnets(key: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """Parse a lease key's last element; raises LeaseError naming the key when malformed."""
+    m = _KEY_RE.match(key)
+    if not m:
+        raise LeaseError(f"lease key {key!r} is not of the form A.B.C.D-LEN")
+    try:
+        subnet = IPv4Network(f"{m['ip']}/{m['len']}")
+        ipv6 = IPv6Network(f"{m['ip6']}/{m['len6']}") if m["ip6"] else None
+    except ValueError as exc:
+        raise LeaseError(f"lease key {key!r}: {exc}") from None
+    return subnet, ipv6
+
+
+def encode_attrs(attrs: LeaseAttrs) -> str:
+    """Render attrs exactly as flanneld does (Go struct field order, compact separators)."""
+    value: dict[str, object] = {
+        "PublicIP": str(attrs.public_ip),
+        "PublicIPv6": str(attrs.public_ipv6) if attrs.public_ipv6 else None,
+        "BackendType": attrs.backend_type,
+    }
+    if attrs.backend_type == "vxlan":
+        backend: dict[str, object] | None = {"VNI": attrs.vni, "VtepMAC": attrs.vtep_mac}
+    else:
+        backend = dict(attrs.extra_backend_data) or None
+    value["BackendData"] = backend
+    return json.dumps(value, separators=(",", ":"))
+
+
+def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
+    """Parse a lease value written by flanneld or by us; raises LeaseError naming the key."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LeaseError(f"lease {key}: value is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise LeaseError(f"lease {key}: value is not a JSON object")
+    try:
+        public_ip = IPv4Address(value.get("PublicIP") or "")
+        ipv6_raw = value.get("PublicIPv6")
+        public_ipv6 = IPv6Address(ipv6_raw) if ipv6_raw else None
+    except ValueError as exc:
+        raise LeaseError(f"lease {key}: {exc}") from None
+    backend_type = value.get("BackendType") or "vxlan"
+    backend = value.get("BackendData") or {}
+    if not isinstance(backend, dict):
+        raise LeaseError(f"lease {key}: BackendData is not a JSON object")
+    if backend_type != "vxlan":
+        return LeaseAttrs(
+            public_ip=public_ip,
+            backend_type=backend_type,
+            public_ipv6=public_ipv6,
+            extra_backend_data=tuple(backend.items()),
+        )
+    vni = backend.get("VNI")
+    mac = str(backend.get("VtepMAC") or "").lower()
+    if not isinstance(vni, int) or not _MAC_RE.match(mac):
+        raise LeaseError(f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC")
+    return LeaseAttrs(public_ip=public_ip, vni=vni, vtep_mac=mac, public_ipv6=public_ipv6)
+
+
+def decode_lease(key: str, raw: bytes | str, etcd_lease_id: int = 0, mod_revision: int = 0) -> Lease:
+    """Build a Lease from a key's last element and its value."""
+    subnet, ipv6_subnet = key_to_subnets(key)
+    return Lease(
+        subnet=subnet,
+        attrs=decode_attrs(key, raw),
+        ipv6_subnet=ipv6_subnet,
+        etcd_lease_id=etcd_lease_id,
+        mod_revision=mod_revision,
+    )
