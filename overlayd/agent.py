@@ -1,0 +1,474 @@
+"""The agent's lifecycle: options → interface → config → lease → device → rules → subnet.env → loop.
+
+One thread (the caller of ``Agent.run``) owns all mutable state and every kernel write. The etcd
+watch, the netlink monitor and the timers only put items on ``self.events``; the loop drains the
+queue and coalesces what it finds into at most one full reconcile per batch. A peer event is
+applied directly (three netlink writes, no dump) because that is the path that must be fast; a
+full dump-and-diff repairs everything else, so a missed event costs at most one resync interval.
+SIGTERM leaves the device, routes, rules and the lease in place so a restart drops no traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from overlayd.allocate import OutOfSubnets
+from overlayd.atomicfile import write_atomic
+from overlayd.backend.vxlan import DeviceSpec, DeviceState, VxlanBackend
+from overlayd.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.desired import Plane, PlaneDiff, desired_plane, diff_planes, is_vxlan_peer, peer_entries
+from overlayd.firewall import Firewall, FirewallSpec
+from overlayd.iface import ExternalInterface, InterfaceError, select_interface
+from overlayd.lease import Lease, LeaseAttrs
+from overlayd.leasing import LeaseManager
+from overlayd.metrics import Metrics, MetricsServer
+from overlayd.netmon import NetlinkMonitor
+from overlayd.options import AgentOptions
+from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
+from overlayd.registry import EtcdOptions, Registry, RegistryError
+from overlayd.subnetenv import SubnetEnv, previous_subnet
+from overlayd.vtepmac import load_or_create_mac
+
+log = logging.getLogger(__name__)
+
+# VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+VXLAN_OVERHEAD = 50
+MAX_BACKOFF = 30.0
+NETLINK_DEBOUNCE = 0.2  # seconds: our own writes echo back; one full pass covers a burst
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """A timer firing: time for a full reconcile and the lease checks."""
+
+
+@dataclass(frozen=True)
+class _NetlinkChange:
+    reason: str
+
+
+class Backoff:
+    """Jittered exponential delay for retrying etcd and other transient failures."""
+
+    def __init__(self, start: float = 0.5, cap: float = MAX_BACKOFF) -> None:
+        self.start, self.cap, self.current = start, cap, start
+
+    def next(self) -> float:
+        delay = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.start
+
+
+class Agent:
+    """One host's overlay agent; see the module docstring for the threading model."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.events: queue.Queue[object] = queue.Queue()
+        self.stopping = threading.Event()
+        self.metrics = Metrics()
+        self.registry: Registry | None = None
+        self.backend: VxlanBackend | None = None
+        self.firewall = Firewall()
+        self.external: ExternalInterface | None = None
+        self.public_ip: IPv4Address | None = None
+        self.config: NetworkConfig | None = None
+        self.lease: Lease | None = None
+        self.lease_manager: LeaseManager | None = None
+        self.vtep_mac = ""
+        self.device: DeviceState | None = None
+        self.peers: dict[str, Lease] = {}
+        self.renew_at = 0.0
+        self.watcher: PeerWatcher | None = None
+        self.monitor: NetlinkMonitor | None = None
+        self.http: MetricsServer | None = None
+        self.exit_code = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+        self.events.put(_Tick())
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT; returns the process exit code."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self._set_health(False, "starting")
+        try:
+            self._start_http()
+            if not self._start():
+                return 0  # stopped while still starting
+            self._loop()
+            return self.exit_code
+        finally:
+            self._shutdown()
+
+    def _start_http(self) -> None:
+        if self.options.healthz_port:
+            stale_after = max(60.0, 3 * self.options.reconcile_interval)
+            self.http = MetricsServer(
+                self.metrics, self.options.healthz_ip, self.options.healthz_port, stale_after
+            )
+            self.http.start()
+
+    def _retry(self, what: str, attempt):  # type: ignore[no-untyped-def]
+        """Call attempt() until it returns non-None, logging each new error once, with backoff."""
+        backoff = Backoff()
+        last_error = ""
+        while not self.stopping.is_set():
+            self._set_health(False, what)
+            try:
+                result = attempt()
+                if result is not None:
+                    return result
+            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets) as exc:
+                if str(exc) != last_error:
+                    log.error("%s: %s", what, exc)
+                    last_error = str(exc)
+            self.stopping.wait(backoff.next())
+        return None
+
+    def _start(self) -> bool:
+        opts = self.options
+        self.external = self._retry("choosing the external interface", lambda: select_interface(opts))
+        if self.external is None:
+            return False
+        self.public_ip = opts.public_ip or self.external.ip
+        log.info(
+            "using interface %s (%s), public IP %s", self.external.name, self.external.ip, self.public_ip
+        )
+        self.registry = Registry(
+            EtcdOptions(
+                endpoints=opts.etcd_endpoints,
+                prefix=opts.etcd_prefix,
+                cafile=opts.etcd_cafile,
+                certfile=opts.etcd_certfile,
+                keyfile=opts.etcd_keyfile,
+                username=opts.etcd_username,
+                password=opts.etcd_password,
+            )
+        )
+        self.lease_manager = LeaseManager(
+            self.registry,
+            self.public_ip,
+            ttl=opts.subnet_lease_ttl,
+            renew_margin=opts.subnet_lease_renew_margin * 60.0,
+        )
+        self.backend = VxlanBackend()
+        self.config = self._retry("reading the network config", self._read_config)
+        if self.config is None:
+            return False
+        self.vtep_mac = self._vtep_mac(self.config)
+        if not self._acquire(previous_subnet(opts.subnet_file)):
+            return False
+        self.watcher = PeerWatcher(self.registry, self.events)
+        self.watcher.start()
+        self.monitor = NetlinkMonitor(
+            f"flannel.{self.config.backend.vni}",
+            lambda: self.device.ifindex if self.device else 0,
+            lambda reason: self.events.put(_NetlinkChange(reason)),
+        )
+        self.monitor.start()
+        return True
+
+    def _shutdown(self) -> None:
+        """Stop threads and sockets; the kernel state and the etcd lease are deliberately kept."""
+        for closer in (
+            self.monitor.stop if self.monitor else None,
+            self.watcher.stop if self.watcher else None,
+            self.http.stop if self.http else None,
+            self.registry.close if self.registry else None,
+            self.backend.close if self.backend else None,
+        ):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception:  # shutting down: report, keep closing the rest
+                    log.exception("error while stopping")
+        log.info("stopped; the VXLAN device, routes, rules and lease are left in place")
+
+    # ---- config, MAC, lease -------------------------------------------------------------------
+
+    def _config_where(self) -> str:
+        return f"network config at {self.options.etcd_prefix}/config"
+
+    def _read_config(self) -> NetworkConfig | None:
+        assert self.registry is not None
+        raw, _revision = self.registry.get_config()
+        if raw is None:
+            raise ConfigError(
+                f"{self._config_where()} is missing; waiting for it (create it with: etcdctl put "
+                f"{self.options.etcd_prefix}/config '{{\"Network\": \"198.18.0.0/16\"}}')"
+            )
+        return parse_network_config(raw, where=self._config_where())
+
+    def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
+        assert self.external is not None and self.public_ip is not None
+        mtu = config.backend.mtu or self.external.mtu - VXLAN_OVERHEAD
+        address = IPv4Interface((subnet.network_address if subnet else 0, 32))
+        return DeviceSpec(
+            vni=config.backend.vni,
+            local_ip=self.public_ip,
+            underlay_ifname=self.external.name,
+            port=config.backend.port,
+            gbp=config.backend.gbp,
+            mtu=mtu,
+            address=address,
+            mac=self.vtep_mac,
+            learning=config.backend.learning,
+        )
+
+    def _vtep_mac(self, config: NetworkConfig) -> str:
+        """Our VTEP MAC: a compatible existing device's (e.g. flanneld's), else the persisted one."""
+        assert self.backend is not None
+        adopt = self.backend.find_compatible_mac(self._device_spec(config, None))
+        if adopt:
+            log.info("adopting MAC %s of the existing compatible flannel.%d", adopt, config.backend.vni)
+        return load_or_create_mac(self.options.state_dir, config.backend.vni, adopt=adopt)
+
+    def _attrs(self) -> LeaseAttrs:
+        assert self.public_ip is not None and self.config is not None
+        return LeaseAttrs(public_ip=self.public_ip, vni=self.config.backend.vni, vtep_mac=self.vtep_mac)
+
+    def _acquire(self, previous: IPv4Network | None) -> bool:
+        """Get a lease (retrying etcd errors and exhaustion), then program everything for it."""
+        assert self.lease_manager is not None and self.config is not None
+        config, attrs, manager = self.config, self._attrs(), self.lease_manager
+        lease = self._retry("acquiring a subnet lease", lambda: manager.acquire(config, attrs, previous))
+        if lease is None:
+            return False
+        if self.lease is not None and lease.subnet != self.lease.subnet:
+            log.warning("our subnet changed from %s to %s", self.lease.subnet, lease.subnet)
+        self.lease = lease
+        self.renew_at = manager.renew_at(lease)
+        self.metrics.lease_acquisitions.inc()
+        self.metrics.set_info(str(lease.subnet), str(attrs.public_ip), attrs.vtep_mac or "")
+        self._update_expiry()
+        log.info("holding subnet %s (key %s)", lease.subnet, lease.key)
+        self._full_reconcile("lease")
+        return True
+
+    def _update_expiry(self) -> None:
+        assert self.registry is not None and self.lease is not None
+        if self.lease.etcd_lease_id:
+            try:
+                remaining = self.registry.lease_remaining(self.lease)
+            except RegistryError:
+                return
+            if remaining is not None:
+                self.metrics.lease_expiry.set(time.time() + remaining)
+
+    def _check_lease(self) -> None:
+        """Renew when due; re-acquire at once if our key or its etcd lease is gone."""
+        assert self.registry is not None and self.lease is not None and self.lease_manager is not None
+        if self.lease.etcd_lease_id == 0:
+            return  # a reservation: no expiry to manage
+        try:
+            if time.monotonic() >= self.renew_at:
+                renewed = self.lease_manager.renew(self.lease)
+                if renewed is None:
+                    self._lease_lost("renewal found our key gone")
+                    return
+                self.lease = renewed
+                self.renew_at = self.lease_manager.renew_at(renewed)
+                self.metrics.lease_renewals.inc()
+                log.info("renewed lease on %s", renewed.subnet)
+                self._update_expiry()
+            elif self.registry.lease_remaining(self.lease) is None:
+                self._lease_lost("its etcd lease expired or was revoked")
+        except RegistryError as exc:
+            log.warning("could not check lease %s: %s; will retry", self.lease.key, exc)
+
+    def _lease_lost(self, why: str) -> None:
+        assert self.lease is not None
+        log.warning("lease %s lost (%s); re-acquiring, data path kept meanwhile", self.lease.key, why)
+        self._acquire(previous=self.lease.subnet)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic() + self.options.reconcile_interval
+        while not self.stopping.is_set():
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                batch = [self.events.get(timeout=timeout)]
+            except queue.Empty:
+                batch = [_Tick()]
+            batch.extend(self._drain(NETLINK_DEBOUNCE if isinstance(batch[0], _NetlinkChange) else 0))
+            if self.stopping.is_set():
+                return
+            trigger = self._handle(batch)
+            if any(isinstance(item, _Tick) for item in batch) or time.monotonic() >= next_tick:
+                self._check_lease()
+                self._recheck_config()
+                trigger = trigger or "timer"
+                next_tick = time.monotonic() + self.options.reconcile_interval
+            if trigger:
+                self._full_reconcile(trigger)
+            self.metrics.health.last_loop = time.monotonic()
+
+    def _drain(self, settle: float) -> list[object]:
+        if settle:
+            self.stopping.wait(settle)
+        items = []
+        while True:
+            try:
+                items.append(self.events.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _handle(self, batch: list[object]) -> str | None:
+        """Apply a batch of events; returns the trigger of a full reconcile if one is needed."""
+        trigger = None
+        for item in batch:
+            if isinstance(item, PeerSnapshot):
+                self.peers = {k: v for k, v in item.leases.items()}
+                self.metrics.watch_up.set(1)
+                trigger = "resync"
+                if self.lease is not None and self.lease.key not in self.peers:
+                    self._lease_lost("our key is missing from etcd")
+            elif isinstance(item, PeerEvents):
+                self.metrics.watch_up.set(1)
+                if self._apply_events(item):
+                    trigger = trigger or "event"
+            elif isinstance(item, PeerWatchDown):
+                self.metrics.watch_up.set(0)
+            elif isinstance(item, _NetlinkChange):
+                trigger = trigger or "netlink"
+        return trigger
+
+    def _apply_events(self, item: PeerEvents) -> bool:
+        """Fast path: program a changed peer directly. Returns True if a full pass is needed."""
+        assert self.lease is not None and self.config is not None
+        needs_full = False
+        for event in item.events:
+            started = time.monotonic()
+            old = self.peers.get(event.key)
+            if event.key == self.lease.key:
+                if event.kind == "delete" or (
+                    event.lease is not None and event.lease.attrs.public_ip != self.public_ip
+                ):
+                    self._lease_lost(f"key {event.kind} seen on the watch")
+                elif event.lease is not None:
+                    self.peers[event.key] = event.lease
+                continue
+            if event.kind == "delete" or event.lease is None:
+                self.peers.pop(event.key, None)
+            else:
+                self.peers[event.key] = event.lease
+            new = self.peers.get(event.key)
+            try:
+                self._apply_peer_change(old, new)
+            except Exception as exc:  # any netlink failure: the full pass will sort it out
+                log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
+                needs_full = True
+            self.metrics.peer_events.labels(kind=event.kind).inc()
+            self.metrics.event_seconds.observe(time.monotonic() - started)
+        self.metrics.peers.set(sum(1 for lease in self.peers.values() if self._is_peer(lease)))
+        return needs_full
+
+    def _is_peer(self, lease: Lease) -> bool:
+        assert self.config is not None and self.lease is not None
+        return is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+
+    def _apply_peer_change(self, old: Lease | None, new: Lease | None) -> None:
+        assert self.backend is not None and self.device is not None
+        before = peer_entries(old) if old is not None and self._is_peer(old) else Plane()
+        after = peer_entries(new) if new is not None and self._is_peer(new) else Plane()
+        diff = diff_planes(after, before)
+        if diff.empty:
+            return
+        if new is not None and after:
+            log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
+        elif old is not None:
+            log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
+        self.backend.apply(self.device.ifindex, diff)
+
+    def _recheck_config(self) -> None:
+        """Pick up a changed network config; a broken one is logged and the old one kept."""
+        try:
+            config = self._read_config()
+        except (ConfigError, RegistryError) as exc:
+            log.error("%s; keeping the current config", exc)
+            return
+        if config is None or config == self.config:
+            return
+        assert self.lease is not None and self.config is not None
+        if config.backend.vni != self.config.backend.vni:
+            # A new VNI is a new device, MAC and lease value: a clean restart is the safe path.
+            log.warning(
+                "network config changed VNI %d -> %d; restarting to rebuild the device",
+                self.config.backend.vni,
+                config.backend.vni,
+            )
+            self.exit_code = RESTART_EXIT_CODE
+            self.request_stop()
+            return
+        log.warning("network config changed: %s", config)
+        self.config = config
+        if not config.contains_subnet(self.lease.subnet):
+            self._lease_lost(f"subnet {self.lease.subnet} no longer fits the new config")
+
+    # ---- full reconcile -----------------------------------------------------------------------
+
+    def _full_reconcile(self, trigger: str) -> None:
+        """Dump, diff and repair device, entries, rules and subnet.env; never raises."""
+        assert self.backend is not None and self.config is not None and self.lease is not None
+        started = time.monotonic()
+        self.metrics.reconciles.labels(trigger=trigger).inc()
+        try:
+            spec = self._device_spec(self.config, self.lease.subnet)
+            self.device, actions = self.backend.ensure_device(spec)
+            for action in actions:
+                log.warning("repaired device: %s", action)
+            desired = desired_plane(self.peers.values(), self.lease.subnet, self.config.backend.vni)
+            diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
+            if not diff.empty:
+                self._count_repairs(diff, trigger)
+                self.backend.apply(self.device.ifindex, diff)
+            self.metrics.peers.set(len(desired.routes))
+            fw_spec = FirewallSpec(
+                network=self.config.network,
+                own_subnet=self.lease.subnet,
+                ip_masq=self.options.ip_masq,
+                forward_rules=self.options.iptables_forward_rules,
+            )
+            if self.firewall.ensure(fw_spec):
+                log.info("firewall rules written for %s", self.config.network)
+            env = SubnetEnv(self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq)
+            if write_atomic(self.options.subnet_file, env.render()):
+                log.info("wrote %s (subnet %s)", self.options.subnet_file, self.lease.subnet)
+            self._set_health(True, "ready")
+        except Exception as exc:  # keep serving: the next trigger retries
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile (%s) failed: %s", trigger, exc)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def _count_repairs(self, diff: PlaneDiff, trigger: str) -> None:
+        for action, plane in (("add", diff.add), ("remove", diff.remove)):
+            for kind, entries in (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes)):
+                if entries:
+                    self.metrics.repairs.labels(kind=kind, action=action).inc(len(entries))
+                    if trigger in ("timer", "netlink"):
+                        log.warning("repair (%s): %s %d %s entries", trigger, action, len(entries), kind)
+
+    def _set_health(self, ready: bool, reason: str) -> None:
+        self.metrics.health = replace(
+            self.metrics.health, ready=ready, reason=reason, last_loop=time.monotonic()
+        )
+        self.metrics.ready.set(1 if ready else 0)
+

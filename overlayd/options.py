@@ -1,0 +1,234 @@
+"""Agent options under flanneld's names, from the command line, the environment and a YAML file.
+
+An existing flanneld unit file must keep working, so every flanneld option is accepted with one
+dash or two, and ``FLANNELD_<NAME>`` variables are read as well as ``OVERLAYD_<NAME>``. Precedence:
+command line, then environment (OVERLAYD_ before FLANNELD_), then the YAML file, then the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import yaml
+
+
+class OptionsError(ValueError):
+    """A bad option value; the message names the option, where it came from, and the fix."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_prefix: str = "/coreos.com/network"
+    etcd_cafile: str | None = None
+    etcd_certfile: str | None = None
+    etcd_keyfile: str | None = None
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    iface: tuple[str, ...] = ()
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: IPv4Address | None = None
+    public_ip: IPv4Address | None = None
+    subnet_file: Path = Path("/run/flannel/subnet.env")
+    subnet_lease_renew_margin: int = 60  # minutes, as flanneld
+    subnet_lease_ttl: int = 86400  # seconds
+    ip_masq: bool = False
+    iptables_forward_rules: bool = True
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0  # 0: no HTTP server, as flanneld
+    state_dir: Path = Path("/var/lib/overlayd")
+    reconcile_interval: float = 10.0  # seconds between full dump-and-diff passes
+    log_level: str = "info"
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "t", "true", "yes", "on"):
+        return True
+    if value in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not true or false")
+
+
+def _parse_endpoints(raw: str) -> tuple[str, ...]:
+    endpoints = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for endpoint in endpoints:
+        if not re.match(r"^https?://[^/]+(:\d+)?/?$", endpoint):
+            raise ValueError(f"{endpoint!r} is not a URL such as http://192.0.2.1:2379")
+    if not endpoints:
+        raise ValueError("no endpoint given")
+    return endpoints
+
+
+def _renew_margin(raw: str) -> int:
+    minutes = int(raw)
+    if not 1 <= minutes <= 1439:
+        raise ValueError(f"{minutes} minutes is outside 1..1439")
+    return minutes
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number (0..65535)")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"{raw!r} is not one of debug, info, warning, error")
+    return level
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one option is parsed from text; ``repeat`` options collect a list."""
+
+    convert: Callable[[str], object]
+    help: str
+    repeat: bool = False
+    flag: bool = False
+
+
+_SPECS: dict[str, _Spec] = {
+    "etcd_endpoints": _Spec(_parse_endpoints, "comma-separated etcd URLs"),
+    "etcd_prefix": _Spec(str, "etcd prefix of the network config and leases"),
+    "etcd_cafile": _Spec(str, "CA certificate to verify etcd's TLS certificate"),
+    "etcd_certfile": _Spec(str, "client TLS certificate for etcd"),
+    "etcd_keyfile": _Spec(str, "client TLS key for etcd"),
+    "etcd_username": _Spec(str, "etcd user name"),
+    "etcd_password": _Spec(str, "etcd password"),
+    "iface": _Spec(str, "interface name or IP to use for the overlay (repeatable)", repeat=True),
+    "iface_regex": _Spec(str, "regex matching interface names or IPs (repeatable)", repeat=True),
+    "iface_can_reach": _Spec(IPv4Address, "pick the interface that routes to this IPv4 address"),
+    "public_ip": _Spec(IPv4Address, "IPv4 address peers send VXLAN traffic to"),
+    "subnet_file": _Spec(Path, "where to write subnet.env"),
+    "subnet_lease_renew_margin": _Spec(_renew_margin, "renew the lease this many minutes before expiry"),
+    "subnet_lease_ttl": _Spec(_positive_int, "TTL in seconds of the etcd lease bound to our subnet key"),
+    "ip_masq": _Spec(parse_bool, "masquerade traffic leaving the overlay", flag=True),
+    "iptables_forward_rules": _Spec(parse_bool, "accept forwarded overlay traffic", flag=True),
+    "healthz_ip": _Spec(str, "address of the /healthz, /readyz and /metrics server"),
+    "healthz_port": _Spec(_port, "port of the /healthz, /readyz and /metrics server (0: off)"),
+    "state_dir": _Spec(Path, "directory for state the agent keeps across restarts"),
+    "reconcile_interval": _Spec(_positive_float, "seconds between full reconcile passes"),
+    "log_level": _Spec(_log_level, "debug, info, warning or error"),
+}
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every agent option (no defaults: unset options fall through to env, file, default)."""
+    parser.add_argument("--config", dest="config_file", type=Path, help="YAML file of options")
+    for name, spec in _SPECS.items():
+        kwargs: dict[str, object] = {"dest": name, "help": spec.help, "default": None}
+        if spec.flag:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if spec.repeat:
+            kwargs["action"] = "append"
+        parser.add_argument(_flag_name(name), **kwargs)
+    return parser
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept flanneld's single-dash spelling (``-etcd-endpoints=...``) for every long option."""
+    known = {_flag_name(name)[2:] for name in _SPECS} | {"config"}
+    result = []
+    for arg in argv:
+        name = arg[1:].split("=", 1)[0]
+        if arg.startswith("-") and not arg.startswith("--") and name in known:
+            arg = "-" + arg
+        result.append(arg)
+    return result
+
+
+def _from_env(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    for prefix in ("OVERLAYD_", "FLANNELD_"):
+        var = prefix + name.upper()
+        if env.get(var, "") != "":
+            return var, env[var]
+    return None
+
+
+def _convert(name: str, raw: object, source: str) -> object:
+    spec = _SPECS[name]
+    items = raw if isinstance(raw, list) else [raw]
+    if spec.repeat and isinstance(raw, str) and source != "command line":
+        items = [part for part in raw.split(",") if part.strip()]
+    if spec.flag and isinstance(raw, bool):
+        return raw
+    try:
+        values = [spec.convert(str(item).strip()) for item in items]
+    except ValueError as exc:
+        raise OptionsError(
+            f"option {_flag_name(name)} from {source}: {exc}; {spec.help}"
+        ) from None
+    if spec.repeat:
+        return tuple(values)
+    if len(values) != 1:
+        raise OptionsError(f"option {_flag_name(name)} from {source}: give one value, not a list")
+    return values[0]
+
+
+def _load_file(path: Path) -> dict[str, object]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise OptionsError(f"config file {path}: {exc.strerror}; fix the path given to --config") from None
+    except yaml.YAMLError as exc:
+        raise OptionsError(f"config file {path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OptionsError(f"config file {path}: must be a mapping of option names to values")
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_").lower()
+        if name not in _SPECS:
+            raise OptionsError(
+                f"config file {path}: unknown option {key!r}; known options: "
+                + ", ".join(n.replace("_", "-") for n in _SPECS)
+            )
+        values[name] = value
+    return values
+
+
+def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOptions:
+    """Merge command line, environment, YAML file and defaults into AgentOptions."""
+    config_file = getattr(args, "config_file", None)
+    if config_file is None and env.get("OVERLAYD_CONFIG"):
+        config_file = Path(env["OVERLAYD_CONFIG"])
+    from_file = _load_file(config_file) if config_file else {}
+    chosen: dict[str, object] = {}
+    for name in _SPECS:
+        cli_value = getattr(args, name, None)
+        env_value = _from_env(name, env)
+        if cli_value is not None:
+            chosen[name] = _convert(name, cli_value, "command line")
+        elif env_value is not None:
+            chosen[name] = _convert(name, env_value[1], f"environment variable {env_value[0]}")
+        elif name in from_file:
+            chosen[name] = _convert(name, from_file[name], f"config file {config_file}")
+    return AgentOptions(**chosen)  # type: ignore[arg-type]
