@@ -1,0 +1,354 @@
+"""A local multi-host cluster in network namespaces: the demo, and the tests' and benchmarks' testbed.
+
+Layout for a lab named ``P`` (every name starts with ``P`` so parallel or crashed runs never
+collide, and ``down`` finds everything even after a crash, from the state file):
+
+- ``P-ul``: the underlay, a bridge ``br0`` holding 192.0.2.1/24 (the hosts' default gateway; it
+  has no route onwards, so nothing leaves the lab);
+- ``P-etcd``: etcd at 192.0.2.2:2379;
+- ``P-h1`` .. ``P-hN``: hosts at 192.0.2.11.., each with ``eth0`` on the underlay and an
+  ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory.
+
+Only the namespaces' own interfaces are touched; the root namespace is never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from overlayd.etcdserver import EtcdServer
+from overlayd.subnetenv import parse_keys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/run/overlayd-lab")
+DEFAULT_NETWORK_CONFIG = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
+ETCD_PREFIX = "/coreos.com/network"
+UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
+ETCD_IP = IPv4Address("192.0.2.2")
+FIRST_HOST_IP = IPv4Address("192.0.2.11")
+MAX_HOSTS = 200
+HEALTHZ_PORT = 9464
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message names the step and the command's error output."""
+
+
+def sh(*args: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """Run a command (inside ``netns`` when given); raise LabError with its stderr on failure."""
+    command = ["ip", "netns", "exec", netns, *args] if netns else list(args)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise LabError(f"{' '.join(command)} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+@dataclass
+class LabHost:
+    name: str
+    netns: str
+    ip: str
+    dir: str
+    pid: int = 0
+
+    @property
+    def subnet_file(self) -> Path:
+        return Path(self.dir) / "subnet.env"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.dir) / "agent.log"
+
+    def subnet_env(self) -> dict[str, str]:
+        try:
+            return parse_keys(self.subnet_file.read_text())
+        except OSError:
+            return {}
+
+    def flannel_address(self) -> str | None:
+        """The host's flannel.1 address (``<subnet>.0``) from its subnet.env, if written."""
+        subnet = self.subnet_env().get("FLANNEL_SUBNET")
+        return str(IPv4Address(subnet.split("/")[0]) - 1) if subnet else None
+
+
+@dataclass
+class Lab:
+    """A lab's layout and processes; persisted as JSON so another process can tear it down."""
+
+    name: str
+    root: str
+    hosts: list[LabHost] = field(default_factory=list)
+    etcd_pid: int = 0
+    agent_args: list[str] = field(default_factory=list)
+
+    # ---- naming and persistence -------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.name}-ul"
+
+    @property
+    def etcd_ns(self) -> str:
+        return f"{self.name}-etcd"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{ETCD_IP}:2379"
+
+    def etcd(self) -> EtcdServer:
+        return EtcdServer(self.dir / "etcd", host=str(ETCD_IP), netns=self.etcd_ns, name=f"{self.name}-etcd")
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "lab.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, name: str, root: Path = DEFAULT_ROOT) -> Lab | None:
+        try:
+            data = json.loads((root / name / "lab.json").read_text())
+        except OSError:
+            return None
+        data["hosts"] = [LabHost(**host) for host in data["hosts"]]
+        return cls(**data)
+
+    # ---- building ----------------------------------------------------------------------------
+
+    def up(self, hosts: int, network_config: str = DEFAULT_NETWORK_CONFIG, start_agents: bool = True) -> None:
+        """Build underlay, etcd and ``hosts`` hosts (agents started unless told not to)."""
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
+        self.save()
+        try:
+            self._make_underlay()
+            self._make_node(self.etcd_ns, "etcd", ETCD_IP)
+            server = self.etcd()
+            server.start()
+            self.etcd_pid = server._process.pid if server._process else 0
+            self.save()
+            server.etcdctl("put", f"{ETCD_PREFIX}/config", network_config)
+            for _ in range(hosts):
+                self.add_host(start_agent=start_agents)
+        except BaseException:
+            self.down()
+            raise
+
+    def _make_underlay(self) -> None:
+        sh("ip", "netns", "add", self.underlay_ns)
+        ul = self.underlay_ns
+        sh("ip", "link", "add", "br0", "type", "bridge", netns=ul)
+        sh("ip", "addr", "add", f"{UNDERLAY_GATEWAY}/24", "dev", "br0", netns=ul)
+        sh("ip", "link", "set", "br0", "up", netns=ul)
+        sh("ip", "link", "set", "lo", "up", netns=ul)
+
+    def _make_node(self, netns: str, port_name: str, ip: IPv4Address) -> None:
+        """A namespace whose eth0 is plugged into the underlay bridge, default route via it."""
+        sh("ip", "netns", "add", netns)
+        ul = self.underlay_ns
+        sh("ip", "link", "add", port_name, "type", "veth", "peer", "name", "eth0", "netns", netns, netns=ul)
+        sh("ip", "link", "set", port_name, "master", "br0", "up", netns=ul)
+        sh("ip", "link", "set", "lo", "up", netns=netns)
+        sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", netns=netns)
+        sh("ip", "link", "set", "eth0", "up", netns=netns)
+        sh("ip", "route", "add", "default", "via", str(UNDERLAY_GATEWAY), netns=netns)
+
+    def add_host(self, start_agent: bool = True) -> LabHost:
+        """Add one more host (h<N+1>) and, unless told not to, start its agent."""
+        index = len(self.hosts) + 1
+        name = f"h{index}"
+        host = LabHost(
+            name=name,
+            netns=f"{self.name}-{name}",
+            ip=str(FIRST_HOST_IP + index - 1),
+            dir=str(self.dir / name),
+        )
+        self.hosts.append(host)
+        self.save()
+        self._make_node(host.netns, name, IPv4Address(host.ip))
+        # Containers behind the agent's bridge need forwarding, as on any flannel node.
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=host.netns)
+        Path(host.dir).mkdir(parents=True, exist_ok=True)
+        if start_agent:
+            self.start_agent(host)
+        return host
+
+    def agent_command(self, host: LabHost) -> list[str]:
+        return [
+            sys.executable, "-m", "overlayd", "run",
+            f"--etcd-endpoints={self.etcd_endpoint}",
+            f"--subnet-file={host.subnet_file}",
+            f"--state-dir={Path(host.dir) / 'state'}",
+            f"--healthz-port={HEALTHZ_PORT}",
+            *self.agent_args,
+        ]  # fmt: skip
+
+    def start_agent(self, host: LabHost) -> None:
+        """Start ``overlayd run`` in the host's namespace, detached, logging to its agent.log."""
+        with host.log_file.open("ab") as out:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", host.netns, *self.agent_command(host)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        host.pid = process.pid
+        self.save()
+
+    def stop_agent(self, host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the host's agent; SIGKILL if it does not exit within ``timeout``."""
+        if host.pid:
+            _stop_pid(host.pid, sig, timeout)
+        host.pid = 0
+        self.save()
+
+    # ---- inspecting --------------------------------------------------------------------------
+
+    def wait_converged(self, timeout: float = 60.0) -> None:
+        """Wait until every running agent has written subnet.env and routes to every other host."""
+        deadline = time.monotonic() + timeout
+        missing: list[str] = []
+        while time.monotonic() < deadline:
+            missing = self.unconverged()
+            if not missing:
+                return
+            time.sleep(0.2)
+        raise LabError(f"lab {self.name} not converged after {timeout:.0f}s: " + "; ".join(missing))
+
+    def unconverged(self) -> list[str]:
+        """What is still missing: hosts without subnet.env, or without a route to some peer."""
+        running = [host for host in self.hosts if host.pid]
+        subnets = {host.name: host.subnet_env().get("FLANNEL_SUBNET") for host in running}
+        missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
+        if missing:
+            return missing
+        for host in running:
+            routes = sh("ip", "-4", "route", "show", "dev", "flannel.1", netns=host.netns, check=False)
+            for peer in running:
+                if peer is host:
+                    continue
+                peer_net = str(IPv4Address(subnets[peer.name].split("/")[0]) - 1)
+                if f"{peer_net}/" not in routes:
+                    missing.append(f"{host.name} lacks a route to {peer.name}")
+        return missing
+
+    def ping(self, source: LabHost, target: str, count: int = 1, wait: float = 1.0) -> bool:
+        ping = ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), target]
+        done = subprocess.run(["ip", "netns", "exec", source.netns, *ping], capture_output=True, check=False)
+        return done.returncode == 0
+
+    def ping_table(self) -> tuple[str, bool]:
+        """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
+        names = [host.name for host in self.hosts]
+        width = max(8, *(len(n) for n in names)) + 2
+        lines = ["from \\ to".ljust(14) + "".join(n.ljust(width) for n in names)]
+        all_ok = True
+        for source in self.hosts:
+            cells = []
+            for target in self.hosts:
+                address = target.flannel_address()
+                if target is source:
+                    cells.append("-")
+                elif address and self.ping(source, address, count=3, wait=1):
+                    cells.append("ok")
+                else:
+                    cells.append("FAIL")
+                    all_ok = False
+            lines.append(f"{source.name} ".ljust(14) + "".join(c.ljust(width) for c in cells))
+        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {h.flannel_address()}" for h in self.hosts)
+        return "\n".join([*lines, "", legend]), all_ok
+
+    def status(self) -> str:
+        lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {self.etcd_ns} ({_alive(self.etcd_pid)})"]
+        for host in self.hosts:
+            subnet = host.subnet_env().get("FLANNEL_SUBNET", "-")
+            lines.append(
+                f"  {host.name:<4} {host.netns:<16} {host.ip:<12} subnet {subnet:<18} "
+                f"agent {_alive(host.pid)}  log {host.log_file}"
+            )
+        return "\n".join(lines)
+
+    # ---- tearing down ------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Stop agents and etcd, delete every namespace of the lab and its directory."""
+        for host in self.hosts:
+            if host.pid:
+                _stop_pid(host.pid, signal.SIGTERM, 5.0)
+        if self.etcd_pid:
+            _stop_pid(self.etcd_pid, signal.SIGTERM, 5.0)
+        for netns in lab_namespaces(self.name):
+            _kill_namespace_processes(netns)
+            sh("ip", "netns", "del", netns, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def random_lab_name() -> str:
+    """A fresh lab prefix for tests and benchmarks (short: device names are 15 chars at most)."""
+    return "ov" + secrets.token_hex(2)
+
+
+def lab_namespaces(name: str) -> list[str]:
+    """Namespaces belonging to lab ``name`` (by prefix), including ones a crash left behind."""
+    out = sh("ip", "netns", "list", check=False)
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [ns for ns in names if ns.startswith(f"{name}-")]
+
+
+def _alive(pid: int) -> str:
+    if not pid:
+        return "stopped"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"pid {pid} gone"
+    return f"pid {pid}"
+
+
+def _stop_pid(pid: int, sig: int, timeout: float) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+            if waited == pid:
+                return
+        except ChildProcessError:
+            pass  # not our child: poll for its disappearance instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _kill_namespace_processes(netns: str) -> None:
+    """Kill whatever still runs in netns (a crashed run's agents), so deletion frees it."""
+    out = sh("ip", "netns", "pids", netns, check=False)
+    for pid in (int(p) for p in out.split() if p.isdigit()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
