@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The demo on a fresh Debian machine, as root: three hosts in network namespaces, a real etcd,
+# one overlayd agent per host; prints the hosts and an all-pairs ping table of their flannel.1
+# addresses across the VXLAN overlay. Removes the lab afterwards unless KEEP=1 is set
+# (then explore with `.venv/bin/overlayd lab status` and remove with `.venv/bin/overlayd lab down`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup.sh
+name=${OVERLAYD_LAB:-ovlab}
+hosts=${HOSTS:-3}
+if [ "${KEEP:-0}" != 1 ]; then
+  trap '.venv/bin/overlayd lab down --name "$name" >/dev/null' EXIT
+fi
+.venv/bin/overlayd lab down --name "$name" >/dev/null 2>&1 || true
+.venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping
