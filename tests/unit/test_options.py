@@ -1,0 +1,103 @@
+"""Agent options: flanneld spellings, environment, YAML file, precedence and clear errors."""
+
+import argparse
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
+
+
+def resolve(argv: list[str], env: dict[str, str] | None = None) -> AgentOptions:
+    parser = build_parser(argparse.ArgumentParser())
+    return resolve_options(parser.parse_args(normalize_argv(argv)), env or {})
+
+
+def test_defaults_match_flanneld() -> None:
+    options = resolve([])
+    assert options.etcd_prefix == "/coreos.com/network"
+    assert options.subnet_file == Path("/run/flannel/subnet.env")
+    assert options.subnet_lease_renew_margin == 60
+    assert options.ip_masq is False
+    assert options.iptables_forward_rules is True
+    assert options.state_dir == Path("/var/lib/overlayd")
+
+
+def test_single_and_double_dash_spellings() -> None:
+    options = resolve(
+        [
+            "-etcd-endpoints=http://192.0.2.2:2379,http://192.0.2.3:2379",
+            "--etcd-prefix",
+            "/x/network",
+            "-iface=eth1",
+            "--iface",
+            "192.0.2.11",
+            "-ip-masq",
+            "--iptables-forward-rules=false",
+            "-public-ip=192.0.2.11",
+        ]
+    )
+    assert options.etcd_endpoints == ("http://192.0.2.2:2379", "http://192.0.2.3:2379")
+    assert options.etcd_prefix == "/x/network"
+    assert options.iface == ("eth1", "192.0.2.11")
+    assert options.ip_masq is True
+    assert options.iptables_forward_rules is False
+    assert options.public_ip == IPv4Address("192.0.2.11")
+
+
+def test_environment_both_styles_and_precedence() -> None:
+    env = {
+        "FLANNELD_ETCD_PREFIX": "/flannel/network",
+        "FLANNELD_IFACE": "eth1,eth2",
+        "OVERLAYD_IP_MASQ": "true",
+        "FLANNELD_IP_MASQ": "false",  # OVERLAYD_ wins over FLANNELD_
+    }
+    options = resolve([], env)
+    assert options.etcd_prefix == "/flannel/network"
+    assert options.iface == ("eth1", "eth2")
+    assert options.ip_masq is True
+    assert resolve(["--etcd-prefix=/cli/network"], env).etcd_prefix == "/cli/network"
+
+
+def test_yaml_file_below_environment(tmp_path: Path) -> None:
+    config = tmp_path / "overlayd.yaml"
+    config.write_text("etcd-prefix: /file/network\nhealthz_port: 9464\niface: [eth3]\nip-masq: true\n")
+    options = resolve([f"--config={config}"])
+    assert (options.etcd_prefix, options.healthz_port, options.iface, options.ip_masq) == (
+        "/file/network",
+        9464,
+        ("eth3",),
+        True,
+    )
+    assert resolve([f"--config={config}"], {"OVERLAYD_HEALTHZ_PORT": "1"}).healthz_port == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--subnet-lease-renew-margin=0"], {}, "--subnet-lease-renew-margin from command line: 0 minutes"),
+        (["--etcd-endpoints=192.0.2.2:2379"], {}, "'192.0.2.2:2379' is not a URL"),
+        (["--public-ip=198.18.0.300"], {}, "--public-ip"),
+        ([], {"FLANNELD_IP_MASQ": "maybe"}, "environment variable FLANNELD_IP_MASQ: 'maybe' is not true"),
+        (["--healthz-port=70000"], {}, "70000 is not a port number"),
+        (["--log-level=loud"], {}, "'loud' is not one of debug"),
+    ],
+)
+def test_bad_values_name_option_and_source(argv: list[str], env: dict[str, str], needle: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        resolve(argv, env)
+    assert needle in str(caught.value)
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("etcd-endpoint: http://192.0.2.2:2379\n")
+    with pytest.raises(OptionsError, match=r"bad\.yaml: unknown option 'etcd-endpoint'; known options: "):
+        resolve([f"--config={bad_key}"])
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("a: [\n")
+    with pytest.raises(OptionsError, match=r"broken\.yaml: not valid YAML"):
+        resolve([f"--config={not_yaml}"])
+    with pytest.raises(OptionsError, match="fix the path given to --config"):
+        resolve([f"--config={tmp_path / 'absent.yaml'}"])
