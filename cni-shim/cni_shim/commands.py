@@ -1,0 +1,210 @@
+"""ADD, DEL, CHECK, STATUS and GC: what the shim does once the protocol layer accepted a call."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .delegate import find_plugin, invoke
+from .errors import (
+    CannotServiceAdd,
+    CniError,
+    ExistingMayBeAffected,
+    InvalidConfig,
+    InvalidEnvironment,
+    TryAgainLater,
+    UnknownContainer,
+)
+from .netconf import ShimConf, build_delegate, parse_conf
+from .result import convert
+from .state import Attachment, StateStore
+from .subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env
+from .version import at_least, delegate_version
+
+_POLL_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call: the shim's config, the runtime's environment, and any ``prevResult``."""
+
+    conf: ShimConf
+    env: Mapping[str, str]
+    prev_result: dict[str, Any] | None
+
+    @property
+    def attachment(self) -> Attachment:
+        return Attachment(self.conf.name, self.env["CNI_CONTAINERID"], self.env["CNI_IFNAME"])
+
+    @property
+    def store(self) -> StateStore:
+        return StateStore(self.conf.data_dir)
+
+
+def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_version: str) -> str:
+    """Run ``command``; return what goes to stdout (a result for ADD, else nothing)."""
+    prev_result = config.get("prevResult")
+    if prev_result is not None and not isinstance(prev_result, dict):
+        raise InvalidConfig(f'"prevResult" must be a JSON object, not {prev_result!r}')
+    invocation = Invocation(parse_conf(config, cni_version), env, prev_result)
+    if command == "GC":
+        return gc(invocation, config.get("cni.dev/valid-attachments", []))
+    return {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status}[command](invocation)
+
+
+def add(inv: Invocation) -> str:
+    """Save the delegate config, then delegate ADD; undo both if anything fails."""
+    attachment, store = inv.attachment, inv.store
+    if store.load(attachment) is not None:
+        raise _already_attached(inv)
+    delegate_config = build_delegate(inv.conf, wait_for_subnet_env(inv.conf))
+    try:
+        store.save(attachment, delegate_config)
+    except FileExistsError:  # a concurrent ADD for the same attachment won the race
+        raise _already_attached(inv) from None
+    try:
+        result = _call_delegate("ADD", delegate_config, inv)
+        if result is None:
+            raise CniError(f"{delegate_config['type']} ADD succeeded but printed no result")
+        return json.dumps(convert(result, inv.conf.cni_version), indent=4) + "\n"
+    except BaseException:
+        # bridge releases its address on failure but leaves the veth pair behind; the saved
+        # state proved this attachment is ours alone, so DEL cannot hit another one.
+        _release_quietly(delegate_config, inv)
+        store.remove(attachment)
+        raise
+
+
+def delete(inv: Invocation) -> str:
+    """Release the attachment; succeed when there is nothing (left) to release."""
+    attachment, store = inv.attachment, inv.store
+    delegate_config = store.load(attachment)
+    if delegate_config is None:
+        # Lost state must not leak the address: host-local releases by container ID and
+        # ifname, so a config rebuilt from the current subnet.env frees it just as well.
+        try:
+            delegate_config = build_delegate(inv.conf, read_subnet_env(inv.conf.subnet_file))
+        except (FileNotFoundError, SubnetEnvError) as err:
+            sys.stderr.write(
+                f"flannel: no saved config for {attachment.filename} and none can be built "
+                f"({err}); nothing to release\n"
+            )
+            return ""
+    _call_delegate("DEL", delegate_config, inv)
+    store.remove(attachment)
+    return ""
+
+
+def check(inv: Invocation) -> str:
+    """Delegate CHECK with the saved config and the runtime's ``prevResult``."""
+    if inv.prev_result is None:
+        raise InvalidConfig('CHECK needs "prevResult" (the cached result of ADD) in the config')
+    delegate_config = inv.store.load(inv.attachment)
+    if delegate_config is None:
+        raise UnknownContainer(
+            f"container {inv.attachment.container_id} has no {inv.attachment.ifname} on network "
+            f"{inv.conf.name}: nothing saved in {inv.conf.data_dir}; ADD it first"
+        )
+    _call_delegate("CHECK", delegate_config, inv)
+    return ""
+
+
+def status(inv: Invocation) -> str:
+    """Report whether ADD can work now (50) and whether DEL can (51); print nothing if so."""
+    cni_path = inv.env.get("CNI_PATH", "")
+    if cni_path:  # the runtime may leave it empty for STATUS; then there is nothing to check
+        for plugin_type in (
+            inv.conf.delegate.get("type", "bridge"),
+            inv.conf.ipam.get("type", "host-local"),
+        ):
+            try:
+                find_plugin(plugin_type, cni_path)
+            except InvalidEnvironment as err:
+                raise ExistingMayBeAffected(err.msg) from None
+    try:
+        read_subnet_env(inv.conf.subnet_file)
+    except FileNotFoundError:
+        raise CannotServiceAdd(_agent_not_ready(inv.conf)) from None
+    except SubnetEnvError as err:
+        raise CannotServiceAdd(str(err)) from None
+    return ""
+
+
+def gc(inv: Invocation, valid_attachments: Any) -> str:
+    """Release every saved attachment of this network the runtime no longer lists as valid."""
+    if not isinstance(valid_attachments, list) or not all(
+        isinstance(item, dict) for item in valid_attachments
+    ):
+        raise InvalidConfig('"cni.dev/valid-attachments" must be a list of objects')
+    valid = {(item.get("containerID"), item.get("ifname")) for item in valid_attachments}
+    failures = []
+    for attachment in inv.store.attachments(inv.conf.name):
+        if (attachment.container_id, attachment.ifname) in valid:
+            continue
+        env = {key: value for key, value in inv.env.items() if key != "CNI_NETNS"}
+        env.update(CNI_CONTAINERID=attachment.container_id, CNI_IFNAME=attachment.ifname)
+        try:
+            delete(replace(inv, env=env, prev_result=None))
+        except CniError as err:
+            failures.append(f"{attachment.filename}: {err.msg}")
+    if failures:
+        raise CniError(f"GC could not release {len(failures)} attachment(s)", "; ".join(failures))
+    return ""
+
+
+def wait_for_subnet_env(conf: ShimConf) -> SubnetEnv:
+    """Read subnet.env, waiting up to ``subnetFileTimeout`` for the agent to write it.
+
+    Pods are often scheduled while the agent is still starting; a short wait turns that race
+    into a slightly slower ADD instead of a failed sandbox (flannel failed at once).
+    """
+    deadline = time.monotonic() + conf.subnet_file_timeout
+    while True:
+        try:
+            return read_subnet_env(conf.subnet_file)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise TryAgainLater(_agent_not_ready(conf)) from None
+            time.sleep(_POLL_INTERVAL)
+        except SubnetEnvError as err:
+            raise InvalidConfig(str(err)) from None
+
+
+def _agent_not_ready(conf: ShimConf) -> str:
+    return (
+        f"{conf.subnet_file} does not exist (waited {conf.subnet_file_timeout:g}s): the overlayd "
+        "agent on this host is not ready; it writes the file once it holds a subnet lease. "
+        "Check that it runs and can reach etcd"
+    )
+
+
+def _already_attached(inv: Invocation) -> CniError:
+    attachment = inv.attachment
+    return CniError(
+        f"container {attachment.container_id} already has {attachment.ifname} on network "
+        f"{attachment.network} (saved in {inv.conf.data_dir}); DEL it before adding it again"
+    )
+
+
+def _call_delegate(command: str, delegate_config: dict[str, Any], inv: Invocation) -> dict[str, Any] | None:
+    """Run the delegate at a version it speaks, with prevResult converted to that version."""
+    config = dict(delegate_config)
+    config["cniVersion"] = delegate_version(config.get("cniVersion") or inv.conf.cni_version)
+    prev_result_since = "0.3.0" if command == "ADD" else "0.4.0"
+    if inv.prev_result is not None and at_least(config["cniVersion"], prev_result_since):
+        config["prevResult"] = convert(
+            {**inv.prev_result, "cniVersion": inv.conf.cni_version}, config["cniVersion"]
+        )
+    return invoke(command, config, inv.env)
+
+
+def _release_quietly(delegate_config: dict[str, Any], inv: Invocation) -> None:
+    """Best-effort DEL while another error is already on its way to the runtime."""
+    try:
+        _call_delegate("DEL", delegate_config, inv)
+    except CniError as err:
+        sys.stderr.write(f"flannel: cleanup after failed ADD: {err.msg}\n")

@@ -1,0 +1,77 @@
+"""Find a CNI plugin in ``CNI_PATH`` and run it the way a runtime would."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import CniError, DelegateFailed, InvalidEnvironment
+
+
+def find_plugin(plugin_type: str, cni_path: str) -> Path:
+    """The first executable named ``plugin_type`` in the ``:``-separated ``cni_path``."""
+    directories = [entry for entry in cni_path.split(os.pathsep) if entry]
+    for directory in directories:
+        candidate = Path(directory, plugin_type)
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise InvalidEnvironment(
+        f'plugin "{plugin_type}" not found in CNI_PATH {directories}; install the CNI reference '
+        "plugins into one of these directories or add their directory to CNI_PATH"
+    )
+
+
+def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any] | None:
+    """Run the plugin ``config["type"]`` with ``command``; return its parsed result, if any.
+
+    ``env`` holds the CNI_* variables for the call (CNI_PATH among them); CNI_COMMAND is set
+    here. A plugin error becomes DelegateFailed carrying the plugin's own code and message.
+    """
+    import subprocess  # only ADD/DEL/CHECK delegate; VERSION and errors start faster without it
+
+    plugin_type = config["type"]
+    plugin = find_plugin(plugin_type, env.get("CNI_PATH", ""))
+    completed = subprocess.run(
+        [str(plugin)],
+        input=json.dumps(config).encode(),
+        env={**env, "CNI_COMMAND": command},
+        capture_output=True,
+        check=False,
+    )
+    stderr = completed.stderr.decode(errors="replace").strip()
+    if stderr:
+        sys.stderr.write(f"{plugin_type}: {stderr}\n")
+    output = completed.stdout.decode(errors="replace").strip()
+    if completed.returncode != 0:
+        raise _plugin_error(plugin_type, command, completed.returncode, output, stderr)
+    if not output:
+        return None
+    try:
+        result = json.loads(output)
+    except ValueError:
+        raise CniError(
+            f"{plugin_type} {command} succeeded but printed no JSON result", output[:500]
+        ) from None
+    if not isinstance(result, dict):
+        raise CniError(f"{plugin_type} {command} printed {output[:100]!r}, not a JSON object")
+    return result
+
+
+def _plugin_error(plugin_type: str, command: str, returncode: int, output: str, stderr: str) -> CniError:
+    """Translate a failed plugin's output into an error for our own caller."""
+    try:
+        error = json.loads(output)
+    except ValueError:
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("code"), int):
+        return DelegateFailed(
+            error["code"], f"{plugin_type}: {error.get('msg', '')}", error.get("details", "")
+        )
+    return CniError(
+        f"{plugin_type} {command} failed with exit status {returncode} and no CNI error",
+        (output or stderr)[:500],
+    )

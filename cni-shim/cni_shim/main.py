@@ -1,0 +1,167 @@
+"""``flannel`` CNI plugin entry point: the protocol layer.
+
+``run`` takes the environment and stdin as arguments and returns the exit status and stdout,
+so the whole protocol (validation, versions, error JSON) is tested with a dict and a string.
+The work itself is in ``commands``; every failure is a typed ``CniError`` whose spec code is
+written out here, at the boundary. Start-up is kept cheap: VERSION imports nothing beyond this
+module, and ``json`` is loaded only for commands that read a config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from .errors import (
+    CniError,
+    DecodeFailure,
+    IncompatibleVersion,
+    InvalidConfig,
+    InvalidEnvironment,
+    IOFailure,
+)
+from .version import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
+
+# The variables each command needs (empty counts as unset, as the reference runtime sends
+# empty values for the ones that do not apply).
+_REQUIRED_ENV: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "GC": ("CNI_PATH",),
+    "STATUS": (),
+}
+# The spec version that introduced each command.
+_MIN_CONFIG_VERSION = {"ADD": "0.1.0", "DEL": "0.1.0", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+
+_VERSION_REPLY = '{"cniVersion": "%s", "supportedVersions": [%s]}\n' % (  # noqa: UP031
+    LATEST_VERSION,
+    ", ".join(f'"{version}"' for version in SUPPORTED_VERSIONS),
+)
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def main() -> int:
+    """Console entry point: the runtime's environment and stdin in, CNI JSON on stdout."""
+    exit_code, output = run(os.environ, sys.stdin)
+    sys.stdout.write(output)
+    return exit_code
+
+
+def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:
+    """Execute one CNI call; return (exit status, text for stdout)."""
+    reply_version = LATEST_VERSION
+    try:
+        command = env.get("CNI_COMMAND", "")
+        if command == "VERSION":
+            # Like the reference plugins: stdin is not read, so VERSION from a shell never blocks.
+            return 0, _VERSION_REPLY
+        if command not in _REQUIRED_ENV:
+            raise InvalidEnvironment(
+                f"unknown CNI_COMMAND {command!r}; use one of ADD, DEL, CHECK, STATUS, GC, VERSION"
+                if command
+                else "required env variables [CNI_COMMAND] missing"
+            )
+        missing = [name for name in _REQUIRED_ENV[command] if not env.get(name)]
+        if missing:
+            raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")
+        config = _parse_config(_read(stdin))
+        cni_version = _config_version(config, command)
+        reply_version = cni_version
+        if command not in ("STATUS", "GC"):
+            _validate_identifiers(env)
+
+        from .commands import dispatch  # the work, and its imports, only when there is work
+
+        return 0, dispatch(command, env, config, cni_version)
+    except CniError as err:
+        return 1, _error_json(err, reply_version)
+    except OSError as err:
+        return 1, _error_json(IOFailure(f"{err.strerror or err}: {err.filename or ''}"), reply_version)
+
+
+def _read(stdin: TextIO) -> str:
+    try:
+        return stdin.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise IOFailure(f"error reading the network config from stdin: {err}") from None
+
+
+def _parse_config(text: str) -> dict[str, Any]:
+    """Decode stdin; validate the keys every CNI config has."""
+    import json
+
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise DecodeFailure(f"network config on stdin is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise DecodeFailure(f"network config on stdin must be a JSON object, not {text[:50]!r}")
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidConfig('network config has no "name"; add the network\'s name to the conflist')
+    if not _is_identifier(name):
+        raise InvalidConfig(
+            f"network name {name!r} has invalid characters; "
+            "use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )
+    if not isinstance(config.get("type"), str):
+        raise InvalidConfig('network config has no "type"')
+    return config
+
+
+def _config_version(config: dict[str, Any], command: str) -> str:
+    """The config's ``cniVersion`` if we speak it and it allows ``command``.
+
+    A config without cniVersion is 0.1.0, as in the reference library (pre-0.2.0 configs).
+    """
+    version = config.get("cniVersion", "0.1.0")
+    if not isinstance(version, str):
+        raise DecodeFailure(f'"cniVersion" must be a string like "1.0.0", not {version!r}')
+    if version not in SUPPORTED_VERSIONS:
+        raise IncompatibleVersion(
+            "incompatible CNI versions",
+            f'config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}',
+        )
+    minimum = _MIN_CONFIG_VERSION[command]
+    if not at_least(version, minimum):
+        raise IncompatibleVersion(
+            f"config version {version} does not allow {command}; it needs cniVersion {minimum} or newer"
+        )
+    return version
+
+
+def _validate_identifiers(env: Mapping[str, str]) -> None:
+    """Reject container IDs and interface names the spec (and the kernel) would not accept."""
+    container_id = env["CNI_CONTAINERID"]
+    if not _is_identifier(container_id):
+        raise InvalidEnvironment(
+            f"CNI_CONTAINERID {container_id!r} has invalid characters; "
+            "use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )
+    ifname = env["CNI_IFNAME"]
+    if (
+        len(ifname) > 15
+        or ifname in (".", "..")
+        or any(char == "/" or char == ":" or char.isspace() for char in ifname)
+    ):
+        raise InvalidEnvironment(
+            f"CNI_IFNAME {ifname!r} is not a valid interface name; "
+            "use at most 15 characters without '/', ':' or spaces, e.g. eth0"
+        )
+
+
+def _is_identifier(text: str) -> bool:
+    return bool(text) and text[0].isascii() and text[0].isalnum() and set(text) <= _ID_CHARS
+
+
+def _error_json(err: CniError, cni_version: str) -> str:
+    import json
+
+    error: dict[str, Any] = {"cniVersion": cni_version, "code": err.code, "msg": err.msg}
+    if err.details:
+        error["details"] = err.details
+    return json.dumps(error, indent=4) + "\n"

@@ -1,0 +1,118 @@
+"""Build the delegate's network config from the flannel conflist entry and ``subnet.env`` (pure).
+
+Keys and defaults are flannel's, so existing conflists work unchanged:
+
+* ``subnetFile`` (``/run/flannel/subnet.env``) and ``dataDir`` (``/var/lib/cni/flannel``);
+* ``delegate``: the delegated plugin's config; defaults ``type: bridge``, ``bridge: cni0``,
+  ``isGateway: true``, ``ipMasq: !FLANNEL_IPMASQ``, ``mtu: FLANNEL_MTU``; user keys win;
+* ``ipam``: extra host-local keys (``dataDir``, ``resolvConf``, ``routes``...); ``ranges`` is
+  always this host's subnet, and a route to the whole overlay is appended;
+* ``runtimeConfig``, ``args`` and ``dns`` are passed through to the delegate.
+
+One key of our own: ``subnetFileTimeout`` (seconds, default 5): how long ADD waits for the agent
+to write ``subnet.env`` before answering "try again later".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidConfig, UnsupportedField
+from .subnetenv import SubnetEnv
+from .version import delegate_version
+
+DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")
+DEFAULT_DATA_DIR = Path("/var/lib/cni/flannel")
+DEFAULT_SUBNET_FILE_TIMEOUT = 5.0
+
+# Keys the shim owns in the delegate config. flannel rejected `name` and `ipam` there too: a
+# second name would split host-local's allocations, a second ipam would hide ours.
+_RESERVED_DELEGATE_KEYS = {
+    "name": "the delegate always uses the network's name",
+    "ipam": 'put IPAM settings in the top-level "ipam" key',
+}
+# Top-level keys copied unchanged into the delegate config.
+_PASSED_THROUGH = ("runtimeConfig", "args", "dns")
+
+
+@dataclass(frozen=True)
+class ShimConf:
+    """The conflist entry for ``"type": "flannel"``, validated."""
+
+    name: str
+    cni_version: str
+    subnet_file: Path
+    data_dir: Path
+    subnet_file_timeout: float
+    delegate: dict[str, Any]
+    ipam: dict[str, Any]
+    passed_through: dict[str, Any]
+
+
+def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
+    """Validate the shim's own keys; raise InvalidConfig / UnsupportedField naming the key."""
+    delegate = _object(config, "delegate")
+    for key, fix in _RESERVED_DELEGATE_KEYS.items():
+        if key in delegate:
+            raise UnsupportedField(f'"delegate.{key}" ({delegate[key]!r}) is not supported: {fix}')
+    if not isinstance(delegate.get("type", "bridge"), str) or delegate.get("type") == "flannel":
+        raise InvalidConfig(
+            f'"delegate.type" {delegate.get("type")!r} is not a plugin name to delegate to; '
+            'use "bridge" (the default) or another plugin type in CNI_PATH'
+        )
+    timeout = config.get("subnetFileTimeout", DEFAULT_SUBNET_FILE_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise InvalidConfig(f'"subnetFileTimeout" {timeout!r} is not a number of seconds; use e.g. 5')
+    return ShimConf(
+        name=config["name"],
+        cni_version=cni_version,
+        subnet_file=_path(config, "subnetFile", DEFAULT_SUBNET_FILE),
+        data_dir=_path(config, "dataDir", DEFAULT_DATA_DIR),
+        subnet_file_timeout=float(timeout),
+        delegate=delegate,
+        ipam=_object(config, "ipam"),
+        passed_through={key: config[key] for key in _PASSED_THROUGH if key in config},
+    )
+
+
+def build_delegate(conf: ShimConf, subnet_env: SubnetEnv) -> dict[str, Any]:
+    """The complete config for the delegated plugin (without ``prevResult``)."""
+    delegate: dict[str, Any] = {
+        "type": "bridge",
+        "ipMasq": not subnet_env.ipmasq,
+        "mtu": subnet_env.mtu,
+    }
+    if conf.delegate.get("type", "bridge") == "bridge":
+        delegate.update(bridge="cni0", isGateway=True)
+    delegate.update(conf.delegate)
+    delegate.update(conf.passed_through)
+    delegate["name"] = conf.name
+    delegate["cniVersion"] = delegate_version(conf.cni_version)
+    delegate["ipam"] = build_ipam(conf.ipam, subnet_env)
+    return delegate
+
+
+def build_ipam(user_ipam: dict[str, Any], subnet_env: SubnetEnv) -> dict[str, Any]:
+    """host-local IPAM over this host's subnet(s), with the user's extra keys kept."""
+    overlay_routes = [{"dst": str(family.network)} for family in subnet_env.families]
+    user_routes = user_ipam.get("routes", [])
+    ipam: dict[str, Any] = {"type": "host-local", **user_ipam}
+    ipam["ranges"] = [[{"subnet": str(family.subnet.network)}] for family in subnet_env.families]
+    ipam["routes"] = user_routes + [r for r in overlay_routes if r not in user_routes]
+    return ipam
+
+
+def _object(config: dict[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key, {})
+    if not isinstance(value, dict):
+        raise InvalidConfig(f'"{key}" must be a JSON object, not {value!r}')
+    return value
+
+
+def _path(config: dict[str, Any], key: str, default: Path) -> Path:
+    value = config.get(key, str(default))
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise InvalidConfig(f'"{key}" {value!r} is not an absolute path; e.g. "{default}"')
+    return Path(value)

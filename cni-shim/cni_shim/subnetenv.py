@@ -1,0 +1,120 @@
+"""Parse the agent's ``subnet.env`` (pure; the shim must not import overlayd).
+
+The file is flannel's format, ``KEY=VALUE`` lines written by the agent once it holds a lease::
+
+    FLANNEL_NETWORK=198.18.0.0/16
+    FLANNEL_SUBNET=198.18.5.1/24
+    FLANNEL_MTU=1450
+    FLANNEL_IPMASQ=false
+    FLANNEL_IPV6_NETWORK=2001:db8::/48      (optional, dual stack)
+    FLANNEL_IPV6_SUBNET=2001:db8:0:5::1/64  (optional, dual stack)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+# Go's strconv.ParseBool spellings, because flannel's plugin accepted exactly these.
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class SubnetEnvError(ValueError):
+    """The file exists but cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class AddressFamily:
+    """One family's overlay: the whole network and this host's subnet (with its gateway)."""
+
+    network: IPNetwork
+    subnet: IPInterface
+
+
+@dataclass(frozen=True)
+class SubnetEnv:
+    """What the agent tells the plugin about this host's share of the overlay."""
+
+    families: tuple[AddressFamily, ...]
+    mtu: int
+    ipmasq: bool
+
+
+def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
+    """Parse the file's text; raise SubnetEnvError naming ``source`` and the bad key."""
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SubnetEnvError(f"{source} line {lineno}: {raw!r} is not KEY=VALUE")
+        values[key.strip()] = value.strip().strip('"')
+
+    families = tuple(
+        family
+        for family in (
+            _family(values, source, "FLANNEL_NETWORK", "FLANNEL_SUBNET", 4),
+            _family(values, source, "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", 6),
+        )
+        if family is not None
+    )
+    if not families:
+        raise _broken(source, "FLANNEL_NETWORK and FLANNEL_SUBNET missing (and no IPv6 pair either)")
+
+    mtu_text = values.get("FLANNEL_MTU")
+    if mtu_text is None:
+        raise _broken(source, "FLANNEL_MTU missing")
+    if not mtu_text.isdigit() or not 68 <= int(mtu_text) <= 65535:
+        raise _broken(source, f"FLANNEL_MTU {mtu_text!r} is not an MTU between 68 and 65535")
+
+    ipmasq_text = values.get("FLANNEL_IPMASQ")
+    if ipmasq_text is None:
+        raise _broken(source, "FLANNEL_IPMASQ missing")
+    if ipmasq_text not in _TRUE | _FALSE:
+        raise _broken(source, f"FLANNEL_IPMASQ {ipmasq_text!r} is not true or false")
+
+    return SubnetEnv(families=families, mtu=int(mtu_text), ipmasq=ipmasq_text in _TRUE)
+
+
+def _broken(source: str, problem: str) -> SubnetEnvError:
+    return SubnetEnvError(
+        f"{source}: {problem}; the overlayd agent writes this file, restart it to rewrite it"
+    )
+
+
+def _family(
+    values: dict[str, str], source: str, network_key: str, subnet_key: str, ip_version: int
+) -> AddressFamily | None:
+    """Parse one NETWORK/SUBNET pair; both or neither must be present."""
+
+    network_text, subnet_text = values.get(network_key), values.get(subnet_key)
+    if network_text is None and subnet_text is None:
+        return None
+    if network_text is None or subnet_text is None:
+        present, missing = (network_key, subnet_key) if subnet_text is None else (subnet_key, network_key)
+        raise _broken(source, f"{missing} missing while {present} is set")
+    try:
+        network = ipaddress.ip_network(network_text)
+    except ValueError as err:
+        raise _broken(source, f"{network_key} {network_text!r} is not a network ({err})") from None
+    try:
+        subnet = ipaddress.ip_interface(subnet_text)
+    except ValueError as err:
+        raise _broken(source, f"{subnet_key} {subnet_text!r} is not an address/prefix ({err})") from None
+    if network.version != ip_version or subnet.version != ip_version:
+        raise _broken(source, f"{network_key}/{subnet_key} must be IPv{ip_version}")
+    if not subnet.network.subnet_of(network):
+        raise _broken(source, f"{subnet_key} {subnet_text} is not inside {network_key} {network_text}")
+    return AddressFamily(network=network, subnet=subnet)
+
+
+def read_subnet_env(path: Path) -> SubnetEnv:
+    """Read and parse the file; FileNotFoundError means the agent has not written it yet."""
+    return parse_subnet_env(path.read_text(), source=str(path))
