@@ -1,0 +1,326 @@
+"""The VXLAN backend's kernel side: the ``flannel.<VNI>`` device and its per-peer entries.
+
+Programming matches flanneld byte for byte (device attributes, permanent neighbour, ``self``
+FDB entry with a ``dst``, onlink route via the peer's ``<subnet>.0``), so either agent can take
+over the other's device. Unlike flanneld, the device is repaired rather than trusted: MTU drift,
+a wrong MAC or stray addresses are fixed, and an incompatible device is recreated.
+
+All kernel access goes through one pyroute2 ``IPRoute`` socket bound to the network namespace
+current when the backend is created; no multicast groups are joined (``netmon`` watches).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
+
+from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VXLAN_PORT = 8472  # the kernel's default, what flannel's Port 0 means
+MAIN_TABLE = 254
+IFF_UP = 0x1
+RTNH_F_ONLINK = 0x4
+NUD_PERMANENT = ndmsg.states["permanent"]
+NTF_SELF = ndmsg.flags["self"]
+ZERO_MAC = "00:00:00:00:00:00"
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+
+
+class BackendError(Exception):
+    """A device could not be set up as asked; the message names the device and the cause."""
+
+
+class ApplyError(BackendError):
+    """Some entries of a diff failed; the others were applied."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__(f"{len(failures)} netlink operation(s) failed: " + "; ".join(failures))
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What ``flannel.<VNI>`` should look like."""
+
+    vni: int
+    local_ip: IPv4Address
+    underlay_ifname: str
+    port: int
+    gbp: bool
+    mtu: int
+    address: IPv4Interface
+    mac: str
+    learning: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"flannel.{self.vni}"
+
+    @property
+    def dstport(self) -> int:
+        """The UDP port the kernel reports for this spec (0 means the kernel default)."""
+        return self.port or DEFAULT_VXLAN_PORT
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """The device as left by ``ensure_device``."""
+
+    ifindex: int
+    mac: str
+    mtu: int
+
+
+class VxlanBackend:
+    """Owns an IPRoute socket in the current network namespace."""
+
+    def __init__(self) -> None:
+        self._ipr = IPRoute(groups=0)
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # -- device -------------------------------------------------------------------------------
+
+    def underlay_mtu(self, ifname: str) -> int:
+        """MTU of the external interface, from which the VXLAN MTU is derived."""
+        return int(self._link_by_name(ifname, "underlay interface").get("IFLA_MTU"))
+
+    def find_compatible_mac(self, spec: DeviceSpec) -> str | None:
+        """MAC of an existing ``spec.name`` that ``ensure_device`` would keep, else None.
+
+        Lets the agent adopt the MAC of a device flanneld created, so peers keep reaching us
+        through the entries they already hold while our lease is re-published.
+        """
+        link = self._find_link(spec.name)
+        if link is None or self._identity_mismatches(link, spec):
+            return None
+        return str(link.get("IFLA_ADDRESS")).lower()
+
+    def ensure_device(self, spec: DeviceSpec) -> tuple[DeviceState, list[str]]:
+        """Make ``spec.name`` match ``spec``; return its state and the changes made (may be [])."""
+        actions: list[str] = []
+        link = self._find_link(spec.name)
+        if link is not None:
+            mismatches = self._identity_mismatches(link, spec)
+            if _vxlan_data(link).get("IFLA_VXLAN_LEARNING", 0) != int(spec.learning):
+                mismatches.append(f"learning != {spec.learning}")
+            if mismatches:
+                self._ipr.link("del", index=link["index"])
+                link = None
+                actions.append(f"deleted incompatible {spec.name} ({', '.join(mismatches)})")
+        if link is None:
+            link = self._create(spec)
+            actions.append(f"created {spec.name}")
+        index = link["index"]
+        actions += self._fix_link_settings(index, link, spec)
+        actions += self._fix_addresses(index, spec)
+        for action in actions:
+            log.info("%s: %s", spec.name, action)
+        link = self._ipr.link("get", index=index)[0]
+        state = DeviceState(index, str(link.get("IFLA_ADDRESS")).lower(), int(link.get("IFLA_MTU")))
+        return state, actions
+
+    def _find_link(self, ifname: str) -> Any | None:
+        try:
+            return self._ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as err:
+            if err.code == errno.ENODEV:
+                return None
+            raise
+
+    def _link_by_name(self, ifname: str, role: str) -> Any:
+        link = self._find_link(ifname)
+        if link is None:
+            raise BackendError(f"{role} {ifname} does not exist; check the interface option")
+        return link
+
+    def _identity_mismatches(self, link: Any, spec: DeviceSpec) -> list[str]:
+        """Attributes that cannot be changed in place (the device must be recreated)."""
+        kind = link.get(("linkinfo", "kind"))
+        if kind != "vxlan":
+            return [f"kind {kind} is not vxlan"]
+        data = _vxlan_data(link)
+        underlay = self._link_by_name(spec.underlay_ifname, "underlay interface")
+        expected = {
+            "IFLA_VXLAN_ID": spec.vni,
+            "IFLA_VXLAN_LINK": underlay["index"],
+            "IFLA_VXLAN_LOCAL": str(spec.local_ip),
+            "IFLA_VXLAN_PORT": spec.dstport,
+            "IFLA_VXLAN_GBP": spec.gbp,
+        }
+        actual = {key: data.get(key) for key in expected}
+        actual["IFLA_VXLAN_GBP"] = bool(actual["IFLA_VXLAN_GBP"])
+        return [
+            f"{key.removeprefix('IFLA_VXLAN_').lower()} {actual[key]} != {value}"
+            for key, value in expected.items()
+            if actual[key] != value
+        ]
+
+    def _create(self, spec: DeviceSpec) -> Any:
+        underlay = self._link_by_name(spec.underlay_ifname, "underlay interface")
+        options: dict[str, Any] = {
+            "ifname": spec.name,
+            "kind": "vxlan",
+            "vxlan_id": spec.vni,
+            "vxlan_local": str(spec.local_ip),
+            "vxlan_link": underlay["index"],
+            "vxlan_port": spec.dstport,
+            "vxlan_learning": int(spec.learning),
+            "mtu": spec.mtu,
+            "address": spec.mac,
+        }
+        if spec.gbp:
+            options["vxlan_gbp"] = True
+        try:
+            self._ipr.link("add", **options)
+        except NetlinkError as err:
+            raise BackendError(f"cannot create {spec.name}: {err.args[-1]}") from err
+        return self._ipr.link("get", ifname=spec.name)[0]
+
+    def _fix_link_settings(self, index: int, link: Any, spec: DeviceSpec) -> list[str]:
+        """Set MTU, MAC and up state where they differ; flanneld never fixes these."""
+        changes: dict[str, Any] = {}
+        actions = []
+        mtu = link.get("IFLA_MTU")
+        if mtu != spec.mtu:
+            changes["mtu"] = spec.mtu
+            actions.append(f"set mtu {spec.mtu} (was {mtu})")
+        mac = str(link.get("IFLA_ADDRESS")).lower()
+        if mac != spec.mac:
+            changes["address"] = spec.mac
+            actions.append(f"set mac {spec.mac} (was {mac})")
+        if not link["flags"] & IFF_UP:
+            changes["state"] = "up"
+            actions.append("set up")
+        if changes:
+            self._ipr.link("set", index=index, **changes)
+        return actions
+
+    def _fix_addresses(self, index: int, spec: DeviceSpec) -> list[str]:
+        """Leave exactly ``spec.address`` as the device's IPv4 address."""
+        actions = []
+        present = False
+        for msg in self._ipr.addr("dump", index=index, family=socket.AF_INET):
+            address = IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+            if address == spec.address:
+                present = True
+                continue
+            self._ipr.addr("del", index=index, address=str(address.ip),
+                           prefixlen=address.network.prefixlen)
+            actions.append(f"removed address {address}")
+        if not present:
+            self._ipr.addr("add", index=index, address=str(spec.address.ip),
+                           prefixlen=spec.address.network.prefixlen)
+            actions.append(f"added address {spec.address}")
+        return actions
+
+    # -- per-peer entries ---------------------------------------------------------------------
+
+    def read_plane(self, ifindex: int) -> Plane:
+        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out)."""
+        neighs = {
+            Neigh(IPv4Address(msg.get("NDA_DST")), str(msg.get("NDA_LLADDR")).lower())
+            for msg in self._ipr.neigh("dump", ifindex=ifindex, family=socket.AF_INET)
+            if msg["ifindex"] == ifindex
+            and msg["state"] & NUD_PERMANENT
+            and msg.get("NDA_LLADDR")
+        }
+        fdbs = {
+            Fdb(str(msg.get("NDA_LLADDR")).lower(), IPv4Address(msg.get("NDA_DST")))
+            for msg in self._ipr.fdb("dump", ifindex=ifindex)
+            if msg["ifindex"] == ifindex
+            and msg["state"] & NUD_PERMANENT
+            and msg["flags"] & NTF_SELF
+            and msg.get("NDA_DST")
+            and msg.get("NDA_LLADDR") not in (None, ZERO_MAC)
+        }
+        routes = {
+            Route(
+                IPv4Network(f"{msg.get('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"),
+                IPv4Address(msg.get("RTA_GATEWAY")),
+            )
+            for msg in self._ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE)
+            if msg.get("RTA_OIF") == ifindex
+            and msg.get("RTA_TABLE", msg["table"]) == MAIN_TABLE
+            and msg.get("RTA_GATEWAY")
+        }
+        return Plane(frozenset(neighs), frozenset(fdbs), frozenset(routes))
+
+    def apply(self, ifindex: int, diff: PlaneDiff) -> None:
+        """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
+
+        Each entry is attempted even if another failed, so one bad lease cannot block the rest;
+        the failures are raised together as ``ApplyError``. Entries already gone count as removed.
+        """
+        failures: list[str] = []
+        for what, operation in self._removals(ifindex, diff.remove):
+            _attempt(what, operation, failures, tolerated=GONE_ERRNOS)
+        for what, operation in self._additions(ifindex, diff.add):
+            _attempt(what, operation, failures, tolerated=frozenset())
+        if failures:
+            raise ApplyError(failures)
+
+    def _removals(self, ifindex: int, plane: Plane) -> Iterator[tuple[str, Callable[[], object]]]:
+        """Routes first, so no route points at a gateway whose neighbour is already gone."""
+        ipr = self._ipr
+        for route in sorted(plane.routes):
+            yield f"del route {route.dst} via {route.gateway}", partial(
+                ipr.route, "del", dst=str(route.dst), gateway=str(route.gateway), oif=ifindex,
+                table=MAIN_TABLE)
+        for fdb in sorted(plane.fdbs):
+            yield f"del fdb {fdb.mac} dst {fdb.dst}", partial(
+                ipr.fdb, "del", ifindex=ifindex, lladdr=fdb.mac, dst=str(fdb.dst))
+        for neigh in sorted(plane.neighs):
+            yield f"del neigh {neigh.ip} lladdr {neigh.mac}", partial(
+                ipr.neigh, "del", ifindex=ifindex, dst=str(neigh.ip), lladdr=neigh.mac)
+
+    def _additions(self, ifindex: int, plane: Plane) -> Iterator[tuple[str, Callable[[], object]]]:
+        """Neighbour, FDB, then route: a route is only usable once both entries exist."""
+        ipr = self._ipr
+        for neigh in sorted(plane.neighs):
+            yield f"replace neigh {neigh.ip} lladdr {neigh.mac}", partial(
+                ipr.neigh, "replace", ifindex=ifindex, dst=str(neigh.ip), lladdr=neigh.mac,
+                state=NUD_PERMANENT)
+        for fdb in sorted(plane.fdbs):
+            yield f"replace fdb {fdb.mac} dst {fdb.dst}", partial(
+                ipr.fdb, "replace", ifindex=ifindex, lladdr=fdb.mac, dst=str(fdb.dst),
+                state=NUD_PERMANENT, flags=NTF_SELF)
+        for route in sorted(plane.routes):
+            yield f"replace route {route.dst} via {route.gateway}", partial(
+                ipr.route, "replace", dst=str(route.dst), gateway=str(route.gateway),
+                oif=ifindex, table=MAIN_TABLE, flags=RTNH_F_ONLINK)
+
+
+def _attempt(
+    what: str, operation: Callable[[], object], failures: list[str], tolerated: frozenset[int]
+) -> None:
+    """Run one netlink operation; log it on success, record it in ``failures`` on error."""
+    try:
+        operation()
+    except NetlinkError as err:
+        if err.code not in tolerated:
+            failures.append(f"{what}: {err.args[-1]}")
+        return
+    except (TypeError, ValueError) as err:  # pyroute2 refuses to encode a malformed value
+        failures.append(f"{what}: {err}")
+        return
+    log.info("%s", what)
+
+
+def _vxlan_data(link: Any) -> dict[str, Any]:
+    """The IFLA_VXLAN_* attributes of a link message as a dict (empty for other kinds)."""
+    data = link.get(("linkinfo", "data"))
+    return dict(data["attrs"]) if data else {}

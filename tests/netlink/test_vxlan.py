@@ -1,0 +1,240 @@
+"""VxlanBackend against a real kernel, inside throwaway network namespaces."""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+from nsutil import in_netns, ip_json, run
+
+from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, VxlanBackend
+from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route, diff_planes
+
+pytestmark = pytest.mark.root
+
+SPEC = DeviceSpec(
+    vni=1,
+    local_ip=IPv4Address("192.0.2.1"),
+    underlay_ifname="u0",
+    port=0,
+    gbp=False,
+    mtu=1450,
+    address=IPv4Interface("198.18.1.0/32"),
+    mac="0a:00:00:00:01:01",
+)
+
+
+def peer(n: int, mac: str | None = None) -> Plane:
+    """The three entries of peer ``n``: subnet 198.18.<n>.0/24 behind 192.0.2.<n>."""
+    gateway = IPv4Address(f"198.18.{n}.0")
+    mac = mac or f"0a:00:00:00:00:{n:02x}"
+    return Plane(
+        frozenset({Neigh(gateway, mac)}),
+        frozenset({Fdb(mac, IPv4Address(f"192.0.2.{n}"))}),
+        frozenset({Route(IPv4Network(f"198.18.{n}.0/24"), gateway)}),
+    )
+
+
+def union(*planes: Plane) -> Plane:
+    return Plane(
+        frozenset().union(*(p.neighs for p in planes)),
+        frozenset().union(*(p.fdbs for p in planes)),
+        frozenset().union(*(p.routes for p in planes)),
+    )
+
+
+def ensure(spec: DeviceSpec) -> tuple[DeviceState, list[str]]:
+    backend = VxlanBackend()
+    try:
+        return backend.ensure_device(spec)
+    finally:
+        backend.close()
+
+
+def find_mac(spec: DeviceSpec) -> str | None:
+    backend = VxlanBackend()
+    try:
+        return backend.find_compatible_mac(spec)
+    finally:
+        backend.close()
+
+
+def sync(desired: Plane) -> Plane:
+    """Full reconcile as the agent does it: ensure, read, diff, apply; return what is read after."""
+    backend = VxlanBackend()
+    try:
+        state, _ = backend.ensure_device(SPEC)
+        backend.apply(state.ifindex, diff_planes(desired, backend.read_plane(state.ifindex)))
+        return backend.read_plane(state.ifindex)
+    finally:
+        backend.close()
+
+
+def read_plane() -> Plane:
+    backend = VxlanBackend()
+    try:
+        state, _ = backend.ensure_device(SPEC)
+        return backend.read_plane(state.ifindex)
+    finally:
+        backend.close()
+
+
+def link(ns: str) -> dict:
+    [device] = ip_json(ns, "link", "show", "flannel.1")
+    return device
+
+
+def test_creates_device_like_flanneld(netns: str) -> None:
+    state, actions = in_netns(netns, ensure, SPEC)
+    assert actions == ["created flannel.1", "set up", "added address 198.18.1.0/32"]
+    device = link(netns)
+    info = device["linkinfo"]["info_data"]
+    assert device["linkinfo"]["info_kind"] == "vxlan"
+    assert (info["id"], info["local"], info["link"], info["port"]) == (1, "192.0.2.1", "u0", 8472)
+    assert info["learning"] is False
+    assert (device["mtu"], device["address"]) == (1450, SPEC.mac)
+    assert "UP" in device["flags"]
+    assert state == DeviceState(device["ifindex"], SPEC.mac, 1450)
+    [addr] = ip_json(netns, "-4", "addr", "show", "flannel.1")[0]["addr_info"]
+    assert (addr["local"], addr["prefixlen"]) == ("198.18.1.0", 32)
+    assert in_netns(netns, ensure, SPEC) == (state, [])
+
+
+def test_reuses_compatible_device_and_fixes_drift(netns: str) -> None:
+    run("ip", "-n", netns, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
+        "local", "192.0.2.1", "dev", "u0", "dstport", "8472", "nolearning")
+    run("ip", "-n", netns, "link", "set", "flannel.1", "mtu", "1300", "address", "0a:00:00:00:0f:0f")
+    run("ip", "-n", netns, "addr", "add", "198.18.99.1/24", "dev", "flannel.1")
+    ifindex = link(netns)["ifindex"]
+    assert in_netns(netns, find_mac, SPEC) == "0a:00:00:00:0f:0f"
+
+    adopted = dataclasses.replace(SPEC, mac="0a:00:00:00:0f:0f")
+    state, actions = in_netns(netns, ensure, adopted)
+    assert state == DeviceState(ifindex, "0a:00:00:00:0f:0f", 1450)
+    assert actions == [
+        "set mtu 1450 (was 1300)",
+        "set up",
+        "removed address 198.18.99.1/24",
+        "added address 198.18.1.0/32",
+    ]
+    assert link(netns)["mtu"] == 1450
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"local_ip": IPv4Address("192.0.2.9")}, "local 192.0.2.1 != 192.0.2.9"),
+        ({"port": 4789}, "port 8472 != 4789"),
+        ({"gbp": True}, "gbp False != True"),
+    ],
+)
+def test_recreates_incompatible_device(netns: str, change: dict, reason: str) -> None:
+    run("ip", "-n", netns, "addr", "add", "192.0.2.9/24", "dev", "u0")
+    in_netns(netns, ensure, SPEC)
+    old_ifindex = link(netns)["ifindex"]
+    changed = dataclasses.replace(SPEC, **change)
+    assert in_netns(netns, find_mac, changed) is None
+
+    state, actions = in_netns(netns, ensure, changed)
+    assert actions[:2] == [f"deleted incompatible flannel.1 ({reason})", "created flannel.1"]
+    assert state.ifindex != old_ifindex
+    assert state.mac == SPEC.mac  # the persisted MAC survives re-creation
+    info = link(netns)["linkinfo"]["info_data"]
+    assert (info["local"], info["port"]) == (str(changed.local_ip), changed.port or 8472)
+
+
+def test_recreates_learning_device(netns: str) -> None:
+    run("ip", "-n", netns, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
+        "local", "192.0.2.1", "dev", "u0", "dstport", "8472", "learning")
+    _, actions = in_netns(netns, ensure, SPEC)
+    assert actions[0] == "deleted incompatible flannel.1 (learning != False)"
+    assert link(netns)["linkinfo"]["info_data"]["learning"] is False
+
+
+def test_apply_and_read_plane_round_trip(netns: str) -> None:
+    two = union(peer(2), peer(3))
+    assert in_netns(netns, sync, two) == two
+    routes = run("ip", "-n", netns, "route", "show", "dev", "flannel.1").stdout
+    assert "198.18.2.0/24 via 198.18.2.0 proto static onlink" in routes
+
+    # Peer 3 leaves, peer 2's VTEP MAC changes: stale neighbour and FDB entries must go.
+    moved = peer(2, mac="0a:00:00:00:02:99")
+    assert in_netns(netns, sync, moved) == moved
+    fdb = run("bridge", "-n", netns, "fdb", "show", "dev", "flannel.1").stdout
+    assert "0a:00:00:00:00:02" not in fdb
+    assert "0a:00:00:00:02:99 dst 192.0.2.2 self permanent" in fdb
+    assert in_netns(netns, sync, Plane()) == Plane()
+
+
+def test_read_plane_ignores_kernel_entries(netns: str) -> None:
+    in_netns(netns, sync, peer(2))
+    # Entries the kernel or an operator adds that are not peer entries.
+    run("bridge", "-n", netns, "fdb", "append", "00:00:00:00:00:00", "dev", "flannel.1",
+        "dst", "192.0.2.7")
+    run("ip", "-n", netns, "route", "add", "198.18.200.0/24", "dev", "flannel.1")
+    run("ip", "-n", netns, "neigh", "add", "198.18.201.1", "lladdr", "0a:00:00:00:00:07",
+        "dev", "flannel.1", "nud", "stale")
+    assert in_netns(netns, read_plane) == peer(2)
+
+
+@pytest.mark.parametrize(
+    "delete",
+    [
+        ("ip", "route", "del", "198.18.2.0/24"),
+        ("ip", "neigh", "del", "198.18.2.0", "dev", "flannel.1"),
+        ("bridge", "fdb", "del", "0a:00:00:00:00:02", "dev", "flannel.1", "dst", "192.0.2.2"),
+    ],
+    ids=["route", "neigh", "fdb"],
+)
+def test_hand_deletion_is_seen_and_repaired(netns: str, delete: tuple[str, ...]) -> None:
+    in_netns(netns, sync, peer(2))
+    run(delete[0], "-n", netns, *delete[1:])
+    actual = in_netns(netns, read_plane)
+    assert len(actual) == 2
+    assert in_netns(netns, sync, peer(2)) == peer(2)
+
+
+def test_apply_tolerates_gone_entries_and_collects_failures(netns: str) -> None:
+    malformed = Plane(neighs=frozenset({Neigh(IPv4Address("198.18.6.0"), "not-a-mac")}))
+
+    def apply_all() -> tuple[list[str], Plane]:
+        backend = VxlanBackend()
+        try:
+            state, _ = backend.ensure_device(SPEC)
+            backend.apply(state.ifindex, PlaneDiff(remove=peer(5)))  # absent: not an error
+            try:
+                backend.apply(state.ifindex, PlaneDiff(add=union(malformed, peer(7))))
+            except ApplyError as err:
+                return err.failures, backend.read_plane(state.ifindex)
+            return [], backend.read_plane(state.ifindex)
+        finally:
+            backend.close()
+
+    failures, actual = in_netns(netns, apply_all)
+    assert len(failures) == 1
+    assert failures[0].startswith("replace neigh 198.18.6.0 lladdr not-a-mac: ")
+    assert actual == peer(7)  # the good peer was programmed despite the bad entry
+
+
+def test_two_hosts_ping_across_overlay(netns_pair: tuple[str, str]) -> None:
+    hosts = []
+    for n, ns in enumerate(netns_pair, start=1):
+        spec = dataclasses.replace(
+            SPEC, local_ip=IPv4Address(f"192.0.2.{n}"),
+            address=IPv4Interface(f"198.18.{n}.0/32"), mac=f"0a:00:00:00:00:{n:02x}")
+        hosts.append((ns, spec))
+
+    def program(spec: DeviceSpec, peer_number: int) -> None:
+        backend = VxlanBackend()
+        try:
+            state, _ = backend.ensure_device(spec)
+            backend.apply(state.ifindex, PlaneDiff(add=peer(peer_number)))
+        finally:
+            backend.close()
+
+    in_netns(hosts[0][0], program, hosts[0][1], 2)
+    in_netns(hosts[1][0], program, hosts[1][1], 1)
+    ping = run("ip", "netns", "exec", hosts[0][0], "ping", "-c", "1", "-W", "2",
+               "-I", "198.18.1.0", "198.18.2.0", check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
