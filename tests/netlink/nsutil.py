@@ -1,4 +1,5 @@
-"""Helpers for tests in real network namespaces: commands, and running code inside a namespace."""
+"""Helpers for tests in real network namespaces: commands, code run inside a namespace, and
+the device spec and peer entries the tests program."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import secrets
 import subprocess
 import traceback
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2.netns import setns
+
+from overlayd.backend.vxlan import DeviceSpec
+from overlayd.desired import Fdb, Neigh, Plane, Route
 
 RUN_PREFIX = f"ovn{secrets.token_hex(2)}"
 _counter = itertools.count()
@@ -70,3 +75,34 @@ def in_netns(name: str, function: Callable[..., Any], *args: Any) -> Any:
     if status == "error":
         raise AssertionError(f"in namespace {name}:\n{value}")
     return value
+
+
+SPEC = DeviceSpec(
+    vni=1,
+    local_ip=IPv4Address("192.0.2.1"),
+    underlay_ifname="u0",
+    port=0,
+    gbp=False,
+    mtu=1450,
+    address=IPv4Interface("198.18.1.0/32"),
+    mac="0a:00:00:00:01:01",
+)
+
+
+def peer(n: int, mac: str | None = None) -> Plane:
+    """The three entries of peer ``n``: subnet 198.18.<n>.0/24 behind 192.0.2.<n>."""
+    gateway = IPv4Address(f"198.18.{n}.0")
+    mac = mac or f"0a:00:00:00:00:{n:02x}"
+    return Plane(
+        frozenset({Neigh(gateway, mac)}),
+        frozenset({Fdb(mac, IPv4Address(f"192.0.2.{n}"))}),
+        frozenset({Route(IPv4Network(f"198.18.{n}.0/24"), gateway)}),
+    )
+
+
+def union(*planes: Plane) -> Plane:
+    return Plane(
+        frozenset().union(*(p.neighs for p in planes)),
+        frozenset().union(*(p.fdbs for p in planes)),
+        frozenset().union(*(p.routes for p in planes)),
+    )

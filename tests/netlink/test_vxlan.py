@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
-from nsutil import in_netns, ip_json, run
+from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
 from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, VxlanBackend
-from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route, diff_planes
+from overlayd.desired import Neigh, Plane, PlaneDiff, diff_planes
 
 pytestmark = pytest.mark.root
-
-SPEC = DeviceSpec(
-    vni=1,
-    local_ip=IPv4Address("192.0.2.1"),
-    underlay_ifname="u0",
-    port=0,
-    gbp=False,
-    mtu=1450,
-    address=IPv4Interface("198.18.1.0/32"),
-    mac="0a:00:00:00:01:01",
-)
-
-
-def peer(n: int, mac: str | None = None) -> Plane:
-    """The three entries of peer ``n``: subnet 198.18.<n>.0/24 behind 192.0.2.<n>."""
-    gateway = IPv4Address(f"198.18.{n}.0")
-    mac = mac or f"0a:00:00:00:00:{n:02x}"
-    return Plane(
-        frozenset({Neigh(gateway, mac)}),
-        frozenset({Fdb(mac, IPv4Address(f"192.0.2.{n}"))}),
-        frozenset({Route(IPv4Network(f"198.18.{n}.0/24"), gateway)}),
-    )
-
-
-def union(*planes: Plane) -> Plane:
-    return Plane(
-        frozenset().union(*(p.neighs for p in planes)),
-        frozenset().union(*(p.fdbs for p in planes)),
-        frozenset().union(*(p.routes for p in planes)),
-    )
 
 
 def ensure(spec: DeviceSpec) -> tuple[DeviceState, list[str]]:
