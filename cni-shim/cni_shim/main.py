@@ -36,10 +36,8 @@ _REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 # The spec version that introduced each command.
 _MIN_CONFIG_VERSION = {"ADD": "0.1.0", "DEL": "0.1.0", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 
-_VERSION_REPLY = '{"cniVersion": "%s", "supportedVersions": [%s]}\n' % (  # noqa: UP031
-    LATEST_VERSION,
-    ", ".join(f'"{version}"' for version in SUPPORTED_VERSIONS),
-)
+_SUPPORTED_LIST = ", ".join(f'"{version}"' for version in SUPPORTED_VERSIONS)
+_VERSION_REPLY = f'{{"cniVersion": "{LATEST_VERSION}", "supportedVersions": [{_SUPPORTED_LIST}]}}\n'
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
