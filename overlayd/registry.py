@@ -1,0 +1,485 @@
+"""The subnet registry in etcd: config, leases and watches, in flannel's layout (v3 API).
+
+This is the only module that imports ``etcd3``, so swapping the client library touches one file.
+Layout (the contract with flanneld peers): ``<prefix>/config`` holds the network config and
+``<prefix>/subnets/A.B.C.D-LEN`` one lease per host, each key bound to its own etcd lease, its value
+flannel's JSON byte for byte (``lease.encode_attrs``).
+
+Every write is a transaction with a guard, so two agents never both believe they hold a subnet:
+create is ``If(Version(key) == 0)``, take-over is ``If(Mod(key) == what we listed)`` and renewal is
+``If(Value(key) == our value)``.
+
+Watches do not use etcd3's ``Watcher``: while etcd is down its stream thread reopens the stream in
+a loop with no backoff (a full core, measured) and a stream break drops every callback. Each watch
+here is one gRPC stream on etcd3's generated stub, read by its own thread, reporting the first
+failure to ``on_error`` and then ending; the caller decides when to re-list and re-watch.
+See docs/reliability.md, "etcd client".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+# etcd3 0.12 ships protobuf code generated for old protobuf releases; the pure-Python protobuf
+# implementation still loads it. Must be set before etcd3 (and so protobuf) is imported.
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+import etcd3
+import etcd3.exceptions
+import etcd3.utils
+import grpc
+from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
+
+from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# gRPC's default reconnect backoff grows to two minutes; after an etcd restart we want the
+# channel usable again within a second or two. Keepalive pings on the watch stream detect a
+# peer that vanished without closing the connection (etcd accepts pings every 5 s or slower).
+_GRPC_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+# Failures that mean "this endpoint is unreachable": try the next one.
+_CONNECTION_ERRORS = (
+    etcd3.exceptions.ConnectionFailedError,
+    etcd3.exceptions.ConnectionTimeoutError,
+)
+
+
+class RegistryError(RuntimeError):
+    """etcd unreachable or failing; the message names the endpoints and the operation."""
+
+
+class WatchCompacted(RegistryError):
+    """A watch's start revision was compacted away: re-list and watch from the new revision."""
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach etcd, as flanneld's ``--etcd-*`` flags say it."""
+
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/coreos.com/network"
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One change under ``<prefix>/subnets/``, as seen by a watch."""
+
+    kind: Literal["put", "delete"]
+    key: str  # last path element, e.g. "198.18.46.0-24"
+    lease: Lease | None  # None for a delete, or for a malformed value (logged)
+    revision: int
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """Split ``http://host:port`` (scheme optional, as etcdctl accepts) into host and port."""
+    parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
+    if not parts.hostname:
+        raise RegistryError(f"etcd endpoint {endpoint!r} has no host; use a URL like http://127.0.0.1:2379")
+    try:
+        port = parts.port or 2379
+    except ValueError:
+        raise RegistryError(f"etcd endpoint {endpoint!r} has an invalid port") from None
+    return parts.hostname, port
+
+
+def _decode_kv(key: str, value: bytes, etcd_lease_id: int, mod_revision: int) -> Lease | None:
+    """The lease stored at a subnets key, or None (logged, naming the key) when malformed."""
+    try:
+        return decode_lease(key, value, etcd_lease_id=etcd_lease_id, mod_revision=mod_revision)
+    except LeaseError as exc:
+        log.warning("ignoring malformed lease %s: %s", key, exc)
+        return None
+
+
+class _WatchStream:
+    """One etcd watch stream read by its own thread; reports its first failure, then ends.
+
+    ``cancel()`` ends it quietly: no callback runs after cancel() returns, except one that had
+    already started.
+    """
+
+    def __init__(
+        self,
+        client: etcd3.Etcd3Client,
+        create: Any,  # etcdrpc.WatchCreateRequest
+        on_response: Callable[[Any], None],
+        on_error: Callable[[RegistryError], None],
+        where: str,
+    ) -> None:
+        self._on_response = on_response
+        self._on_error = on_error
+        self._where = where
+        self._cancelled = threading.Event()
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+        stub = etcdrpc.WatchStub(client.channel)
+        self._call = stub.Watch(
+            iter(self._requests.get, None),
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {where}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for response in self._call:
+                if self._cancelled.is_set():
+                    return
+                if response.compact_revision:
+                    self._fail(WatchCompacted(
+                        f"{self._where}: start revision compacted (etcd compacted at "
+                        f"{response.compact_revision})"
+                    ))
+                    return
+                if response.canceled:
+                    self._fail(RegistryError(f"{self._where}: cancelled by etcd: {response.cancel_reason}"))
+                    return
+                if response.events and not self._deliver(response):
+                    return
+        except grpc.RpcError as exc:
+            self._fail(RegistryError(f"{self._where}: stream failed: {exc.code().name} {exc.details()}"))
+            return
+        self._fail(RegistryError(f"{self._where}: stream ended"))
+
+    def _deliver(self, response: Any) -> bool:
+        """Hand events to the consumer; a consumer that raises ends the watch like an etcd error."""
+        try:
+            self._on_response(response)
+        except Exception as exc:
+            log.exception("%s: event handler failed", self._where)
+            self._fail(RegistryError(f"{self._where}: event handler failed: {exc!r}"))
+            return False
+        return True
+
+    def _fail(self, error: RegistryError) -> None:
+        if not self._cancelled.is_set():
+            self._on_error(error)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._requests.put(None)
+        self._call.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+
+
+class Registry:
+    """Leases and config of one overlay network in etcd; thread-safe.
+
+    Connection failures fail over to the next endpoint (round robin); an operation that fails on
+    every endpoint raises RegistryError naming them.
+    """
+
+    def __init__(self, options: EtcdOptions) -> None:
+        if not options.endpoints:
+            raise RegistryError("no etcd endpoints given; use e.g. http://127.0.0.1:2379")
+        self.options = options
+        self._targets = [_host_port(endpoint) for endpoint in options.endpoints]
+        prefix = options.prefix.rstrip("/")
+        self._config_key = f"{prefix}/config"
+        self._subnets_prefix = f"{prefix}/subnets/"
+        self._lock = threading.Lock()
+        self._index = 0
+        self._client: etcd3.Etcd3Client | None = None
+        self._watches: set[_WatchStream] = set()
+
+    # -- connection handling --------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"etcd {','.join(self.options.endpoints)}"
+
+    def _connect(self, index: int) -> etcd3.Etcd3Client:
+        """A client for endpoint ``index`` (authenticates, so it may raise connection errors)."""
+        host, port = self._targets[index]
+        opts = self.options
+        return etcd3.client(
+            host=host,
+            port=port,
+            ca_cert=opts.cafile,
+            cert_cert=opts.certfile,
+            cert_key=opts.keyfile,
+            user=opts.username,
+            password=opts.password,
+            timeout=opts.timeout,
+            grpc_options=_GRPC_OPTIONS,
+        )
+
+    def _current(self) -> etcd3.Etcd3Client:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect(self._index)
+            return self._client
+
+    def _fail_over(self, failed: etcd3.Etcd3Client) -> None:
+        """Drop ``failed`` and move to the next endpoint, unless another thread already did."""
+        with self._lock:
+            if self._client is not failed:
+                return
+            self._client = None
+            self._index = (self._index + 1) % len(self._targets)
+        if len(self._targets) > 1:
+            log.warning("etcd endpoint unreachable; failing over to %s", self.options.endpoints[self._index])
+        failed.close()
+
+    def _call(self, what: str, operation: Callable[[etcd3.Etcd3Client], T]) -> T:
+        """Run ``operation`` on the current endpoint, failing over once per endpoint."""
+        last: Exception | None = None
+        for _ in self._targets:
+            client: etcd3.Etcd3Client | None = None
+            try:
+                client = self._current()
+                return operation(client)
+            except _CONNECTION_ERRORS as exc:
+                last = exc
+            except grpc.RpcError as exc:  # raised by etcd3.client() while authenticating
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise RegistryError(f"{self._where}: {what}: {exc.code().name} {exc.details()}") from None
+                last = exc
+            except etcd3.exceptions.Etcd3Exception as exc:
+                raise RegistryError(f"{self._where}: {what}: {exc!r}") from None
+            if client is not None:
+                self._fail_over(client)
+            else:
+                with self._lock:
+                    self._index = (self._index + 1) % len(self._targets)
+        raise RegistryError(f"{self._where}: {what}: unreachable ({last})")
+
+    def close(self) -> None:
+        """Cancel all watches and close the connection."""
+        with self._lock:
+            watches, self._watches = list(self._watches), set()
+            client, self._client = self._client, None
+        for watch in watches:
+            watch.cancel()
+        if client is not None:
+            client.close()
+
+    # -- config ---------------------------------------------------------------------------
+
+    def get_config(self) -> tuple[bytes | None, int]:
+        """The raw value at ``<prefix>/config`` (None if missing) and the revision of the read."""
+        response = self._call(
+            f"read {self._config_key}", lambda client: client.get_response(self._config_key)
+        )
+        value = bytes(response.kvs[0].value) if response.kvs else None
+        return value, int(response.header.revision)
+
+    def watch_config(
+        self, start_revision: int, on_change: Callable[[], None], on_error: Callable[[Exception], None]
+    ) -> Callable[[], None]:
+        """Call ``on_change`` on every change of the config key from ``start_revision`` on.
+
+        After ``on_error`` the watch is over; re-read the config and watch again. Returns cancel.
+        """
+        create = etcdrpc.WatchCreateRequest(key=self._config_key.encode(), start_revision=start_revision)
+        return self._watch(f"watch {self._config_key}", create, lambda _response: on_change(), on_error)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _lease_key(self, lease_key: str) -> str:
+        return f"{self._subnets_prefix}{lease_key}"
+
+    def list_leases(self) -> tuple[list[Lease], int]:
+        """All decodable leases under ``<prefix>/subnets/`` and the revision of the read."""
+        response = self._call(
+            f"list {self._subnets_prefix}",
+            lambda client: client.get_prefix_response(self._subnets_prefix),
+        )
+        leases = []
+        for kv in response.kvs:
+            key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
+            lease = _decode_kv(key, kv.value, kv.lease, kv.mod_revision)
+            if lease is not None:
+                leases.append(lease)
+        return leases, int(response.header.revision)
+
+    def _guarded_put(
+        self, what: str, template: Lease, compare: Callable[[Any, str], Any], ttl: int | None
+    ) -> Lease | None:
+        """Put ``template``'s value at its key if ``compare`` holds, bound to a new etcd lease of ``ttl``.
+
+        ``ttl=None`` stores the key without a lease (a reservation). Returns the stored Lease, or
+        None if the guard failed (the new etcd lease is then revoked so it does not linger).
+        """
+        key = self._lease_key(template.key)
+        value = encode_attrs(template.attrs)
+
+        def transact(client: etcd3.Etcd3Client) -> Lease | None:
+            lease_id = client.lease(ttl).id if ttl is not None else 0
+            try:
+                succeeded, responses = client.transaction(
+                    compare=[compare(client.transactions, key)],
+                    success=[client.transactions.put(key, value, lease=lease_id or None)],
+                    failure=[],
+                )
+            except Exception:
+                self._revoke_quietly(client, lease_id)
+                raise
+            if not succeeded:
+                self._revoke_quietly(client, lease_id)
+                return None
+            revision = int(responses[0].response_put.header.revision)
+            return Lease(
+                subnet=template.subnet,
+                attrs=template.attrs,
+                ipv6_subnet=template.ipv6_subnet,
+                etcd_lease_id=lease_id,
+                mod_revision=revision,
+            )
+
+        return self._call(f"{what} {key}", transact)
+
+    @staticmethod
+    def _revoke_quietly(client: etcd3.Etcd3Client, lease_id: int) -> None:
+        """Revoke an etcd lease nobody uses; if that fails it simply expires at its TTL."""
+        if not lease_id:
+            return
+        try:
+            client.revoke_lease(lease_id)
+        except (etcd3.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+            log.debug("could not revoke unused etcd lease %x: %r", lease_id, exc)
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Create ``<prefix>/subnets/<subnet>`` if absent, bound to a new etcd lease; None if taken."""
+        lease = self._guarded_put(
+            "create", Lease(subnet=subnet, attrs=attrs), lambda txn, key: txn.version(key) == 0, ttl
+        )
+        if lease is not None:
+            log.info("created lease %s (etcd lease %x, ttl %ds)", lease.key, lease.etcd_lease_id, ttl)
+        return lease
+
+    def take_over(self, existing: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Re-put our existing key with ``attrs`` on a fresh etcd lease; None if it changed meanwhile.
+
+        A reservation (no etcd lease) stays a reservation. The previous etcd lease is left to
+        expire: no key is bound to it any more, and revoking it could delete keys we do not own.
+        """
+        template = Lease(subnet=existing.subnet, attrs=attrs, ipv6_subnet=existing.ipv6_subnet)
+        lease = self._guarded_put(
+            "take over",
+            template,
+            lambda txn, key: txn.mod(key) == existing.mod_revision,
+            ttl if existing.etcd_lease_id else None,
+        )
+        if lease is not None:
+            log.info("took over lease %s (etcd lease %x)", lease.key, lease.etcd_lease_id)
+        return lease
+
+    def renew(self, lease: Lease, ttl: int) -> Lease | None:
+        """Extend our lease: re-put its value on a fresh etcd lease if the key still holds it.
+
+        Done as flanneld does, rather than with a keepalive: the value guard notices that our key
+        was deleted or rewritten by someone else (a keepalive would happily extend a lease that no
+        longer carries our key), and flanneld peers see the same writes from us as from each other.
+        Returns None if our key is gone or no longer ours.
+        """
+        renewed = self._guarded_put(
+            "renew",
+            lease,
+            lambda txn, key: txn.value(key) == encode_attrs(lease.attrs),
+            ttl if lease.etcd_lease_id else None,
+        )
+        if renewed is None:
+            log.warning("lease %s is gone or no longer ours; cannot renew", lease.key)
+        else:
+            log.info("renewed lease %s (etcd lease %x, ttl %ds)", renewed.key, renewed.etcd_lease_id, ttl)
+        return renewed
+
+    def lease_remaining(self, lease: Lease) -> float | None:
+        """Seconds until our key expires; None if the key or its etcd lease is gone.
+
+        A reservation (no etcd lease) never expires: ``math.inf`` while its key exists.
+        """
+        key = self._lease_key(lease.key)
+        if not lease.etcd_lease_id:
+            response = self._call(f"read {key}", lambda client: client.get_response(key))
+            return math.inf if response.kvs else None
+        info = self._call(
+            f"lease time-to-live of {key}", lambda client: client.get_lease_info(lease.etcd_lease_id)
+        )
+        if info.TTL < 0 or key.encode() not in info.keys:
+            return None
+        return float(info.TTL)
+
+    def watch_leases(
+        self,
+        start_revision: int,
+        on_events: Callable[[list[LeaseEvent]], None],
+        on_error: Callable[[Exception, bool], None],
+    ) -> Callable[[], None]:
+        """Deliver changes under ``<prefix>/subnets/`` from ``start_revision`` on, in order.
+
+        ``on_error(error, compacted)`` ends the watch: re-list and watch again from the new
+        revision. Callbacks run on the watch's own thread. Returns cancel.
+        """
+        prefix = self._subnets_prefix.encode()
+        create = etcdrpc.WatchCreateRequest(
+            key=prefix, range_end=etcd3.utils.increment_last_byte(prefix), start_revision=start_revision
+        )
+        return self._watch(
+            f"watch {self._subnets_prefix}",
+            create,
+            lambda response: on_events([self._lease_event(event) for event in response.events]),
+            lambda error: on_error(error, isinstance(error, WatchCompacted)),
+        )
+
+    def _lease_event(self, event: Any) -> LeaseEvent:
+        kv = event.kv
+        key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
+        if event.type == kv_pb2.Event.DELETE:
+            return LeaseEvent("delete", key, None, int(kv.mod_revision))
+        lease = _decode_kv(key, kv.value, kv.lease, kv.mod_revision)
+        return LeaseEvent("put", key, lease, int(kv.mod_revision))
+
+    def _watch(
+        self,
+        what: str,
+        create: Any,
+        on_response: Callable[[Any], None],
+        on_error: Callable[[RegistryError], None],
+    ) -> Callable[[], None]:
+        """Open a watch stream on the current endpoint; returns its cancel function."""
+        where = f"{self._where}: {what}"
+
+        def failed(error: RegistryError) -> None:
+            log.warning("%s", error)
+            on_error(error)
+
+        stream = self._call(what, lambda client: _WatchStream(client, create, on_response, failed, where))
+        with self._lock:
+            self._watches.add(stream)
+
+        def cancel() -> None:
+            with self._lock:
+                self._watches.discard(stream)
+            stream.cancel()
+
+        return cancel
+
