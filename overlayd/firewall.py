@@ -1,0 +1,171 @@
+"""Masquerade and forward rules for the overlay, as one nftables table replaced atomically.
+
+Semantics are flannel's (``FLANNEL-POSTRTG`` / ``FLANNEL-FWD``): with IP masquerading, traffic
+inside the overlay Network keeps its source address, traffic leaving it is masqueraded (never
+towards multicast), and traffic entering our subnet from outside is left alone; with forward
+rules, forwarding to and from the Network is accepted.
+
+Why our own ``ip overlayd`` table rather than iptables chains: the whole rule set is replaced in
+one ``nft -f`` transaction (declare, delete, recreate), so there is never a moment with half the
+rules, nothing of anyone else's is edited, and comparing the live table with the desired one is a
+text comparison. The limit: an nftables ``accept`` ends evaluation only in its own base chain.
+Every other table hooked at ``forward`` still runs, so a ``drop`` there — for example the
+iptables-nft ``FORWARD`` policy DROP that Docker sets — still drops overlay traffic, where
+flannel's ``FLANNEL-FWD`` (jumped from that very ``FORWARD`` chain) would have accepted it. We
+log a warning naming such chains; the fix is to accept the Network in that table too (e.g.
+``iptables -I DOCKER-USER -s <Network> -j ACCEPT`` and ``-d <Network>``). Likewise our ``return``
+in ``postrouting`` cannot stop another table's masquerade.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+log = logging.getLogger(__name__)
+
+MULTICAST = IPv4Network("224.0.0.0/4")
+
+
+class FirewallError(Exception):
+    """nft is missing or refused our rules; the message names the command and the fix."""
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    """Inputs of the overlay's rules."""
+
+    network: IPv4Network
+    own_subnet: IPv4Network
+    ip_masq: bool
+    forward_rules: bool
+
+
+def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool = True) -> str:
+    """The table definition, laid out as ``nft list table`` prints it."""
+    net, sub = spec.network, spec.own_subnet
+    masquerade = "masquerade fully-random" if fully_random else "masquerade"
+    chains = []
+    if spec.ip_masq:
+        chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
+            f"ip saddr {net} ip daddr {net} return",
+            f"ip saddr {net} ip daddr != {MULTICAST} {masquerade}",
+            f"ip saddr != {net} ip daddr {sub} return",
+            f"ip saddr != {net} ip daddr {net} {masquerade}",
+        ]))
+    if spec.forward_rules:
+        chains.append(_chain("forward", "filter hook forward priority filter", [
+            f"ip saddr {net} accept",
+            f"ip daddr {net} accept",
+        ]))
+    return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
+
+
+def render_ruleset(spec: FirewallSpec, table: str = "overlayd", fully_random: bool = True) -> str:
+    """The nft script that atomically replaces our table (creating it if absent)."""
+    return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, fully_random)
+
+
+def _chain(name: str, hook: str, rules: list[str]) -> str:
+    lines = [f"\tchain {name} {{", f"\t\ttype {hook}; policy accept;"]
+    lines += [f"\t\t{rule}" for rule in rules]
+    return "\n".join(lines) + "\n\t}\n"
+
+
+def _normalise(listing: str) -> str:
+    """Whitespace-insensitive form of a table listing."""
+    return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
+
+
+class Firewall:
+    """Keeps our nftables table equal to the rules of a ``FirewallSpec``."""
+
+    def __init__(self, table: str = "overlayd") -> None:
+        self._table = table
+        self._fully_random: bool | None = None
+        # The script we last applied and the kernel's listing right after: recognises our own
+        # table even where this nft version prints it differently from ``render_table``.
+        self._applied: tuple[str, str] | None = None
+        self._warned_drops: frozenset[str] = frozenset()
+
+    def ensure(self, spec: FirewallSpec) -> bool:
+        """Replace the table if it differs from ``spec``'s rules; True if it changed anything."""
+        fully_random = self._supports_fully_random()
+        script = render_ruleset(spec, self._table, fully_random)
+        live = self._live_listing()
+        unchanged = live is not None and (
+            live == _normalise(render_table(spec, self._table, fully_random))
+            or self._applied == (script, live)
+        )
+        if not unchanged:
+            self._nft(["-f", "-"], script)
+            self._applied = (script, self._live_listing() or "")
+            log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s)",
+                     "created" if live is None else "replaced", self._table, spec.network,
+                     "on" if spec.ip_masq else "off", "on" if spec.forward_rules else "off")
+        if spec.forward_rules:
+            self._warn_about_foreign_drops()
+        return not unchanged
+
+    def remove(self) -> None:
+        """Delete our table if present (the agent leaves rules in place on SIGTERM)."""
+        self._nft(["-f", "-"], f"table ip {self._table}\ndelete table ip {self._table}\n")
+        self._applied = None
+        log.info("deleted nftables table ip %s", self._table)
+
+    def _live_listing(self) -> str | None:
+        proc = self._run_nft(["list", "table", "ip", self._table])
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return None
+            raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
+        return _normalise(proc.stdout)
+
+    def _supports_fully_random(self) -> bool:
+        """Whether this kernel and nft accept ``masquerade fully-random`` (checked once)."""
+        if self._fully_random is None:
+            probe = (f"table ip {self._table}_probe {{\n\tchain p {{\n"
+                     "\t\ttype nat hook postrouting priority srcnat;\n"
+                     "\t\tmasquerade fully-random\n\t}\n}\n")
+            self._fully_random = self._run_nft(["--check", "-f", "-"], probe).returncode == 0
+            if not self._fully_random:
+                log.warning("nftables lacks 'masquerade fully-random'; masquerading without it")
+        return self._fully_random
+
+    def _warn_about_foreign_drops(self) -> None:
+        """Warn (once per set) about other tables whose forward chain drops by policy."""
+        proc = self._run_nft(["-j", "list", "chains"])
+        if proc.returncode != 0:
+            return
+        drops = frozenset(
+            f"{chain['family']} {chain['table']} {chain['name']}"
+            for item in json.loads(proc.stdout).get("nftables", [])
+            if (chain := item.get("chain"))
+            and chain.get("hook") == "forward"
+            and chain.get("policy") == "drop"
+            and chain.get("table") != self._table
+        )
+        if drops and drops != self._warned_drops:
+            log.warning("forward chain(s) %s drop by policy; our accept cannot override them, so "
+                        "accept the overlay Network there too (e.g. in DOCKER-USER)",
+                        ", ".join(sorted(drops)))
+        self._warned_drops = drops
+
+    def _nft(self, args: list[str], script: str) -> None:
+        proc = self._run_nft(args, script)
+        if proc.returncode != 0:
+            raise FirewallError(f"nft {' '.join(args)} failed: {proc.stderr.strip()}")
+
+    @staticmethod
+    def _run_nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        nft = shutil.which("nft")
+        if nft is None:
+            raise FirewallError("the nft binary is not on PATH; install the nftables package "
+                                "(e.g. apt-get install nftables) or turn off ip-masq and "
+                                "forward rules")
+        return subprocess.run([nft, *args], input=stdin, capture_output=True, text=True,
+                              check=False)

@@ -1,0 +1,101 @@
+"""Firewall rules: the rendered script (pure) and the live table in a namespace (root)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from ipaddress import IPv4Network
+
+import pytest
+from nsutil import in_netns
+
+from overlayd.firewall import Firewall, FirewallSpec, render_ruleset, render_table
+
+SPEC = FirewallSpec(
+    network=IPv4Network("198.18.0.0/16"),
+    own_subnet=IPv4Network("198.18.5.0/24"),
+    ip_masq=True,
+    forward_rules=True,
+)
+
+
+def test_render_has_flannel_masquerade_and_forward_rules() -> None:
+    script = render_ruleset(SPEC)
+    assert script.startswith("table ip overlayd\ndelete table ip overlayd\ntable ip overlayd {\n")
+    rules = [line.strip() for line in script.splitlines() if line.startswith("\t\t")]
+    assert rules == [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "ip saddr 198.18.0.0/16 ip daddr 198.18.0.0/16 return",
+        "ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        "ip saddr != 198.18.0.0/16 ip daddr 198.18.5.0/24 return",
+        "ip saddr != 198.18.0.0/16 ip daddr 198.18.0.0/16 masquerade fully-random",
+        "type filter hook forward priority filter; policy accept;",
+        "ip saddr 198.18.0.0/16 accept",
+        "ip daddr 198.18.0.0/16 accept",
+    ]
+
+
+def test_render_leaves_out_disabled_parts() -> None:
+    no_masq = FirewallSpec(SPEC.network, SPEC.own_subnet, ip_masq=False, forward_rules=True)
+    assert "postrouting" not in render_ruleset(no_masq)
+    assert render_table(FirewallSpec(SPEC.network, SPEC.own_subnet, False, False), "t") == (
+        "table ip t {\n}\n"
+    )
+    assert "masquerade fully-random" not in render_table(SPEC, fully_random=False)
+
+
+def nft_list(table: str = "overlayd") -> str:
+    return subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
+                          text=True, check=False).stdout
+
+
+def ensure_steps() -> dict[str, object]:
+    firewall = Firewall()
+    steps: dict[str, object] = {"first": firewall.ensure(SPEC), "second": firewall.ensure(SPEC)}
+    steps["listing"] = nft_list()
+    subprocess.run("nft add rule ip overlayd forward ip saddr 198.19.0.0/16 drop", shell=True,
+                   check=True)
+    steps["after extra rule"] = firewall.ensure(SPEC)
+    steps["repaired"] = nft_list() == steps["listing"]
+    subprocess.run("nft delete table ip overlayd", shell=True, check=True)
+    steps["after delete"] = firewall.ensure(SPEC)
+    steps["restarted agent"] = Firewall().ensure(SPEC)  # adopts the identical live table
+    no_masq = FirewallSpec(SPEC.network, SPEC.own_subnet, ip_masq=False, forward_rules=True)
+    steps["masq off"] = firewall.ensure(no_masq)
+    steps["masq off listing"] = nft_list()
+    firewall.remove()
+    firewall.remove()  # idempotent
+    steps["removed listing"] = nft_list()
+    return steps
+
+
+@pytest.mark.root
+def test_ensure_is_idempotent_and_repairs(netns: str) -> None:
+    steps = in_netns(netns, ensure_steps)
+    assert (steps["first"], steps["second"]) == (True, False)
+    assert "ip saddr != 198.18.0.0/16 ip daddr 198.18.5.0/24 return" in steps["listing"]
+    assert "masquerade fully-random" in steps["listing"]
+    assert steps["after extra rule"] is True
+    assert steps["repaired"] is True
+    assert steps["after delete"] is True
+    assert steps["restarted agent"] is False
+    assert steps["masq off"] is True
+    assert "postrouting" not in steps["masq off listing"]
+    assert "ip daddr 198.18.0.0/16 accept" in steps["masq off listing"]
+    assert steps["removed listing"] == ""
+
+
+def warnings_with_forward_drop() -> list[str]:
+    subprocess.run("iptables -P FORWARD DROP", shell=True, check=True)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("overlayd.firewall").addHandler(handler)
+    Firewall().ensure(SPEC)
+    return records
+
+
+@pytest.mark.root
+def test_warns_about_a_foreign_forward_drop(netns: str) -> None:
+    messages = in_netns(netns, warnings_with_forward_drop)
+    assert any("ip filter FORWARD" in message for message in messages)
