@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidConfig, UnsupportedField
-from .subnetenv import SubnetEnv
+from .subnetenv import AddressFamily, SubnetEnv
 from .version import delegate_version
 
 DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")
@@ -95,13 +95,33 @@ def build_delegate(conf: ShimConf, subnet_env: SubnetEnv) -> dict[str, Any]:
 
 
 def build_ipam(user_ipam: dict[str, Any], subnet_env: SubnetEnv) -> dict[str, Any]:
-    """host-local IPAM over this host's subnet(s), with the user's extra keys kept."""
-    overlay_routes = [{"dst": str(family.network)} for family in subnet_env.families]
+    """host-local IPAM over this host's subnet(s), with the user's extra keys kept.
+
+    The overlay route names its gateway although bridge would default to it: bridge's CHECK
+    looks the route up by destination *and* gateway, so a route without ``gw`` fails CHECK.
+    """
+    gateways = [gateway(family) for family in subnet_env.families]
+    overlay_routes = [
+        {"dst": str(family.network), "gw": gw}
+        for family, gw in zip(subnet_env.families, gateways, strict=True)
+    ]
     user_routes = user_ipam.get("routes", [])
     ipam: dict[str, Any] = {"type": "host-local", **user_ipam}
-    ipam["ranges"] = [[{"subnet": str(family.subnet.network)}] for family in subnet_env.families]
+    ipam["ranges"] = [
+        [{"subnet": str(family.subnet.network), "gateway": gw}]
+        for family, gw in zip(subnet_env.families, gateways, strict=True)
+    ]
     ipam["routes"] = user_routes + [r for r in overlay_routes if r not in user_routes]
     return ipam
+
+
+def gateway(family: AddressFamily) -> str:
+    """The bridge's address: FLANNEL_SUBNET's own address (flannel writes ``.1``), or the
+    subnet's first address when the file names the bare network."""
+    subnet = family.subnet
+    if subnet.ip == subnet.network.network_address:
+        return str(subnet.network.network_address + 1)
+    return str(subnet.ip)
 
 
 def _object(config: dict[str, Any], key: str) -> dict[str, Any]:

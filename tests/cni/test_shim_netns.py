@@ -1,0 +1,180 @@
+"""Black-box tests with the real bridge/host-local plugins, in network namespaces."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from .conftest import DUAL_STACK, SUBNET_ENV, Node, run_netns
+
+pytestmark = pytest.mark.root
+
+GATEWAY = "198.18.5.1"
+
+
+def _assert_released(host: Node, netns: str | None = None) -> None:
+    """Nothing left of an attachment: no state file, no address, no container interface."""
+    assert host.state_files() == []
+    assert host.allocations() == {}
+    if netns:
+        assert host.links(netns) == ["lo"]
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_add_prints_the_result_in_the_config_version(host: Node, version: str) -> None:
+    netns = host.netns()
+    reply = host.call("ADD", host.conf(version), netns)
+    assert reply.returncode == 0, reply.stdout
+    result = reply.json
+    assert result["cniVersion"] == version
+    if version in ("0.1.0", "0.2.0"):
+        assert result["ip4"] == {
+            "ip": "198.18.5.2/24",
+            "gateway": GATEWAY,
+            "routes": [{"dst": "198.18.0.0/16", "gw": GATEWAY}],
+        }
+        assert "interfaces" not in result
+    else:
+        (ip,) = result["ips"]
+        assert ip["address"] == "198.18.5.2/24"
+        assert ip["gateway"] == GATEWAY
+        assert result["interfaces"][ip["interface"]]["sandbox"] == f"/var/run/netns/{netns}"
+        assert ("version" in ip) == (version < "1.0.0")
+        assert result["routes"] == [{"dst": "198.18.0.0/16", "gw": GATEWAY}]
+    assert host.ping(netns, GATEWAY)
+
+    assert host.call("DEL", host.conf(version), netns).returncode == 0
+    _assert_released(host, netns)
+
+
+def test_delegate_gets_flannel_defaults_and_user_keys(host: Node) -> None:
+    netns = host.netns()
+    conf = host.conf(delegate={"bridge": host.bridge, "mtu": 1400, "hairpinMode": True})
+    assert host.call("ADD", conf, netns).returncode == 0
+    (saved,) = host.data_dir.iterdir()
+    assert saved.stat().st_mode & 0o777 == 0o600
+    delegate = json.loads(saved.read_text())
+    assert delegate["mtu"] == 1400  # the user's key beats FLANNEL_MTU
+    assert delegate["ipMasq"] is False  # FLANNEL_IPMASQ=true: the agent masquerades
+    link = run_netns(["ip", "-n", netns, "-o", "link", "show", "eth0"]).stdout
+    assert "mtu 1400" in link
+
+
+def test_dual_stack_subnet_env_adds_an_ipv6_range(host: Node) -> None:
+    host.write_subnet_env(DUAL_STACK)
+    netns = host.netns()
+    reply = host.call("ADD", host.conf(), netns)
+    assert reply.returncode == 0, reply.stdout
+    assert [ip["address"] for ip in reply.json["ips"]] == ["198.18.5.2/24", "2001:db8:0:5::2/64"]
+    assert {"dst": "2001:db8::/48", "gw": "2001:db8:0:5::1"} in reply.json["routes"]
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    _assert_released(host, netns)
+
+
+def test_add_succeeds_when_subnet_env_appears_while_waiting(host: Node) -> None:
+    host.subnet_file.unlink()
+    writer = threading.Timer(0.4, host.write_subnet_env, args=(SUBNET_ENV,))
+    writer.start()
+    try:
+        reply = host.call("ADD", host.conf(subnetFileTimeout=5), host.netns())
+    finally:
+        writer.join()
+    assert reply.returncode == 0, reply.stdout
+
+
+def test_exhausted_subnet_fails_and_leaves_nothing_behind(host: Node) -> None:
+    host.write_subnet_env({**SUBNET_ENV, "FLANNEL_SUBNET": "198.18.5.1/30"})  # one free address
+    first, second = host.netns(), host.netns()
+    assert host.call("ADD", host.conf(), first, container_id="first").returncode == 0
+    reply = host.call("ADD", host.conf(), second, container_id="second")
+    assert "no IP addresses available" in reply.error(999)["msg"]
+    assert host.state_files() == ["ovctest+first+eth0"]
+    assert host.allocations() == {"198.18.5.2": "first"}
+    assert host.links(second) == ["lo"]
+    assert host.ping(first, GATEWAY)
+
+
+def test_second_add_fails_without_disturbing_the_first(host: Node) -> None:
+    netns = host.netns()
+    first = host.call("ADD", host.conf(), netns)
+    assert first.returncode == 0
+    second = host.call("ADD", host.conf(), netns)
+    assert "already has eth0" in second.error(999)["msg"]
+    assert host.state_files() == ["ovctest+ctr1+eth0"]
+    assert host.allocations() == {"198.18.5.2": "ctr1"}
+    assert host.ping(netns, GATEWAY)
+    prev = {**host.conf(), "prevResult": first.json}
+    assert host.call("CHECK", prev, netns).returncode == 0
+
+
+def test_second_add_with_lost_state_is_refused_by_the_delegate(host: Node) -> None:
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    for saved in host.data_dir.iterdir():
+        saved.unlink()
+    reply = host.call("ADD", host.conf(), netns)
+    assert reply.returncode != 0
+    assert host.state_files() == []  # the failed ADD removed the state it wrote
+
+
+def test_check_with_prev_result(host: Node) -> None:
+    netns = host.netns()
+    for version in ("0.4.0", "1.1.0"):
+        added = host.call("ADD", host.conf(version), netns)
+        assert added.returncode == 0, added.stdout
+        checked = host.call("CHECK", host.conf(version, prevResult=added.json), netns)
+        assert (checked.returncode, checked.stdout) == (0, "")
+        # A prevResult that does not match the container fails the delegate's CHECK.
+        wrong = {**added.json, "ips": [{**added.json["ips"][0], "address": "198.18.5.99/24"}]}
+        assert host.call("CHECK", host.conf(version, prevResult=wrong), netns).returncode != 0
+        assert host.call("DEL", host.conf(version, prevResult=added.json), netns).returncode == 0
+    _assert_released(host, netns)
+
+
+def test_del_is_idempotent_and_needs_no_netns(host: Node) -> None:
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    assert host.call("DEL", host.conf(), None, CNI_NETNS=None).returncode == 0
+    assert host.state_files() == []
+    assert host.allocations() == {}
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    assert host.call("DEL", host.conf(), netns, container_id="never-added").returncode == 0
+
+
+def test_del_after_the_netns_is_gone(host: Node) -> None:
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    host.namespaces.remove(netns)
+    run_netns(["ip", "netns", "del", netns])
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    _assert_released(host)
+
+
+def test_del_without_saved_state_still_releases_the_address(host: Node) -> None:
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    for saved in host.data_dir.iterdir():
+        saved.unlink()
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    _assert_released(host, netns)
+
+
+def test_del_with_subnet_env_and_state_gone_succeeds(host: Node) -> None:
+    host.subnet_file.unlink()
+    reply = host.call("DEL", host.conf(), host.netns())
+    assert reply.returncode == 0
+    assert "nothing to release" in reply.stderr
+
+
+def test_gc_releases_attachments_the_runtime_no_longer_knows(host: Node) -> None:
+    kept, stale = host.netns(), host.netns()
+    conf = host.conf("1.1.0")
+    assert host.call("ADD", conf, kept, container_id="kept").returncode == 0
+    assert host.call("ADD", conf, stale, container_id="stale").returncode == 0
+    valid = {"cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]}
+    reply = host.call("GC", {**conf, **valid}, CNI_CONTAINERID="", CNI_IFNAME="")
+    assert reply.returncode == 0, reply.stdout
+    assert host.state_files() == ["ovctest+kept+eth0"]
+    assert host.allocations() == {"198.18.5.2": "kept"}
