@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -118,7 +119,8 @@ class VxlanBackend:
             if _vxlan_data(link).get("IFLA_VXLAN_LEARNING", 0) != int(spec.learning):
                 mismatches.append(f"learning != {spec.learning}")
             if mismatches:
-                self._ipr.link("del", index=link["index"])
+                with _device_errors(spec.name, "delete the incompatible device"):
+                    self._ipr.link("del", index=link["index"])
                 link = None
                 actions.append(f"deleted incompatible {spec.name} ({', '.join(mismatches)})")
         if link is None:
@@ -184,30 +186,25 @@ class VxlanBackend:
         }
         if spec.gbp:
             options["vxlan_gbp"] = True
-        try:
+        with _device_errors(spec.name, "create the device"):
             self._ipr.link("add", **options)
-        except NetlinkError as err:
-            raise BackendError(f"cannot create {spec.name}: {err.args[-1]}") from err
         return self._ipr.link("get", ifname=spec.name)[0]
 
     def _fix_link_settings(self, index: int, link: Any, spec: DeviceSpec) -> list[str]:
         """Set MTU, MAC and up state where they differ; flanneld never fixes these."""
-        changes: dict[str, Any] = {}
-        actions = []
+        changes: list[tuple[str, dict[str, Any]]] = []
         mtu = link.get("IFLA_MTU")
         if mtu != spec.mtu:
-            changes["mtu"] = spec.mtu
-            actions.append(f"set mtu {spec.mtu} (was {mtu})")
+            changes.append((f"set mtu {spec.mtu} (was {mtu})", {"mtu": spec.mtu}))
         mac = str(link.get("IFLA_ADDRESS")).lower()
         if mac != spec.mac:
-            changes["address"] = spec.mac
-            actions.append(f"set mac {spec.mac} (was {mac})")
+            changes.append((f"set mac {spec.mac} (was {mac})", {"address": spec.mac}))
         if not link["flags"] & IFF_UP:
-            changes["state"] = "up"
-            actions.append("set up")
-        if changes:
-            self._ipr.link("set", index=index, **changes)
-        return actions
+            changes.append(("set up", {"state": "up"}))
+        for action, attrs in changes:
+            with _device_errors(spec.name, action):
+                self._ipr.link("set", index=index, **attrs)
+        return [action for action, _ in changes]
 
     def _fix_addresses(self, index: int, spec: DeviceSpec) -> list[str]:
         """Leave exactly ``spec.address`` as the device's IPv4 address."""
@@ -218,12 +215,14 @@ class VxlanBackend:
             if address == spec.address:
                 present = True
                 continue
-            self._ipr.addr("del", index=index, address=str(address.ip),
-                           prefixlen=address.network.prefixlen)
+            with _device_errors(spec.name, f"remove address {address}"):
+                self._ipr.addr("del", index=index, address=str(address.ip),
+                               prefixlen=address.network.prefixlen)
             actions.append(f"removed address {address}")
         if not present:
-            self._ipr.addr("add", index=index, address=str(spec.address.ip),
-                           prefixlen=spec.address.network.prefixlen)
+            with _device_errors(spec.name, f"add address {spec.address}"):
+                self._ipr.addr("add", index=index, address=str(spec.address.ip),
+                               prefixlen=spec.address.network.prefixlen)
             actions.append(f"added address {spec.address}")
         return actions
 
@@ -318,6 +317,15 @@ def _attempt(
         failures.append(f"{what}: {err}")
         return
     log.info("%s", what)
+
+
+@contextmanager
+def _device_errors(device: str, what: str) -> Iterator[None]:
+    """Turn a netlink error into a BackendError that names the device and the step."""
+    try:
+        yield
+    except NetlinkError as err:
+        raise BackendError(f"{device}: cannot {what}: {err.args[-1]}") from err
 
 
 def _vxlan_data(link: Any) -> dict[str, Any]:

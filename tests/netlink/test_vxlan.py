@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import pytest
 from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
-from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, VxlanBackend
+from overlayd.backend.vxlan import ApplyError, BackendError, DeviceSpec, DeviceState, VxlanBackend
 from overlayd.desired import Neigh, Plane, PlaneDiff, diff_planes
 
 pytestmark = pytest.mark.root
@@ -208,3 +208,16 @@ def test_two_hosts_ping_across_overlay(netns_pair: tuple[str, str]) -> None:
     ping = run("ip", "netns", "exec", hosts[0][0], "ping", "-c", "1", "-W", "2",
                "-I", "198.18.1.0", "198.18.2.0", check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def test_too_large_mtu_is_a_clear_error(netns: str) -> None:
+    def ensure_huge_mtu() -> str:
+        try:
+            ensure(dataclasses.replace(SPEC, mtu=9000))
+        except BackendError as err:
+            return str(err)
+        return "no error"
+
+    # The kernel caps a new device's MTU silently but refuses to raise it beyond the underlay's.
+    message = in_netns(netns, ensure_huge_mtu)
+    assert message == "flannel.1: cannot set mtu 9000 (was 1450): Invalid argument"
