@@ -55,6 +55,8 @@ def free_subnets(config: NetworkConfig, taken: Iterable[IPv4Network], limit: int
     same_len = {s for s in taken_list if s.prefixlen == config.subnet_len}
     odd = [s for s in taken_list if s.prefixlen != config.subnet_len]
     result: list[IPv4Network] = []
+    if limit <= 0:
+        return result
     for subnet in all_subnets(config):
         if subnet not in same_len and not any(subnet.overlaps(other) for other in odd):
             result.append(subnet)

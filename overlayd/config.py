@@ -52,6 +52,11 @@ class NetworkConfig:
         )
 
 
+def _unset(raw: object) -> bool:
+    """True for an absent key or a literal 0 (flanneld's "use the default"); False and 0.0 are not."""
+    return raw is None or (type(raw) is int and raw == 0)
+
+
 def _lower_keys(value: Mapping[str, object]) -> dict[str, object]:
     return {str(k).lower(): v for k, v in value.items()}
 
@@ -102,16 +107,20 @@ def _parse_backend(where: str, raw: object) -> BackendConfig:
     if raw is None:
         return BackendConfig()
     if not isinstance(raw, dict):
-        raise ConfigError(f'{where}: Backend must be a JSON object such as {{"Type": "vxlan"}}')
+        raise ConfigError(
+            f'{where}: Backend {raw!r} is not a JSON object; use one such as {{"Type": "vxlan"}}'
+        )
     fields = _Fields(where, raw, parent="Backend.")
     backend_type = fields.value.get("type", "vxlan")
+    if isinstance(backend_type, str):
+        backend_type = backend_type.lower()  # flanneld lower-cases it too ("VXLAN" works there)
     if backend_type not in SUPPORTED_BACKENDS:
         raise fields.fail(
             "Type", backend_type, f"overlayd supports {', '.join(SUPPORTED_BACKENDS)}"
         )
     port = fields.get_int("Port", 0, 0, 65535) or DEFAULT_VXLAN_PORT
     mtu_raw = fields.value.get("mtu")
-    mtu = fields.get_int("MTU", 0, 576, 65535) if mtu_raw not in (None, 0) else None
+    mtu = fields.get_int("MTU", 0, 576, 65535) if not _unset(mtu_raw) else None
     return BackendConfig(
         type=str(backend_type),
         vni=fields.get_int("VNI", 1, 0, MAX_VNI),
@@ -125,6 +134,8 @@ def _parse_backend(where: str, raw: object) -> BackendConfig:
 
 def _parse_network(fields: _Fields) -> IPv4Network:
     raw = fields.value.get("network")
+    if raw is not None and raw != "" and not isinstance(raw, str):
+        raise fields.fail("Network", raw, 'use an IPv4 CIDR string such as "198.18.0.0/16"')
     if not isinstance(raw, str) or not raw:
         raise ConfigError(
             f'{fields.where}: Network is missing; set it to an IPv4 CIDR such as "198.18.0.0/16"'
@@ -178,7 +189,7 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
             "use a Network of /28 or larger, such as 198.18.0.0/16"
         )
     raw_len = fields.value.get("subnetlen")
-    if raw_len in (None, 0):
+    if _unset(raw_len):
         subnet_len = _default_subnet_len(where, network)
     else:
         fix = f"use a SubnetLen between {lo} and {hi} for Network {network}"

@@ -61,7 +61,7 @@ def subnet_to_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -
 
 def key_to_subnets(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     """Parse a lease key's last element; raises LeaseError naming the key when malformed."""
-    m = _KEY_RE.match(key)
+    m = _KEY_RE.fullmatch(key)  # not match(): "$" would accept a trailing newline
     if not m:
         raise LeaseError(f"lease key {key!r} is not of the form A.B.C.D-LEN")
     try:
@@ -95,12 +95,21 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
         raise LeaseError(f"lease {key}: value is not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise LeaseError(f"lease {key}: value is not a JSON object")
+    ip_raw = value.get("PublicIP")
+    ipv6_raw = value.get("PublicIPv6")
+    # Strings only: ipaddress would read a JSON number as an integer address.
     try:
-        public_ip = IPv4Address(value.get("PublicIP") or "")
-        ipv6_raw = value.get("PublicIPv6")
+        if not isinstance(ip_raw, str):
+            raise ValueError(f"{ip_raw!r} is not an address string")
+        public_ip = IPv4Address(ip_raw)
+    except ValueError as exc:
+        raise LeaseError(f"lease {key}: PublicIP {ip_raw!r} is invalid ({exc})") from None
+    try:
+        if ipv6_raw is not None and not isinstance(ipv6_raw, str):
+            raise ValueError(f"{ipv6_raw!r} is not an address string")
         public_ipv6 = IPv6Address(ipv6_raw) if ipv6_raw else None
     except ValueError as exc:
-        raise LeaseError(f"lease {key}: {exc}") from None
+        raise LeaseError(f"lease {key}: PublicIPv6 {ipv6_raw!r} is invalid ({exc})") from None
     backend_type = value.get("BackendType") or "vxlan"
     backend = value.get("BackendData") or {}
     if not isinstance(backend, dict):
@@ -114,7 +123,7 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
         )
     vni = backend.get("VNI")
     mac = str(backend.get("VtepMAC") or "").lower()
-    if not isinstance(vni, int) or not _MAC_RE.match(mac):
+    if type(vni) is not int or not _MAC_RE.fullmatch(mac):
         raise LeaseError(f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC")
     return LeaseAttrs(public_ip=public_ip, vni=vni, vtep_mac=mac, public_ipv6=public_ipv6)
 
