@@ -1,0 +1,216 @@
+"""Desired VXLAN entries from leases, and the diff that turns actual into desired."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlayd.desired import (
+    Fdb,
+    Neigh,
+    Plane,
+    PlaneDiff,
+    Route,
+    desired_plane,
+    diff_planes,
+    is_vxlan_peer,
+    peer_entries,
+)
+from overlayd.lease import Lease, LeaseAttrs
+
+OWN = IPv4Network("198.18.46.0/24")
+MAC_A = "8a:da:7f:e8:8a:5f"
+MAC_B = "02:00:00:00:00:0b"
+MAC_C = "02:00:00:00:00:0c"
+
+
+def lease(
+    cidr: str, public_ip: str, mac: str | None = MAC_A, vni: int | None = 1, backend_type: str = "vxlan"
+) -> Lease:
+    return Lease(
+        IPv4Network(cidr),
+        LeaseAttrs(IPv4Address(public_ip), backend_type=backend_type, vni=vni, vtep_mac=mac),
+    )
+
+
+def entries(cidr: str, public_ip: str, mac: str) -> Plane:
+    subnet = IPv4Network(cidr)
+    gateway = subnet.network_address
+    return Plane(
+        neighs=frozenset({Neigh(gateway, mac)}),
+        fdbs=frozenset({Fdb(mac, IPv4Address(public_ip))}),
+        routes=frozenset({Route(subnet, gateway)}),
+    )
+
+
+def union(*planes: Plane) -> Plane:
+    return Plane(
+        frozenset().union(*(p.neighs for p in planes)),
+        frozenset().union(*(p.fdbs for p in planes)),
+        frozenset().union(*(p.routes for p in planes)),
+    )
+
+
+# --- peer entries ---------------------------------------------------------------------------
+
+
+def test_peer_entries_are_neigh_fdb_and_route() -> None:
+    plane = peer_entries(lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    assert plane.neighs == frozenset({Neigh(IPv4Address("198.18.47.0"), MAC_B)})
+    assert plane.fdbs == frozenset({Fdb(MAC_B, IPv4Address("192.0.2.12"))})
+    assert plane.routes == frozenset({Route(IPv4Network("198.18.47.0/24"), IPv4Address("198.18.47.0"))})
+    assert len(plane) == 3
+
+
+def test_peer_entries_for_a_small_subnet_use_its_network_address() -> None:
+    plane = peer_entries(lease("198.18.4.48/28", "192.0.2.13", MAC_C))
+    assert plane == entries("198.18.4.48/28", "192.0.2.13", MAC_C)
+    assert next(iter(plane.routes)).gateway == IPv4Address("198.18.4.48")
+
+
+# --- which leases are peers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        (lease("198.18.47.0/24", "192.0.2.12"), True),
+        (lease("198.18.46.0/24", "192.0.2.11"), False),  # our own subnet
+        (lease("198.18.47.0/24", "192.0.2.12", vni=2), False),  # other VNI
+        (lease("198.18.47.0/24", "192.0.2.12", vni=None), False),
+        (lease("198.18.47.0/24", "192.0.2.12", mac=None, vni=None, backend_type="host-gw"), False),
+        (lease("198.18.47.0/24", "192.0.2.12", backend_type="udp"), False),
+        (lease("198.18.47.0/24", "192.0.2.12", mac=None), False),  # no VTEP MAC to point at
+        (lease("198.18.47.0/24", "192.0.2.12", mac=""), False),
+    ],
+)
+def test_is_vxlan_peer(peer: Lease, expected: bool) -> None:
+    assert is_vxlan_peer(peer, OWN, 1) is expected
+
+
+def test_without_own_subnet_every_vxlan_lease_is_a_peer() -> None:
+    assert is_vxlan_peer(lease("198.18.46.0/24", "192.0.2.11"), None, 1)
+
+
+def test_desired_plane_excludes_own_other_vni_and_foreign_backends() -> None:
+    leases = [
+        lease("198.18.46.0/24", "192.0.2.11", MAC_A),  # ours
+        lease("198.18.47.0/24", "192.0.2.12", MAC_B),
+        lease("198.18.48.0/24", "192.0.2.13", MAC_C),
+        lease("198.18.49.0/24", "192.0.2.14", "02:00:00:00:00:0d", vni=4096),
+        lease("198.18.50.0/24", "192.0.2.15", None, vni=None, backend_type="host-gw"),
+    ]
+    plane = desired_plane(leases, OWN, 1)
+    assert plane == union(
+        entries("198.18.47.0/24", "192.0.2.12", MAC_B), entries("198.18.48.0/24", "192.0.2.13", MAC_C)
+    )
+    assert len(plane) == 6
+
+
+def test_desired_plane_selects_by_vni() -> None:
+    leases = [
+        lease("198.18.47.0/24", "192.0.2.12", MAC_B, vni=1),
+        lease("198.18.49.0/24", "192.0.2.14", MAC_C, vni=4096),
+    ]
+    assert desired_plane(leases, OWN, 4096) == entries("198.18.49.0/24", "192.0.2.14", MAC_C)
+
+
+def test_desired_plane_of_nothing_is_empty() -> None:
+    assert desired_plane([], OWN, 1) == Plane()
+    assert desired_plane([lease("198.18.46.0/24", "192.0.2.11")], OWN, 1) == Plane()
+    assert len(Plane()) == 0
+
+
+def test_desired_plane_accepts_an_iterator() -> None:
+    plane = desired_plane(iter([lease("198.18.47.0/24", "192.0.2.12", MAC_B)]), OWN, 1)
+    assert plane == entries("198.18.47.0/24", "192.0.2.12", MAC_B)
+
+
+# --- diff -----------------------------------------------------------------------------------
+
+
+def test_empty_diff_when_equal() -> None:
+    plane = union(
+        entries("198.18.47.0/24", "192.0.2.12", MAC_B), entries("198.18.48.0/24", "192.0.2.13", MAC_C)
+    )
+    diff = diff_planes(plane, plane)
+    assert diff.empty
+    assert diff == PlaneDiff()
+    assert diff_planes(Plane(), Plane()).empty
+
+
+def test_diff_adds_everything_to_an_empty_device() -> None:
+    desired = union(
+        entries("198.18.47.0/24", "192.0.2.12", MAC_B), entries("198.18.48.0/24", "192.0.2.13", MAC_C)
+    )
+    diff = diff_planes(desired, Plane())
+    assert diff.add == desired
+    assert diff.remove == Plane()
+    assert not diff.empty
+
+
+def test_diff_removes_a_departed_peer_and_adds_a_new_one() -> None:
+    staying = entries("198.18.47.0/24", "192.0.2.12", MAC_B)
+    gone = entries("198.18.48.0/24", "192.0.2.13", MAC_C)
+    new = entries("198.18.49.0/24", "192.0.2.14", "02:00:00:00:00:0d")
+    diff = diff_planes(union(staying, new), union(staying, gone))
+    assert diff.add == new
+    assert diff.remove == gone
+
+
+def test_mac_change_replaces_neigh_and_fdb_but_keeps_the_route() -> None:
+    old = desired_plane([lease("198.18.47.0/24", "192.0.2.12", MAC_B)], OWN, 1)
+    new = desired_plane([lease("198.18.47.0/24", "192.0.2.12", MAC_C)], OWN, 1)
+    diff = diff_planes(new, old)
+    gateway = IPv4Address("198.18.47.0")
+    assert diff.remove == Plane(
+        neighs=frozenset({Neigh(gateway, MAC_B)}),
+        fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.12"))}),
+    )
+    assert diff.add == Plane(
+        neighs=frozenset({Neigh(gateway, MAC_C)}),
+        fdbs=frozenset({Fdb(MAC_C, IPv4Address("192.0.2.12"))}),
+    )
+    assert diff.add.routes == frozenset() and diff.remove.routes == frozenset()
+
+
+def test_public_ip_change_replaces_only_the_fdb() -> None:
+    old = desired_plane([lease("198.18.47.0/24", "192.0.2.12", MAC_B)], OWN, 1)
+    new = desired_plane([lease("198.18.47.0/24", "192.0.2.99", MAC_B)], OWN, 1)
+    diff = diff_planes(new, old)
+    assert diff.remove == Plane(fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.12"))}))
+    assert diff.add == Plane(fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.99"))}))
+
+
+def test_foreign_entries_on_the_device_are_removed() -> None:
+    desired = entries("198.18.47.0/24", "192.0.2.12", MAC_B)
+    stray = Plane(
+        neighs=frozenset({Neigh(IPv4Address("198.18.99.0"), MAC_C)}),
+        routes=frozenset({Route(IPv4Network("198.18.99.0/24"), IPv4Address("198.18.99.0"))}),
+    )
+    diff = diff_planes(desired, union(desired, stray))
+    assert diff.add == Plane()
+    assert diff.remove == stray
+
+
+def test_applying_the_diff_reaches_desired() -> None:
+    desired = union(
+        entries("198.18.47.0/24", "192.0.2.12", MAC_C), entries("198.18.49.0/24", "192.0.2.14", MAC_A)
+    )
+    actual = union(
+        entries("198.18.47.0/24", "192.0.2.12", MAC_B), entries("198.18.48.0/24", "192.0.2.13", MAC_A)
+    )
+    diff = diff_planes(desired, actual)
+    result = Plane(
+        (actual.neighs - diff.remove.neighs) | diff.add.neighs,
+        (actual.fdbs - diff.remove.fdbs) | diff.add.fdbs,
+        (actual.routes - diff.remove.routes) | diff.add.routes,
+    )
+    assert result == desired
+    assert diff_planes(desired, result).empty
+
+
+def test_entries_sort_deterministically() -> None:
+    neighs = [Neigh(IPv4Address("198.18.48.0"), MAC_A), Neigh(IPv4Address("198.18.47.0"), MAC_B)]
+    assert sorted(neighs)[0].ip == IPv4Address("198.18.47.0")
