@@ -116,21 +116,20 @@ class VxlanBackend:
         link = self._find_link(spec.name)
         if link is not None:
             mismatches = self._identity_mismatches(link, spec)
-            if _vxlan_data(link).get("IFLA_VXLAN_LEARNING", 0) != int(spec.learning):
-                mismatches.append(f"learning != {spec.learning}")
+            learning = bool(_vxlan_data(link).get("IFLA_VXLAN_LEARNING"))
+            if learning != spec.learning:
+                mismatches.append(f"learning {learning}, want {spec.learning}")
             if mismatches:
                 with _device_errors(spec.name, "delete the incompatible device"):
                     self._ipr.link("del", index=link["index"])
                 link = None
-                actions.append(f"deleted incompatible {spec.name} ({', '.join(mismatches)})")
+                _record(spec, f"deleted incompatible {spec.name} ({', '.join(mismatches)})", actions)
         if link is None:
             link = self._create(spec)
-            actions.append(f"created {spec.name}")
+            _record(spec, f"created {spec.name}", actions)
         index = link["index"]
-        actions += self._fix_link_settings(index, link, spec)
-        actions += self._fix_addresses(index, spec)
-        for action in actions:
-            log.info("%s: %s", spec.name, action)
+        self._fix_link_settings(index, link, spec, actions)
+        self._fix_addresses(index, spec, actions)
         link = self._ipr.link("get", index=index)[0]
         state = DeviceState(index, str(link.get("IFLA_ADDRESS")).lower(), int(link.get("IFLA_MTU")))
         return state, actions
@@ -166,7 +165,7 @@ class VxlanBackend:
         actual = {key: data.get(key) for key in expected}
         actual["IFLA_VXLAN_GBP"] = bool(actual["IFLA_VXLAN_GBP"])
         return [
-            f"{key.removeprefix('IFLA_VXLAN_').lower()} {actual[key]} != {value}"
+            f"{key.removeprefix('IFLA_VXLAN_').lower()} {actual[key]}, want {value}"
             for key, value in expected.items()
             if actual[key] != value
         ]
@@ -190,7 +189,8 @@ class VxlanBackend:
             self._ipr.link("add", **options)
         return self._ipr.link("get", ifname=spec.name)[0]
 
-    def _fix_link_settings(self, index: int, link: Any, spec: DeviceSpec) -> list[str]:
+    def _fix_link_settings(self, index: int, link: Any, spec: DeviceSpec,
+                           actions: list[str]) -> None:
         """Set MTU, MAC and up state where they differ; flanneld never fixes these."""
         changes: list[tuple[str, dict[str, Any]]] = []
         mtu = link.get("IFLA_MTU")
@@ -204,11 +204,10 @@ class VxlanBackend:
         for action, attrs in changes:
             with _device_errors(spec.name, action):
                 self._ipr.link("set", index=index, **attrs)
-        return [action for action, _ in changes]
+            _record(spec, action, actions)
 
-    def _fix_addresses(self, index: int, spec: DeviceSpec) -> list[str]:
+    def _fix_addresses(self, index: int, spec: DeviceSpec, actions: list[str]) -> None:
         """Leave exactly ``spec.address`` as the device's IPv4 address."""
-        actions = []
         present = False
         for msg in self._ipr.addr("dump", index=index, family=socket.AF_INET):
             address = IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
@@ -218,13 +217,12 @@ class VxlanBackend:
             with _device_errors(spec.name, f"remove address {address}"):
                 self._ipr.addr("del", index=index, address=str(address.ip),
                                prefixlen=address.network.prefixlen)
-            actions.append(f"removed address {address}")
+            _record(spec, f"removed address {address}", actions)
         if not present:
             with _device_errors(spec.name, f"add address {spec.address}"):
                 self._ipr.addr("add", index=index, address=str(spec.address.ip),
                                prefixlen=spec.address.network.prefixlen)
-            actions.append(f"added address {spec.address}")
-        return actions
+            _record(spec, f"added address {spec.address}", actions)
 
     # -- per-peer entries ---------------------------------------------------------------------
 
@@ -317,6 +315,12 @@ def _attempt(
         failures.append(f"{what}: {err}")
         return
     log.info("%s", what)
+
+
+def _record(spec: DeviceSpec, action: str, actions: list[str]) -> None:
+    """Log one device change as it happens and add it to the caller's list."""
+    log.info("%s: %s", spec.name, action)
+    actions.append(action)
 
 
 @contextmanager

@@ -94,9 +94,9 @@ def test_reuses_compatible_device_and_fixes_drift(netns: str) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"local_ip": IPv4Address("192.0.2.9")}, "local 192.0.2.1 != 192.0.2.9"),
-        ({"port": 4789}, "port 8472 != 4789"),
-        ({"gbp": True}, "gbp False != True"),
+        ({"local_ip": IPv4Address("192.0.2.9")}, "local 192.0.2.1, want 192.0.2.9"),
+        ({"port": 4789}, "port 8472, want 4789"),
+        ({"gbp": True}, "gbp False, want True"),
     ],
 )
 def test_recreates_incompatible_device(netns: str, change: dict, reason: str) -> None:
@@ -118,7 +118,7 @@ def test_recreates_learning_device(netns: str) -> None:
     run("ip", "-n", netns, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
         "local", "192.0.2.1", "dev", "u0", "dstport", "8472", "learning")
     _, actions = in_netns(netns, ensure, SPEC)
-    assert actions[0] == "deleted incompatible flannel.1 (learning != False)"
+    assert actions[0] == "deleted incompatible flannel.1 (learning True, want False)"
     assert link(netns)["linkinfo"]["info_data"]["learning"] is False
 
 
