@@ -1,0 +1,234 @@
+"""Pure parts of the shim, no root: subnet.env, delegate config, result formats, state, install."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cni_shim.errors import CniError, UnsupportedField
+from cni_shim.main import run
+from cni_shim.netconf import build_delegate, parse_conf
+from cni_shim.result import convert
+from cni_shim.state import Attachment, StateStore
+from cni_shim.subnetenv import SubnetEnvError, parse_subnet_env
+
+from overlayd.install_cni import install_cni, render_plugin
+
+V4 = "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\n"
+V6 = "FLANNEL_IPV6_NETWORK=2001:db8::/48\nFLANNEL_IPV6_SUBNET=2001:db8:0:5::1/64\n"
+
+
+def _env(text: str = V4 + "FLANNEL_IPMASQ=false\n"):
+    return parse_subnet_env(text, "/run/flannel/subnet.env")
+
+
+# --- subnet.env -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (V4, "FLANNEL_IPMASQ missing"),
+        (V4.replace("1450", "big") + "FLANNEL_IPMASQ=true", "FLANNEL_MTU 'big'"),
+        (V4 + "FLANNEL_IPMASQ=maybe", "FLANNEL_IPMASQ 'maybe'"),
+        (V4.replace("198.18.5.1/24", "198.19.5.1/24") + "FLANNEL_IPMASQ=1", "not inside"),
+        (V4.replace("FLANNEL_SUBNET", "#") + "FLANNEL_IPMASQ=1", "FLANNEL_SUBNET missing"),
+        ("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=1\n", "FLANNEL_NETWORK and FLANNEL_SUBNET missing"),
+        (V4 + "FLANNEL_IPMASQ=1\nFLANNEL_IPV6_NETWORK=2001:db8::/48\n", "FLANNEL_IPV6_SUBNET"),
+        (V4 + "garbage\n", "line 4"),
+    ],
+)
+def test_broken_subnet_env_names_the_key(text: str, named: str) -> None:
+    with pytest.raises(SubnetEnvError, match=r"subnet\.env") as raised:
+        parse_subnet_env(text, "/run/flannel/subnet.env")
+    assert named in str(raised.value)
+
+
+# --- delegate config --------------------------------------------------------------------------
+
+
+def _conf(**extra):
+    return parse_conf({"name": "cbr0", "type": "flannel", **extra}, "1.1.0")
+
+
+def test_delegate_defaults_are_flannels() -> None:
+    delegate = build_delegate(_conf(runtimeConfig={"portMappings": []}), _env())
+    assert delegate == {
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": True,
+        "ipMasq": True,  # FLANNEL_IPMASQ=false: nobody else masquerades
+        "mtu": 1450,
+        "name": "cbr0",
+        "cniVersion": "1.0.0",  # capped: the reference plugins stop at 1.0.0
+        "runtimeConfig": {"portMappings": []},
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "198.18.5.0/24", "gateway": "198.18.5.1"}]],
+            "routes": [{"dst": "198.18.0.0/16", "gw": "198.18.5.1"}],
+        },
+    }
+
+
+def test_user_keys_win_and_ipam_keys_are_kept() -> None:
+    conf = _conf(
+        delegate={"bridge": "br9", "isGateway": False, "ipMasq": False, "hairpinMode": True},
+        ipam={"dataDir": "/x", "ranges": "ignored", "routes": [{"dst": "203.0.113.0/24"}]},
+    )
+    delegate = build_delegate(conf, _env(V4 + V6 + "FLANNEL_IPMASQ=true"))
+    assert (delegate["bridge"], delegate["isGateway"], delegate["hairpinMode"]) == ("br9", False, True)
+    assert delegate["ipam"]["dataDir"] == "/x"
+    assert delegate["ipam"]["ranges"] == [
+        [{"subnet": "198.18.5.0/24", "gateway": "198.18.5.1"}],
+        [{"subnet": "2001:db8:0:5::/64", "gateway": "2001:db8:0:5::1"}],
+    ]
+    assert [route["dst"] for route in delegate["ipam"]["routes"]] == [
+        "203.0.113.0/24",
+        "198.18.0.0/16",
+        "2001:db8::/48",
+    ]
+
+
+def test_other_delegate_types_get_no_bridge_keys() -> None:
+    delegate = build_delegate(_conf(delegate={"type": "ptp"}), _env())
+    assert "bridge" not in delegate and "isGateway" not in delegate
+
+
+def test_delegate_name_is_an_unsupported_field() -> None:
+    with pytest.raises(UnsupportedField, match=r"delegate\.name"):
+        _conf(delegate={"name": "x"})
+
+
+# --- result formats ---------------------------------------------------------------------------
+
+CURRENT = {
+    "cniVersion": "1.1.0",
+    "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/ns", "mtu": 1450}],
+    "ips": [
+        {"interface": 0, "address": "198.18.5.2/24", "gateway": "198.18.5.1"},
+        {"interface": 0, "address": "2001:db8:0:5::2/64", "gateway": "2001:db8:0:5::1"},
+    ],
+    "routes": [
+        {"dst": "198.18.0.0/16", "gw": "198.18.5.1", "priority": 5},
+        {"dst": "2001:db8::/48"},
+    ],
+    "dns": {"nameservers": ["198.18.0.53"]},
+}
+
+
+def test_down_to_1_0_drops_the_new_fields() -> None:
+    lowered = convert(CURRENT, "1.0.0")
+    assert lowered["interfaces"][0] == {"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/ns"}
+    assert lowered["routes"][0] == {"dst": "198.18.0.0/16", "gw": "198.18.5.1"}
+    assert "version" not in lowered["ips"][0]
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
+def test_down_to_0_3_adds_ip_versions(version: str) -> None:
+    lowered = convert(CURRENT, version)
+    assert [ip["version"] for ip in lowered["ips"]] == ["4", "6"]
+    assert lowered["cniVersion"] == version
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
+def test_down_to_0_2_keeps_one_address_per_family(version: str) -> None:
+    assert convert(CURRENT, version) == {
+        "cniVersion": version,
+        "ip4": {
+            "ip": "198.18.5.2/24",
+            "gateway": "198.18.5.1",
+            "routes": [{"dst": "198.18.0.0/16", "gw": "198.18.5.1"}],
+        },
+        "ip6": {
+            "ip": "2001:db8:0:5::2/64",
+            "gateway": "2001:db8:0:5::1",
+            "routes": [{"dst": "2001:db8::/48"}],
+        },
+        "dns": {"nameservers": ["198.18.0.53"]},
+    }
+
+
+def test_up_from_0_2_and_round_trip() -> None:
+    legacy = convert(CURRENT, "0.2.0")
+    lifted = convert(legacy, "1.1.0")
+    assert [ip["address"] for ip in lifted["ips"]] == ["198.18.5.2/24", "2001:db8:0:5::2/64"]
+    assert "interfaces" not in lifted
+    assert convert(convert(CURRENT, "0.4.0"), "1.1.0")["ips"] == CURRENT["ips"]
+
+
+def test_no_address_cannot_become_0_2() -> None:
+    with pytest.raises(CniError, match="without IP addresses"):
+        convert({"cniVersion": "1.0.0", "interfaces": []}, "0.2.0")
+
+
+# --- protocol with injected environment and stdin ---------------------------------------------
+
+
+def test_version_does_not_read_stdin() -> None:
+    class Unreadable(io.StringIO):
+        def read(self, *args: object) -> str:
+            raise AssertionError("VERSION must not block on stdin")
+
+    code, out = run({"CNI_COMMAND": "VERSION"}, Unreadable())
+    assert code == 0 and json.loads(out)["supportedVersions"][-1] == "1.1.0"
+
+
+def test_status_from_a_dict_and_a_string(tmp_path: Path) -> None:
+    conf = {"cniVersion": "1.1.0", "name": "n", "type": "flannel", "subnetFile": str(tmp_path / "s")}
+    code, out = run({"CNI_COMMAND": "STATUS"}, io.StringIO(json.dumps(conf)))
+    assert code == 1 and json.loads(out)["code"] == 50
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+def test_state_is_exclusive_private_and_keyed_by_network_container_and_ifname(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    attachment = Attachment("cbr0", "abc-1", "net+1")
+    store.save(attachment, {"name": "cbr0"})
+    with pytest.raises(FileExistsError):
+        store.save(attachment, {"name": "other"})
+    assert store.load(attachment) == {"name": "cbr0"}
+    assert (tmp_path / "state" / "cbr0+abc-1+net+1").stat().st_mode & 0o777 == 0o600
+    assert store.attachments("cbr0") == [attachment]
+    assert store.attachments("cbr") == []
+    store.remove(attachment)
+    assert store.load(attachment) is None
+    assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_flannels_own_state_file_is_used_for_the_same_network(tmp_path: Path) -> None:
+    (tmp_path / "abc").write_text(json.dumps({"name": "cbr0", "type": "bridge"}))
+    store = StateStore(tmp_path)
+    assert store.load(Attachment("other", "abc", "eth0")) is None
+    assert store.load(Attachment("cbr0", "abc", "eth0")) == {"name": "cbr0", "type": "bridge"}
+    store.remove(Attachment("cbr0", "abc", "eth0"))
+    assert not (tmp_path / "abc").exists()
+
+
+# --- install-cni ------------------------------------------------------------------------------
+
+
+def test_installed_plugin_ignores_the_callers_python_environment(tmp_path: Path) -> None:
+    plugin = install_cni(tmp_path / "bin")
+    assert plugin.name == "flannel" and os.access(plugin, os.X_OK)
+    env = {"CNI_COMMAND": "VERSION", "PYTHONPATH": "/nonexistent", "PYTHONHOME": "/nonexistent"}
+    out = subprocess.run([plugin], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["cniVersion"] == "1.1.0"
+
+
+def test_long_interpreter_paths_get_a_shell_trampoline(tmp_path: Path) -> None:
+    python = tmp_path / ("v" * 120) / "python"
+    python.parent.mkdir()
+    python.symlink_to(os.path.realpath(sys.executable))
+    script = tmp_path / "flannel"
+    script.write_text(render_plugin(str(python), str(Path(__file__).parents[2] / "cni-shim")))
+    script.chmod(0o755)
+    assert script.read_text().startswith("#!/bin/sh\n")
+    out = subprocess.run([script], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
+    assert json.loads(out.stdout)["cniVersion"] == "1.1.0"
