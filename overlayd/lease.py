@@ -32,8 +32,8 @@ class LeaseAttrs:
     vni: int | None = None
     vtep_mac: str | None = None
     public_ipv6: IPv6Address | None = None
-    # Backend data of backends we do not program, kept so a re-put does not lose it.
-    extra_backend_data: tuple[tuple[str, object], ...] = ()
+    # Backend data of backends we do not program, as compact JSON text: kept whole (and hashable).
+    extra_backend_data: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
     if attrs.backend_type == "vxlan":
         backend: dict[str, object] | None = {"VNI": attrs.vni, "VtepMAC": attrs.vtep_mac}
     else:
-        backend = dict(attrs.extra_backend_data) or None
+        backend = json.loads(attrs.extra_backend_data) if attrs.extra_backend_data else None
     value["BackendData"] = backend
     return json.dumps(value, separators=(",", ":"))
 
@@ -119,7 +119,7 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             public_ip=public_ip,
             backend_type=backend_type,
             public_ipv6=public_ipv6,
-            extra_backend_data=tuple(backend.items()),
+            extra_backend_data=json.dumps(backend, separators=(",", ":")) if backend else "",
         )
     vni = backend.get("VNI")
     mac = str(backend.get("VtepMAC") or "").lower()
