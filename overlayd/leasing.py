@@ -1,0 +1,112 @@
+"""Acquiring and keeping this host's subnet lease.
+
+flanneld exits when it loses the race for a subnet and when its lease vanishes; we do neither.
+Acquisition lists the leases, ranks the options (``allocate.choose_subnets``: the lease that
+already carries our PublicIP, then the previous ``subnet.env`` subnet, then random free ones) and
+tries them with guarded transactions; losing a race just moves on to the next option, and when
+the listing has gone stale it lists again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.allocate import SubnetChoice, choose_subnets
+from overlayd.config import NetworkConfig
+from overlayd.lease import Lease, LeaseAttrs
+from overlayd.registry import Registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 86400  # flanneld's lease TTL: one day
+DEFAULT_RENEW_MARGIN = 3600.0  # flanneld renews one hour before expiry
+# After this many lost races in one listing, the listing is stale: list again.
+CHOICES_PER_LISTING = 3
+MAX_LISTINGS = 20
+RETRY_SLEEP = (0.02, 0.2)  # seconds, jittered, grows with each listing
+
+
+class AcquireError(RuntimeError):
+    """Every attempt lost a race for a subnet; the message says how often and on which Network."""
+
+
+class LeaseManager:
+    """Acquires and renews this host's lease in one overlay network."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        public_ip: IPv4Address,
+        ttl: int = DEFAULT_TTL,
+        renew_margin: float = DEFAULT_RENEW_MARGIN,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.public_ip = public_ip
+        self.ttl = ttl
+        self.renew_margin = renew_margin
+        self.rng = rng or random.Random()
+        # monotonic expiry per (key, etcd lease id) we were granted; math.inf for a reservation.
+        self._expiry: dict[tuple[str, int], float] = {}
+
+    def acquire(self, config: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | None) -> Lease:
+        """Hold a lease on a subnet of ``config`` carrying ``attrs``; keeps trying past lost races.
+
+        Raises OutOfSubnets when every subnet is leased, AcquireError when contention never let
+        up, RegistryError when etcd is unreachable.
+        """
+        for listing in range(1, MAX_LISTINGS + 1):
+            leases, _revision = self.registry.list_leases()
+            choices = choose_subnets(config, leases, self.public_ip, previous, self.rng)
+            for choice in choices[:CHOICES_PER_LISTING]:
+                lease = self._try(choice, attrs)
+                if lease is not None:
+                    return lease
+                log.info("lost the race for subnet %s; trying the next one", choice.subnet)
+            lo, hi = RETRY_SLEEP
+            time.sleep(self.rng.uniform(lo, hi) * listing)
+        raise AcquireError(
+            f"could not lease a subnet of Network {config.network}: lost every race in "
+            f"{MAX_LISTINGS} listings; check for many agents starting at once with the same PublicIP"
+        )
+
+    def _try(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease | None:
+        if choice.existing is not None:
+            lease = self.registry.take_over(choice.existing, attrs, self.ttl)
+        else:
+            lease = self.registry.create_lease(choice.subnet, attrs, self.ttl)
+        if lease is not None:
+            self._granted(lease)
+        return lease
+
+    def _granted(self, lease: Lease) -> None:
+        """Remember when ``lease`` expires, to schedule its renewal without asking etcd."""
+        expiry = time.monotonic() + self.ttl if lease.etcd_lease_id else math.inf
+        self._expiry = {(lease.key, lease.etcd_lease_id): expiry}
+
+    def renew_at(self, lease: Lease) -> float:
+        """The ``time.monotonic()`` deadline to renew ``lease``: expiry minus the renew margin.
+
+        At least half the remaining time from now, so a margin as long as the TTL does not turn
+        into constant renewal. A reservation never expires: check it again after one TTL. A lease
+        this manager did not grant is due now.
+        """
+        now = time.monotonic()
+        expiry = self._expiry.get((lease.key, lease.etcd_lease_id))
+        if expiry is None:
+            return now
+        if math.isinf(expiry):
+            return now + self.ttl
+        remaining = expiry - now
+        return now + max(remaining - self.renew_margin, remaining / 2)
+
+    def renew(self, lease: Lease) -> Lease | None:
+        """Extend ``lease`` by one TTL; None if our key is gone (then ``acquire`` again)."""
+        renewed = self.registry.renew(lease, self.ttl)
+        if renewed is not None:
+            self._granted(renewed)
+        return renewed
