@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any, TextIO
 
 from .errors import (
     CniError,
@@ -23,6 +21,12 @@ from .errors import (
     IOFailure,
 )
 from .version import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
+
+# `typing` alone would double the start-up time of every CNI call; annotations only need names.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, TextIO
 
 # The variables each command needs (empty counts as unset, as the reference runtime sends
 # empty values for the ones that do not apply).
