@@ -27,7 +27,7 @@ from overlayd.desired import Plane, PlaneDiff, desired_plane, diff_planes, is_vx
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.lease import Lease, LeaseAttrs
-from overlayd.leasing import LeaseManager
+from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer
 from overlayd.netmon import NetlinkMonitor
 from overlayd.options import AgentOptions
@@ -134,7 +134,7 @@ class Agent:
                 result = attempt()
                 if result is not None:
                     return result
-            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets) as exc:
+            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
                 if str(exc) != last_error:
                     log.error("%s: %s", what, exc)
                     last_error = str(exc)
@@ -432,8 +432,8 @@ class Agent:
         try:
             spec = self._device_spec(self.config, self.lease.subnet)
             self.device, actions = self.backend.ensure_device(spec)
-            for action in actions:
-                log.warning("repaired device: %s", action)
+            if actions:  # the backend logs each action; here we count drift found after start
+                self.metrics.repairs.labels(kind="device", action="fix").inc(len(actions))
             desired = desired_plane(self.peers.values(), self.lease.subnet, self.config.backend.vni)
             diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
             if not diff.empty:
@@ -463,8 +463,9 @@ class Agent:
             for kind, entries in (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes)):
                 if entries:
                     self.metrics.repairs.labels(kind=kind, action=action).inc(len(entries))
-                    if trigger in ("timer", "netlink"):
-                        log.warning("repair (%s): %s %d %s entries", trigger, action, len(entries), kind)
+                    # Drift found by a timer or netlink pass is a repair; at start or resync, news.
+                    level = logging.WARNING if trigger in ("timer", "netlink") else logging.INFO
+                    log.log(level, "%s pass: %s %d %s entries", trigger, action, len(entries), kind)
 
     def _set_health(self, ready: bool, reason: str) -> None:
         self.metrics.health = replace(

@@ -314,7 +314,7 @@ def _attempt(
     except (TypeError, ValueError) as err:  # pyroute2 refuses to encode a malformed value
         failures.append(f"{what}: {err}")
         return
-    log.info("%s", what)
+    log.debug("%s", what)
 
 
 def _record(spec: DeviceSpec, action: str, actions: list[str]) -> None:
