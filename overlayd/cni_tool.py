@@ -59,7 +59,7 @@ def run_cni_command(argv: list[str]) -> int:
         details = f" ({err.details})" if err.details else ""
         sys.stderr.write(f"overlayd cni {args.command}: error {err.code}: {err.msg}{details}\n")
         return 1
-    except ToolError as err:
+    except (ToolError, OSError) as err:
         sys.stderr.write(f"overlayd cni {args.command}: {err}\n")
         return 1
     return 0

@@ -83,6 +83,11 @@ def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:
         return 1, _error_json(err, reply_version)
     except OSError as err:
         return 1, _error_json(IOFailure(f"{err.strerror or err}: {err.filename or ''}"), reply_version)
+    except Exception as err:  # a bug must still reach the runtime as an error, not a traceback
+        import traceback
+
+        traceback.print_exc()
+        return 1, _error_json(CniError(f"internal error: {err!r}"), reply_version)
 
 
 def _read(stdin: TextIO) -> str:

@@ -65,6 +65,9 @@ def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
     timeout = config.get("subnetFileTimeout", DEFAULT_SUBNET_FILE_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
         raise InvalidConfig(f'"subnetFileTimeout" {timeout!r} is not a number of seconds; use e.g. 5')
+    ipam = _object(config, "ipam")
+    if not isinstance(ipam.get("routes", []), list):
+        raise InvalidConfig(f'"ipam.routes" must be a list of {{"dst": ...}}, not {ipam["routes"]!r}')
     return ShimConf(
         name=config["name"],
         cni_version=cni_version,
@@ -72,7 +75,7 @@ def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
         data_dir=_path(config, "dataDir", DEFAULT_DATA_DIR),
         subnet_file_timeout=float(timeout),
         delegate=delegate,
-        ipam=_object(config, "ipam"),
+        ipam=ipam,
         passed_through={key: config[key] for key in _PASSED_THROUGH if key in config},
     )
 

@@ -143,7 +143,7 @@ class Node:
             "CNI_CONTAINERID": container_id,
             "CNI_NETNS": f"/var/run/netns/{netns}" if netns else "",
             "CNI_IFNAME": ifname,
-            "CNI_PATH": f"{self.plugin_dir}:{REFERENCE_PLUGINS}",
+            "CNI_PATH": f"{self.plugin_dir}:{self._delegates_dir()}",
         }
         env.update(env_overrides)
         env = {key: value for key, value in env.items() if value is not None}
@@ -158,6 +158,25 @@ class Node:
             timeout=30,
         )
         return Reply(completed.returncode, completed.stdout, completed.stderr)
+
+    def _delegates_dir(self) -> Path:
+        """The reference plugins inside a host namespace; outside one, stand-ins that fail.
+
+        Without a host namespace the bridge plugin would work on the root namespace, so a
+        test that delegates by mistake must fail loudly instead.
+        """
+        if self.host_ns:
+            return REFERENCE_PLUGINS
+        stand_ins = self.tmp / "no-delegation"
+        if not stand_ins.exists():
+            stand_ins.mkdir()
+            for plugin in ("bridge", "host-local", "portmap"):
+                stub = stand_ins / plugin
+                stub.write_text(
+                    '#!/bin/sh\necho \'{"code": 999, "msg": "delegated outside a test netns"}\'\nexit 1\n'
+                )
+                stub.chmod(0o755)
+        return stand_ins
 
     def state_files(self) -> list[str]:
         return sorted(p.name for p in self.data_dir.glob("*")) if self.data_dir.exists() else []

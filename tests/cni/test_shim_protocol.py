@@ -87,6 +87,7 @@ def test_command_newer_than_the_config_version_is_code_1(node: Node, command: st
         ({"subnetFile": "relative/subnet.env"}, 7, "subnetFile"),
         ({"subnetFileTimeout": "5s"}, 7, "subnetFileTimeout"),
         ({"prevResult": []}, 7, "prevResult"),
+        ({"ipam": {"routes": "198.18.0.0/16"}}, 7, "ipam.routes"),
     ],
 )
 def test_invalid_plugin_config(node: Node, extra: dict, code: int, says: str) -> None:
@@ -133,3 +134,12 @@ def test_check_needs_prev_result_and_a_known_container(node: Node) -> None:
 def test_error_output_is_one_json_document(node: Node) -> None:
     reply = node.call("ADD", "{", netns="x")
     assert set(json.loads(reply.stdout)) >= {"cniVersion", "code", "msg"}
+
+
+def test_unexpected_failures_are_still_cni_errors(node: Node) -> None:
+    # Converting this prevResult for the delegate fails before any plugin runs.
+    broken_prev = {"cniVersion": "0.4.0", "ips": [{"no-address": True}]}
+    node.data_dir.mkdir()
+    (node.data_dir / "ovctest+ctr1+eth0").write_text('{"type": "bridge"}')
+    reply = node.call("CHECK", node.conf("0.4.0", prevResult=broken_prev), netns="x")
+    assert "internal error" in reply.error(999)["msg"]
