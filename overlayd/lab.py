@@ -130,8 +130,13 @@ class Lab:
 
     # ---- building ----------------------------------------------------------------------------
 
-    def up(self, hosts: int, network_config: str = DEFAULT_NETWORK_CONFIG, start_agents: bool = True) -> None:
-        """Build underlay, etcd and ``hosts`` hosts (agents started unless told not to)."""
+    def up(
+        self, hosts: int, network_config: str | None = DEFAULT_NETWORK_CONFIG, start_agents: bool = True
+    ) -> None:
+        """Build underlay, etcd and ``hosts`` hosts (agents started unless told not to).
+
+        ``network_config`` None leaves ``<prefix>/config`` unset, to test agents waiting for it.
+        """
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
         self.save()
@@ -142,7 +147,8 @@ class Lab:
             server.start()
             self.etcd_pid = server._process.pid if server._process else 0
             self.save()
-            server.etcdctl("put", f"{ETCD_PREFIX}/config", network_config)
+            if network_config is not None:
+                server.etcdctl("put", f"{ETCD_PREFIX}/config", network_config)
             for _ in range(hosts):
                 self.add_host(start_agent=start_agents)
         except BaseException:

@@ -1,0 +1,77 @@
+"""The agent waits for a missing or broken network config, masquerades on request, is observable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+from labtools import FAST_AGENT_ARGS, needs_lab, wait_for
+
+from overlayd.lab import ETCD_PREFIX, HEALTHZ_PORT, Lab, lab_namespaces, random_lab_name, sh
+
+pytestmark = [needs_lab, pytest.mark.root]
+
+
+@pytest.fixture
+def bare_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Two hosts with --ip-masq and no network config in etcd yet."""
+    name = random_lab_name()
+    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=[*FAST_AGENT_ARGS, "--ip-masq"])
+    try:
+        lab.up(hosts=2, network_config=None)
+        yield lab
+    finally:
+        lab.down()
+        assert not lab_namespaces(name)
+
+
+def fetch(lab: Lab, path: str) -> tuple[int, str]:
+    """GET a host's HTTP endpoint from inside its namespace."""
+    h1 = lab.hosts[0]
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen('http://{h1.ip}:{HEALTHZ_PORT}{path}', timeout=5)\n"
+        "    print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); print(e.read().decode())\n"
+    )
+    out = sh(sys.executable, "-c", code, netns=h1.netns)
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
+    h1 = bare_lab.hosts[0]
+    log = h1.log_file.read_text
+    wait_for(lambda: "is missing; waiting for it" in log(), 15, "the missing-config message")
+    assert fetch(bare_lab, "/readyz")[0] == 503
+    etcd = bare_lab.etcd()
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16", "SubnetLen": 31}')
+    wait_for(
+        lambda: "SubnetLen 31 is larger than 30; use a SubnetLen between 18 and 30" in log(),
+        15,
+        "the invalid-config message naming SubnetLen",
+    )
+    assert not h1.subnet_file.exists(), "no subnet.env may be written from a broken config"
+    assert all(host.pid and os.path.exists(f"/proc/{host.pid}") for host in bare_lab.hosts), "agent exited"
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.wait_converged(timeout=30)
+    env = h1.subnet_env()
+    assert env["FLANNEL_IPMASQ"] == "true"
+    assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
+
+    rules = sh("nft", "list", "table", "ip", "overlayd", netns=h1.netns)
+    assert "ip saddr 198.18.0.0/16 ip daddr 198.18.0.0/16 return" in rules
+    assert "masquerade" in rules
+
+    assert fetch(bare_lab, "/readyz")[0] == 200
+    status, metrics = fetch(bare_lab, "/metrics")
+    assert status == 200
+    assert "overlayd_peers 1.0" in metrics
+    assert "overlayd_ready 1.0" in metrics
+    assert f'subnet="{env["FLANNEL_SUBNET"].replace(".1/", ".0/")}"' in metrics
+    assert fetch(bare_lab, "/healthz")[0] == 200
+
