@@ -82,6 +82,11 @@ class EtcdServer:
         return self.data_dir / LOG_NAME
 
     @property
+    def pid(self) -> int:
+        """The running etcd's process id (0 when stopped), for callers that outlive this object."""
+        return self._process.pid if self.running and self._process else 0
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -143,10 +143,7 @@ class Lab:
         try:
             self._make_underlay()
             self._make_node(self.etcd_ns, "etcd", ETCD_IP)
-            server = self.etcd()
-            server.start()
-            self.etcd_pid = server._process.pid if server._process else 0
-            self.save()
+            server = self.start_etcd()
             if network_config is not None:
                 server.etcdctl("put", f"{ETCD_PREFIX}/config", network_config)
             for _ in range(hosts):
@@ -154,6 +151,21 @@ class Lab:
         except BaseException:
             self.down()
             raise
+
+    def start_etcd(self) -> EtcdServer:
+        """Start (or restart, keeping its data) the lab's etcd; its pid is saved for ``down``."""
+        server = self.etcd()
+        server.start()
+        self.etcd_pid = server.pid
+        self.save()
+        return server
+
+    def stop_etcd(self) -> None:
+        """Stop etcd (SIGTERM), e.g. to test that agents and the data path ride out an outage."""
+        if self.etcd_pid:
+            _stop_pid(self.etcd_pid, signal.SIGTERM, 10.0)
+        self.etcd_pid = 0
+        self.save()
 
     def _make_underlay(self) -> None:
         sh("ip", "netns", "add", self.underlay_ns)

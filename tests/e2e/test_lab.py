@@ -154,3 +154,18 @@ def test_stopped_host_whose_lease_is_deleted_disappears(lab: Lab) -> None:
     lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
     for other in (host(lab, "h1"), host(lab, "h2")):
         wait_for(lambda other=other: f"{address}/24" not in routes(other), 10, f"{other.name} to drop h3")
+
+
+def test_etcd_outage_keeps_data_path_and_repairs_then_resumes(lab: Lab) -> None:
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    peer = h2.flannel_address() or ""
+    lab.stop_etcd()
+    try:
+        assert lab.ping(h1, peer, count=2), "data path must survive an etcd outage"
+        sh("ip", "route", "del", f"{peer}/24", netns=h1.netns)
+        wait_for(lambda: f"{peer}/24 via {peer}" in routes(h1), 10, "a repair from memory while etcd is down")
+    finally:
+        lab.start_etcd()
+    h5 = lab.add_host()
+    lab.wait_converged(timeout=40)  # the watch came back: every host learned of h5
+    assert lab.ping(h1, h5.flannel_address() or "", count=2)
