@@ -23,6 +23,7 @@ import math
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -33,12 +34,16 @@ from urllib.parse import urlsplit
 # implementation still loads it. Must be set before etcd3 (and so protobuf) is imported.
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
-import etcd3
-import etcd3.exceptions
-import etcd3.utils
 import grpc
-from etcd3 import etcdrpc
-from etcd3.etcdrpc import kv_pb2
+
+with warnings.catch_warnings():
+    # Its generated code uses descriptor calls that protobuf deprecates: noise, not our problem.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import etcd3
+    import etcd3.exceptions
+    import etcd3.utils
+    from etcd3 import etcdrpc
+    from etcd3.etcdrpc import kv_pb2
 
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
@@ -55,6 +60,7 @@ _GRPC_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),  # default 2: pings would stop on an idle watch
 )
 # Failures that mean "this endpoint is unreachable": try the next one.
 _CONNECTION_ERRORS = (
