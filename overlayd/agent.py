@@ -16,8 +16,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
@@ -37,6 +39,7 @@ from overlayd.subnetenv import SubnetEnv, previous_subnet
 from overlayd.vtepmac import load_or_create_mac
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 VXLAN_OVERHEAD = 50
@@ -124,9 +127,12 @@ class Agent:
             )
             self.http.start()
 
-    def _retry(self, what: str, attempt):  # type: ignore[no-untyped-def]
-        """Call attempt() until it returns non-None, logging each new error once, with backoff."""
-        backoff = Backoff()
+    def _retry(self, what: str, attempt: Callable[[], T | None], cap: float = MAX_BACKOFF) -> T | None:
+        """Call attempt() until it returns non-None, logging each new error once, with backoff.
+
+        Returns None only when asked to stop meanwhile.
+        """
+        backoff = Backoff(cap=cap)
         last_error = ""
         while not self.stopping.is_set():
             self._set_health(False, what)
@@ -168,7 +174,8 @@ class Agent:
             renew_margin=opts.subnet_lease_renew_margin * 60.0,
         )
         self.backend = VxlanBackend()
-        self.config = self._retry("reading the network config", self._read_config)
+        # Poll the config often (as flanneld does, every second or two): an operator is waiting.
+        self.config = self._retry("reading the network config", self._read_config, cap=2.0)
         if self.config is None:
             return False
         self.vtep_mac = self._vtep_mac(self.config)
