@@ -1,9 +1,10 @@
-"""Run a real single-member etcd for the integration tests and the namespace lab.
+"""Run a real etcd member for the integration tests and the namespace lab.
 
 The tests need an etcd they can stop, restart and compact at will, on ports nobody else uses;
 the lab needs the same inside a network namespace on a lab address. Both get one generic class:
 it starts ``etcd`` with its own data dir, logs to a file there (so a failed start is explained
-by the log tail, not by silence), and waits until ``etcdctl endpoint health`` says yes.
+by the log tail, not by silence), and waits until ``etcdctl endpoint health`` says yes. The lab
+also builds a three-member cluster from it (``initial_cluster``), to test endpoint fail-over.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class EtcdServer:
         etcd_binary: str = "etcd",
         etcdctl_binary: str = "etcdctl",
         start_timeout: float = 20.0,
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -62,6 +64,7 @@ class EtcdServer:
         self.etcd_binary = etcd_binary
         self.etcdctl_binary = etcdctl_binary
         self.start_timeout = start_timeout
+        self.initial_cluster = initial_cluster
         default_client = DEFAULT_CLIENT_PORT if netns else None
         default_peer = DEFAULT_PEER_PORT if netns else None
         self.client_port = client_port or default_client or free_port(host)
@@ -103,7 +106,7 @@ class EtcdServer:
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state", "new",
             # History is kept until someone compacts: tests compact on purpose.
             "--auto-compaction-retention", "0",
@@ -113,6 +116,11 @@ class EtcdServer:
 
     def start(self) -> None:
         """Start etcd and return once it answers health checks; raise EtcdServerError otherwise."""
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
+        """Start the etcd process without waiting: a cluster member is healthy only once a quorum runs."""
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,9 +129,9 @@ class EtcdServer:
                 self._command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         log.info("etcd %s starting at %s (pid %d)", self.name, self.endpoint, self._process.pid)
-        self._wait_healthy()
 
-    def _wait_healthy(self) -> None:
+    def wait_healthy(self) -> None:
+        """Return once the member answers health checks; stop it and raise EtcdServerError if not."""
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if not self.running:

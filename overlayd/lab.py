@@ -5,9 +5,11 @@ collide, and ``down`` finds everything even after a crash, from the state file):
 
 - ``P-ul``: the underlay, a bridge ``br0`` holding 192.0.2.1/24 (the hosts' default gateway; it
   has no route onwards, so nothing leaves the lab);
-- ``P-etcd``: etcd at 192.0.2.2:2379;
+- ``P-etcd``: etcd at 192.0.2.2:2379 (with ``etcd_members=3`` also ``P-etcd2`` and ``P-etcd3`` at
+  192.0.2.3 and .4, one cluster; agents get all three endpoints);
 - ``P-h1`` .. ``P-hN``: hosts at 192.0.2.11.., each with ``eth0`` on the underlay and an
-  ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory.
+  ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory;
+- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin.
 
 Only the namespaces' own interfaces are touched; the root namespace is never changed.
 """
@@ -28,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from overlayd.etcdserver import EtcdServer
+from overlayd.etcdserver import EtcdServer, EtcdServerError
+from overlayd.install_cni import install_cni
 from overlayd.subnetenv import parse_keys
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
 ETCD_IP = IPv4Address("192.0.2.2")
 FIRST_HOST_IP = IPv4Address("192.0.2.11")
 MAX_HOSTS = 200
+MAX_ETCD_MEMBERS = 3  # 192.0.2.2 .. .4: the addresses below the hosts' range
+SHIPPED_CONFLIST = Path(__file__).parents[1] / "deploy" / "10-flannel.conflist"
 HEALTHZ_PORT = 9464
 
 
@@ -63,6 +68,7 @@ class LabHost:
     ip: str
     dir: str
     pid: int = 0
+    agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
 
     @property
     def subnet_file(self) -> Path:
@@ -91,8 +97,9 @@ class Lab:
     name: str
     root: str
     hosts: list[LabHost] = field(default_factory=list)
-    etcd_pid: int = 0
+    etcd_pids: list[int] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
+    etcd_members: int = 1
 
     # ---- naming and persistence -------------------------------------------------------------
 
@@ -106,14 +113,41 @@ class Lab:
 
     @property
     def etcd_ns(self) -> str:
-        return f"{self.name}-etcd"
+        return self.etcd_member_ns(0)
+
+    def etcd_member_ns(self, index: int) -> str:
+        return f"{self.name}-etcd{index + 1 if index else ''}"
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://{ETCD_IP}:2379"
+        """Every member's client URL, comma-separated (the agents' --etcd-endpoints)."""
+        return ",".join(f"http://{ETCD_IP + i}:2379" for i in range(self.etcd_members))
 
-    def etcd(self) -> EtcdServer:
-        return EtcdServer(self.dir / "etcd", host=str(ETCD_IP), netns=self.etcd_ns, name=f"{self.name}-etcd")
+    def etcd(self, index: int = 0) -> EtcdServer:
+        """Member ``index`` of the lab's etcd (0: the only one, unless ``etcd_members`` > 1)."""
+        names = [self.etcd_member_ns(i) for i in range(self.etcd_members)]
+        cluster = ",".join(f"{name}=http://{ETCD_IP + i}:2380" for i, name in enumerate(names))
+        return EtcdServer(
+            self.dir / names[index].removeprefix(f"{self.name}-"),
+            host=str(ETCD_IP + index),
+            netns=names[index],
+            name=names[index],
+            initial_cluster=cluster,
+        )
+
+    def etcd_leader(self) -> int:
+        """The index of the member that leads the cluster now; LabError if none answers."""
+        for index, pid in enumerate(self.etcd_pids):
+            if not pid:
+                continue
+            try:
+                status = json.loads(self.etcd(index).etcdctl("endpoint", "status", "--write-out=json"))
+            except (EtcdServerError, ValueError):
+                continue
+            header = status[0]["Status"]["header"]
+            if status[0]["Status"]["leader"] == header["member_id"]:
+                return index
+        raise LabError(f"lab {self.name}: no etcd member reports being the leader")
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -139,10 +173,14 @@ class Lab:
         """
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
+        if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
+            raise LabError(f"etcd_members {self.etcd_members}: use between 1 and {MAX_ETCD_MEMBERS}")
         self.save()
         try:
             self._make_underlay()
-            self._make_node(self.etcd_ns, "etcd", ETCD_IP)
+            for index in range(self.etcd_members):
+                netns = self.etcd_member_ns(index)
+                self._make_node(netns, netns.removeprefix(f"{self.name}-"), ETCD_IP + index)
             server = self.start_etcd()
             if network_config is not None:
                 server.etcdctl("put", f"{ETCD_PREFIX}/config", network_config)
@@ -152,19 +190,29 @@ class Lab:
             self.down()
             raise
 
-    def start_etcd(self) -> EtcdServer:
-        """Start (or restart, keeping its data) the lab's etcd; its pid is saved for ``down``."""
-        server = self.etcd()
-        server.start()
-        self.etcd_pid = server.pid
-        self.save()
-        return server
+    def start_etcd(self, index: int | None = None) -> EtcdServer:
+        """Start (or restart, keeping its data) member ``index`` or all; pids are saved for ``down``.
 
-    def stop_etcd(self) -> None:
-        """Stop etcd (SIGTERM), e.g. to test that agents and the data path ride out an outage."""
-        if self.etcd_pid:
-            _stop_pid(self.etcd_pid, signal.SIGTERM, 10.0)
-        self.etcd_pid = 0
+        Returns the first member started. All are launched before waiting, because a cluster
+        member answers health checks only once a quorum runs.
+        """
+        indexes = range(self.etcd_members) if index is None else [index]
+        servers = [self.etcd(i) for i in indexes]
+        self.etcd_pids += [0] * (self.etcd_members - len(self.etcd_pids))
+        for i, server in zip(indexes, servers, strict=True):
+            server.launch()
+            self.etcd_pids[i] = server.pid
+        self.save()
+        for server in servers:
+            server.wait_healthy()
+        return servers[0]
+
+    def stop_etcd(self, index: int | None = None, sig: int = signal.SIGTERM) -> None:
+        """Stop member ``index`` or all, e.g. to test that agents and the data path ride out an outage."""
+        for i, pid in enumerate(self.etcd_pids):
+            if pid and index in (None, i):
+                _stop_pid(pid, sig, 10.0)
+                self.etcd_pids[i] = 0
         self.save()
 
     def _make_underlay(self) -> None:
@@ -186,8 +234,11 @@ class Lab:
         sh("ip", "link", "set", "eth0", "up", netns=netns)
         sh("ip", "route", "add", "default", "via", str(UNDERLAY_GATEWAY), netns=netns)
 
-    def add_host(self, start_agent: bool = True) -> LabHost:
-        """Add one more host (h<N+1>) and, unless told not to, start its agent."""
+    def add_host(self, start_agent: bool = True, agent_args: list[str] | None = None) -> LabHost:
+        """Add one more host (h<N+1>) and, unless told not to, start its agent.
+
+        ``agent_args`` are added to the lab's agent options for this host only.
+        """
         index = len(self.hosts) + 1
         name = f"h{index}"
         host = LabHost(
@@ -195,6 +246,7 @@ class Lab:
             netns=f"{self.name}-{name}",
             ip=str(FIRST_HOST_IP + index - 1),
             dir=str(self.dir / name),
+            agent_args=list(agent_args or []),
         )
         self.hosts.append(host)
         self.save()
@@ -214,6 +266,7 @@ class Lab:
             f"--state-dir={Path(host.dir) / 'state'}",
             f"--healthz-port={HEALTHZ_PORT}",
             *self.agent_args,
+            *host.agent_args,
         ]  # fmt: skip
 
     def start_agent(self, host: LabHost) -> None:
@@ -235,6 +288,55 @@ class Lab:
             _stop_pid(host.pid, sig, timeout)
         host.pid = 0
         self.save()
+
+    # ---- containers ----------------------------------------------------------------------------
+
+    def container_ns(self, name: str) -> str:
+        return f"{self.name}-{name}"
+
+    def add_container(self, host: LabHost, name: str) -> str:
+        """Create container namespace ``<lab>-<name>``, attach it on ``host`` with the installed CNI
+        plugin (flannel + portmap, as deploy/10-flannel.conflist), and return its IP address."""
+        netns = self.container_ns(name)
+        sh("ip", "netns", "add", netns)
+        result = json.loads(self.cni(host, "add", netns))
+        return str(result["ips"][0]["address"].split("/")[0])
+
+    def del_container(self, host: LabHost, name: str) -> None:
+        """CNI DEL the container on ``host`` (releasing its IP), then delete its namespace."""
+        netns = self.container_ns(name)
+        self.cni(host, "del", netns)
+        sh("ip", "netns", "del", netns)
+
+    def cni(self, host: LabHost, command: str, container_ns: str) -> str:
+        """`overlayd cni <command>` in the host's namespace, as a runtime on that host would; stdout."""
+        bin_dir = self.dir / "cni-bin"
+        if not (bin_dir / "flannel").exists():
+            install_cni(bin_dir)
+        env = {
+            **os.environ,
+            "CNI_PATH": f"{bin_dir}:/usr/lib/cni",
+            "CNI_CACHE_DIR": str(Path(host.dir) / "cni-cache"),
+        }
+        argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
+        argv += ["--conflist", str(self._conflist(host))]
+        done = subprocess.run(
+            ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
+        )
+        if done.returncode != 0:
+            raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
+        return done.stdout
+
+    def _conflist(self, host: LabHost) -> Path:
+        """The shipped conflist with this host's subnet.env and CNI state kept under its lab dir."""
+        shipped = json.loads(SHIPPED_CONFLIST.read_text())
+        flannel = shipped["plugins"][0]
+        flannel["subnetFile"] = str(host.subnet_file)
+        flannel["dataDir"] = str(Path(host.dir) / "cni-state")
+        flannel["ipam"] = {"dataDir": str(Path(host.dir) / "ipam")}
+        path = Path(host.dir) / "net.conflist"
+        path.write_text(json.dumps(shipped))
+        return path
 
     # ---- inspecting --------------------------------------------------------------------------
 
@@ -293,7 +395,8 @@ class Lab:
         return "\n".join([*lines, "", legend]), all_ok
 
     def status(self) -> str:
-        lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {self.etcd_ns} ({_alive(self.etcd_pid)})"]
+        members = ", ".join(_alive(pid) for pid in self.etcd_pids) or "stopped"
+        lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {self.etcd_ns}.. ({members})"]
         for host in self.hosts:
             subnet = host.subnet_env().get("FLANNEL_SUBNET", "-")
             lines.append(
@@ -309,8 +412,9 @@ class Lab:
         for host in self.hosts:
             if host.pid:
                 _stop_pid(host.pid, signal.SIGTERM, 5.0)
-        if self.etcd_pid:
-            _stop_pid(self.etcd_pid, signal.SIGTERM, 5.0)
+        for pid in self.etcd_pids:
+            if pid:
+                _stop_pid(pid, signal.SIGTERM, 5.0)
         for netns in lab_namespaces(self.name):
             _kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
