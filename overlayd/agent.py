@@ -29,12 +29,14 @@ from overlayd.desired import Plane, PlaneDiff, desired_plane, diff_planes, is_vx
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.lease import Lease, LeaseAttrs
+from overlayd.leasecheck import BadLeaseLog, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
-from overlayd.metrics import Metrics, MetricsServer
+from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import NetlinkMonitor
 from overlayd.options import AgentOptions
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
+from overlayd.sdnotify import Notifier
 from overlayd.subnetenv import SubnetEnv, previous_subnet
 from overlayd.vtepmac import load_or_create_mac
 
@@ -46,6 +48,9 @@ VXLAN_OVERHEAD = 50
 MAX_BACKOFF = 30.0
 NETLINK_DEBOUNCE = 0.2  # seconds: our own writes echo back; one full pass covers a burst
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
+# Passes that find drift someone else caused; at start, after a lease change or a re-list, the
+# differences found are our own first programming, not repairs.
+DRIFT_TRIGGERS = ("timer", "netlink")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Agent:
         self.events: queue.Queue[object] = queue.Queue()
         self.stopping = threading.Event()
         self.metrics = Metrics()
+        self.notifier = Notifier()
         self.registry: Registry | None = None
         self.backend: VxlanBackend | None = None
         self.firewall = Firewall()
@@ -92,15 +98,20 @@ class Agent:
         self.vtep_mac = ""
         self.device: DeviceState | None = None
         self.peers: dict[str, Lease] = {}
+        self.programmed: set[str] = set()  # keys of peers whose entries are in the kernel
+        self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
+        self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
         self.watcher: PeerWatcher | None = None
         self.monitor: NetlinkMonitor | None = None
-        self.http: MetricsServer | None = None
+        self.http: list[MetricsServer] = []
         self.exit_code = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, *_: object) -> None:
+        if not self.stopping.is_set():
+            self.notifier.stopping()
         self.stopping.set()
         self.events.put(_Tick())
 
@@ -111,7 +122,8 @@ class Agent:
             signal.signal(signal.SIGINT, self.request_stop)
         self._set_health(False, "starting")
         try:
-            self._start_http()
+            if not self._start_http():
+                return 1
             if not self._start():
                 return 0  # stopped while still starting
             self._loop()
@@ -119,13 +131,30 @@ class Agent:
         finally:
             self._shutdown()
 
-    def _start_http(self) -> None:
-        if self.options.healthz_port:
-            stale_after = max(60.0, 3 * self.options.reconcile_interval)
-            self.http = MetricsServer(
-                self.metrics, self.options.healthz_ip, self.options.healthz_port, stale_after
-            )
-            self.http.start()
+    def _start_http(self) -> bool:
+        """Start the /metrics listeners; False (logged with the address and the fix) if one cannot bind."""
+        opts = self.options
+        stale_after = max(60.0, 3 * opts.reconcile_interval)
+        for address in listen_addresses(opts.metrics_address, opts.healthz_ip, opts.healthz_port):
+            try:
+                server = MetricsServer(self.metrics, address, stale_after)
+            except OSError as exc:
+                log.error(
+                    "cannot serve metrics on %s port %d: %s; choose a free port with --metrics-address "
+                    "(or --metrics-address=off) and --healthz-port",
+                    *address, exc.strerror,
+                )
+                return False
+            self.http.append(server)
+            server.start()
+        return True
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep unless asked to stop, still pinging the systemd watchdog: waiting is not hanging."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            self.notifier.watchdog()
+            self.stopping.wait(min(remaining, self.notifier.watchdog_interval or remaining))
 
     def _retry(self, what: str, attempt: Callable[[], T | None], cap: float = MAX_BACKOFF) -> T | None:
         """Call attempt() until it returns non-None, logging each new error once, with backoff.
@@ -144,7 +173,10 @@ class Agent:
                 if str(exc) != last_error:
                     log.error("%s: %s", what, exc)
                     last_error = str(exc)
-            self.stopping.wait(backoff.next())
+                self.notifier.status(f"{what}: {exc}")
+            delay = backoff.next()
+            self.notifier.extend_start(delay + 30.0)  # waiting for etcd or the config is not a hang
+            self._wait(delay)
         return None
 
     def _start(self) -> bool:
@@ -157,7 +189,8 @@ class Agent:
             "using interface %s (%s), public IP %s", self.external.name, self.external.ip, self.public_ip
         )
         self.registry = Registry(
-            EtcdOptions(
+            on_error=lambda operation: self.metrics.etcd_errors.labels(operation=operation).inc(),
+            options=EtcdOptions(
                 endpoints=opts.etcd_endpoints,
                 prefix=opts.etcd_prefix,
                 cafile=opts.etcd_cafile,
@@ -165,7 +198,10 @@ class Agent:
                 keyfile=opts.etcd_keyfile,
                 username=opts.etcd_username,
                 password=opts.etcd_password,
-            )
+            ),
+        )
+        self.registry.on_bad_lease = lambda key, revision, exc: self.bad_leases.report(
+            key, revision, exc.reason, str(exc)
         )
         self.lease_manager = LeaseManager(
             self.registry,
@@ -178,6 +214,7 @@ class Agent:
         self.config = self._retry("reading the network config", self._read_config, cap=2.0)
         if self.config is None:
             return False
+        self.metrics.pool_size.set(self.config.subnet_count)
         self.vtep_mac = self._vtep_mac(self.config)
         if not self._acquire(previous_subnet(opts.subnet_file)):
             return False
@@ -196,9 +233,10 @@ class Agent:
         for closer in (
             self.monitor.stop if self.monitor else None,
             self.watcher.stop if self.watcher else None,
-            self.http.stop if self.http else None,
+            *(server.stop for server in self.http),
             self.registry.close if self.registry else None,
             self.backend.close if self.backend else None,
+            self.notifier.close,
         ):
             if closer is not None:
                 try:
@@ -262,7 +300,9 @@ class Agent:
         self.lease = lease
         self.renew_at = manager.renew_at(lease)
         self.metrics.lease_acquisitions.inc()
-        self.metrics.set_info(str(lease.subnet), str(attrs.public_ip), attrs.vtep_mac or "")
+        self.metrics.set_lease_info(
+            str(lease.subnet), str(attrs.public_ip), attrs.vtep_mac or "", str(config.network)
+        )
         self._update_expiry()
         log.info("holding subnet %s (key %s)", lease.subnet, lease.key)
         self._full_reconcile("lease")
@@ -285,7 +325,7 @@ class Agent:
             return  # a reservation: no expiry to manage
         try:
             if time.monotonic() >= self.renew_at:
-                renewed = self.lease_manager.renew(self.lease)
+                renewed = self._renew()
                 if renewed is None:
                     self._lease_lost("renewal found our key gone")
                     return
@@ -299,6 +339,18 @@ class Agent:
         except RegistryError as exc:
             log.warning("could not check lease %s: %s; will retry", self.lease.key, exc)
 
+    def _renew(self) -> Lease | None:
+        """Renew through the lease manager; an etcd error or a vanished key counts as a failure."""
+        assert self.lease is not None and self.lease_manager is not None
+        try:
+            renewed = self.lease_manager.renew(self.lease)
+        except RegistryError:
+            self.metrics.lease_renewal_failures.inc()
+            raise
+        if renewed is None:
+            self.metrics.lease_renewal_failures.inc()
+        return renewed
+
     def _lease_lost(self, why: str) -> None:
         assert self.lease is not None
         log.warning("lease %s lost (%s); re-acquiring, data path kept meanwhile", self.lease.key, why)
@@ -309,12 +361,17 @@ class Agent:
     def _loop(self) -> None:
         next_tick = time.monotonic() + self.options.reconcile_interval
         while not self.stopping.is_set():
+            self.notifier.watchdog()
+            self.notifier.status(self._status_line())
             timeout = max(0.0, next_tick - time.monotonic())
+            if self.notifier.watchdog_interval is not None:
+                timeout = min(timeout, self.notifier.watchdog_interval)
             try:
                 batch = [self.events.get(timeout=timeout)]
             except queue.Empty:
-                batch = [_Tick()]
-            batch.extend(self._drain(NETLINK_DEBOUNCE if isinstance(batch[0], _NetlinkChange) else 0))
+                batch = []  # the timer (checked below) or a watchdog ping is due
+            settle = NETLINK_DEBOUNCE if batch and isinstance(batch[0], _NetlinkChange) else 0
+            batch.extend(self._drain(settle))
             if self.stopping.is_set():
                 return
             trigger = self._handle(batch)
@@ -325,7 +382,7 @@ class Agent:
                 next_tick = time.monotonic() + self.options.reconcile_interval
             if trigger:
                 self._full_reconcile(trigger)
-            self.metrics.health.last_loop = time.monotonic()
+            self.metrics.health = replace(self.metrics.health, last_loop=time.monotonic())
 
     def _drain(self, settle: float) -> list[object]:
         if settle:
@@ -343,19 +400,43 @@ class Agent:
         for item in batch:
             if isinstance(item, PeerSnapshot):
                 self.peers = {k: v for k, v in item.leases.items()}
-                self.metrics.watch_up.set(1)
+                self.peers_listed = True
+                self.metrics.relists.labels(reason=item.reason).inc()
+                self._set_etcd_problem("")
                 trigger = "resync"
                 if self.lease is not None and self.lease.key not in self.peers:
                     self._lease_lost("our key is missing from etcd")
             elif isinstance(item, PeerEvents):
-                self.metrics.watch_up.set(1)
                 if self._apply_events(item):
                     trigger = trigger or "event"
             elif isinstance(item, PeerWatchDown):
-                self.metrics.watch_up.set(0)
+                self.metrics.watch_restarts.inc()
+                self._set_etcd_problem(item.error)
             elif isinstance(item, _NetlinkChange):
                 trigger = trigger or "netlink"
+        self._count_peers()
         return trigger
+
+    def _set_etcd_problem(self, problem: str) -> None:
+        """Record whether the peer watch reaches etcd ("" when it does), for /readyz and STATUS."""
+        self.metrics.watch_up.set(0 if problem else 1)
+        self.metrics.health = replace(self.metrics.health, etcd_problem=problem)
+
+    def _count_peers(self) -> None:
+        self.metrics.subnet_leases.set(len(self.peers))
+        if self.lease is not None and self.config is not None:
+            self.metrics.peers_known.set(sum(1 for lease in self.peers.values() if self._is_peer(lease)))
+        self.metrics.peers_programmed.set(len(self.programmed))
+
+    def _status_line(self) -> str:
+        """One line for systemd's STATUS: what we hold and how many peers, or what we wait for."""
+        health = self.metrics.health
+        if self.lease is None or not health.ready:
+            return health.reason
+        line = f"holding subnet {self.lease.subnet}, {len(self.programmed)} peers"
+        if health.etcd_problem:
+            line += "; etcd unreachable, data path served from memory"
+        return line
 
     def _apply_events(self, item: PeerEvents) -> bool:
         """Fast path: program a changed peer directly. Returns True if a full pass is needed."""
@@ -365,9 +446,7 @@ class Agent:
             started = time.monotonic()
             old = self.peers.get(event.key)
             if event.key == self.lease.key:
-                if event.kind == "delete" or (
-                    event.lease is not None and event.lease.attrs.public_ip != self.public_ip
-                ):
+                if event.kind == "delete" or (event.lease is not None and not self._is_safe(event.lease)):
                     self._lease_lost(f"key {event.kind} seen on the watch")
                 elif event.lease is not None:
                     self.peers[event.key] = event.lease
@@ -377,19 +456,34 @@ class Agent:
             else:
                 self.peers[event.key] = event.lease
             new = self.peers.get(event.key)
+            self.programmed.discard(event.key)
             try:
                 self._apply_peer_change(old, new)
+                if new is not None and self._is_peer(new):
+                    self.programmed.add(event.key)
             except Exception as exc:  # any netlink failure: the full pass will sort it out
                 log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
                 needs_full = True
             self.metrics.peer_events.labels(kind=event.kind).inc()
             self.metrics.event_seconds.observe(time.monotonic() - started)
-        self.metrics.peers.set(sum(1 for lease in self.peers.values() if self._is_peer(lease)))
         return needs_full
 
-    def _is_peer(self, lease: Lease) -> bool:
+    def _is_safe(self, lease: Lease) -> bool:
+        """False for a lease outside the Network or claiming our subnet (reported once, counted)."""
         assert self.config is not None and self.lease is not None
-        return is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+        problem = lease_problem(lease, self.config, self.lease)
+        if problem is not None:
+            self.bad_leases.report(lease.key, lease.mod_revision, problem.reason, problem.message)
+        return problem is None
+
+    def _is_peer(self, lease: Lease) -> bool:
+        """A lease we program: a safe VXLAN peer on our VNI."""
+        assert self.config is not None and self.lease is not None
+        return self._is_safe(lease) and is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+
+    def _peer_ips(self) -> frozenset[IPv4Address]:
+        """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
+        return frozenset(lease.attrs.public_ip for lease in self.peers.values() if self._is_peer(lease))
 
     def _apply_peer_change(self, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None
@@ -398,11 +492,16 @@ class Agent:
         diff = diff_planes(after, before)
         if diff.empty:
             return
+        allowlist = self.options.vxlan_ingress_allowlist
         if new is not None and after:
             log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
+            if allowlist:  # before its entries, so its first packets are not dropped
+                self.firewall.allow_peer(new.attrs.public_ip)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
         self.backend.apply(self.device.ifindex, diff)
+        if allowlist and old is not None and before and old.attrs.public_ip not in self._peer_ips():
+            self.firewall.disallow_peer(old.attrs.public_ip)
 
     def _recheck_config(self) -> None:
         """Pick up a changed network config; a broken one is logged and the old one kept."""
@@ -426,6 +525,7 @@ class Agent:
             return
         log.warning("network config changed: %s", config)
         self.config = config
+        self.metrics.pool_size.set(config.subnet_count)
         if not config.contains_subnet(self.lease.subnet):
             self._lease_lost(f"subnet {self.lease.subnet} no longer fits the new config")
 
@@ -438,40 +538,54 @@ class Agent:
         self.metrics.reconciles.labels(trigger=trigger).inc()
         try:
             spec = self._device_spec(self.config, self.lease.subnet)
-            self.device, actions = self.backend.ensure_device(spec)
-            if actions:  # the backend logs each action; here we count drift found after start
-                self.metrics.repairs.labels(kind="device", action="fix").inc(len(actions))
-            desired = desired_plane(self.peers.values(), self.lease.subnet, self.config.backend.vni)
+            self.device, actions = self.backend.ensure_device(spec)  # the backend logs each action
+            self._count_repair(trigger, "device", "fix", len(actions))
+            peer_keys = {key for key, lease in self.peers.items() if self._is_peer(lease)}
+            desired = desired_plane(
+                [self.peers[key] for key in peer_keys], self.lease.subnet, self.config.backend.vni
+            )
             diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
             if not diff.empty:
-                self._count_repairs(diff, trigger)
+                self._log_diff(diff, trigger)
                 self.backend.apply(self.device.ifindex, diff)
-            self.metrics.peers.set(len(desired.routes))
+            self.programmed = peer_keys
             fw_spec = FirewallSpec(
                 network=self.config.network,
                 own_subnet=self.lease.subnet,
                 ip_masq=self.options.ip_masq,
                 forward_rules=self.options.iptables_forward_rules,
+                ingress_allowlist=self.options.vxlan_ingress_allowlist,
+                vxlan_port=self.config.backend.port,
+                # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
+                vxlan_peers=self._peer_ips() if self.peers_listed else None,
             )
             if self.firewall.ensure(fw_spec):
                 log.info("firewall rules written for %s", self.config.network)
+                self._count_repair(trigger, "firewall", "fix")
             env = SubnetEnv(self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq)
             if write_atomic(self.options.subnet_file, env.render()):
                 log.info("wrote %s (subnet %s)", self.options.subnet_file, self.lease.subnet)
+                self._count_repair(trigger, "subnet_env", "fix")
+            self.metrics.last_reconcile.set(time.time())
             self._set_health(True, "ready")
         except Exception as exc:  # keep serving: the next trigger retries
             self.metrics.reconcile_errors.inc()
             log.exception("reconcile (%s) failed: %s", trigger, exc)
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self._count_peers()
 
-    def _count_repairs(self, diff: PlaneDiff, trigger: str) -> None:
+    def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
+        """Count drift fixed by a timer or netlink pass; other passes program, they do not repair."""
+        if count and trigger in DRIFT_TRIGGERS:
+            self.metrics.repairs.labels(kind=kind, action=action).inc(count)
+
+    def _log_diff(self, diff: PlaneDiff, trigger: str) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
             for kind, entries in (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes)):
                 if entries:
-                    self.metrics.repairs.labels(kind=kind, action=action).inc(len(entries))
-                    # Drift found by a timer or netlink pass is a repair; at start or resync, news.
-                    level = logging.WARNING if trigger in ("timer", "netlink") else logging.INFO
+                    self._count_repair(trigger, kind, action, len(entries))
+                    level = logging.WARNING if trigger in DRIFT_TRIGGERS else logging.INFO
                     log.log(level, "%s pass: %s %d %s entries", trigger, action, len(entries), kind)
 
     def _set_health(self, ready: bool, reason: str) -> None:
@@ -479,4 +593,6 @@ class Agent:
             self.metrics.health, ready=ready, reason=reason, last_loop=time.monotonic()
         )
         self.metrics.ready.set(1 if ready else 0)
+        if ready:
+            self.notifier.ready(self._status_line())
 

@@ -44,6 +44,11 @@ class NetworkConfig:
     def subnet_size(self) -> int:
         return 1 << (32 - self.subnet_len)
 
+    @property
+    def subnet_count(self) -> int:
+        """How many subnets lie between SubnetMin and SubnetMax: the size of the lease pool."""
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
     def contains_subnet(self, subnet: IPv4Network) -> bool:
         """True if subnet is one flannel would hand out under this config."""
         return (

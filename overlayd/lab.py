@@ -45,7 +45,17 @@ FIRST_HOST_IP = IPv4Address("192.0.2.11")
 MAX_HOSTS = 200
 MAX_ETCD_MEMBERS = 3  # 192.0.2.2 .. .4: the addresses below the hosts' range
 SHIPPED_CONFLIST = Path(__file__).parents[1] / "deploy" / "10-flannel.conflist"
-HEALTHZ_PORT = 9464
+METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
+# GET a URL, print the status line then the body; run inside a host's namespace by http_get.
+_HTTP_GET = """
+import sys, urllib.error, urllib.request
+try:
+    response = urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError as error:
+    response = error
+print(response.status)
+sys.stdout.write(response.read().decode())
+"""
 
 
 class LabError(RuntimeError):
@@ -264,7 +274,7 @@ class Lab:
             f"--etcd-endpoints={self.etcd_endpoint}",
             f"--subnet-file={host.subnet_file}",
             f"--state-dir={Path(host.dir) / 'state'}",
-            f"--healthz-port={HEALTHZ_PORT}",
+            f"--metrics-address=127.0.0.1:{METRICS_PORT}",
             *self.agent_args,
             *host.agent_args,
         ]  # fmt: skip
@@ -339,6 +349,12 @@ class Lab:
         return path
 
     # ---- inspecting --------------------------------------------------------------------------
+
+    def http_get(self, host: LabHost, path: str) -> tuple[int, str]:
+        """GET ``path`` (``/metrics``, ``/readyz``...) from the host's agent, inside its namespace."""
+        url = f"http://127.0.0.1:{METRICS_PORT}{path}"
+        status, _, body = sh(sys.executable, "-c", _HTTP_GET, url, netns=host.netns).partition("\n")
+        return int(status), body
 
     def wait_converged(self, timeout: float = 60.0) -> None:
         """Wait until every running agent has written subnet.env and routes to every other host."""

@@ -1,30 +1,54 @@
 """Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoints.
 
 The reconciler thread updates metrics and the Health snapshot; the HTTP threads only read them,
-so a slow scrape never blocks programming the kernel.
+so a slow scrape never blocks programming the kernel. The metric names are a contract with
+``overlayd status`` and with dashboards: rename one only together with its readers.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
+# What a timer- or netlink-triggered pass can find drifted, and how it repairs each kind. Every
+# pair is exported from the start (at 0), so a dashboard's rate() sees the first repair.
+REPAIRS = {
+    "route": ("add", "remove"),
+    "neigh": ("add", "remove"),
+    "fdb": ("add", "remove"),
+    "device": ("fix",),
+    "firewall": ("fix",),
+    "subnet_env": ("fix",),
+}
+Address = tuple[str, int]
 
-@dataclass
+
+@dataclass(frozen=True)
 class Health:
     """What /healthz and /readyz report; replaced whole by the reconciler (atomic reference)."""
 
     ready: bool = False
     reason: str = "starting"
-    last_loop: float = 0.0  # time.monotonic() of the reconciler's last pass
+    last_loop: float = 0.0  # time.monotonic() of the reconciler's last turn
+    etcd_problem: str = ""  # why etcd is unreachable; "" while it answers
+
+
+def _package_version() -> str:
+    try:
+        return version("overlayd")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class Metrics:
@@ -33,20 +57,35 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.peers = Gauge("overlayd_peers", "Peer leases programmed on this host", registry=r)
-        self.reconciles = Counter(
-            "overlayd_reconciles", "Full reconcile passes", ["trigger"], registry=r
+        self.build_info = Gauge("overlayd_build_info", "Agent version", ["version", "python"], registry=r)
+        self.build_info.labels(version=_package_version(), python=platform.python_version()).set(1)
+        self.ready = Gauge("overlayd_ready", "1 when the data path is programmed", registry=r)
+
+        self.lease_info = Gauge(
+            "overlayd_lease_info",
+            "This host's lease",
+            ["subnet", "public_ip", "vtep_mac", "network"],
+            registry=r,
         )
-        self.reconcile_errors = Counter(
-            "overlayd_reconcile_errors", "Reconcile passes that failed", registry=r
+        self.lease_expiry = Gauge(
+            "overlayd_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires", registry=r
         )
-        self.reconcile_seconds = Histogram(
-            "overlayd_reconcile_duration_seconds", "Duration of a full reconcile pass", registry=r
+        self.lease_acquisitions = Counter(
+            "overlayd_lease_acquisitions", "Subnet leases acquired (start and re-acquire)", registry=r
         )
-        self.repairs = Counter(
-            "overlayd_repairs",
-            "Kernel entries a full reconcile had to add or remove (drift found)",
-            ["kind", "action"],
+        self.lease_renewals = Counter("overlayd_lease_renewals", "Subnet lease renewals", registry=r)
+        self.lease_renewal_failures = Counter(
+            "overlayd_lease_renewal_failures",
+            "Lease renewals that failed (etcd error, or our key gone)",
+            registry=r,
+        )
+
+        self.peers_known = Gauge(
+            "overlayd_peers_known", "VXLAN peer leases known from etcd", registry=r
+        )
+        self.peers_programmed = Gauge(
+            "overlayd_peers_programmed",
+            "Peers whose neighbour, FDB and route entries are in the kernel",
             registry=r,
         )
         self.peer_events = Counter(
@@ -58,23 +97,79 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+
+        self.reconciles = Counter(
+            "overlayd_reconciles", "Full reconcile passes", ["trigger"], registry=r
+        )
+        self.reconcile_seconds = Histogram(
+            "overlayd_reconcile_duration_seconds", "Duration of a full reconcile pass", registry=r
+        )
+        self.last_reconcile = Gauge(
+            "overlayd_last_reconcile_timestamp_seconds",
+            "Unix time the last full reconcile pass succeeded",
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "overlayd_reconcile_errors", "Reconcile passes that failed", registry=r
+        )
+        self.repairs = Counter(
+            "overlayd_repairs",
+            "Drift found and fixed by a timer- or netlink-triggered pass (not initial programming)",
+            ["kind", "action"],
+            registry=r,
+        )
+        for kind, actions in REPAIRS.items():
+            for action in actions:
+                self.repairs.labels(kind=kind, action=action)
+
+        self.etcd_errors = Counter(
+            "overlayd_etcd_errors", "Failed etcd operations", ["operation"], registry=r
+        )
         self.watch_up = Gauge("overlayd_etcd_watch_up", "1 while the etcd lease watch is healthy", registry=r)
-        self.lease_expiry = Gauge(
-            "overlayd_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires", registry=r
+        self.watch_restarts = Counter(
+            "overlayd_etcd_watch_restarts", "Times the etcd lease watch failed and was restarted", registry=r
         )
-        self.lease_acquisitions = Counter(
-            "overlayd_lease_acquisitions", "Subnet leases acquired (start and re-acquire)", registry=r
+        self.relists = Counter(
+            "overlayd_etcd_relists",
+            "Full listings of the subnet leases (start, after compaction, after an error)",
+            ["reason"],
+            registry=r,
         )
-        self.lease_renewals = Counter("overlayd_lease_renewals", "Subnet lease renewals", registry=r)
-        self.ready = Gauge("overlayd_ready", "1 when the data path is programmed", registry=r)
-        self.info = Gauge(
-            "overlayd_info", "This host's lease", ["subnet", "public_ip", "vtep_mac"], registry=r
+        self.bad_leases = Counter(
+            "overlayd_bad_leases",
+            "Peer leases skipped as malformed or unsafe, once per key and revision",
+            ["reason"],
+            registry=r,
+        )
+
+        self.pool_size = Gauge(
+            "overlayd_subnet_pool_size", "Subnets between SubnetMin and SubnetMax", registry=r
+        )
+        self.subnet_leases = Gauge(
+            "overlayd_subnet_leases", "Subnet leases in use cluster-wide", registry=r
         )
         self.health = Health()
 
-    def set_info(self, subnet: str, public_ip: str, vtep_mac: str) -> None:
-        self.info.clear()
-        self.info.labels(subnet=subnet, public_ip=public_ip, vtep_mac=vtep_mac).set(1)
+    def set_lease_info(self, subnet: str, public_ip: str, vtep_mac: str, network: str) -> None:
+        self.lease_info.clear()
+        self.lease_info.labels(subnet=subnet, public_ip=public_ip, vtep_mac=vtep_mac, network=network).set(1)
+
+
+def listen_addresses(metrics_address: Address | None, healthz_ip: str, healthz_port: int) -> list[Address]:
+    """Where to serve: ``--metrics-address`` and flanneld's ``--healthz-ip/--healthz-port``.
+
+    Both may name the same port (a flanneld unit with ``--healthz-port=9464`` next to our default
+    ``127.0.0.1:9464``): a wildcard or identical healthz address then covers the metrics one, so
+    it is served once instead of failing to bind.
+    """
+    addresses = [metrics_address] if metrics_address else []
+    if healthz_port:
+        if metrics_address and metrics_address[1] == healthz_port and (
+            healthz_ip in ("0.0.0.0", "::", "") or healthz_ip == metrics_address[0]
+        ):
+            addresses = []
+        addresses.append((healthz_ip, healthz_port))
+    return addresses
 
 
 def _handler(metrics: Metrics, stale_after: float) -> type[BaseHTTPRequestHandler]:
@@ -84,10 +179,13 @@ def _handler(metrics: Metrics, stale_after: float) -> type[BaseHTTPRequestHandle
             if self.path == "/metrics":
                 self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
-                alive = time.monotonic() - health.last_loop < stale_after
-                self._reply(200 if alive else 503, b"ok\n" if alive else b"reconciler stalled\n")
+                idle = time.monotonic() - health.last_loop
+                if idle < stale_after:
+                    self._reply(200, b"ok\n")
+                else:
+                    self._reply(503, f"reconciler stalled: no turn for {idle:.0f}s\n".encode())
             elif self.path == "/readyz":
-                self._reply(200 if health.ready else 503, f"{health.reason}\n".encode())
+                self._reply(200 if health.ready else 503, f"{_readiness(health)}\n".encode())
             else:
                 self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 
@@ -104,12 +202,33 @@ def _handler(metrics: Metrics, stale_after: float) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on a daemon thread."""
+def _readiness(health: Health) -> str:
+    """The /readyz body.
 
-    def __init__(self, metrics: Metrics, host: str, port: int, stale_after: float) -> None:
-        self.server = ThreadingHTTPServer((host, port), _handler(metrics, stale_after))
-        self.server.daemon_threads = True
+    Readiness means this host forwards overlay traffic, which the kernel does from state we
+    already programmed: an etcd outage does not stop it (peers are repaired from memory), so
+    readiness stays 200 and only the body says etcd is unreachable. Failing readiness here would
+    make every node unready at once whenever etcd restarts.
+    """
+    if health.ready and health.etcd_problem:
+        return f"{health.reason}; etcd unreachable ({health.etcd_problem}): data path served from memory"
+    return health.reason
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on one address, on a daemon thread."""
+
+    def __init__(self, metrics: Metrics, address: Address, stale_after: float) -> None:
+        server_class = _Server6 if ":" in address[0] else _Server
+        self.server = server_class(address, _handler(metrics, stale_after))
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property
@@ -118,7 +237,7 @@ class MetricsServer:
 
     def start(self) -> None:
         self.thread.start()
-        log.info("serving /metrics, /healthz and /readyz on %s:%d", *self.server.server_address[:2])
+        log.info("serving /metrics, /healthz and /readyz on %s port %d", *self.server.server_address[:2])
 
     def stop(self) -> None:
         self.server.shutdown()

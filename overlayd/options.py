@@ -11,7 +11,7 @@ import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import yaml
@@ -41,6 +41,7 @@ class AgentOptions:
     iptables_forward_rules: bool = True
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0  # 0: no HTTP server, as flanneld
+    metrics_address: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: off
     state_dir: Path = Path("/var/lib/overlayd")
     reconcile_interval: float = 10.0  # seconds between full dump-and-diff passes
     log_level: str = "info"
@@ -86,6 +87,21 @@ def _port(raw: str) -> int:
     return value
 
 
+def _listen_address(raw: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) to listen on; empty or ``off`` disables."""
+    if raw.lower() in ("", "off"):
+        return None
+    host, _, port = raw.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ip_address(host)
+        if not port.isdigit():
+            raise ValueError(port)
+        return host, _port(port)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not IP:PORT such as 127.0.0.1:9464, or off") from None
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -129,6 +145,9 @@ _SPECS: dict[str, _Spec] = {
     "iptables_forward_rules": _Spec(parse_bool, "accept forwarded overlay traffic", flag=True),
     "healthz_ip": _Spec(str, "address of the /healthz, /readyz and /metrics server"),
     "healthz_port": _Spec(_port, "port of the /healthz, /readyz and /metrics server (0: off)"),
+    "metrics_address": _Spec(
+        _listen_address, "IP:PORT serving /metrics, /healthz and /readyz (default 127.0.0.1:9464; off: none)"
+    ),
     "state_dir": _Spec(Path, "directory for state the agent keeps across restarts"),
     "reconcile_interval": _Spec(_positive_float, "seconds between full reconcile passes"),
     "log_level": _Spec(_log_level, "debug, info, warning or error"),

@@ -28,10 +28,15 @@ BACKOFF_MAX = 5.0
 
 @dataclass(frozen=True)
 class PeerSnapshot:
-    """Every lease at ``revision``, by key (``198.18.46.0-24``); the watch is healthy again."""
+    """Every lease at ``revision``, by key (``198.18.46.0-24``); the watch is healthy again.
+
+    ``reason`` says why this listing happened: ``start``, ``compaction`` (the watch's revision
+    was compacted away) or ``error`` (the watch failed).
+    """
 
     leases: dict[str, Lease]
     revision: int
+    reason: str = "start"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class PeerWatcher:
         # a late event from a failed watch never lands after the snapshot that replaced it.
         self._lock = threading.Lock()
         self._generation = 0
+        self._relist_reason = "start"  # the reason the next snapshot will carry
 
     def start(self) -> None:
         if self._thread is not None:
@@ -112,14 +118,17 @@ class PeerWatcher:
         with self._lock:
             self._generation += 1
             generation = self._generation
-            self.out.put(PeerSnapshot({lease.key: lease for lease in leases}, revision))
-        log.info("peer snapshot: %d leases at revision %d", len(leases), revision)
+            self.out.put(PeerSnapshot({lease.key: lease for lease in leases}, revision, self._relist_reason))
+        log.info("peer snapshot (%s): %d leases at revision %d", self._relist_reason, len(leases), revision)
+        self._relist_reason = "error"
 
         def on_events(events: list[LeaseEvent]) -> None:
             self._publish(generation, PeerEvents(events))
 
         def on_error(exc: Exception, compacted: bool) -> None:
             reason.append(f"compacted: {exc}" if compacted else str(exc))
+            if compacted:
+                self._relist_reason = "compaction"
             failed.set()
 
         try:

@@ -202,7 +202,8 @@ class Registry:
     every endpoint raises RegistryError naming them.
     """
 
-    def __init__(self, options: EtcdOptions) -> None:
+    def __init__(self, options: EtcdOptions, on_error: Callable[[str], None] | None = None) -> None:
+        """``on_error(operation)`` is called for every failed etcd operation (e.g. to count it)."""
         if not options.endpoints:
             raise RegistryError("no etcd endpoints given; use e.g. http://127.0.0.1:2379")
         self.options = options
@@ -214,6 +215,7 @@ class Registry:
         self._index = 0
         self._client: etcd3.Etcd3Client | None = None
         self._watches: set[_WatchStream] = set()
+        self._on_error = on_error
 
     # -- connection handling --------------------------------------------------------------
 
@@ -254,28 +256,40 @@ class Registry:
             log.warning("etcd endpoint unreachable; failing over to %s", self.options.endpoints[self._index])
         failed.close()
 
-    def _call(self, what: str, operation: Callable[[etcd3.Etcd3Client], T]) -> T:
-        """Run ``operation`` on the current endpoint, failing over once per endpoint."""
+    def _failed(self, operation: str, error: RegistryError) -> RegistryError:
+        """Report a failed ``operation`` to the error hook; returns ``error`` for raising."""
+        if self._on_error is not None:
+            self._on_error(operation)
+        return error
+
+    def _call(self, operation: str, what: str, run: Callable[[etcd3.Etcd3Client], T]) -> T:
+        """Run ``run`` on the current endpoint, failing over once per endpoint.
+
+        ``operation`` is the short name the error hook gets (``list_leases``); ``what`` is the
+        operator's description in the error message (``list /coreos.com/network/subnets/``).
+        """
         last: Exception | None = None
         for _ in self._targets:
             client: etcd3.Etcd3Client | None = None
             try:
                 client = self._current()
-                return operation(client)
+                return run(client)
             except _CONNECTION_ERRORS as exc:
                 last = exc
             except grpc.RpcError as exc:  # raised by etcd3.client() while authenticating
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise RegistryError(f"{self._where}: {what}: {exc.code().name} {exc.details()}") from None
+                    raise self._failed(
+                        operation, RegistryError(f"{self._where}: {what}: {exc.code().name} {exc.details()}")
+                    ) from None
                 last = exc
             except etcd3.exceptions.Etcd3Exception as exc:
-                raise RegistryError(f"{self._where}: {what}: {exc!r}") from None
+                raise self._failed(operation, RegistryError(f"{self._where}: {what}: {exc!r}")) from None
             if client is not None:
                 self._fail_over(client)
             else:
                 with self._lock:
                     self._index = (self._index + 1) % len(self._targets)
-        raise RegistryError(f"{self._where}: {what}: unreachable ({last})")
+        raise self._failed(operation, RegistryError(f"{self._where}: {what}: unreachable ({last})"))
 
     def close(self) -> None:
         """Cancel all watches and close the connection."""
@@ -292,7 +306,7 @@ class Registry:
     def get_config(self) -> tuple[bytes | None, int]:
         """The raw value at ``<prefix>/config`` (None if missing) and the revision of the read."""
         response = self._call(
-            f"read {self._config_key}", lambda client: client.get_response(self._config_key)
+            "get_config", f"read {self._config_key}", lambda client: client.get_response(self._config_key)
         )
         value = bytes(response.kvs[0].value) if response.kvs else None
         return value, int(response.header.revision)
@@ -305,7 +319,9 @@ class Registry:
         After ``on_error`` the watch is over; re-read the config and watch again. Returns cancel.
         """
         create = etcdrpc.WatchCreateRequest(key=self._config_key.encode(), start_revision=start_revision)
-        return self._watch(f"watch {self._config_key}", create, lambda _response: on_change(), on_error)
+        return self._watch(
+            "watch_config", f"watch {self._config_key}", create, lambda _response: on_change(), on_error
+        )
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -315,6 +331,7 @@ class Registry:
     def list_leases(self) -> tuple[list[Lease], int]:
         """All decodable leases under ``<prefix>/subnets/`` and the revision of the read."""
         response = self._call(
+            "list_leases",
             f"list {self._subnets_prefix}",
             lambda client: client.get_prefix_response(self._subnets_prefix),
         )
@@ -327,7 +344,7 @@ class Registry:
         return leases, int(response.header.revision)
 
     def _guarded_put(
-        self, what: str, template: Lease, compare: Callable[[Any, str], Any], ttl: int | None
+        self, operation: str, template: Lease, compare: Callable[[Any, str], Any], ttl: int | None
     ) -> Lease | None:
         """Put ``template``'s value at its key if ``compare`` holds, bound to a new etcd lease of ``ttl``.
 
@@ -360,7 +377,7 @@ class Registry:
                 mod_revision=revision,
             )
 
-        return self._call(f"{what} {key}", transact)
+        return self._call(operation, f"{operation.replace('_', ' ')} {key}", transact)
 
     @staticmethod
     def _revoke_quietly(client: etcd3.Etcd3Client, lease_id: int) -> None:
@@ -375,7 +392,7 @@ class Registry:
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         """Create ``<prefix>/subnets/<subnet>`` if absent, bound to a new etcd lease; None if taken."""
         lease = self._guarded_put(
-            "create", Lease(subnet=subnet, attrs=attrs), lambda txn, key: txn.version(key) == 0, ttl
+            "create_lease", Lease(subnet=subnet, attrs=attrs), lambda txn, key: txn.version(key) == 0, ttl
         )
         if lease is not None:
             log.info("created lease %s (etcd lease %x, ttl %ds)", lease.key, lease.etcd_lease_id, ttl)
@@ -389,7 +406,7 @@ class Registry:
         """
         template = Lease(subnet=existing.subnet, attrs=attrs, ipv6_subnet=existing.ipv6_subnet)
         lease = self._guarded_put(
-            "take over",
+            "take_over",
             template,
             lambda txn, key: txn.mod(key) == existing.mod_revision,
             ttl if existing.etcd_lease_id else None,
@@ -425,9 +442,10 @@ class Registry:
         """
         key = self._lease_key(lease.key)
         if not lease.etcd_lease_id:
-            response = self._call(f"read {key}", lambda client: client.get_response(key))
+            response = self._call("lease_remaining", f"read {key}", lambda client: client.get_response(key))
             return math.inf if response.kvs else None
         info = self._call(
+            "lease_remaining",
             f"lease time-to-live of {key}", lambda client: client.get_lease_info(lease.etcd_lease_id)
         )
         if info.TTL < 0 or key.encode() not in info.keys:
@@ -450,6 +468,7 @@ class Registry:
             key=prefix, range_end=etcd3.utils.increment_last_byte(prefix), start_revision=start_revision
         )
         return self._watch(
+            "watch",
             f"watch {self._subnets_prefix}",
             create,
             lambda response: on_events([self._lease_event(event) for event in response.events]),
@@ -466,6 +485,7 @@ class Registry:
 
     def _watch(
         self,
+        operation: str,
         what: str,
         create: Any,
         on_response: Callable[[Any], None],
@@ -476,9 +496,11 @@ class Registry:
 
         def failed(error: RegistryError) -> None:
             log.warning("%s", error)
-            on_error(error)
+            on_error(self._failed(operation, error))
 
-        stream = self._call(what, lambda client: _WatchStream(client, create, on_response, failed, where))
+        stream = self._call(
+            operation, what, lambda client: _WatchStream(client, create, on_response, failed, where)
+        )
         with self._lock:
             self._watches.add(stream)
 

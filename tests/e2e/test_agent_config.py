@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 import pytest
 from labtools import FAST_AGENT_ARGS, needs_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, HEALTHZ_PORT, Lab, lab_namespaces, random_lab_name, sh
+from overlayd.lab import ETCD_PREFIX, Lab, lab_namespaces, random_lab_name, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -28,19 +27,8 @@ def bare_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def fetch(lab: Lab, path: str) -> tuple[int, str]:
-    """GET a host's HTTP endpoint from inside its namespace."""
-    h1 = lab.hosts[0]
-    code = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n"
-        f"    r = urllib.request.urlopen('http://{h1.ip}:{HEALTHZ_PORT}{path}', timeout=5)\n"
-        "    print(r.status); print(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); print(e.read().decode())\n"
-    )
-    out = sh(sys.executable, "-c", code, netns=h1.netns)
-    status, _, body = out.partition("\n")
-    return int(status), body
+    """GET h1's HTTP endpoint (served on the default --metrics-address) from inside its namespace."""
+    return lab.http_get(lab.hosts[0], path)
 
 
 def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
@@ -70,7 +58,8 @@ def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
     assert fetch(bare_lab, "/readyz")[0] == 200
     status, metrics = fetch(bare_lab, "/metrics")
     assert status == 200
-    assert "overlayd_peers 1.0" in metrics
+    assert "overlayd_peers_known 1.0" in metrics
+    assert "overlayd_peers_programmed 1.0" in metrics
     assert "overlayd_ready 1.0" in metrics
     assert f'subnet="{env["FLANNEL_SUBNET"].replace(".1/", ".0/")}"' in metrics
     assert fetch(bare_lab, "/healthz")[0] == 200
