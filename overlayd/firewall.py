@@ -15,20 +15,31 @@ flannel's ``FLANNEL-FWD`` (jumped from that very ``FORWARD`` chain) would have a
 log a warning naming such chains; the fix is to accept the Network in that table too (e.g.
 ``iptables -I DOCKER-USER -s <Network> -j ACCEPT`` and ``-d <Network>``). Likewise our ``return``
 in ``postrouting`` cannot stop another table's masquerade.
+
+VXLAN has no authentication: whoever can send UDP to the VXLAN port injects frames into the
+overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
+is in the named set ``vxlan_peers`` (the PublicIPs of current peer leases). Full passes replace the
+whole table, elements included; a single peer event adds or deletes one element (no dump).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
-from dataclasses import dataclass
-from ipaddress import IPv4Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 
 MULTICAST = IPv4Network("224.0.0.0/4")
+PEER_SET = "vxlan_peers"
+_COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
+_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
 
 
 class FirewallError(Exception):
@@ -43,6 +54,11 @@ class FirewallSpec:
     own_subnet: IPv4Network
     ip_masq: bool
     forward_rules: bool
+    ingress_allowlist: bool = False
+    vxlan_port: int = DEFAULT_VXLAN_PORT
+    # PublicIPs allowed to send us VXLAN; None: not known yet (before the first peer listing),
+    # so ``Firewall.ensure`` keeps the live set rather than drop every peer's traffic meanwhile.
+    vxlan_peers: frozenset[IPv4Address] | None = frozenset()
 
 
 def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool = True) -> str:
@@ -50,6 +66,13 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool
     net, sub = spec.network, spec.own_subnet
     masquerade = "masquerade fully-random" if fully_random else "masquerade"
     chains = []
+    if spec.ingress_allowlist:
+        peers = sorted(spec.vxlan_peers or ())
+        elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
+        chains.append("\n".join([f"\tset {PEER_SET} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
+        chains.append(_chain("input", "filter hook input priority filter", [
+            f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET} counter drop",
+        ]))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
             f"ip saddr {net} ip daddr {net} return",
@@ -76,8 +99,14 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
     return "\n".join(lines) + "\n\t}\n"
 
 
+def _sorted_elements(match: re.Match[str]) -> str:
+    peers = sorted(IPv4Address(item.strip()) for item in match[1].split(",") if item.strip())
+    return f"elements = {{ {', '.join(map(str, peers))} }}"
+
+
 def _normalise(listing: str) -> str:
-    """Whitespace-insensitive form of a table listing."""
+    """Comparable form of a table listing: whitespace, counter values and element order ignored."""
+    listing = _ELEMENTS.sub(_sorted_elements, _COUNTER_VALUES.sub("counter", listing))
     return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
 
 
@@ -95,6 +124,8 @@ class Firewall:
     def ensure(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything."""
         fully_random = self._supports_fully_random()
+        if spec.ingress_allowlist and spec.vxlan_peers is None:
+            spec = replace(spec, vxlan_peers=self._live_peers() or frozenset())
         script = render_ruleset(spec, self._table, fully_random)
         live = self._live_listing()
         unchanged = live is not None and (
@@ -104,12 +135,24 @@ class Firewall:
         if not unchanged:
             self._nft(["-f", "-"], script)
             self._applied = (script, self._live_listing() or "")
-            log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s)",
-                     "created" if live is None else "replaced", self._table, spec.network,
-                     "on" if spec.ip_masq else "off", "on" if spec.forward_rules else "off")
+            allowlist = f"{len(spec.vxlan_peers or ())} peers" if spec.ingress_allowlist else "off"
+            log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
+                     "VXLAN allowlist %s)", "created" if live is None else "replaced", self._table,
+                     spec.network, "on" if spec.ip_masq else "off",
+                     "on" if spec.forward_rules else "off", allowlist)
         if spec.forward_rules:
             self._warn_about_foreign_drops()
         return not unchanged
+
+    def allow_peer(self, public_ip: IPv4Address) -> None:
+        """Add one PublicIP to the VXLAN allowlist (the table must exist; a full pass creates it)."""
+        self._nft(["add", "element", "ip", self._table, PEER_SET, f"{{ {public_ip} }}"], "")
+
+    def disallow_peer(self, public_ip: IPv4Address) -> None:
+        """Remove one PublicIP from the VXLAN allowlist; already absent is fine."""
+        proc = self._run_nft(["delete", "element", "ip", self._table, PEER_SET, f"{{ {public_ip} }}"])
+        if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
+            raise FirewallError(f"nft delete element {PEER_SET} {public_ip} failed: {proc.stderr.strip()}")
 
     def remove(self) -> None:
         """Delete our table if present (the agent leaves rules in place on SIGTERM)."""
@@ -124,6 +167,18 @@ class Firewall:
                 return None
             raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
         return _normalise(proc.stdout)
+
+    def _live_peers(self) -> frozenset[IPv4Address] | None:
+        """The elements of the live allowlist set, or None if there is none."""
+        proc = self._run_nft(["-j", "list", "set", "ip", self._table, PEER_SET])
+        if proc.returncode != 0:
+            return None
+        return frozenset(
+            IPv4Address(element)
+            for item in json.loads(proc.stdout).get("nftables", [])
+            for element in (item.get("set") or {}).get("elem", [])
+            if isinstance(element, str)
+        )
 
     def _supports_fully_random(self) -> bool:
         """Whether this kernel and nft accept ``masquerade fully-random`` (checked once)."""

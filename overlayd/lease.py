@@ -17,10 +17,20 @@ _KEY_RE = re.compile(
     r"(?:&(?P<ip6>[0-9a-fA-F:]+)-(?P<len6>\d{1,3}))?$"
 )
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+# flanneld's values are about 150 bytes; anything far larger is not a lease and not worth parsing.
+MAX_VALUE_BYTES = 4096
 
 
 class LeaseError(ValueError):
-    """A lease key or value that cannot be decoded; the message names the key."""
+    """A lease key or value that cannot be decoded; the message names the key.
+
+    ``reason`` is a short label for metrics: bad_key, oversized, not_json, bad_public_ip or
+    bad_backend_data.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -63,12 +73,12 @@ def key_to_subnets(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     """Parse a lease key's last element; raises LeaseError naming the key when malformed."""
     m = _KEY_RE.fullmatch(key)  # not match(): "$" would accept a trailing newline
     if not m:
-        raise LeaseError(f"lease key {key!r} is not of the form A.B.C.D-LEN")
+        raise LeaseError(f"lease key {key!r} is not of the form A.B.C.D-LEN", "bad_key")
     try:
         subnet = IPv4Network(f"{m['ip']}/{m['len']}")
         ipv6 = IPv6Network(f"{m['ip6']}/{m['len6']}") if m["ip6"] else None
     except ValueError as exc:
-        raise LeaseError(f"lease key {key!r}: {exc}") from None
+        raise LeaseError(f"lease key {key!r}: {exc}", "bad_key") from None
     return subnet, ipv6
 
 
@@ -89,12 +99,14 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
 
 def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     """Parse a lease value written by flanneld or by us; raises LeaseError naming the key."""
+    if len(raw) > MAX_VALUE_BYTES:
+        raise LeaseError(f"lease {key}: value of {len(raw)} bytes exceeds {MAX_VALUE_BYTES}", "oversized")
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LeaseError(f"lease {key}: value is not JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise LeaseError(f"lease {key}: value is not JSON ({exc})", "not_json") from None
     if not isinstance(value, dict):
-        raise LeaseError(f"lease {key}: value is not a JSON object")
+        raise LeaseError(f"lease {key}: value is not a JSON object", "not_json")
     ip_raw = value.get("PublicIP")
     ipv6_raw = value.get("PublicIPv6")
     # Strings only: ipaddress would read a JSON number as an integer address.
@@ -103,17 +115,21 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             raise ValueError(f"{ip_raw!r} is not an address string")
         public_ip = IPv4Address(ip_raw)
     except ValueError as exc:
-        raise LeaseError(f"lease {key}: PublicIP {ip_raw!r} is invalid ({exc})") from None
+        raise LeaseError(f"lease {key}: PublicIP {ip_raw!r} is invalid ({exc})", "bad_public_ip") from None
     try:
         if ipv6_raw is not None and not isinstance(ipv6_raw, str):
             raise ValueError(f"{ipv6_raw!r} is not an address string")
         public_ipv6 = IPv6Address(ipv6_raw) if ipv6_raw else None
     except ValueError as exc:
-        raise LeaseError(f"lease {key}: PublicIPv6 {ipv6_raw!r} is invalid ({exc})") from None
+        raise LeaseError(
+            f"lease {key}: PublicIPv6 {ipv6_raw!r} is invalid ({exc})", "bad_public_ip"
+        ) from None
     backend_type = value.get("BackendType") or "vxlan"
+    if not isinstance(backend_type, str):
+        raise LeaseError(f"lease {key}: BackendType {backend_type!r} is not a string", "bad_backend_data")
     backend = value.get("BackendData") or {}
     if not isinstance(backend, dict):
-        raise LeaseError(f"lease {key}: BackendData is not a JSON object")
+        raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
     if backend_type != "vxlan":
         return LeaseAttrs(
             public_ip=public_ip,
@@ -124,7 +140,9 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     vni = backend.get("VNI")
     mac = str(backend.get("VtepMAC") or "").lower()
     if type(vni) is not int or not _MAC_RE.fullmatch(mac):
-        raise LeaseError(f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC")
+        raise LeaseError(
+            f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC", "bad_backend_data"
+        )
     return LeaseAttrs(public_ip=public_ip, vni=vni, vtep_mac=mac, public_ipv6=public_ipv6)
 
 

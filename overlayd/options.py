@@ -39,6 +39,7 @@ class AgentOptions:
     subnet_lease_ttl: int = 86400  # seconds
     ip_masq: bool = False
     iptables_forward_rules: bool = True
+    vxlan_ingress_allowlist: bool = True  # accept VXLAN only from peers' PublicIPs
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0  # 0: no HTTP server, as flanneld
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: off
@@ -143,6 +144,9 @@ _SPECS: dict[str, _Spec] = {
     "subnet_lease_ttl": _Spec(_positive_int, "TTL in seconds of the etcd lease bound to our subnet key"),
     "ip_masq": _Spec(parse_bool, "masquerade traffic leaving the overlay", flag=True),
     "iptables_forward_rules": _Spec(parse_bool, "accept forwarded overlay traffic", flag=True),
+    "vxlan_ingress_allowlist": _Spec(
+        parse_bool, "drop VXLAN packets from addresses that hold no peer lease", flag=True
+    ),
     "healthz_ip": _Spec(str, "address of the /healthz, /readyz and /metrics server"),
     "healthz_port": _Spec(_port, "port of the /healthz, /readyz and /metrics server (0: off)"),
     "metrics_address": _Spec(

@@ -113,13 +113,8 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _decode_kv(key: str, value: bytes, etcd_lease_id: int, mod_revision: int) -> Lease | None:
-    """The lease stored at a subnets key, or None (logged, naming the key) when malformed."""
-    try:
-        return decode_lease(key, value, etcd_lease_id=etcd_lease_id, mod_revision=mod_revision)
-    except LeaseError as exc:
-        log.warning("ignoring malformed lease %s: %s", key, exc)
-        return None
+def _log_bad_lease(key: str, revision: int, error: LeaseError) -> None:
+    log.warning("ignoring malformed lease %s (revision %d): %s", key, revision, error)
 
 
 class _WatchStream:
@@ -215,6 +210,8 @@ class Registry:
         self._index = 0
         self._client: etcd3.Etcd3Client | None = None
         self._watches: set[_WatchStream] = set()
+        # Told about every undecodable lease value; the agent logs each once and counts it.
+        self.on_bad_lease: Callable[[str, int, LeaseError], None] = _log_bad_lease
         self._on_error = on_error
 
     # -- connection handling --------------------------------------------------------------
@@ -328,6 +325,14 @@ class Registry:
     def _lease_key(self, lease_key: str) -> str:
         return f"{self._subnets_prefix}{lease_key}"
 
+    def _decode_kv(self, key: str, kv: Any) -> Lease | None:
+        """The lease stored at a subnets key, or None (reported to ``on_bad_lease``) when malformed."""
+        try:
+            return decode_lease(key, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
+        except LeaseError as exc:
+            self.on_bad_lease(key, int(kv.mod_revision), exc)
+            return None
+
     def list_leases(self) -> tuple[list[Lease], int]:
         """All decodable leases under ``<prefix>/subnets/`` and the revision of the read."""
         response = self._call(
@@ -338,7 +343,7 @@ class Registry:
         leases = []
         for kv in response.kvs:
             key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
-            lease = _decode_kv(key, kv.value, kv.lease, kv.mod_revision)
+            lease = self._decode_kv(key, kv)
             if lease is not None:
                 leases.append(lease)
         return leases, int(response.header.revision)
@@ -480,7 +485,7 @@ class Registry:
         key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
         if event.type == kv_pb2.Event.DELETE:
             return LeaseEvent("delete", key, None, int(kv.mod_revision))
-        lease = _decode_kv(key, kv.value, kv.lease, kv.mod_revision)
+        lease = self._decode_kv(key, kv)
         return LeaseEvent("put", key, lease, int(kv.mod_revision))
 
     def _watch(
