@@ -1,4 +1,6 @@
-"""The ``overlayd`` command: ``run`` (the agent), ``lab``, ``config check``, ``install-cni``, ``cni``.
+"""The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
+
+``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni`` and ``cni``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -7,32 +9,40 @@ file's ExecStart only needs the binary's name changed.
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from overlayd.options import OptionsError, build_parser, normalize_argv, resolve_options
+from overlayd.logsetup import configure_logging
+from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
 
-COMMANDS = ("run", "lab", "config", "install-cni", "cni")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni")
+# The agent options that commands talking to etcd or reading this host's files accept.
+ETCD_OPTIONS = (
+    "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
+    "etcd_username", "etcd_password", "log_level", "log_format", "verbose",
+)  # fmt: skip
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace, default_level: str = "info") -> AgentOptions | None:
+    """Resolve options from command line, environment and file, and set up logging; None on error."""
     try:
         options = resolve_options(args, os.environ)
     except OptionsError as exc:
         print(f"overlayd: {exc}", file=sys.stderr)
+        return None
+    level = options.log_level if getattr(args, "log_level", None) or options.verbose else default_level
+    configure_logging(level, options.log_format, options.verbose)
+    return options
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    options = _options(args)
+    if options is None:
         return 2
-    _setup_logging(options.log_level)
     from overlayd.agent import Agent  # heavy imports (etcd3, pyroute2) only when running
 
     return Agent(options).run()
@@ -41,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_lab(args: argparse.Namespace) -> int:
     from overlayd.lab import DEFAULT_ROOT, Lab, LabError
 
-    _setup_logging("warning")
+    configure_logging("warning")
     root = Path(args.root)
     lab = Lab.load(args.name, root)
     try:
@@ -79,20 +89,84 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         return 1
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
-    from overlayd.config import ConfigError, parse_network_config
-
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+def _read_input(name: str) -> str | None:
+    """A file's text, or stdin's for ``-``; None (reported) when unreadable."""
     try:
-        config = parse_network_config(text, where=f"network config in {args.file}")
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        return sys.stdin.read() if name == "-" else Path(name).read_text()
+    except OSError as exc:
+        print(f"overlayd: cannot read {name}: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from overlayd import status
+
+    options = _options(args, default_level="warning")
+    if options is None:
+        return 2
+    address = None
+    if options.metrics_address is not None:
+        host, port = options.metrics_address
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    result = status.gather(options, address, args.cluster)
+    if args.json:
+        print(json.dumps(status.to_json(result), indent=2))
+    else:
+        print(status.render_text(result, time.time()))
+    if result.nothing_read:
+        print("overlayd status: nothing could be read (no subnet.env, no device, no agent, no etcd); "
+              "see the reasons above", file=sys.stderr)  # fmt: skip
         return 1
-    print(
-        f"Network {config.network}, SubnetLen {config.subnet_len}, "
-        f"SubnetMin {config.subnet_min}, SubnetMax {config.subnet_max}, "
-        f"Backend {config.backend.type} VNI {config.backend.vni} Port {config.backend.port}"
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from overlayd import netconfig_cmd
+
+    options = _options(args, default_level="warning")
+    if options is None:
+        return 2
+    if args.action in ("validate", "check"):
+        text = _read_input(args.file)
+        where = netconfig_cmd.config_where(options.etcd_prefix)
+        return 1 if text is None else netconfig_cmd.validate(text, where)
+    text = _read_input(args.file) if args.action == "set" else ""
+    if text is None:
+        return 1
+    from overlayd.registry import EtcdOptions, Registry, RegistryError
+
+    registry = Registry(EtcdOptions.from_agent_options(options))
+    try:
+        if args.action == "get":
+            return netconfig_cmd.get(registry, options.etcd_prefix)
+        return netconfig_cmd.set_config(registry, options.etcd_prefix, text, args.dry_run)
+    except RegistryError as exc:
+        print(f"overlayd config {args.action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+
+
+def _cmd_docker_opts(args: argparse.Namespace) -> int:
+    from overlayd.atomicfile import write_atomic
+    from overlayd.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
+    from overlayd.subnetenv import parse_keys
+
+    text = _read_input(args.flannel_env)
+    if text is None:
+        return 1
+    choice = DockerOpts(
+        combined_key=args.combined_key,
+        individual=args.individual or not args.combined,
+        combined=args.combined or not args.individual,
+        ip_masq=not args.no_ip_masq,
     )
+    try:
+        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env)
+    except DockerOptsError as exc:
+        print(f"overlayd docker-opts: {exc}", file=sys.stderr)
+        return 1
+    write_atomic(Path(args.docker_env), rendered)
     return 0
 
 
@@ -127,10 +201,32 @@ def make_parser() -> argparse.ArgumentParser:
     lab.add_argument("--ping", action="store_true", help="after `up`, print an all-pairs ping table")
     lab.set_defaults(func=_cmd_lab)
 
-    config = sub.add_parser("config", help="check a network config JSON file ('-' for stdin)")
-    config.add_argument("check", choices=("check",))
-    config.add_argument("file")
+    status = sub.add_parser("status", help="this host's lease, device, peers and repairs (--cluster: all)")
+    build_parser(status, (*ETCD_OPTIONS, "subnet_file", "metrics_address"))
+    status.add_argument("--cluster", action="store_true", help="also list every lease in etcd")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_cmd_status)
+
+    config = sub.add_parser("config", help="validate, get or set the network config in etcd")
+    config.add_argument("action", choices=("validate", "get", "set", "check"),
+                        help="validate FILE offline (check: the same); get; set FILE")
+    config.add_argument("file", nargs="?", default="-", help="JSON file for validate/set ('-': stdin)")
+    config.add_argument("--dry-run", action="store_true", help="set: validate and show the diff only")
+    build_parser(config, ETCD_OPTIONS)
     config.set_defaults(func=_cmd_config)
+
+    docker = sub.add_parser("docker-opts", help="Docker daemon options from subnet.env (mk-docker-opts.sh)")
+    docker.add_argument("-f", dest="flannel_env", default="/run/flannel/subnet.env",
+                        help="subnet.env to read (default /run/flannel/subnet.env)")
+    docker.add_argument("-d", dest="docker_env", default="/run/flannel/docker",
+                        help="env file to write, atomically (default /run/flannel/docker)")
+    docker.add_argument("-k", dest="combined_key", default="DOCKER_OPTS",
+                        help="name of the combined variable (default DOCKER_OPTS)")
+    docker.add_argument("-c", dest="combined", action="store_true", help="write only the combined variable")
+    docker.add_argument("-i", dest="individual", action="store_true",
+                        help="write only DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU")
+    docker.add_argument("-m", dest="no_ip_masq", action="store_true", help="leave --ip-masq out")
+    docker.set_defaults(func=_cmd_docker_opts)
 
     install = sub.add_parser("install-cni", help="install the CNI plugin as `flannel`")
     install.add_argument("--cni-bin-dir", default="/opt/cni/bin")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -46,6 +46,8 @@ class AgentOptions:
     state_dir: Path = Path("/var/lib/overlayd")
     reconcile_interval: float = 10.0  # seconds between full dump-and-diff passes
     log_level: str = "info"
+    log_format: str = "text"
+    verbose: int = 0  # -v: debug from overlayd; -vv: debug from libraries too
 
 
 def parse_bool(raw: str) -> bool:
@@ -117,14 +119,30 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    fmt = raw.lower()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"{raw!r} is not text or json")
+    return fmt
+
+
+def _verbosity(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 2:
+        raise ValueError(f"{value} is outside 0..2 (-v or -vv)")
+    return value
+
+
 @dataclass(frozen=True)
 class _Spec:
-    """How one option is parsed from text; ``repeat`` options collect a list."""
+    """How one option is parsed from text; ``repeat`` options collect a list, ``count`` ones count -v."""
 
     convert: Callable[[str], object]
     help: str
     repeat: bool = False
     flag: bool = False
+    count: bool = False
+    short: str | None = None
 
 
 _SPECS: dict[str, _Spec] = {
@@ -155,6 +173,11 @@ _SPECS: dict[str, _Spec] = {
     "state_dir": _Spec(Path, "directory for state the agent keeps across restarts"),
     "reconcile_interval": _Spec(_positive_float, "seconds between full reconcile passes"),
     "log_level": _Spec(_log_level, "debug, info, warning or error"),
+    "log_format": _Spec(_log_format, "text, or json: one object per line with ts, level, logger, msg"),
+    "verbose": _Spec(
+        _verbosity, "-v: debug logs from overlayd; -vv: also from libraries (etcd client, pyroute2)",
+        count=True, short="-v",
+    ),
 }
 
 
@@ -162,16 +185,26 @@ def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every agent option (no defaults: unset options fall through to env, file, default)."""
+def build_parser(
+    parser: argparse.ArgumentParser, names: Collection[str] | None = None
+) -> argparse.ArgumentParser:
+    """Add the agent options ``names`` (default: all), without defaults.
+
+    Unset options stay None so they fall through to the environment, the file, the default.
+    """
     parser.add_argument("--config", dest="config_file", type=Path, help="YAML file of options")
     for name, spec in _SPECS.items():
+        if names is not None and name not in names:
+            continue
         kwargs: dict[str, object] = {"dest": name, "help": spec.help, "default": None}
         if spec.flag:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         if spec.repeat:
             kwargs["action"] = "append"
-        parser.add_argument(_flag_name(name), **kwargs)
+        if spec.count:
+            kwargs["action"] = "count"
+        flags = [spec.short] if spec.short else []
+        parser.add_argument(*flags, _flag_name(name), **kwargs)
     return parser
 
 

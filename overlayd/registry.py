@@ -46,6 +46,7 @@ with warnings.catch_warnings():
     from etcd3.etcdrpc import kv_pb2
 
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
+from overlayd.options import AgentOptions
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,19 @@ class EtcdOptions:
     username: str | None = None
     password: str | None = None
     timeout: float = 5.0
+
+    @classmethod
+    def from_agent_options(cls, options: AgentOptions) -> EtcdOptions:
+        """The ``--etcd-*`` part of the agent's options."""
+        return cls(
+            endpoints=options.etcd_endpoints,
+            prefix=options.etcd_prefix,
+            cafile=options.etcd_cafile,
+            certfile=options.etcd_certfile,
+            keyfile=options.etcd_keyfile,
+            username=options.etcd_username,
+            password=options.etcd_password,
+        )
 
 
 @dataclass(frozen=True)
@@ -307,6 +321,15 @@ class Registry:
         )
         value = bytes(response.kvs[0].value) if response.kvs else None
         return value, int(response.header.revision)
+
+    def put_config(self, raw: bytes) -> int:
+        """Store ``raw`` at ``<prefix>/config`` (no lease: the config outlives every agent); revision."""
+        response = self._call(
+            "put_config", f"write {self._config_key}", lambda client: client.put(self._config_key, raw)
+        )
+        revision = int(response.header.revision)
+        log.info("wrote %s (revision %d)", self._config_key, revision)
+        return revision
 
     def watch_config(
         self, start_revision: int, on_change: Callable[[], None], on_error: Callable[[Exception], None]

@@ -1,0 +1,54 @@
+"""``overlayd docker-opts``: flannel's ``mk-docker-opts.sh``, Docker daemon options from subnet.env.
+
+Docker's own bridge (``docker0``) then takes this host's overlay subnet and MTU. Docker should
+masquerade only when the agent does not (``--ip-masq=!FLANNEL_IPMASQ``), so traffic between
+overlay subnets is never NATed twice. The output file has the same variables as the script's:
+``DOCKER_OPT_BIP``, ``DOCKER_OPT_IPMASQ``, ``DOCKER_OPT_MTU`` and the combined key (``DOCKER_OPTS``
+unless ``-k`` names another, such as ``DOCKER_NETWORK_OPTIONS`` in flannel's unit file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+REQUIRED_KEYS = ("FLANNEL_SUBNET", "FLANNEL_MTU")
+
+
+class DockerOptsError(ValueError):
+    """subnet.env lacks what Docker needs; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DockerOpts:
+    """Which lines to write, as mk-docker-opts.sh's -i, -c, -m and -k choose them."""
+
+    combined_key: str = "DOCKER_OPTS"
+    individual: bool = True
+    combined: bool = True
+    ip_masq: bool = True  # False: leave --ip-masq out (-m, for old Docker versions)
+
+
+def render_docker_opts(subnet_env: Mapping[str, str], choice: DockerOpts, where: str) -> str:
+    """The env file's text: individual ``DOCKER_OPT_*`` lines, then the combined line."""
+    missing = [key for key in REQUIRED_KEYS if not subnet_env.get(key)]
+    if missing:
+        raise DockerOptsError(
+            f"{where}: {', '.join(missing)} missing; wait for the agent to write it "
+            "(overlayd status shows why it has not)"
+        )
+    options = {
+        "DOCKER_OPT_BIP": f"--bip={subnet_env['FLANNEL_SUBNET']}",
+        "DOCKER_OPT_IPMASQ": "",
+        "DOCKER_OPT_MTU": f"--mtu={subnet_env['FLANNEL_MTU']}",
+    }
+    agent_masq = subnet_env.get("FLANNEL_IPMASQ", "")
+    if choice.ip_masq and agent_masq in ("true", "false"):
+        options["DOCKER_OPT_IPMASQ"] = f"--ip-masq={'false' if agent_masq == 'true' else 'true'}"
+    lines = []
+    if choice.individual:
+        lines += [f'{key}="{value}"' for key, value in options.items() if value]
+    if choice.combined:
+        joined = "".join(f" {value}" for value in options.values() if value)
+        lines.append(f'{choice.combined_key}="{joined}"')
+    return "".join(f"{line}\n" for line in lines)

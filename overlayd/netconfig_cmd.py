@@ -1,0 +1,116 @@
+"""``overlayd config validate|get|set``: the network config at ``<prefix>/config``, checked as the agent does.
+
+``set`` refuses a config the agent would refuse, with the agent's own message, so a typo never
+reaches etcd and stalls every node; it shows the diff first and ``--dry-run`` stops there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from overlayd.config import ConfigError, NetworkConfig, parse_network_config
+
+
+def config_where(prefix: str) -> str:
+    """How the agent names the config in its messages (the same words here)."""
+    return f"network config at {prefix.rstrip('/')}/config"
+
+
+def defaulted_view(config: NetworkConfig) -> dict[str, Any]:
+    """The config as the agent uses it, defaults filled in, in flannel's key spelling."""
+    backend = asdict(config.backend)
+    return {
+        "Network": str(config.network),
+        "SubnetLen": config.subnet_len,
+        "SubnetMin": str(config.subnet_min),
+        "SubnetMax": str(config.subnet_max),
+        "Backend": {
+            "Type": backend["type"],
+            "VNI": backend["vni"],
+            "Port": backend["port"],
+            "GBP": backend["gbp"],
+            "Learning": backend["learning"],
+            "DirectRouting": backend["direct_routing"],
+            "MTU": backend["mtu"],  # null: the underlay interface's MTU minus 50
+        },
+    }
+
+
+def _normalized_lines(raw: bytes | str | None) -> list[str]:
+    """Pretty JSON lines (keys sorted) so the diff shows changes, not formatting; raw text if not JSON."""
+    if raw is None:
+        return []
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    with contextlib.suppress(ValueError):
+        text = json.dumps(json.loads(text), indent=2, sort_keys=True)
+    return [line + "\n" for line in text.splitlines()]
+
+
+def config_diff(current: bytes | None, proposed: bytes | str, key: str) -> str:
+    """A unified diff from the stored config to the proposed one; empty when they mean the same."""
+    return "".join(
+        difflib.unified_diff(
+            _normalized_lines(current),
+            _normalized_lines(proposed),
+            fromfile=f"{key} (in etcd)" if current is not None else f"{key} (absent)",
+            tofile=f"{key} (new)",
+        )
+    )
+
+
+def validate(text: str, where: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Check a config offline; print its defaulted view, or the agent's error."""
+    try:
+        config = parse_network_config(text, where=where)
+    except ConfigError as exc:
+        print(exc, file=err)
+        return 1
+    print(json.dumps(defaulted_view(config), indent=2), file=out)
+    return 0
+
+
+def get(registry: Any, prefix: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print the stored config and the agent's view of it (or why the agent refuses it)."""
+    where = config_where(prefix)
+    raw, revision = registry.get_config()
+    if raw is None:
+        print(f"{where} is missing; create it with: overlayd config set FILE", file=err)
+        return 1
+    print(f"# {where} (revision {revision}), as stored:", file=out)
+    print(raw.decode(errors="replace").rstrip("\n"), file=out)
+    print("# as the agent reads it (defaults filled in):", file=out)
+    out.flush()
+    return validate(raw.decode(errors="replace"), where, out, err)
+
+
+def set_config(
+    registry: Any, prefix: str, text: str, dry_run: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """Validate ``text`` as the agent would, show the diff, and store it unless ``dry_run``."""
+    where = config_where(prefix)
+    try:
+        parse_network_config(text, where=where)
+    except ConfigError as exc:
+        print(f"refused: {exc}", file=err)
+        return 1
+    current, _ = registry.get_config()
+    diff = config_diff(current, text, f"{prefix.rstrip('/')}/config")
+    if not diff:
+        print(f"{where} already holds this config; nothing to write", file=out)
+        return 0
+    print(diff, end="", file=out)
+    if dry_run:
+        print("dry run: nothing written", file=out)
+        return 0
+    revision = registry.put_config(text.encode())
+    print(
+        f"wrote {where} (revision {revision}); agents waiting for a config start within seconds, "
+        "running agents apply a change when restarted",
+        file=out,
+    )
+    return 0

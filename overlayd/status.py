@@ -1,0 +1,378 @@
+"""``overlayd status``: how this host (and with ``--cluster`` every host) looks, from four sources.
+
+subnet.env, the kernel, the agent's /metrics and etcd are read independently, so one source
+being down (the agent stopped, etcd unreachable) still leaves the others to look at; each
+unreadable source says why. Gathering (I/O) is separate from the pure parsing and formatting.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from overlayd.options import AgentOptions
+from overlayd.subnetenv import parse_keys
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """The VXLAN device and the peer entries the kernel holds on it."""
+
+    name: str
+    mtu: int
+    mac: str
+    routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24"
+    neighbours: int
+    fdb_entries: int
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the agent's /metrics said (None: that metric was not exported)."""
+
+    ready: bool | None = None
+    version: str | None = None
+    subnet: str | None = None
+    lease_expiry: float | None = None  # unix time
+    peers_known: float | None = None
+    peers_programmed: float | None = None
+    last_reconcile: float | None = None  # unix time
+    reconcile_errors: float | None = None
+    repairs: dict[str, float] = field(default_factory=dict)  # kind -> total
+    etcd_errors: float | None = None
+    watch_up: bool | None = None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """One lease in etcd and whether this host routes to its subnet."""
+
+    subnet: str
+    public_ip: str
+    vtep_mac: str | None
+    ttl: float | None  # seconds left; None: unknown, inf: a reservation
+    programmed: bool | None = None  # route present here; None for our own subnet
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """Everything ``status`` gathered; each ``*_error`` says why that source is missing."""
+
+    subnet_file: str
+    subnet_env: dict[str, str] | None = None
+    subnet_env_error: str | None = None
+    device: DeviceView | None = None
+    device_error: str | None = None
+    metrics_address: str | None = None
+    agent: AgentView | None = None
+    agent_error: str | None = None
+    etcd_endpoints: tuple[str, ...] = ()
+    own_lease: LeaseView | None = None
+    leases: tuple[LeaseView, ...] | None = None  # every lease, with --cluster
+    etcd_error: str | None = None
+
+    @property
+    def nothing_read(self) -> bool:
+        """True when every source failed: there is nothing to show but the reasons."""
+        return None not in (self.subnet_env_error, self.device_error, self.agent_error, self.etcd_error)
+
+
+# ---- pure: parsing ---------------------------------------------------------------------------
+
+
+def parse_metrics(text: str) -> AgentView:
+    """Pick the figures ``status`` shows out of a /metrics exposition."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+
+    def value(name: str) -> float | None:
+        found = samples.get(name)
+        return sum(v for _, v in found) if found else None
+
+    def label(name: str, key: str) -> str | None:
+        found = samples.get(name)
+        return found[0][0].get(key) if found else None
+
+    repairs: dict[str, float] = {}
+    for labels, count in samples.get("overlayd_repairs_total", []):
+        kind = labels.get("kind", "?")
+        repairs[kind] = repairs.get(kind, 0.0) + count
+    ready, watch_up = value("overlayd_ready"), value("overlayd_etcd_watch_up")
+    return AgentView(
+        ready=None if ready is None else ready == 1,
+        version=label("overlayd_build_info", "version"),
+        subnet=label("overlayd_lease_info", "subnet"),
+        lease_expiry=value("overlayd_lease_expiry_timestamp_seconds"),
+        peers_known=value("overlayd_peers_known"),
+        peers_programmed=value("overlayd_peers_programmed"),
+        last_reconcile=value("overlayd_last_reconcile_timestamp_seconds"),
+        reconcile_errors=value("overlayd_reconcile_errors_total"),
+        repairs=repairs,
+        etcd_errors=value("overlayd_etcd_errors_total"),
+        watch_up=None if watch_up is None else watch_up == 1,
+    )
+
+
+def own_subnet(subnet_env: Mapping[str, str] | None) -> IPv4Network | None:
+    """This host's subnet from subnet.env's FLANNEL_SUBNET (``198.18.7.1/24`` → 198.18.7.0/24)."""
+    raw = (subnet_env or {}).get("FLANNEL_SUBNET")
+    try:
+        return IPv4Interface(raw).network if raw else None
+    except ValueError:
+        return None
+
+
+def redact_endpoint(endpoint: str) -> str:
+    """An etcd URL without any ``user:password@`` part, safe to print."""
+    parts = urlsplit(endpoint)
+    if parts.hostname is None or "@" not in parts.netloc:
+        return endpoint
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host))
+
+
+# ---- pure: formatting ------------------------------------------------------------------------
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else value
+
+
+def to_json(status: HostStatus) -> dict[str, Any]:
+    """The machine view: every gathered field; infinite TTLs (reservations) become null."""
+    data = asdict(status)
+    for lease in [data["own_lease"], *(data["leases"] or [])]:
+        if lease is not None:
+            lease["reservation"] = lease["ttl"] is not None and math.isinf(lease["ttl"])
+            lease["ttl"] = _json_number(lease["ttl"])
+    data["etcd_endpoints"] = list(status.etcd_endpoints)
+    return data
+
+
+def _duration(seconds: float) -> str:
+    """``3s``, ``4m05s``, ``23h59m``: short and exact enough for an operator."""
+    if math.isinf(seconds):
+        return "never (reservation)"
+    seconds = int(seconds)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{sign}{seconds}s"
+    if seconds < 3600:
+        return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+    return f"{sign}{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def _count(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def _agent_line(agent: AgentView, now: float) -> str:
+    parts = ["ready" if agent.ready else "NOT READY" if agent.ready is False else "readiness unknown"]
+    if agent.lease_expiry is not None:
+        parts.append(f"lease expires in {_duration(agent.lease_expiry - now)}")
+    parts.append(f"peers {_count(agent.peers_programmed)} programmed / {_count(agent.peers_known)} known")
+    if agent.last_reconcile:
+        parts.append(f"last reconcile {_duration(now - agent.last_reconcile)} ago")
+    repairs = ", ".join(f"{kind} {count:g}" for kind, count in sorted(agent.repairs.items()) if count)
+    parts.append(f"repairs: {repairs or 'none'}")
+    if agent.watch_up is False:
+        parts.append("etcd watch DOWN")
+    return "; ".join(parts)
+
+
+def _lease_line(lease: LeaseView) -> str:
+    ttl = "ttl ?" if lease.ttl is None else f"ttl {_duration(lease.ttl)}"
+    return f"{lease.subnet} public {lease.public_ip} vtep {lease.vtep_mac or '-'} {ttl}"
+
+
+def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
+    rows = list(rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def render_text(status: HostStatus, now: float) -> str:
+    """The human view: one line per source, then the cluster table when leases were listed."""
+    lines = ["this host"]
+    if status.subnet_env is not None:
+        env = " ".join(f"{k}={v}" for k, v in status.subnet_env.items())
+        lines.append(f"  subnet.env  {status.subnet_file}: {env}")
+    else:
+        lines.append(f"  subnet.env  {status.subnet_env_error}")
+    if status.device is not None:
+        dev = status.device
+        lines.append(
+            f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}: {len(dev.routes)} routes, "
+            f"{dev.neighbours} neighbours, {dev.fdb_entries} fdb entries"
+        )
+    else:
+        lines.append(f"  device      {status.device_error}")
+    if status.agent is not None:
+        version = f" (overlayd {status.agent.version})" if status.agent.version else ""
+        lines.append(f"  agent       {status.metrics_address}{version}: {_agent_line(status.agent, now)}")
+    else:
+        lines.append(f"  agent       {status.agent_error}")
+    if status.own_lease is not None:
+        lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
+    else:
+        lines.append(f"  etcd lease  {status.etcd_error or 'none found for this host'}")
+    if status.leases is not None:
+        lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
+        header = ("SUBNET", "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
+        rows = [
+            (
+                lease.subnet,
+                lease.public_ip,
+                lease.vtep_mac or "-",
+                "?" if lease.ttl is None else _duration(lease.ttl),
+                "this host" if lease.programmed is None else "yes" if lease.programmed else "MISSING",
+            )
+            for lease in status.leases
+        ]
+        lines += _table([header, *rows])
+    return "\n".join(lines)
+
+
+# ---- I/O: gathering --------------------------------------------------------------------------
+
+
+def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
+    try:
+        return parse_keys(path.read_text()), None
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
+
+
+def read_device(vni: int | None) -> tuple[DeviceView | None, str | None]:
+    """The ``flannel.<vni>`` device (any ``flannel.*`` when the VNI is unknown) in this namespace."""
+    from pyroute2 import IPRoute
+
+    from overlayd.backend.vxlan import VxlanBackend
+
+    with IPRoute() as ipr:
+        links = [link for link in ipr.get_links() if str(link.get("IFLA_IFNAME")).startswith("flannel.")]
+    if vni is not None:
+        links = [link for link in links if link.get("IFLA_IFNAME") == f"flannel.{vni}"]
+    if not links:
+        wanted = f"flannel.{vni}" if vni is not None else "flannel.<VNI>"
+        return None, f"no {wanted} device in this network namespace; the agent has not set it up"
+    link = links[0]
+    backend = VxlanBackend()
+    try:
+        plane = backend.read_plane(link["index"])
+    finally:
+        backend.close()
+    return DeviceView(
+        name=str(link.get("IFLA_IFNAME")),
+        mtu=int(link.get("IFLA_MTU")),
+        mac=str(link.get("IFLA_ADDRESS")).lower(),
+        routes=tuple(sorted(str(route.dst) for route in plane.routes)),
+        neighbours=len(plane.neighs),
+        fdb_entries=len(plane.fdbs),
+    ), None
+
+
+def scrape_metrics(address: str, timeout: float = 3.0) -> tuple[AgentView | None, str | None]:
+    url = f"http://{address}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return parse_metrics(response.read().decode()), None
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, f"agent unreachable at {url} ({reason}); is it running with --metrics-address={address}?"
+    except ValueError as exc:
+        return None, f"{url} did not return Prometheus text ({exc})"
+
+
+def _lease_view(lease: Any, ttl: float | None, routes: frozenset[str] | None, own: bool) -> LeaseView:
+    return LeaseView(
+        subnet=str(lease.subnet),
+        public_ip=str(lease.attrs.public_ip),
+        vtep_mac=lease.attrs.vtep_mac,
+        ttl=ttl,
+        programmed=None if own or routes is None else str(lease.subnet) in routes,
+    )
+
+
+def _config_vni(raw_config: bytes | None) -> int | None:
+    """The VNI of a readable config; None (look for any flannel.*) when missing or invalid."""
+    from overlayd.config import ConfigError, parse_network_config
+
+    if raw_config is None:
+        return None
+    try:
+        return parse_network_config(raw_config).backend.vni
+    except ConfigError:
+        return None  # the agent's log names the problem; `overlayd config get` shows it
+
+
+def _lease_views(
+    registry: Any, found: list[Any], subnet: IPv4Network | None, routes: frozenset[str] | None, cluster: bool
+) -> tuple[LeaseView | None, tuple[LeaseView, ...] | None]:
+    """Our lease, and every lease when ``cluster``, each with its TTL read from etcd."""
+    mine = [lease for lease in found if subnet is not None and lease.subnet == subnet]
+    own = _lease_view(mine[0], registry.lease_remaining(mine[0]), routes, own=True) if mine else None
+    if not cluster:
+        return own, None
+    leases = tuple(
+        _lease_view(lease, registry.lease_remaining(lease), routes, own=lease.subnet == subnet)
+        for lease in sorted(found, key=lambda lease: lease.subnet)
+    )
+    return own, leases
+
+
+def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) -> HostStatus:
+    """Read every source; a failing source is recorded as an error, never raised."""
+    from overlayd.registry import EtcdOptions, Registry, RegistryError
+
+    subnet_env, subnet_env_error = read_subnet_env(options.subnet_file)
+    subnet = own_subnet(subnet_env)
+    if metrics_address:
+        agent, agent_error = scrape_metrics(metrics_address)
+    else:
+        agent, agent_error = None, "metrics server is off (--metrics-address=off); no agent figures"
+    registry = Registry(replace(EtcdOptions.from_agent_options(options), timeout=3.0))
+    own: LeaseView | None = None
+    leases: tuple[LeaseView, ...] | None = None
+    etcd_error: str | None = None
+    try:
+        try:
+            vni = _config_vni(registry.get_config()[0])
+            found: list[Any] | None = registry.list_leases()[0]
+        except RegistryError as exc:
+            vni, found, etcd_error = None, None, str(exc)
+        device, device_error = read_device(vni)
+        if found is not None:
+            routes = frozenset(device.routes) if device else None
+            try:
+                own, leases = _lease_views(registry, found, subnet, routes, cluster)
+            except RegistryError as exc:
+                etcd_error = str(exc)
+    finally:
+        registry.close()
+    return HostStatus(
+        subnet_file=str(options.subnet_file),
+        subnet_env=subnet_env,
+        subnet_env_error=subnet_env_error,
+        device=device,
+        device_error=device_error,
+        metrics_address=metrics_address,
+        agent=agent,
+        agent_error=agent_error,
+        etcd_endpoints=tuple(redact_endpoint(e) for e in options.etcd_endpoints),
+        own_lease=own,
+        leases=leases,
+        etcd_error=etcd_error,
+    )

@@ -1,0 +1,37 @@
+"""config validate and the diff config set shows (the etcd side is in tests/integration)."""
+
+import io
+import json
+
+from overlayd import netconfig_cmd
+
+
+def test_diff_ignores_formatting_and_shows_changes() -> None:
+    stored = b'{"Network": "198.18.0.0/16"}'
+    assert netconfig_cmd.config_diff(stored, '{\n  "Network":"198.18.0.0/16"\n}\n', "/p/config") == ""
+    diff = netconfig_cmd.config_diff(stored, '{"Network":"198.18.0.0/16","Backend":{"VNI":2}}', "/p/config")
+    assert diff.startswith("--- /p/config (in etcd)\n+++ /p/config (new)\n")
+    assert '+    "VNI": 2' in diff
+
+
+def test_diff_from_an_absent_or_unparsable_config() -> None:
+    diff = netconfig_cmd.config_diff(None, '{"Network": "198.18.0.0/16"}', "/p/config")
+    assert diff.startswith("--- /p/config (absent)\n+++ /p/config (new)\n")
+    assert '+  "Network": "198.18.0.0/16"' in diff
+    assert "-{not json" in netconfig_cmd.config_diff(b"{not json", '{"Network": "198.18.0.0/16"}', "k")
+
+
+def test_validate_prints_the_defaulted_view_or_the_agents_error() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    where = netconfig_cmd.config_where("/coreos.com/network")
+    text = '{"network": "198.18.0.0/16", "backend": {"type": "VXLAN"}}'
+    assert netconfig_cmd.validate(text, where, out, err) == 0
+    view = json.loads(out.getvalue())
+    assert (view["SubnetLen"], view["SubnetMin"], view["SubnetMax"]) == (24, "198.18.1.0", "198.18.255.0")
+    assert view["Backend"] == {"Type": "vxlan", "VNI": 1, "Port": 8472, "GBP": False, "Learning": False,
+                               "DirectRouting": False, "MTU": None}  # fmt: skip
+    assert netconfig_cmd.validate('{"Network": "198.18.0.0/16", "SubnetLen": 31}', where, out, err) == 1
+    assert err.getvalue() == (
+        "network config at /coreos.com/network/config: SubnetLen 31 is larger than 30; "
+        "use a SubnetLen between 18 and 30 for Network 198.18.0.0/16\n"
+    )

@@ -1,0 +1,125 @@
+"""status: metrics parsing and both renderings, from hand-made inputs (no agent, no etcd)."""
+
+import json
+import math
+
+from overlayd.status import (
+    AgentView,
+    DeviceView,
+    HostStatus,
+    LeaseView,
+    own_subnet,
+    parse_metrics,
+    redact_endpoint,
+    render_text,
+    to_json,
+)
+
+METRICS = """\
+# TYPE overlayd_build_info gauge
+overlayd_build_info{python="3.11.2",version="0.1.0"} 1.0
+# TYPE overlayd_lease_info gauge
+overlayd_lease_info{network="198.18.0.0/16",public_ip="192.0.2.11",subnet="198.18.7.0/24",\
+vtep_mac="aa:bb:cc:dd:ee:01"} 1.0
+# TYPE overlayd_lease_expiry_timestamp_seconds gauge
+overlayd_lease_expiry_timestamp_seconds 1.7e+09
+# TYPE overlayd_peers_known gauge
+overlayd_peers_known 3.0
+# TYPE overlayd_peers_programmed gauge
+overlayd_peers_programmed 2.0
+# TYPE overlayd_last_reconcile_timestamp_seconds gauge
+overlayd_last_reconcile_timestamp_seconds 1.6999e+09
+# TYPE overlayd_repairs counter
+overlayd_repairs_total{action="add",kind="route"} 2.0
+overlayd_repairs_total{action="remove",kind="route"} 1.0
+overlayd_repairs_total{action="add",kind="fdb"} 4.0
+# TYPE overlayd_etcd_errors counter
+overlayd_etcd_errors_total{operation="renew"} 1.0
+overlayd_etcd_errors_total{operation="list_leases"} 2.0
+# TYPE overlayd_etcd_watch_up gauge
+overlayd_etcd_watch_up 0.0
+# TYPE overlayd_ready gauge
+overlayd_ready 1.0
+"""
+
+
+def test_parse_metrics_picks_status_figures() -> None:
+    agent = parse_metrics(METRICS)
+    assert agent.version == "0.1.0"
+    assert agent.subnet == "198.18.7.0/24"
+    assert agent.lease_expiry == 1.7e9
+    assert (agent.peers_known, agent.peers_programmed) == (3.0, 2.0)
+    assert agent.repairs == {"route": 3.0, "fdb": 4.0}
+    assert agent.etcd_errors == 3.0
+    assert agent.ready is True
+    assert agent.watch_up is False
+
+
+def test_parse_metrics_of_an_agent_without_them_leaves_unknowns() -> None:
+    agent = parse_metrics("# TYPE other gauge\nother 1.0\n")
+    assert agent == AgentView()
+
+
+def sample_status(**changes: object) -> HostStatus:
+    fields: dict[str, object] = dict(
+        subnet_file="/run/flannel/subnet.env",
+        subnet_env={"FLANNEL_NETWORK": "198.18.0.0/16", "FLANNEL_SUBNET": "198.18.7.1/24"},
+        device=DeviceView("flannel.1", 1450, "aa:bb:cc:dd:ee:01", ("198.18.9.0/24",), 1, 1),
+        metrics_address="127.0.0.1:9464",
+        agent=parse_metrics(METRICS),
+        etcd_endpoints=("http://192.0.2.2:2379",),
+        own_lease=LeaseView("198.18.7.0/24", "192.0.2.11", "aa:bb:cc:dd:ee:01", 86000.0),
+        leases=(
+            LeaseView("198.18.7.0/24", "192.0.2.11", "aa:bb:cc:dd:ee:01", 86000.0, None),
+            LeaseView("198.18.9.0/24", "192.0.2.12", "aa:bb:cc:dd:ee:02", 3599.0, True),
+            LeaseView("198.18.11.0/24", "192.0.2.13", None, math.inf, False),
+        ),
+    )
+    fields.update(changes)
+    return HostStatus(**fields)  # type: ignore[arg-type]
+
+
+def test_text_shows_each_source_and_the_cluster_table() -> None:
+    text = render_text(sample_status(), now=1.7e9 - 3600)
+    assert "flannel.1 mtu 1450 mac aa:bb:cc:dd:ee:01: 1 routes, 1 neighbours, 1 fdb entries" in text
+    assert "lease expires in 1h00m" in text
+    assert "peers 2 programmed / 3 known" in text
+    assert "repairs: fdb 4, route 3" in text
+    assert "etcd watch DOWN" in text
+    assert "cluster (3 leases in etcd)" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  198.18.")}
+    assert rows["198.18.7.0/24"].endswith("this host")
+    assert "59m59s" in rows["198.18.9.0/24"] and rows["198.18.9.0/24"].endswith("yes")
+    assert "never (reservation)" in rows["198.18.11.0/24"] and rows["198.18.11.0/24"].endswith("MISSING")
+
+
+def test_text_names_each_unreadable_source() -> None:
+    status = HostStatus(
+        subnet_file="/x/subnet.env",
+        subnet_env_error="/x/subnet.env: No such file or directory",
+        device_error="no flannel.1 device",
+        agent_error="agent unreachable at http://127.0.0.1:9464/metrics",
+        etcd_error="etcd http://192.0.2.2:2379: unreachable",
+    )
+    text = render_text(status, now=0)
+    for reason in ("No such file", "no flannel.1 device", "agent unreachable", "etcd http://192.0.2.2:2379"):
+        assert reason in text
+    assert status.nothing_read
+    assert not sample_status().nothing_read
+
+
+def test_json_is_serialisable_and_marks_reservations() -> None:
+    data = json.loads(json.dumps(to_json(sample_status())))
+    assert data["device"]["routes"] == ["198.18.9.0/24"]
+    assert data["agent"]["repairs"] == {"route": 3.0, "fdb": 4.0}
+    reservation = data["leases"][2]
+    assert reservation["ttl"] is None and reservation["reservation"] is True
+    assert data["leases"][1]["programmed"] is True and data["leases"][1]["reservation"] is False
+
+
+def test_own_subnet_and_redaction() -> None:
+    assert str(own_subnet({"FLANNEL_SUBNET": "198.18.7.1/24"})) == "198.18.7.0/24"
+    assert own_subnet({"FLANNEL_SUBNET": "garbage"}) is None
+    assert own_subnet(None) is None
+    assert redact_endpoint("https://root:s3cret@192.0.2.2:2379") == "https://192.0.2.2:2379"
+    assert redact_endpoint("http://192.0.2.2:2379") == "http://192.0.2.2:2379"
