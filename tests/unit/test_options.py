@@ -101,3 +101,15 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         resolve([f"--config={not_yaml}"])
     with pytest.raises(OptionsError, match="fix the path given to --config"):
         resolve([f"--config={tmp_path / 'absent.yaml'}"])
+
+
+def test_metrics_address() -> None:
+    assert resolve([]).metrics_address == ("127.0.0.1", 9464)
+    assert resolve(["--metrics-address=0.0.0.0:9100"]).metrics_address == ("0.0.0.0", 9100)
+    assert resolve(["--metrics-address=[::1]:9100"]).metrics_address == ("::1", 9100)
+    assert resolve(["--metrics-address=off"]).metrics_address is None
+    assert resolve(["--metrics-address="]).metrics_address is None
+    assert resolve([], {"OVERLAYD_METRICS_ADDRESS": "off"}).metrics_address is None
+    for bad in ("localhost:9464", "127.0.0.1", "127.0.0.1:99999"):
+        with pytest.raises(OptionsError, match=r"--metrics-address from command line: .* is not IP:PORT"):
+            resolve([f"--metrics-address={bad}"])
