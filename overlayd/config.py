@@ -181,7 +181,7 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
     """Parse and validate the JSON at ``<prefix>/config``; raises ConfigError for the operator."""
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc}); fix the JSON text") from None
     if not isinstance(value, dict):
         raise ConfigError(f'{where}: must be a JSON object such as {{"Network": "198.18.0.0/16"}}')

@@ -103,7 +103,7 @@ def _parse_config(text: str) -> dict[str, Any]:
 
     try:
         config = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
         raise DecodeFailure(f"network config on stdin is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise DecodeFailure(f"network config on stdin must be a JSON object, not {text[:50]!r}")

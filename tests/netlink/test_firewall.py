@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from ipaddress import IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from nsutil import in_netns
@@ -99,3 +100,54 @@ def warnings_with_forward_drop() -> list[str]:
 def test_warns_about_a_foreign_forward_drop(netns: str) -> None:
     messages = in_netns(netns, warnings_with_forward_drop)
     assert any("ip filter FORWARD" in message for message in messages)
+
+
+ALLOW = FirewallSpec(
+    SPEC.network, SPEC.own_subnet, ip_masq=False, forward_rules=False, ingress_allowlist=True,
+    vxlan_port=4789, vxlan_peers=frozenset(IPv4Address(f"192.0.2.{n}") for n in range(20, 3, -1)),
+)  # fmt: skip
+
+
+def test_render_allowlist_set_and_drop_rule() -> None:
+    table = render_table(ALLOW)
+    assert "\t\telements = { 192.0.2.4, 192.0.2.5, 192.0.2.6," in table  # sorted as addresses
+    assert "udp dport 4789 ip saddr != @vxlan_peers counter drop" in table
+    assert "elements" not in render_table(replace(ALLOW, vxlan_peers=frozenset()))
+    assert "vxlan_peers" not in render_table(SPEC)
+
+
+def allowlist_steps() -> dict[str, object]:
+    firewall = Firewall()
+    steps: dict[str, object] = {"first": firewall.ensure(ALLOW), "second": firewall.ensure(ALLOW)}
+    # Packets counted by the drop rule must not make the table look different.
+    counted = render_ruleset(ALLOW).replace("counter drop", "counter packets 7 bytes 700 drop")
+    subprocess.run(["nft", "-f", "-"], input=counted, text=True, check=True)
+    steps["after counters"] = Firewall().ensure(ALLOW)
+    newcomer = IPv4Address("192.0.2.77")
+    firewall.allow_peer(newcomer)
+    with_newcomer = replace(ALLOW, vxlan_peers=(ALLOW.vxlan_peers or frozenset()) | {newcomer})
+    steps["fast add then full pass"] = firewall.ensure(with_newcomer)
+    firewall.disallow_peer(newcomer)
+    firewall.disallow_peer(newcomer)  # already gone: fine
+    steps["fast delete then full pass"] = firewall.ensure(ALLOW)
+    steps["unknown peers keep the live set"] = Firewall().ensure(replace(ALLOW, vxlan_peers=None))
+    steps["peer gone"] = firewall.ensure(replace(ALLOW, vxlan_peers=frozenset({IPv4Address("192.0.2.5")})))
+    steps["set"] = subprocess.run(["nft", "list", "set", "ip", "overlayd", "vxlan_peers"],
+                                  capture_output=True, text=True, check=True).stdout
+    steps["off"] = firewall.ensure(replace(ALLOW, ingress_allowlist=False))
+    steps["off listing"] = nft_list()
+    return steps
+
+
+@pytest.mark.root
+def test_allowlist_is_idempotent_with_elements_and_fast_path(netns: str) -> None:
+    steps = in_netns(netns, allowlist_steps)
+    assert (steps["first"], steps["second"]) == (True, False)
+    assert steps["after counters"] is False
+    assert steps["fast add then full pass"] is False
+    assert steps["fast delete then full pass"] is False
+    assert steps["unknown peers keep the live set"] is False
+    assert steps["peer gone"] is True
+    assert "192.0.2.5" in str(steps["set"]) and "192.0.2.6" not in str(steps["set"])
+    assert steps["off"] is True
+    assert "vxlan_peers" not in str(steps["off listing"])

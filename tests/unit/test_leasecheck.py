@@ -1,0 +1,74 @@
+"""Bad peer leases: which are skipped under a config, and that each is reported once."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlayd.config import parse_network_config
+from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease
+from overlayd.leasecheck import BadLeaseLog, lease_problem
+
+CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
+OWN = Lease(
+    IPv4Network("198.18.5.0/24"), LeaseAttrs(IPv4Address("192.0.2.11"), vni=1, vtep_mac="02:00:00:00:00:01")
+)
+
+
+def peer(subnet: str, ip: str = "192.0.2.12") -> Lease:
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), vni=1, vtep_mac="02:00:00:00:00:02"))
+
+
+@pytest.mark.parametrize(
+    ("lease", "reason"),
+    [
+        (peer("198.18.6.0/24"), None),
+        (OWN, None),
+        (peer("10.0.0.0/24"), "outside_network"),
+        (peer("198.19.0.0/24"), "outside_network"),
+        (peer("198.18.0.0/15"), "outside_network"),
+        (peer("198.18.5.0/24"), "own_subnet"),  # another PublicIP writing our key
+        (peer("198.18.5.128/25"), "own_subnet"),
+        (peer("198.18.0.0/16"), "own_subnet"),
+    ],
+)
+def test_lease_problem(lease: Lease, reason: str | None) -> None:
+    problem = lease_problem(lease, CONFIG, OWN)
+    assert (problem.reason if problem else None) == reason
+    if problem:
+        assert str(lease.subnet) in problem.message
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "reason"),
+    [
+        ("198.18.6.0-24", b"not json", "not_json"),
+        ("198.18.6.0-24", b"[1]", "not_json"),
+        ("198.18.6.0-24", b'{"PublicIP": "192.0.2.300", "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:02"}}',  # noqa: E501
+         "bad_public_ip"),
+        ("198.18.6.0-24", b'{"PublicIP": "192.0.2.12", "BackendType": "vxlan", "BackendData": {"VNI": 1}}',
+         "bad_backend_data"),
+        ("198.18.6.0-24", b'{"PublicIP": "192.0.2.12", "pad": "' + b"x" * (1 << 20) + b'"}', "oversized"),
+        ("../etc", b"{}", "bad_key"),
+    ],
+)  # fmt: skip
+def test_codec_errors_carry_a_reason(key: str, raw: bytes, reason: str) -> None:
+    with pytest.raises(LeaseError) as err:
+        decode_lease(key, raw)
+    assert err.value.reason == reason
+    assert key in str(err.value)
+
+
+def test_bad_lease_log_reports_each_key_and_revision_once(caplog: pytest.LogCaptureFixture) -> None:
+    counted: list[str] = []
+    log = BadLeaseLog(counted.append)
+    with caplog.at_level(logging.WARNING, logger="overlayd.leasecheck"):
+        for _ in range(3):  # three reconcile passes see the same bad lease
+            log.report("198.18.6.0-24", 7, "not_json", "value is not JSON")
+        log.report("198.18.6.0-24", 9, "outside_network", "subnet is outside")  # rewritten: news
+        log.report("198.18.7.0-24", 7, "not_json", "value is not JSON")
+    assert counted == ["not_json", "outside_network", "not_json"]
+    assert len(caplog.records) == 3
+    assert "198.18.6.0-24" in caplog.records[0].getMessage()
