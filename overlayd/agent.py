@@ -189,16 +189,8 @@ class Agent:
             "using interface %s (%s), public IP %s", self.external.name, self.external.ip, self.public_ip
         )
         self.registry = Registry(
+            EtcdOptions.from_agent_options(opts),
             on_error=lambda operation: self.metrics.etcd_errors.labels(operation=operation).inc(),
-            options=EtcdOptions(
-                endpoints=opts.etcd_endpoints,
-                prefix=opts.etcd_prefix,
-                cafile=opts.etcd_cafile,
-                certfile=opts.etcd_certfile,
-                keyfile=opts.etcd_keyfile,
-                username=opts.etcd_username,
-                password=opts.etcd_password,
-            ),
         )
         self.registry.on_bad_lease = lambda key, revision, exc: self.bad_leases.report(
             key, revision, exc.reason, str(exc)

@@ -7,29 +7,15 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import FAST_AGENT_ARGS, needs_lab, wait_for
+from labtools import needs_lab, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.lab import Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
-
-
-@pytest.fixture(scope="module")
-def mlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS)
-    try:
-        lab.up(hosts=2)
-        lab.wait_converged(timeout=60)
-        yield lab
-    finally:
-        lab.down()
-        assert not lab_namespaces(name), "lab down left namespaces behind"
 
 
 def metric(lab: Lab, host: LabHost, name: str, **labels: str) -> float:
@@ -44,67 +30,67 @@ def metric(lab: Lab, host: LabHost, name: str, **labels: str) -> float:
     )
 
 
-def test_a_joining_host_raises_peers_known_and_programmed(mlab: Lab) -> None:
-    h1 = mlab.hosts[0]
-    assert metric(mlab, h1, "overlayd_peers_known") == 1
-    assert metric(mlab, h1, "overlayd_peers_programmed") == 1
-    assert metric(mlab, h1, "overlayd_subnet_pool_size") == 255  # 198.18.1.0 .. 198.18.255.0 as /24s
-    assert metric(mlab, h1, "overlayd_ready") == 1
-    assert metric(mlab, h1, "overlayd_etcd_relists_total", reason="start") == 1
-    mlab.add_host()
-    mlab.wait_converged(timeout=30)
-    wait_for(lambda: metric(mlab, h1, "overlayd_peers_programmed") == 2, 10, "h1 to program the new peer")
-    assert metric(mlab, h1, "overlayd_peers_known") == 2
-    assert metric(mlab, h1, "overlayd_subnet_leases") == 3
-    assert metric(mlab, h1, "overlayd_peer_events_total", kind="put") >= 1
-    assert metric(mlab, h1, "overlayd_peer_event_apply_seconds_count") >= 1
+def test_a_joining_host_raises_peers_known_and_programmed(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    assert metric(lab, h1, "overlayd_peers_known") == 2
+    assert metric(lab, h1, "overlayd_peers_programmed") == 2
+    assert metric(lab, h1, "overlayd_subnet_pool_size") == 255  # 198.18.1.0 .. 198.18.255.0 as /24s
+    assert metric(lab, h1, "overlayd_ready") == 1
+    assert metric(lab, h1, "overlayd_etcd_relists_total", reason="start") == 1
+    lab.add_host()
+    lab.wait_converged(timeout=30)
+    wait_for(lambda: metric(lab, h1, "overlayd_peers_programmed") == 3, 10, "h1 to program the new peer")
+    assert metric(lab, h1, "overlayd_peers_known") == 3
+    assert metric(lab, h1, "overlayd_subnet_leases") == 4
+    assert metric(lab, h1, "overlayd_peer_events_total", kind="put") >= 1
+    assert metric(lab, h1, "overlayd_peer_event_apply_seconds_count") >= 1
 
 
-def test_a_deleted_route_counts_as_a_repair_and_programming_does_not(mlab: Lab) -> None:
-    h1, h2 = mlab.hosts[0], mlab.hosts[1]
+def test_a_deleted_route_counts_as_a_repair_and_programming_does_not(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
     # Start-up and the join above programmed routes; none of that is drift.
-    assert metric(mlab, h1, "overlayd_repairs_total", kind="route") == 0
-    assert metric(mlab, h1, "overlayd_repairs_total", kind="device") == 0
-    passes = metric(mlab, h1, "overlayd_reconciles_total", trigger="timer")
+    assert metric(lab, h1, "overlayd_repairs_total", kind="route") == 0
+    assert metric(lab, h1, "overlayd_repairs_total", kind="device") == 0
+    passes = metric(lab, h1, "overlayd_reconciles_total", trigger="timer")
     peer = h2.flannel_address()
     sh("ip", "route", "del", f"{peer}/24", netns=h1.netns)
     wait_for(
-        lambda: metric(mlab, h1, "overlayd_repairs_total", kind="route", action="add") == 1,
+        lambda: metric(lab, h1, "overlayd_repairs_total", kind="route", action="add") == 1,
         10,
         "the route repair to be counted",
     )
-    assert metric(mlab, h1, "overlayd_repairs_total", kind="route", action="remove") == 0
+    assert metric(lab, h1, "overlayd_repairs_total", kind="route", action="remove") == 0
     wait_for(
-        lambda: metric(mlab, h1, "overlayd_reconciles_total", trigger="timer") > passes, 10, "a timer pass"
+        lambda: metric(lab, h1, "overlayd_reconciles_total", trigger="timer") > passes, 10, "a timer pass"
     )
-    assert metric(mlab, h1, "overlayd_last_reconcile_timestamp_seconds") > 0
+    assert metric(lab, h1, "overlayd_last_reconcile_timestamp_seconds") > 0
 
 
-def test_etcd_down_counts_errors_and_stays_ready(mlab: Lab) -> None:
-    h1, h2 = mlab.hosts[0], mlab.hosts[1]
-    errors = metric(mlab, h1, "overlayd_etcd_errors_total")
-    assert metric(mlab, h1, "overlayd_etcd_watch_up") == 1
-    mlab.stop_etcd()
+def test_etcd_down_counts_errors_and_stays_ready(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    errors = metric(lab, h1, "overlayd_etcd_errors_total")
+    assert metric(lab, h1, "overlayd_etcd_watch_up") == 1
+    lab.stop_etcd()
     try:
-        wait_for(lambda: metric(mlab, h1, "overlayd_etcd_watch_up") == 0, 15, "watch_up to drop")
-        wait_for(lambda: metric(mlab, h1, "overlayd_etcd_errors_total") > errors, 15, "etcd errors to count")
-        assert metric(mlab, h1, "overlayd_etcd_errors_total", operation="watch") >= 1
-        assert metric(mlab, h1, "overlayd_etcd_watch_restarts_total") >= 1
-        status, body = mlab.http_get(h1, "/readyz")
+        wait_for(lambda: metric(lab, h1, "overlayd_etcd_watch_up") == 0, 15, "watch_up to drop")
+        wait_for(lambda: metric(lab, h1, "overlayd_etcd_errors_total") > errors, 15, "etcd errors to count")
+        assert metric(lab, h1, "overlayd_etcd_errors_total", operation="watch") >= 1
+        assert metric(lab, h1, "overlayd_etcd_watch_restarts_total") >= 1
+        status, body = lab.http_get(h1, "/readyz")
         assert status == 200, body
         assert "etcd unreachable" in body
-        assert mlab.http_get(h1, "/healthz")[0] == 200
-        assert mlab.ping(h1, h2.flannel_address() or "", count=2), "the data path must survive etcd"
+        assert lab.http_get(h1, "/healthz")[0] == 200
+        assert lab.ping(h1, h2.flannel_address() or "", count=2), "the data path must survive etcd"
     finally:
-        mlab.start_etcd()
-    wait_for(lambda: metric(mlab, h1, "overlayd_etcd_watch_up") == 1, 30, "the watch to come back")
-    assert metric(mlab, h1, "overlayd_etcd_relists_total", reason="error") >= 1
-    status, body = mlab.http_get(h1, "/readyz")
+        lab.start_etcd()
+    wait_for(lambda: metric(lab, h1, "overlayd_etcd_watch_up") == 1, 30, "the watch to come back")
+    assert metric(lab, h1, "overlayd_etcd_relists_total", reason="error") >= 1
+    status, body = lab.http_get(h1, "/readyz")
     assert (status, body) == (200, "ready\n")
 
 
-def test_sd_notify_ready_watchdog_and_stopping(mlab: Lab, tmp_path: Path) -> None:
-    host = mlab.add_host(start_agent=False)
+def test_sd_notify_ready_watchdog_and_stopping(lab: Lab, tmp_path: Path) -> None:
+    host = lab.add_host(start_agent=False)
     path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -119,20 +105,20 @@ def test_sd_notify_ready_watchdog_and_stopping(mlab: Lab, tmp_path: Path) -> Non
     env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}
     with host.log_file.open("ab") as log:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, *mlab.agent_command(host)],
+            ["ip", "netns", "exec", host.netns, *lab.agent_command(host)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
     host.pid = process.pid  # lab.down() stops it even if this test fails
-    mlab.save()
+    lab.save()
     try:
         wait_for(lambda: saw("READY=1"), 30, "READY=1 from the agent")
         status = [m for m in messages if m.startswith("STATUS=holding subnet")]
         assert status, messages
-        assert mlab.http_get(host, "/readyz")[0] == 200, "READY=1 before /readyz says ready"
+        assert lab.http_get(host, "/readyz")[0] == 200, "READY=1 before /readyz says ready"
         wait_for(lambda: saw("WATCHDOG=1"), 10, "a watchdog ping")
         process.send_signal(signal.SIGTERM)
         wait_for(lambda: saw("STOPPING=1"), 10, "STOPPING=1 on SIGTERM")
         assert process.wait(timeout=10) == 0
     finally:
-        mlab.stop_agent(host)
+        lab.stop_agent(host)
         listener.close()
