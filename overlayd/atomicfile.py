@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Replace path's content with text atomically; returns False when it already held text."""
+    """Replace path's content with text atomically; returns False when it already held text.
+
+    A symlink planted at ``path`` is replaced by the new file, never followed (rename does not
+    follow links, and the unchanged-content shortcut is skipped for links).
+    """
     try:
-        if path.read_text() == text:
+        if not path.is_symlink() and path.read_text() == text and _mode(path) == mode:
             return False
     except OSError:
         pass
@@ -27,3 +32,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)

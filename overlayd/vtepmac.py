@@ -53,14 +53,14 @@ def load_or_create_mac(state_dir: Path, vni: int, adopt: str | None = None) -> s
         if not is_valid_vtep_mac(mac):
             raise ValueError(f"cannot adopt VTEP MAC {adopt!r}: not a unicast MAC address")
         if mac != stored:
-            write_atomic(path, mac + "\n")
+            _save(path, mac)
             log.info("adopted VTEP MAC %s of the existing device for VNI %d (saved in %s)",
                      mac, vni, path)
         return mac
     if stored is not None:
         return stored
     mac = random_vtep_mac()
-    write_atomic(path, mac + "\n")
+    _save(path, mac)
     log.info("generated VTEP MAC %s for VNI %d (saved in %s)", mac, vni, path)
     return mac
 
@@ -78,3 +78,10 @@ def _read_mac(path: Path) -> str | None:
         log.warning("VTEP MAC file %s holds %r, not a unicast MAC; replacing it", path, content[:40])
         return None
     return content
+
+
+def _save(path: Path, mac: str) -> None:
+    """Write the MAC file 0600 in a 0700 state directory: agent state is nobody else's business."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    write_atomic(path, mac + "\n", mode=0o600)

@@ -17,7 +17,7 @@ def test_generated_mac_is_local_unicast_and_stable(tmp_path: Path) -> None:
     assert load_or_create_mac(tmp_path / "state", 1) == mac
     path = mac_path(tmp_path / "state", 1)
     assert path.read_text() == mac + "\n"
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o600  # agent state: owner only
     assert load_or_create_mac(tmp_path / "state", 2) != mac  # one file per VNI
 
 
