@@ -69,6 +69,16 @@ def _parse_endpoints(raw: str) -> tuple[str, ...]:
     return endpoints
 
 
+def _readable_file(raw: str) -> str:
+    """A TLS file checked at start-up, so a typo fails now rather than at the first etcd call."""
+    try:
+        with open(raw, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {raw!r} ({exc.strerror}); give a readable PEM file") from None
+    return raw
+
+
 def _renew_margin(raw: str) -> int:
     minutes = int(raw)
     if not 1 <= minutes <= 1439:
@@ -148,9 +158,9 @@ class _Spec:
 _SPECS: dict[str, _Spec] = {
     "etcd_endpoints": _Spec(_parse_endpoints, "comma-separated etcd URLs"),
     "etcd_prefix": _Spec(str, "etcd prefix of the network config and leases"),
-    "etcd_cafile": _Spec(str, "CA certificate to verify etcd's TLS certificate"),
-    "etcd_certfile": _Spec(str, "client TLS certificate for etcd"),
-    "etcd_keyfile": _Spec(str, "client TLS key for etcd"),
+    "etcd_cafile": _Spec(_readable_file, "CA certificate to verify etcd's TLS certificate"),
+    "etcd_certfile": _Spec(_readable_file, "client TLS certificate for etcd"),
+    "etcd_keyfile": _Spec(_readable_file, "client TLS key for etcd"),
     "etcd_username": _Spec(str, "etcd user name"),
     "etcd_password": _Spec(str, "etcd password"),
     "iface": _Spec(str, "interface name or IP to use for the overlay (repeatable)", repeat=True),

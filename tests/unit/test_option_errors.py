@@ -1,0 +1,32 @@
+"""Bad options stop ``overlayd run`` at once: one line naming the value, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("--etcd-cafile={tmp}/missing-ca.pem", "missing-ca.pem"),
+        ("--etcd-certfile={tmp}", "Is a directory"),
+        ("--etcd-keyfile={tmp}/no/key.pem", "key.pem"),
+        ("--etcd-endpoints=ftp://192.0.2.2:2379", "ftp://192.0.2.2:2379"),
+        ("--config={tmp}/bad.yaml", "no-such-option"),
+    ],
+)
+def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, option: str, named: str) -> None:
+    (tmp_path / "bad.yaml").write_text("no-such-option: 1\n")
+    run_dir, state_dir = tmp_path / "run", tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-m", "overlayd", "run", option.format(tmp=tmp_path),
+         f"--subnet-file={run_dir}/subnet.env", f"--state-dir={state_dir}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and named in done.stderr
+    assert not run_dir.exists() and not state_dir.exists()
