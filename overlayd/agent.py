@@ -34,6 +34,7 @@ from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import NetlinkMonitor
 from overlayd.options import AgentOptions
+from overlayd.outage import Outage
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
@@ -106,6 +107,9 @@ class Agent:
         self.monitor: NetlinkMonitor | None = None
         self.http: list[MetricsServer] = []
         self.exit_code = 0
+        # Checked every pass: while etcd is down, log when each starts and stops failing, once.
+        self.lease_check = Outage(log, "could not check our lease")
+        self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -328,8 +332,9 @@ class Agent:
                 self._update_expiry()
             elif self.registry.lease_remaining(self.lease) is None:
                 self._lease_lost("its etcd lease expired or was revoked")
+            self.lease_check.succeeded()
         except RegistryError as exc:
-            log.warning("could not check lease %s: %s; will retry", self.lease.key, exc)
+            self.lease_check.failed(exc, f"; will retry (lease {self.lease.key})")
 
     def _renew(self) -> Lease | None:
         """Renew through the lease manager; an etcd error or a vanished key counts as a failure."""
@@ -500,8 +505,9 @@ class Agent:
         try:
             config = self._read_config()
         except (ConfigError, RegistryError) as exc:
-            log.error("%s; keeping the current config", exc)
+            self.config_check.failed(exc, "; keeping the current config")
             return
+        self.config_check.succeeded()
         if config is None or config == self.config:
             return
         assert self.lease is not None and self.config is not None

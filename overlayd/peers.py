@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from overlayd.lease import Lease
+from overlayd.outage import Outage
 from overlayd.registry import LeaseEvent, Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class PeerWatcher:
         # a late event from a failed watch never lands after the snapshot that replaced it.
         self._lock = threading.Lock()
         self._generation = 0
+        # An etcd outage fails every re-list: log its start and end, not each attempt.
+        self._outage = Outage(log, "peer watch")
         self._relist_reason = "start"  # the reason the next snapshot will carry
 
     def start(self) -> None:
@@ -100,7 +103,7 @@ class PeerWatcher:
             error = self._list_and_watch()
             if error is None:  # stopped
                 return
-            log.warning("peer watch down: %s", error)
+            self._outage.failed(error, "; re-listing with backoff")
             self.out.put(PeerWatchDown(error))
             if time.monotonic() - started > self.backoff_max:
                 backoff = self.backoff_initial  # it was healthy for a while: not a flapping failure
@@ -119,6 +122,7 @@ class PeerWatcher:
             self._generation += 1
             generation = self._generation
             self.out.put(PeerSnapshot({lease.key: lease for lease in leases}, revision, self._relist_reason))
+        self._outage.succeeded()
         log.info("peer snapshot (%s): %d leases at revision %d", self._relist_reason, len(leases), revision)
         self._relist_reason = "error"
 

@@ -1,0 +1,114 @@
+"""What the fault tests share: a lab with a container on h1 and one on h2, traffic between them,
+fake peer leases, kernel-state snapshots, and a record of each fault's figures.
+
+Set ``OVERLAYD_FAULT_REPORT=<file>`` to append one JSON line per fault (loss, recovery time, what
+the agents logged): the figures in docs/reliability.md come from such runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from labtools import FAST_AGENT_ARGS
+
+from overlayd.lab import ETCD_PREFIX, Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.labtraffic import PingProbe, PingStats, TcpProbe
+
+PING_INTERVAL = 0.05
+
+
+@dataclass
+class Pair:
+    """A lab whose h1 runs container c1 and h2 runs container c2; c1 sends to c2."""
+
+    lab: Lab
+    client_ns: str
+    server_ns: str
+    server_ip: str
+
+    def ping(self, name: str) -> PingProbe:
+        return PingProbe(self.client_ns, self.server_ip, self.lab.dir / f"{name}.ping", PING_INTERVAL)
+
+    def tcp(self, name: str, seconds: int) -> TcpProbe:
+        return TcpProbe(self.client_ns, self.server_ns, self.server_ip, seconds, self.lab.dir / f"{name}.tcp")
+
+
+def pair_lab(
+    tmp_path_factory: pytest.TempPathFactory, hosts: int = 3, **lab_fields: object
+) -> Iterator[Pair]:
+    """A converged lab of ``hosts`` hosts with containers c1 (h1) and c2 (h2); torn down always."""
+    name = random_lab_name()
+    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS, **lab_fields)
+    try:
+        lab.up(hosts=hosts)
+        lab.wait_converged(timeout=60)
+        server_ip = lab.add_container(lab.hosts[1], "c2")
+        lab.add_container(lab.hosts[0], "c1")
+        yield Pair(lab, lab.container_ns("c1"), lab.container_ns("c2"), server_ip)
+    finally:
+        lab.down()
+        assert not lab_namespaces(name), "lab down left namespaces behind"
+
+
+def put_fake_peer(lab: Lab, key: str, public_ip: str, mac: str) -> None:
+    """A peer lease (bound to a 10-minute etcd lease) for a host that does not exist."""
+    etcd = lab.etcd()
+    lease_id = etcd.etcdctl("lease", "grant", "600").split()[1]
+    value = json.dumps(
+        {"PublicIP": public_ip, "PublicIPv6": None, "BackendType": "vxlan",
+         "BackendData": {"VNI": 1, "VtepMAC": mac}},
+        separators=(",", ":"),
+    )  # fmt: skip
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/{key}", value, f"--lease={lease_id}")
+
+
+def lease_keys(lab: Lab, index: int = 0) -> set[str]:
+    out = lab.etcd(index).etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix", "--keys-only")
+    return {line.rsplit("/", 1)[1] for line in out.split() if line.strip()}
+
+
+def subnet_key(host: LabHost) -> str:
+    """The host's lease key, e.g. 198.18.46.0-24."""
+    return f"{host.flannel_address()}-{host.subnet_env()['FLANNEL_SUBNET'].split('/')[1]}"
+
+
+def plane(host: LabHost) -> dict[str, str]:
+    """The host's flannel.1 routes, permanent neighbours and FDB entries, as text per kind."""
+    dev = ("dev", "flannel.1")
+    return {
+        "route": sh("ip", "-4", "route", "show", *dev, netns=host.netns, check=False),
+        "neigh": sh("ip", "-4", "neigh", "show", *dev, "nud", "permanent", netns=host.netns, check=False),
+        "fdb": sh("bridge", "fdb", "show", *dev, netns=host.netns, check=False),
+    }
+
+
+def vtep_mac(host: LabHost) -> str:
+    return json.loads(sh("ip", "-j", "link", "show", "flannel.1", netns=host.netns))[0]["address"]
+
+
+def record(fault: str, stats: PingStats, recovery: float | None, logged: str, **extra: object) -> None:
+    """Append one fault's figures to $OVERLAYD_FAULT_REPORT (if set) and print them."""
+    row = {
+        "fault": fault,
+        "pings_sent": stats.sent,
+        "pings_lost": stats.lost,
+        "longest_gap_s": round(stats.longest_gap, 2),
+        "recovery_s": None if recovery is None else round(recovery, 2),
+        "logged": logged,
+        **extra,
+    }
+    print(json.dumps(row))
+    report = os.environ.get("OVERLAYD_FAULT_REPORT")
+    if report:
+        with Path(report).open("a") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def since(started: float) -> float:
+    return time.monotonic() - started
