@@ -145,19 +145,21 @@ class Lab:
             initial_cluster=cluster,
         )
 
-    def etcd_leader(self) -> int:
-        """The index of the member that leads the cluster now; LabError if none answers."""
-        for index, pid in enumerate(self.etcd_pids):
-            if not pid:
-                continue
-            try:
-                status = json.loads(self.etcd(index).etcdctl("endpoint", "status", "--write-out=json"))
-            except (EtcdServerError, ValueError):
-                continue
-            header = status[0]["Status"]["header"]
-            if status[0]["Status"]["leader"] == header["member_id"]:
-                return index
-        raise LabError(f"lab {self.name}: no etcd member reports being the leader")
+    def etcd_leader(self, timeout: float = 20.0) -> int:
+        """The index of the member that leads the cluster (waiting out an election); LabError if none."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, pid in enumerate(self.etcd_pids):
+                if not pid:
+                    continue
+                try:
+                    status = json.loads(self.etcd(index).etcdctl("endpoint", "status", "--write-out=json"))
+                except (EtcdServerError, ValueError):
+                    continue
+                if status[0]["Status"]["leader"] == status[0]["Status"]["header"]["member_id"]:
+                    return index
+            time.sleep(0.2)
+        raise LabError(f"lab {self.name}: no etcd member reports being the leader after {timeout:.0f}s")
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

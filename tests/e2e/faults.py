@@ -40,11 +40,12 @@ class Pair:
 
 
 def pair_lab(
-    tmp_path_factory: pytest.TempPathFactory, hosts: int = 3, **lab_fields: object
+    tmp_path_factory: pytest.TempPathFactory, hosts: int = 3, etcd_members: int = 1, agent_args: tuple = ()
 ) -> Iterator[Pair]:
     """A converged lab of ``hosts`` hosts with containers c1 (h1) and c2 (h2); torn down always."""
     name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS, **lab_fields)
+    root = str(tmp_path_factory.mktemp("lab"))
+    lab = Lab(name, root, agent_args=[*FAST_AGENT_ARGS, *agent_args], etcd_members=etcd_members)
     try:
         lab.up(hosts=hosts)
         lab.wait_converged(timeout=60)
