@@ -110,7 +110,7 @@ def set_config(
     revision = registry.put_config(text.encode())
     print(
         f"wrote {where} (revision {revision}); agents waiting for a config start within seconds, "
-        "running agents apply a change when restarted",
+        "running agents apply it within their reconcile interval (a new VNI makes them restart)",
         file=out,
     )
     return 0
