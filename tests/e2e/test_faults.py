@@ -72,6 +72,7 @@ def etcd_trouble_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(marker in line for marker in ETCD_TROUBLE)]
 
 
+@pytest.mark.slow
 def test_1_etcd_outage_keeps_traffic_and_applies_missed_changes(pair: Pair) -> None:
     """etcd stops; when it is back, peers added and removed meanwhile are applied.
 
@@ -182,6 +183,7 @@ def test_4_own_lease_deleted_is_reacquired_with_the_same_subnet(pair: Pair) -> N
     assert pair.lab.ping(hosts(pair)[0], h2.flannel_address() or "", count=2)
 
 
+@pytest.mark.slow
 def test_5_vanished_host_expires_and_is_removed_everywhere_else_unchanged(pair: Pair) -> None:
     lab = pair.lab
     agents = hosts(pair)
@@ -322,29 +324,26 @@ def _mac_or_none(host: LabHost) -> str | None:
 
 
 def test_8_compaction_past_a_paused_agents_revision_relists_and_converges(pair: Pair) -> None:
+    """While h1's agent is frozen, a peer comes, one goes, etcd restarts and compacts its history.
+
+    etcd keeps pushing events to a live watch however far its reader lags (12 MB of events to a
+    SIGSTOPped agent were all delivered on SIGCONT), so the watch must be broken for the agent to
+    come back to a history it can no longer resume from: an etcd restart does that. On SIGCONT the
+    agent must notice, re-list (not resume from its old revision) and converge.
+    """
     lab = pair.lab
     h1 = hosts(pair)[0]
     etcd = lab.etcd()
     put_fake_peer(lab, "198.18.254.0-24", "192.0.2.96", "02:aa:00:00:02:54")
     wait_for(lambda: "198.18.254.0/24" in plane(h1)["route"], 10, "h1 to program the doomed peer")
     mark = log_mark(h1)
-    relists = metric(h1, "overlayd_etcd_relists_total")
     with pair.ping("compaction") as ping:
         os.kill(h1.pid, signal.SIGSTOP)
         try:
+            lab.stop_etcd()
+            lab.start_etcd()
             put_fake_peer(lab, "198.18.249.0-24", "192.0.2.95", "02:aa:00:00:02:49")
             etcd.etcdctl("del", f"{ETCD_PREFIX}/subnets/198.18.254.0-24")
-            # Enough event data that etcd cannot push it to the paused agent: its watcher falls
-            # behind ("victim"), so the compaction below cancels it with compact_revision.
-            filler = "x" * 1_000_000
-            for _ in range(12):
-                subprocess.run(
-                    ["ip", "netns", "exec", lab.etcd_ns, "etcdctl", f"--endpoints={lab.etcd_endpoint}", "put",
-                     f"{ETCD_PREFIX}/subnets/198.18.248.0-24"],
-                    input=filler, text=True, capture_output=True, check=True,
-                    env={**os.environ, "ETCDCTL_API": "3"},
-                )  # fmt: skip
-            etcd.etcdctl("del", f"{ETCD_PREFIX}/subnets/198.18.248.0-24")
             etcd.compact()
         finally:
             os.kill(h1.pid, signal.SIGCONT)
@@ -357,11 +356,10 @@ def test_8_compaction_past_a_paused_agents_revision_relists_and_converges(pair: 
         wait_for(converged, 30, "h1 to re-list and converge after the compaction")
         recovery = since(started)
         stats = ping.stop()
-    compacted = [line for line in log_since(h1, mark).splitlines() if "compact" in line]
-    record("compaction past a paused agent's revision", stats, recovery, compacted[0] if compacted else "")
-    assert compacted, "the agent did not report the compaction:\n" + log_since(h1, mark)
-    assert metric(h1, "overlayd_etcd_relists_total") > relists
-    assert stats.received
+    relisted = [line for line in log_since(h1, mark).splitlines() if "peer snapshot" in line]
+    record("compaction past a paused agent's revision", stats, recovery, relisted[0] if relisted else "")
+    assert relisted, "h1 did not re-list after the compaction"
+    assert stats.received and stats.lost == 0
     etcd.etcdctl("del", f"{ETCD_PREFIX}/subnets/198.18.249.0-24")
 
 
