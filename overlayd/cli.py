@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from overlayd.logsetup import configure_logging
 from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
@@ -184,8 +185,19 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     return run_cni_command(args.cni_args)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the bad argument (exit 2), as journald shows them best."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # flanneld takes no abbreviations; neither do we
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="overlayd", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="overlayd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = build_parser(sub.add_parser("run", help="run the per-host agent (flanneld's options)"))

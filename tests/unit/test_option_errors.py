@@ -17,6 +17,9 @@ import pytest
         ("--etcd-keyfile={tmp}/no/key.pem", "key.pem"),
         ("--etcd-endpoints=ftp://192.0.2.2:2379", "ftp://192.0.2.2:2379"),
         ("--config={tmp}/bad.yaml", "no-such-option"),
+        ("--no-such-option=1", "unrecognized arguments: --no-such-option=1"),
+        ("--etcd-endpoint=http://192.0.2.2:2379", "--etcd-endpoint="),  # no silent abbreviation
+        ("-iface", "expected one argument"),
     ],
 )
 def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, option: str, named: str) -> None:
