@@ -175,7 +175,9 @@ class Agent:
                     return result
             except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
                 if str(exc) != last_error:
-                    log.error("%s: %s", what, exc)
+                    # Logged once per distinct error; retried quietly (an interface can appear
+                    # late at boot, etcd can come back, an operator can fix the config).
+                    log.error("%s: %s; retrying with backoff", what, exc)
                     last_error = str(exc)
                 self.notifier.status(f"{what}: {exc}")
             delay = backoff.next()

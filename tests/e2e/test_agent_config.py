@@ -64,3 +64,12 @@ def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
     assert f'subnet="{env["FLANNEL_SUBNET"].replace(".1/", ".0/")}"' in metrics
     assert fetch(bare_lab, "/healthz")[0] == 200
 
+
+    # A running cluster's config broken by hand: logged, nothing changes, traffic keeps flowing.
+    before = h1.subnet_file.read_text()
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/29"}')
+    wait_for(lambda: "keeping the current config" in log(), 20, "the broken running config to be refused")
+    assert "Network 198.18.0.0/29 is too small" in log()
+    assert h1.subnet_file.read_text() == before
+    assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
+    assert "198.18.0.0/16" in sh("nft", "list", "table", "ip", "overlayd", netns=h1.netns)
