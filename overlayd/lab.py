@@ -414,7 +414,8 @@ class Lab:
 
     def status(self) -> str:
         members = ", ".join(_alive(pid) for pid in self.etcd_pids) or "stopped"
-        lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {self.etcd_ns}.. ({members})"]
+        where = ", ".join(self.etcd_member_ns(i) for i in range(self.etcd_members))
+        lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {where} ({members})"]
         for host in self.hosts:
             subnet = host.subnet_env().get("FLANNEL_SUBNET", "-")
             lines.append(
