@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
+from overlayd.backend.rtnlcodec import Entry
 from overlayd.backend.vxlan import DeviceSpec, DeviceState, VxlanBackend
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import Plane, PlaneDiff, desired_plane, diff_planes, is_vxlan_peer, peer_entries
@@ -32,7 +33,7 @@ from overlayd.lease import Lease, LeaseAttrs
 from overlayd.leasecheck import BadLeaseLog, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
-from overlayd.netmon import NetlinkMonitor
+from overlayd.netmon import DeviceChange, NetlinkMonitor
 from overlayd.options import AgentOptions
 from overlayd.outage import Outage
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
@@ -57,11 +58,6 @@ DRIFT_TRIGGERS = ("timer", "netlink")
 @dataclass(frozen=True)
 class _Tick:
     """A timer firing: time for a full reconcile and the lease checks."""
-
-
-@dataclass(frozen=True)
-class _NetlinkChange:
-    reason: str
 
 
 class Backoff:
@@ -100,6 +96,9 @@ class Agent:
         self.device: DeviceState | None = None
         self.peers: dict[str, Lease] = {}
         self.programmed: set[str] = set()  # keys of peers whose entries are in the kernel
+        # Every entry we want on the device, updated before each write; the netlink monitor's
+        # thread reads it (membership tests only) to drop the echoes of our own writes.
+        self.wanted: set[Entry] = set()
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
@@ -221,7 +220,8 @@ class Agent:
         self.monitor = NetlinkMonitor(
             f"flannel.{self.config.backend.vni}",
             lambda: self.device.ifindex if self.device else 0,
-            lambda reason: self.events.put(_NetlinkChange(reason)),
+            self.events.put,
+            self._is_echo,
         )
         self.monitor.start()
         return True
@@ -369,7 +369,7 @@ class Agent:
                 batch = [self.events.get(timeout=timeout)]
             except queue.Empty:
                 batch = []  # the timer (checked below) or a watchdog ping is due
-            settle = NETLINK_DEBOUNCE if batch and isinstance(batch[0], _NetlinkChange) else 0
+            settle = NETLINK_DEBOUNCE if batch and isinstance(batch[0], DeviceChange) else 0
             batch.extend(self._drain(settle))
             if self.stopping.is_set():
                 return
@@ -411,7 +411,7 @@ class Agent:
             elif isinstance(item, PeerWatchDown):
                 self.metrics.watch_restarts.inc()
                 self._set_etcd_problem(item.error)
-            elif isinstance(item, _NetlinkChange):
+            elif isinstance(item, DeviceChange):
                 trigger = trigger or "netlink"
         self._count_peers()
         return trigger
@@ -442,7 +442,6 @@ class Agent:
         assert self.lease is not None and self.config is not None
         needs_full = False
         for event in item.events:
-            started = time.monotonic()
             old = self.peers.get(event.key)
             if event.key == self.lease.key:
                 if event.kind == "delete" or (event.lease is not None and not self._is_safe(event.lease)):
@@ -464,7 +463,8 @@ class Agent:
                 log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
                 needs_full = True
             self.metrics.peer_events.labels(kind=event.kind).inc()
-            self.metrics.event_seconds.observe(time.monotonic() - started)
+            # From the watch thread's receipt, so time spent queued behind other work counts.
+            self.metrics.event_seconds.observe(time.monotonic() - item.received)
         return needs_full
 
     def _is_safe(self, lease: Lease) -> bool:
@@ -498,9 +498,24 @@ class Agent:
                 self.firewall.allow_peer(new.attrs.public_ip)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
+        self._want(diff)
         self.backend.apply(self.device.ifindex, diff)
         if allowlist and old is not None and before and old.attrs.public_ip not in self._peer_ips():
             self.firewall.disallow_peer(old.attrs.public_ip)
+
+    def _want(self, diff: PlaneDiff) -> None:
+        """Record a fast-path change in ``wanted`` before writing it, so its echoes are known."""
+        for plane, update in ((diff.remove, self.wanted.discard), (diff.add, self.wanted.add)):
+            for entry in (*plane.neighs, *plane.fdbs, *plane.routes):
+                update(entry)
+
+    def _is_echo(self, change: DeviceChange) -> bool:
+        """True for what our own writes cause: a wanted entry added, an unwanted one removed.
+
+        Called on the netlink monitor's thread. Anything else — a wanted entry deleted, an
+        unexpected one added, link and address changes — asks for a full pass.
+        """
+        return change.entry is not None and (change.entry in self.wanted) == change.added
 
     def _recheck_config(self) -> None:
         """Pick up a changed network config; a broken one is logged and the old one kept."""
@@ -544,6 +559,7 @@ class Agent:
             desired = desired_plane(
                 [self.peers[key] for key in peer_keys], self.lease.subnet, self.config.backend.vni
             )
+            self.wanted = set(desired.neighs | desired.fdbs | desired.routes)
             diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
             if not diff.empty:
                 self._log_diff(diff, trigger)

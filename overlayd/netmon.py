@@ -2,12 +2,15 @@
 
 It only *signals*; the reconciler re-reads the kernel and repairs (level-triggered), so a lost or
 coalesced message is harmless — a socket overflow is itself reported as a change. Our own writes
-come back as messages too; the agent's queue coalesces them.
+come back as messages too: each neighbour or route message carries the entry it describes, and
+``is_echo`` (the agent's view of what it wants) drops a new entry it wants or the removal of one
+it does not, so only changes someone else made cost a full pass.
 
-The socket is a plain ``AF_NETLINK`` socket decoded with pyroute2's RTNL marshal rather than an
-``IPRoute``: pyroute2 0.9's synchronous ``IPRoute`` reads through an asyncio loop that can hold
-several received messages in its own queue, so ``select`` on its descriptor misses them, and a
-blocking ``get()`` cannot be interrupted for a prompt ``stop()``. A self-pipe wakes the thread.
+The socket is a plain ``AF_NETLINK`` socket decoded with ``rtnlcodec`` (the few fields needed, with
+``struct``) rather than pyroute2: its synchronous ``IPRoute`` reads through an asyncio loop that can
+hold received messages in its own queue, so ``select`` on its descriptor misses them, and its
+marshal decodes every attribute in Python, which at thousands of echoes competed with the
+reconciler for the GIL. A self-pipe wakes the thread for a prompt ``stop()``.
 """
 
 from __future__ import annotations
@@ -19,53 +22,80 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_LINK,
-    RTMGRP_NEIGH,
+from overlayd.backend.rtnlcodec import (
+    MESSAGE_NAMES,
+    NEW_MESSAGES,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    Entry,
+    Message,
+    address_of,
+    decode_entry,
+    device_of,
+    neigh_summary,
+    split_messages,
 )
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from overlayd.desired import Route
 
 log = logging.getLogger(__name__)
 
+# <linux/rtnetlink.h> multicast groups: links, neighbours, IPv4 routes, IPv4 addresses
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR
 RECV_BUFFER = 1 << 16
 SOCKET_BUFFER = 1 << 22  # room for a burst (e.g. a flush of thousands of FDB entries)
 
 
-def change_reason(msg: Any, device_name: str, ifindex: int | None) -> str | None:
-    """Why ``msg`` concerns our device, or None if it concerns another one.
+@dataclass(frozen=True)
+class DeviceChange:
+    """A message about our device: why it matters and, for peer entries, which one."""
+
+    reason: str
+    entry: Entry | None = None  # the neighbour, FDB entry or route a message describes
+    added: bool = False  # a NEW message (a deletion, a link or an address change otherwise)
+
+
+def change_reason(message: Message, device_name: str, ifindex: int | None) -> DeviceChange | None:
+    """What ``message`` changed on our device, or None if it concerns another one.
 
     Links match by name (the ifindex changes when the device is recreated) or by ifindex (a
     rename); neighbours — FDB entries included, as AF_BRIDGE neighbours — routes and addresses
     match by the device's current ifindex.
     """
-    event = msg.get("event", "")
-    if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-        name = msg.get("IFLA_IFNAME")
-        if name == device_name or (ifindex is not None and msg.get("index") == ifindex):
-            return f"{event} {name}"
+    event = MESSAGE_NAMES.get(message.type)
+    if event is None:
         return None
-    if ifindex is None:
+    index, name = device_of(message)
+    if message.type in (RTM_NEWLINK, RTM_DELLINK):
+        if name == device_name or (ifindex is not None and index == ifindex):
+            return DeviceChange(f"{event} {name}")
         return None
-    if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH") and msg.get("ifindex") == ifindex:
-        kind = "fdb" if msg.get("family") == socket.AF_BRIDGE else "neigh"
-        return f"{event} {kind} {msg.get('NDA_DST')} {msg.get('NDA_LLADDR')} on {device_name}"
-    if event in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg.get("RTA_OIF") == ifindex:
-        return f"{event} {msg.get('RTA_DST')}/{msg.get('dst_len')} on {device_name}"
-    if event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("index") == ifindex:
-        return f"{event} {msg.get('IFA_ADDRESS')} on {device_name}"
-    return None
+    if ifindex is None or index != ifindex:
+        return None
+    added = message.type in NEW_MESSAGES
+    if message.type in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        # A deleted neighbour is reported as failed, often without its MAC: no entry, a resync.
+        reason = f"{event} {neigh_summary(message)} on {device_name}"
+        return DeviceChange(reason, decode_entry(message, ifindex), added)
+    if message.type in (RTM_NEWROUTE, RTM_DELROUTE):
+        entry = decode_entry(message, ifindex)
+        detail = f"{entry.dst}" if isinstance(entry, Route) else "route"
+        return DeviceChange(f"{event} {detail} on {device_name}", entry, added)
+    return DeviceChange(f"{event} {address_of(message)} on {device_name}")
 
 
 class NetlinkMonitor:
-    """Calls ``on_change(reason)`` from its own thread for each message about our device.
+    """Calls ``on_change(change)`` from its own thread for each message about our device.
 
     ``current_ifindex`` is asked for every message, so the monitor follows the device across
-    re-creation without being told. The socket is opened in ``start()``, in the caller's network
+    re-creation without being told; ``is_echo`` is asked, from this thread, for each change and
+    drops the ones our own writes caused. The socket is opened in ``start()``, in the caller's network
     namespace, so no change made after ``start()`` returns is missed.
     """
 
@@ -73,12 +103,13 @@ class NetlinkMonitor:
         self,
         device_name: str,
         current_ifindex: Callable[[], int | None],
-        on_change: Callable[[str], None],
+        on_change: Callable[[DeviceChange], None],
+        is_echo: Callable[[DeviceChange], bool] = lambda change: False,
     ) -> None:
         self._device_name = device_name
         self._current_ifindex = current_ifindex
         self._on_change = on_change
-        self._marshal = MarshalRtnl()
+        self._is_echo = is_echo
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -131,17 +162,17 @@ class NetlinkMonitor:
                 if err.errno != errno.ENOBUFS:
                     raise
                 log.warning("netlink monitor overflowed; messages lost, asking for a resync")
-                self._signal("netlink overflow")
+                self._signal(DeviceChange("netlink overflow"))
                 continue
             ifindex = self._current_ifindex()
-            for msg in self._marshal.parse(data):
-                reason = change_reason(msg, self._device_name, ifindex)
-                if reason is not None:
-                    self._signal(reason)
+            for message in split_messages(data):
+                change = change_reason(message, self._device_name, ifindex)
+                if change is not None and not self._is_echo(change):
+                    self._signal(change)
 
-    def _signal(self, reason: str) -> None:
+    def _signal(self, change: DeviceChange) -> None:
         try:
-            self._on_change(reason)
+            self._on_change(change)
         except Exception:
             # The callback only enqueues; if it fails, losing the monitor would be worse.
-            log.exception("netlink monitor callback failed for %s", reason)
+            log.exception("netlink monitor callback failed for %s", change.reason)

@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from overlayd.lease import Lease
 from overlayd.outage import Outage
@@ -42,9 +42,14 @@ class PeerSnapshot:
 
 @dataclass(frozen=True)
 class PeerEvents:
-    """Changes after the last snapshot, in revision order."""
+    """Changes after the last snapshot, in revision order.
+
+    ``received`` is when the watch thread got them (monotonic): the event-latency metric starts
+    there, so time spent waiting in the queue counts.
+    """
 
     events: list[LeaseEvent]
+    received: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)

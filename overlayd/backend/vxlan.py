@@ -5,37 +5,35 @@ FDB entry with a ``dst``, onlink route via the peer's ``<subnet>.0``), so either
 over the other's device. Unlike flanneld, the device is repaired rather than trusted: MTU drift,
 a wrong MAC or stray addresses are fixed, and an incompatible device is recreated.
 
-All kernel access goes through one pyroute2 ``IPRoute`` socket bound to the network namespace
-current when the backend is created; no multicast groups are joined (``netmon`` watches).
+The device is managed through a pyroute2 ``IPRoute`` socket; the per-peer entries, thousands of
+them, through a batching raw socket (``rtnlsock``) with a ``struct`` codec (``rtnlcodec``). Both
+are bound to the network namespace current when the backend is created; no multicast groups are
+joined (``netmon`` watches).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
 
+from overlayd.backend.rtnlcodec import Entry, decode_entry, dump_requests, encode_entry
+from overlayd.backend.rtnlsock import RtnlSocket
 from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VXLAN_PORT = 8472  # the kernel's default, what flannel's Port 0 means
-MAIN_TABLE = 254
 IFF_UP = 0x1
-RTNH_F_ONLINK = 0x4
-NUD_PERMANENT = ndmsg.states["permanent"]
-NTF_SELF = ndmsg.flags["self"]
-ZERO_MAC = "00:00:00:00:00:00"
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 
@@ -89,9 +87,11 @@ class VxlanBackend:
 
     def __init__(self) -> None:
         self._ipr = IPRoute(groups=0)
+        self._rtnl = RtnlSocket()
 
     def close(self) -> None:
         self._ipr.close()
+        self._rtnl.close()
 
     # -- device -------------------------------------------------------------------------------
 
@@ -227,94 +227,68 @@ class VxlanBackend:
     # -- per-peer entries ---------------------------------------------------------------------
 
     def read_plane(self, ifindex: int) -> Plane:
-        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out)."""
-        neighs = {
-            Neigh(IPv4Address(msg.get("NDA_DST")), str(msg.get("NDA_LLADDR")).lower())
-            for msg in self._ipr.neigh("dump", ifindex=ifindex, family=socket.AF_INET)
-            if msg["ifindex"] == ifindex
-            and msg["state"] & NUD_PERMANENT
-            and msg.get("NDA_LLADDR")
-        }
-        fdbs = {
-            Fdb(str(msg.get("NDA_LLADDR")).lower(), IPv4Address(msg.get("NDA_DST")))
-            for msg in self._ipr.fdb("dump", ifindex=ifindex)
-            if msg["ifindex"] == ifindex
-            and msg["state"] & NUD_PERMANENT
-            and msg["flags"] & NTF_SELF
-            and msg.get("NDA_DST")
-            and msg.get("NDA_LLADDR") not in (None, ZERO_MAC)
-        }
-        routes = {
-            Route(
-                IPv4Network(f"{msg.get('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"),
-                IPv4Address(msg.get("RTA_GATEWAY")),
-            )
-            for msg in self._ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE)
-            if msg.get("RTA_OIF") == ifindex
-            and msg.get("RTA_TABLE", msg["table"]) == MAIN_TABLE
-            and msg.get("RTA_GATEWAY")
-        }
-        return Plane(frozenset(neighs), frozenset(fdbs), frozenset(routes))
+        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out).
+
+        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel.
+        """
+        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set()}
+        seq = self._rtnl.next_seq(3)
+        for offset, request in enumerate(dump_requests(ifindex, seq)):
+            for message in self._rtnl.dump(request, seq + offset):
+                entry = decode_entry(message, ifindex)
+                if entry is not None:
+                    entries[type(entry)].add(entry)
+        return Plane(frozenset(entries[Neigh]), frozenset(entries[Fdb]),  # type: ignore[arg-type]
+                     frozenset(entries[Route]))  # type: ignore[arg-type]
 
     def apply(self, ifindex: int, diff: PlaneDiff) -> None:
         """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
 
-        Each entry is attempted even if another failed, so one bad lease cannot block the rest;
-        the failures are raised together as ``ApplyError``. Entries already gone count as removed.
+        The requests go out in batches (see ``rtnlsock``); the kernel handles them in order, so
+        the removals still precede the additions. Each entry is attempted even if another failed,
+        so one bad lease cannot block the rest; the failures are raised together as
+        ``ApplyError``. Entries already gone count as removed.
         """
         failures: list[str] = []
-        for what, operation in self._removals(ifindex, diff.remove):
-            _attempt(what, operation, failures, tolerated=GONE_ERRNOS)
-        for what, operation in self._additions(ifindex, diff.add):
-            _attempt(what, operation, failures, tolerated=frozenset())
+        requests: list[tuple[int, bytes]] = []
+        sent: dict[int, tuple[str, bool]] = {}  # seq -> (description, is a removal)
+        operations = [("del", entry, False) for entry in _removal_order(diff.remove)]
+        operations += [("replace", entry, True) for entry in _addition_order(diff.add)]
+        for verb, entry, replace in operations:
+            what = f"{verb} {_describe(entry)}"
+            seq = self._rtnl.next_seq()
+            try:
+                requests.append((seq, encode_entry(entry, ifindex, replace, seq)))
+            except ValueError as err:  # a malformed value from a lease
+                failures.append(f"{what}: {err}")
+                continue
+            sent[seq] = (what, not replace)
+        for seq, code in sorted(self._rtnl.request(requests).items()):
+            what, removal = sent[seq]
+            if code == 0:
+                log.debug("%s", what)
+            elif not (removal and code in GONE_ERRNOS):
+                failures.append(f"{what}: {os.strerror(code)}")
         if failures:
             raise ApplyError(failures)
 
-    def _removals(self, ifindex: int, plane: Plane) -> Iterator[tuple[str, Callable[[], object]]]:
-        """Routes first, so no route points at a gateway whose neighbour is already gone."""
-        ipr = self._ipr
-        for route in sorted(plane.routes):
-            yield f"del route {route.dst} via {route.gateway}", partial(
-                ipr.route, "del", dst=str(route.dst), gateway=str(route.gateway), oif=ifindex,
-                table=MAIN_TABLE)
-        for fdb in sorted(plane.fdbs):
-            yield f"del fdb {fdb.mac} dst {fdb.dst}", partial(
-                ipr.fdb, "del", ifindex=ifindex, lladdr=fdb.mac, dst=str(fdb.dst))
-        for neigh in sorted(plane.neighs):
-            yield f"del neigh {neigh.ip} lladdr {neigh.mac}", partial(
-                ipr.neigh, "del", ifindex=ifindex, dst=str(neigh.ip), lladdr=neigh.mac)
 
-    def _additions(self, ifindex: int, plane: Plane) -> Iterator[tuple[str, Callable[[], object]]]:
-        """Neighbour, FDB, then route: a route is only usable once both entries exist."""
-        ipr = self._ipr
-        for neigh in sorted(plane.neighs):
-            yield f"replace neigh {neigh.ip} lladdr {neigh.mac}", partial(
-                ipr.neigh, "replace", ifindex=ifindex, dst=str(neigh.ip), lladdr=neigh.mac,
-                state=NUD_PERMANENT)
-        for fdb in sorted(plane.fdbs):
-            yield f"replace fdb {fdb.mac} dst {fdb.dst}", partial(
-                ipr.fdb, "replace", ifindex=ifindex, lladdr=fdb.mac, dst=str(fdb.dst),
-                state=NUD_PERMANENT, flags=NTF_SELF)
-        for route in sorted(plane.routes):
-            yield f"replace route {route.dst} via {route.gateway}", partial(
-                ipr.route, "replace", dst=str(route.dst), gateway=str(route.gateway),
-                oif=ifindex, table=MAIN_TABLE, flags=RTNH_F_ONLINK)
+def _removal_order(plane: Plane) -> list[Entry]:
+    """Routes first, so no route points at a gateway whose neighbour is already gone."""
+    return [*sorted(plane.routes), *sorted(plane.fdbs), *sorted(plane.neighs)]
 
 
-def _attempt(
-    what: str, operation: Callable[[], object], failures: list[str], tolerated: frozenset[int]
-) -> None:
-    """Run one netlink operation; log it on success, record it in ``failures`` on error."""
-    try:
-        operation()
-    except NetlinkError as err:
-        if err.code not in tolerated:
-            failures.append(f"{what}: {err.args[-1]}")
-        return
-    except (TypeError, ValueError) as err:  # pyroute2 refuses to encode a malformed value
-        failures.append(f"{what}: {err}")
-        return
-    log.debug("%s", what)
+def _addition_order(plane: Plane) -> list[Entry]:
+    """Neighbour, FDB, then route: a route is only usable once both entries exist."""
+    return [*sorted(plane.neighs), *sorted(plane.fdbs), *sorted(plane.routes)]
+
+
+def _describe(entry: Entry) -> str:
+    if isinstance(entry, Neigh):
+        return f"neigh {entry.ip} lladdr {entry.mac}"
+    if isinstance(entry, Fdb):
+        return f"fdb {entry.mac} dst {entry.dst}"
+    return f"route {entry.dst} via {entry.gateway}"
 
 
 def _record(spec: DeviceSpec, action: str, actions: list[str]) -> None:

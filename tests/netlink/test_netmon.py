@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import queue
+import struct
 import subprocess
 import time
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from nsutil import SPEC, in_netns, peer
 
+from overlayd.backend.rtnlcodec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
 from overlayd.backend.vxlan import VxlanBackend
-from overlayd.desired import PlaneDiff
-from overlayd.netmon import NetlinkMonitor, change_reason
+from overlayd.desired import PlaneDiff, Route
+from overlayd.netmon import DeviceChange, NetlinkMonitor, change_reason
 
 # Each step runs inside the namespace, after flannel.1 exists with peer 2 programmed.
 STEPS = [
@@ -45,7 +48,7 @@ def watch_steps() -> dict[str, list[str]]:
     backend.apply(state.ifindex, PlaneDiff(add=peer(2)))
     backend.close()
     events: queue.Queue[str] = queue.Queue()
-    monitor = NetlinkMonitor(SPEC.name, lambda: state.ifindex, events.put)
+    monitor = NetlinkMonitor(SPEC.name, lambda: state.ifindex, lambda change: events.put(change.reason))
     monitor.start()
     try:
         seen = {}
@@ -71,9 +74,47 @@ def test_fires_for_our_objects_only(netns: str) -> None:
     assert float(seen["stop seconds"][0]) < 0.5
 
 
+def link_message(index: int, name: str) -> Message:
+    """An RTM_NEWLINK body as the kernel sends it: ifinfomsg, then IFLA_IFNAME."""
+    ifname = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(ifname), 3) + ifname + b"\0" * (-len(ifname) % 4)
+    return Message(RTM_NEWLINK, 0, struct.pack("=BxHiII", 0, 1, index, 0, 0) + attr)
+
+
 def test_link_matches_by_name_even_after_recreation() -> None:
-    recreated = {"event": "RTM_NEWLINK", "IFLA_IFNAME": "flannel.1", "index": 99}
-    assert change_reason(recreated, "flannel.1", ifindex=7) == "RTM_NEWLINK flannel.1"
-    other = {"event": "RTM_NEWROUTE", "RTA_OIF": 8, "RTA_DST": "198.18.3.0", "dst_len": 24}
+    recreated = change_reason(link_message(99, "flannel.1"), "flannel.1", ifindex=7)
+    assert recreated is not None and recreated.reason == "RTM_NEWLINK flannel.1"
+    route = Route(IPv4Network("198.18.3.0/24"), IPv4Address("198.18.3.0"))
+    other = Message(RTM_NEWROUTE, 0, encode_entry(route, 8, True, 1)[16:])
     assert change_reason(other, "flannel.1", ifindex=7) is None
     assert change_reason(other, "flannel.1", ifindex=None) is None
+    ours = change_reason(other, "flannel.1", ifindex=8)
+    assert ours == DeviceChange("RTM_NEWROUTE 198.18.3.0/24 on flannel.1", route, added=True)
+
+
+def echoes_and_repairs() -> tuple[list[str], list[str]]:
+    """Reasons signalled while we program peer 2 (wanted), then when a hand deletion follows."""
+    backend = VxlanBackend()
+    state, _ = backend.ensure_device(SPEC)
+    wanted = set(peer(2).neighs | peer(2).fdbs | peer(2).routes)
+    events: queue.Queue[str] = queue.Queue()
+    monitor = NetlinkMonitor(
+        SPEC.name, lambda: state.ifindex, lambda change: events.put(change.reason),
+        is_echo=lambda change: change.entry is not None and (change.entry in wanted) == change.added,
+    )
+    monitor.start()
+    try:
+        backend.apply(state.ifindex, PlaneDiff(add=peer(2)))
+        echoes = collect(events, first_wait=0.5)
+        subprocess.run("ip route del 198.18.2.0/24", shell=True, check=True)
+        return echoes, collect(events, first_wait=2)
+    finally:
+        monitor.stop()
+        backend.close()
+
+
+@pytest.mark.root
+def test_echoes_of_our_writes_are_dropped_hand_changes_are_not(netns: str) -> None:
+    echoes, repairs = in_netns(netns, echoes_and_repairs)
+    assert echoes == []
+    assert repairs == ["RTM_DELROUTE 198.18.2.0/24 on flannel.1"]
