@@ -5,6 +5,8 @@ the lab needs the same inside a network namespace on a lab address. Both get one
 it starts ``etcd`` with its own data dir, logs to a file there (so a failed start is explained
 by the log tail, not by silence), and waits until ``etcdctl endpoint health`` says yes. The lab
 also builds a three-member cluster from it (``initial_cluster``), to test endpoint fail-over.
+The security tests serve clients over mutual TLS (``EtcdTLS``) and turn on ``--auth``
+(``enable_auth``); peers always talk plain http, as there is only one member then.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +30,21 @@ LOG_NAME = "etcd.log"
 
 class EtcdServerError(RuntimeError):
     """etcd could not be started or queried; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """PEM files for serving clients over TLS, and the client pair etcdctl presents.
+
+    With ``client_cert_auth`` etcd demands a client certificate signed by ``trusted_ca``.
+    """
+
+    cert: Path
+    key: Path
+    trusted_ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_cert_auth: bool = True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,7 +74,10 @@ class EtcdServer:
         etcdctl_binary: str = "etcdctl",
         start_timeout: float = 20.0,
         initial_cluster: str | None = None,
+        tls: EtcdTLS | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        """``extra_args`` go to etcd as they are (e.g. ``--auth-token-ttl=1``)."""
         self.data_dir = Path(data_dir)
         self.host = host
         self.netns = netns
@@ -65,6 +86,9 @@ class EtcdServer:
         self.etcdctl_binary = etcdctl_binary
         self.start_timeout = start_timeout
         self.initial_cluster = initial_cluster
+        self.tls = tls
+        self.extra_args = extra_args
+        self._auth: str | None = None  # "root:<password>" once enable_auth() ran
         default_client = DEFAULT_CLIENT_PORT if netns else None
         default_peer = DEFAULT_PEER_PORT if netns else None
         self.client_port = client_port or default_client or free_port(host)
@@ -73,8 +97,9 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        """The client URL, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://{self.host}:{self.client_port}"
+        """The client URL, e.g. ``http://127.0.0.1:40123`` (``https://`` with TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -112,7 +137,29 @@ class EtcdServer:
             "--auto-compaction-retention", "0",
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *self._tls_flags(),
+            *self.extra_args,
         ]
+
+    def _tls_flags(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        flags = [
+            "--cert-file", str(tls.cert), "--key-file", str(tls.key), "--trusted-ca-file", str(tls.trusted_ca)
+        ]  # fmt: skip
+        return [*flags, "--client-cert-auth"] if tls.client_cert_auth else flags
+
+    def _etcdctl_security_flags(self) -> list[str]:
+        """What etcdctl needs to pass this member's TLS and auth checks."""
+        flags = []
+        if self.tls:
+            flags.append(f"--cacert={self.tls.trusted_ca}")
+            if self.tls.client_cert and self.tls.client_key:
+                flags += [f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
+        if self._auth:
+            flags.append(f"--user={self._auth}")
+        return flags
 
     def start(self) -> None:
         """Start etcd and return once it answers health checks; raise EtcdServerError otherwise."""
@@ -174,7 +221,8 @@ class EtcdServer:
     def etcdctl(self, *args: str, timeout: float = 10.0) -> str:
         """Run ``etcdctl <args>`` (v3 API) against this member; returns stdout."""
         binary = shutil.which(self.etcdctl_binary) or self.etcdctl_binary
-        command = [*self._netns_prefix(), binary, f"--endpoints={self.endpoint}", *args]
+        security = self._etcdctl_security_flags()
+        command = [*self._netns_prefix(), binary, f"--endpoints={self.endpoint}", *security, *args]
         env = {**os.environ, "ETCDCTL_API": "3"}
         try:
             done = subprocess.run(command, env=env, capture_output=True, timeout=timeout, check=False)
@@ -185,6 +233,17 @@ class EtcdServer:
                 f"etcdctl {' '.join(args)} at {self.endpoint} failed: {done.stderr.decode().strip()}"
             )
         return done.stdout.decode()
+
+    def enable_auth(self, root_password: str) -> None:
+        """Turn on etcd's ``--auth``: create ``root`` with ``root_password`` (root may do anything).
+
+        From then on this object's etcdctl calls log in as root; clients without the password
+        are refused.
+        """
+        self.etcdctl("user", "add", f"root:{root_password}", "--interactive=false")
+        self.etcdctl("auth", "enable")
+        self._auth = f"root:{root_password}"
+        log.info("etcd %s: authentication enabled", self.name)
 
     def revision(self) -> int:
         """The store's current revision."""

@@ -61,12 +61,50 @@ def parse_bool(raw: str) -> bool:
 
 def _parse_endpoints(raw: str) -> tuple[str, ...]:
     endpoints = tuple(e.strip() for e in raw.split(",") if e.strip())
-    for endpoint in endpoints:
+    for number, endpoint in enumerate(endpoints, 1):
+        if "@" in endpoint:  # not echoed: it may hold a password
+            raise ValueError(
+                f"endpoint {number} carries user:password@; "
+                "give them with --etcd-username and --etcd-password instead"
+            )
         if not re.match(r"^https?://[^/]+(:\d+)?/?$", endpoint):
             raise ValueError(f"{endpoint!r} is not a URL such as http://192.0.2.1:2379")
     if not endpoints:
         raise ValueError("no endpoint given")
     return endpoints
+
+
+def etcd_security_problem(
+    endpoints: Sequence[str],
+    cafile: str | None,
+    certfile: str | None,
+    keyfile: str | None,
+    username: str | None,
+    password: str | None,
+) -> str | None:
+    """Why these etcd TLS and auth options cannot work together, or None; never quotes the password.
+
+    The endpoint's scheme decides TLS, as for etcdctl: https needs the CA that signed etcd's
+    certificate (the client library has no system trust store), and TLS files next to a plain
+    http endpoint would be silently unused.
+    """
+    if bool(certfile) != bool(keyfile):
+        return "--etcd-certfile and --etcd-keyfile go together: give a client certificate and its key"
+    if bool(username) != bool(password):
+        return "--etcd-username and --etcd-password go together: give both or neither"
+    for endpoint in endpoints:
+        https = endpoint.lower().startswith("https://")
+        if https and not cafile:
+            return (
+                f"etcd endpoint {endpoint} is https but --etcd-cafile is not given: "
+                "give the CA certificate that signed etcd's server certificate"
+            )
+        if not https and (cafile or certfile):
+            return (
+                f"--etcd-cafile/--etcd-certfile are given but etcd endpoint {endpoint} is plain http: "
+                "use https:// endpoints"
+            )
+    return None
 
 
 def _readable_file(raw: str) -> str:
@@ -264,7 +302,11 @@ def _load_file(path: Path) -> dict[str, object]:
     except OSError as exc:
         raise OptionsError(f"config file {path}: {exc.strerror}; fix the path given to --config") from None
     except yaml.YAMLError as exc:
-        raise OptionsError(f"config file {path}: not valid YAML ({exc})") from None
+        # Only where and what: the YAML library quotes the offending line, which may hold a password.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise OptionsError(f"config file {path}: not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -297,4 +339,11 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
             chosen[name] = _convert(name, env_value[1], f"environment variable {env_value[0]}")
         elif name in from_file:
             chosen[name] = _convert(name, from_file[name], f"config file {config_file}")
-    return AgentOptions(**chosen)  # type: ignore[arg-type]
+    options = AgentOptions(**chosen)  # type: ignore[arg-type]
+    problem = etcd_security_problem(
+        options.etcd_endpoints, options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile,
+        options.etcd_username, options.etcd_password,
+    )  # fmt: skip
+    if problem:
+        raise OptionsError(problem)
+    return options

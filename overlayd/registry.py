@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import queue
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -46,7 +47,7 @@ with warnings.catch_warnings():
     from etcd3.etcdrpc import kv_pb2
 
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
-from overlayd.options import AgentOptions
+from overlayd.options import AgentOptions, etcd_security_problem
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,45 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     except ValueError:
         raise RegistryError(f"etcd endpoint {endpoint!r} has an invalid port") from None
     return parts.hostname, port
+
+
+def _explain(endpoint: str, error: Exception, options: EtcdOptions) -> str:
+    """An operator's account of a failed etcd call: what failed at which endpoint, and the option to fix.
+
+    etcd3 reports TLS and authentication failures as bare gRPC codes (and hides a connection
+    failure's cause in ``__context__``); the password never appears in what is returned.
+    """
+    if not isinstance(error, grpc.RpcError) and isinstance(error.__context__, grpc.RpcError):
+        error = error.__context__
+    if not isinstance(error, grpc.RpcError):
+        return repr(error)
+    code, details = error.code(), str(error.details() or "")
+    ssl_reason = re.search(r"OPENSSL_internal:(\w+(?:: [^:]+)?)", details)
+    reason = ssl_reason.group(1) if ssl_reason else details
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+        return (
+            f"authentication failed for user {options.username} at {endpoint}: "
+            "check --etcd-username/--etcd-password"
+        )
+    denied = code == grpc.StatusCode.PERMISSION_DENIED
+    if not options.username and (denied or "user name is empty" in details):
+        return f"etcd at {endpoint} requires authentication ({details}): give --etcd-username/--etcd-password"
+    if denied:
+        return (
+            f"user {options.username} is not allowed this at {endpoint} ({details}): "
+            f"grant it a role with readwrite on {options.prefix}"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details or "handshake failed" in details.lower():
+        return (
+            f"TLS handshake with {endpoint} failed ({reason}): check --etcd-cafile "
+            "(the CA that signed etcd's certificate) and that the certificate names the endpoint's host"
+        )
+    if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details or "CERTIFICATE_REQUIRED" in details:
+        return (
+            f"etcd at {endpoint} broke off the TLS session ({reason}); it likely demands a client "
+            "certificate signed by its trusted CA: check --etcd-certfile/--etcd-keyfile"
+        )
+    return f"{code.name} {details}"
 
 
 def _log_bad_lease(key: str, revision: int, error: LeaseError) -> None:
@@ -215,6 +255,12 @@ class Registry:
         """``on_error(operation)`` is called for every failed etcd operation (e.g. to count it)."""
         if not options.endpoints:
             raise RegistryError("no etcd endpoints given; use e.g. http://127.0.0.1:2379")
+        problem = etcd_security_problem(
+            options.endpoints, options.cafile, options.certfile, options.keyfile,
+            options.username, options.password,
+        )  # fmt: skip
+        if problem:
+            raise RegistryError(problem)
         self.options = options
         self._targets = [_host_port(endpoint) for endpoint in options.endpoints]
         prefix = options.prefix.rstrip("/")
@@ -238,17 +284,22 @@ class Registry:
         """A client for endpoint ``index`` (authenticates, so it may raise connection errors)."""
         host, port = self._targets[index]
         opts = self.options
-        return etcd3.client(
+        client = etcd3.client(
             host=host,
             port=port,
             ca_cert=opts.cafile,
             cert_cert=opts.certfile,
             cert_key=opts.keyfile,
-            user=opts.username,
-            password=opts.password,
+            user=opts.username or None,
+            password=opts.password or None,
             timeout=opts.timeout,
             grpc_options=_GRPC_OPTIONS,
         )
+        if not client.uses_secure_channel:
+            # gRPC refuses call credentials on a plain channel; the auth token goes as metadata,
+            # which etcd3 sends on every call as well (and etcdctl does the same over http).
+            client.call_credentials = None
+        return client
 
     def _current(self) -> etcd3.Etcd3Client:
         with self._lock:
@@ -267,6 +318,19 @@ class Registry:
             log.warning("etcd endpoint unreachable; failing over to %s", self.options.endpoints[self._index])
         failed.close()
 
+    def _authenticate_again(self, stale: etcd3.Etcd3Client, endpoint: str) -> etcd3.Etcd3Client:
+        """A client with a fresh auth token, for ``stale`` whose token etcd rejected.
+
+        etcd drops a token unused for ``--auth-token-ttl`` (5 minutes by default), and etcd3
+        never renews one: without this an idle agent would be locked out for good.
+        """
+        log.info("etcd auth token at %s expired; authenticating again", endpoint)
+        with self._lock:
+            if self._client is stale:
+                self._client = None
+        stale.close()
+        return self._current()
+
     def _failed(self, operation: str, error: RegistryError) -> RegistryError:
         """Report a failed ``operation`` to the error hook; returns ``error`` for raising."""
         if self._on_error is not None:
@@ -279,20 +343,25 @@ class Registry:
         ``operation`` is the short name the error hook gets (``list_leases``); ``what`` is the
         operator's description in the error message (``list /coreos.com/network/subnets/``).
         """
-        last: Exception | None = None
+        last = ""
         for _ in self._targets:
             client: etcd3.Etcd3Client | None = None
+            endpoint = self.options.endpoints[self._index]
             try:
                 client = self._current()
-                return run(client)
+                try:
+                    return run(client)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    client = self._authenticate_again(client, endpoint)
+                    return run(client)
             except _CONNECTION_ERRORS as exc:
-                last = exc
-            except grpc.RpcError as exc:  # raised by etcd3.client() while authenticating
+                last = _explain(endpoint, exc, self.options)
+            except grpc.RpcError as exc:  # etcd3.client() authenticating, or a code etcd3 does not map
+                last = _explain(endpoint, exc, self.options)
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise self._failed(
-                        operation, RegistryError(f"{self._where}: {what}: {exc.code().name} {exc.details()}")
-                    ) from None
-                last = exc
+                    raise self._failed(operation, RegistryError(f"{self._where}: {what}: {last}")) from None
             except etcd3.exceptions.Etcd3Exception as exc:
                 raise self._failed(operation, RegistryError(f"{self._where}: {what}: {exc!r}")) from None
             if client is not None:
