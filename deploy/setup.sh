@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(etcd-server etcd-client containernetworking-plugins iproute2 iptables nftables
-          iperf3 iputils-ping procps)
+          iperf3 iputils-ping procps openssl)  # openssl: certificates for the etcd TLS tests
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
