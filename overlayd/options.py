@@ -340,10 +340,8 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
         elif name in from_file:
             chosen[name] = _convert(name, from_file[name], f"config file {config_file}")
     options = AgentOptions(**chosen)  # type: ignore[arg-type]
-    problem = etcd_security_problem(
-        options.etcd_endpoints, options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile,
-        options.etcd_username, options.etcd_password,
-    )  # fmt: skip
-    if problem:
+    files = (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile)
+    login = (options.etcd_username, options.etcd_password)
+    if problem := etcd_security_problem(options.etcd_endpoints, *files, *login):
         raise OptionsError(problem)
     return options

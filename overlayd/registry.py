@@ -255,11 +255,8 @@ class Registry:
         """``on_error(operation)`` is called for every failed etcd operation (e.g. to count it)."""
         if not options.endpoints:
             raise RegistryError("no etcd endpoints given; use e.g. http://127.0.0.1:2379")
-        problem = etcd_security_problem(
-            options.endpoints, options.cafile, options.certfile, options.keyfile,
-            options.username, options.password,
-        )  # fmt: skip
-        if problem:
+        security = (options.cafile, options.certfile, options.keyfile, options.username, options.password)
+        if problem := etcd_security_problem(options.endpoints, *security):
             raise RegistryError(problem)
         self.options = options
         self._targets = [_host_port(endpoint) for endpoint in options.endpoints]
