@@ -352,11 +352,27 @@ class Lab:
 
     # ---- inspecting --------------------------------------------------------------------------
 
-    def http_get(self, host: LabHost, path: str) -> tuple[int, str]:
+    @staticmethod
+    def http_get(host: LabHost, path: str) -> tuple[int, str]:
         """GET ``path`` (``/metrics``, ``/readyz``...) from the host's agent, inside its namespace."""
         url = f"http://127.0.0.1:{METRICS_PORT}{path}"
         status, _, body = sh(sys.executable, "-c", _HTTP_GET, url, netns=host.netns).partition("\n")
         return int(status), body
+
+    @staticmethod
+    def metric(host: LabHost, name: str, **labels: str) -> float:
+        """The sum of the host agent's ``name`` samples whose labels include ``labels`` (0 if none)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = Lab.http_get(host, "/metrics")
+        if status != 200:
+            raise LabError(f"{host.name}: /metrics answered {status}: {text.strip()}")
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def wait_converged(self, timeout: float = 60.0) -> None:
         """Wait until every running agent has written subnet.env and routes to every other host."""

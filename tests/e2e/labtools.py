@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from overlayd.lab import LabHost, sh
+from overlayd.lab import Lab, LabHost
 
 needs_lab = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("etcd") is None,
@@ -20,7 +18,6 @@ needs_lab = pytest.mark.skipif(
 
 # Short intervals so repairs show up quickly in tests; the defaults are exercised by the demo.
 FAST_AGENT_ARGS = ["--reconcile-interval=2"]
-METRICS_URL = "http://127.0.0.1:9464/metrics"  # the agent's default --metrics-address
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -34,15 +31,8 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def metric(host: LabHost, sample: str, **labels: str) -> float:
-    """One sample of the host agent's /metrics (read inside its namespace); 0 if absent."""
-    code = f"import urllib.request; print(urllib.request.urlopen('{METRICS_URL}', timeout=5).read().decode())"
-    text = sh(sys.executable, "-c", code, netns=host.netns)
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
+# The agent's metrics, read inside the host's namespace (sum of matching samples, 0 if none).
+metric = Lab.metric
 
 
 def log_mark(host: LabHost) -> int:

@@ -11,71 +11,58 @@ from pathlib import Path
 
 import pytest
 from labtools import needs_lab, wait_for
-from prometheus_client.parser import text_string_to_metric_families
 
-from overlayd.lab import Lab, LabHost, sh
+from overlayd.lab import Lab, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
 
-def metric(lab: Lab, host: LabHost, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples on ``host`` whose labels include ``labels`` (0 if none)."""
-    status, text = lab.http_get(host, "/metrics")
-    assert status == 200, text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
 def test_a_joining_host_raises_peers_known_and_programmed(lab: Lab) -> None:
     h1 = lab.hosts[0]
-    assert metric(lab, h1, "overlayd_peers_known") == 2
-    assert metric(lab, h1, "overlayd_peers_programmed") == 2
-    assert metric(lab, h1, "overlayd_subnet_pool_size") == 255  # 198.18.1.0 .. 198.18.255.0 as /24s
-    assert metric(lab, h1, "overlayd_ready") == 1
-    assert metric(lab, h1, "overlayd_etcd_relists_total", reason="start") == 1
+    assert lab.metric(h1, "overlayd_peers_known") == 2
+    assert lab.metric(h1, "overlayd_peers_programmed") == 2
+    assert lab.metric(h1, "overlayd_subnet_pool_size") == 255  # 198.18.1.0 .. 198.18.255.0 as /24s
+    assert lab.metric(h1, "overlayd_ready") == 1
+    assert lab.metric(h1, "overlayd_etcd_relists_total", reason="start") == 1
     lab.add_host()
     lab.wait_converged(timeout=30)
-    wait_for(lambda: metric(lab, h1, "overlayd_peers_programmed") == 3, 10, "h1 to program the new peer")
-    assert metric(lab, h1, "overlayd_peers_known") == 3
-    assert metric(lab, h1, "overlayd_subnet_leases") == 4
-    assert metric(lab, h1, "overlayd_peer_events_total", kind="put") >= 1
-    assert metric(lab, h1, "overlayd_peer_event_apply_seconds_count") >= 1
+    wait_for(lambda: lab.metric(h1, "overlayd_peers_programmed") == 3, 10, "h1 to program the new peer")
+    assert lab.metric(h1, "overlayd_peers_known") == 3
+    assert lab.metric(h1, "overlayd_subnet_leases") == 4
+    assert lab.metric(h1, "overlayd_peer_events_total", kind="put") >= 1
+    assert lab.metric(h1, "overlayd_peer_event_apply_seconds_count") >= 1
 
 
 def test_a_deleted_route_counts_as_a_repair_and_programming_does_not(lab: Lab) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     # Start-up and the join above programmed routes; none of that is drift.
-    assert metric(lab, h1, "overlayd_repairs_total", kind="route") == 0
-    assert metric(lab, h1, "overlayd_repairs_total", kind="device") == 0
-    passes = metric(lab, h1, "overlayd_reconciles_total", trigger="timer")
+    assert lab.metric(h1, "overlayd_repairs_total", kind="route") == 0
+    assert lab.metric(h1, "overlayd_repairs_total", kind="device") == 0
+    passes = lab.metric(h1, "overlayd_reconciles_total", trigger="timer")
     peer = h2.flannel_address()
     sh("ip", "route", "del", f"{peer}/24", netns=h1.netns)
     wait_for(
-        lambda: metric(lab, h1, "overlayd_repairs_total", kind="route", action="add") == 1,
+        lambda: lab.metric(h1, "overlayd_repairs_total", kind="route", action="add") == 1,
         10,
         "the route repair to be counted",
     )
-    assert metric(lab, h1, "overlayd_repairs_total", kind="route", action="remove") == 0
+    assert lab.metric(h1, "overlayd_repairs_total", kind="route", action="remove") == 0
     wait_for(
-        lambda: metric(lab, h1, "overlayd_reconciles_total", trigger="timer") > passes, 10, "a timer pass"
+        lambda: lab.metric(h1, "overlayd_reconciles_total", trigger="timer") > passes, 10, "a timer pass"
     )
-    assert metric(lab, h1, "overlayd_last_reconcile_timestamp_seconds") > 0
+    assert lab.metric(h1, "overlayd_last_reconcile_timestamp_seconds") > 0
 
 
 def test_etcd_down_counts_errors_and_stays_ready(lab: Lab) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
-    errors = metric(lab, h1, "overlayd_etcd_errors_total")
-    assert metric(lab, h1, "overlayd_etcd_watch_up") == 1
+    errors = lab.metric(h1, "overlayd_etcd_errors_total")
+    assert lab.metric(h1, "overlayd_etcd_watch_up") == 1
     lab.stop_etcd()
     try:
-        wait_for(lambda: metric(lab, h1, "overlayd_etcd_watch_up") == 0, 15, "watch_up to drop")
-        wait_for(lambda: metric(lab, h1, "overlayd_etcd_errors_total") > errors, 15, "etcd errors to count")
-        assert metric(lab, h1, "overlayd_etcd_errors_total", operation="watch") >= 1
-        assert metric(lab, h1, "overlayd_etcd_watch_restarts_total") >= 1
+        wait_for(lambda: lab.metric(h1, "overlayd_etcd_watch_up") == 0, 15, "watch_up to drop")
+        wait_for(lambda: lab.metric(h1, "overlayd_etcd_errors_total") > errors, 15, "etcd errors to count")
+        assert lab.metric(h1, "overlayd_etcd_errors_total", operation="watch") >= 1
+        assert lab.metric(h1, "overlayd_etcd_watch_restarts_total") >= 1
         status, body = lab.http_get(h1, "/readyz")
         assert status == 200, body
         assert "etcd unreachable" in body
@@ -83,8 +70,8 @@ def test_etcd_down_counts_errors_and_stays_ready(lab: Lab) -> None:
         assert lab.ping(h1, h2.flannel_address() or "", count=2), "the data path must survive etcd"
     finally:
         lab.start_etcd()
-    wait_for(lambda: metric(lab, h1, "overlayd_etcd_watch_up") == 1, 30, "the watch to come back")
-    assert metric(lab, h1, "overlayd_etcd_relists_total", reason="error") >= 1
+    wait_for(lambda: lab.metric(h1, "overlayd_etcd_watch_up") == 1, 30, "the watch to come back")
+    assert lab.metric(h1, "overlayd_etcd_relists_total", reason="error") >= 1
     status, body = lab.http_get(h1, "/readyz")
     assert (status, body) == (200, "ready\n")
 
