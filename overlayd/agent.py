@@ -290,7 +290,22 @@ class Agent:
         """Get a lease (retrying etcd errors and exhaustion), then program everything for it."""
         assert self.lease_manager is not None and self.config is not None
         config, attrs, manager = self.config, self._attrs(), self.lease_manager
-        lease = self._retry("acquiring a subnet lease", lambda: manager.acquire(config, attrs, previous))
+        failures = self.metrics.lease_acquire_failures
+
+        def attempt() -> Lease:
+            try:
+                return manager.acquire(config, attrs, previous)
+            except OutOfSubnets:
+                failures.labels(reason="out_of_subnets").inc()
+                raise
+            except AcquireError:
+                failures.labels(reason="contention").inc()
+                raise
+            except RegistryError:
+                failures.labels(reason="etcd").inc()
+                raise
+
+        lease = self._retry("acquiring a subnet lease", attempt)
         if lease is None:
             return False
         if self.lease is not None and lease.subnet != self.lease.subnet:

@@ -83,6 +83,12 @@ class Metrics:
             "overlayd_lease_acquisitions", "Subnet leases acquired (start and re-acquire)", registry=r
         )
         self.lease_renewals = Counter("overlayd_lease_renewals", "Subnet lease renewals", registry=r)
+        self.lease_acquire_failures = Counter(
+            "overlayd_lease_acquire_failures",
+            "Attempts to acquire a subnet lease that failed, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.lease_renewal_failures = Counter(
             "overlayd_lease_renewal_failures",
             "Lease renewals that failed (etcd error, or our key gone)",

@@ -81,3 +81,4 @@ def test_10_twenty_agents_fifteen_subnets_no_duplicates_no_crash_loop(crowded_la
         assert text.count("out of subnets") == 1, f"{host.name} should log the exhaustion once:\n{text}"
         assert metric(host, "overlayd_ready") == 0
         assert metric(host, "overlayd_subnet_pool_size") == POOL
+        assert metric(host, "overlayd_lease_acquire_failures_total", reason="out_of_subnets") >= 1
