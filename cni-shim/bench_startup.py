@@ -5,30 +5,25 @@
 Installs the shim into a temporary CNI bin dir (as ``overlayd install-cni`` does), then times
 ``CNI_COMMAND=VERSION`` calls (fork + exec + answer) against a bare ``python -IS -c pass`` of the
 same interpreter, the same with ``site`` (what a console-script entry point would pay), and the
-Go reference plugin host-local. It also reports what the ADD path imports on top.
+Go reference plugin host-local. It also reports what the ADD path imports on top. ADD itself,
+beside the bridge plugin alone, is measured by ``overlayd bench``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from overlayd.bench.cni import exec_times
 from overlayd.install_cni import install_cni
 
 
 def median_ms(cmd: list[str], runs: int) -> float:
     env = {"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"}
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+    return statistics.median(exec_times(cmd, env, runs)) * 1000
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from overlayd.logsetup import configure_logging
 from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
 
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni")
+COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "bench")
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -185,6 +185,12 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     return run_cni_command(args.cni_args)
 
 
+def _cmd_bench(bench_args: list[str]) -> int:
+    from overlayd.bench.run import main as bench_main
+
+    return bench_main(bench_args)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line naming the bad argument (exit 2), as journald shows them best."""
 
@@ -247,6 +253,9 @@ def make_parser() -> argparse.ArgumentParser:
     cni = sub.add_parser("cni", help="run a conflist against a netns: add|del|check NETNS")
     cni.add_argument("cni_args", nargs=argparse.REMAINDER)
     cni.set_defaults(func=_cmd_cni)
+
+    bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")
     return parser
 
 
@@ -254,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # flanneld's command line: options only
+    if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
+        return _cmd_bench(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
     return int(args.func(args) or 0)
 

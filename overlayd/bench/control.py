@@ -1,0 +1,161 @@
+"""Control-plane figures of a real agent in a lab host: cold start, event latency, churn, idle cost.
+
+Callers run these with the thread inside the host's namespace (``kernel.in_netns``), where the
+agent's device is and etcd's lab address is reachable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overlayd.bench.kernel import DEVICE, EntryWatcher, counts, route_count, run
+from overlayd.bench.peers import peer_kv
+from overlayd.lab import Lab, LabHost
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Seconds from starting the agent process to subnet.env written, and to every entry present."""
+
+    subnet_env: float
+    programmed: float
+
+
+def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float) -> ColdStart:
+    """Start the agent from nothing (device, subnet.env and state gone) and time it to converge.
+
+    The agent's etcd lease is kept, as after a reboot. Polls every 10 ms with ``ip``; the poll
+    is cheap next to the agent's work until the routes are all there.
+    """
+    lab.stop_agent(host)
+    run("ip", "link", "del", DEVICE)
+    host.subnet_file.unlink(missing_ok=True)
+    shutil.rmtree(Path(host.dir) / "state", ignore_errors=True)
+    started = time.perf_counter()
+    lab.start_agent(host)
+    deadline = started + timeout
+    env_at = None
+    while True:
+        now = time.perf_counter()
+        if env_at is None and host.subnet_file.exists():
+            env_at = now - started
+        if env_at is not None and route_count() >= peers and min(counts()) >= peers:
+            return ColdStart(subnet_env=env_at, programmed=time.perf_counter() - started)
+        if now > deadline:
+            raise RuntimeError(f"cold start with {peers} peers: only {counts()} after {timeout:.0f}s")
+        time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class EventTimes:
+    """Per event, seconds: the etcd put itself, and put returned → route, neighbour and FDB present."""
+
+    put: list[float]
+    reaction: list[float]
+    sent_at: list[float]  # seconds after the first put, for latency over time
+    missed: int
+
+
+def event_latency(client: Any, indices: list[int], gap: float, timeout: float = 10.0) -> EventTimes:
+    """Put new peer leases one at a time, each after the previous one is programmed, ``gap`` apart."""
+    watcher = EntryWatcher()
+    watcher.expect(indices)
+    put, reaction, sent_at, missed = [], [], [], 0
+    first = time.perf_counter()
+    try:
+        for i in indices:
+            key, value = peer_kv(i)
+            before = time.perf_counter()
+            client.put(key, value)
+            returned = time.perf_counter()
+            done = watcher.wait(i, timeout)
+            if done is None:
+                missed += 1
+                continue
+            put.append(returned - before)
+            reaction.append(done - returned)
+            sent_at.append(before - first)
+            time.sleep(gap)
+    finally:
+        watcher.close()
+    return EventTimes(put, reaction, sent_at, missed)
+
+
+@dataclass(frozen=True)
+class ChurnTimes(EventTimes):
+    """A paced run: what was offered and achieved, and the backlog when the last put returned."""
+
+    offered_rate: float
+    achieved_rate: float
+    backlog_at_end: int  # events not yet programmed when the last put returned
+    drain: float  # seconds from the last put returned until every event was programmed
+
+
+def churn(client: Any, indices: list[int], rate: float, drain_timeout: float = 30.0) -> ChurnTimes:
+    """Put new peer leases at ``rate`` per second without waiting for the agent, then let it catch up."""
+    watcher = EntryWatcher()
+    watcher.expect(indices)
+    returned_at: dict[int, float] = {}
+    put, sent_at = [], []
+    try:
+        first = time.perf_counter()
+        for k, i in enumerate(indices):
+            pause = first + k / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            key, value = peer_kv(i)
+            before = time.perf_counter()
+            client.put(key, value)
+            returned_at[i] = time.perf_counter()
+            put.append(returned_at[i] - before)
+            sent_at.append(before - first)
+        last = time.perf_counter()
+        backlog = sum(watcher.done(i) is None for i in indices)
+        deadline = last + drain_timeout
+        done = {i: watcher.wait(i, max(0.0, deadline - time.perf_counter())) for i in indices}
+    finally:
+        watcher.close()
+    finished = [t for t in done.values() if t is not None]
+    return ChurnTimes(
+        put=put,
+        reaction=[t - returned_at[i] for i, t in done.items() if t is not None],
+        sent_at=[s for s, i in zip(sent_at, indices, strict=True) if done[i] is not None],
+        missed=len(indices) - len(finished),
+        offered_rate=rate,
+        achieved_rate=(len(sent_at) - 1) / sent_at[-1] if len(sent_at) > 1 and sent_at[-1] else float("nan"),
+        backlog_at_end=backlog,
+        drain=max(0.0, max(finished, default=last) - last),
+    )
+
+
+@dataclass(frozen=True)
+class IdleCost:
+    cpu_percent: float  # of one core, averaged over the window
+    rss_mb: float
+    seconds: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc/<pid>/stat, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def idle_cost(pid: int, seconds: float) -> IdleCost:
+    """CPU share and resident memory of the agent over ``seconds`` in which nothing changes."""
+    cpu_before, wall_before = _cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu, wall = _cpu_seconds(pid) - cpu_before, time.perf_counter() - wall_before
+    return IdleCost(cpu_percent=100 * cpu / wall, rss_mb=_rss_mb(pid), seconds=wall)

@@ -1,0 +1,35 @@
+"""TCP throughput across hosts: container to container over the overlay, and host to host on the
+underlay, with iperf3 (unlimited rate), alternating so machine noise hits both alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlayd.labtraffic import TcpProbe
+
+
+@dataclass(frozen=True)
+class Throughput:
+    containers: list[float]  # bits per second, container on h1 → container on h2
+    hosts: list[float]  # bits per second, h1 → h2 underlay addresses
+
+
+def tcp_rate(client_ns: str, server_ns: str, server_ip: str, seconds: int, work: Path) -> float:
+    """Bits per second received by an iperf3 server in ``server_ns`` from a client in ``client_ns``."""
+    report = work / f"iperf-{client_ns}.json"
+    stats = TcpProbe(client_ns, server_ns, server_ip, seconds, report, bitrate="0").start().wait()
+    if stats.error or not stats.bytes_received:
+        raise RuntimeError(f"iperf3 {client_ns} → {server_ip}: {stats.error or 'nothing received'}")
+    return stats.bytes_received * 8 / seconds
+
+
+def throughput(
+    containers: tuple[str, str, str], hosts: tuple[str, str, str], seconds: int, rounds: int, work: Path
+) -> Throughput:
+    """``rounds`` alternating runs of each; the tuples are (client netns, server netns, server IP)."""
+    over, under = [], []
+    for _ in range(rounds):
+        under.append(tcp_rate(*hosts, seconds, work))
+        over.append(tcp_rate(*containers, seconds, work))
+    return Throughput(containers=over, hosts=under)

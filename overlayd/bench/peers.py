@@ -1,0 +1,74 @@
+"""Fake peer leases in flannel's etcd format, for the agent under test to program.
+
+Peer ``i`` owns the i-th /28 of 198.18.0.0/15 (room for 8190 peers), a distinct VTEP MAC and a
+PublicIP among 192.0.2.100..249. The network config's SubnetMin keeps the agent's own lease in
+the top ``OWN_POOL`` subnets, above every index the benchmark hands out, so a fake peer never
+lands on the agent's subnet however many are written.
+"""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlayd.lease import LeaseAttrs, encode_attrs, subnet_to_key
+
+NETWORK = IPv4Network("198.18.0.0/15")
+SUBNET_LEN = 28
+VNI = 1
+PREFIX = "/coreos.com/network/subnets/"
+SUBNETS = 1 << (SUBNET_LEN - NETWORK.prefixlen)
+OWN_POOL = 64  # the agent's own subnet comes from the last 64 /28s
+MAX_PEER_INDEX = SUBNETS - OWN_POOL - 1
+TXN_OPS = 100  # etcd's default --max-txn-ops is 128
+
+
+def peer_subnet(i: int) -> IPv4Network:
+    """The i-th /28 of the network (i >= 1)."""
+    size = 1 << (32 - SUBNET_LEN)
+    return IPv4Network((int(NETWORK.network_address) + i * size, SUBNET_LEN))
+
+
+def network_config() -> str:
+    """The flannel network config the benchmark lab runs with (JSON)."""
+    subnet_min = peer_subnet(SUBNETS - OWN_POOL).network_address
+    return json.dumps(
+        {
+            "Network": str(NETWORK),
+            "SubnetLen": SUBNET_LEN,
+            "SubnetMin": str(subnet_min),
+            "Backend": {"Type": "vxlan"},
+        }
+    )
+
+
+def peer_mac(i: int) -> str:
+    return f"0e:be:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def peer_ip(i: int) -> IPv4Address:
+    return IPv4Address("192.0.2.100") + i % 150
+
+
+def peer_kv(i: int) -> tuple[str, str]:
+    """The etcd key and flannel JSON value of peer ``i``."""
+    if not 1 <= i <= MAX_PEER_INDEX:
+        raise ValueError(f"peer index {i} outside 1..{MAX_PEER_INDEX}")
+    attrs = LeaseAttrs(public_ip=peer_ip(i), vni=VNI, vtep_mac=peer_mac(i))
+    return PREFIX + subnet_to_key(peer_subnet(i)), encode_attrs(attrs)
+
+
+def put_peers(client: Any, indices: range | list[int]) -> None:
+    """Write the peers' leases (no TTL), ``TXN_OPS`` puts per transaction."""
+    kvs = [peer_kv(i) for i in indices]
+    for start in range(0, len(kvs), TXN_OPS):
+        puts = [client.transactions.put(k, v) for k, v in kvs[start : start + TXN_OPS]]
+        client.transaction(compare=[], success=puts, failure=[])
+
+
+def delete_peers(client: Any, indices: range | list[int]) -> None:
+    keys = [peer_kv(i)[0] for i in indices]
+    for start in range(0, len(keys), TXN_OPS):
+        deletes = [client.transactions.delete(k) for k in keys[start : start + TXN_OPS]]
+        client.transaction(compare=[], success=deletes, failure=[])

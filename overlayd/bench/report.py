@@ -1,0 +1,168 @@
+"""A run's results as table rows and as the Markdown of docs/benchmarks.md (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from overlayd.bench.cni import CniAddTimes
+from overlayd.bench.control import ChurnTimes, ColdStart, EventTimes, IdleCost
+from overlayd.bench.datapath import Throughput
+from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, median, percentile, render_markdown_table
+
+COLD_GOALS = {1000: "< 0.5 s", 5000: "< 2 s"}
+BEGIN = "<!-- overlayd bench: begin (generated; edit outside these markers) -->"
+END = "<!-- overlayd bench: end -->"
+
+
+@dataclass
+class Results:
+    peers: int
+    events: EventTimes
+    churn: ChurnTimes
+    idle: IdleCost
+    cold: dict[int, list[ColdStart]] = field(default_factory=dict)
+    floor: dict[int, list[float]] = field(default_factory=dict)
+    cni: CniAddTimes | None = None
+    tcp: Throughput | None = None
+    mtu: str = "?"
+
+
+def _p(values: list[float], p: float) -> str:
+    return fmt_seconds(percentile(values, p))
+
+
+def _gbit(bps: float) -> str:
+    return f"{bps / 1e9:.2f} Gbit/s"
+
+
+def rows(r: Results) -> list[Row]:
+    """Every figure with its same-run baseline, ratio and the issue's goal."""
+    out = []
+    for n in sorted(r.cold):
+        env = [c.subnet_env for c in r.cold[n]]
+        done = [c.programmed for c in r.cold[n]]
+        floor = median(r.floor[n])
+        out.append(Row(f"cold start, {n} peers: subnet.env written (median)", fmt_seconds(median(env))))
+        out.append(
+            Row(
+                f"cold start, {n} peers: all {3 * n} entries (median)",
+                fmt_seconds(median(done)),
+                f"ip -batch + bridge -batch {fmt_seconds(floor)}",
+                fmt_ratio(median(done), floor),
+                COLD_GOALS.get(n, "-"),
+            )
+        )
+    ev, ch = r.events, r.churn
+    out.append(
+        Row(
+            f"event latency, {r.peers} peers, put returned → route+neigh+fdb, p50 / p99",
+            f"{_p(ev.reaction, 50)} / {_p(ev.reaction, 99)}",
+            f"etcd put {_p(ev.put, 50)} / {_p(ev.put, 99)}",
+            fmt_ratio(median(ev.reaction), median(ev.put)),
+            "p99 < 2 ms",
+        )
+    )
+    half = max(ch.sent_at, default=0) / 2
+    early = [v for v, s in zip(ch.reaction, ch.sent_at, strict=True) if s < half]
+    late = [v for v, s in zip(ch.reaction, ch.sent_at, strict=True) if s >= half]
+    out.append(
+        Row(
+            f"churn {ch.offered_rate:.0f}/s (achieved {ch.achieved_rate:.0f}/s): p50 / p99",
+            f"{_p(ch.reaction, 50)} / {_p(ch.reaction, 99)}",
+            f"etcd put {_p(ch.put, 50)} / {_p(ch.put, 99)}",
+            fmt_ratio(median(ch.reaction), median(ch.put)),
+            "no backlog",
+        )
+    )
+    out.append(
+        Row(
+            "churn: p99 first half / second half; backlog at last put; drain",
+            f"{_p(early, 99)} / {_p(late, 99)}; {ch.backlog_at_end}; {fmt_seconds(ch.drain)}",
+            goal="flat; 0",
+        )
+    )
+    out.append(
+        Row(
+            f"idle CPU, {r.peers} peers, {r.idle.seconds:.0f} s",
+            f"{r.idle.cpu_percent:.2f} % of a core",
+            goal="< 0.5 %",
+        )
+    )
+    out.append(Row(f"resident memory, {r.peers} peers", f"{r.idle.rss_mb:.1f} MB", goal="< 55 MB"))
+    if r.cni:
+        shim, alone, floor = (
+            median(v) for v in (r.cni.shim_and_bridge, r.cni.bridge_alone, r.cni.python_floor)
+        )
+        out.append(
+            Row(
+                "CNI ADD p50: shim + bridge",
+                fmt_seconds(shim),
+                f"bridge alone {fmt_seconds(alone)}",
+                fmt_ratio(shim, alone),
+                "≤ bridge + 10 ms",
+            )
+        )
+        out.append(
+            Row(
+                "CNI ADD p50: shim's addition; interpreter floor `python -S -c pass`",
+                fmt_seconds(shim - alone),
+                f"python -S {fmt_seconds(floor)}",
+            )
+        )
+    if r.tcp:
+        over, under = max(r.tcp.containers), max(r.tcp.hosts)
+        out.append(
+            Row(
+                f"TCP across hosts, container → container (MTU {r.mtu}, best of {len(r.tcp.hosts)})",
+                _gbit(over),
+                f"host → host {_gbit(under)}",
+                f"{over / under:.2f}",
+                "≥ 0.85",
+            )
+        )
+    return out
+
+
+def markdown(r: Results, command: str, when: str, machine: str, commit: str, image: str | None) -> str:
+    """The generated part of docs/benchmarks.md."""
+    lines = [
+        BEGIN,
+        "## Latest run",
+        "",
+        f"`{command}` on {when}, commit {commit}; {machine}. Every baseline is measured in the same run,",
+        "on the same machine, interleaved or next to its figure; no figure is asserted anywhere.",
+        "",
+        render_markdown_table(rows(r)),
+        "",
+    ]
+    if image:
+        lines += [f"![event latency and cold start versus peer count]({image})", ""]
+    lines += [
+        "Cold start per peer count (seconds, every run):",
+        "",
+        "| peers | subnet.env written | all entries | ip -batch + bridge -batch |",
+        "| --- | --- | --- | --- |",
+    ]
+    for n in sorted(r.cold):
+        lines.append(
+            f"| {n} | {', '.join(f'{c.subnet_env:.3f}' for c in r.cold[n])} "
+            f"| {', '.join(f'{c.programmed:.3f}' for c in r.cold[n])} "
+            f"| {', '.join(f'{t:.3f}' for t in r.floor[n])} |"
+        )
+    ev = r.events
+    lines += [
+        "",
+        f"Events one at a time: {len(ev.reaction)} measured, {ev.missed} not seen within 10 s; "
+        f"p90 {_p(ev.reaction, 90)}, max {_p(ev.reaction, 100)}. Churn: {len(r.churn.put)} puts, "
+        f"{r.churn.missed} not programmed within 30 s.",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def splice(document: str, generated: str) -> str:
+    """``document`` with the text between the markers replaced by ``generated`` (appended if absent)."""
+    if BEGIN in document and END in document:
+        head, _, rest = document.partition(BEGIN)
+        return head + generated.rstrip("\n") + rest.partition(END)[2]
+    return document.rstrip("\n") + "\n\n" + generated

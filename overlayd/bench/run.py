@@ -1,0 +1,249 @@
+"""``overlayd bench``: build a lab, measure every figure of issue 6 beside its baseline, report.
+
+Two labs under random prefixes, torn down in ``finally`` (also on Ctrl-C and SIGTERM):
+
+- control plane: one host, a real etcd, the real ``overlayd run --ip-masq``; fake peer leases
+  (``peers.py``) are written in steps up to each cold-start size; at ``--peers`` the agent's idle
+  cost, event latency and churn are measured, and the CNI plugin's ADD on that host;
+- data path (unless ``--no-tcp``): two hosts with one container each (the installed CNI plugin),
+  iperf3 container → container against host → host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from overlayd.bench import control
+from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
+from overlayd.bench.datapath import throughput
+from overlayd.bench.kernel import in_netns, iproute_floor
+from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
+from overlayd.bench.report import Results, markdown, rows, splice
+from overlayd.bench.stats import render_table
+from overlayd.lab import ETCD_IP, Lab, lab_namespaces, random_lab_name
+
+AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default
+IMAGE = "img/benchmarks.png"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="overlayd bench", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add(
+        "--sizes",
+        default="100,1000,5000",
+        help="cold-start peer counts, comma-separated (default 100,1000,5000)",
+    )
+    add(
+        "--peers",
+        type=int,
+        default=1000,
+        help="peers present for event latency, churn and idle (default 1000)",
+    )
+    add("--runs", type=int, default=3, help="cold starts (and ip -batch floors) per size (default 3)")
+    add("--events", type=int, default=200, help="new peer leases put one at a time (default 200)")
+    add("--event-gap", type=float, default=0.05, help="seconds between those events (default 0.05)")
+    add(
+        "--churn-rate",
+        type=float,
+        default=100,
+        help="lease changes per second in the churn run (default 100)",
+    )
+    add("--churn-seconds", type=float, default=10, help="length of the churn run (default 10)")
+    add(
+        "--idle", type=float, default=30, help="seconds of idle measurement (default 30; the goal is over 60)"
+    )
+    add("--cni-runs", type=int, default=30, help="CNI ADDs per variant (default 30)")
+    add("--tcp-seconds", type=int, default=5, help="iperf3 -t per run (default 5)")
+    add("--tcp-rounds", type=int, default=2, help="alternating host/container iperf3 runs (default 2)")
+    add("--no-tcp", action="store_true", help="skip the data-path lab")
+    add("--no-plot", action="store_true", help="write no PNG")
+    add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
+    add("--cold-timeout", type=float, default=120.0, help="give up on a cold start after this many seconds")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: use peer counts like 100,1000,5000")
+    args.churn = max(1, round(args.churn_rate * args.churn_seconds))
+    needed = max([*args.sizes, args.peers]) + args.events + args.churn
+    if needed > MAX_PEER_INDEX:
+        parser.error(
+            f"largest size + --events + churn ({needed}) exceeds the {MAX_PEER_INDEX} subnets available"
+        )
+    return args
+
+
+def missing_tools(args: argparse.Namespace) -> list[str]:
+    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp else ["iperf3"])
+    missing = [tool for tool in needs if shutil.which(tool) is None]
+    if not (REFERENCE_PLUGINS / "bridge").exists():
+        missing.append(f"{REFERENCE_PLUGINS}/bridge")
+    return missing
+
+
+def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
+    """Cold starts per size; at ``--peers`` idle, events, churn and CNI ADD. Returns the lab to tear down."""
+    lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
+    results["labs"].append(lab)
+    lab.up(hosts=1, network_config=network_config(), start_agents=False)
+    host = lab.hosts[0]
+    from overlayd.registry import etcd3  # protobuf set up as the agent uses it
+
+    with in_netns(host.netns):
+        client = etcd3.client(host=str(ETCD_IP), port=2379, timeout=10)
+        try:
+            written = 0
+            top = MAX_PEER_INDEX  # event and churn peers count down from the top, clear of the sizes
+            event_ids = list(range(top, top - args.events, -1))
+            churn_ids = list(range(top - args.events, top - args.events - args.churn, -1))
+            for n in sorted({*args.sizes, args.peers}):
+                put_peers(client, range(written + 1, n + 1))
+                written = n
+                print(f"{n} peers: ip -batch floor ...", flush=True)
+                results["floor"][n] = iproute_floor(list(range(1, n + 1)), args.runs)
+                results["cold"][n] = []
+                for k in range(args.runs):
+                    cold = control.cold_start(lab, host, n, args.cold_timeout)
+                    results["cold"][n].append(cold)
+                    print(
+                        f"  cold start {k + 1}: subnet.env {cold.subnet_env:.3f} s, "
+                        f"all entries {cold.programmed:.3f} s",
+                        flush=True,
+                    )
+                if n != args.peers:
+                    continue
+                time.sleep(3)  # the start-up passes settle before idle is measured
+                print(f"{n} peers: idle for {args.idle:.0f} s ...", flush=True)
+                results["idle"] = control.idle_cost(host.pid, args.idle)
+                print(f"{n} peers: {args.events} events one at a time ...", flush=True)
+                results["events"] = control.event_latency(client, event_ids, args.event_gap)
+                print(
+                    f"{n} peers: churn, {args.churn} lease changes at {args.churn_rate:.0f}/s ...", flush=True
+                )
+                results["churn"] = control.churn(client, churn_ids, args.churn_rate)
+                delete_peers(client, event_ids + churn_ids)
+                print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
+                results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
+        finally:
+            client.close()
+    return lab
+
+
+def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
+    lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
+    results["labs"].append(lab)
+    lab.up(hosts=2)
+    lab.wait_converged(timeout=60)
+    h1, h2 = lab.hosts
+    lab.add_container(h1, "c1")
+    c2_ip = lab.add_container(h2, "c2")
+    results["mtu"] = h1.subnet_env().get("FLANNEL_MTU", "?")
+    print(f"TCP: iperf3 -t {args.tcp_seconds}, {args.tcp_rounds} rounds ...", flush=True)
+    results["tcp"] = throughput(
+        (lab.container_ns("c1"), lab.container_ns("c2"), c2_ip),
+        (h1.netns, h2.netns, h2.ip),
+        args.tcp_seconds,
+        args.tcp_rounds,
+        Path(h1.dir),
+    )
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    return (
+        f"2 shared cores ({os.cpu_count()} CPUs visible, {model}), Linux {platform.release()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def write_docs(results: Results, args: argparse.Namespace, argv: list[str]) -> None:
+    from overlayd.bench.plot import INSTALL_HINT, plot_available, render_plot
+
+    image = None
+    if not args.no_plot:
+        if plot_available():
+            render_plot(results, args.docs / IMAGE)
+            image = IMAGE
+            print(f"wrote {args.docs / IMAGE}")
+        else:
+            print(f"no plot: matplotlib is not installed ({INSTALL_HINT})", file=sys.stderr)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    generated = markdown(results, shlex.join(["overlayd", "bench", *argv]), when, machine(), commit(), image)
+    path = args.docs / "benchmarks.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(splice(path.read_text() if path.exists() else "# Benchmarks\n", generated))
+    print(f"wrote {path}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("overlayd bench: needs root (it builds network namespaces)", file=sys.stderr)
+        return 2
+    if missing := missing_tools(args):
+        print(f"overlayd bench: missing {', '.join(missing)}; run deploy/setup.sh", file=sys.stderr)
+        return 2
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    started = time.perf_counter()
+    root = tempfile.mkdtemp(prefix="overlayd-bench-")
+    raw: dict = {"labs": [], "cold": {}, "floor": {}}
+    try:
+        control_plane(args, root, raw).down()
+        if not args.no_tcp:
+            data_path(args, root, raw)
+    finally:
+        for lab in raw["labs"]:
+            lab.down()
+            if left := lab_namespaces(lab.name):
+                print(f"overlayd bench: namespaces left behind: {left}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+    results = Results(
+        peers=args.peers,
+        events=raw["events"],
+        churn=raw["churn"],
+        idle=raw["idle"],
+        cold=raw["cold"],
+        floor=raw["floor"],
+        cni=raw.get("cni"),
+        tcp=raw.get("tcp"),
+        mtu=raw.get("mtu", "?"),
+    )
+    print(f"\noverlayd bench: {machine()}; {time.perf_counter() - started:.0f} s in all\n")
+    print(render_table(rows(results)))
+    if args.docs:
+        write_docs(results, args, argv)
+    return 0
