@@ -97,6 +97,7 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
     """Cold starts per size; at ``--peers`` idle, events, churn and CNI ADD. Returns the lab to tear down."""
     lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
     results["labs"].append(lab)
+    print(f"lab {lab.name}: control plane, one host, agent {' '.join(AGENT_ARGS)}", flush=True)
     lab.up(hosts=1, network_config=network_config(), start_agents=False)
     host = lab.hosts[0]
     from overlayd.registry import etcd3  # protobuf set up as the agent uses it
@@ -144,6 +145,7 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
     lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
     results["labs"].append(lab)
+    print(f"lab {lab.name}: data path, two hosts with a container each", flush=True)
     lab.up(hosts=2)
     lab.wait_converged(timeout=60)
     h1, h2 = lab.hosts

@@ -1,0 +1,56 @@
+"""`overlayd bench` runs end to end on a tiny size and prints a table of numbers (no timing asserted)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from labtools import needs_lab
+
+from overlayd.lab import lab_namespaces
+
+pytestmark = [
+    needs_lab,
+    pytest.mark.root,
+    pytest.mark.skipif(not os.path.exists("/usr/lib/cni/bridge"), reason="needs containernetworking-plugins"),
+]
+
+TINY = ["--sizes", "20", "--peers", "20", "--runs", "1", "--events", "10", "--churn-rate", "20",
+        "--churn-seconds", "1", "--idle", "2", "--cni-runs", "3", "--no-tcp", "--no-plot"]  # fmt: skip
+FIGURES = (
+    "cold start, 20 peers: all 60 entries",
+    "event latency, 20 peers",
+    "churn 20/s",
+    "idle CPU, 20 peers",
+    "resident memory, 20 peers",
+    "CNI ADD p50: shim + bridge",
+)
+
+
+def test_bench_prints_every_figure_with_a_number_and_writes_the_report(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text("# Benchmarks\n\nhand-written notes stay\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "overlayd", "bench", *TINY, "--docs", str(docs)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for figure in FIGURES:
+        row = next((line for line in lines if line.startswith(figure)), None)
+        assert row is not None, f"no table row for {figure!r} in:\n{done.stdout[-3000:]}"
+        value = row[len(figure) :]
+        assert re.search(r"\d+(\.\d+)? (ms|s|MB|%)", value), f"no measured number in row {row!r}"
+    report = (docs / "benchmarks.md").read_text()
+    assert "hand-written notes stay" in report
+    assert "| cold start, 20 peers: all 60 entries (median) |" in report
+    assert not (docs / "img").exists(), "--no-plot wrote an image"
+    labs = re.findall(r"^lab (\w+):", done.stdout, re.MULTILINE)
+    assert labs, "the bench names no lab it built"
+    for name in labs:
+        assert not lab_namespaces(name), f"lab {name} left namespaces behind"
