@@ -113,6 +113,7 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
                 put_peers(client, range(written + 1, n + 1))
                 written = n
                 print(f"{n} peers: ip -batch floor ...", flush=True)
+                lab.stop_agent(host)  # a running agent would take its routes back from the floor's device
                 results["floor"][n] = iproute_floor(list(range(1, n + 1)), args.runs)
                 results["cold"][n] = []
                 for k in range(args.runs):

@@ -1,0 +1,50 @@
+"""The benchmark's pure parts: percentiles, formatting, the table and splicing the generated report."""
+
+from __future__ import annotations
+
+import math
+
+from overlayd.bench.report import BEGIN, END, splice
+from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, percentile, render_markdown_table, render_table
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5
+    assert math.isnan(percentile([], 50))
+
+
+def test_seconds_and_ratios_are_formatted_for_reading() -> None:
+    assert fmt_seconds(0.00123) == "1.23 ms"
+    assert fmt_seconds(0.0456) == "45.6 ms"
+    assert fmt_seconds(0.5) == "500 ms"
+    assert fmt_seconds(12.3) == "12.3 s"
+    assert fmt_seconds(float("nan")) == "-"
+    assert fmt_ratio(3.0, 2.0) == "1.50x"
+    assert fmt_ratio(300.0, 2.0) == "150x"
+    assert fmt_ratio(1.0, 0.0) == "-"
+
+
+def test_tables_have_a_header_and_one_line_per_row() -> None:
+    rows = [Row("cold start", "1.00 s", "floor 10.0 ms", "100x", "< 0.5 s")]
+    text = render_table(rows).splitlines()
+    assert text[0].startswith("figure") and set(text[1]) <= {"-", " "}
+    assert text[2].split("  ")[0] == "cold start"
+    markdown = render_markdown_table(rows).splitlines()
+    assert markdown[1] == "| --- | --- | --- | --- | --- |"
+    assert markdown[2] == "| cold start | 1.00 s | floor 10.0 ms | 100x | < 0.5 s |"
+
+
+def test_splice_replaces_only_the_generated_section() -> None:
+    document = f"# B\n\nintro\n\n{BEGIN}\nold figures\n{END}\n\n## Notes\nkept\n"
+    new = f"{BEGIN}\nnew figures\n{END}\n"
+    spliced = splice(document, new)
+    assert "old figures" not in spliced and "new figures" in spliced
+    assert spliced.startswith("# B\n\nintro\n\n") and spliced.endswith("\n\n## Notes\nkept\n")
+    assert splice(spliced, new) == spliced
+
+
+def test_splice_appends_when_the_markers_are_missing() -> None:
+    assert splice("# B\nnotes\n", f"{BEGIN}\nx\n{END}\n") == f"# B\nnotes\n\n{BEGIN}\nx\n{END}\n"
