@@ -21,11 +21,11 @@ def median(values: Sequence[float]) -> float:
 
 
 def fmt_seconds(seconds: float) -> str:
-    """Milliseconds below 10 s (three significant digits at most), else seconds."""
+    """Milliseconds below 1 s, else seconds; three significant digits."""
     if seconds != seconds:  # NaN: nothing measured
         return "-"
-    if seconds >= 10:
-        return f"{seconds:.1f} s"
+    if seconds >= 1:
+        return f"{seconds:.1f} s" if seconds >= 10 else f"{seconds:.2f} s"
     ms = seconds * 1000
     return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 

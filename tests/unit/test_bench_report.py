@@ -20,6 +20,7 @@ def test_seconds_and_ratios_are_formatted_for_reading() -> None:
     assert fmt_seconds(0.00123) == "1.23 ms"
     assert fmt_seconds(0.0456) == "45.6 ms"
     assert fmt_seconds(0.5) == "500 ms"
+    assert fmt_seconds(1.689) == "1.69 s"
     assert fmt_seconds(12.3) == "12.3 s"
     assert fmt_seconds(float("nan")) == "-"
     assert fmt_ratio(3.0, 2.0) == "1.50x"
