@@ -570,16 +570,10 @@ class Agent:
             spec = self._device_spec(self.config, self.lease.subnet)
             self.device, actions = self.backend.ensure_device(spec)  # the backend logs each action
             self._count_repair(trigger, "device", "fix", len(actions))
-            peer_keys = {key for key, lease in self.peers.items() if self._is_peer(lease)}
-            desired = desired_plane(
-                [self.peers[key] for key in peer_keys], self.lease.subnet, self.config.backend.vni
-            )
-            self.wanted = set(desired.neighs | desired.fdbs | desired.routes)
-            diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
-            if not diff.empty:
-                self._log_diff(diff, trigger)
-                self.backend.apply(self.device.ifindex, diff)
-            self.programmed = peer_keys
+            # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
+            # diffing against an empty peer set would remove them all and drop traffic on restart.
+            if self.peers_listed:
+                self._reconcile_entries(trigger)
             fw_spec = FirewallSpec(
                 network=self.config.network,
                 own_subnet=self.lease.subnet,
@@ -605,6 +599,20 @@ class Agent:
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self._count_peers()
+
+    def _reconcile_entries(self, trigger: str) -> None:
+        """Dump the device's neighbour, FDB and route entries and make them the peers' ones."""
+        assert self.backend is not None and self.config is not None and self.lease is not None
+        assert self.device is not None
+        peer_keys = {key for key, lease in self.peers.items() if self._is_peer(lease)}
+        peers = [self.peers[key] for key in peer_keys]
+        desired = desired_plane(peers, self.lease.subnet, self.config.backend.vni)
+        self.wanted = set(desired.neighs | desired.fdbs | desired.routes)
+        diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
+        if not diff.empty:
+            self._log_diff(diff, trigger)
+            self.backend.apply(self.device.ifindex, diff)
+        self.programmed = peer_keys
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
         """Count drift fixed by a timer or netlink pass; other passes program, they do not repair."""
