@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-from labtools import FAST_AGENT_ARGS
+from labtools import running_lab
 
-from overlayd.lab import Lab, lab_namespaces, random_lab_name
+from overlayd.lab import Lab
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS)
-    try:
-        lab.up(hosts=3)
-        lab.wait_converged(timeout=60)
+    """Three converged hosts, shared by a test module."""
+    with running_lab(tmp_path_factory, hosts=3) as lab:
         yield lab
-    finally:
-        logs = {
-            h.name: h.log_file.read_text(errors="replace")[-3000:] for h in lab.hosts if h.log_file.exists()
-        }
-        lab.down()
-        assert not lab_namespaces(name), "lab down left namespaces behind"
-        if os.environ.get("OVERLAYD_TEST_LOGS"):
-            for host, text in logs.items():
-                print(f"--- {host} agent.log ---\n{text}")

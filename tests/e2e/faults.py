@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from labtools import FAST_AGENT_ARGS
+from labtools import running_lab
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
 from overlayd.labtraffic import PingProbe, PingStats, TcpProbe
 
 PING_INTERVAL = 0.05
@@ -43,18 +43,10 @@ def pair_lab(
     tmp_path_factory: pytest.TempPathFactory, hosts: int = 3, etcd_members: int = 1, agent_args: tuple = ()
 ) -> Iterator[Pair]:
     """A converged lab of ``hosts`` hosts with containers c1 (h1) and c2 (h2); torn down always."""
-    name = random_lab_name()
-    root = str(tmp_path_factory.mktemp("lab"))
-    lab = Lab(name, root, agent_args=[*FAST_AGENT_ARGS, *agent_args], etcd_members=etcd_members)
-    try:
-        lab.up(hosts=hosts)
-        lab.wait_converged(timeout=60)
+    with running_lab(tmp_path_factory, hosts, tuple(agent_args), etcd_members) as lab:
         server_ip = lab.add_container(lab.hosts[1], "c2")
         lab.add_container(lab.hosts[0], "c1")
         yield Pair(lab, lab.container_ns("c1"), lab.container_ns("c2"), server_ip)
-    finally:
-        lab.down()
-        assert not lab_namespaces(name), "lab down left namespaces behind"
 
 
 def put_fake_peer(lab: Lab, key: str, public_ip: str, mac: str) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from overlayd.lab import Lab, LabHost
+from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name
 
 needs_lab = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("etcd") is None,
@@ -18,6 +20,32 @@ needs_lab = pytest.mark.skipif(
 
 # Short intervals so repairs show up quickly in tests; the defaults are exercised by the demo.
 FAST_AGENT_ARGS = ["--reconcile-interval=2"]
+
+
+@contextlib.contextmanager
+def running_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    hosts: int,
+    agent_args: tuple[str, ...] = (),
+    etcd_members: int = 1,
+    converge: bool = True,
+    **up: Any,
+) -> Iterator[Lab]:
+    """A fresh lab (random prefix, fast agents) that is always torn down, leaving no namespace."""
+    name = random_lab_name()
+    root = str(tmp_path_factory.mktemp("lab"))
+    lab = Lab(name, root, agent_args=[*FAST_AGENT_ARGS, *agent_args], etcd_members=etcd_members)
+    try:
+        lab.up(hosts=hosts, **up)
+        if converge:
+            lab.wait_converged(timeout=60)
+        yield lab
+    finally:
+        if os.environ.get("OVERLAYD_TEST_LOGS"):  # the agents' last words, for a failing CI run
+            for host in (h for h in lab.hosts if h.log_file.exists()):
+                print(f"--- {host.name} agent.log ---\n{host.log_file.read_text(errors='replace')[-3000:]}")
+        lab.down()
+        assert not lab_namespaces(name), "lab down left namespaces behind"
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:

@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from labtools import FAST_AGENT_ARGS, needs_lab, wait_for
+from labtools import needs_lab, running_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, lab_namespaces, random_lab_name, sh
+from overlayd.lab import ETCD_PREFIX, Lab, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -16,14 +16,10 @@ pytestmark = [needs_lab, pytest.mark.root]
 @pytest.fixture
 def bare_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Two hosts with --ip-masq and no network config in etcd yet."""
-    name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=[*FAST_AGENT_ARGS, "--ip-masq"])
-    try:
-        lab.up(hosts=2, network_config=None)
+    with running_lab(
+        tmp_path_factory, hosts=2, agent_args=("--ip-masq",), converge=False, network_config=None
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert not lab_namespaces(name)
 
 
 def fetch(lab: Lab, path: str) -> tuple[int, str]:

@@ -9,9 +9,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from labtools import FAST_AGENT_ARGS, metric, needs_lab, wait_for
+from labtools import metric, needs_lab, running_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, lab_namespaces, random_lab_name
+from overlayd.lab import ETCD_PREFIX, Lab
 
 pytestmark = [needs_lab, pytest.mark.root, pytest.mark.slow]
 
@@ -23,14 +23,10 @@ CONFIG = json.dumps({"Network": "198.18.0.0/16", "SubnetMin": "198.18.1.0", "Sub
 
 @pytest.fixture
 def crowded_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS)
-    try:
-        lab.up(hosts=AGENTS, network_config=CONFIG, start_agents=False)
+    with running_lab(
+        tmp_path_factory, hosts=AGENTS, converge=False, network_config=CONFIG, start_agents=False
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert not lab_namespaces(name)
 
 
 def lease_history(lab: Lab) -> list[tuple[str, str]]:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
-from labtools import FAST_AGENT_ARGS, needs_lab, wait_for
+from labtools import needs_lab, running_lab, wait_for
 
-from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.lab import Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -34,15 +34,8 @@ PROBE = (
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name = random_lab_name()
-    lab = Lab(name=name, root=str(tmp_path_factory.mktemp("lab")), agent_args=FAST_AGENT_ARGS)
-    try:
-        lab.up(hosts=2)
-        lab.wait_converged(timeout=60)
+    with running_lab(tmp_path_factory, hosts=2) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert not lab_namespaces(name), "lab down left namespaces behind"
 
 
 def counter_packets(netns: str, table: str, pattern: str) -> int:
