@@ -50,6 +50,10 @@ VXLAN_OVERHEAD = 50
 MAX_BACKOFF = 30.0
 NETLINK_DEBOUNCE = 0.2  # seconds: our own writes echo back; one full pass covers a burst
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
+# Seconds between etcd lease time-to-live checks on the timer. The peer watch already reports our
+# key's deletion (an expired or revoked etcd lease deletes it); this only backs the watch up, so
+# it need not cost an etcd round trip on every pass.
+LEASE_CHECK_INTERVAL = 60.0
 # Passes that find drift someone else caused; at start, after a lease change or a re-list, the
 # differences found are our own first programming, not repairs.
 DRIFT_TRIGGERS = ("timer", "netlink")
@@ -102,6 +106,7 @@ class Agent:
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
+        self.lease_checked_at = 0.0  # monotonic time of the last time-to-live check
         self.watcher: PeerWatcher | None = None
         self.monitor: NetlinkMonitor | None = None
         self.http: list[MetricsServer] = []
@@ -332,7 +337,10 @@ class Agent:
                 self.metrics.lease_expiry.set(time.time() + remaining)
 
     def _check_lease(self) -> None:
-        """Renew when due; re-acquire at once if our key or its etcd lease is gone."""
+        """Renew when due; re-acquire if our key or its etcd lease is gone (checked once a minute).
+
+        The peer watch reports our key's deletion at once; this check backs it up.
+        """
         assert self.registry is not None and self.lease is not None and self.lease_manager is not None
         if self.lease.etcd_lease_id == 0:
             return  # a reservation: no expiry to manage
@@ -347,8 +355,11 @@ class Agent:
                 self.metrics.lease_renewals.inc()
                 log.info("renewed lease on %s", renewed.subnet)
                 self._update_expiry()
-            elif self.registry.lease_remaining(self.lease) is None:
-                self._lease_lost("its etcd lease expired or was revoked")
+            elif time.monotonic() - self.lease_checked_at >= LEASE_CHECK_INTERVAL:
+                remaining = self.registry.lease_remaining(self.lease)
+                self.lease_checked_at = time.monotonic()
+                if remaining is None:
+                    self._lease_lost("its etcd lease expired or was revoked")
             self.lease_check.succeeded()
         except RegistryError as exc:
             self.lease_check.failed(exc, f"; will retry (lease {self.lease.key})")

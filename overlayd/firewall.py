@@ -20,6 +20,11 @@ VXLAN has no authentication: whoever can send UDP to the VXLAN port injects fram
 overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
 is in the named set ``vxlan_peers`` (the PublicIPs of current peer leases). Full passes replace the
 whole table, elements included; a single peer event adds or deletes one element (no dump).
+
+Periodic passes do not list the table while nothing in nftables changed: the ruleset generation
+(``nftgen``, one netlink round trip) is compared with the one read just before the last listing
+that matched. A deleted or flushed table, or any other rule change, bumps it and the next pass
+lists and repairs as before.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import DEFAULT_VXLAN_PORT
+from overlayd.nftgen import GenerationReader
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +126,9 @@ class Firewall:
         # table even where this nft version prints it differently from ``render_table``.
         self._applied: tuple[str, str] | None = None
         self._warned_drops: frozenset[str] = frozenset()
+        self._generation = GenerationReader()
+        # (ruleset generation, script) of the last pass that found the table as wanted.
+        self._verified: tuple[int, str] | None = None
 
     def ensure(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything."""
@@ -127,11 +136,15 @@ class Firewall:
         if spec.ingress_allowlist and spec.vxlan_peers is None:
             spec = replace(spec, vxlan_peers=self._live_peers() or frozenset())
         script = render_ruleset(spec, self._table, fully_random)
+        generation = self._generation.read()  # before the listing: a later change bumps it again
+        if generation is not None and self._verified == (generation, script):
+            return False
         live = self._live_listing()
         unchanged = live is not None and (
             live == _normalise(render_table(spec, self._table, fully_random))
             or self._applied == (script, live)
         )
+        self._verified = (generation, script) if unchanged and generation is not None else None
         if not unchanged:
             self._nft(["-f", "-"], script)
             self._applied = (script, self._live_listing() or "")
@@ -158,6 +171,7 @@ class Firewall:
         """Delete our table if present (the agent leaves rules in place on SIGTERM)."""
         self._nft(["-f", "-"], f"table ip {self._table}\ndelete table ip {self._table}\n")
         self._applied = None
+        self._verified = None
         log.info("deleted nftables table ip %s", self._table)
 
     def _live_listing(self) -> str | None:

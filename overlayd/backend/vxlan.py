@@ -130,7 +130,8 @@ class VxlanBackend:
         index = link["index"]
         self._fix_link_settings(index, link, spec, actions)
         self._fix_addresses(index, spec, actions)
-        link = self._ipr.link("get", index=index)[0]
+        if actions:  # read back what the changes left; an unchanged device is as first read
+            link = self._ipr.link("get", index=index)[0]
         state = DeviceState(index, str(link.get("IFLA_ADDRESS")).lower(), int(link.get("IFLA_MTU")))
         return state, actions
 
