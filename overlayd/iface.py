@@ -8,12 +8,20 @@ the kernel would route through), else the interface holding the default route.
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from pyroute2 import IPRoute
-
+from overlayd.backend.rtnlcodec import (
+    RTM_NEWROUTE,
+    decode_address,
+    decode_link,
+    dump_addresses_request,
+    dump_routes_request,
+    get_link_request,
+    route_get_request,
+    route_summary,
+)
+from overlayd.backend.rtnlsock import RtnlSocket
 from overlayd.options import AgentOptions
 
 
@@ -37,19 +45,17 @@ class _Link:
     addresses: tuple[IPv4Address, ...]
 
 
-def _links(ipr: IPRoute) -> list[_Link]:
+def _links(rtnl: RtnlSocket) -> list[_Link]:
     addresses: dict[int, list[IPv4Address]] = {}
-    for msg in ipr.get_addr(family=socket.AF_INET):
-        if msg.get("scope") == 0:  # global addresses only: no loopback or link-local ones
-            addresses.setdefault(msg["index"], []).append(IPv4Address(msg.get_attr("IFA_ADDRESS")))
+    seq = rtnl.next_seq()
+    for message in rtnl.dump(dump_addresses_request(seq), seq):
+        address = decode_address(message)
+        if address is not None and address.scope == 0:  # global only: no loopback or link-local
+            addresses.setdefault(address.index, []).append(address.ip)
+    seq = rtnl.next_seq()
+    links = [decode_link(message) for message in rtnl.dump(get_link_request(seq), seq)]
     return [
-        _Link(
-            name=msg.get_attr("IFLA_IFNAME"),
-            index=msg["index"],
-            mtu=msg.get_attr("IFLA_MTU"),
-            addresses=tuple(addresses.get(msg["index"], ())),
-        )
-        for msg in ipr.get_links()
+        _Link(link.name, link.index, link.mtu, tuple(addresses.get(link.index, ()))) for link in links
     ]
 
 
@@ -85,19 +91,18 @@ def _by_regex(links: list[_Link], pattern: str) -> ExternalInterface | None:
     return None
 
 
-def _by_route(ipr: IPRoute, links: list[_Link], target: IPv4Address | None) -> ExternalInterface | None:
+def _by_route(rtnl: RtnlSocket, links: list[_Link], target: IPv4Address | None) -> ExternalInterface | None:
+    seq = rtnl.next_seq()
     if target is None:
-        routes = ipr.get_routes(family=socket.AF_INET, dst_len=0, table=254)
-        index = routes[0].get_attr("RTA_OIF") if routes else None
+        routes = [route_summary(message) for message in rtnl.dump(dump_routes_request(seq), seq)
+                  if message.type == RTM_NEWROUTE]
+        index = next((oif for dst_len, oif, _ in routes if dst_len == 0), None)
         source = None
     else:
         try:
-            route = ipr.route("get", dst=str(target))[0]
-        except Exception:  # pyroute2 raises NetlinkError for an unreachable target
+            _, index, source = route_summary(rtnl.get(route_get_request(seq, target), seq))
+        except OSError:  # unreachable target
             return None
-        index = route.get_attr("RTA_OIF")
-        prefsrc = route.get_attr("RTA_PREFSRC")
-        source = IPv4Address(prefsrc) if prefsrc else None
     for link in links:
         if link.index == index:
             return _usable(link, source)
@@ -106,8 +111,9 @@ def _by_route(ipr: IPRoute, links: list[_Link], target: IPv4Address | None) -> E
 
 def select_interface(options: AgentOptions) -> ExternalInterface:
     """The external interface and its address per the options; raises InterfaceError."""
-    with IPRoute() as ipr:
-        links = _links(ipr)
+    rtnl = RtnlSocket()
+    try:
+        links = _links(rtnl)
         if options.iface:
             for spec in options.iface:
                 found = _by_spec(links, spec)
@@ -126,7 +132,7 @@ def select_interface(options: AgentOptions) -> ExternalInterface:
                 f"--iface-regex {','.join(options.iface_regex)}: no interface name or IPv4 address "
                 "matches; fix the pattern or use --iface"
             )
-        found = _by_route(ipr, links, options.iface_can_reach)
+        found = _by_route(rtnl, links, options.iface_can_reach)
         if found:
             return found
         if options.iface_can_reach:
@@ -137,3 +143,5 @@ def select_interface(options: AgentOptions) -> ExternalInterface:
         raise InterfaceError(
             "no default route, so no external interface to pick; pass --iface NAME or --iface-can-reach IP"
         )
+    finally:
+        rtnl.close()

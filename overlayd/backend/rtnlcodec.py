@@ -231,3 +231,162 @@ def neigh_summary(message: Message) -> str:
 def address_of(message: Message) -> IPv4Address | None:
     """``IFA_ADDRESS`` of an IPv4 address message."""
     return _ip(_attrs(message.body, _IFADDR.size).get(IFA_ADDRESS))
+
+
+# -- links, addresses and route lookups: the device and the external interface -------------------
+
+RTM_GETLINK, RTM_GETADDR = 18, 22
+IFF_UP = 0x1
+IFLA_ADDRESS, IFLA_MTU, IFLA_LINKINFO = 1, 4, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT, IFLA_VXLAN_GBP = 15, 23
+IFA_LOCAL = 2
+RTA_PREFSRC = 7
+NLA_F_NESTED = 0x8000
+NLM_F_EXCL = 0x200
+CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+_BE16 = struct.Struct("!H")
+
+
+@dataclass(frozen=True)
+class Link:
+    """The fields of a link message the agent reads; ``vxlan`` is None for other kinds."""
+
+    index: int
+    name: str
+    flags: int
+    mtu: int
+    mac: str
+    kind: str | None
+    vxlan: VxlanInfo | None
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    """What cannot change on a live VXLAN device, and its learning flag."""
+
+    vni: int | None
+    link: int | None
+    local: IPv4Address | None
+    port: int | None
+    gbp: bool
+    learning: bool
+
+
+@dataclass(frozen=True)
+class Address:
+    """One IPv4 address message: the interface, the address with its prefix, and its scope."""
+
+    index: int
+    ip: IPv4Address
+    prefixlen: int
+    scope: int
+
+
+def _u32(value: bytes | None) -> int | None:
+    return _U32.unpack(value)[0] if value is not None and len(value) >= 4 else None
+
+
+def decode_link(message: Message) -> Link:
+    _, _, index, flags, _ = _IFINFO.unpack_from(message.body)
+    attrs = _attrs(message.body, _IFINFO.size)
+    info = _attrs(attrs.get(IFLA_LINKINFO, b""), 0)
+    kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
+    vxlan = None
+    if kind == "vxlan":
+        data = _attrs(info.get(IFLA_INFO_DATA, b""), 0)
+        port = data.get(IFLA_VXLAN_PORT)
+        learning = data.get(IFLA_VXLAN_LEARNING)
+        vxlan = VxlanInfo(
+            vni=_u32(data.get(IFLA_VXLAN_ID)),
+            link=_u32(data.get(IFLA_VXLAN_LINK)),
+            local=_ip(data.get(IFLA_VXLAN_LOCAL)),
+            port=_BE16.unpack(port[:2])[0] if port is not None and len(port) >= 2 else None,
+            gbp=IFLA_VXLAN_GBP in data,
+            learning=bool(learning and learning[0]),
+        )
+    mac = attrs.get(IFLA_ADDRESS, b"")
+    return Link(index, attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"), flags,
+                _u32(attrs.get(IFLA_MTU)) or 0, mac.hex(":"), kind, vxlan)
+
+
+def decode_address(message: Message) -> Address | None:
+    """An IPv4 address message; None for other families."""
+    family, prefixlen, _, scope, index = _IFADDR.unpack_from(message.body)
+    attrs = _attrs(message.body, _IFADDR.size)
+    ip = _ip(attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS)))
+    if family != socket.AF_INET or ip is None:
+        return None
+    return Address(index, ip, prefixlen, scope)
+
+
+def get_link_request(seq: int, *, index: int = 0, name: str | None = None) -> bytes:
+    """``RTM_GETLINK`` for one link, by index or by name; ``NLM_F_DUMP`` for all when neither."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+    if name is not None:
+        body += _attr(IFLA_IFNAME, name.encode() + b"\0")
+    flags = NLM_F_REQUEST if index or name is not None else NLM_F_REQUEST | NLM_F_DUMP
+    return _message(RTM_GETLINK, flags, seq, body)
+
+
+def create_vxlan_request(seq: int, name: str, vni: int, local: IPv4Address, link: int, port: int,
+                         learning: bool, gbp: bool, mtu: int, mac: str) -> bytes:
+    """``RTM_NEWLINK`` creating a VXLAN device with flanneld's attributes (fails if it exists)."""
+    data = (_attr(IFLA_VXLAN_ID, _U32.pack(vni)) + _attr(IFLA_VXLAN_LINK, _U32.pack(link))
+            + _attr(IFLA_VXLAN_LOCAL, local.packed) + _attr(IFLA_VXLAN_PORT, _BE16.pack(port))
+            + _attr(IFLA_VXLAN_LEARNING, bytes([int(learning)])))
+    if gbp:
+        data += _attr(IFLA_VXLAN_GBP, b"")
+    info = _attr(IFLA_INFO_KIND, b"vxlan") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
+    body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_MTU, _U32.pack(mtu)) + _attr(IFLA_ADDRESS, _mac(mac))
+            + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+    return _message(RTM_NEWLINK, CREATE, seq, body)
+
+
+def set_link_request(seq: int, index: int, *, mtu: int | None = None, mac: str | None = None,
+                     up: bool = False) -> bytes:
+    """``RTM_NEWLINK`` changing the MTU, the MAC or bringing the link up."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP if up else 0, IFF_UP if up else 0)
+    if mtu is not None:
+        body += _attr(IFLA_MTU, _U32.pack(mtu))
+    if mac is not None:
+        body += _attr(IFLA_ADDRESS, _mac(mac))
+    return _message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def delete_link_request(seq: int, index: int) -> bytes:
+    return _message(RTM_DELLINK, DELETE, seq, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+
+
+def dump_addresses_request(seq: int, index: int = 0) -> bytes:
+    """IPv4 addresses of ``index`` (all interfaces for 0), filtered in the kernel."""
+    body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, index)
+    return _message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def address_request(seq: int, index: int, ip: IPv4Address, prefixlen: int, add: bool) -> bytes:
+    """``RTM_NEWADDR`` / ``RTM_DELADDR`` of ``ip/prefixlen`` on ``index`` (local = address)."""
+    body = (_IFADDR.pack(socket.AF_INET, prefixlen, 0, 0, index)
+            + _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed))
+    return _message(RTM_NEWADDR if add else RTM_DELADDR, CREATE if add else DELETE, seq, body)
+
+
+def dump_routes_request(seq: int) -> bytes:
+    """Main-table IPv4 routes (for the default route)."""
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0)
+    return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def route_get_request(seq: int, dst: IPv4Address) -> bytes:
+    """``ip route get <dst>``."""
+    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst.packed)
+    return _message(RTM_GETROUTE, NLM_F_REQUEST, seq, body)
+
+
+def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | None]:
+    """(dst_len, output interface, preferred source) of an IPv4 route message."""
+    dst_len = _RTMSG.unpack_from(message.body)[1]
+    attrs = _attrs(message.body, _RTMSG.size)
+    return dst_len, _u32(attrs.get(RTA_OIF)), _ip(attrs.get(RTA_PREFSRC))

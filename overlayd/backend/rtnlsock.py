@@ -8,6 +8,7 @@ of system calls. The socket is bound to the network namespace current when it is
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -57,6 +58,24 @@ class RtnlSocket:
                         results[message.seq] = error_code(message)
                         pending.discard(message.seq)
         return results
+
+    def get(self, request: bytes, seq: int) -> Message:
+        """The one message answering a (non-dump) get request; OSError if the kernel refuses it."""
+        self._sock.send(request)
+        while True:
+            for message in split_messages(self._sock.recv(RECV_BUFFER)):
+                if message.seq != seq:
+                    continue
+                if message.type == NLMSG_ERROR:
+                    code = error_code(message) or errno.EPROTO
+                    raise OSError(code, os.strerror(code))
+                return message
+
+    def write(self, request: bytes, seq: int) -> None:
+        """One acknowledged request; OSError with the kernel's errno if it fails."""
+        code = self.request([(seq, request)])[seq]
+        if code:
+            raise OSError(code, os.strerror(code))
 
     def dump(self, request: bytes, seq: int) -> Iterator[Message]:
         """The messages answering a dump request, until its end; OSError if the kernel refuses it."""

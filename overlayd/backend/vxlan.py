@@ -5,10 +5,14 @@ FDB entry with a ``dst``, onlink route via the peer's ``<subnet>.0``), so either
 over the other's device. Unlike flanneld, the device is repaired rather than trusted: MTU drift,
 a wrong MAC or stray addresses are fixed, and an incompatible device is recreated.
 
-The device is managed through a pyroute2 ``IPRoute`` socket; the per-peer entries, thousands of
-them, through a batching raw socket (``rtnlsock``) with a ``struct`` codec (``rtnlcodec``). Both
-are bound to the network namespace current when the backend is created; no multicast groups are
-joined (``netmon`` watches).
+The device and the per-peer entries, thousands of them, go through one raw rtnetlink socket
+(``rtnlsock``, batching) with a ``struct`` codec (``rtnlcodec``), bound to the network namespace
+current when the backend is created; no multicast groups are joined (``netmon`` watches). The
+project names pyroute2 as its netlink library and the CLI's ``status`` still uses it, but the
+agent no longer imports it: its package ``__init__`` alone cost ~0.1 s of every cold start
+(``python -X importtime``: ``pyroute2`` pulls in ndb, ipdb, conntrack and asyncio whichever
+submodule is named), and decoding one link message with its generic marshal cost milliseconds
+on every periodic pass.
 """
 
 from __future__ import annotations
@@ -16,24 +20,35 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from overlayd.backend.rtnlcodec import Entry, decode_entry, dump_requests, encode_entry
+from overlayd.backend.rtnlcodec import (
+    IFF_UP,
+    Entry,
+    Link,
+    address_request,
+    create_vxlan_request,
+    decode_address,
+    decode_entry,
+    decode_link,
+    delete_link_request,
+    dump_addresses_request,
+    dump_requests,
+    encode_entry,
+    get_link_request,
+    set_link_request,
+)
 from overlayd.backend.rtnlsock import RtnlSocket
 from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VXLAN_PORT = 8472  # the kernel's default, what flannel's Port 0 means
-IFF_UP = 0x1
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 
@@ -83,21 +98,19 @@ class DeviceState:
 
 
 class VxlanBackend:
-    """Owns an IPRoute socket in the current network namespace."""
+    """Owns a raw rtnetlink socket in the current network namespace."""
 
     def __init__(self) -> None:
-        self._ipr = IPRoute(groups=0)
         self._rtnl = RtnlSocket()
 
     def close(self) -> None:
-        self._ipr.close()
         self._rtnl.close()
 
     # -- device -------------------------------------------------------------------------------
 
     def underlay_mtu(self, ifname: str) -> int:
         """MTU of the external interface, from which the VXLAN MTU is derived."""
-        return int(self._link_by_name(ifname, "underlay interface").get("IFLA_MTU"))
+        return self._link_by_name(ifname, "underlay interface").mtu
 
     def find_compatible_mac(self, spec: DeviceSpec) -> str | None:
         """MAC of an existing ``spec.name`` that ``ensure_device`` would keep, else None.
@@ -108,7 +121,7 @@ class VxlanBackend:
         link = self._find_link(spec.name)
         if link is None or self._identity_mismatches(link, spec):
             return None
-        return str(link.get("IFLA_ADDRESS")).lower()
+        return link.mac
 
     def ensure_device(self, spec: DeviceSpec) -> tuple[DeviceState, list[str]]:
         """Make ``spec.name`` match ``spec``; return its state and the changes made (may be [])."""
@@ -116,113 +129,104 @@ class VxlanBackend:
         link = self._find_link(spec.name)
         if link is not None:
             mismatches = self._identity_mismatches(link, spec)
-            learning = bool(_vxlan_data(link).get("IFLA_VXLAN_LEARNING"))
+            learning = bool(link.vxlan and link.vxlan.learning)
             if learning != spec.learning:
                 mismatches.append(f"learning {learning}, want {spec.learning}")
             if mismatches:
                 with _device_errors(spec.name, "delete the incompatible device"):
-                    self._ipr.link("del", index=link["index"])
+                    self._write(lambda seq: delete_link_request(seq, link.index))
                 link = None
                 _record(spec, f"deleted incompatible {spec.name} ({', '.join(mismatches)})", actions)
         if link is None:
             link = self._create(spec)
             _record(spec, f"created {spec.name}", actions)
-        index = link["index"]
-        self._fix_link_settings(index, link, spec, actions)
-        self._fix_addresses(index, spec, actions)
+        self._fix_link_settings(link, spec, actions)
+        self._fix_addresses(link.index, spec, actions)
         if actions:  # read back what the changes left; an unchanged device is as first read
-            link = self._ipr.link("get", index=index)[0]
-        state = DeviceState(index, str(link.get("IFLA_ADDRESS")).lower(), int(link.get("IFLA_MTU")))
-        return state, actions
+            link = self._get_link(index=link.index)
+        return DeviceState(link.index, link.mac, link.mtu), actions
 
-    def _find_link(self, ifname: str) -> Any | None:
+    def _write(self, build: Callable[[int], bytes]) -> None:
+        """One acknowledged request, built for the next sequence number."""
+        seq = self._rtnl.next_seq()
+        self._rtnl.write(build(seq), seq)
+
+    def _get_link(self, *, index: int = 0, name: str | None = None) -> Link:
+        seq = self._rtnl.next_seq()
+        return decode_link(self._rtnl.get(get_link_request(seq, index=index, name=name), seq))
+
+    def _find_link(self, ifname: str) -> Link | None:
         try:
-            return self._ipr.link("get", ifname=ifname)[0]
-        except NetlinkError as err:
-            if err.code == errno.ENODEV:
+            return self._get_link(name=ifname)
+        except OSError as err:
+            if err.errno == errno.ENODEV:
                 return None
             raise
 
-    def _link_by_name(self, ifname: str, role: str) -> Any:
+    def _link_by_name(self, ifname: str, role: str) -> Link:
         link = self._find_link(ifname)
         if link is None:
             raise BackendError(f"{role} {ifname} does not exist; check the interface option")
         return link
 
-    def _identity_mismatches(self, link: Any, spec: DeviceSpec) -> list[str]:
+    def _identity_mismatches(self, link: Link, spec: DeviceSpec) -> list[str]:
         """Attributes that cannot be changed in place (the device must be recreated)."""
-        kind = link.get(("linkinfo", "kind"))
-        if kind != "vxlan":
-            return [f"kind {kind} is not vxlan"]
-        data = _vxlan_data(link)
+        if link.vxlan is None:
+            return [f"kind {link.kind} is not vxlan"]
         underlay = self._link_by_name(spec.underlay_ifname, "underlay interface")
-        expected = {
-            "IFLA_VXLAN_ID": spec.vni,
-            "IFLA_VXLAN_LINK": underlay["index"],
-            "IFLA_VXLAN_LOCAL": str(spec.local_ip),
-            "IFLA_VXLAN_PORT": spec.dstport,
-            "IFLA_VXLAN_GBP": spec.gbp,
-        }
-        actual = {key: data.get(key) for key in expected}
-        actual["IFLA_VXLAN_GBP"] = bool(actual["IFLA_VXLAN_GBP"])
-        return [
-            f"{key.removeprefix('IFLA_VXLAN_').lower()} {actual[key]}, want {value}"
-            for key, value in expected.items()
-            if actual[key] != value
+        actual = link.vxlan
+        checks = [
+            ("id", actual.vni, spec.vni),
+            ("link", actual.link, underlay.index),
+            ("local", actual.local, spec.local_ip),
+            ("port", actual.port, spec.dstport),
+            ("gbp", actual.gbp, spec.gbp),
         ]
+        return [f"{name} {have}, want {want}" for name, have, want in checks if have != want]
 
-    def _create(self, spec: DeviceSpec) -> Any:
+    def _create(self, spec: DeviceSpec) -> Link:
         underlay = self._link_by_name(spec.underlay_ifname, "underlay interface")
-        options: dict[str, Any] = {
-            "ifname": spec.name,
-            "kind": "vxlan",
-            "vxlan_id": spec.vni,
-            "vxlan_local": str(spec.local_ip),
-            "vxlan_link": underlay["index"],
-            "vxlan_port": spec.dstport,
-            "vxlan_learning": int(spec.learning),
-            "mtu": spec.mtu,
-            "address": spec.mac,
-        }
-        if spec.gbp:
-            options["vxlan_gbp"] = True
         with _device_errors(spec.name, "create the device"):
-            self._ipr.link("add", **options)
-        return self._ipr.link("get", ifname=spec.name)[0]
+            self._write(lambda seq: create_vxlan_request(
+                seq, spec.name, spec.vni, spec.local_ip, underlay.index, spec.dstport,
+                spec.learning, spec.gbp, spec.mtu, spec.mac,
+            ))
+        return self._get_link(name=spec.name)
 
-    def _fix_link_settings(self, index: int, link: Any, spec: DeviceSpec,
-                           actions: list[str]) -> None:
+    def _fix_link_settings(self, link: Link, spec: DeviceSpec, actions: list[str]) -> None:
         """Set MTU, MAC and up state where they differ; flanneld never fixes these."""
         changes: list[tuple[str, dict[str, Any]]] = []
-        mtu = link.get("IFLA_MTU")
-        if mtu != spec.mtu:
-            changes.append((f"set mtu {spec.mtu} (was {mtu})", {"mtu": spec.mtu}))
-        mac = str(link.get("IFLA_ADDRESS")).lower()
-        if mac != spec.mac:
-            changes.append((f"set mac {spec.mac} (was {mac})", {"address": spec.mac}))
-        if not link["flags"] & IFF_UP:
-            changes.append(("set up", {"state": "up"}))
+        if link.mtu != spec.mtu:
+            changes.append((f"set mtu {spec.mtu} (was {link.mtu})", {"mtu": spec.mtu}))
+        if link.mac != spec.mac:
+            changes.append((f"set mac {spec.mac} (was {link.mac})", {"mac": spec.mac}))
+        if not link.flags & IFF_UP:
+            changes.append(("set up", {"up": True}))
         for action, attrs in changes:
             with _device_errors(spec.name, action):
-                self._ipr.link("set", index=index, **attrs)
+                self._write(partial(set_link_request, index=link.index, **attrs))
             _record(spec, action, actions)
 
     def _fix_addresses(self, index: int, spec: DeviceSpec, actions: list[str]) -> None:
         """Leave exactly ``spec.address`` as the device's IPv4 address."""
         present = False
-        for msg in self._ipr.addr("dump", index=index, family=socket.AF_INET):
-            address = IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+        seq = self._rtnl.next_seq()
+        found = [decode_address(m) for m in self._rtnl.dump(dump_addresses_request(seq, index), seq)]
+        for item in found:
+            if item is None or item.index != index:
+                continue
+            address = IPv4Interface((item.ip, item.prefixlen))
             if address == spec.address:
                 present = True
                 continue
             with _device_errors(spec.name, f"remove address {address}"):
-                self._ipr.addr("del", index=index, address=str(address.ip),
-                               prefixlen=address.network.prefixlen)
+                self._write(partial(address_request, index=index, ip=item.ip, prefixlen=item.prefixlen,
+                                    add=False))
             _record(spec, f"removed address {address}", actions)
         if not present:
             with _device_errors(spec.name, f"add address {spec.address}"):
-                self._ipr.addr("add", index=index, address=str(spec.address.ip),
-                               prefixlen=spec.address.network.prefixlen)
+                self._write(lambda seq: address_request(seq, index, spec.address.ip,
+                                                        spec.address.network.prefixlen, True))
             _record(spec, f"added address {spec.address}", actions)
 
     # -- per-peer entries ---------------------------------------------------------------------
@@ -303,11 +307,5 @@ def _device_errors(device: str, what: str) -> Iterator[None]:
     """Turn a netlink error into a BackendError that names the device and the step."""
     try:
         yield
-    except NetlinkError as err:
-        raise BackendError(f"{device}: cannot {what}: {err.args[-1]}") from err
-
-
-def _vxlan_data(link: Any) -> dict[str, Any]:
-    """The IFLA_VXLAN_* attributes of a link message as a dict (empty for other kinds)."""
-    data = link.get(("linkinfo", "data"))
-    return dict(data["attrs"]) if data else {}
+    except OSError as err:
+        raise BackendError(f"{device}: cannot {what}: {err.strerror}") from err
