@@ -19,16 +19,18 @@ in ``postrouting`` cannot stop another table's masquerade.
 VXLAN has no authentication: whoever can send UDP to the VXLAN port injects frames into the
 overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
 is in the named set ``vxlan_peers`` (the PublicIPs of current peer leases). Full passes replace the
-whole table, elements included; a single peer event adds or deletes one element (no dump).
+whole table, elements included; a single peer event adds or deletes one element over netlink
+(``nftnl``, no process start: it is on the new peer's critical path).
 
 Periodic passes do not list the table while nothing in nftables changed: the ruleset generation
-(``nftgen``, one netlink round trip) is compared with the one read just before the last listing
+(``nftnl``, one netlink round trip) is compared with the one read just before the last listing
 that matched. A deleted or flushed table, or any other rule change, bumps it and the next pass
 lists and repairs as before.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import DEFAULT_VXLAN_PORT
-from overlayd.nftgen import GenerationReader
+from overlayd.nftnl import NftNetlink
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ class Firewall:
         # table even where this nft version prints it differently from ``render_table``.
         self._applied: tuple[str, str] | None = None
         self._warned_drops: frozenset[str] = frozenset()
-        self._generation = GenerationReader()
+        self._netlink = NftNetlink()
         # (ruleset generation, script) of the last pass that found the table as wanted.
         self._verified: tuple[int, str] | None = None
 
@@ -136,7 +138,7 @@ class Firewall:
         if spec.ingress_allowlist and spec.vxlan_peers is None:
             spec = replace(spec, vxlan_peers=self._live_peers() or frozenset())
         script = render_ruleset(spec, self._table, fully_random)
-        generation = self._generation.read()  # before the listing: a later change bumps it again
+        generation = self._netlink.generation()  # before the listing: a later change bumps it again
         if generation is not None and self._verified == (generation, script):
             return False
         live = self._live_listing()
@@ -159,13 +161,20 @@ class Firewall:
 
     def allow_peer(self, public_ip: IPv4Address) -> None:
         """Add one PublicIP to the VXLAN allowlist (the table must exist; a full pass creates it)."""
-        self._nft(["add", "element", "ip", self._table, PEER_SET, f"{{ {public_ip} }}"], "")
+        try:
+            self._netlink.set_element(self._table, PEER_SET, public_ip, add=True)
+        except OSError as exc:
+            raise FirewallError(f"cannot add {public_ip} to set {PEER_SET} of table ip {self._table}: "
+                                f"{exc.strerror}") from exc
 
     def disallow_peer(self, public_ip: IPv4Address) -> None:
         """Remove one PublicIP from the VXLAN allowlist; already absent is fine."""
-        proc = self._run_nft(["delete", "element", "ip", self._table, PEER_SET, f"{{ {public_ip} }}"])
-        if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
-            raise FirewallError(f"nft delete element {PEER_SET} {public_ip} failed: {proc.stderr.strip()}")
+        try:
+            self._netlink.set_element(self._table, PEER_SET, public_ip, add=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise FirewallError(f"cannot delete {public_ip} from set {PEER_SET} of table ip "
+                                    f"{self._table}: {exc.strerror}") from exc
 
     def remove(self) -> None:
         """Delete our table if present (the agent leaves rules in place on SIGTERM)."""
