@@ -64,13 +64,14 @@ class PlaneDiff:
 
 def peer_entries(lease: Lease) -> Plane:
     """The three entries one VXLAN peer needs."""
+    neigh, fdb, route = _entries(lease)
+    return Plane(neighs=frozenset({neigh}), fdbs=frozenset({fdb}), routes=frozenset({route}))
+
+
+def _entries(lease: Lease) -> tuple[Neigh, Fdb, Route]:
     gateway = lease.subnet.network_address
     mac = lease.attrs.vtep_mac or ""
-    return Plane(
-        neighs=frozenset({Neigh(gateway, mac)}),
-        fdbs=frozenset({Fdb(mac, lease.attrs.public_ip)}),
-        routes=frozenset({Route(lease.subnet, gateway)}),
-    )
+    return Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
 
 
 def is_vxlan_peer(lease: Lease, own_subnet: IPv4Network | None, vni: int) -> bool:
@@ -91,10 +92,10 @@ def desired_plane(leases: Iterable[Lease], own_subnet: IPv4Network | None, vni: 
     for lease in leases:
         if not is_vxlan_peer(lease, own_subnet, vni):
             continue
-        entries = peer_entries(lease)
-        neighs |= entries.neighs
-        fdbs |= entries.fdbs
-        routes |= entries.routes
+        neigh, fdb, route = _entries(lease)  # no Plane per lease: this runs on every full pass
+        neighs.add(neigh)
+        fdbs.add(fdb)
+        routes.add(route)
     return Plane(frozenset(neighs), frozenset(fdbs), frozenset(routes))
 
 
