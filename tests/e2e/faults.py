@@ -72,13 +72,17 @@ def subnet_key(host: LabHost) -> str:
 
 
 def plane(host: LabHost) -> dict[str, str]:
-    """The host's flannel.1 routes, permanent neighbours and FDB entries, as text per kind."""
+    """The host's flannel.1 routes, permanent neighbours and FDB entries, as sorted lines per kind.
+
+    Sorted because the kernel lists re-added entries in a different order: the set is what counts.
+    """
     dev = ("dev", "flannel.1")
-    return {
+    listings = {
         "route": sh("ip", "-4", "route", "show", *dev, netns=host.netns, check=False),
         "neigh": sh("ip", "-4", "neigh", "show", *dev, "nud", "permanent", netns=host.netns, check=False),
         "fdb": sh("bridge", "fdb", "show", *dev, netns=host.netns, check=False),
     }
+    return {kind: "\n".join(sorted(text.splitlines())) for kind, text in listings.items()}
 
 
 def vtep_mac(host: LabHost) -> str:
