@@ -29,7 +29,7 @@ from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
 from overlayd.bench.datapath import throughput
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
-from overlayd.bench.report import Results, markdown, rows, splice
+from overlayd.bench.report import Results, cni_rows, markdown, rows, splice
 from overlayd.bench.stats import render_table
 from overlayd.lab import ETCD_IP, Lab, lab_namespaces, random_lab_name
 
@@ -68,10 +68,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--tcp-seconds", type=int, default=5, help="iperf3 -t per run (default 5)")
     add("--tcp-rounds", type=int, default=2, help="alternating host/container iperf3 runs (default 2)")
     add("--no-tcp", action="store_true", help="skip the data-path lab")
+    add(
+        "--only",
+        choices=["cni"],
+        help="measure one figure in a small lab of its own and print it (cni: CNI ADD); not with --docs",
+    )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
     add("--cold-timeout", type=float, default=120.0, help="give up on a cold start after this many seconds")
     args = parser.parse_args(argv)
+    if args.only and args.docs:
+        parser.error("--only prints one figure; --docs rewrites the whole report, so run without --only")
     try:
         args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     except ValueError:
@@ -86,7 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp else ["iperf3"])
+    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only else ["iperf3"])
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
@@ -141,6 +148,19 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
         finally:
             client.close()
     return lab
+
+
+def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
+    """CNI ADD on one lab host whose agent holds a lease (no peers): the figure alone, in seconds."""
+    lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
+    results["labs"].append(lab)
+    print(f"lab {lab.name}: one host for CNI ADD", flush=True)
+    lab.up(hosts=1)
+    lab.wait_converged(timeout=60)
+    host = lab.hosts[0]
+    print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
+    with in_netns(host.netns):
+        results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
 
 
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
@@ -225,15 +245,22 @@ def main(argv: list[str]) -> int:
     root = tempfile.mkdtemp(prefix="overlayd-bench-")
     raw: dict = {"labs": [], "cold": {}, "floor": {}}
     try:
-        control_plane(args, root, raw).down()
-        if not args.no_tcp:
-            data_path(args, root, raw)
+        if args.only == "cni":
+            cni_only(args, root, raw)
+        else:
+            control_plane(args, root, raw).down()
+            if not args.no_tcp:
+                data_path(args, root, raw)
     finally:
         for lab in raw["labs"]:
             lab.down()
             if left := lab_namespaces(lab.name):
                 print(f"overlayd bench: namespaces left behind: {left}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
+    if args.only == "cni":
+        print(f"\noverlayd bench --only cni: {machine()}; {time.perf_counter() - started:.0f} s in all\n")
+        print(render_table(cni_rows(raw["cni"])))
+        return 0
     results = Results(
         peers=args.peers,
         events=raw["events"],
