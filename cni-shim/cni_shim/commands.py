@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
 
 from .delegate import find_plugin, invoke
 from .errors import (
@@ -25,16 +22,23 @@ from .state import Attachment, StateStore
 from .subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env
 from .version import at_least, delegate_version
 
+# `typing`, `collections.abc` and `dataclasses` would add ~10 ms each to every CNI call
+# (docs/benchmarks.md); annotations stay strings and records are plain classes.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 _POLL_INTERVAL = 0.1
 
 
-@dataclass(frozen=True)
 class Invocation:
     """One call: the shim's config, the runtime's environment, and any ``prevResult``."""
 
-    conf: ShimConf
-    env: Mapping[str, str]
-    prev_result: dict[str, Any] | None
+    def __init__(self, conf: ShimConf, env: Mapping[str, str], prev_result: dict[str, Any] | None) -> None:
+        self.conf = conf
+        self.env = env
+        self.prev_result = prev_result
 
     @property
     def attachment(self) -> Attachment:
@@ -148,7 +152,7 @@ def gc(inv: Invocation, valid_attachments: Any) -> str:
         env = {key: value for key, value in inv.env.items() if key != "CNI_NETNS"}
         env.update(CNI_CONTAINERID=attachment.container_id, CNI_IFNAME=attachment.ifname)
         try:
-            delete(replace(inv, env=env, prev_result=None))
+            delete(Invocation(inv.conf, env, None))
         except CniError as err:
             failures.append(f"{attachment.filename}: {err.msg}")
     if failures:

@@ -15,16 +15,18 @@ to write ``subnet.env`` before answering "try again later".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 from .errors import InvalidConfig, UnsupportedField
 from .subnetenv import AddressFamily, SubnetEnv
 from .version import delegate_version
 
-DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")
-DEFAULT_DATA_DIR = Path("/var/lib/cni/flannel")
+# Start-up cost: `typing` and `dataclasses` would add ~10 ms each to every CNI call (see
+# docs/benchmarks.md), so annotations stay strings and records are plain classes.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 DEFAULT_SUBNET_FILE_TIMEOUT = 5.0
 
 # Keys the shim owns in the delegate config. flannel rejected `name` and `ipam` there too: a
@@ -37,18 +39,29 @@ _RESERVED_DELEGATE_KEYS = {
 _PASSED_THROUGH = ("runtimeConfig", "args", "dns")
 
 
-@dataclass(frozen=True)
 class ShimConf:
     """The conflist entry for ``"type": "flannel"``, validated."""
 
-    name: str
-    cni_version: str
-    subnet_file: Path
-    data_dir: Path
-    subnet_file_timeout: float
-    delegate: dict[str, Any]
-    ipam: dict[str, Any]
-    passed_through: dict[str, Any]
+    def __init__(
+        self,
+        *,
+        name: str,
+        cni_version: str,
+        subnet_file: str,
+        data_dir: str,
+        subnet_file_timeout: float,
+        delegate: dict[str, Any],
+        ipam: dict[str, Any],
+        passed_through: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.cni_version = cni_version
+        self.subnet_file = subnet_file
+        self.data_dir = data_dir
+        self.subnet_file_timeout = subnet_file_timeout
+        self.delegate = delegate
+        self.ipam = ipam
+        self.passed_through = passed_through
 
 
 def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
@@ -134,8 +147,8 @@ def _object(config: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _path(config: dict[str, Any], key: str, default: Path) -> Path:
-    value = config.get(key, str(default))
+def _path(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get(key, default)
     if not isinstance(value, str) or not value.startswith("/"):
         raise InvalidConfig(f'"{key}" {value!r} is not an absolute path; e.g. "{default}"')
-    return Path(value)
+    return value

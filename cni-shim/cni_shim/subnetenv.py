@@ -13,8 +13,6 @@ The file is flannel's format, ``KEY=VALUE`` lines written by the agent once it h
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from pathlib import Path
 
 # Go's strconv.ParseBool spellings, because flannel's plugin accepted exactly these.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
@@ -28,21 +26,22 @@ class SubnetEnvError(ValueError):
     """The file exists but cannot be used; the message names the key and the fix."""
 
 
-@dataclass(frozen=True)
+# Records are plain classes: `dataclasses` would add ~10 ms to every CNI call (docs/benchmarks.md).
 class AddressFamily:
     """One family's overlay: the whole network and this host's subnet (with its gateway)."""
 
-    network: IPNetwork
-    subnet: IPInterface
+    def __init__(self, *, network: IPNetwork, subnet: IPInterface) -> None:
+        self.network = network
+        self.subnet = subnet
 
 
-@dataclass(frozen=True)
 class SubnetEnv:
     """What the agent tells the plugin about this host's share of the overlay."""
 
-    families: tuple[AddressFamily, ...]
-    mtu: int
-    ipmasq: bool
+    def __init__(self, *, families: tuple[AddressFamily, ...], mtu: int, ipmasq: bool) -> None:
+        self.families = families
+        self.mtu = mtu
+        self.ipmasq = ipmasq
 
 
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
@@ -115,6 +114,7 @@ def _family(
     return AddressFamily(network=network, subnet=subnet)
 
 
-def read_subnet_env(path: Path) -> SubnetEnv:
+def read_subnet_env(path: str) -> SubnetEnv:
     """Read and parse the file; FileNotFoundError means the agent has not written it yet."""
-    return parse_subnet_env(path.read_text(), source=str(path))
+    with open(path, encoding="utf-8") as stream:
+        return parse_subnet_env(stream.read(), source=path)
