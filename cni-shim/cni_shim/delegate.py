@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from . import spawn
 from .errors import CniError, DelegateFailed, InvalidEnvironment
 
 # `typing`, `collections.abc` and `pathlib` would add ~10 ms to every CNI call (docs/benchmarks.md).
@@ -34,17 +35,9 @@ def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> d
     ``env`` holds the CNI_* variables for the call (CNI_PATH among them); CNI_COMMAND is set
     here. A plugin error becomes DelegateFailed carrying the plugin's own code and message.
     """
-    import subprocess  # only ADD/DEL/CHECK delegate; VERSION and errors start faster without it
-
     plugin_type = config["type"]
     plugin = find_plugin(plugin_type, env.get("CNI_PATH", ""))
-    completed = subprocess.run(
-        [plugin],
-        input=json.dumps(config).encode(),
-        env={**env, "CNI_COMMAND": command},
-        capture_output=True,
-        check=False,
-    )
+    completed = spawn.run(plugin, json.dumps(config).encode(), {**env, "CNI_COMMAND": command})
     stderr = completed.stderr.decode(errors="replace").strip()
     if stderr:
         sys.stderr.write(f"{plugin_type}: {stderr}\n")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cni_shim import spawn
 from cni_shim.errors import CniError, UnsupportedField
 from cni_shim.main import run
 from cni_shim.netconf import build_delegate, parse_conf
@@ -209,6 +211,43 @@ def test_flannels_own_state_file_is_used_for_the_same_network(tmp_path: Path) ->
     assert store.load(Attachment("cbr0", "abc", "eth0")) == {"name": "cbr0", "type": "bridge"}
     store.remove(Attachment("cbr0", "abc", "eth0"))
     assert not (tmp_path / "abc").exists()
+
+
+# --- spawning the delegate --------------------------------------------------------------------
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "child"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_spawn_feeds_stdin_while_draining_outputs_larger_than_a_pipe(tmp_path: Path) -> None:
+    # The child fills both output pipes before reading its input: a write-then-read would deadlock.
+    child = _script(tmp_path, "head -c 300000 /dev/zero; head -c 300000 /dev/zero >&2; cat; echo $X")
+    done = spawn.run(child, b"x" * 500_000, {"X": "from-env"})
+    assert done.returncode == 0
+    assert done.stdout == b"\0" * 300_000 + b"x" * 500_000 + b"from-env\n"
+    assert done.stderr == b"\0" * 300_000
+
+
+def test_spawn_survives_a_child_that_exits_without_reading_its_input(tmp_path: Path) -> None:
+    done = spawn.run(_script(tmp_path, "echo bye; exit 3"), b"x" * 1_000_000, {})
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"bye\n", b"")
+
+
+def test_spawn_restores_the_default_sigpipe_for_the_child(tmp_path: Path) -> None:
+    # Python ignores SIGPIPE; a delegate must not inherit that (it would loop on EPIPE instead of dying).
+    done = spawn.run(_script(tmp_path, "grep SigIgn /proc/self/status"), b"", {})
+    assert done.returncode == 0
+    ignored = int(done.stdout.split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), done.stdout
+
+
+def test_spawn_reports_a_program_that_cannot_start(tmp_path: Path) -> None:
+    with pytest.raises(PermissionError):
+        spawn.run(str(tmp_path), b"{}", {})
 
 
 # --- install-cni ------------------------------------------------------------------------------
