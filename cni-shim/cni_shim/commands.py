@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
+from . import jsonio
 from .delegate import find_plugin, invoke
 from .errors import (
     CannotServiceAdd,
@@ -74,7 +74,7 @@ def add(inv: Invocation) -> str:
         result = _call_delegate("ADD", delegate_config, inv)
         if result is None:
             raise CniError(f"{delegate_config['type']} ADD succeeded but printed no result")
-        return json.dumps(convert(result, inv.conf.cni_version), indent=4) + "\n"
+        return jsonio.dumps(convert(result, inv.conf.cni_version)) + "\n"
     except BaseException:
         # bridge releases its address on failure but leaves the veth pair behind; the saved
         # state proved this attachment is ours alone, so DEL cannot hit another one.

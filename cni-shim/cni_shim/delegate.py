@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from . import spawn
+from . import jsonio, spawn
 from .errors import CniError, DelegateFailed, InvalidEnvironment
 
 # `typing`, `collections.abc` and `pathlib` would add ~10 ms to every CNI call (docs/benchmarks.md).
@@ -37,7 +36,7 @@ def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> d
     """
     plugin_type = config["type"]
     plugin = find_plugin(plugin_type, env.get("CNI_PATH", ""))
-    completed = spawn.run(plugin, json.dumps(config).encode(), {**env, "CNI_COMMAND": command})
+    completed = spawn.run(plugin, jsonio.dumps(config).encode(), {**env, "CNI_COMMAND": command})
     stderr = completed.stderr.decode(errors="replace").strip()
     if stderr:
         sys.stderr.write(f"{plugin_type}: {stderr}\n")
@@ -47,7 +46,7 @@ def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> d
     if not output:
         return None
     try:
-        result = json.loads(output)
+        result = jsonio.loads(output)
     except ValueError:
         raise CniError(
             f"{plugin_type} {command} succeeded but printed no JSON result", output[:500]
@@ -60,7 +59,7 @@ def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> d
 def _plugin_error(plugin_type: str, command: str, returncode: int, output: str, stderr: str) -> CniError:
     """Translate a failed plugin's output into an error for our own caller."""
     try:
-        error = json.loads(output)
+        error = jsonio.loads(output)
     except ValueError:
         error = None
     if isinstance(error, dict) and isinstance(error.get("code"), int):

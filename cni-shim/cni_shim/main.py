@@ -4,7 +4,7 @@
 so the whole protocol (validation, versions, error JSON) is tested with a dict and a string.
 The work itself is in ``commands``; every failure is a typed ``CniError`` whose spec code is
 written out here, at the boundary. Start-up is kept cheap: VERSION imports nothing beyond this
-module, and ``json`` is loaded only for commands that read a config.
+module, and ``json`` only to report an error.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def _read(stdin: TextIO) -> str:
 
 def _parse_config(text: str) -> dict[str, Any]:
     """Decode stdin; validate the keys every CNI config has."""
-    import json
+    from .jsonio import loads  # not for VERSION
 
     try:
-        config = json.loads(text)
+        config = loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
         raise DecodeFailure(f"network config on stdin is not valid JSON: {err}") from None
     if not isinstance(config, dict):

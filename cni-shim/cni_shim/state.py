@@ -9,8 +9,9 @@ Files are written atomically with mode 0600 (they hold the whole network config)
 
 from __future__ import annotations
 
-import json
 import os
+
+from . import jsonio
 
 # Start-up cost: `typing`, `dataclasses` and `pathlib` would each add ~10 ms to every CNI call
 # (docs/benchmarks.md); annotations stay strings, paths are strings, records are plain classes.
@@ -76,7 +77,7 @@ class StateStore:
         """Save a new attachment's config; FileExistsError if it is already attached."""
         write_file_atomically(
             os.path.join(self.data_dir, attachment.filename),
-            json.dumps(delegate_config, indent=1).encode(),
+            jsonio.dumps(delegate_config).encode(),
             exclusive=True,
         )
 
@@ -121,7 +122,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
     """A JSON object from ``path``; None if it is missing or not a JSON object (torn write)."""
     try:
         with open(path, encoding="utf-8") as stream:
-            value = json.loads(stream.read())
+            value = jsonio.loads(stream.read())
     except (FileNotFoundError, ValueError):
         return None
     return value if isinstance(value, dict) else None

@@ -7,6 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cni_shim import jsonio
 from cni_shim.errors import CniError
 from cni_shim.main import _config_version, _parse_config
 from cni_shim.netconf import parse_conf
@@ -44,3 +45,27 @@ def test_stdin_parsers_raise_only_cni_errors(text: str) -> None:
         parse_all(text)
     except CniError as err:
         assert err.code in (1, 2, 4, 5, 6, 7)
+
+
+@FUZZ
+@given(json_values)
+def test_jsonio_reads_and_writes_what_json_does(value: object) -> None:
+    text = json.dumps(value)
+    assert jsonio.dumps(value) == text
+    assert jsonio.loads(f" \n{text}\t") == json.loads(text)
+
+
+@FUZZ
+@given(st.text(max_size=30) | json_values.map(lambda value: json.dumps(value)[:-1]))
+def test_jsonio_rejects_what_json_rejects_with_jsons_error(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError as err:
+        try:
+            jsonio.loads(text)
+        except ValueError as ours:
+            assert str(ours) == str(err)
+        else:
+            raise AssertionError(f"jsonio accepted {text!r}")
+    else:
+        assert jsonio.loads(text) == expected or expected != expected  # NaN is not equal to itself
