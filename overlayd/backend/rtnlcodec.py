@@ -200,6 +200,32 @@ def decode_entry(message: Message, ifindex: int) -> Entry | None:
     return None
 
 
+NDA_CACHEINFO, NDA_PROBES = 3, 4  # change between dumps of an unchanged entry (ages, probe count)
+
+
+def entry_key(message: Message) -> bytes:
+    """The bytes of a neighbour or route message that ``decode_entry`` depends on.
+
+    Equal keys decode to equal entries, so a pass can reuse the previous pass's decoding of an
+    unchanged entry. A neighbour message's cache info and probe count change on every dump and
+    are left out; IPv4 route dumps carry nothing that changes by itself.
+    """
+    head = message.type.to_bytes(2, "little")
+    if message.type not in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        return head + message.body
+    body, parts, offset = message.body, [head, message.body[:_NDMSG.size]], _NDMSG.size
+    while offset + _ATTR.size <= len(body):
+        length, kind = _ATTR.unpack_from(body, offset)
+        if length < _ATTR.size:
+            break
+        end = offset + ((length + 3) & ~3)
+        if kind & 0x3FFF not in (NDA_CACHEINFO, NDA_PROBES):
+            parts.append(body[offset:end])
+        offset = end
+    parts.append(body[offset:])
+    return b"".join(parts)
+
+
 def device_of(message: Message) -> tuple[int, str | None]:
     """The ifindex (and for links the name) a link, address, neighbour or route message is about.
 

@@ -40,6 +40,7 @@ from overlayd.backend.rtnlcodec import (
     dump_addresses_request,
     dump_requests,
     encode_entry,
+    entry_key,
     get_link_request,
     set_link_request,
 )
@@ -102,6 +103,8 @@ class VxlanBackend:
 
     def __init__(self) -> None:
         self._rtnl = RtnlSocket()
+        self._ifindex = 0  # the device the last dump was decoded against
+        self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
 
     def close(self) -> None:
         self._rtnl.close()
@@ -234,13 +237,19 @@ class VxlanBackend:
     def read_plane(self, ifindex: int) -> Plane:
         """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out).
 
-        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel.
+        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel. An
+        entry whose message is unchanged since the last dump is not decoded again (``entry_key``):
+        decoding, not the kernel, was most of an idle pass.
         """
         entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set()}
+        previous = self._decoded if ifindex == self._ifindex else {}  # decoded against this device
+        self._ifindex, self._decoded = ifindex, {}
         seq = self._rtnl.next_seq(3)
         for offset, request in enumerate(dump_requests(ifindex, seq)):
             for message in self._rtnl.dump(request, seq + offset):
-                entry = decode_entry(message, ifindex)
+                key = entry_key(message)
+                entry = previous[key] if key in previous else decode_entry(message, ifindex)
+                self._decoded[key] = entry
                 if entry is not None:
                     entries[type(entry)].add(entry)
         return Plane(frozenset(entries[Neigh]), frozenset(entries[Fdb]),  # type: ignore[arg-type]

@@ -1,19 +1,40 @@
-"""The rtnetlink codec on hand-built messages: device-level messages."""
+"""The rtnetlink codec on hand-built messages: decoding keys and device-level messages."""
 
+import socket
 import struct
 from ipaddress import IPv4Address
 
 from overlayd.backend.rtnlcodec import (
     RTM_NEWLINK,
+    RTM_NEWNEIGH,
     Message,
     create_vxlan_request,
+    decode_entry,
     decode_link,
+    entry_key,
 )
+from overlayd.desired import Neigh
 
 
 def _attr(kind: int, value: bytes) -> bytes:
     length = 4 + len(value)
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
+
+
+def _neigh(mac: bytes, used: int) -> Message:
+    body = struct.pack("=BxxxiHBB", socket.AF_INET, 7, 0x80, 0, 1)
+    body += _attr(1, bytes([198, 18, 0, 64])) + _attr(2, mac) + _attr(3, struct.pack("=4I", used, 0, 0, 1))
+    body += _attr(4, struct.pack("=I", used))
+    return Message(RTM_NEWNEIGH, 1, body)
+
+
+def test_entry_key_ignores_cache_info_and_probes_but_not_the_entry() -> None:
+    mac = bytes.fromhex("0a0000000001")
+    first, later = _neigh(mac, 5), _neigh(mac, 900)
+    assert first.body != later.body
+    assert entry_key(first) == entry_key(later)
+    assert decode_entry(first, 7) == Neigh(IPv4Address("198.18.0.64"), "0a:00:00:00:00:01")
+    assert entry_key(_neigh(bytes.fromhex("0a0000000002"), 5)) != entry_key(first)
 
 
 def test_a_created_vxlan_link_decodes_back_to_its_attributes() -> None:
