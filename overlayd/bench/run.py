@@ -150,13 +150,19 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
     return lab
 
 
-def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
-    """CNI ADD on one lab host whose agent holds a lease (no peers): the figure alone, in seconds."""
+def converged_lab(root: str, results: dict, hosts: int, purpose: str) -> Lab:
+    """A lab of ``hosts`` with running agents, converged; registered in ``results`` for teardown."""
     lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
     results["labs"].append(lab)
-    print(f"lab {lab.name}: one host for CNI ADD", flush=True)
-    lab.up(hosts=1)
+    print(f"lab {lab.name}: {purpose}", flush=True)
+    lab.up(hosts=hosts)
     lab.wait_converged(timeout=60)
+    return lab
+
+
+def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
+    """CNI ADD on one lab host whose agent holds a lease (no peers): the figure alone, in seconds."""
+    lab = converged_lab(root, results, 1, "one host for CNI ADD")
     host = lab.hosts[0]
     print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
     with in_netns(host.netns):
@@ -164,11 +170,7 @@ def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
 
 
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
-    lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
-    results["labs"].append(lab)
-    print(f"lab {lab.name}: data path, two hosts with a container each", flush=True)
-    lab.up(hosts=2)
-    lab.wait_converged(timeout=60)
+    lab = converged_lab(root, results, 2, "data path, two hosts with a container each")
     h1, h2 = lab.hosts
     lab.add_container(h1, "c1")
     c2_ip = lab.add_container(h2, "c2")
