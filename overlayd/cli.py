@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = _options(args)
     if options is None:
         return 2
-    from overlayd.agent import Agent  # heavy imports (etcd3, pyroute2) only when running
+    from overlayd.agent import Agent  # heavy imports (etcd3, gRPC) only when running
 
     return Agent(options).run()
 

@@ -156,7 +156,9 @@ class Lab:
                     status = json.loads(self.etcd(index).etcdctl("endpoint", "status", "--write-out=json"))
                 except (EtcdServerError, ValueError):
                     continue
-                if status[0]["Status"]["leader"] == status[0]["Status"]["header"]["member_id"]:
+                # etcdctl's JSON omits zero fields: no "leader" key means an election is under way.
+                fields = status[0]["Status"]
+                if fields.get("leader") and fields["leader"] == fields["header"].get("member_id"):
                     return index
             time.sleep(0.2)
         raise LabError(f"lab {self.name}: no etcd member reports being the leader after {timeout:.0f}s")

@@ -223,7 +223,7 @@ _SPECS: dict[str, _Spec] = {
     "log_level": _Spec(_log_level, "debug, info, warning or error"),
     "log_format": _Spec(_log_format, "text, or json: one object per line with ts, level, logger, msg"),
     "verbose": _Spec(
-        _verbosity, "-v: debug logs from overlayd; -vv: also from libraries (etcd client, pyroute2)",
+        _verbosity, "-v: debug logs from overlayd; -vv: also from libraries (etcd client, gRPC)",
         count=True, short="-v",
     ),
 }
