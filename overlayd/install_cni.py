@@ -27,7 +27,7 @@ def render_plugin(python: str, package_parent: str) -> str:
         "import sys\n"
         f"sys.path.insert(0, {package_parent!r})\n"
         "from cni_shim.main import main\n"
-        "sys.exit(main())\n"
+        "main()\n"
     )
     shebang = f"#!{python} -IS"
     if len(shebang) <= _MAX_SHEBANG and " " not in python:

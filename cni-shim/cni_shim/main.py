@@ -26,7 +26,7 @@ from .version import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
 
 # The variables each command needs (empty counts as unset, as the reference runtime sends
 # empty values for the ones that do not apply).
@@ -46,11 +46,18 @@ _VERSION_REPLY = f'{{"cniVersion": "{LATEST_VERSION}", "supportedVersions": [{_S
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-def main() -> int:
-    """Console entry point: the runtime's environment and stdin in, CNI JSON on stdout."""
+def main() -> NoReturn:
+    """Console entry point: the runtime's environment and stdin in, CNI JSON on stdout.
+
+    Exits with ``os._exit`` once stdout is flushed: every file the call wrote is closed and
+    synced and the delegate has been waited for, so the interpreter's teardown (~1 ms of each
+    container start) has nothing left to do.
+    """
     exit_code, output = run(os.environ, sys.stdin)
     sys.stdout.write(output)
-    return exit_code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:

@@ -135,9 +135,9 @@ def gateway(family: AddressFamily) -> str:
     """The bridge's address: FLANNEL_SUBNET's own address (flannel writes ``.1``), or the
     subnet's first address when the file names the bare network."""
     subnet = family.subnet
-    if subnet.ip == subnet.network.network_address:
-        return str(subnet.network.network_address + 1)
-    return str(subnet.ip)
+    if subnet.value == subnet.network.value:
+        return subnet.with_value(subnet.value + 1).ip
+    return subnet.ip
 
 
 def _object(config: dict[str, Any], key: str) -> dict[str, Any]:

@@ -12,14 +12,11 @@ The file is flannel's format, ``KEY=VALUE`` lines written by the agent once it h
 
 from __future__ import annotations
 
-import ipaddress
+from .prefix import Prefix, parse_prefix
 
 # Go's strconv.ParseBool spellings, because flannel's plugin accepted exactly these.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 class SubnetEnvError(ValueError):
@@ -30,7 +27,7 @@ class SubnetEnvError(ValueError):
 class AddressFamily:
     """One family's overlay: the whole network and this host's subnet (with its gateway)."""
 
-    def __init__(self, *, network: IPNetwork, subnet: IPInterface) -> None:
+    def __init__(self, *, network: Prefix, subnet: Prefix) -> None:
         self.network = network
         self.subnet = subnet
 
@@ -100,16 +97,17 @@ def _family(
         present, missing = (network_key, subnet_key) if subnet_text is None else (subnet_key, network_key)
         raise _broken(source, f"{missing} missing while {present} is set")
     try:
-        network = ipaddress.ip_network(network_text)
+        # Host bits in the network are cleared, as Go's net.ParseCIDR (flannel's plugin) does.
+        network = parse_prefix(network_text).network
     except ValueError as err:
         raise _broken(source, f"{network_key} {network_text!r} is not a network ({err})") from None
     try:
-        subnet = ipaddress.ip_interface(subnet_text)
+        subnet = parse_prefix(subnet_text)
     except ValueError as err:
         raise _broken(source, f"{subnet_key} {subnet_text!r} is not an address/prefix ({err})") from None
     if network.version != ip_version or subnet.version != ip_version:
         raise _broken(source, f"{network_key}/{subnet_key} must be IPv{ip_version}")
-    if not subnet.network.subnet_of(network):
+    if not subnet.inside(network):
         raise _broken(source, f"{subnet_key} {subnet_text} is not inside {network_key} {network_text}")
     return AddressFamily(network=network, subnet=subnet)
 
