@@ -16,7 +16,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TypeVar
@@ -64,6 +64,21 @@ class _Tick:
     """A timer firing: time for a full reconcile and the lease checks."""
 
 
+@dataclass(frozen=True)
+class _Desired:
+    """The entries wanted for one set of peer leases, with what they were computed from.
+
+    ``peers`` is a copy of the agent's dict: comparing it with the live one is a C-level loop of
+    identity checks while no lease changed (lease objects are replaced, never mutated).
+    """
+
+    peers: dict[str, Lease]
+    config: NetworkConfig | None
+    lease: Lease | None
+    plane: Plane
+    peer_keys: frozenset[str]
+
+
 class Backoff:
     """Jittered exponential delay for retrying etcd and other transient failures."""
 
@@ -103,6 +118,16 @@ class Agent:
         # Every entry we want on the device, updated before each write; the netlink monitor's
         # thread reads it (membership tests only) to drop the echoes of our own writes.
         self.wanted: set[Entry] = set()
+        self.wanted_edited = False  # the fast path changed ``wanted`` since the last full pass
+        # Memos for the full pass, which at 1000 peers would otherwise spend most of an idle
+        # pass re-deriving answers from unchanged leases (docs/benchmarks.md, idle cost):
+        # lease key -> (lease object, safe?, a peer we program?), for one (config, own lease) ...
+        self.safety: dict[str, tuple[Lease, bool, bool]] = {}
+        self.safety_basis: tuple[NetworkConfig | None, Lease | None] = (None, None)
+        # ... the desired plane and the peers it was computed from ...
+        self.desired = _Desired({}, None, None, Plane(), frozenset())
+        # ... and a (desired, kernel) pair of Plane objects last found equal.
+        self.in_sync: tuple[Plane, Plane] | None = None
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
@@ -495,16 +520,27 @@ class Agent:
 
     def _is_safe(self, lease: Lease) -> bool:
         """False for a lease outside the Network or claiming our subnet (reported once, counted)."""
-        assert self.config is not None and self.lease is not None
-        problem = lease_problem(lease, self.config, self.lease)
-        if problem is not None:
-            self.bad_leases.report(lease.key, lease.mod_revision, problem.reason, problem.message)
-        return problem is None
+        return self._classify(lease)[1]
 
     def _is_peer(self, lease: Lease) -> bool:
         """A lease we program: a safe VXLAN peer on our VNI."""
+        return self._classify(lease)[2]
+
+    def _classify(self, lease: Lease) -> tuple[Lease, bool, bool]:
+        """(lease, safe?, peer?), memoised per lease object: a full pass asks about every lease
+        several times, and the answers change only with the lease, the config or our own lease."""
         assert self.config is not None and self.lease is not None
-        return self._is_safe(lease) and is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+        if self.safety_basis[0] is not self.config or self.safety_basis[1] is not self.lease:
+            self.safety, self.safety_basis = {}, (self.config, self.lease)
+        known = self.safety.get(lease.key)
+        if known is not None and known[0] is lease:
+            return known
+        problem = lease_problem(lease, self.config, self.lease)
+        if problem is not None:
+            self.bad_leases.report(lease.key, lease.mod_revision, problem.reason, problem.message)
+        peer = problem is None and is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+        known = self.safety[lease.key] = (lease, problem is None, peer)
+        return known
 
     def _peer_ips(self) -> frozenset[IPv4Address]:
         """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
@@ -531,8 +567,9 @@ class Agent:
 
     def _want(self, diff: PlaneDiff) -> None:
         """Record a fast-path change in ``wanted`` before writing it, so its echoes are known."""
+        self.wanted_edited = True
         for plane, update in ((diff.remove, self.wanted.discard), (diff.add, self.wanted.add)):
-            for entry in (*plane.neighs, *plane.fdbs, *plane.routes):
+            for entry in _entries(plane):
                 update(entry)
 
     def _is_echo(self, change: DeviceChange) -> bool:
@@ -615,15 +652,37 @@ class Agent:
         """Dump the device's neighbour, FDB and route entries and make them the peers' ones."""
         assert self.backend is not None and self.config is not None and self.lease is not None
         assert self.device is not None
-        peer_keys = {key for key, lease in self.peers.items() if self._is_peer(lease)}
-        peers = [self.peers[key] for key in peer_keys]
-        desired = desired_plane(peers, self.lease.subnet, self.config.backend.vni)
-        self.wanted = set(desired.neighs | desired.fdbs | desired.routes)
-        diff = diff_planes(desired, self.backend.read_plane(self.device.ifindex))
-        if not diff.empty:
-            self._log_diff(diff, trigger)
-            self.backend.apply(self.device.ifindex, diff)
-        self.programmed = peer_keys
+        desired = self._desired()
+        actual = self.backend.read_plane(self.device.ifindex)  # the same object while unchanged
+        synced = self.in_sync
+        if synced is None or synced[0] is not desired.plane or synced[1] is not actual:
+            diff = diff_planes(desired.plane, actual)
+            if diff.empty:
+                self.in_sync = (desired.plane, actual)
+            else:
+                self._log_diff(diff, trigger)
+                self.backend.apply(self.device.ifindex, diff)
+        self.programmed = set(desired.peer_keys)
+
+    def _desired(self) -> _Desired:
+        """The desired plane for the current peers, recomputed only when a lease changed."""
+        assert self.config is not None and self.lease is not None
+        cached = self.desired
+        if cached.config is self.config and cached.lease is self.lease and cached.peers == self.peers:
+            if self.wanted_edited:
+                self.wanted, self.wanted_edited = set(_entries(cached.plane)), False
+            # Equal but not identical after a re-list: keep the live objects, so the next
+            # comparison is identity checks again rather than a field-by-field compare per lease.
+            self.desired = replace(cached, peers=dict(self.peers))
+            return self.desired
+        peer_keys = frozenset(key for key, lease in self.peers.items() if self._is_peer(lease))
+        plane = desired_plane(
+            (self.peers[key] for key in peer_keys), self.lease.subnet, self.config.backend.vni
+        )
+        self.desired = _Desired(dict(self.peers), self.config, self.lease, plane, peer_keys)
+        self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
+        self.wanted, self.wanted_edited = set(_entries(plane)), False
+        return self.desired
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
         """Count drift fixed by a timer or netlink pass; other passes program, they do not repair."""
@@ -646,3 +705,9 @@ class Agent:
         if ready:
             self.notifier.ready(self._status_line())
 
+
+
+def _entries(plane: Plane) -> Iterator[Entry]:
+    yield from plane.neighs
+    yield from plane.fdbs
+    yield from plane.routes

@@ -87,6 +87,8 @@ class PeerWatcher:
         # An etcd outage fails every re-list: log its start and end, not each attempt.
         self._outage = Outage(log, "peer watch")
         self._relist_reason = "start"  # the reason the next snapshot will carry
+        # Set when the current watch fails, and by stop(): the thread sleeps on it, not on a poll.
+        self._cycle_done = threading.Event()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -97,6 +99,7 @@ class PeerWatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop watching and wait (bounded) for the thread to end."""
         self._stop.set()
+        self._cycle_done.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -121,7 +124,7 @@ class PeerWatcher:
             leases, revision = self.registry.list_leases()
         except RegistryError as exc:
             return str(exc)
-        failed = threading.Event()
+        failed = self._cycle_done = threading.Event()
         reason: list[str] = []
         with self._lock:
             self._generation += 1
@@ -145,9 +148,8 @@ class PeerWatcher:
         except RegistryError as exc:
             return str(exc)
         try:
-            # Poll the stop flag too, so stop() is prompt without reaching into this cycle.
-            while not failed.wait(0.2) and not self._stop.is_set():
-                pass
+            if not self._stop.is_set():  # else stop() ran before this cycle's event was published
+                failed.wait()
         finally:
             with self._lock:
                 self._generation += 1

@@ -47,6 +47,14 @@ with warnings.catch_warnings():
     from etcd3.etcdrpc import kv_pb2
 
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
+
+# grpc's Python layer waits for a stream's next message in slices of this many seconds (0.1 by
+# default) so that Ctrl-C reaches a main thread blocked in a call; every idle watch thread thus
+# wakes ten times a second, a third of the agent's idle CPU at 1000 peers (docs/benchmarks.md).
+# Our streams are read on their own threads, and a message or a cancel still wakes a waiter at
+# once; only the slice length changes. A private name: if a grpc release drops it, this is a no-op.
+if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
+    grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
 from overlayd.options import AgentOptions, etcd_security_problem
 
 log = logging.getLogger(__name__)

@@ -105,6 +105,7 @@ class VxlanBackend:
         self._rtnl = RtnlSocket()
         self._ifindex = 0  # the device the last dump was decoded against
         self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
+        self._plane = Plane()  # the last dump's Plane, returned again while the dump is unchanged
 
     def close(self) -> None:
         self._rtnl.close()
@@ -239,21 +240,27 @@ class VxlanBackend:
 
         One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel. An
         entry whose message is unchanged since the last dump is not decoded again (``entry_key``):
-        decoding, not the kernel, was most of an idle pass.
+        decoding, not the kernel, was most of an idle pass. When no message changed at all, the
+        very same Plane object is returned, so a caller can tell "nothing changed" by identity
+        without hashing thousands of entries.
         """
-        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set()}
         previous = self._decoded if ifindex == self._ifindex else {}  # decoded against this device
-        self._ifindex, self._decoded = ifindex, {}
+        decoded: dict[bytes, Entry | None] = {}
         seq = self._rtnl.next_seq(3)
         for offset, request in enumerate(dump_requests(ifindex, seq)):
             for message in self._rtnl.dump(request, seq + offset):
                 key = entry_key(message)
-                entry = previous[key] if key in previous else decode_entry(message, ifindex)
-                self._decoded[key] = entry
-                if entry is not None:
-                    entries[type(entry)].add(entry)
-        return Plane(frozenset(entries[Neigh]), frozenset(entries[Fdb]),  # type: ignore[arg-type]
-                     frozenset(entries[Route]))  # type: ignore[arg-type]
+                decoded[key] = previous[key] if key in previous else decode_entry(message, ifindex)
+        if ifindex == self._ifindex and decoded.keys() == previous.keys():
+            return self._plane
+        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set()}
+        for entry in decoded.values():
+            if entry is not None:
+                entries[type(entry)].add(entry)
+        self._ifindex, self._decoded = ifindex, decoded
+        self._plane = Plane(frozenset(entries[Neigh]), frozenset(entries[Fdb]),  # type: ignore[arg-type]
+                            frozenset(entries[Route]))  # type: ignore[arg-type]
+        return self._plane
 
     def apply(self, ifindex: int, diff: PlaneDiff) -> None:
         """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
