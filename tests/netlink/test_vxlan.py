@@ -221,3 +221,29 @@ def test_too_large_mtu_is_a_clear_error(netns: str) -> None:
     # The kernel caps a new device's MTU silently but refuses to raise it beyond the underlay's.
     message = in_netns(netns, ensure_huge_mtu)
     assert message == "flannel.1: cannot set mtu 9000 (was 1450): Invalid argument"
+
+
+def test_one_backend_rereads_only_what_changed(netns: str) -> None:
+    """The agent keeps one backend: an unchanged dump gives the same Plane object back (its
+    'nothing changed' signal), any change a fresh and correct one, also on a new device."""
+
+    def scenario() -> list[object]:
+        backend = VxlanBackend()
+        try:
+            state, _ = backend.ensure_device(SPEC)
+            backend.apply(state.ifindex, diff_planes(peer(2), backend.read_plane(state.ifindex)))
+            first, again = backend.read_plane(state.ifindex), backend.read_plane(state.ifindex)
+            run("ip", "route", "del", "198.18.2.0/24")
+            after_delete = backend.read_plane(state.ifindex)
+            run("ip", "link", "del", "flannel.1")
+            recreated, _ = backend.ensure_device(SPEC)
+            on_new_device = backend.read_plane(recreated.ifindex)
+            return [first, again, after_delete, on_new_device]
+        finally:
+            backend.close()
+
+    first, again, after_delete, on_new_device = in_netns(netns, scenario)
+    assert first == peer(2) and again is first
+    assert after_delete is not first and after_delete.routes == frozenset()
+    assert len(after_delete) == 2  # neighbour and FDB entry still there
+    assert on_new_device == Plane()
