@@ -119,6 +119,7 @@ class Agent:
         # thread reads it (membership tests only) to drop the echoes of our own writes.
         self.wanted: set[Entry] = set()
         self.wanted_edited = False  # the fast path changed ``wanted`` since the last full pass
+        self.writing = threading.Lock()  # held while writing entries; netmon reads after (netmon.py)
         # Memos for the full pass, which at 1000 peers would otherwise spend most of an idle
         # pass re-deriving answers from unchanged leases (docs/benchmarks.md, idle cost):
         # lease key -> (lease object, safe?, a peer we program?), for one (config, own lease) ...
@@ -252,6 +253,7 @@ class Agent:
             lambda: self.device.ifindex if self.device else 0,
             self.events.put,
             self._is_echo,
+            self.writing,
         )
         self.monitor.start()
         return True
@@ -557,7 +559,8 @@ class Agent:
         if allowlist and new is not None and after:  # before its entries: no first packet dropped
             self.firewall.allow_peer(new.attrs.public_ip)
         self._want(diff)
-        self.backend.apply(self.device.ifindex, diff)
+        with self.writing:
+            self.backend.apply(self.device.ifindex, diff)
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
         # of a millisecond that the event's latency need not include.
         if new is not None and after:
@@ -663,7 +666,8 @@ class Agent:
                 self.in_sync = (desired.plane, actual)
             else:
                 self._log_diff(diff, trigger)
-                self.backend.apply(self.device.ifindex, diff)
+                with self.writing:
+                    self.backend.apply(self.device.ifindex, diff)
         self.programmed = set(desired.peer_keys)
 
     def _desired(self) -> _Desired:

@@ -107,8 +107,12 @@ class NetlinkMonitor:
         current_ifindex: Callable[[], int | None],
         on_change: Callable[[DeviceChange], None],
         is_echo: Callable[[DeviceChange], bool] = lambda change: False,
+        writing: threading.Lock | None = None,
     ) -> None:
+        """``writing``, if given, is held by the writer while it sends a batch: the monitor
+        waits for it to be free before reading (see ``_run``)."""
         self._device_name = device_name
+        self._writing = writing
         self._current_ifindex = current_ifindex
         self._on_change = on_change
         self._is_echo = is_echo
@@ -146,10 +150,14 @@ class NetlinkMonitor:
             ready, _, _ = select.select([self._sock, self._wake_r], [], [])
             if self._wake_r in ready:
                 return
-            # Our own writes come back as a burst of echoes while the writer still waits for
-            # its acknowledgements; reading them a moment later, in one go, keeps this thread
-            # from taking the GIL from the writer mid-write (a third of a peer event's latency).
+            # Our own writes come back as a burst of echoes while the writer is still sending
+            # and reading acknowledgements. Parsing them then would take the GIL from the writer
+            # again and again (at 3000 entries, most of a cold start's apply was the writer
+            # waiting for the GIL): wait until the writer is done, then read the burst in one go.
             time.sleep(COALESCE_SECONDS)
+            if self._writing is not None:
+                with self._writing:
+                    pass
             try:
                 self._drain(self._sock)
             except OSError:
