@@ -158,18 +158,31 @@ class EntryWatcher:
             ready, _, _ = select.select([self._sock], [], [], 0.2)
             if not ready:
                 continue
-            data = self._sock.recv(1 << 20)
-            arrived = time.perf_counter()
-            keys = [key for msg in self._marshal.parse(data) if (key := _entry_key(msg))]
-            with self._cond:
-                for key in keys:
-                    i = self._by_key.get(key)
-                    if i is None or i in self._complete:
-                        continue
-                    self._seen[i].add(key[0])
-                    if len(self._seen[i]) == 3:
-                        self._complete[i] = arrived
-                self._cond.notify_all()
+            # Every queued datagram first, each stamped as it is read: parsing one with pyroute2's
+            # marshal takes longer than the agent needs to write the next, and must not delay
+            # that one's stamp (it is often the entry that completes the peer).
+            received = []
+            while True:
+                try:
+                    received.append((self._sock.recv(1 << 20, socket.MSG_DONTWAIT), time.perf_counter()))
+                except BlockingIOError:
+                    break
+            for data, arrived in received:
+                self._record(data, arrived)
+
+    def _record(self, data: bytes, arrived: float) -> None:
+        keys = [key for msg in self._marshal.parse(data) if (key := _entry_key(msg))]
+        if not keys:
+            return
+        with self._cond:
+            for key in keys:
+                i = self._by_key.get(key)
+                if i is None or i in self._complete:
+                    continue
+                self._seen[i].add(key[0])
+                if len(self._seen[i]) == 3:
+                    self._complete[i] = arrived
+            self._cond.notify_all()
 
 
 def _entry_key(msg: dict) -> tuple[str, str] | None:

@@ -75,14 +75,27 @@ def plane(host: LabHost) -> dict[str, str]:
     """The host's flannel.1 routes, permanent neighbours and FDB entries, as sorted lines per kind.
 
     Sorted because the kernel lists re-added entries in a different order: the set is what counts.
+    FDB entries are the agent's (those with a ``dst``): the kernel's own multicast entries on the
+    device come and go with its link state and are none of the agent's business.
     """
     dev = ("dev", "flannel.1")
+    fdb = sh("bridge", "fdb", "show", *dev, netns=host.netns, check=False)
     listings = {
         "route": sh("ip", "-4", "route", "show", *dev, netns=host.netns, check=False),
         "neigh": sh("ip", "-4", "neigh", "show", *dev, "nud", "permanent", netns=host.netns, check=False),
-        "fdb": sh("bridge", "fdb", "show", *dev, netns=host.netns, check=False),
+        "fdb": "\n".join(line for line in fdb.splitlines() if " dst " in line),
     }
     return {kind: "\n".join(sorted(text.splitlines())) for kind, text in listings.items()}
+
+
+def plane_changes(before: dict[str, str], after: dict[str, str]) -> str:
+    """What differs between two plane() results, line by line, for a failure message."""
+    changes = []
+    for kind in before:
+        old, new = set(before[kind].splitlines()), set(after.get(kind, "").splitlines())
+        changes += [f"{kind} missing: {line}" for line in sorted(old - new)]
+        changes += [f"{kind} extra: {line}" for line in sorted(new - old)]
+    return "\n".join(changes) or "no difference"
 
 
 def vtep_mac(host: LabHost) -> str:

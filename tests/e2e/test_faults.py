@@ -20,6 +20,7 @@ from faults import (
     lease_keys,
     pair_lab,
     plane,
+    plane_changes,
     put_fake_peer,
     record,
     since,
@@ -378,7 +379,12 @@ def test_9_underlay_link_flap_restores_what_the_kernel_dropped(pair: Pair) -> No
         # The lab's default route is the node's own configuration, not the agent's: put it back as
         # the node's network manager would.
         sh("ip", "route", "replace", "default", "via", "192.0.2.1", netns=h2.netns)
-        wait_for(lambda: plane(h2) == healthy, 15, "h2's routes, neighbours and FDB entries to come back")
+        try:
+            wait_for(lambda: plane(h2) == healthy, 15, "h2's routes, neighbours and FDB entries to come back")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n{plane_changes(healthy, plane(h2))}\nagent log:\n{log_since(h2, mark)[-4000:]}"
+            ) from None
         wait_for(lambda: lab.ping(h1, h2.flannel_address() or ""), 15, "h1 to reach h2 again")
         recovery = since(started)
         time.sleep(1)
