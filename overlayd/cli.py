@@ -199,7 +199,36 @@ class OneLineErrorParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message = prefix + _unknown_options(message.removeprefix(prefix).split(" "), self._known())
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+    def _known(self) -> list[str]:
+        """Every option string of this parser and its subcommands, for "did you mean"."""
+        known = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    known += sub._option_string_actions
+        return known
+
+
+def _unknown_options(tokens: list[str], known: list[str]) -> str:
+    """Name unknown options without their values (a mistyped ``--etcd-password=...`` must not
+    print the password) and suggest the closest known option."""
+    import difflib
+
+    shown = []
+    for token in tokens:
+        if not token.startswith("-"):
+            shown.append("<value>")
+            continue
+        name, has_value, _ = token.partition("=")
+        hint = difflib.get_close_matches(name, known, n=1)
+        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+        shown.append(name + ("=<value>" if has_value else "") + suggestion)
+    return " ".join(shown)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ import pytest
         ("--etcd-keyfile={tmp}/no/key.pem", "key.pem"),
         ("--etcd-endpoints=ftp://192.0.2.2:2379", "ftp://192.0.2.2:2379"),
         ("--config={tmp}/bad.yaml", "no-such-option"),
-        ("--no-such-option=1", "unrecognized arguments: --no-such-option=1"),
+        ("--no-such-option=1", "unrecognized arguments: --no-such-option=<value>"),
+        ("--etcd-pasword=hunter2", "--etcd-pasword=<value> (did you mean --etcd-password?)"),
         ("--etcd-endpoint=http://192.0.2.2:2379", "--etcd-endpoint="),  # no silent abbreviation
         ("-iface", "expected one argument"),
     ],
@@ -32,4 +33,5 @@ def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, optio
     )  # fmt: skip
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1 and named in done.stderr
+    assert "hunter2" not in done.stderr  # a mistyped option's value may be a secret
     assert not run_dir.exists() and not state_dir.exists()
