@@ -225,7 +225,7 @@ def _unknown_options(tokens: list[str], known: list[str]) -> str:
             shown.append("<value>")
             continue
         name, has_value, _ = token.partition("=")
-        hint = difflib.get_close_matches(name, known, n=1)
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         suggestion = f" (did you mean {hint[0]}?)" if hint else ""
         shown.append(name + ("=<value>" if has_value else "") + suggestion)
     return " ".join(shown)
