@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo on a fresh Debian machine, as root: three hosts in network namespaces, a real etcd,
-# one overlayd agent per host; prints the hosts and an all-pairs ping table of their flannel.1
-# addresses across the VXLAN overlay. Removes the lab afterwards unless KEEP=1 is set
+# one overlayd agent per host and two containers per host attached by the CNI plugin; prints the
+# hosts and all-pairs ping tables of their flannel.1 addresses and of the containers across the
+# VXLAN overlay. Removes the lab afterwards unless KEEP=1 is set
 # (then explore with `.venv/bin/overlayd lab status` and remove with `.venv/bin/overlayd lab down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

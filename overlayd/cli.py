@@ -15,10 +15,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from overlayd.logsetup import configure_logging
 from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
+
+if TYPE_CHECKING:
+    from overlayd.lab import Lab
 
 COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "bench")
 # The agent options that commands talking to etcd or reading this host's files accept.
@@ -60,15 +63,15 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             if lab is not None:
                 print(f"lab {args.name} already exists; run `overlayd lab down --name {args.name}` first")
                 return 1
+            if args.containers < 0:
+                print(f"overlayd lab up: --containers {args.containers}: use 0 or more", file=sys.stderr)
+                return 2
             lab = Lab(name=args.name, root=str(root))
             lab.up(args.hosts)
             lab.wait_converged(timeout=args.timeout)
+            lab.add_containers(args.containers)
             print(lab.status())
-            if args.ping:
-                table, ok = lab.ping_table()
-                print("\nping between flannel.1 addresses (3 probes each):\n" + table)
-                return 0 if ok else 1
-            return 0
+            return _print_ping_tables(lab) if args.ping else 0
         if lab is None:
             if args.action == "down":
                 Lab(name=args.name, root=str(root or DEFAULT_ROOT)).down()  # a crashed lab's leftovers
@@ -81,13 +84,21 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         elif args.action == "status":
             print(lab.status())
         elif args.action == "ping":
-            table, ok = lab.ping_table()
-            print(table)
-            return 0 if ok else 1
+            return _print_ping_tables(lab)
         return 0
     except LabError as exc:
         print(f"overlayd lab {args.action}: {exc}", file=sys.stderr)
         return 1
+
+
+def _print_ping_tables(lab: Lab) -> int:
+    """The hosts' and the containers' all-pairs ping tables; exit status 1 if any pair failed."""
+    hosts, hosts_ok = lab.ping_table()
+    print("\nping between flannel.1 addresses (3 probes each):\n" + hosts)
+    containers, containers_ok = lab.container_ping_table()
+    if containers:
+        print("\nping between containers, same host and across hosts (3 probes each):\n" + containers)
+    return 0 if hosts_ok and containers_ok else 1
 
 
 def _read_input(name: str) -> str | None:
@@ -245,7 +256,11 @@ def make_parser() -> argparse.ArgumentParser:
     lab.add_argument("--hosts", type=int, default=3, help="number of hosts for `up` (default 3)")
     lab.add_argument("--root", default="/run/overlayd-lab", help="directory for lab state and logs")
     lab.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
-    lab.add_argument("--ping", action="store_true", help="after `up`, print an all-pairs ping table")
+    lab.add_argument(
+        "--containers", type=int, default=2,
+        help="containers attached per host by the CNI plugin, for `up` (default 2)",
+    )  # fmt: skip
+    lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
     lab.set_defaults(func=_cmd_lab)
 
     status = sub.add_parser("status", help="this host's lease, device, peers and repairs (--cluster: all)")

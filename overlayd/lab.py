@@ -79,6 +79,7 @@ class LabHost:
     dir: str
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
+    containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
 
     @property
     def subnet_file(self) -> Path:
@@ -314,13 +315,24 @@ class Lab:
         netns = self.container_ns(name)
         sh("ip", "netns", "add", netns)
         result = json.loads(self.cni(host, "add", netns))
-        return str(result["ips"][0]["address"].split("/")[0])
+        address = str(result["ips"][0]["address"].split("/")[0])
+        host.containers[name] = address
+        self.save()
+        return address
+
+    def add_containers(self, per_host: int) -> None:
+        """Attach ``per_host`` containers on every host, named ``<host>c<k>`` (h1c1, h1c2, ...)."""
+        for host in self.hosts:
+            for k in range(1, per_host + 1):
+                self.add_container(host, f"{host.name}c{k}")
 
     def del_container(self, host: LabHost, name: str) -> None:
         """CNI DEL the container on ``host`` (releasing its IP), then delete its namespace."""
         netns = self.container_ns(name)
         self.cni(host, "del", netns)
         sh("ip", "netns", "del", netns)
+        host.containers.pop(name, None)
+        self.save()
 
     def cni(self, host: LabHost, command: str, container_ns: str) -> str:
         """`overlayd cni <command>` in the host's namespace, as a runtime on that host would; stdout."""
@@ -411,24 +423,24 @@ class Lab:
 
     def ping_table(self) -> tuple[str, bool]:
         """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
-        names = [host.name for host in self.hosts]
-        width = max(8, *(len(n) for n in names)) + 2
-        lines = ["from \\ to".ljust(14) + "".join(n.ljust(width) for n in names)]
-        all_ok = True
-        for source in self.hosts:
-            cells = []
-            for target in self.hosts:
-                address = target.flannel_address()
-                if target is source:
-                    cells.append("-")
-                elif address and self.ping(source, address, count=3, wait=1):
-                    cells.append("ok")
-                else:
-                    cells.append("FAIL")
-                    all_ok = False
-            lines.append(f"{source.name} ".ljust(14) + "".join(c.ljust(width) for c in cells))
+        endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
+        table, ok = _ping_table(endpoints)
         legend = ", ".join(f"{h.name}={h.ip} flannel.1 {h.flannel_address()}" for h in self.hosts)
-        return "\n".join([*lines, "", legend]), all_ok
+        return f"{table}\n\n{legend}", ok
+
+    def container_ping_table(self) -> tuple[str, bool]:
+        """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
+        endpoints = [
+            (name, self.container_ns(name), address)
+            for host in self.hosts
+            for name, address in host.containers.items()
+        ]
+        if not endpoints:
+            return "", True
+        table, ok = _ping_table(endpoints)
+        legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
+                           for name, address in host.containers.items())
+        return f"{table}\n\n{legend}", ok
 
     def status(self) -> str:
         members = ", ".join(_alive(pid) for pid in self.etcd_pids) or "stopped"
@@ -440,6 +452,8 @@ class Lab:
                 f"  {host.name:<4} {host.netns:<16} {host.ip:<12} subnet {subnet:<18} "
                 f"agent {_alive(host.pid)}  log {host.log_file}"
             )
+            for name, address in host.containers.items():
+                lines.append(f"       container {self.container_ns(name):<16} {address}")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------
@@ -511,3 +525,29 @@ def _kill_namespace_processes(netns: str) -> None:
     for pid in (int(p) for p in out.split() if p.isdigit()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
+    """Ping every (name, netns, address) endpoint from every other, all at once; a text table
+    ("ok"/"FAIL" per pair, sources down, targets across) and whether every pair answered."""
+    probes = {
+        (source, target): _start_ping(source_ns, address)
+        for source, source_ns, _ in endpoints
+        for target, _, address in endpoints
+        if source != target and address
+    }
+    answered = {pair: probe.wait() == 0 for pair, probe in probes.items()}
+    names = [name for name, _, _ in endpoints]
+    width = max(8, *(len(n) for n in names)) + 2
+    lines = ["from \\ to".ljust(14) + "".join(n.ljust(width) for n in names)]
+    for source in names:
+        cells = ["-" if source == t else "ok" if answered.get((source, t)) else "FAIL" for t in names]
+        lines.append(f"{source} ".ljust(14) + "".join(c.ljust(width) for c in cells))
+    return "\n".join(lines), all(answered.values()) and len(answered) == len(names) * (len(names) - 1)
+
+
+def _start_ping(netns: str, address: str) -> subprocess.Popen[bytes]:
+    ping = ["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", address]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, *ping], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
 from labtools import needs_lab
 
-from overlayd.lab import Lab
+from overlayd.lab import Lab, lab_namespaces, random_lab_name
+from overlayd.labtraffic import TcpProbe
 
 pytestmark = [
     needs_lab,
@@ -36,3 +39,37 @@ def test_containers_on_two_hosts_ping_across_the_overlay(lab: Lab) -> None:
         lab.del_container(host, names[host.name])
         leftover = [p.name for p in (Path(host.dir) / "ipam").rglob("*") if p.name[0].isdigit()]
         assert not leftover, f"IP allocations left on {host.name} after DEL: {leftover}"
+
+
+def test_lab_up_attaches_two_containers_per_host_that_all_reach_each_other(tmp_path: Path) -> None:
+    """The demo's path: `overlayd lab up --ping` with 3 hosts, 2 containers each; then TCP across
+    hosts, and a container DEL that frees its IP."""
+    name, root = random_lab_name(), tmp_path / "labs"
+    overlayd = [sys.executable, "-m", "overlayd", "lab"]
+    where = ["--name", name, "--root", str(root)]
+    try:
+        up = subprocess.run([*overlayd, "up", *where, "--hosts", "3", "--ping"],
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        table = up.stdout.split("ping between containers", 1)[1]
+        rows = [line for line in table.splitlines() if re.fullmatch(r"h\dc\d", line.split(" ", 1)[0])]
+        assert len(rows) == 6 and "FAIL" not in table, table
+        assert all(row.split()[1:].count("ok") == 5 for row in rows), table
+
+        lab = Lab.load(name, root)
+        assert lab is not None
+        h1, h3 = lab.hosts[0], lab.hosts[2]
+        server_ip = h3.containers["h3c1"]
+        client, server = lab.container_ns("h1c1"), lab.container_ns("h3c1")
+        tcp = TcpProbe(client, server, server_ip, 3, tmp_path / "tcp.json")
+        stats = tcp.start().wait()
+        assert not stats.error and stats.bytes_received > 0, stats
+
+        freed = h1.containers["h1c2"]
+        lab.del_container(h1, "h1c2")
+        allocated = {p.name for p in (Path(h1.dir) / "ipam").rglob("*") if p.name[0].isdigit()}
+        assert freed not in allocated and h1.containers.keys() == {"h1c1"}
+    finally:
+        down = subprocess.run([*overlayd, "down", *where], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not lab_namespaces(name), "lab down left namespaces behind"
