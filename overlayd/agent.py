@@ -712,7 +712,6 @@ class Agent:
             self.notifier.ready(self._status_line())
 
 
-
 def _entries(plane: Plane) -> Iterator[Entry]:
     yield from plane.neighs
     yield from plane.fdbs

@@ -21,7 +21,6 @@ import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,7 +50,6 @@ RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x1
 GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR
 RECV_BUFFER = 1 << 16
 SOCKET_BUFFER = 1 << 22  # room for a burst (e.g. a flush of thousands of FDB entries)
-COALESCE_SECONDS = 0.002  # wait after the first message of a burst before reading it
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,6 @@ class NetlinkMonitor:
             # and reading acknowledgements. Parsing them then would take the GIL from the writer
             # again and again (at 3000 entries, most of a cold start's apply was the writer
             # waiting for the GIL): wait until the writer is done, then read the burst in one go.
-            time.sleep(COALESCE_SECONDS)
             if self._writing is not None:
                 with self._writing:
                     pass
