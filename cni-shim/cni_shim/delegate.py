@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-from . import jsonio, spawn
+from . import jsonio, leanos, spawn
 from .errors import CniError, DelegateFailed, InvalidEnvironment
 
 # `typing`, `collections.abc` and `pathlib` would add ~10 ms to every CNI call (docs/benchmarks.md).
@@ -17,10 +16,10 @@ if TYPE_CHECKING:
 
 def find_plugin(plugin_type: str, cni_path: str) -> str:
     """The first executable named ``plugin_type`` in the ``:``-separated ``cni_path``."""
-    directories = [entry for entry in cni_path.split(os.pathsep) if entry]
+    directories = [entry for entry in cni_path.split(leanos.PATHSEP) if entry]
     for directory in directories:
-        candidate = os.path.join(directory, plugin_type)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        candidate = leanos.join(directory, plugin_type)
+        if leanos.is_file(candidate) and leanos.access(candidate, leanos.X_OK):
             return candidate
     raise InvalidEnvironment(
         f'plugin "{plugin_type}" not found in CNI_PATH {directories}; install the CNI reference '

@@ -9,9 +9,9 @@ module, and ``json`` only to report an error.
 
 from __future__ import annotations
 
-import os
 import sys
 
+from . import leanos
 from .errors import (
     CniError,
     DecodeFailure,
@@ -50,14 +50,14 @@ def main() -> NoReturn:
     """Console entry point: the runtime's environment and stdin in, CNI JSON on stdout.
 
     Exits with ``os._exit`` once stdout is flushed: every file the call wrote is closed and
-    synced and the delegate has been waited for, so the interpreter's teardown (~1 ms of each
+    the delegate has been waited for, so the interpreter's teardown (~1 ms of each
     container start) has nothing left to do.
     """
-    exit_code, output = run(os.environ, sys.stdin)
+    exit_code, output = run(leanos.environ(), sys.stdin)
     sys.stdout.write(output)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exit_code)
+    leanos._exit(exit_code)
 
 
 def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:

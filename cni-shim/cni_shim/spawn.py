@@ -10,8 +10,9 @@ that writes much before it has read all its input cannot deadlock against us.
 from __future__ import annotations
 
 import _signal  # `signal` would import `enum`; only the numbers are needed
-import os
 import select
+
+from . import leanos
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,31 +34,31 @@ class Completed:
 
 def run(program: str, stdin: bytes, env: Mapping[str, str]) -> Completed:
     """Start ``program`` (a path) with ``env``, write ``stdin``, wait; OSError if it cannot start."""
-    stdin_read, stdin_write = os.pipe()
-    stdout_read, stdout_write = os.pipe()
-    stderr_read, stderr_write = os.pipe()
+    stdin_read, stdin_write = leanos.pipe()
+    stdout_read, stdout_write = leanos.pipe()
+    stderr_read, stderr_write = leanos.pipe()
     try:
-        pid = os.posix_spawn(
+        pid = leanos.posix_spawn(
             program,
             [program],
             env,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdin_read, 0),
-                (os.POSIX_SPAWN_DUP2, stdout_write, 1),
-                (os.POSIX_SPAWN_DUP2, stderr_write, 2),
+                (leanos.POSIX_SPAWN_DUP2, stdin_read, 0),
+                (leanos.POSIX_SPAWN_DUP2, stdout_write, 1),
+                (leanos.POSIX_SPAWN_DUP2, stderr_write, 2),
             ],
             setsigdef=_DEFAULT_SIGNALS,
         )
     except OSError:
         for fd in (stdin_write, stdout_read, stderr_read):
-            os.close(fd)
+            leanos.close(fd)
         raise
     finally:
         for fd in (stdin_read, stdout_write, stderr_write):  # the child's ends
-            os.close(fd)
+            leanos.close(fd)
     output = _communicate(stdin_write, stdin, {stdout_read: [], stderr_read: []})
-    _, status = os.waitpid(pid, 0)
-    return Completed(os.waitstatus_to_exitcode(status), output[stdout_read], output[stderr_read])
+    _, status = leanos.waitpid(pid, 0)
+    return Completed(leanos.waitstatus_to_exitcode(status), output[stdout_read], output[stderr_read])
 
 
 def _communicate(stdin_fd: int, data: bytes, outputs: dict[int, list[bytes]]) -> dict[int, bytes]:
@@ -67,26 +68,26 @@ def _communicate(stdin_fd: int, data: bytes, outputs: dict[int, list[bytes]]) ->
         poller.register(fd, select.POLLIN)
     pending = memoryview(data)
     if pending:
-        os.set_blocking(stdin_fd, False)  # a write then takes what fits instead of blocking
+        leanos.set_blocking(stdin_fd, False)  # a write then takes what fits instead of blocking
         poller.register(stdin_fd, select.POLLOUT)
     else:
-        os.close(stdin_fd)
+        leanos.close(stdin_fd)
     open_fds = len(outputs) + bool(pending)
     while open_fds:
         for fd, events in poller.poll():
             if fd == stdin_fd:
                 try:
-                    pending = pending[os.write(fd, pending) :] if events & select.POLLOUT else pending[:0]
+                    pending = pending[leanos.write(fd, pending) :] if events & select.POLLOUT else pending[:0]
                 except BrokenPipeError:  # the child exited or closed stdin without reading it all
                     pending = pending[:0]
                 if pending:
                     continue
             else:
-                chunk = os.read(fd, _READ_SIZE)
+                chunk = leanos.read(fd, _READ_SIZE)
                 if chunk:
                     outputs[fd].append(chunk)
                     continue
             poller.unregister(fd)
-            os.close(fd)
+            leanos.close(fd)
             open_fds -= 1
     return {fd: b"".join(chunks) for fd, chunks in outputs.items()}

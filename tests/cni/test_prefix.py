@@ -53,3 +53,33 @@ def test_bad_prefixes_say_what_is_wrong(text: str, problem: str) -> None:
     with pytest.raises(ValueError) as raised:
         parse_prefix(text)
     assert problem in str(raised.value)
+
+
+def _ipaddress_accepts(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+# Text built from address characters, mostly near-misses: stray colons and dots, long groups,
+# leading zeros, octets over 255, a dotted quad in the wrong place.
+address_like = st.text(alphabet="0123456789abcdefABCDEFg:.", max_size=45) | st.builds(
+    lambda ip, cut, junk: ip[:cut] + junk + ip[cut:],
+    st.sampled_from(["198.18.5.1", "2001:db8::1", "::ffff:198.18.0.1", "1:2:3:4:5:6:7:8", "::"]),
+    st.integers(0, 20),
+    st.sampled_from(["", ":", "::", ".", "0", "00", "256", "fffff", "1.2.3.4", ":1.2.3.4"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(address_like)
+def test_accepts_exactly_the_addresses_ipaddress_accepts(address: str) -> None:
+    try:
+        prefix = parse_prefix(f"{address}/0")
+    except ValueError:
+        assert not _ipaddress_accepts(address)
+    else:
+        assert _ipaddress_accepts(address)
+        assert prefix.ip == str(ipaddress.ip_address(address))

@@ -204,6 +204,19 @@ def test_state_is_exclusive_private_and_keyed_by_network_container_and_ifname(tm
     assert list((tmp_path / "state").iterdir()) == []
 
 
+def test_a_state_file_torn_by_a_power_cut_does_not_block_the_next_add(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    attachment = Attachment("cbr0", "abc-1", "eth0")
+    for torn in (b"", b'{"name": "cb'):
+        (tmp_path / attachment.filename).write_bytes(torn)
+        assert store.load(attachment) is None
+        store.save(attachment, {"name": "cbr0"})
+        assert store.load(attachment) == {"name": "cbr0"}
+        with pytest.raises(FileExistsError):  # a whole one still means: already attached
+            store.save(attachment, {"name": "cbr0"})
+        store.remove(attachment)
+
+
 def test_flannels_own_state_file_is_used_for_the_same_network(tmp_path: Path) -> None:
     (tmp_path / "abc").write_text(json.dumps({"name": "cbr0", "type": "bridge"}))
     store = StateStore(tmp_path)
@@ -271,3 +284,19 @@ def test_long_interpreter_paths_get_a_shell_trampoline(tmp_path: Path) -> None:
     assert script.read_text().startswith("#!/bin/sh\n")
     out = subprocess.run([script], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
     assert json.loads(out.stdout)["cniVersion"] == "1.1.0"
+
+
+def test_the_shims_start_up_imports_no_heavy_standard_modules(tmp_path: Path) -> None:
+    """Each of these cost ~0.3-10 ms of every container start (docs/benchmarks.md)."""
+    plugin = install_cni(tmp_path)
+    package_parent = plugin.read_text().split("sys.path.insert(0, ")[1].split(")")[0]
+    probe = (
+        f"import sys; sys.path.insert(0, {package_parent}); "
+        "import cni_shim.main, cni_shim.commands; print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-IS", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "cni_shim.commands" in loaded
+    heavy = {"os", "typing", "subprocess", "json", "re", "ipaddress", "pathlib", "dataclasses", "_socket"}
+    assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
