@@ -676,7 +676,7 @@ class Agent:
         cached = self.desired
         if cached.config is self.config and cached.lease is self.lease and cached.peers == self.peers:
             if self.wanted_edited:
-                self.wanted, self.wanted_edited = set(_entries(cached.plane)), False
+                self.wanted, self.wanted_edited = _entry_set(cached.plane), False
             # Equal but not identical after a re-list: keep the live objects, so the next
             # comparison is identity checks again rather than a field-by-field compare per lease.
             self.desired = replace(cached, peers=dict(self.peers))
@@ -687,7 +687,7 @@ class Agent:
         )
         self.desired = _Desired(dict(self.peers), self.config, self.lease, plane, peer_keys)
         self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
-        self.wanted, self.wanted_edited = set(_entries(plane)), False
+        self.wanted, self.wanted_edited = _entry_set(plane), False
         return self.desired
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
@@ -710,6 +710,13 @@ class Agent:
         self.metrics.ready.set(1 if ready else 0)
         if ready:
             self.notifier.ready(self._status_line())
+
+
+def _entry_set(plane: Plane) -> set[Entry]:
+    """Every entry of ``plane`` in one set; a union of the frozensets reuses their stored hashes,
+    where a set built entry by entry would call each dataclass's ``__hash__`` again (~2 ms at
+    1000 peers)."""
+    return set().union(plane.neighs, plane.fdbs, plane.routes)
 
 
 def _entries(plane: Plane) -> Iterator[Entry]:

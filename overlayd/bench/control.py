@@ -59,6 +59,7 @@ class EventTimes:
     reaction: list[float]
     sent_at: list[float]  # seconds after the first put, for latency over time
     missed: int
+    realtime_observer: bool  # the netlink reader ran at SCHED_FIFO (EntryWatcher)
 
 
 def event_latency(client: Any, indices: list[int], gap: float, timeout: float = 10.0) -> EventTimes:
@@ -83,7 +84,7 @@ def event_latency(client: Any, indices: list[int], gap: float, timeout: float = 
             time.sleep(gap)
     finally:
         watcher.close()
-    return EventTimes(put, reaction, sent_at, missed)
+    return EventTimes(put, reaction, sent_at, missed, watcher.realtime)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def churn(client: Any, indices: list[int], rate: float, drain_timeout: float = 3
         reaction=[t - returned_at[i] for i, t in done.items() if t is not None],
         sent_at=[s for s, i in zip(sent_at, indices, strict=True) if done[i] is not None],
         missed=len(indices) - len(finished),
+        realtime_observer=watcher.realtime,
         offered_rate=rate,
         achieved_rate=(len(sent_at) - 1) / sent_at[-1] if len(sent_at) > 1 and sent_at[-1] else float("nan"),
         backlog_at_end=backlog,

@@ -159,7 +159,8 @@ def markdown(r: Results, command: str, when: str, machine: str, commit: str, ima
         "",
         f"Events one at a time: {len(ev.reaction)} measured, {ev.missed} not seen within 10 s; "
         f"p90 {_p(ev.reaction, 90)}, max {_p(ev.reaction, 100)}. Churn: {len(r.churn.put)} puts, "
-        f"{r.churn.missed} not programmed within 30 s.",
+        f"{r.churn.missed} not programmed within 30 s. The netlink reader that timestamps the "
+        f"entries ran {'at SCHED_FIFO' if ev.realtime_observer else 'at normal priority (no SCHED_FIFO)'}.",
         END,
     ]
     return "\n".join(lines) + "\n"
