@@ -16,17 +16,16 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
-from overlayd.backend.rtnlcodec import Entry
 from overlayd.backend.vxlan import DeviceSpec, DeviceState, VxlanBackend
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
-from overlayd.desired import Plane, PlaneDiff, desired_plane, diff_planes, is_vxlan_peer, peer_entries
+from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.lease import Lease, LeaseAttrs
@@ -62,21 +61,6 @@ DRIFT_TRIGGERS = ("timer", "netlink")
 @dataclass(frozen=True)
 class _Tick:
     """A timer firing: time for a full reconcile and the lease checks."""
-
-
-@dataclass(frozen=True)
-class _Desired:
-    """The entries wanted for one set of peer leases, with what they were computed from.
-
-    ``peers`` is a copy of the agent's dict: comparing it with the live one is a C-level loop of
-    identity checks while no lease changed (lease objects are replaced, never mutated).
-    """
-
-    peers: dict[str, Lease]
-    config: NetworkConfig | None
-    lease: Lease | None
-    plane: Plane
-    peer_keys: frozenset[str]
 
 
 class Backoff:
@@ -115,18 +99,20 @@ class Agent:
         self.device: DeviceState | None = None
         self.peers: dict[str, Lease] = {}
         self.programmed: set[str] = set()  # keys of peers whose entries are in the kernel
-        # Every entry we want on the device, updated before each write; the netlink monitor's
-        # thread reads it (membership tests only) to drop the echoes of our own writes.
-        self.wanted: set[Entry] = set()
-        self.wanted_edited = False  # the fast path changed ``wanted`` since the last full pass
+        # Every entry we want on the device, updated by the fast path before it writes and
+        # synced with ``peers`` by ``_desired``; the netlink monitor's thread reads it
+        # (``wants`` only) to drop the echoes of our own writes.
+        self.desired = DesiredEntries()
+        # What ``desired`` was derived for: (config, own lease) and the peers dict it last
+        # matched; a re-list replaces ``peers`` and so marks it for a sync.
+        self.desired_basis: tuple[NetworkConfig | None, Lease | None] = (None, None)
+        self.desired_synced_with: dict[str, Lease] | None = None
         self.writing = threading.Lock()  # held while writing entries; netmon reads after (netmon.py)
         # Memos for the full pass, which at 1000 peers would otherwise spend most of an idle
         # pass re-deriving answers from unchanged leases (docs/benchmarks.md, idle cost):
         # lease key -> (lease object, safe?, a peer we program?), for one (config, own lease) ...
         self.safety: dict[str, tuple[Lease, bool, bool]] = {}
         self.safety_basis: tuple[NetworkConfig | None, Lease | None] = (None, None)
-        # ... the desired plane and the peers it was computed from ...
-        self.desired = _Desired({}, None, None, Plane(), frozenset())
         # ... and a (desired, kernel) pair of Plane objects last found equal.
         self.in_sync: tuple[Plane, Plane] | None = None
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
@@ -477,7 +463,7 @@ class Agent:
     def _count_peers(self) -> None:
         self.metrics.subnet_leases.set(len(self.peers))
         if self.lease is not None and self.config is not None:
-            self.metrics.peers_known.set(sum(1 for lease in self.peers.values() if self._is_peer(lease)))
+            self.metrics.peers_known.set(len(self._desired()))
         self.metrics.peers_programmed.set(len(self.programmed))
 
     def _status_line(self) -> str:
@@ -509,12 +495,14 @@ class Agent:
             new = self.peers.get(event.key)
             self.programmed.discard(event.key)
             try:
-                self._apply_peer_change(old, new)
+                self._apply_peer_change(event.key, old, new)
                 if new is not None and self._is_peer(new):
                     self.programmed.add(event.key)
             except Exception as exc:  # any netlink failure: the full pass will sort it out
                 log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
                 needs_full = True
+            if new is None:
+                self.safety.pop(event.key, None)  # a departed lease's memo goes with it
             self.metrics.peer_events.labels(kind=event.kind).inc()
             # From the watch thread's receipt, so time spent queued behind other work counts.
             self.metrics.event_seconds.observe(time.monotonic() - item.received)
@@ -548,34 +536,27 @@ class Agent:
         """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
         return frozenset(lease.attrs.public_ip for lease in self.peers.values() if self._is_peer(lease))
 
-    def _apply_peer_change(self, old: Lease | None, new: Lease | None) -> None:
+    def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None
-        before = peer_entries(old) if old is not None and self._is_peer(old) else Plane()
-        after = peer_entries(new) if new is not None and self._is_peer(new) else Plane()
-        diff = diff_planes(after, before)
+        was_peer = old is not None and self._is_peer(old)
+        is_peer = new is not None and self._is_peer(new)
+        # Updated before the write, so the netlink monitor knows the echoes for ours.
+        diff = self._desired().set_peer(key, new if is_peer else None)
         if diff.empty:
             return
         allowlist = self.options.vxlan_ingress_allowlist
-        if allowlist and new is not None and after:  # before its entries: no first packet dropped
+        if allowlist and new is not None and is_peer:  # before its entries: no first packet dropped
             self.firewall.allow_peer(new.attrs.public_ip)
-        self._want(diff)
         with self.writing:
             self.backend.apply(self.device.ifindex, diff)
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
         # of a millisecond that the event's latency need not include.
-        if new is not None and after:
+        if new is not None and is_peer:
             log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
-        if allowlist and old is not None and before and old.attrs.public_ip not in self._peer_ips():
+        if allowlist and old is not None and was_peer and old.attrs.public_ip not in self._peer_ips():
             self.firewall.disallow_peer(old.attrs.public_ip)
-
-    def _want(self, diff: PlaneDiff) -> None:
-        """Record a fast-path change in ``wanted`` before writing it, so its echoes are known."""
-        self.wanted_edited = True
-        for plane, update in ((diff.remove, self.wanted.discard), (diff.add, self.wanted.add)):
-            for entry in _entries(plane):
-                update(entry)
 
     def _is_echo(self, change: DeviceChange) -> bool:
         """True for what our own writes cause: a wanted entry added, an unwanted one removed.
@@ -583,7 +564,7 @@ class Agent:
         Called on the netlink monitor's thread. Anything else — a wanted entry deleted, an
         unexpected one added, link and address changes — asks for a full pass.
         """
-        return change.entry is not None and (change.entry in self.wanted) == change.added
+        return change.entry is not None and self.desired.wants(change.entry) == change.added
 
     def _recheck_config(self) -> None:
         """Pick up a changed network config; a broken one is logged and the old one kept."""
@@ -658,36 +639,35 @@ class Agent:
         assert self.backend is not None and self.config is not None and self.lease is not None
         assert self.device is not None
         desired = self._desired()
+        wanted = desired.plane()  # the same object while no peer's entries changed
         actual = self.backend.read_plane(self.device.ifindex)  # the same object while unchanged
         synced = self.in_sync
-        if synced is None or synced[0] is not desired.plane or synced[1] is not actual:
-            diff = diff_planes(desired.plane, actual)
+        if synced is None or synced[0] is not wanted or synced[1] is not actual:
+            diff = diff_planes(wanted, actual)
             if diff.empty:
-                self.in_sync = (desired.plane, actual)
+                self.in_sync = (wanted, actual)
             else:
                 self._log_diff(diff, trigger)
                 with self.writing:
                     self.backend.apply(self.device.ifindex, diff)
-        self.programmed = set(desired.peer_keys)
+        self.programmed = set(desired.keys())
 
-    def _desired(self) -> _Desired:
-        """The desired plane for the current peers, recomputed only when a lease changed."""
+    def _desired(self) -> DesiredEntries:
+        """The entries the current peers want. The fast path keeps them in step event by event;
+        here they are rebuilt when the config or our own lease changed, and synced lease by lease
+        when a re-list replaced ``peers``."""
         assert self.config is not None and self.lease is not None
-        cached = self.desired
-        if cached.config is self.config and cached.lease is self.lease and cached.peers == self.peers:
-            if self.wanted_edited:
-                self.wanted, self.wanted_edited = _entry_set(cached.plane), False
-            # Equal but not identical after a re-list: keep the live objects, so the next
-            # comparison is identity checks again rather than a field-by-field compare per lease.
-            self.desired = replace(cached, peers=dict(self.peers))
-            return self.desired
-        peer_keys = frozenset(key for key, lease in self.peers.items() if self._is_peer(lease))
-        plane = desired_plane(
-            (self.peers[key] for key in peer_keys), self.lease.subnet, self.config.backend.vni
-        )
-        self.desired = _Desired(dict(self.peers), self.config, self.lease, plane, peer_keys)
-        self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
-        self.wanted, self.wanted_edited = _entry_set(plane), False
+        if self.desired_basis[0] is not self.config or self.desired_basis[1] is not self.lease:
+            self.desired, self.desired_synced_with = DesiredEntries(), None
+            self.desired_basis = (self.config, self.lease)
+        if self.desired_synced_with is not self.peers:
+            desired = self.desired
+            for key in desired.keys() - self.peers.keys():
+                desired.set_peer(key, None)
+            for key, lease in self.peers.items():
+                desired.set_peer(key, lease if self._is_peer(lease) else None)
+            self.desired_synced_with = self.peers
+            self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
         return self.desired
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
@@ -710,16 +690,3 @@ class Agent:
         self.metrics.ready.set(1 if ready else 0)
         if ready:
             self.notifier.ready(self._status_line())
-
-
-def _entry_set(plane: Plane) -> set[Entry]:
-    """Every entry of ``plane`` in one set; a union of the frozensets reuses their stored hashes,
-    where a set built entry by entry would call each dataclass's ``__hash__`` again (~2 ms at
-    1000 peers)."""
-    return set().union(plane.neighs, plane.fdbs, plane.routes)
-
-
-def _entries(plane: Plane) -> Iterator[Entry]:
-    yield from plane.neighs
-    yield from plane.fdbs
-    yield from plane.routes

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from overlayd.desired import (
+    DesiredEntries,
     Fdb,
     Neigh,
     Plane,
     PlaneDiff,
     Route,
-    desired_plane,
     diff_planes,
     is_vxlan_peer,
-    peer_entries,
 )
 from overlayd.lease import Lease, LeaseAttrs
 
@@ -42,6 +44,18 @@ def entries(cidr: str, public_ip: str, mac: str) -> Plane:
         fdbs=frozenset({Fdb(mac, IPv4Address(public_ip))}),
         routes=frozenset({Route(subnet, gateway)}),
     )
+
+
+def desired_plane(leases: Iterable[Lease], own: IPv4Network, vni: int) -> Plane:
+    """What the agent wants for ``leases``: each one that is a peer, by its key."""
+    desired = DesiredEntries()
+    for peer in leases:
+        desired.set_peer(peer.key, peer if is_vxlan_peer(peer, own, vni) else None)
+    return desired.plane()
+
+
+def peer_entries(peer: Lease) -> Plane:
+    return desired_plane([peer], OWN, 1)
 
 
 def union(*planes: Plane) -> Plane:
@@ -163,6 +177,9 @@ def test_mac_change_replaces_neigh_and_fdb_but_keeps_the_route() -> None:
     old = desired_plane([lease("198.18.47.0/24", "192.0.2.12", MAC_B)], OWN, 1)
     new = desired_plane([lease("198.18.47.0/24", "192.0.2.12", MAC_C)], OWN, 1)
     diff = diff_planes(new, old)
+    desired = DesiredEntries()  # the fast path's diff, one peer's lease replaced, is the same
+    desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    assert desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_C)) == diff
     gateway = IPv4Address("198.18.47.0")
     assert diff.remove == Plane(
         neighs=frozenset({Neigh(gateway, MAC_B)}),
@@ -214,3 +231,73 @@ def test_applying_the_diff_reaches_desired() -> None:
 def test_entries_sort_deterministically() -> None:
     neighs = [Neigh(IPv4Address("198.18.48.0"), MAC_A), Neigh(IPv4Address("198.18.47.0"), MAC_B)]
     assert sorted(neighs)[0].ip == IPv4Address("198.18.47.0")
+
+
+# --- desired entries kept peer by peer ----------------------------------------------------------
+
+KEY_B = "198.18.47.0-24"
+
+
+def test_an_equal_lease_changes_nothing_and_keeps_the_plane_object() -> None:
+    desired = DesiredEntries()
+    first = desired.set_peer(KEY_B, lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    assert first.add == entries("198.18.47.0/24", "192.0.2.12", MAC_B) and first.remove == Plane()
+    plane = desired.plane()
+    assert desired.set_peer(KEY_B, lease("198.18.47.0/24", "192.0.2.12", MAC_B)).empty
+    assert desired.plane() is plane
+    assert desired.set_peer("198.18.99.0-24", None).empty  # nothing known, nothing wanted
+    assert list(desired.keys()) == [KEY_B] and len(desired) == 1
+
+
+def test_an_entry_two_leases_share_stays_until_both_are_gone() -> None:
+    # A host that moved to 198.18.48.0/24 keeps its PublicIP and MAC: one FDB entry, two leases.
+    old, new = lease("198.18.47.0/24", "192.0.2.12", MAC_B), lease("198.18.48.0/24", "192.0.2.12", MAC_B)
+    shared = Fdb(MAC_B, IPv4Address("192.0.2.12"))
+    desired = DesiredEntries()
+    desired.set_peer(old.key, old)
+    assert shared not in desired.set_peer(new.key, new).add.fdbs  # already wanted (and programmed)
+    gone = desired.set_peer(old.key, None)
+    assert gone.remove == Plane(
+        neighs=frozenset({Neigh(IPv4Address("198.18.47.0"), MAC_B)}),
+        routes=frozenset({Route(IPv4Network("198.18.47.0/24"), IPv4Address("198.18.47.0"))}),
+    )
+    assert desired.wants(shared) and desired.plane() == entries("198.18.48.0/24", "192.0.2.12", MAC_B)
+    assert desired.set_peer(new.key, None).remove.fdbs == frozenset({shared})
+    assert not desired.wants(shared) and desired.plane() == Plane() and len(desired) == 0
+
+
+PEER_KEYS = [f"198.18.{n}.0-24" for n in range(47, 52)]
+
+
+def flat(plane: Plane) -> set:
+    return set().union(plane.neighs, plane.fdbs, plane.routes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(PEER_KEYS),
+            st.none()
+            | st.tuples(st.sampled_from(["192.0.2.12", "192.0.2.13"]), st.sampled_from([MAC_B, MAC_C])),
+        ),
+        max_size=30,
+    )
+)
+def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
+    """Any sequence of lease changes: the plane is the union of the current peers' entries, and
+    the diffs returned, applied in order to an empty device, build exactly that plane."""
+    desired, current, device = DesiredEntries(), {}, set()
+    for key, value in steps:
+        peer = lease(key.replace("-", "/"), *value) if value else None
+        diff = desired.set_peer(key, peer)
+        assert not flat(diff.add) & flat(diff.remove)
+        device = (device - flat(diff.remove)) | flat(diff.add)
+        if peer is None:
+            current.pop(key, None)
+        else:
+            current[key] = peer
+        scratch = union(Plane(), *(peer_entries(p) for p in current.values()))
+        assert desired.plane() == scratch
+        assert device == flat(scratch)
+        assert all(desired.wants(entry) for entry in device)
