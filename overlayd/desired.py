@@ -29,7 +29,7 @@ def _key_hash(self: Neigh | Fdb | Route) -> int:
     return hash(self._key)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Neigh:
     """Permanent ARP entry on the VXLAN device: peer's ``<subnet>.0`` → its VTEP MAC."""
 
@@ -44,7 +44,7 @@ class Neigh:
     __hash__ = _key_hash
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Fdb:
     """Permanent FDB entry on the VXLAN device: a VTEP MAC lives behind an underlay IP."""
 
@@ -59,7 +59,7 @@ class Fdb:
     __hash__ = _key_hash
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Route:
     """Route to a peer's subnet via its ``<subnet>.0`` address, onlink, on the VXLAN device."""
 
