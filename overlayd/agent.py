@@ -657,15 +657,14 @@ class Agent:
         here they are rebuilt when the config or our own lease changed, and synced lease by lease
         when a re-list replaced ``peers``."""
         assert self.config is not None and self.lease is not None
-        if self.desired_basis[0] is not self.config or self.desired_basis[1] is not self.lease:
-            self.desired, self.desired_synced_with = DesiredEntries(), None
-            self.desired_basis = (self.config, self.lease)
-        if self.desired_synced_with is not self.peers:
-            desired = self.desired
+        rebuild = self.desired_basis[0] is not self.config or self.desired_basis[1] is not self.lease
+        if rebuild or self.desired_synced_with is not self.peers:
+            desired = DesiredEntries() if rebuild else self.desired  # a new one filled before use
             for key in desired.keys() - self.peers.keys():
                 desired.set_peer(key, None)
             for key, lease in self.peers.items():
                 desired.set_peer(key, lease if self._is_peer(lease) else None)
+            self.desired, self.desired_basis = desired, (self.config, self.lease)
             self.desired_synced_with = self.peers
             self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
         return self.desired
