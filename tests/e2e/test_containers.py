@@ -41,6 +41,53 @@ def test_containers_on_two_hosts_ping_across_the_overlay(lab: Lab) -> None:
         assert not leftover, f"IP allocations left on {host.name} after DEL: {leftover}"
 
 
+_LISTEN = """
+import socket, sys
+server = socket.create_server((sys.argv[1], 5302))
+server.settimeout(10)
+print(server.accept()[1][0], flush=True)
+"""
+_CONNECT = """
+import socket, sys, time
+for _ in range(50):
+    try:
+        socket.create_connection((sys.argv[1], 5302), 2).close()
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.1)
+"""
+
+
+def _source_seen(server_ns: str, server_ip: str, client_ns: str) -> str:
+    """The source address a TCP listener at ``server_ip`` sees for a connection from ``client_ns``."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", _LISTEN, server_ip],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        client = ["ip", "netns", "exec", client_ns, sys.executable, "-c", _CONNECT, server_ip]
+        subprocess.run(client, check=True, timeout=30)
+        seen, _ = server.communicate(timeout=15)
+    finally:
+        server.kill()
+        server.wait()
+    return seen.strip()
+
+
+def test_ip_masq_keeps_overlay_sources_and_masquerades_the_rest(lab: Lab) -> None:
+    """With --ip-masq (issue 6's recommended settings) a container's traffic to another container
+    keeps its own source address; traffic leaving the overlay gets the host's underlay address."""
+    h1 = lab.hosts[0]
+    masq_host = lab.add_host(agent_args=["--ip-masq"])
+    lab.wait_converged(timeout=60)
+    mine = lab.add_container(masq_host, "masq")
+    other = lab.add_container(h1, "target")
+    try:
+        assert _source_seen(lab.container_ns("target"), other, lab.container_ns("masq")) == mine
+        assert _source_seen(h1.netns, h1.ip, lab.container_ns("masq")) == masq_host.ip
+    finally:
+        lab.del_container(masq_host, "masq")
+        lab.del_container(h1, "target")
+
+
 def test_lab_up_attaches_two_containers_per_host_that_all_reach_each_other(tmp_path: Path) -> None:
     """The demo's path: `overlayd lab up --ping` with 3 hosts, 2 containers each; then TCP across
     hosts, and a container DEL that frees its IP."""
