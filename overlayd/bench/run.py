@@ -29,7 +29,7 @@ from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
 from overlayd.bench.datapath import throughput
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
-from overlayd.bench.report import Results, cni_rows, markdown, rows, splice
+from overlayd.bench.report import Results, cni_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
 from overlayd.lab import ETCD_IP, Lab, lab_namespaces, random_lab_name
 
@@ -70,8 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
-        choices=["cni"],
-        help="measure one figure in a small lab of its own and print it (cni: CNI ADD); not with --docs",
+        choices=["cni", "tcp"],
+        help="measure one figure in a small lab of its own and print it (cni: CNI ADD, tcp: the data "
+        "path, --tcp-rounds pairs); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
@@ -93,7 +94,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only else ["iperf3"])
+    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only == "cni" else ["iperf3"])
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
@@ -262,6 +263,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.only == "cni":
             cni_only(args, root, raw)
+        elif args.only == "tcp":
+            data_path(args, root, raw)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -272,9 +275,11 @@ def main(argv: list[str]) -> int:
             if left := lab_namespaces(lab.name):
                 print(f"overlayd bench: namespaces left behind: {left}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
-    if args.only == "cni":
-        print(f"\noverlayd bench --only cni: {machine()}; {time.perf_counter() - started:.0f} s in all\n")
-        print(render_table(cni_rows(raw["cni"])))
+    if args.only:
+        took = time.perf_counter() - started
+        print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
+        only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
+        print(render_table(only))
         return 0
     results = Results(
         peers=args.peers,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from overlayd.bench.report import BEGIN, END, splice
+from overlayd.bench.datapath import Throughput
+from overlayd.bench.report import BEGIN, END, splice, tcp_rows
 from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, percentile, render_markdown_table, render_table
 
 
@@ -49,3 +50,12 @@ def test_splice_replaces_only_the_generated_section() -> None:
 
 def test_splice_appends_when_the_markers_are_missing() -> None:
     assert splice("# B\nnotes\n", f"{BEGIN}\nx\n{END}\n") == f"# B\nnotes\n\n{BEGIN}\nx\n{END}\n"
+
+
+def test_tcp_rows_give_the_best_of_each_and_the_ratio_within_each_pair() -> None:
+    tcp = Throughput(containers=[12e9, 8e9, 13e9], hosts=[15e9, 16e9, 14e9])
+    best, paired = tcp_rows(tcp, "1450")
+    assert best.value == "13.00 Gbit/s" and best.goal == "≥ 0.85"
+    assert best.baseline == "host → host 16.00 Gbit/s" and best.ratio == "0.81"
+    assert paired.value == "0.80 (0.50 to 0.93)"  # 12/15, 8/16, 13/14
+    assert "3 rounds" in paired.figure
