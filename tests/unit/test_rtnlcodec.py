@@ -4,6 +4,9 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from overlayd.backend.rtnlcodec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,
@@ -48,3 +51,30 @@ def test_a_created_vxlan_link_decodes_back_to_its_attributes() -> None:
     assert (link.vxlan.vni, link.vxlan.link, link.vxlan.local, link.vxlan.port) == (
         1, 3, IPv4Address("192.0.2.1"), 8472)
     assert link.vxlan.gbp and not link.vxlan.learning
+
+
+def _key_by_copying_each_kept_attribute(message: Message) -> bytes:
+    """The plain way to key a neighbour message, to check the faster one against."""
+    body, parts, offset = message.body, [message.type.to_bytes(2, "little"), message.body[:12]], 12
+    while offset + 4 <= len(body):
+        length, kind = struct.unpack_from("=HH", body, offset)
+        if length < 4:
+            break
+        end = offset + ((length + 3) & ~3)
+        if kind & 0x3FFF not in (3, 4):
+            parts.append(body[offset:end])
+        offset = end
+    parts.append(body[offset:])
+    return b"".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 3 | 0x8000, 12]), st.binary(max_size=24)), max_size=8),
+    st.binary(max_size=6),
+)
+def test_entry_key_equals_the_plain_attribute_walk(attrs: list[tuple[int, bytes]], tail: bytes) -> None:
+    body = struct.pack("=BxxxiHBB", socket.AF_INET, 7, 0x80, 0, 1)
+    body += b"".join(_attr(kind, value) for kind, value in attrs) + tail  # tail: a truncated attribute
+    message = Message(RTM_NEWNEIGH, 1, body)
+    assert entry_key(message) == _key_by_copying_each_kept_attribute(message)
