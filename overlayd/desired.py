@@ -1,8 +1,9 @@
 """Desired kernel state for the VXLAN backend, computed from leases, and its diff against actual.
 
-Pure functions only: the reconciler feeds them the peer leases and what netlink reports, and
-applies the returned difference. Whole entries are compared (a neighbour is its IP *and* MAC), so
-a peer whose VTEP MAC changed yields a removal of the stale entry and an addition of the new one.
+No I/O here: the reconciler feeds in the peer leases (``DesiredEntries``, kept peer by peer) and
+what netlink reports, and applies the returned difference. Whole entries are compared (a
+neighbour is its IP *and* MAC), so a peer whose VTEP MAC changed yields a removal of the stale
+entry and an addition of the new one.
 """
 
 from __future__ import annotations
