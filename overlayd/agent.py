@@ -608,15 +608,17 @@ class Agent:
             # diffing against an empty peer set would remove them all and drop traffic on restart.
             if self.peers_listed:
                 self._reconcile_entries(trigger)
+            allowlist = self.options.vxlan_ingress_allowlist
             fw_spec = FirewallSpec(
                 network=self.config.network,
                 own_subnet=self.lease.subnet,
                 ip_masq=self.options.ip_masq,
                 forward_rules=self.options.iptables_forward_rules,
-                ingress_allowlist=self.options.vxlan_ingress_allowlist,
+                ingress_allowlist=allowlist,
                 vxlan_port=self.config.backend.port,
                 # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
-                vxlan_peers=self._peer_ips() if self.peers_listed else None,
+                # Without an allowlist the set is not rendered: no pass over every lease for it.
+                vxlan_peers=(self._peer_ips() if self.peers_listed else None) if allowlist else frozenset(),
             )
             if self.firewall.ensure(fw_spec):
                 log.info("firewall rules written for %s", self.config.network)
