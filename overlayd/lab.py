@@ -417,15 +417,15 @@ class Lab:
         return missing
 
     def ping(self, source: LabHost, target: str, count: int = 1, wait: float = 1.0) -> bool:
-        ping = ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), target]
-        done = subprocess.run(["ip", "netns", "exec", source.netns, *ping], capture_output=True, check=False)
+        done = subprocess.run(_ping_argv(source.netns, target, count, wait), capture_output=True, check=False)
         return done.returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
         """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
         endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
         table, ok = _ping_table(endpoints)
-        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {h.flannel_address()}" for h in self.hosts)
+        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
+                           for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
         return f"{table}\n\n{legend}", ok
 
     def container_ping_table(self) -> tuple[str, bool]:
@@ -531,7 +531,8 @@ def _ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
     """Ping every (name, netns, address) endpoint from every other, all at once; a text table
     ("ok"/"FAIL" per pair, sources down, targets across) and whether every pair answered."""
     probes = {
-        (source, target): _start_ping(source_ns, address)
+        (source, target): subprocess.Popen(_ping_argv(source_ns, address, count=3, wait=1.0),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for source, source_ns, _ in endpoints
         for target, _, address in endpoints
         if source != target and address
@@ -546,8 +547,7 @@ def _ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
     return "\n".join(lines), all(answered.values()) and len(answered) == len(names) * (len(names) - 1)
 
 
-def _start_ping(netns: str, address: str) -> subprocess.Popen[bytes]:
-    ping = ["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", address]
-    return subprocess.Popen(
-        ["ip", "netns", "exec", netns, *ping], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def _ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
+    """``ping`` of ``address`` from inside ``netns``: quiet, numeric, probes 0.2 s apart."""
+    return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
+            "-W", str(wait), address]  # fmt: skip
