@@ -232,7 +232,8 @@ class Agent:
         self.vtep_mac = self._vtep_mac(self.config)
         if not self._acquire(previous_subnet(opts.subnet_file)):
             return False
-        self.watcher = PeerWatcher(self.registry, self.events)
+        first_listing = self.lease_manager.take_listing()
+        self.watcher = PeerWatcher(self.registry, self.events, first_listing=first_listing)
         self.watcher.start()
         self.monitor = NetlinkMonitor(
             f"flannel.{self.config.backend.vni}",

@@ -72,9 +72,13 @@ class PeerWatcher:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         rng: random.Random | None = None,
+        first_listing: tuple[list[Lease], int] | None = None,
     ) -> None:
         self.registry = registry
         self.out = out
+        # A listing someone just read (the lease manager's): the first snapshot, watched onwards
+        # from its revision, so the events since then still arrive.
+        self._first_listing = first_listing
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
@@ -120,8 +124,9 @@ class PeerWatcher:
 
     def _list_and_watch(self) -> str | None:
         """One list + watch cycle; returns why it ended, or None when stopped."""
+        listing, self._first_listing = self._first_listing, None
         try:
-            leases, revision = self.registry.list_leases()
+            leases, revision = listing or self.registry.list_leases()
         except RegistryError as exc:
             return str(exc)
         failed = self._cycle_done = threading.Event()

@@ -92,6 +92,21 @@ def test_restart_with_the_same_public_ip_takes_over_its_subnet(registry: Registr
     assert len(stored) == 3
 
 
+def test_the_listing_a_lease_was_chosen_from_is_handed_over_once(registry: Registry):
+    config = network_config()
+    other = manager(registry, 8).acquire(config, host_attrs(8), previous=None)
+    leases_manager = manager(registry, 7)
+    assert leases_manager.take_listing() is None  # nothing acquired yet
+    ours = leases_manager.acquire(config, host_attrs(7), previous=None)
+
+    listing = leases_manager.take_listing()
+    assert listing is not None
+    leases, revision = listing
+    assert [lease.key for lease in leases] == [other.key], "read before our own lease was written"
+    assert revision < ours.mod_revision
+    assert leases_manager.take_listing() is None
+
+
 def test_previous_subnet_is_reused_when_free(registry: Registry):
     previous = IPv4Network("198.18.200.0/24")
 

@@ -71,6 +71,23 @@ def test_snapshot_then_events(registry: Registry, etcd_server: EtcdServer, prefi
     assert view.snapshots == 1 and not view.downs
 
 
+def test_a_first_listing_is_the_snapshot_and_what_changed_since_arrives_as_events(registry: Registry):
+    create(registry, 1)
+    listing = registry.list_leases()  # as the lease manager read it while acquiring
+    create(registry, 2)  # after that listing, before the watcher starts
+    items: queue.Queue[PeerItem] = queue.Queue()
+    watcher = PeerWatcher(registry, items, first_listing=listing)
+    watcher.start()
+    try:
+        view = PeerView(items)
+        view.wait_for(lambda v: v.snapshots == 1)
+        assert set(view.leases) == {"198.18.1.0-24"}, "the snapshot is the listing given, not a new one"
+        view.wait_for(lambda v: set(v.leases) == {"198.18.1.0-24", "198.18.2.0-24"})
+        assert view.snapshots == 1 and not view.downs
+    finally:
+        watcher.stop()
+
+
 def test_watch_start_compacted_away_converges_on_a_fresh_snapshot(
     private_etcd: EtcdServer, prefix: str, watch
 ):
