@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from overlayd import __version__
 
 log = logging.getLogger(__name__)
 # A ``_created`` timestamp per counter doubles the exposition and no reader uses it.
@@ -53,13 +54,6 @@ class Health:
     etcd_problem: str = ""  # why etcd is unreachable; "" while it answers
 
 
-def _package_version() -> str:
-    try:
-        return version("overlayd")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 class Metrics:
     """The agent's metrics, in a registry of its own so tests can run several agents."""
 
@@ -67,7 +61,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.build_info = Gauge("overlayd_build_info", "Agent version", ["version", "python"], registry=r)
-        self.build_info.labels(version=_package_version(), python=platform.python_version()).set(1)
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
         self.ready = Gauge("overlayd_ready", "1 when the data path is programmed", registry=r)
 
         self.lease_info = Gauge(

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from importlib import metadata
 
 import pytest
 from prometheus_client import generate_latest
@@ -55,7 +56,7 @@ def test_labels_and_initial_series() -> None:
     metrics.set_lease_info("198.18.5.0/24", "192.0.2.11", "02:00:00:00:00:01", "198.18.0.0/16")
     metrics.set_lease_info("198.18.6.0/24", "192.0.2.11", "02:00:00:00:00:01", "198.18.0.0/16")
     text = generate_latest(metrics.registry).decode()
-    assert 'overlayd_build_info{python="' in text
+    assert f'version="{metadata.version("overlayd")}"' in text, "build info carries the installed version"
     assert text.count("overlayd_lease_info{") == 1, "a new lease replaces the old series"
     assert 'subnet="198.18.6.0/24"' in text and 'network="198.18.0.0/16"' in text
     # Repairs start at 0 for every kind, so the first one shows up as a rate.
