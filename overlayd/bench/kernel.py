@@ -192,7 +192,7 @@ class EntryWatcher:
                 continue
             while True:  # every queued datagram, each stamped as it is read
                 try:
-                    self._arrived.append((self._sock.recv(1 << 20, socket.MSG_DONTWAIT), time.perf_counter()))
+                    self._arrived.append((self._sock.recv(1 << 16, socket.MSG_DONTWAIT), time.perf_counter()))
                 except BlockingIOError:
                     break
                 except OSError as exc:
