@@ -20,11 +20,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
+from operator import attrgetter
 from typing import Any
 
 from overlayd.backend.rtnlcodec import (
@@ -294,14 +295,22 @@ class VxlanBackend:
             raise ApplyError(failures)
 
 
+def _in_order(*groups: Iterable[Entry]) -> list[Entry]:
+    """The groups one after the other, each sorted for a stable order by the entries' key tuples
+    of ints and strings: the dataclass order compares IPv4Network and IPv4Address objects in
+    Python, ~25 ms for 3000 entries."""
+    key = attrgetter("_key")
+    return [entry for group in groups for entry in sorted(group, key=key)]
+
+
 def _removal_order(plane: Plane) -> list[Entry]:
     """Routes first, so no route points at a gateway whose neighbour is already gone."""
-    return [*sorted(plane.routes), *sorted(plane.fdbs), *sorted(plane.neighs)]
+    return _in_order(plane.routes, plane.fdbs, plane.neighs)
 
 
 def _addition_order(plane: Plane) -> list[Entry]:
     """Neighbour, FDB, then route: a route is only usable once both entries exist."""
-    return [*sorted(plane.neighs), *sorted(plane.fdbs), *sorted(plane.routes)]
+    return _in_order(plane.neighs, plane.fdbs, plane.routes)
 
 
 def _describe(entry: Entry) -> str:
