@@ -664,9 +664,9 @@ class Agent:
         if rebuild or self.desired_synced_with is not self.peers:
             desired = DesiredEntries() if rebuild else self.desired  # a new one filled before use
             for key in desired.keys() - self.peers.keys():
-                desired.set_peer(key, None)
+                desired.load(key, None)
             for key, lease in self.peers.items():
-                desired.set_peer(key, lease if self._is_peer(lease) else None)
+                desired.load(key, lease if self._is_peer(lease) else None)
             self.desired, self.desired_basis = desired, (self.config, self.lease)
             self.desired_synced_with = self.peers
             self.safety = {key: known for key, known in self.safety.items() if key in self.peers}

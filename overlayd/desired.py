@@ -149,12 +149,25 @@ class DesiredEntries:
     def set_peer(self, key: str, lease: Lease | None) -> PlaneDiff:
         """Make ``lease`` (None: nothing) peer ``key``'s; returns the entries this makes wanted
         (``add``) and no longer wanted by anyone (``remove``)."""
+        gained, lost = self._set(key, lease)
+        return PlaneDiff(
+            add=Plane(*(frozenset(entries) for entries in gained)),
+            remove=Plane(*(frozenset(entries) for entries in lost)),
+        )
+
+    def load(self, key: str, lease: Lease | None) -> None:
+        """``set_peer`` without the diff, for filling the whole set at once: at 1000 peers the
+        six frozensets per peer were a fifth of the start-up pass."""
+        self._set(key, lease)
+
+    def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, list, list], tuple[list, list, list]]:
+        """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind."""
+        gained: tuple[list, list, list] = ([], [], [])
+        lost: tuple[list, list, list] = ([], [], [])
         known = self._peers.get(key)
         if known is not None and lease is not None and (known[0] is lease or known[0] == lease):
             self._peers[key] = (lease, known[1])  # an equal lease: later checks are identity checks
-            return PlaneDiff()
-        gained: tuple[list, list, list] = ([], [], [])
-        lost: tuple[list, list, list] = ([], [], [])
+            return gained, lost
         # Additions before releases: an entry both leases need is never counted down to zero.
         if lease is not None:
             entries = _entries(lease)
@@ -174,13 +187,9 @@ class DesiredEntries:
                     unwanted.append(entry)
                 else:
                     counts[entry] = held - 1
-        diff = PlaneDiff(
-            add=Plane(*(frozenset(entries) for entries in gained)),
-            remove=Plane(*(frozenset(entries) for entries in lost)),
-        )
-        if not diff.empty:
+        if any(gained) or any(lost):
             self._plane = None
-        return diff
+        return gained, lost
 
     def plane(self) -> Plane:
         """The union of every peer's entries: the same object until a peer's entries change."""

@@ -286,11 +286,13 @@ def flat(plane: Plane) -> set:
 )
 def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
     """Any sequence of lease changes: the plane is the union of the current peers' entries, and
-    the diffs returned, applied in order to an empty device, build exactly that plane."""
-    desired, current, device = DesiredEntries(), {}, set()
+    the diffs returned, applied in order to an empty device, build exactly that plane; ``load``
+    (no diffs) keeps the same plane."""
+    desired, loaded, current, device = DesiredEntries(), DesiredEntries(), {}, set()
     for key, value in steps:
         peer = lease(key.replace("-", "/"), *value) if value else None
         diff = desired.set_peer(key, peer)
+        loaded.load(key, peer)
         assert not flat(diff.add) & flat(diff.remove)
         device = (device - flat(diff.remove)) | flat(diff.add)
         if peer is None:
@@ -298,6 +300,6 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
         else:
             current[key] = peer
         scratch = union(Plane(), *(peer_entries(p) for p in current.values()))
-        assert desired.plane() == scratch
+        assert desired.plane() == scratch == loaded.plane()
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
