@@ -535,7 +535,7 @@ class Agent:
 
     def _peer_ips(self) -> frozenset[IPv4Address]:
         """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
-        return frozenset(lease.attrs.public_ip for lease in self.peers.values() if self._is_peer(lease))
+        return self._desired().public_ips()
 
     def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None

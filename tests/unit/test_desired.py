@@ -301,5 +301,6 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
             current[key] = peer
         scratch = union(Plane(), *(peer_entries(p) for p in current.values()))
         assert desired.plane() == scratch == loaded.plane()
+        assert desired.public_ips() == {p.attrs.public_ip for p in current.values()}
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
