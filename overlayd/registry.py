@@ -44,8 +44,16 @@ with warnings.catch_warnings():
     import etcd3.exceptions
     import etcd3.utils
     from etcd3 import etcdrpc
-    from etcd3.etcdrpc import kv_pb2
 
+from overlayd.etcdwire import (
+    EVENT_DELETE,
+    Event,
+    KeyValue,
+    RangeResult,
+    WatchResult,
+    decode_range,
+    decode_watch,
+)
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
 # grpc's Python layer waits for a stream's next message in slices of this many seconds (0.1 by
@@ -190,7 +198,7 @@ class _WatchStream:
         self,
         client: etcd3.Etcd3Client,
         create: Any,  # etcdrpc.WatchCreateRequest
-        on_response: Callable[[Any], None],
+        on_response: Callable[[WatchResult], None],
         on_error: Callable[[RegistryError], None],
         where: str,
     ) -> None:
@@ -200,8 +208,12 @@ class _WatchStream:
         self._cancelled = threading.Event()
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
-        stub = etcdrpc.WatchStub(client.channel)
-        self._call = stub.Watch(
+        watch = client.channel.stream_stream(
+            "/etcdserverpb.Watch/Watch",
+            request_serializer=etcdrpc.WatchRequest.SerializeToString,
+            response_deserializer=decode_watch,
+        )
+        self._call = watch(
             iter(self._requests.get, None),
             credentials=client.call_credentials,
             metadata=client.metadata,
@@ -230,7 +242,7 @@ class _WatchStream:
             return
         self._fail(RegistryError(f"{self._where}: stream ended"))
 
-    def _deliver(self, response: Any) -> bool:
+    def _deliver(self, response: WatchResult) -> bool:
         """Hand events to the consumer; a consumer that raises ends the watch like an etcd error."""
         try:
             self._on_response(response)
@@ -422,7 +434,7 @@ class Registry:
     def _lease_key(self, lease_key: str) -> str:
         return f"{self._subnets_prefix}{lease_key}"
 
-    def _decode_kv(self, key: str, kv: Any) -> Lease | None:
+    def _decode_kv(self, key: str, kv: KeyValue) -> Lease | None:
         """The lease stored at a subnets key, or None (reported to ``on_bad_lease``) when malformed."""
         try:
             return decode_lease(key, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
@@ -432,18 +444,28 @@ class Registry:
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """All decodable leases under ``<prefix>/subnets/`` and the revision of the read."""
-        response = self._call(
-            "list_leases",
-            f"list {self._subnets_prefix}",
-            lambda client: client.get_prefix_response(self._subnets_prefix),
-        )
+        response = self._call("list_leases", f"list {self._subnets_prefix}", self._range_subnets)
         leases = []
         for kv in response.kvs:
             key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
             lease = self._decode_kv(key, kv)
             if lease is not None:
                 leases.append(lease)
-        return leases, int(response.header.revision)
+        return leases, response.revision
+
+    def _range_subnets(self, client: etcd3.Etcd3Client) -> RangeResult:
+        """etcd3's ``get_prefix_response``, its answer decoded by ``etcdwire`` (see there why)."""
+        prefix = self._subnets_prefix.encode()
+        request = etcdrpc.RangeRequest(key=prefix, range_end=etcd3.utils.increment_last_byte(prefix))
+        call = client.channel.unary_unary(
+            "/etcdserverpb.KV/Range",
+            request_serializer=etcdrpc.RangeRequest.SerializeToString,
+            response_deserializer=decode_range,
+        )
+        result: RangeResult = call(
+            request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
+        )
+        return result
 
     def _guarded_put(
         self, operation: str, template: Lease, compare: Callable[[Any, str], Any], ttl: int | None
@@ -577,20 +599,20 @@ class Registry:
             lambda error: on_error(error, isinstance(error, WatchCompacted)),
         )
 
-    def _lease_event(self, event: Any) -> LeaseEvent:
+    def _lease_event(self, event: Event) -> LeaseEvent:
         kv = event.kv
         key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
-        if event.type == kv_pb2.Event.DELETE:
-            return LeaseEvent("delete", key, None, int(kv.mod_revision))
+        if event.type == EVENT_DELETE:
+            return LeaseEvent("delete", key, None, kv.mod_revision)
         lease = self._decode_kv(key, kv)
-        return LeaseEvent("put", key, lease, int(kv.mod_revision))
+        return LeaseEvent("put", key, lease, kv.mod_revision)
 
     def _watch(
         self,
         operation: str,
         what: str,
         create: Any,
-        on_response: Callable[[Any], None],
+        on_response: Callable[[WatchResult], None],
         on_error: Callable[[RegistryError], None],
     ) -> Callable[[], None]:
         """Open a watch stream on the current endpoint; returns its cancel function."""
