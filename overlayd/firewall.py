@@ -112,6 +112,12 @@ def _sorted_elements(match: re.Match[str]) -> str:
     return f"elements = {{ {', '.join(map(str, peers))} }}"
 
 
+def _listed_peers(listing: str | None) -> frozenset[IPv4Address]:
+    """The allowlist's elements in a normalised listing of our table (none if it has no set)."""
+    match = _ELEMENTS.search(listing or "")
+    return frozenset(IPv4Address(item.strip()) for item in match[1].split(",")) if match else frozenset()
+
+
 def _normalise(listing: str) -> str:
     """Comparable form of a table listing: whitespace, counter values and element order ignored."""
     listing = _ELEMENTS.sub(_sorted_elements, _COUNTER_VALUES.sub("counter", listing))
@@ -133,22 +139,36 @@ class Firewall:
         self._verified: tuple[int, str] | None = None
 
     def ensure(self, spec: FirewallSpec) -> bool:
-        """Replace the table if it differs from ``spec``'s rules; True if it changed anything."""
-        fully_random = self._supports_fully_random()
-        if spec.ingress_allowlist and spec.vxlan_peers is None:
-            spec = replace(spec, vxlan_peers=self._live_peers() or frozenset())
-        script = render_ruleset(spec, self._table, fully_random)
+        """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
+
+        ``masquerade fully-random`` is assumed until nft refuses a table with it: probing first
+        cost a process start (~30 ms on a slow machine) on every agent start.
+        """
+        fully_random = self._fully_random is not False
         generation = self._netlink.generation()  # before the listing: a later change bumps it again
+        live: str | None = None
+        listed = False
+        if spec.ingress_allowlist and spec.vxlan_peers is None:
+            live, listed = self._live_listing(), True
+            spec = replace(spec, vxlan_peers=_listed_peers(live))
+        script = render_ruleset(spec, self._table, fully_random)
         if generation is not None and self._verified == (generation, script):
             return False
-        live = self._live_listing()
+        if not listed:
+            live = self._live_listing()
         unchanged = live is not None and (
             live == _normalise(render_table(spec, self._table, fully_random))
             or self._applied == (script, live)
         )
         self._verified = (generation, script) if unchanged and generation is not None else None
         if not unchanged:
-            self._nft(["-f", "-"], script)
+            try:
+                self._nft(["-f", "-"], script)
+            except FirewallError:
+                if not fully_random or self._supports_fully_random():
+                    raise
+                script = render_ruleset(spec, self._table, fully_random=False)
+                self._nft(["-f", "-"], script)
             self._applied = (script, self._live_listing() or "")
             allowlist = f"{len(spec.vxlan_peers or ())} peers" if spec.ingress_allowlist else "off"
             log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
@@ -191,20 +211,9 @@ class Firewall:
             raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
         return _normalise(proc.stdout)
 
-    def _live_peers(self) -> frozenset[IPv4Address] | None:
-        """The elements of the live allowlist set, or None if there is none."""
-        proc = self._run_nft(["-j", "list", "set", "ip", self._table, PEER_SET])
-        if proc.returncode != 0:
-            return None
-        return frozenset(
-            IPv4Address(element)
-            for item in json.loads(proc.stdout).get("nftables", [])
-            for element in (item.get("set") or {}).get("elem", [])
-            if isinstance(element, str)
-        )
-
     def _supports_fully_random(self) -> bool:
-        """Whether this kernel and nft accept ``masquerade fully-random`` (checked once)."""
+        """Whether this kernel and nft accept ``masquerade fully-random`` (probed once, after nft
+        refused a table that used it)."""
         if self._fully_random is None:
             probe = (f"table ip {self._table}_probe {{\n\tchain p {{\n"
                      "\t\ttype nat hook postrouting priority srcnat;\n"

@@ -151,3 +151,54 @@ def test_allowlist_is_idempotent_with_elements_and_fast_path(netns: str) -> None
     assert "192.0.2.5" in str(steps["set"]) and "192.0.2.6" not in str(steps["set"])
     assert steps["off"] is True
     assert "vxlan_peers" not in str(steps["off listing"])
+
+
+class RecordingNft(Firewall):
+    """The real nft, its calls recorded; optionally refusing ``fully-random`` as an old nft or
+    kernel does."""
+
+    def __init__(self, refuse_fully_random: bool = False) -> None:
+        super().__init__()
+        self.refuse_fully_random = refuse_fully_random
+        self.calls: list[list[str]] = []
+
+    def _run_nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.calls.append(args)
+        if self.refuse_fully_random and stdin and "fully-random" in stdin:
+            return subprocess.CompletedProcess(args, 1, "", "Error: syntax error, unexpected fully-random")
+        return Firewall._run_nft(args, stdin)
+
+    def probes(self) -> int:
+        return sum("--check" in args for args in self.calls)
+
+
+def without_fully_random_steps() -> dict[str, object]:
+    firewall = RecordingNft(refuse_fully_random=True)
+    steps: dict[str, object] = {"first": firewall.ensure(SPEC), "listing": nft_list()}
+    steps["probes"] = firewall.probes()
+    steps["second"] = firewall.ensure(SPEC)
+    steps["probes after"] = firewall.probes()
+    return steps
+
+
+@pytest.mark.root
+def test_without_fully_random_the_table_is_written_with_plain_masquerade(netns: str) -> None:
+    steps = in_netns(netns, without_fully_random_steps)
+    assert steps["first"] is True
+    assert "ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade" in str(steps["listing"])
+    assert "fully-random" not in str(steps["listing"])
+    assert steps["probes"] == 1, "probed once, after nft refused the table"
+    assert (steps["second"], steps["probes after"]) == (False, 1)
+
+
+def first_ensure_calls() -> list[list[str]]:
+    firewall = RecordingNft()
+    firewall.ensure(replace(ALLOW, vxlan_peers=None))
+    return firewall.calls
+
+
+@pytest.mark.root
+def test_a_start_with_unknown_peers_lists_the_table_once_and_does_not_probe(netns: str) -> None:
+    calls = in_netns(netns, first_ensure_calls)
+    assert not any("--check" in args for args in calls)
+    assert sum(args[:2] == ["list", "table"] for args in calls) == 2  # before, and after writing
