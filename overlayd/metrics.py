@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass
@@ -226,6 +227,14 @@ def _readiness(health: Health) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's ``socket.getfqdn``: a reverse DNS lookup of the listen
+        address, which waits for the resolver's timeout on a node whose DNS is down, at start-up,
+        for a name nothing here uses."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 class _Server6(_Server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -115,3 +116,17 @@ def test_endpoints(served: tuple[Metrics, str]) -> None:
     status, body = get(f"{base}/metrics")
     assert status == 200 and "overlayd_ready 0.0" in body
     assert get(f"{base}/nope")[0] == 404
+
+
+def test_starting_does_not_look_up_the_listen_address_in_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*_args: object) -> str:
+        raise AssertionError("reverse DNS lookup at start-up")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    server = MetricsServer(Metrics(), ("127.0.0.1", 0), stale_after=60.0)
+    try:
+        server.start()
+        status, body = get(f"http://127.0.0.1:{server.port}/metrics")
+        assert status == 200 and "overlayd_build_info" in body
+    finally:
+        server.stop()
