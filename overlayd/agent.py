@@ -27,6 +27,7 @@ from overlayd.backend.vxlan import DeviceSpec, DeviceState, VxlanBackend
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer
 from overlayd.firewall import Firewall, FirewallSpec
+from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.lease import Lease, LeaseAttrs
 from overlayd.leasecheck import BadLeaseLog, lease_problem
@@ -78,6 +79,7 @@ class Backoff:
         self.current = self.start
 
 
+
 class Agent:
     """One host's overlay agent; see the module docstring for the threading model."""
 
@@ -120,6 +122,7 @@ class Agent:
         self.renew_at = 0.0
         self.lease_checked_at = 0.0  # monotonic time of the last time-to-live check
         self.watcher: PeerWatcher | None = None
+        self.heap = HeapKeeper()  # full garbage collections at quiet moments, not mid-burst
         self.monitor: NetlinkMonitor | None = None
         self.http: list[MetricsServer] = []
         self.exit_code = 0
@@ -141,6 +144,7 @@ class Agent:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         self._set_health(False, "starting")
+        self.heap.start()
         try:
             if not self._start_http():
                 return 1
@@ -414,13 +418,16 @@ class Agent:
             if self.stopping.is_set():
                 return
             trigger = self._handle(batch)
-            if any(isinstance(item, _Tick) for item in batch) or time.monotonic() >= next_tick:
+            ticked = any(isinstance(item, _Tick) for item in batch) or time.monotonic() >= next_tick
+            if ticked:
                 self._check_lease()
                 self._recheck_config()
                 trigger = trigger or "timer"
                 next_tick = time.monotonic() + self.options.reconcile_interval
             if trigger:
                 self._full_reconcile(trigger)
+            if ticked:
+                self.heap.on_timer()
             self.metrics.health = replace(self.metrics.health, last_loop=time.monotonic())
 
     def _drain(self, settle: float) -> list[object]:
@@ -446,6 +453,7 @@ class Agent:
                 if self.lease is not None and self.lease.key not in self.peers:
                     self._lease_lost("our key is missing from etcd")
             elif isinstance(item, PeerEvents):
+                self.heap.busy()
                 if self._apply_events(item):
                     trigger = trigger or "event"
             elif isinstance(item, PeerWatchDown):
@@ -630,6 +638,8 @@ class Agent:
                 self._count_repair(trigger, "subnet_env", "fix")
             self.metrics.last_reconcile.set(time.time())
             self._set_health(True, "ready")
+            if trigger == "resync":
+                self.heap.settle()  # the new listing's leases and entries are long-lived
         except Exception as exc:  # keep serving: the next trigger retries
             self.metrics.reconcile_errors.inc()
             log.exception("reconcile (%s) failed: %s", trigger, exc)

@@ -1,0 +1,79 @@
+"""HeapKeeper: full collections at quiet moments, survivors frozen, everything unfrozen hourly."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from overlayd.heap import GEN2_THRESHOLD, HeapKeeper
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clean_gc() -> Iterator[None]:
+    """Leave the test process's collector as it was."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_start_leaves_full_collections_to_the_agent(clean_gc: None) -> None:
+    gen0, gen1, _ = gc.get_threshold()
+    HeapKeeper().start()
+    assert gc.get_threshold() == (gen0, gen1, GEN2_THRESHOLD)
+
+
+def test_a_timer_pass_settles_only_when_no_event_came_since_the_last(clean_gc: None) -> None:
+    clock = Clock()
+    keeper = HeapKeeper(max_interval=600, clock=clock)
+    assert keeper.on_timer() is True  # nothing happened yet: quiet
+    keeper.busy()
+    clock.now += 10
+    assert keeper.on_timer() is False, "an event since the last pass: not now"
+    clock.now += 10
+    assert keeper.on_timer() is True, "quiet again"
+
+
+def test_constant_events_still_settle_every_max_interval(clean_gc: None) -> None:
+    clock = Clock()
+    keeper = HeapKeeper(max_interval=600, clock=clock)
+    keeper.settle()
+    settled = []
+    for _ in range(130):  # 130 timer passes 10 s apart, an event before each
+        clock.now += 10
+        keeper.busy()
+        settled.append(keeper.on_timer())
+    assert settled.count(True) == 2 and settled.index(True) == 59
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the collector can free it
+
+
+def test_settle_freezes_survivors_and_unfreezes_everything_hourly(clean_gc: None) -> None:
+    clock = Clock()
+    keeper = HeapKeeper(unfreeze_interval=3600, clock=clock)
+    node = Node()
+    alive = weakref.ref(node)
+    keeper.settle()
+    assert gc.get_freeze_count() > 0
+    del node
+    clock.now += 600
+    keeper.settle()
+    assert alive() is not None, "frozen cyclic garbage lingers until the hourly unfreeze"
+    clock.now += 3000
+    keeper.settle()
+    assert alive() is None
+    assert gc.get_freeze_count() > 0, "and the survivors are frozen again"
