@@ -36,6 +36,7 @@ from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor
 from overlayd.options import AgentOptions
 from overlayd.outage import Outage
+from overlayd.passtimer import PassTimer
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
@@ -61,7 +62,7 @@ DRIFT_TRIGGERS = ("timer", "netlink")
 
 @dataclass(frozen=True)
 class _Tick:
-    """A timer firing: time for a full reconcile and the lease checks."""
+    """Wakes the loop (on stop) without being an event to handle."""
 
 
 class Backoff:
@@ -402,11 +403,11 @@ class Agent:
     # ---- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_tick = time.monotonic() + self.options.reconcile_interval
+        timer = PassTimer(self.options.reconcile_interval, time.monotonic())
         while not self.stopping.is_set():
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
-            timeout = max(0.0, next_tick - time.monotonic())
+            timeout = timer.timeout(time.monotonic())
             if self.notifier.watchdog_interval is not None:
                 timeout = min(timeout, self.notifier.watchdog_interval)
             try:
@@ -418,16 +419,16 @@ class Agent:
             if self.stopping.is_set():
                 return
             trigger = self._handle(batch)
-            ticked = any(isinstance(item, _Tick) for item in batch) or time.monotonic() >= next_tick
-            if ticked:
+            now = time.monotonic()
+            if timer.ticked(now):
                 self._check_lease()
                 self._recheck_config()
-                trigger = trigger or "timer"
-                next_tick = time.monotonic() + self.options.reconcile_interval
-            if trigger:
-                self._full_reconcile(trigger)
-            if ticked:
+            peer_events = any(isinstance(item, PeerEvents) for item in batch)
+            if timer.run_pass(now, peer_events, other_pass=trigger is not None):
+                self._full_reconcile(trigger or "timer")
                 self.heap.on_timer()
+            elif trigger:
+                self._full_reconcile(trigger)
             self.metrics.health = replace(self.metrics.health, last_loop=time.monotonic())
 
     def _drain(self, settle: float) -> list[object]:
