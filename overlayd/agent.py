@@ -4,7 +4,8 @@ One thread (the caller of ``Agent.run``) owns all mutable state and every kernel
 watch, the netlink monitor and the timers only put items on ``self.events``; the loop drains the
 queue and coalesces what it finds into at most one full reconcile per batch. A peer event is
 applied directly (three netlink writes, no dump) because that is the path that must be fast; a
-full dump-and-diff repairs everything else, so a missed event costs at most one resync interval.
+full dump-and-diff repairs everything else, so a missed event costs at most one resync interval
+(two while peer events keep coming: a due timer pass waits for a pause in them, ``passtimer``).
 SIGTERM leaves the device, routes, rules and the lease in place so a restart drops no traffic.
 """
 
@@ -78,7 +79,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.start
-
 
 
 class Agent:
