@@ -1,9 +1,10 @@
 """A raw NETLINK_ROUTE socket that sends requests in batches and reads dumps.
 
 Sending one request and waiting for its acknowledgement costs a round trip into the kernel and
-back per entry; here a batch of requests goes out in one ``send`` and the acknowledgements are
-read afterwards and matched to the requests by sequence number, so 3000 entries take a handful
-of system calls. The socket is bound to the network namespace current when it is created.
+back per entry; here a batch of requests goes out in one ``send``, only its last request asks for
+an acknowledgement, and the kernel's answers (that one, and one per failed request) are matched
+to the requests by sequence number, so 3000 entries take a handful of system calls. The socket
+is bound to the network namespace current when it is created.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import errno
 import itertools
 import os
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 
-from overlayd.backend.rtnlcodec import NLMSG_DONE, NLMSG_ERROR, Message, error_code, split_messages
+from overlayd.backend.rtnlcodec import NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR, Message, error_code, split_messages
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acknowledgements carry the request's header, not the whole request
@@ -25,6 +27,8 @@ SOCKET_BUFFER = 1 << 20  # the acknowledgements of a whole batch queue here
 # the socket's 1 MiB: Python allocates what recv asks for, and a 1 MiB buffer per datagram cost
 # ~30 us each (one acknowledgement per request) where 64 KiB costs ~3 us.
 RECV_BUFFER = 1 << 16
+# The byte of a message's 16-bit flags (at offset 6, host byte order) that holds NLM_F_ACK (0x4).
+_ACK_FLAG_BYTE = 6 if sys.byteorder == "little" else 7
 
 
 class RtnlSocket:
@@ -50,17 +54,31 @@ class RtnlSocket:
         return first
 
     def request(self, messages: Sequence[tuple[int, bytes]]) -> dict[int, int]:
-        """Send ``(seq, request)`` pairs in batches; returns the errno of each seq (0 = done)."""
+        """Send ``(seq, request)`` pairs in batches; returns the errno of each seq (0 = done).
+
+        Only the last request of a batch asks for an acknowledgement: the kernel answers a failed
+        request whatever its flags and handles a batch in order, so once the last one is answered
+        every earlier failure has been too. 3000 acknowledgements were ~30 % of writing 3000
+        entries (55 -> 38 ms for 1000 peers' entries in a namespace).
+        """
         results: dict[int, int] = {}
         for start in range(0, len(messages), BATCH):
             batch = messages[start:start + BATCH]
+            data = bytearray(b"".join(request for _, request in batch))
+            offset = 0
+            for _, request in batch[:-1]:
+                data[offset + _ACK_FLAG_BYTE] &= ~NLM_F_ACK & 0xFF
+                offset += len(request)
+            self._sock.send(data)
+            last, answered = batch[-1][0], False
             pending = {seq for seq, _ in batch}
-            self._sock.send(b"".join(data for _, data in batch))
-            while pending:
+            while not answered:
                 for message in split_messages(self._sock.recv(RECV_BUFFER)):
                     if message.type == NLMSG_ERROR and message.seq in pending:
                         results[message.seq] = error_code(message)
-                        pending.discard(message.seq)
+                        answered = answered or message.seq == last
+            for seq in pending:
+                results.setdefault(seq, 0)
         return results
 
     def get(self, request: bytes, seq: int) -> Message:
