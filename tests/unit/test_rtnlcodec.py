@@ -1,5 +1,6 @@
 """The rtnetlink codec on hand-built messages: decoding keys and device-level messages."""
 
+import re
 import socket
 import struct
 from ipaddress import IPv4Address
@@ -11,6 +12,7 @@ from overlayd.backend.rtnlcodec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,
     Message,
+    _mac,
     create_vxlan_request,
     decode_entry,
     decode_link,
@@ -78,3 +80,28 @@ def test_entry_key_equals_the_plain_attribute_walk(attrs: list[tuple[int, bytes]
     body += b"".join(_attr(kind, value) for kind, value in attrs) + tail  # tail: a truncated attribute
     message = Message(RTM_NEWNEIGH, 1, body)
     assert entry_key(message) == _key_by_copying_each_kept_attribute(message)
+
+
+MAC_FORM = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=6, max_size=6), st.booleans())
+def test_mac_parses_every_address(raw: bytes, upper: bool) -> None:
+    text = ":".join(f"{byte:02x}" for byte in raw)
+    assert _mac(text.upper() if upper else text) == raw
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="0123456789abcdefABCDEFg: +-x\t", max_size=20))
+def test_mac_accepts_exactly_the_colon_hex_form(text: str) -> None:
+    """Anything but six colon-separated pairs of hex digits is refused, naming the value."""
+    if MAC_FORM.fullmatch(text):
+        assert _mac(text) == bytes(int(part, 16) for part in text.split(":"))
+    else:
+        try:
+            _mac(text)
+        except ValueError as err:
+            assert repr(text) in str(err)
+        else:
+            raise AssertionError(f"{text!r} was accepted")
