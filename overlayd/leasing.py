@@ -55,7 +55,8 @@ class LeaseManager:
         self._listing: tuple[list[Lease], int] | None = None
 
     def take_listing(self) -> tuple[list[Lease], int] | None:
-        """The listing (leases, revision) the last granted lease was chosen from, once.
+        """The listing (leases, revision) the last granted lease was chosen from, with that lease
+        in it as granted; handed out once.
 
         The peer watcher starts from it instead of listing every lease again: at 1000 peers that
         second read and decode was a tenth of the cold start.
@@ -75,7 +76,11 @@ class LeaseManager:
             for choice in choices[:CHOICES_PER_LISTING]:
                 lease = self._try(choice, attrs)
                 if lease is not None:
-                    self._listing = (leases, revision)
+                    # The listing predates our write: it gets our lease as written, or a peer
+                    # snapshot made from it would miss our key (and take the lease for lost).
+                    # The watch from its revision still delivers everything written since.
+                    ours = [known for known in leases if known.key != lease.key]
+                    self._listing = ([*ours, lease], revision)
                     return lease
                 log.info("lost the race for subnet %s; trying the next one", choice.subnet)
             lo, hi = RETRY_SLEEP

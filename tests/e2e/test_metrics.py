@@ -24,8 +24,11 @@ def test_a_joining_host_raises_peers_known_and_programmed(lab: Lab) -> None:
     assert lab.metric(h1, "overlayd_subnet_pool_size") == 255  # 198.18.1.0 .. 198.18.255.0 as /24s
     assert lab.metric(h1, "overlayd_ready") == 1
     assert lab.metric(h1, "overlayd_etcd_relists_total", reason="start") == 1
-    lab.add_host()
+    # A new host's first peer snapshot holds its own new lease: acquired once, not lost and again.
+    assert lab.metric(h1, "overlayd_lease_acquisitions_total") == 1
+    h4 = lab.add_host()
     lab.wait_converged(timeout=30)
+    assert lab.metric(h4, "overlayd_lease_acquisitions_total") == 1
     wait_for(lambda: lab.metric(h1, "overlayd_peers_programmed") == 3, 10, "h1 to program the new peer")
     assert lab.metric(h1, "overlayd_peers_known") == 3
     assert lab.metric(h1, "overlayd_subnet_leases") == 4

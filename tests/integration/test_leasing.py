@@ -102,9 +102,21 @@ def test_the_listing_a_lease_was_chosen_from_is_handed_over_once(registry: Regis
     listing = leases_manager.take_listing()
     assert listing is not None
     leases, revision = listing
-    assert [lease.key for lease in leases] == [other.key], "read before our own lease was written"
-    assert revision < ours.mod_revision
+    assert revision < ours.mod_revision, "read before our own lease was written"
+    assert leases == [other, ours], "and our lease added as granted"
+    assert leases[-1].etcd_lease_id == ours.etcd_lease_id
     assert leases_manager.take_listing() is None
+
+
+def test_a_taken_over_lease_replaces_its_old_self_in_the_listing(registry: Registry):
+    config = network_config()
+    first = manager(registry, 7).acquire(config, host_attrs(7), previous=None)
+    restarted = manager(registry, 7)
+    again = restarted.acquire(config, replace(host_attrs(7), vtep_mac="02:00:00:00:07:77"), previous=None)
+    listing = restarted.take_listing()
+    assert listing is not None
+    assert [(lease.key, lease.attrs.vtep_mac) for lease in listing[0]] == [(first.key, "02:00:00:00:07:77")]
+    assert listing[0][0].etcd_lease_id == again.etcd_lease_id != first.etcd_lease_id
 
 
 def test_previous_subnet_is_reused_when_free(registry: Registry):
