@@ -65,55 +65,55 @@ class WatchResult:
 
 
 def decode_range(data: bytes) -> RangeResult:
-    revision = count = 0
-    more = False
-    kvs = []
-    for number, wire, a, b in _fields(data, 0, len(data)):
-        if number == 2 and wire == _BYTES:
-            kvs.append(_key_value(data, a, b))
-        elif number == 1 and wire == _BYTES:
-            revision = _revision(data, a, b)
-        elif number == 3 and wire == _VARINT:
-            more = bool(a)
-        elif number == 4 and wire == _VARINT:
-            count = _int64(a)
-    return RangeResult(revision, kvs, more, count)
+    numbers, spans = _parts(data, 0, len(data))
+    return RangeResult(
+        revision=_revision(data, spans),
+        kvs=[_key_value(data, a, b) for number, a, b in spans if number == 2],
+        more=bool(numbers.get(3, 0)),
+        count=_int64(numbers.get(4, 0)),
+    )
 
 
 def decode_watch(data: bytes) -> WatchResult:
-    revision = watch_id = compact = 0
-    created = canceled = False
-    reason = ""
-    events = []
-    for number, wire, a, b in _fields(data, 0, len(data)):
-        if number == 11 and wire == _BYTES:
-            events.append(_event(data, a, b))
-        elif number == 1 and wire == _BYTES:
-            revision = _revision(data, a, b)
-        elif wire == _VARINT and number in (2, 3, 4, 5):
-            if number == 2:
-                watch_id = _int64(a)
-            elif number == 3:
-                created = bool(a)
-            elif number == 4:
-                canceled = bool(a)
-            else:
-                compact = _int64(a)
-        elif number == 6 and wire == _BYTES:
-            reason = data[a:b].decode(errors="replace")
-    return WatchResult(revision, watch_id, created, canceled, compact, reason, events)
+    numbers, spans = _parts(data, 0, len(data))
+    reasons = [data[a:b].decode(errors="replace") for number, a, b in spans if number == 6]
+    return WatchResult(
+        revision=_revision(data, spans),
+        watch_id=_int64(numbers.get(2, 0)),
+        created=bool(numbers.get(3, 0)),
+        canceled=bool(numbers.get(4, 0)),
+        compact_revision=_int64(numbers.get(5, 0)),
+        cancel_reason=reasons[-1] if reasons else "",
+        events=[_event(data, a, b) for number, a, b in spans if number == 11],
+    )
 
 
 def _event(data: bytes, start: int, end: int) -> Event:
-    kind, kv, prev = EVENT_PUT, KeyValue(), None
+    numbers, spans = _parts(data, start, end)
+    kvs = {number: _key_value(data, a, b) for number, a, b in spans if number in (2, 3)}
+    return Event(numbers.get(1, EVENT_PUT), kvs.get(2, KeyValue()), kvs.get(3))
+
+
+def _revision(data: bytes, spans: list[tuple[int, int, int]]) -> int:
+    """ResponseHeader.revision (field 3 of the header, field 1 of the response)."""
+    revision = 0
+    for number, a, b in spans:
+        if number == 1:
+            revision = _int64(_parts(data, a, b)[0].get(3, 0))
+    return revision
+
+
+def _parts(data: bytes, start: int, end: int) -> tuple[dict[int, int], list[tuple[int, int, int]]]:
+    """A message's varint fields by number (the last one wins, as in protobuf) and its
+    length-delimited fields as (number, start, end), in order."""
+    numbers: dict[int, int] = {}
+    spans: list[tuple[int, int, int]] = []
     for number, wire, a, b in _fields(data, start, end):
-        if number == 2 and wire == _BYTES:
-            kv = _key_value(data, a, b)
-        elif number == 1 and wire == _VARINT:
-            kind = a
-        elif number == 3 and wire == _BYTES:
-            prev = _key_value(data, a, b)
-    return Event(kind, kv, prev)
+        if wire == _VARINT:
+            numbers[number] = a
+        elif wire == _BYTES:
+            spans.append((number, a, b))
+    return numbers, spans
 
 
 def _key_value(data: bytes, start: int, end: int) -> KeyValue:
@@ -128,15 +128,6 @@ def _key_value(data: bytes, start: int, end: int) -> KeyValue:
         elif wire == _VARINT and number < 7:
             ints[number] = a
     return KeyValue(key, value, _int64(ints[2]), _int64(ints[3]), _int64(ints[4]), _int64(ints[6]))
-
-
-def _revision(data: bytes, start: int, end: int) -> int:
-    """ResponseHeader.revision (field 3)."""
-    revision = 0
-    for number, wire, a, _b in _fields(data, start, end):
-        if number == 3 and wire == _VARINT:
-            revision = _int64(a)
-    return revision
 
 
 def _int64(value: int) -> int:
