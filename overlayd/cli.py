@@ -9,7 +9,6 @@ file's ExecStart only needs the binary's name changed.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -48,16 +47,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = _options(args)
     if options is None:
         return 2
-    # Heavy imports (etcd3, gRPC) only when running, with the cyclic collector off meanwhile:
-    # importing builds tens of thousands of objects that live as long as the process, and the
-    # collections they set off (~20 ms on a slow machine) found nothing. Frozen afterwards, later
-    # collections do not walk them either (see ``heap``).
-    gc.disable()
-    try:
-        from overlayd.agent import Agent
-    finally:
-        gc.freeze()
-        gc.enable()
+    from overlayd.heap import frozen_imports
+
+    with frozen_imports():
+        from overlayd.agent import Agent  # heavy imports (etcd3, gRPC) only when running
     return Agent(options).run()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from overlayd.heap import GEN2_THRESHOLD, HeapKeeper
+from overlayd.heap import GEN2_THRESHOLD, HeapKeeper, frozen_imports
 
 
 class Clock:
@@ -77,3 +77,12 @@ def test_settle_freezes_survivors_and_unfreezes_everything_hourly(clean_gc: None
     keeper.settle()
     assert alive() is None
     assert gc.get_freeze_count() > 0, "and the survivors are frozen again"
+
+
+def test_frozen_imports_collects_nothing_meanwhile_and_freezes_after(clean_gc: None) -> None:
+    before = gc.get_freeze_count()
+    with frozen_imports():
+        assert not gc.isenabled()
+        built = [[] for _ in range(100)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + len(built)
