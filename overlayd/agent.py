@@ -565,8 +565,9 @@ class Agent:
             log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
-        if allowlist and old is not None and was_peer and old.attrs.public_ip not in self._peer_ips():
-            self.firewall.disallow_peer(old.attrs.public_ip)
+        gone_ip = old.attrs.public_ip if old is not None and was_peer else None
+        if allowlist and gone_ip is not None and not self.desired.wants_public_ip(gone_ip):
+            self.firewall.disallow_peer(gone_ip)
 
     def _is_echo(self, change: DeviceChange) -> bool:
         """True for what our own writes cause: a wanted entry added, an unwanted one removed.

@@ -134,6 +134,7 @@ class DesiredEntries:
         self._peers: dict[str, tuple[Lease, tuple[Neigh, Fdb, Route]]] = {}
         self._counts: tuple[dict[Neigh, int], dict[Fdb, int], dict[Route, int]] = ({}, {}, {})
         self._plane: Plane | None = Plane()
+        self._public_ips: dict[IPv4Address, int] = {}  # wanted FDB entries per destination
 
     def __len__(self) -> int:
         """How many peers want entries."""
@@ -147,9 +148,12 @@ class DesiredEntries:
         return entry in self._counts[_KIND[type(entry)]]
 
     def public_ips(self) -> frozenset[IPv4Address]:
-        """The peers' PublicIPs, read off the wanted FDB entries' destinations: cheaper than
-        asking every lease whether it is a peer again on each pass."""
-        return frozenset(fdb.dst for fdb in self._counts[1])
+        """The peers' PublicIPs (the wanted FDB entries' destinations, counted as they change):
+        cheaper than asking every lease whether it is a peer again on each pass."""
+        return frozenset(self._public_ips)
+
+    def wants_public_ip(self, ip: IPv4Address) -> bool:
+        return ip in self._public_ips
 
     def set_peer(self, key: str, lease: Lease | None) -> PlaneDiff:
         """Make ``lease`` (None: nothing) peer ``key``'s; returns the entries this makes wanted
@@ -194,6 +198,14 @@ class DesiredEntries:
                     counts[entry] = held - 1
         if any(gained) or any(lost):
             self._plane = None
+            ips = self._public_ips
+            for fdb in gained[1]:
+                ips[fdb.dst] = ips.get(fdb.dst, 0) + 1
+            for fdb in lost[1]:
+                if ips[fdb.dst] == 1:
+                    del ips[fdb.dst]
+                else:
+                    ips[fdb.dst] -= 1
         return gained, lost
 
     def plane(self) -> Plane:

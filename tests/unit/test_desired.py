@@ -302,5 +302,7 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
         scratch = union(Plane(), *(peer_entries(p) for p in current.values()))
         assert desired.plane() == scratch == loaded.plane()
         assert desired.public_ips() == {p.attrs.public_ip for p in current.values()}
+        for ip in (IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")):
+            assert desired.wants_public_ip(ip) == any(p.attrs.public_ip == ip for p in current.values())
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
