@@ -75,31 +75,58 @@ def decode_range(data: bytes) -> RangeResult:
 
 
 def decode_watch(data: bytes) -> WatchResult:
-    numbers, spans = _parts(data, 0, len(data))
-    reasons = [data[a:b].decode(errors="replace") for number, a, b in spans if number == 6]
-    return WatchResult(
-        revision=_revision(data, spans),
-        watch_id=_int64(numbers.get(2, 0)),
-        created=bool(numbers.get(3, 0)),
-        canceled=bool(numbers.get(4, 0)),
-        compact_revision=_int64(numbers.get(5, 0)),
-        cancel_reason=reasons[-1] if reasons else "",
-        events=[_event(data, a, b) for number, a, b in spans if number == 11],
-    )
+    # One pass, no intermediate containers: it runs once per peer event, on the event's path.
+    revision = watch_id = compact = 0
+    created = canceled = False
+    reason = ""
+    events = []
+    for number, wire, a, b in _fields(data, 0, len(data)):
+        if wire == _BYTES:
+            if number == 11:
+                events.append(_event(data, a, b))
+            elif number == 1:
+                revision = _header_revision(data, a, b)
+            elif number == 6:
+                reason = data[a:b].decode(errors="replace")
+        elif wire == _VARINT:
+            if number == 2:
+                watch_id = _int64(a)
+            elif number == 3:
+                created = bool(a)
+            elif number == 4:
+                canceled = bool(a)
+            elif number == 5:
+                compact = _int64(a)
+    return WatchResult(revision, watch_id, created, canceled, compact, reason, events)
 
 
 def _event(data: bytes, start: int, end: int) -> Event:
-    numbers, spans = _parts(data, start, end)
-    kvs = {number: _key_value(data, a, b) for number, a, b in spans if number in (2, 3)}
-    return Event(numbers.get(1, EVENT_PUT), kvs.get(2, KeyValue()), kvs.get(3))
+    kind, kv, prev = EVENT_PUT, KeyValue(), None
+    for number, wire, a, b in _fields(data, start, end):
+        if wire == _BYTES and number == 2:
+            kv = _key_value(data, a, b)
+        elif wire == _BYTES and number == 3:
+            prev = _key_value(data, a, b)
+        elif wire == _VARINT and number == 1:
+            kind = a
+    return Event(kind, kv, prev)
 
 
 def _revision(data: bytes, spans: list[tuple[int, int, int]]) -> int:
-    """ResponseHeader.revision (field 3 of the header, field 1 of the response)."""
+    """The response's revision: field 1 is its ResponseHeader."""
     revision = 0
     for number, a, b in spans:
         if number == 1:
-            revision = _int64(_parts(data, a, b)[0].get(3, 0))
+            revision = _header_revision(data, a, b)
+    return revision
+
+
+def _header_revision(data: bytes, start: int, end: int) -> int:
+    """ResponseHeader.revision (field 3)."""
+    revision = 0
+    for number, wire, a, _b in _fields(data, start, end):
+        if number == 3 and wire == _VARINT:
+            revision = _int64(a)
     return revision
 
 
