@@ -11,11 +11,20 @@ import json
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from socket import inet_aton
 
 _KEY_RE = re.compile(
-    r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3})-(?P<len>\d{1,2})"
-    r"(?:&(?P<ip6>[0-9a-fA-F:]+)-(?P<len6>\d{1,3}))?$"
+    r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<len>[0-9]{1,2})"
+    r"(?:&(?P<ip6>[0-9a-fA-F:]+)-(?P<len6>[0-9]{1,3}))?$"
 )
+# A dotted quad as ``ipaddress`` spells it (no leading zeros, each octet at most 255). Such text
+# is parsed by ``inet_aton`` in C; anything else goes to ``ipaddress``, which accepts or rejects
+# it with its own message. At 1000 peers the start-up listing parsed 2000 addresses at ~5 us each.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+# ``json.loads`` without its per-call checks and encoding detection (6 us of a lease's ~20):
+# the compact UTF-8 object flanneld writes is decoded here, anything else by ``json.loads``.
+_decode_json = json.JSONDecoder().raw_decode
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 # flanneld's values are about 150 bytes; anything far larger is not a lease and not worth parsing.
 MAX_VALUE_BYTES = 4096
@@ -75,11 +84,35 @@ def key_to_subnets(key: str) -> tuple[IPv4Network, IPv6Network | None]:
     if not m:
         raise LeaseError(f"lease key {key!r} is not of the form A.B.C.D-LEN", "bad_key")
     try:
-        subnet = IPv4Network(f"{m['ip']}/{m['len']}")
+        subnet = _ipv4_network(m["ip"], int(m["len"]))
         ipv6 = IPv6Network(f"{m['ip6']}/{m['len6']}") if m["ip6"] else None
     except ValueError as exc:
         raise LeaseError(f"lease key {key!r}: {exc}", "bad_key") from None
     return subnet, ipv6
+
+
+def _ipv4_address(text: str) -> IPv4Address:
+    """``IPv4Address(text)``: the same result or the same ValueError, faster for a dotted quad."""
+    return IPv4Address(inet_aton(text)) if _DOTTED_QUAD.fullmatch(text) else IPv4Address(text)
+
+
+def _ipv4_network(address: str, prefixlen: int) -> IPv4Network:
+    """``IPv4Network(f"{address}/{prefixlen}")`` (strict): the same result or the same ValueError."""
+    if _DOTTED_QUAD.fullmatch(address):
+        return IPv4Network((int.from_bytes(inet_aton(address)), prefixlen))
+    return IPv4Network(f"{address}/{prefixlen}")
+
+
+def _json_value(raw: bytes | str) -> object:
+    """``json.loads(raw)``: the same value or the same error, faster for compact UTF-8 JSON."""
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        value, end = _decode_json(text)
+        if end == len(text):
+            return value
+    except ValueError:  # also UnicodeDecodeError: json.loads detects UTF-16 and UTF-32 too
+        pass
+    return json.loads(raw)
 
 
 def encode_attrs(attrs: LeaseAttrs) -> str:
@@ -102,7 +135,7 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     if len(raw) > MAX_VALUE_BYTES:
         raise LeaseError(f"lease {key}: value of {len(raw)} bytes exceeds {MAX_VALUE_BYTES}", "oversized")
     try:
-        value = json.loads(raw)
+        value = _json_value(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise LeaseError(f"lease {key}: value is not JSON ({exc})", "not_json") from None
     if not isinstance(value, dict):
@@ -113,7 +146,7 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     try:
         if not isinstance(ip_raw, str):
             raise ValueError(f"{ip_raw!r} is not an address string")
-        public_ip = IPv4Address(ip_raw)
+        public_ip = _ipv4_address(ip_raw)
     except ValueError as exc:
         raise LeaseError(f"lease {key}: PublicIP {ip_raw!r} is invalid ({exc})", "bad_public_ip") from None
     try:
