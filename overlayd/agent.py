@@ -493,7 +493,8 @@ class Agent:
         for event in item.events:
             old = self.peers.get(event.key)
             if event.key == self.lease.key:
-                if event.kind == "delete" or (event.lease is not None and not self._is_safe(event.lease)):
+                unsafe = event.lease is not None and not self._is_safe(event.key, event.lease)
+                if event.kind == "delete" or unsafe:
                     self._lease_lost(f"key {event.kind} seen on the watch")
                 elif event.lease is not None:
                     self.peers[event.key] = event.lease
@@ -506,7 +507,7 @@ class Agent:
             self.programmed.discard(event.key)
             try:
                 self._apply_peer_change(event.key, old, new)
-                if new is not None and self._is_peer(new):
+                if new is not None and self._is_peer(event.key, new):
                     self.programmed.add(event.key)
             except Exception as exc:  # any netlink failure: the full pass will sort it out
                 log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
@@ -518,28 +519,29 @@ class Agent:
             self.metrics.event_seconds.observe(time.monotonic() - item.received)
         return needs_full
 
-    def _is_safe(self, lease: Lease) -> bool:
+    def _is_safe(self, key: str, lease: Lease) -> bool:
         """False for a lease outside the Network or claiming our subnet (reported once, counted)."""
-        return self._classify(lease)[1]
+        return self._classify(key, lease)[1]
 
-    def _is_peer(self, lease: Lease) -> bool:
+    def _is_peer(self, key: str, lease: Lease) -> bool:
         """A lease we program: a safe VXLAN peer on our VNI."""
-        return self._classify(lease)[2]
+        return self._classify(key, lease)[2]
 
-    def _classify(self, lease: Lease) -> tuple[Lease, bool, bool]:
-        """(lease, safe?, peer?), memoised per lease object: a full pass asks about every lease
-        several times, and the answers change only with the lease, the config or our own lease."""
+    def _classify(self, key: str, lease: Lease) -> tuple[Lease, bool, bool]:
+        """(lease, safe?, peer?) of ``lease`` at ``key``, memoised per lease object: a full pass
+        asks about every lease several times, and the answers change only with the lease, the
+        config or our own lease. Callers pass the key they hold; ``lease.key`` formats it anew."""
         assert self.config is not None and self.lease is not None
         if self.safety_basis[0] is not self.config or self.safety_basis[1] is not self.lease:
             self.safety, self.safety_basis = {}, (self.config, self.lease)
-        known = self.safety.get(lease.key)
+        known = self.safety.get(key)
         if known is not None and known[0] is lease:
             return known
         problem = lease_problem(lease, self.config, self.lease)
         if problem is not None:
-            self.bad_leases.report(lease.key, lease.mod_revision, problem.reason, problem.message)
+            self.bad_leases.report(key, lease.mod_revision, problem.reason, problem.message)
         peer = problem is None and is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
-        known = self.safety[lease.key] = (lease, problem is None, peer)
+        known = self.safety[key] = (lease, problem is None, peer)
         return known
 
     def _peer_ips(self) -> frozenset[IPv4Address]:
@@ -548,8 +550,8 @@ class Agent:
 
     def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None
-        was_peer = old is not None and self._is_peer(old)
-        is_peer = new is not None and self._is_peer(new)
+        was_peer = old is not None and self._is_peer(key, old)
+        is_peer = new is not None and self._is_peer(key, new)
         # Updated before the write, so the netlink monitor knows the echoes for ours.
         diff = self._desired().set_peer(key, new if is_peer else None)
         if diff.empty:
@@ -678,7 +680,7 @@ class Agent:
             for key in desired.keys() - self.peers.keys():
                 desired.load(key, None)
             for key, lease in self.peers.items():
-                desired.load(key, lease if self._is_peer(lease) else None)
+                desired.load(key, lease if self._is_peer(key, lease) else None)
             self.desired, self.desired_basis = desired, (self.config, self.lease)
             self.desired_synced_with = self.peers
             self.safety = {key: known for key, known in self.safety.items() if key in self.peers}

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from overlayd.config import NetworkConfig
 from overlayd.lease import Lease
@@ -30,13 +31,22 @@ class LeaseProblem:
     message: str
 
 
+def _same_block(a: IPv4Network, b: IPv4Network, prefixlen: int) -> bool:
+    """Whether ``a`` and ``b`` lie in one ``/prefixlen`` block. On plain ints: at start-up every
+    lease is checked, and ``subnet_of`` plus ``overlaps`` took ~4 us of ``ipaddress`` code each."""
+    shift = 32 - prefixlen
+    return int(a.network_address) >> shift == int(b.network_address) >> shift
+
+
 def lease_problem(lease: Lease, config: NetworkConfig, own: Lease | None) -> LeaseProblem | None:
     """What makes ``lease`` unsafe to program under ``config`` while we hold ``own``; None if fine."""
-    if not lease.subnet.subnet_of(config.network):
+    subnet, network = lease.subnet, config.network
+    if subnet.prefixlen < network.prefixlen or not _same_block(subnet, network, network.prefixlen):
         return LeaseProblem(
             "outside_network", f"subnet {lease.subnet} is outside Network {config.network}"
         )
-    if own is not None and lease.subnet.overlaps(own.subnet):
+    # Two prefixes overlap exactly when the longer one lies in the shorter one's block.
+    if own is not None and _same_block(subnet, own.subnet, min(subnet.prefixlen, own.subnet.prefixlen)):
         if lease.key != own.key:
             return LeaseProblem("own_subnet", f"subnet {lease.subnet} overlaps our subnet {own.subnet}")
         if lease.attrs.public_ip != own.attrs.public_ip:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from overlayd.config import parse_network_config
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease
@@ -39,6 +42,31 @@ def test_lease_problem(lease: Lease, reason: str | None) -> None:
     assert (problem.reason if problem else None) == reason
     if problem:
         assert str(lease.subnet) in problem.message
+
+
+networks = st.builds(
+    lambda address, prefixlen: IPv4Network((address, prefixlen), strict=False),
+    st.integers(0, 2**32 - 1) | st.sampled_from([0xC6120000, 0xC6120500, 0xC6130000]),
+    st.integers(0, 32),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(networks, networks, networks)
+def test_lease_problem_agrees_with_ipaddress(
+    subnet: IPv4Network, network: IPv4Network, own: IPv4Network
+) -> None:
+    """The checks run on plain ints; ``subnet_of`` and ``overlaps`` are the reference."""
+    config = replace(CONFIG, network=network)
+    own_lease = Lease(own, OWN.attrs)
+    problem = lease_problem(peer(str(subnet)), config, own_lease)
+    if not subnet.subnet_of(network):
+        expected = "outside_network"
+    elif subnet.overlaps(own) and (subnet != own or peer(str(subnet)).attrs != own_lease.attrs):
+        expected = "own_subnet"
+    else:
+        expected = None
+    assert (problem.reason if problem else None) == expected
 
 
 @pytest.mark.parametrize(
