@@ -283,12 +283,15 @@ class Agent:
         return parse_network_config(raw, where=self._config_where())
 
     def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
-        assert self.external is not None and self.public_ip is not None
+        assert self.external is not None
         mtu = config.backend.mtu or self.external.mtu - VXLAN_OVERHEAD
         address = IPv4Interface((subnet.network_address if subnet else 0, 32))
         return DeviceSpec(
             vni=config.backend.vni,
-            local_ip=self.public_ip,
+            # The interface's own address, as flanneld does: --public-ip is what peers send to
+            # (published in the lease), and behind NAT it is not on this host, so the kernel
+            # could not send from it.
+            local_ip=self.external.ip,
             underlay_ifname=self.external.name,
             port=config.backend.port,
             gbp=config.backend.gbp,
