@@ -56,7 +56,7 @@ def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_v
         raise InvalidConfig(f'"prevResult" must be a JSON object, not {prev_result!r}')
     invocation = Invocation(parse_conf(config, cni_version), env, prev_result)
     if command == "GC":
-        return gc(invocation, config.get("cni.dev/valid-attachments", []))
+        return gc(invocation, _valid_attachments(config))
     return {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status}[command](invocation)
 
 
@@ -136,6 +136,19 @@ def status(inv: Invocation) -> str:
     except SubnetEnvError as err:
         raise CannotServiceAdd(str(err)) from None
     return ""
+
+
+def _valid_attachments(config: dict[str, Any]) -> Any:
+    """The attachments GC must keep. libcni sends them under both the final name and the one of
+    the spec's earlier draft; a runtime may send only either. Sent under neither, they are not
+    "none": releasing every attachment would free addresses that running containers still use."""
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if key in config:
+            return config[key]
+    raise InvalidConfig(
+        'GC needs "cni.dev/valid-attachments", the attachments still in use (an empty list if '
+        "there are none); without it nothing is released"
+    )
 
 
 def gc(inv: Invocation, valid_attachments: Any) -> str:

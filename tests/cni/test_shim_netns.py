@@ -178,3 +178,29 @@ def test_gc_releases_attachments_the_runtime_no_longer_knows(host: Node) -> None
     assert reply.returncode == 0, reply.stdout
     assert host.state_files() == ["ovctest+kept+eth0"]
     assert host.allocations() == {"198.18.5.2": "kept"}
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_gc_reads_the_valid_attachments_under_either_name(host: Node, key: str) -> None:
+    """libcni sends both names (the second is the spec draft's); some runtimes send one."""
+    conf = host.conf("1.1.0")
+    assert host.call("ADD", conf, host.netns(), container_id="kept").returncode == 0
+    assert host.call("ADD", conf, host.netns(), container_id="stale").returncode == 0
+    valid = {key: [{"containerID": "kept", "ifname": "eth0"}]}
+    assert host.call("GC", {**conf, **valid}, CNI_CONTAINERID="", CNI_IFNAME="").returncode == 0
+    assert host.state_files() == ["ovctest+kept+eth0"]
+
+
+def test_gc_without_the_valid_attachments_releases_nothing(host: Node) -> None:
+    """A GC that does not say what is still in use is refused, not read as "nothing is"."""
+    conf = host.conf("1.1.0")
+    netns = host.netns()
+    assert host.call("ADD", conf, netns, container_id="kept").returncode == 0
+    before = host.allocations()
+    reply = host.call("GC", conf, CNI_CONTAINERID="", CNI_IFNAME="")
+    assert reply.returncode == 1
+    error = json.loads(reply.stdout)
+    assert error["code"] == 7 and "cni.dev/valid-attachments" in error["msg"]
+    assert host.state_files() == ["ovctest+kept+eth0"]
+    assert host.allocations() == before
+    assert "eth0" in run_netns(["ip", "netns", "exec", netns, "ip", "-br", "link"]).stdout
