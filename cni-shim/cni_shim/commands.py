@@ -75,10 +75,13 @@ def add(inv: Invocation) -> str:
         if result is None:
             raise CniError(f"{delegate_config['type']} ADD succeeded but printed no result")
         return jsonio.dumps(convert(result, inv.conf.cni_version)) + "\n"
-    except BaseException:
-        # bridge releases its address on failure but leaves the veth pair behind; the saved
-        # state proved this attachment is ours alone, so DEL cannot hit another one.
-        _release_quietly(delegate_config, inv)
+    except BaseException as exc:
+        # bridge releases its address on failure but leaves the veth pair behind, so DEL undoes
+        # it. Not when the container already has the interface: its saved state was lost (say,
+        # a wiped dataDir) and this is a second ADD. bridge then stopped before creating
+        # anything, and DEL would remove the live interface and free its address.
+        if not _interface_taken(exc):
+            _release_quietly(delegate_config, inv)
         store.remove(attachment)
         raise
 
@@ -217,6 +220,14 @@ def _call_delegate(command: str, delegate_config: dict[str, Any], inv: Invocatio
             {**inv.prev_result, "cniVersion": inv.conf.cni_version}, config["cniVersion"]
         )
     return invoke(command, config, inv.env)
+
+
+def _interface_taken(error: BaseException) -> bool:
+    """The reference plugins' refusal to create a container interface whose name is taken
+    ("container veth name provided (eth0) already exists"; newer: "container veth name
+    ("eth0") peer provided ("veth1") already exists")."""
+    msg = error.msg if isinstance(error, CniError) else ""
+    return "container veth name" in msg and "already exists" in msg
 
 
 def _release_quietly(delegate_config: dict[str, Any], inv: Invocation) -> None:

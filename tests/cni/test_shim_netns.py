@@ -204,3 +204,18 @@ def test_gc_without_the_valid_attachments_releases_nothing(host: Node) -> None:
     assert host.state_files() == ["ovctest+kept+eth0"]
     assert host.allocations() == before
     assert "eth0" in run_netns(["ip", "netns", "exec", netns, "ip", "-br", "link"]).stdout
+
+
+def test_second_add_after_lost_state_leaves_the_first_attachment_alone(host: Node) -> None:
+    """State lost (a wiped dataDir), then ADD again: the error must not tear down the live one."""
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    before = host.allocations()
+    for saved in host.data_dir.iterdir():
+        saved.unlink()
+    reply = host.call("ADD", host.conf(), netns)
+    assert reply.returncode == 1 and "already exists" in json.loads(reply.stdout)["msg"]
+    assert host.allocations() == before
+    assert "eth0" in run_netns(["ip", "netns", "exec", netns, "ip", "-br", "link"]).stdout
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    _assert_released(host, netns)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cni_shim import spawn
+from cni_shim.commands import _interface_taken
 from cni_shim.errors import CniError, UnsupportedField
 from cni_shim.main import run
 from cni_shim.netconf import build_delegate, parse_conf
@@ -300,3 +301,17 @@ def test_the_shims_start_up_imports_no_heavy_standard_modules(tmp_path: Path) ->
     assert "cni_shim.commands" in loaded
     heavy = {"os", "typing", "subprocess", "json", "re", "ipaddress", "pathlib", "dataclasses", "_socket"}
     assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
+
+
+@pytest.mark.parametrize(
+    ("error", "taken"),
+    [
+        (CniError("container veth name provided (eth0) already exists"), True),
+        (CniError('container veth name ("eth0") peer provided ("veth1") already exists'), True),
+        (CniError("failed to allocate for range 0: no IP addresses available in range set"), False),
+        (CniError("failed to set bridge addr: could not add IP address: file exists"), False),
+        (OSError("already exists"), False),
+    ],
+)
+def test_only_a_taken_interface_name_skips_the_cleanup(error: BaseException, taken: bool) -> None:
+    assert _interface_taken(error) is taken
