@@ -30,7 +30,7 @@ from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_v
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
-from overlayd.lease import Lease, LeaseAttrs
+from overlayd.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.leasecheck import BadLeaseLog, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
@@ -311,7 +311,8 @@ class Agent:
 
     def _attrs(self) -> LeaseAttrs:
         assert self.public_ip is not None and self.config is not None
-        return LeaseAttrs(public_ip=self.public_ip, vni=self.config.backend.vni, vtep_mac=self.vtep_mac)
+        vni = lease_vni(self.config.backend.vni)
+        return LeaseAttrs(public_ip=self.public_ip, vni=vni, vtep_mac=self.vtep_mac)
 
     def _acquire(self, previous: IPv4Network | None) -> bool:
         """Get a lease (retrying etcd errors and exhaustion), then program everything for it."""

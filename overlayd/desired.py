@@ -12,7 +12,7 @@ from collections.abc import KeysView
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.lease import Lease
+from overlayd.lease import Lease, lease_vni
 
 # Entries are compared and hashed by a tuple of plain ints and strings made once, at creation.
 # The generated methods compared ``ipaddress`` objects, whose ``__eq__`` and ``__hash__`` are
@@ -108,11 +108,12 @@ def _entries(lease: Lease) -> tuple[Neigh, Fdb, Route]:
 
 
 def is_vxlan_peer(lease: Lease, own_subnet: IPv4Network | None, vni: int) -> bool:
-    """A lease we program: another host's, of the vxlan backend, on our VNI."""
+    """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it)."""
     return (
         lease.subnet != own_subnet
         and lease.attrs.backend_type == "vxlan"
-        and lease.attrs.vni == vni
+        and lease.attrs.vni is not None
+        and lease_vni(lease.attrs.vni) == lease_vni(vni)
         and bool(lease.attrs.vtep_mac)
     )
 

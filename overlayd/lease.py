@@ -70,6 +70,13 @@ class Lease:
         return subnet_to_key(self.subnet, self.ipv6_subnet)
 
 
+def lease_vni(vni: int) -> int:
+    """A VNI as leases carry it. flanneld's lease struct holds 16 bits: with VNI 70000 its
+    device uses all 24, but its lease says 4464. We write the same, and compare peers' VNIs in
+    this form, so that a mixed cluster on a VNI above 65535 still finds its peers."""
+    return vni & 0xFFFF
+
+
 def subnet_to_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
     """The last path element of a lease key: ``198.18.46.0-24`` (``&<v6>-<len>`` when dual stack)."""
     key = f"{subnet.network_address}-{subnet.prefixlen}"

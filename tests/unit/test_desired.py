@@ -103,6 +103,21 @@ def test_is_vxlan_peer(peer: Lease, expected: bool) -> None:
     assert is_vxlan_peer(peer, OWN, 1) is expected
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        (70000, 4464, True),  # flanneld writes VNI 70000 as 16 bits
+        (70000, 70000, True),  # a lease holding all 24 bits
+        (4464, 70000, True),
+        (70000, 70001, False),
+        (65536, 0, True),
+        (65536, 1, False),
+    ],
+)
+def test_vnis_above_16_bits_compare_as_flanneld_writes_them(ours: int, theirs: int, expected: bool) -> None:
+    assert is_vxlan_peer(lease("198.18.47.0/24", "192.0.2.12", vni=theirs), OWN, ours) is expected
+
+
 def test_without_own_subnet_every_vxlan_lease_is_a_peer() -> None:
     assert is_vxlan_peer(lease("198.18.46.0/24", "192.0.2.11"), None, 1)
 

@@ -15,6 +15,7 @@ from overlayd.lease import (
     decode_lease,
     encode_attrs,
     key_to_subnets,
+    lease_vni,
     subnet_to_key,
 )
 
@@ -266,3 +267,10 @@ def test_dual_stack_lease_key() -> None:
 def test_decode_lease_with_bad_key_raises() -> None:
     with pytest.raises(LeaseError, match="lease key 'abc-24'"):
         decode_lease("abc-24", FLANNELD_VALUE)
+
+
+@pytest.mark.parametrize(
+    ("vni", "carried"), [(1, 1), (65535, 65535), (65536, 0), (70000, 4464), (2**24 - 1, 65535)]
+)
+def test_lease_vni_is_the_16_bits_flanneld_writes(vni: int, carried: int) -> None:
+    assert lease_vni(vni) == carried
