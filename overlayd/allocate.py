@@ -33,10 +33,15 @@ class SubnetChoice:
 
 def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> Lease | None:
     """The lease that carries our PublicIP and still fits the config, if any (the lowest subnet if
-    several do). Filtered before ordering: sorting every lease by its network cost ~8 ms at 1000."""
+    several do). Filtered before ordering: sorting every lease by its network cost ~8 ms at 1000.
+
+    A dual-stack lease (flanneld's, with EnableIPv6) is not kept: we would re-put it without its
+    IPv6 half, and dual-stack flanneld peers skip a lease whose key names an IPv6 subnet but
+    whose value has no ``BackendV6Data``, so they would lose this host altogether."""
     ours = [
         lease for lease in leases
         if lease.attrs.public_ip == public_ip and config.contains_subnet(lease.subnet)
+        and lease.ipv6_subnet is None
     ]  # fmt: skip
     return min(ours, key=lambda lease: lease.subnet, default=None)
 

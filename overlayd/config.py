@@ -39,6 +39,7 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendConfig
+    ipv6_requested: bool = False  # EnableIPv6: this agent serves IPv4 only (see unsupported())
 
     @property
     def subnet_size(self) -> int:
@@ -48,6 +49,27 @@ class NetworkConfig:
     def subnet_count(self) -> int:
         """How many subnets lie between SubnetMin and SubnetMax: the size of the lease pool."""
         return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
+    def unsupported(self) -> list[str]:
+        """What the config asks for that this agent does not do, each a sentence for the log.
+
+        Not errors: the agent still runs the IPv4 VXLAN overlay that the rest of a flannel
+        cluster on this config expects, and refusing to start would take the node off it.
+        """
+        notes = []
+        if self.ipv6_requested:
+            notes.append(
+                "EnableIPv6 is set, but overlayd serves IPv4 only: this host leases an IPv4 "
+                "subnet alone (no IPv6 subnet, no flannel-v6 device), and dual-stack peers reach "
+                "it over IPv4"
+            )
+        if self.backend.direct_routing:
+            notes.append(
+                "Backend.DirectRouting is set, but overlayd reaches every peer over VXLAN: "
+                "flanneld peers on this host's segment send to it directly and get replies over "
+                "VXLAN, which a strict rp_filter drops (use rp_filter=2 on such hosts)"
+            )
+        return notes
 
     def contains_subnet(self, subnet: IPv4Network) -> bool:
         """True if subnet is one flannel would hand out under this config."""
@@ -87,10 +109,10 @@ class _Fields:
             raise self.fail(key, raw, f"use a whole number between {lo} and {hi}")
         return raw
 
-    def get_bool(self, key: str) -> bool:
+    def get_bool(self, key: str, default: bool = False) -> bool:
         raw = self.value.get(key.lower())
         if raw is None:
-            return False
+            return default
         if not isinstance(raw, bool):
             raise self.fail(key, raw, "use true or false")
         return raw
@@ -186,6 +208,11 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
     if not isinstance(value, dict):
         raise ConfigError(f'{where}: must be a JSON object such as {{"Network": "198.18.0.0/16"}}')
     fields = _Fields(where, value)
+    if not fields.get_bool("EnableIPv4", default=True):
+        raise ConfigError(
+            f"{where}: EnableIPv4 false (an IPv6-only network) is not supported, overlayd serves "
+            "IPv4 only; remove EnableIPv4 or set it to true, with an IPv4 Network"
+        )
     network = _parse_network(fields)
     lo, hi = network.prefixlen + 2, 30
     if lo > hi:
@@ -224,4 +251,5 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
         subnet_min=subnet_min,
         subnet_max=subnet_max,
         backend=_parse_backend(where, fields.value.get("backend")),
+        ipv6_requested=fields.get_bool("EnableIPv6"),
     )

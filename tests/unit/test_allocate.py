@@ -19,7 +19,7 @@ from overlayd.allocate import (
     own_lease,
 )
 from overlayd.config import NetworkConfig, parse_network_config
-from overlayd.lease import Lease, LeaseAttrs
+from overlayd.lease import Lease, LeaseAttrs, decode_lease
 
 OUR_IP = IPv4Address("192.0.2.10")
 CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
@@ -51,6 +51,21 @@ def test_own_lease_is_reused_alone() -> None:
     assert choose_subnets(CONFIG, leases, OUR_IP, previous=net("198.18.7.0/24")) == [
         SubnetChoice(net("198.18.46.0/24"), existing=mine)
     ]
+
+
+def test_a_dual_stack_lease_with_our_public_ip_is_not_kept() -> None:
+    """We would re-put it IPv4-only under its dual-stack key, and dual-stack flanneld peers skip
+    such a lease whole: a new IPv4 subnet is chosen instead."""
+    flanneld = decode_lease(
+        "198.18.46.0-24&2001:db8:0:2e::-64",
+        '{"PublicIP":"192.0.2.10","PublicIPv6":"2001:db8::10","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}',
+    )
+    assert own_lease(CONFIG, [flanneld], OUR_IP) is None
+    choices = choose_subnets(CONFIG, [flanneld], OUR_IP, rng=random.Random(1))
+    assert all(choice.existing is None for choice in choices)
+    assert net("198.18.46.0/24") not in chosen(choices)
 
 
 def test_no_own_lease_when_no_public_ip_matches() -> None:

@@ -387,3 +387,27 @@ def test_not_json_error_has_no_chained_cause() -> None:
         parse_network_config("{", where=WHERE)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+def test_an_ipv6_only_network_is_refused_naming_enable_ipv4() -> None:
+    raw = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
+    with pytest.raises(ConfigError, match=r"EnableIPv4 false .* not supported.*set it to true"):
+        parse_network_config(raw)
+
+
+def test_plain_config_asks_for_nothing_unsupported() -> None:
+    config = parse_network_config('{"Network": "198.18.0.0/16", "EnableIPv4": true}')
+    assert not config.ipv6_requested
+    assert config.unsupported() == []
+
+
+def test_dual_stack_and_direct_routing_are_run_as_ipv4_vxlan_and_said() -> None:
+    config = parse_network_config(
+        '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48",'
+        ' "Backend": {"Type": "vxlan", "DirectRouting": true}}'
+    )
+    assert config.network == IPv4Network("198.18.0.0/16")
+    notes = config.unsupported()
+    assert len(notes) == 2
+    assert "EnableIPv6" in notes[0] and "IPv4 only" in notes[0]
+    assert "DirectRouting" in notes[1] and "rp_filter" in notes[1]
