@@ -65,7 +65,8 @@ class FirewallSpec:
     ingress_allowlist: bool = False
     vxlan_port: int = DEFAULT_VXLAN_PORT
     # PublicIPs allowed to send us VXLAN; None: not known yet (before the first peer listing),
-    # so ``Firewall.ensure`` keeps the live set rather than drop every peer's traffic meanwhile.
+    # so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop every peer's
+    # traffic meanwhile.
     vxlan_peers: frozenset[IPv4Address] | None = frozenset()
 
 
@@ -150,7 +151,10 @@ class Firewall:
         listed = False
         if spec.ingress_allowlist and spec.vxlan_peers is None:
             live, listed = self._live_listing(), True
-            spec = replace(spec, vxlan_peers=_listed_peers(live))
+            if live is not None and f"set {PEER_SET} " in live:
+                spec = replace(spec, vxlan_peers=_listed_peers(live))
+            else:  # none yet (a first start, or flanneld's host taken over): an empty one would
+                spec = replace(spec, ingress_allowlist=False)  # drop every peer until the listing
         script = render_ruleset(spec, self._table, fully_random)
         if generation is not None and self._verified == (generation, script):
             return False

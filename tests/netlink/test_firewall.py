@@ -202,3 +202,24 @@ def test_a_start_with_unknown_peers_lists_the_table_once_and_does_not_probe(netn
     calls = in_netns(netns, first_ensure_calls)
     assert not any("--check" in args for args in calls)
     assert sum(args[:2] == ["list", "table"] for args in calls) == 2  # before, and after writing
+
+
+def unknown_peers_without_a_live_set_steps() -> dict[str, object]:
+    firewall = Firewall()
+    steps: dict[str, object] = {"first": firewall.ensure(replace(ALLOW, vxlan_peers=None))}
+    steps["before the listing"] = nft_list()
+    steps["listed"] = firewall.ensure(ALLOW)
+    steps["after the listing"] = nft_list()
+    return steps
+
+
+@pytest.mark.root
+def test_no_allowlist_until_the_peers_are_known_when_none_is_live(netns: str) -> None:
+    """A first start (or flanneld's host taken over): no set to keep, and an empty one would
+    drop every peer's VXLAN until the first listing, so none is made until then."""
+    steps = in_netns(netns, unknown_peers_without_a_live_set_steps)
+    assert steps["first"] is True
+    assert "vxlan_peers" not in str(steps["before the listing"])
+    assert "drop" not in str(steps["before the listing"])
+    assert steps["listed"] is True
+    assert "192.0.2.20" in str(steps["after the listing"]) and "drop" in str(steps["after the listing"])
