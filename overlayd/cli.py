@@ -1,6 +1,7 @@
 """The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
 
-``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni`` and ``cni``.
+``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni``, ``cni`` and
+``cleanup``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -23,7 +24,7 @@ from overlayd.options import AgentOptions, OptionsError, build_parser, normalize
 if TYPE_CHECKING:
     from overlayd.lab import Lab
 
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "bench")
+COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -192,6 +193,30 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove what only overlayd uses, so flanneld can take the node over (or rolled back to).
+
+    The agent leaves its nftables table on SIGTERM, so that a restart drops no traffic; with
+    flanneld in its place nobody would keep the table's VXLAN allowlist up to date, and peers
+    joining later would be dropped. The device, its entries, subnet.env and the lease are
+    flanneld's too, and stay for it to adopt.
+    """
+    from overlayd.firewall import Firewall, FirewallError
+
+    configure_logging("warning")
+    try:
+        Firewall().remove()
+    except FirewallError as exc:
+        print(f"overlayd cleanup: {exc}", file=sys.stderr)
+        return 1
+    print(
+        "removed nftables table ip overlayd (if there was one); flannel.<VNI>, its entries, "
+        "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
+        "stopped: a running agent writes the table again."
+    )
+    return 0
+
+
 def _cmd_cni(args: argparse.Namespace) -> int:
     from overlayd.cni_tool import run_cni_command
 
@@ -299,6 +324,9 @@ def make_parser() -> argparse.ArgumentParser:
     cni = sub.add_parser("cni", help="run a conflist against a netns: add|del|check NETNS")
     cni.add_argument("cni_args", nargs=argparse.REMAINDER)
     cni.set_defaults(func=_cmd_cni)
+
+    cleanup = sub.add_parser("cleanup", help="remove overlayd's nftables table (before starting flanneld)")
+    cleanup.set_defaults(func=_cmd_cleanup)
 
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -223,3 +224,20 @@ def test_no_allowlist_until_the_peers_are_known_when_none_is_live(netns: str) ->
     assert "drop" not in str(steps["before the listing"])
     assert steps["listed"] is True
     assert "192.0.2.20" in str(steps["after the listing"]) and "drop" in str(steps["after the listing"])
+
+
+def cleanup(netns: str) -> subprocess.CompletedProcess[str]:
+    command = ["ip", "netns", "exec", netns, sys.executable, "-m", "overlayd", "cleanup"]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+
+
+@pytest.mark.root
+def test_cleanup_removes_the_table_for_flanneld_and_is_idempotent(netns: str) -> None:
+    """Handing a node (back) to flanneld: nobody would keep a left-behind allowlist current."""
+    in_netns(netns, lambda: Firewall().ensure(ALLOW))
+    assert "vxlan_peers" in in_netns(netns, nft_list)
+    done = cleanup(netns)
+    assert done.returncode == 0, done.stderr
+    assert "removed nftables table ip overlayd" in done.stdout
+    assert in_netns(netns, nft_list) == ""
+    assert cleanup(netns).returncode == 0
