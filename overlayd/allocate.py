@@ -46,6 +46,18 @@ def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Add
     return min(ours, key=lambda lease: lease.subnet, default=None)
 
 
+def stale_own_leases(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> list[Lease]:
+    """Leases carrying our PublicIP that the config no longer hands out: flanneld deletes such a
+    lease before choosing a subnet. Left alone it would keep peers routing a subnet we no longer
+    serve to us, and hold that subnet, until its etcd lease expired (up to a day). Reservations
+    (no etcd lease) are an operator's and stay, and so do dual-stack leases (see ``own_lease``)."""
+    return [
+        lease for lease in leases
+        if lease.attrs.public_ip == public_ip and lease.etcd_lease_id and lease.ipv6_subnet is None
+        and not config.contains_subnet(lease.subnet)
+    ]  # fmt: skip
+
+
 def all_subnets(config: NetworkConfig) -> Iterator[IPv4Network]:
     """Every subnet the config hands out, SubnetMin to SubnetMax in order (lazily)."""
     size = config.subnet_size

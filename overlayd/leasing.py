@@ -15,7 +15,7 @@ import random
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.allocate import SubnetChoice, choose_subnets
+from overlayd.allocate import SubnetChoice, choose_subnets, stale_own_leases
 from overlayd.config import NetworkConfig
 from overlayd.lease import Lease, LeaseAttrs
 from overlayd.registry import Registry
@@ -72,6 +72,7 @@ class LeaseManager:
         """
         for listing in range(1, MAX_LISTINGS + 1):
             leases, revision = self.registry.list_leases()
+            leases = self._drop_stale(config, leases)
             choices = choose_subnets(config, leases, self.public_ip, previous, self.rng)
             for choice in choices[:CHOICES_PER_LISTING]:
                 lease = self._try(choice, attrs)
@@ -89,6 +90,20 @@ class LeaseManager:
             f"could not lease a subnet of Network {config.network}: lost every race in "
             f"{MAX_LISTINGS} listings; check for many agents starting at once with the same PublicIP"
         )
+
+    def _drop_stale(self, config: NetworkConfig, leases: list[Lease]) -> list[Lease]:
+        """Delete our leases that no longer fit ``config`` (as flanneld does); the rest of the
+        listing. One rewritten since the listing is left to the next acquisition to judge."""
+        deleted = set()
+        for lease in stale_own_leases(config, leases, self.public_ip):
+            if self.registry.delete_lease(lease):
+                deleted.add(lease.key)
+                log.warning(
+                    "deleted lease %s: it carries our PublicIP %s but Network %s, SubnetMin %s "
+                    "and SubnetMax %s no longer hand it out",
+                    lease.key, self.public_ip, config.network, config.subnet_min, config.subnet_max,
+                )  # fmt: skip
+        return [lease for lease in leases if lease.key not in deleted] if deleted else leases
 
     def _try(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease | None:
         if choice.existing is not None:

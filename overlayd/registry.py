@@ -539,6 +539,20 @@ class Registry:
             log.info("took over lease %s (etcd lease %x)", lease.key, lease.etcd_lease_id)
         return lease
 
+    def delete_lease(self, lease: Lease) -> bool:
+        """Delete ``lease``'s key if nobody wrote it since it was listed; False if somebody did."""
+        key = self._lease_key(lease.key)
+
+        def transact(client: etcd3.Etcd3Client) -> bool:
+            succeeded, _ = client.transaction(
+                compare=[client.transactions.mod(key) == lease.mod_revision],
+                success=[client.transactions.delete(key)],
+                failure=[],
+            )
+            return bool(succeeded)
+
+        return self._call("delete_lease", f"delete lease {key}", transact)
+
     def renew(self, lease: Lease, ttl: int) -> Lease | None:
         """Extend our lease: re-put its value on a fresh etcd lease if the key still holds it.
 

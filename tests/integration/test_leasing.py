@@ -26,6 +26,10 @@ def manager(registry: Registry, n: int, ttl: int = 600, seed: int | None = None)
     return LeaseManager(registry, IPv4Address(f"192.0.2.{n}"), ttl=ttl, rng=random.Random(seed))
 
 
+def net(cidr: str) -> IPv4Network:
+    return IPv4Network(cidr)
+
+
 def test_twenty_agents_at_once_get_twenty_distinct_subnets(
     make_registry: MakeRegistry, etcd_server: EtcdServer
 ):
@@ -117,6 +121,26 @@ def test_a_taken_over_lease_replaces_its_old_self_in_the_listing(registry: Regis
     assert listing is not None
     assert [(lease.key, lease.attrs.vtep_mac) for lease in listing[0]] == [(first.key, "02:00:00:00:07:77")]
     assert listing[0][0].etcd_lease_id == again.etcd_lease_id != first.etcd_lease_id
+
+
+def test_our_lease_outside_a_changed_config_is_deleted_as_flanneld_does(registry: Registry):
+    """Left alone it would keep peers routing a subnet we no longer serve, and hold it, for a day."""
+    old = manager(registry, 7).acquire(network_config(), host_attrs(7), previous=net("198.18.3.0/24"))
+    theirs = manager(registry, 8).acquire(network_config(), host_attrs(8), previous=net("198.18.4.0/24"))
+    narrowed = network_config(subnet_min="198.18.100.0")
+    again = manager(registry, 7).acquire(narrowed, host_attrs(7), previous=None)
+    assert narrowed.contains_subnet(again.subnet)
+    stored = {lease.key for lease in registry.list_leases()[0]}
+    assert stored == {again.key, theirs.key}, f"{old.key} deleted, the other host's kept"
+
+
+def test_a_stale_lease_rewritten_since_the_listing_is_not_deleted(registry: Registry):
+    stale = manager(registry, 7).acquire(network_config(), host_attrs(7), previous=net("198.18.3.0/24"))
+    rewritten = registry.take_over(stale, host_attrs(7), ttl=600)
+    assert rewritten is not None
+    assert registry.delete_lease(stale) is False
+    assert registry.delete_lease(rewritten) is True
+    assert registry.list_leases()[0] == []
 
 
 def test_previous_subnet_is_reused_when_free(registry: Registry):

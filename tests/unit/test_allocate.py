@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -17,6 +18,7 @@ from overlayd.allocate import (
     choose_subnets,
     free_subnets,
     own_lease,
+    stale_own_leases,
 )
 from overlayd.config import NetworkConfig, parse_network_config
 from overlayd.lease import Lease, LeaseAttrs, decode_lease
@@ -66,6 +68,17 @@ def test_a_dual_stack_lease_with_our_public_ip_is_not_kept() -> None:
     choices = choose_subnets(CONFIG, [flanneld], OUR_IP, rng=random.Random(1))
     assert all(choice.existing is None for choice in choices)
     assert net("198.18.46.0/24") not in chosen(choices)
+
+
+def test_stale_own_leases_are_ours_outside_the_config_with_an_etcd_lease() -> None:
+    narrowed = config(Network="198.18.0.0/16", SubnetMin="198.18.100.0")
+    outside = replace(lease("198.18.46.0/24", public_ip=str(OUR_IP)), etcd_lease_id=5)
+    inside = replace(lease("198.18.146.0/24", public_ip=str(OUR_IP)), etcd_lease_id=6)
+    reservation = lease("198.18.47.0/24", public_ip=str(OUR_IP))  # no etcd lease: an operator's
+    theirs = replace(lease("198.18.48.0/24"), etcd_lease_id=7)
+    wrong_length = replace(lease("198.18.128.0/25", public_ip=str(OUR_IP)), etcd_lease_id=8)
+    leases = [outside, inside, reservation, theirs, wrong_length]
+    assert stale_own_leases(narrowed, leases, OUR_IP) == [outside, wrong_length]
 
 
 def test_no_own_lease_when_no_public_ip_matches() -> None:
