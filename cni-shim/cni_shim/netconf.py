@@ -118,8 +118,9 @@ def build_ipam(user_ipam: dict[str, Any], subnet_env: SubnetEnv) -> dict[str, An
     """
     gateways = [gateway(family) for family in subnet_env.families]
     overlay_routes = [
-        {"dst": str(family.network), "gw": gw}
+        {"dst": str(network), "gw": gw}
         for family, gw in zip(subnet_env.families, gateways, strict=True)
+        for network in family.networks
     ]
     user_routes = user_ipam.get("routes", [])
     ipam: dict[str, Any] = {"type": "host-local", **user_ipam}

@@ -8,6 +8,9 @@ The file is flannel's format, ``KEY=VALUE`` lines written by the agent once it h
     FLANNEL_IPMASQ=false
     FLANNEL_IPV6_NETWORK=2001:db8::/48      (optional, dual stack)
     FLANNEL_IPV6_SUBNET=2001:db8:0:5::1/64  (optional, dual stack)
+
+A NETWORK may list several prefixes, comma-separated, as flanneld writes for a config with more
+than one network; each gets its route.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ class SubnetEnvError(ValueError):
 
 # Records are plain classes: `dataclasses` would add ~10 ms to every CNI call (docs/benchmarks.md).
 class AddressFamily:
-    """One family's overlay: the whole network and this host's subnet (with its gateway)."""
+    """One family's overlay: its whole network(s) and this host's subnet (with its gateway)."""
 
-    def __init__(self, *, network: Prefix, subnet: Prefix) -> None:
-        self.network = network
+    def __init__(self, *, networks: tuple[Prefix, ...], subnet: Prefix) -> None:
+        self.networks = networks
         self.subnet = subnet
 
 
@@ -98,18 +101,18 @@ def _family(
         raise _broken(source, f"{missing} missing while {present} is set")
     try:
         # Host bits in the network are cleared, as Go's net.ParseCIDR (flannel's plugin) does.
-        network = parse_prefix(network_text).network
+        networks = tuple(parse_prefix(text.strip()).network for text in network_text.split(","))
     except ValueError as err:
         raise _broken(source, f"{network_key} {network_text!r} is not a network ({err})") from None
     try:
         subnet = parse_prefix(subnet_text)
     except ValueError as err:
         raise _broken(source, f"{subnet_key} {subnet_text!r} is not an address/prefix ({err})") from None
-    if network.version != ip_version or subnet.version != ip_version:
+    if subnet.version != ip_version or any(network.version != ip_version for network in networks):
         raise _broken(source, f"{network_key}/{subnet_key} must be IPv{ip_version}")
-    if not subnet.inside(network):
+    if not any(subnet.inside(network) for network in networks):
         raise _broken(source, f"{subnet_key} {subnet_text} is not inside {network_key} {network_text}")
-    return AddressFamily(network=network, subnet=subnet)
+    return AddressFamily(networks=networks, subnet=subnet)
 
 
 def read_subnet_env(path: str) -> SubnetEnv:

@@ -52,6 +52,21 @@ def test_broken_subnet_env_names_the_key(text: str, named: str) -> None:
     assert named in str(raised.value)
 
 
+def test_several_networks_each_get_a_route() -> None:
+    """flanneld writes a comma-separated FLANNEL_NETWORK for a config with several networks."""
+    text = V4.replace("198.18.0.0/16", "198.19.0.0/16,198.18.0.0/16") + "FLANNEL_IPMASQ=true\n"
+    ipam = build_delegate(_conf(), _env(text))["ipam"]
+    assert ipam["routes"] == [
+        {"dst": "198.19.0.0/16", "gw": "198.18.5.1"},
+        {"dst": "198.18.0.0/16", "gw": "198.18.5.1"},
+    ]
+    outside = V4.replace("198.18.0.0/16", "198.19.0.0/16,198.20.0.0/16") + "FLANNEL_IPMASQ=true\n"
+    with pytest.raises(SubnetEnvError, match="not inside"):
+        _env(outside)
+    with pytest.raises(SubnetEnvError, match="is not a network"):
+        _env(V4.replace("198.18.0.0/16", "198.18.0.0/16,") + "FLANNEL_IPMASQ=true\n")
+
+
 # --- delegate config --------------------------------------------------------------------------
 
 
