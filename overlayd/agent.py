@@ -24,9 +24,9 @@ from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
-from overlayd.backend.vxlan import DeviceSpec, DeviceState, VxlanBackend
+from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
-from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer
+from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
@@ -668,7 +668,7 @@ class Agent:
         assert self.device is not None
         desired = self._desired()
         wanted = desired.plane()  # the same object while no peer's entries changed
-        actual = self.backend.read_plane(self.device.ifindex)  # the same object while unchanged
+        actual = self.backend.read_plane(self.device.ifindex, self._direct_routes())  # same while unchanged
         synced = self.in_sync
         if synced is None or synced[0] is not wanted or synced[1] is not actual:
             diff = diff_planes(wanted, actual)
@@ -687,7 +687,7 @@ class Agent:
         assert self.config is not None and self.lease is not None
         rebuild = self.desired_basis[0] is not self.config or self.desired_basis[1] is not self.lease
         if rebuild or self.desired_synced_with is not self.peers:
-            desired = DesiredEntries() if rebuild else self.desired  # a new one filled before use
+            desired = DesiredEntries(self._reached_directly()) if rebuild else self.desired
             for key in desired.keys() - self.peers.keys():
                 desired.load(key, None)
             for key, lease in self.peers.items():
@@ -696,6 +696,19 @@ class Agent:
             self.desired_synced_with = self.peers
             self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
         return self.desired
+
+    def _reached_directly(self) -> Callable[[Lease], bool] | None:
+        """DirectRouting's test of which peers need no VXLAN; None when it is off."""
+        assert self.config is not None and self.external is not None
+        return reached_directly(self.external.segments) if self.config.backend.direct_routing else None
+
+    def _direct_routes(self) -> DirectRoutes | None:
+        """Where to read direct routes, while DirectRouting is on. Off, none are read: a VXLAN
+        route replaces a direct one to the same subnet (the kernel's route key is the same)."""
+        assert self.config is not None and self.external is not None
+        if not self.config.backend.direct_routing:
+            return None
+        return DirectRoutes(underlay=self.external.index, network=self.config.network)
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
         """Count drift fixed by a timer or netlink pass; other passes program, they do not repair."""

@@ -63,12 +63,6 @@ class NetworkConfig:
                 "subnet alone (no IPv6 subnet, no flannel-v6 device), and dual-stack peers reach "
                 "it over IPv4"
             )
-        if self.backend.direct_routing:
-            notes.append(
-                "Backend.DirectRouting is set, but overlayd reaches every peer over VXLAN: "
-                "flanneld peers on this host's segment send to it directly and get replies over "
-                "VXLAN, which a strict rp_filter drops (use rp_filter=2 on such hosts)"
-            )
         return notes
 
     def contains_subnet(self, subnet: IPv4Network) -> bool:

@@ -8,7 +8,7 @@ entry and an addition of the new one.
 
 from __future__ import annotations
 
-from collections.abc import KeysView
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -76,16 +76,35 @@ class Route:
     __hash__ = _key_hash
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class DirectRoute:
+    """DirectRouting: a route to a peer's subnet via its PublicIP, which is on this host's segment
+    (``ip route replace <subnet> via <PublicIP>``); the kernel picks the underlay device."""
+
+    dst: IPv4Network
+    gateway: IPv4Address
+    _key: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (int(self.dst.network_address), self.dst.prefixlen, int(self.gateway))
+        object.__setattr__(self, "_key", key)
+
+    __eq__ = _key_eq
+    __hash__ = _key_hash
+
+
 @dataclass(frozen=True)
 class Plane:
-    """A set of entries on one device: either what we want or what the kernel holds."""
+    """The peer entries of one host: what we want, or what the kernel holds. The first three
+    kinds live on the VXLAN device, direct routes on the underlay."""
 
     neighs: frozenset[Neigh] = frozenset()
     fdbs: frozenset[Fdb] = frozenset()
     routes: frozenset[Route] = frozenset()
+    direct: frozenset[DirectRoute] = frozenset()
 
     def __len__(self) -> int:
-        return len(self.neighs) + len(self.fdbs) + len(self.routes)
+        return len(self.neighs) + len(self.fdbs) + len(self.routes) + len(self.direct)
 
 
 @dataclass(frozen=True)
@@ -100,11 +119,24 @@ class PlaneDiff:
         return not self.add and not self.remove
 
 
-def _entries(lease: Lease) -> tuple[Neigh, Fdb, Route]:
-    """The three entries one VXLAN peer needs."""
+Entry = Neigh | Fdb | Route | DirectRoute
+
+
+def _entries(lease: Lease, direct: bool) -> tuple[Entry, ...]:
+    """The entries one peer needs: three over VXLAN, or one route when it is reached directly."""
+    if direct:
+        return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
     gateway = lease.subnet.network_address
     mac = lease.attrs.vtep_mac or ""
     return Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
+
+
+def reached_directly(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
+    """DirectRouting's test: a peer whose PublicIP is on one of this host's underlay segments
+    (``segments``, the external interface's connected prefixes) needs no VXLAN to reach it.
+    flanneld asks the routing table whether the route to the PublicIP has no gateway; on the
+    external interface, that is this test."""
+    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
 
 
 def is_vxlan_peer(lease: Lease, own_subnet: IPv4Network | None, vni: int) -> bool:
@@ -131,11 +163,13 @@ class DesiredEntries:
     entry, and the old lease going must not take that entry away.
     """
 
-    def __init__(self) -> None:
-        self._peers: dict[str, tuple[Lease, tuple[Neigh, Fdb, Route]]] = {}
-        self._counts: tuple[dict[Neigh, int], dict[Fdb, int], dict[Route, int]] = ({}, {}, {})
+    def __init__(self, direct: Callable[[Lease], bool] | None = None) -> None:
+        """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are."""
+        self._direct = direct
+        self._peers: dict[str, tuple[Lease, tuple[Entry, ...]]] = {}
+        self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
-        self._public_ips: dict[IPv4Address, int] = {}  # wanted FDB entries per destination
+        self._public_ips: dict[IPv4Address, int] = {}  # peers' PublicIPs, counted by entry
 
     def __len__(self) -> int:
         """How many peers want entries."""
@@ -149,8 +183,10 @@ class DesiredEntries:
         return entry in self._counts[_KIND[type(entry)]]
 
     def public_ips(self) -> frozenset[IPv4Address]:
-        """The peers' PublicIPs (the wanted FDB entries' destinations, counted as they change):
-        cheaper than asking every lease whether it is a peer again on each pass."""
+        """The peers' PublicIPs (the wanted FDB entries' destinations and direct routes'
+        gateways, counted as they change): cheaper than asking every lease whether it is a peer
+        again on each pass. A direct peer is in it too: one without DirectRouting (an older
+        node) still sends us VXLAN."""
         return frozenset(self._public_ips)
 
     def wants_public_ip(self, ip: IPv4Address) -> bool:
@@ -170,43 +206,48 @@ class DesiredEntries:
         six frozensets per peer were a fifth of the start-up pass."""
         self._set(key, lease)
 
-    def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, list, list], tuple[list, list, list]]:
-        """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind."""
-        gained: tuple[list, list, list] = ([], [], [])
-        lost: tuple[list, list, list] = ([], [], [])
+    def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, ...], tuple[list, ...]]:
+        """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind
+        (in Plane's order)."""
+        gained: tuple[list, ...] = ([], [], [], [])
+        lost: tuple[list, ...] = ([], [], [], [])
         known = self._peers.get(key)
         if known is not None and lease is not None and (known[0] is lease or known[0] == lease):
             self._peers[key] = (lease, known[1])  # an equal lease: later checks are identity checks
             return gained, lost
         # Additions before releases: an entry both leases need is never counted down to zero.
         if lease is not None:
-            entries = _entries(lease)
+            entries = _entries(lease, self._direct is not None and self._direct(lease))
             self._peers[key] = (lease, entries)
-            for counts, now_wanted, entry in zip(self._counts, gained, entries, strict=True):
+            for entry in entries:
+                kind = _KIND[type(entry)]
+                counts = self._counts[kind]
                 held = counts.get(entry, 0)
                 counts[entry] = held + 1
                 if not held:
-                    now_wanted.append(entry)
+                    gained[kind].append(entry)
         elif known is not None:
             del self._peers[key]
         if known is not None:
-            for counts, unwanted, entry in zip(self._counts, lost, known[1], strict=True):
+            for entry in known[1]:
+                kind = _KIND[type(entry)]
+                counts = self._counts[kind]
                 held = counts[entry]
                 if held == 1:
                     del counts[entry]
-                    unwanted.append(entry)
+                    lost[kind].append(entry)
                 else:
                     counts[entry] = held - 1
         if any(gained) or any(lost):
             self._plane = None
             ips = self._public_ips
-            for fdb in gained[1]:
-                ips[fdb.dst] = ips.get(fdb.dst, 0) + 1
-            for fdb in lost[1]:
-                if ips[fdb.dst] == 1:
-                    del ips[fdb.dst]
+            for ip in _public_ips(gained):
+                ips[ip] = ips.get(ip, 0) + 1
+            for ip in _public_ips(lost):
+                if ips[ip] == 1:
+                    del ips[ip]
                 else:
-                    ips[fdb.dst] -= 1
+                    ips[ip] -= 1
         return gained, lost
 
     def plane(self) -> Plane:
@@ -216,7 +257,12 @@ class DesiredEntries:
         return self._plane
 
 
-_KIND = {Neigh: 0, Fdb: 1, Route: 2}
+_KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
+
+
+def _public_ips(by_kind: tuple[list, ...]) -> list[IPv4Address]:
+    """The PublicIPs among entries by kind: FDB entries' destinations, direct routes' gateways."""
+    return [fdb.dst for fdb in by_kind[1]] + [route.gateway for route in by_kind[3]]
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
@@ -226,10 +272,12 @@ def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
             desired.neighs - actual.neighs,
             desired.fdbs - actual.fdbs,
             desired.routes - actual.routes,
+            desired.direct - actual.direct,
         ),
         remove=Plane(
             actual.neighs - desired.neighs,
             actual.fdbs - desired.fdbs,
             actual.routes - desired.routes,
+            actual.direct - desired.direct,
         ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.backend.rtnlcodec import (
     RTM_NEWROUTE,
@@ -35,6 +35,7 @@ class ExternalInterface:
     index: int
     ip: IPv4Address
     mtu: int
+    segments: tuple[IPv4Network, ...] = ()  # its connected prefixes: DirectRouting's peers are on them
 
 
 @dataclass(frozen=True)
@@ -43,27 +44,33 @@ class _Link:
     index: int
     mtu: int
     addresses: tuple[IPv4Address, ...]
+    segments: tuple[IPv4Network, ...] = ()
 
 
 def _links(rtnl: RtnlSocket) -> list[_Link]:
     addresses: dict[int, list[IPv4Address]] = {}
+    segments: dict[int, list[IPv4Network]] = {}
     seq = rtnl.next_seq()
     for message in rtnl.dump(dump_addresses_request(seq), seq):
         address = decode_address(message)
         if address is not None and address.scope == 0:  # global only: no loopback or link-local
             addresses.setdefault(address.index, []).append(address.ip)
+            segment = IPv4Network((address.ip, address.prefixlen), strict=False)
+            segments.setdefault(address.index, []).append(segment)
     seq = rtnl.next_seq()
     links = [decode_link(message) for message in rtnl.dump(get_link_request(seq), seq)]
     return [
-        _Link(link.name, link.index, link.mtu, tuple(addresses.get(link.index, ()))) for link in links
-    ]
+        _Link(link.name, link.index, link.mtu, tuple(addresses.get(link.index, ())),
+              tuple(segments.get(link.index, ())))
+        for link in links
+    ]  # fmt: skip
 
 
 def _usable(link: _Link, address: IPv4Address | None = None) -> ExternalInterface | None:
     if not link.addresses:
         return None
     ip = address if address in link.addresses else link.addresses[0]
-    return ExternalInterface(link.name, link.index, ip, link.mtu)
+    return ExternalInterface(link.name, link.index, ip, link.mtu, link.segments)
 
 
 def _by_spec(links: list[_Link], spec: str) -> ExternalInterface | None:

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.desired import Fdb, Neigh, Route
-
-Entry = Neigh | Fdb | Route
+from overlayd.desired import DirectRoute, Entry, Fdb, Neigh, Route
 
 # <linux/netlink.h>
 NLMSG_ERROR = 2
@@ -108,15 +106,19 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
         body = _NDMSG.pack(socket.AF_BRIDGE, ifindex, state, NTF_SELF, 0)
         body += _attr(NDA_LLADDR, _mac(entry.mac)) + _attr(NDA_DST, entry.dst.packed)
         return _message(RTM_NEWNEIGH if replace else RTM_DELNEIGH, flags, seq, body)
-    # A delete matches any protocol, scope and type, as `ip route del` does.
+    # A delete matches any protocol, scope and type, as `ip route del` does. A direct route names
+    # no device (the kernel takes the one its gateway is on) and is not onlink.
+    onlink = RTNH_F_ONLINK if isinstance(entry, Route) else 0
     protocol, scope, kind, rt_flags = (
-        (RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK) if replace
+        (RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, onlink) if replace
         else (0, RT_SCOPE_NOWHERE, 0, 0)
     )
     body = _RTMSG.pack(socket.AF_INET, entry.dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind,
                        rt_flags)
-    body += (_attr(RTA_DST, entry.dst.network_address.packed) + _attr(RTA_GATEWAY, entry.gateway.packed)
-             + _attr(RTA_OIF, _U32.pack(ifindex)) + _attr(RTA_TABLE, _U32.pack(MAIN_TABLE)))
+    body += _attr(RTA_DST, entry.dst.network_address.packed) + _attr(RTA_GATEWAY, entry.gateway.packed)
+    if isinstance(entry, Route):
+        body += _attr(RTA_OIF, _U32.pack(ifindex))
+    body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
     return _message(RTM_NEWROUTE if replace else RTM_DELROUTE, flags, seq, body)
 
 
@@ -129,12 +131,17 @@ def dump_requests(ifindex: int, seq: int) -> list[bytes]:
     flags = NLM_F_REQUEST | NLM_F_DUMP
     neigh = _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0) + _attr(NDA_IFINDEX, _U32.pack(ifindex))
     fdb = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, 0, 0)
-    route = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0) + _attr(RTA_OIF, _U32.pack(ifindex))
     return [
         _message(RTM_GETNEIGH, flags, seq, neigh),
         _message(RTM_GETNEIGH, flags, seq + 1, fdb),
-        _message(RTM_GETROUTE, flags, seq + 2, route),
+        route_dump_request(ifindex, seq + 2),
     ]
+
+
+def route_dump_request(ifindex: int, seq: int) -> bytes:
+    """A dump of the main-table IPv4 routes of ``ifindex``, filtered in the kernel."""
+    route = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0) + _attr(RTA_OIF, _U32.pack(ifindex))
+    return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, route)
 
 
 def split_messages(data: bytes) -> Iterator[Message]:
@@ -189,19 +196,37 @@ def decode_entry(message: Message, ifindex: int) -> Entry | None:
             return Fdb(mac.hex(":"), dst)
         return None
     if message.type in (RTM_NEWROUTE, RTM_DELROUTE):
-        family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(message.body)
-        attrs = _attrs(message.body, _RTMSG.size)
-        oif, table_attr = attrs.get(RTA_OIF), attrs.get(RTA_TABLE)
-        if table_attr is not None:
-            table = _U32.unpack(table_attr)[0]
-        gateway = _ip(attrs.get(RTA_GATEWAY))
-        if family != socket.AF_INET or table != MAIN_TABLE or gateway is None or oif is None:
-            return None
-        if _U32.unpack(oif)[0] != ifindex:
-            return None
-        dst = attrs.get(RTA_DST, b"\0\0\0\0")
-        return Route(IPv4Network((int.from_bytes(dst, "big"), dst_len)), gateway)
+        routed = _routed(message, ifindex)
+        return Route(*routed) if routed is not None else None
     return None
+
+
+def _routed(message: Message, ifindex: int) -> tuple[IPv4Network, IPv4Address] | None:
+    """(destination, gateway) of a main-table IPv4 route message via a gateway on ``ifindex``."""
+    family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(message.body)
+    attrs = _attrs(message.body, _RTMSG.size)
+    oif, table_attr = attrs.get(RTA_OIF), attrs.get(RTA_TABLE)
+    if table_attr is not None:
+        table = _U32.unpack(table_attr)[0]
+    gateway = _ip(attrs.get(RTA_GATEWAY))
+    if family != socket.AF_INET or table != MAIN_TABLE or gateway is None or oif is None:
+        return None
+    if _U32.unpack(oif)[0] != ifindex:
+        return None
+    dst = attrs.get(RTA_DST, b"\0\0\0\0")
+    return IPv4Network((int.from_bytes(dst, "big"), dst_len)), gateway
+
+
+def decode_direct_route(message: Message, underlay: int, network: IPv4Network) -> DirectRoute | None:
+    """The direct route a route message describes: into the overlay ``network``, via a gateway
+    on the ``underlay`` device. Any such route is a peer's (ours, or flanneld's DirectRouting),
+    so one no peer wants is removed."""
+    if message.type not in (RTM_NEWROUTE, RTM_DELROUTE):
+        return None
+    routed = _routed(message, underlay)
+    if routed is None or not routed[0].subnet_of(network):
+        return None
+    return DirectRoute(*routed)
 
 
 NDA_CACHEINFO, NDA_PROBES = 3, 4  # change between dumps of an unchanged entry (ages, probe count)

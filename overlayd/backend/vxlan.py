@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
 from typing import Any
 
@@ -32,9 +32,11 @@ from overlayd.backend.rtnlcodec import (
     IFF_UP,
     Entry,
     Link,
+    Message,
     address_request,
     create_vxlan_request,
     decode_address,
+    decode_direct_route,
     decode_entry,
     decode_link,
     delete_link_request,
@@ -43,10 +45,11 @@ from overlayd.backend.rtnlcodec import (
     encode_entry,
     entry_key,
     get_link_request,
+    route_dump_request,
     set_link_request,
 )
 from overlayd.backend.rtnlsock import RtnlSocket
-from overlayd.desired import Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,21 @@ class DeviceState:
     mtu: int
 
 
+@dataclass(frozen=True)
+class DirectRoutes:
+    """Where DirectRouting's routes live: the underlay device, and the overlay network whose
+    routes via a gateway on it are peers' direct routes."""
+
+    underlay: int
+    network: IPv4Network
+
+
 class VxlanBackend:
     """Owns a raw rtnetlink socket in the current network namespace."""
 
     def __init__(self) -> None:
         self._rtnl = RtnlSocket()
-        self._ifindex = 0  # the device the last dump was decoded against
+        self._basis: tuple[int, DirectRoutes | None] = (0, None)  # what the last dump was decoded against
         self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
         self._plane = Plane()  # the last dump's Plane, returned again while the dump is unchanged
 
@@ -236,31 +248,38 @@ class VxlanBackend:
 
     # -- per-peer entries ---------------------------------------------------------------------
 
-    def read_plane(self, ifindex: int) -> Plane:
-        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out).
+    def read_plane(self, ifindex: int, direct: DirectRoutes | None = None) -> Plane:
+        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out), and
+        with ``direct`` the direct routes into its overlay network on its underlay device.
 
-        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel. An
-        entry whose message is unchanged since the last dump is not decoded again (``entry_key``):
-        decoding, not the kernel, was most of an idle pass. When no message changed at all, the
-        very same Plane object is returned, so a caller can tell "nothing changed" by identity
-        without hashing thousands of entries.
+        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel (and
+        one of the underlay's routes). An entry whose message is unchanged since the last dump
+        is not decoded again (``entry_key``): decoding, not the kernel, was most of an idle
+        pass. When no message changed at all, the very same Plane object is returned, so a
+        caller can tell "nothing changed" by identity without hashing thousands of entries.
         """
-        previous = self._decoded if ifindex == self._ifindex else {}  # decoded against this device
+        basis = (ifindex, direct)
+        previous = self._decoded if basis == self._basis else {}  # decoded against the same
         decoded: dict[bytes, Entry | None] = {}
-        seq = self._rtnl.next_seq(3)
-        for offset, request in enumerate(dump_requests(ifindex, seq)):
+        seq = self._rtnl.next_seq(4 if direct else 3)
+        dumps: list[tuple[bytes, Callable[[Message], Entry | None]]] = [
+            (request, partial(decode_entry, ifindex=ifindex)) for request in dump_requests(ifindex, seq)
+        ]
+        if direct is not None:
+            decode = partial(decode_direct_route, underlay=direct.underlay, network=direct.network)
+            dumps.append((route_dump_request(direct.underlay, seq + 3), decode))
+        for offset, (request, decode_message) in enumerate(dumps):
             for message in self._rtnl.dump(request, seq + offset):
                 key = entry_key(message)
-                decoded[key] = previous[key] if key in previous else decode_entry(message, ifindex)
-        if ifindex == self._ifindex and decoded.keys() == previous.keys():
+                decoded[key] = previous[key] if key in previous else decode_message(message)
+        if basis == self._basis and decoded.keys() == previous.keys():
             return self._plane
-        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set()}
+        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set(), DirectRoute: set()}
         for entry in decoded.values():
             if entry is not None:
                 entries[type(entry)].add(entry)
-        self._ifindex, self._decoded = ifindex, decoded
-        self._plane = Plane(frozenset(entries[Neigh]), frozenset(entries[Fdb]),  # type: ignore[arg-type]
-                            frozenset(entries[Route]))  # type: ignore[arg-type]
+        self._basis, self._decoded = basis, decoded
+        self._plane = Plane(*(frozenset(entries[kind]) for kind in (Neigh, Fdb, Route, DirectRoute)))
         return self._plane
 
     def apply(self, ifindex: int, diff: PlaneDiff) -> None:
@@ -308,12 +327,12 @@ def _in_order(*groups: Iterable[Entry]) -> list[Entry]:
 
 def _removal_order(plane: Plane) -> list[Entry]:
     """Routes first, so no route points at a gateway whose neighbour is already gone."""
-    return _in_order(plane.routes, plane.fdbs, plane.neighs)
+    return _in_order(plane.routes, plane.direct, plane.fdbs, plane.neighs)
 
 
 def _addition_order(plane: Plane) -> list[Entry]:
     """Neighbour, FDB, then route: a route is only usable once both entries exist."""
-    return _in_order(plane.neighs, plane.fdbs, plane.routes)
+    return _in_order(plane.neighs, plane.fdbs, plane.routes, plane.direct)
 
 
 def _describe(entry: Entry) -> str:
@@ -321,6 +340,8 @@ def _describe(entry: Entry) -> str:
         return f"neigh {entry.ip} lladdr {entry.mac}"
     if isinstance(entry, Fdb):
         return f"fdb {entry.mac} dst {entry.dst}"
+    if isinstance(entry, DirectRoute):
+        return f"direct route {entry.dst} via {entry.gateway}"
     return f"route {entry.dst} via {entry.gateway}"
 
 

@@ -96,7 +96,7 @@ def test_delegate_defaults_are_flannels() -> None:
 def test_user_keys_win_and_ipam_keys_are_kept() -> None:
     conf = _conf(
         delegate={"bridge": "br9", "isGateway": False, "ipMasq": False, "hairpinMode": True},
-        ipam={"dataDir": "/x", "ranges": "ignored", "routes": [{"dst": "203.0.113.0/24"}]},
+        ipam={"dataDir": "/x", "ranges": "ignored", "routes": [{"dst": "198.19.7.0/24"}]},
     )
     delegate = build_delegate(conf, _env(V4 + V6 + "FLANNEL_IPMASQ=true"))
     assert (delegate["bridge"], delegate["isGateway"], delegate["hairpinMode"]) == ("br9", False, True)
@@ -106,7 +106,7 @@ def test_user_keys_win_and_ipam_keys_are_kept() -> None:
         [{"subnet": "2001:db8:0:5::/64", "gateway": "2001:db8:0:5::1"}],
     ]
     assert [route["dst"] for route in delegate["ipam"]["routes"]] == [
-        "203.0.113.0/24",
+        "198.19.7.0/24",
         "198.18.0.0/16",
         "2001:db8::/48",
     ]

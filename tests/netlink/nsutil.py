@@ -3,6 +3,7 @@ the device spec and peer entries the tests program."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -101,8 +102,6 @@ def peer(n: int, mac: str | None = None) -> Plane:
 
 
 def union(*planes: Plane) -> Plane:
-    return Plane(
-        frozenset().union(*(p.neighs for p in planes)),
-        frozenset().union(*(p.fdbs for p in planes)),
-        frozenset().union(*(p.routes for p in planes)),
-    )
+    """Every kind of entry of all ``planes`` together."""
+    kinds = (field.name for field in dataclasses.fields(Plane))
+    return Plane(*(frozenset().union(*(getattr(plane, kind) for plane in planes)) for kind in kinds))

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from ipaddress import IPv4Address, IPv4Interface
+import socket
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
-from overlayd.backend.vxlan import ApplyError, BackendError, DeviceSpec, DeviceState, VxlanBackend
-from overlayd.desired import Neigh, Plane, PlaneDiff, diff_planes
+from overlayd.backend.vxlan import (
+    ApplyError,
+    BackendError,
+    DeviceSpec,
+    DeviceState,
+    DirectRoutes,
+    VxlanBackend,
+)
+from overlayd.desired import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
 
 pytestmark = pytest.mark.root
 
@@ -247,3 +255,43 @@ def test_one_backend_rereads_only_what_changed(netns: str) -> None:
     assert after_delete is not first and after_delete.routes == frozenset()
     assert len(after_delete) == 2  # neighbour and FDB entry still there
     assert on_new_device == Plane()
+
+
+OVERLAY = IPv4Network("198.18.0.0/16")
+
+
+def sync_direct(desired: Plane) -> Plane:
+    """``sync`` with DirectRouting's routes on the underlay ``u0`` read and written too."""
+    backend = VxlanBackend()
+    try:
+        state, _ = backend.ensure_device(SPEC)
+        direct = DirectRoutes(underlay=socket.if_nametoindex("u0"), network=OVERLAY)
+        backend.apply(state.ifindex, diff_planes(desired, backend.read_plane(state.ifindex, direct)))
+        return backend.read_plane(state.ifindex, direct)
+    finally:
+        backend.close()
+
+
+def direct(n: int) -> Plane:
+    route = DirectRoute(IPv4Network(f"198.18.{n}.0/24"), IPv4Address(f"192.0.2.{n}"))
+    return Plane(direct=frozenset({route}))
+
+
+def test_direct_routes_go_on_the_underlay_and_are_read_back(netns: str) -> None:
+    """DirectRouting: ``<subnet> via <PublicIP>`` on the underlay, no VXLAN entries; routes
+    into the overlay via an underlay gateway are read as direct routes, others are not."""
+    run("ip", "-n", netns, "route", "add", "198.19.9.0/24", "via", "192.0.2.9")  # not the overlay
+    both = union(direct(2), peer(3))
+    assert in_netns(netns, sync_direct, both) == both
+    routes = run("ip", "-n", netns, "route", "show").stdout
+    assert "198.18.2.0/24 via 192.0.2.2 dev u0 proto static" in routes
+    assert "198.18.3.0/24 via 198.18.3.0 dev flannel.1 proto static onlink" in routes
+
+    # Peer 2 is reached over VXLAN again (DirectRouting off for it): its direct route goes.
+    assert in_netns(netns, sync_direct, union(peer(2), peer(3))) == union(peer(2), peer(3))
+    routes = run("ip", "-n", netns, "route", "show").stdout
+    assert "198.18.2.0/24 via 192.0.2.2" not in routes and "198.19.9.0/24 via 192.0.2.9" in routes
+    # ... and back, replacing the VXLAN route to the same subnet.
+    assert in_netns(netns, sync_direct, union(direct(2), peer(3))) == union(direct(2), peer(3))
+    assert in_netns(netns, sync_direct, Plane()) == Plane()
+    assert "198.19.9.0/24 via 192.0.2.9" in run("ip", "-n", netns, "route", "show").stdout

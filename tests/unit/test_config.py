@@ -401,13 +401,12 @@ def test_plain_config_asks_for_nothing_unsupported() -> None:
     assert config.unsupported() == []
 
 
-def test_dual_stack_and_direct_routing_are_run_as_ipv4_vxlan_and_said() -> None:
+def test_dual_stack_is_run_as_ipv4_and_said() -> None:
     config = parse_network_config(
         '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48",'
         ' "Backend": {"Type": "vxlan", "DirectRouting": true}}'
     )
     assert config.network == IPv4Network("198.18.0.0/16")
-    notes = config.unsupported()
-    assert len(notes) == 2
-    assert "EnableIPv6" in notes[0] and "IPv4 only" in notes[0]
-    assert "DirectRouting" in notes[1] and "rp_filter" in notes[1]
+    assert config.backend.direct_routing
+    [note] = config.unsupported()
+    assert "EnableIPv6" in note and "IPv4 only" in note

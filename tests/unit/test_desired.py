@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from overlayd.desired import (
     DesiredEntries,
+    DirectRoute,
     Fdb,
     Neigh,
     Plane,
@@ -18,6 +20,7 @@ from overlayd.desired import (
     Route,
     diff_planes,
     is_vxlan_peer,
+    reached_directly,
 )
 from overlayd.lease import Lease, LeaseAttrs
 
@@ -59,11 +62,9 @@ def peer_entries(peer: Lease) -> Plane:
 
 
 def union(*planes: Plane) -> Plane:
-    return Plane(
-        frozenset().union(*(p.neighs for p in planes)),
-        frozenset().union(*(p.fdbs for p in planes)),
-        frozenset().union(*(p.routes for p in planes)),
-    )
+    """Every kind of entry of all ``planes`` together."""
+    kinds = (field.name for field in dataclasses.fields(Plane))
+    return Plane(*(frozenset().union(*(getattr(plane, kind) for plane in planes)) for kind in kinds))
 
 
 # --- peer entries ---------------------------------------------------------------------------
@@ -285,7 +286,16 @@ PEER_KEYS = [f"198.18.{n}.0-24" for n in range(47, 52)]
 
 
 def flat(plane: Plane) -> set:
-    return set().union(plane.neighs, plane.fdbs, plane.routes)
+    return set().union(plane.neighs, plane.fdbs, plane.routes, plane.direct)
+
+
+DIRECT_SEGMENT = IPv4Network("192.0.2.13/32")  # the peers at 192.0.2.13 are reached directly
+
+
+def scratch_entries(peer: Lease, direct: bool) -> Plane:
+    if direct and peer.attrs.public_ip in DIRECT_SEGMENT:
+        return Plane(direct=frozenset({DirectRoute(peer.subnet, peer.attrs.public_ip)}))
+    return peer_entries(peer)
 
 
 @settings(max_examples=200, deadline=None)
@@ -299,11 +309,13 @@ def flat(plane: Plane) -> set:
         max_size=30,
     )
 )
-def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["vxlan", "direct-routing"])
+def test_kept_peer_by_peer_equals_computed_from_scratch(direct: bool, steps: list) -> None:
     """Any sequence of lease changes: the plane is the union of the current peers' entries, and
     the diffs returned, applied in order to an empty device, build exactly that plane; ``load``
-    (no diffs) keeps the same plane."""
-    desired, loaded, current, device = DesiredEntries(), DesiredEntries(), {}, set()
+    (no diffs) keeps the same plane. With DirectRouting, the peers at one PublicIP are direct."""
+    test = reached_directly((DIRECT_SEGMENT,)) if direct else None
+    desired, loaded, current, device = DesiredEntries(test), DesiredEntries(test), {}, set()
     for key, value in steps:
         peer = lease(key.replace("-", "/"), *value) if value else None
         diff = desired.set_peer(key, peer)
@@ -314,10 +326,31 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(steps: list) -> None:
             current.pop(key, None)
         else:
             current[key] = peer
-        scratch = union(Plane(), *(peer_entries(p) for p in current.values()))
+        scratch = union(Plane(), *(scratch_entries(p, direct) for p in current.values()))
         assert desired.plane() == scratch == loaded.plane()
         assert desired.public_ips() == {p.attrs.public_ip for p in current.values()}
         for ip in (IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")):
             assert desired.wants_public_ip(ip) == any(p.attrs.public_ip == ip for p in current.values())
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
+
+
+def test_a_direct_peer_gets_one_route_via_its_public_ip_and_stays_allowed() -> None:
+    """DirectRouting: no neighbour, FDB entry or VXLAN route, but its PublicIP stays in the
+    allowlist (a node without DirectRouting still sends it VXLAN)."""
+    desired = DesiredEntries(reached_directly((IPv4Network("192.0.2.0/28"),)))
+    near, far = lease("198.18.47.0/24", "192.0.2.12"), lease("198.18.48.0/24", "192.0.2.100")
+    diff = desired.set_peer(near.key, near)
+    assert diff.add == Plane(direct=frozenset({DirectRoute(near.subnet, IPv4Address("192.0.2.12"))}))
+    assert desired.set_peer(far.key, far).add == peer_entries(far)
+    assert desired.public_ips() == {IPv4Address("192.0.2.12"), IPv4Address("192.0.2.100")}
+    assert desired.set_peer(near.key, None).remove.direct == diff.add.direct
+    assert not desired.wants_public_ip(IPv4Address("192.0.2.12"))
+
+
+def test_direct_and_vxlan_entries_are_diffed_apart() -> None:
+    route = Route(IPv4Network("198.18.47.0/24"), IPv4Address("198.18.47.0"))
+    direct = DirectRoute(IPv4Network("198.18.47.0/24"), IPv4Address("198.18.47.0"))
+    assert route != direct and hash(route) == hash(direct)
+    diff = diff_planes(Plane(direct=frozenset({direct})), Plane(routes=frozenset({route})))
+    assert (diff.add, diff.remove) == (Plane(direct=frozenset({direct})), Plane(routes=frozenset({route})))

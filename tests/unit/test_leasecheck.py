@@ -29,7 +29,7 @@ def peer(subnet: str, ip: str = "192.0.2.12") -> Lease:
     [
         (peer("198.18.6.0/24"), None),
         (OWN, None),
-        (peer("10.0.0.0/24"), "outside_network"),
+        (peer("192.0.2.0/24"), "outside_network"),
         (peer("198.19.0.0/24"), "outside_network"),
         (peer("198.18.0.0/15"), "outside_network"),
         (peer("198.18.5.0/24"), "own_subnet"),  # another PublicIP writing our key
