@@ -124,6 +124,15 @@ def parse_metrics(text: str) -> AgentView:
     )
 
 
+def overlay_network(subnet_env: Mapping[str, str] | None) -> IPv4Network | None:
+    """The whole overlay from subnet.env's FLANNEL_NETWORK (its first one, if several)."""
+    raw = (subnet_env or {}).get("FLANNEL_NETWORK", "").split(",")[0]
+    try:
+        return IPv4Network(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def own_subnet(subnet_env: Mapping[str, str] | None) -> IPv4Network | None:
     """This host's subnet from subnet.env's FLANNEL_SUBNET (``198.18.7.1/24`` → 198.18.7.0/24)."""
     raw = (subnet_env or {}).get("FLANNEL_SUBNET")
@@ -255,11 +264,14 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
         return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
 
 
-def read_device(vni: int | None) -> tuple[DeviceView | None, str | None]:
-    """The ``flannel.<vni>`` device (any ``flannel.*`` when the VNI is unknown) in this namespace."""
+def read_device(vni: int | None, network: IPv4Network | None) -> tuple[DeviceView | None, str | None]:
+    """The ``flannel.<vni>`` device (any ``flannel.*`` when the VNI is unknown) in this namespace.
+
+    Its routes include DirectRouting's, on its underlay into ``network``: a peer reached
+    directly is programmed too."""
     from pyroute2 import IPRoute
 
-    from overlayd.backend.vxlan import VxlanBackend
+    from overlayd.backend.vxlan import DirectRoutes, VxlanBackend
 
     with IPRoute() as ipr:
         links = [link for link in ipr.get_links() if str(link.get("IFLA_IFNAME")).startswith("flannel.")]
@@ -271,14 +283,16 @@ def read_device(vni: int | None) -> tuple[DeviceView | None, str | None]:
     link = links[0]
     backend = VxlanBackend()
     try:
-        plane = backend.read_plane(link["index"])
+        underlay = backend.underlay_index(link["index"])
+        direct = DirectRoutes(underlay, network) if underlay and network else None
+        plane = backend.read_plane(link["index"], direct)
     finally:
         backend.close()
     return DeviceView(
         name=str(link.get("IFLA_IFNAME")),
         mtu=int(link.get("IFLA_MTU")),
         mac=str(link.get("IFLA_ADDRESS")).lower(),
-        routes=tuple(sorted(str(route.dst) for route in plane.routes)),
+        routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
     ), None
@@ -353,7 +367,7 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             found: list[Any] | None = registry.list_leases()[0]
         except RegistryError as exc:
             vni, found, etcd_error = None, None, str(exc)
-        device, device_error = read_device(vni)
+        device, device_error = read_device(vni, overlay_network(subnet_env))
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:

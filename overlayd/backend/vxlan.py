@@ -129,6 +129,11 @@ class VxlanBackend:
         """MTU of the external interface, from which the VXLAN MTU is derived."""
         return self._link_by_name(ifname, "underlay interface").mtu
 
+    def underlay_index(self, ifindex: int) -> int | None:
+        """The underlay device of the VXLAN device ``ifindex`` (None if it names none)."""
+        vxlan = self._get_link(index=ifindex).vxlan
+        return vxlan.link if vxlan is not None else None
+
     def find_compatible_mac(self, spec: DeviceSpec) -> str | None:
         """MAC of an existing ``spec.name`` that ``ensure_device`` would keep, else None.
 

@@ -1,17 +1,20 @@
-"""Helpers shared by the lab tests: polling with a named expectation, the lab skip marker, metrics, logs."""
+"""Helpers shared by the lab tests: polling with a named expectation, the lab skip marker, metrics, logs,
+``overlayd status``."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name
+from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name, sh
 
 needs_lab = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("etcd") is None,
@@ -73,3 +76,12 @@ def log_since(host: LabHost, mark: int) -> str:
     with host.log_file.open("rb") as log:
         log.seek(mark)
         return log.read().decode(errors="replace")
+
+
+def status_json(lab: Lab, host: LabHost, *extra: str) -> dict:
+    """``overlayd status --json`` run inside ``host``."""
+    out = sh(
+        sys.executable, "-m", "overlayd", "status", "--json", f"--etcd-endpoints={lab.etcd_endpoint}",
+        f"--subnet-file={host.subnet_file}", *extra, netns=host.netns,
+    )  # fmt: skip
+    return json.loads(out)

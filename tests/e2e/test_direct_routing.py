@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from labtools import needs_lab, running_lab, wait_for
+from labtools import needs_lab, running_lab, status_json, wait_for
 
 from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
 
@@ -63,6 +63,9 @@ def test_same_segment_peers_are_routed_directly_and_reach_each_other(direct_lab:
     sent = vxlan_sent(h1), vxlan_sent(h2)
     assert container_ping(direct_lab, "c1", c2) and container_ping(direct_lab, "c2", c1)
     assert (vxlan_sent(h1), vxlan_sent(h2)) == sent, "no packet may take the VXLAN device"
+    status = status_json(direct_lab, h1, "--cluster")
+    assert peer_net(h2) in status["device"]["routes"]
+    assert [row["programmed"] for row in status["leases"] if row["subnet"] == peer_net(h2)] == [True]
 
     # DirectRouting turned off: the same peers move to VXLAN, and still reach each other.
     off = {**CONFIG, "Backend": {"Type": "vxlan"}}

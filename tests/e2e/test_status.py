@@ -6,19 +6,11 @@ import json
 import sys
 
 import pytest
-from labtools import needs_lab
+from labtools import needs_lab, status_json
 
 from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
-
-
-def status_json(lab: Lab, host: LabHost, *extra: str) -> dict:
-    out = sh(
-        sys.executable, "-m", "overlayd", "status", "--json", f"--etcd-endpoints={lab.etcd_endpoint}",
-        f"--subnet-file={host.subnet_file}", *extra, netns=host.netns,
-    )  # fmt: skip
-    return json.loads(out)
 
 
 def kernel_routes(host: LabHost) -> list[str]:
