@@ -37,7 +37,7 @@ from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor
 from overlayd.options import AgentOptions
 from overlayd.outage import Outage
-from overlayd.passtimer import PassTimer
+from overlayd.passtimer import EntryDumps, PassTimer
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
@@ -125,6 +125,7 @@ class Agent:
         self.watcher: PeerWatcher | None = None
         self.heap = HeapKeeper()  # full garbage collections at quiet moments, not mid-burst
         self.monitor: NetlinkMonitor | None = None
+        self.entry_dumps = EntryDumps()  # which full passes dump every entry
         self.http: list[MetricsServer] = []
         self.exit_code = 0
         # Checked every pass: while etcd is down, log when each starts and stops failing, once.
@@ -630,7 +631,8 @@ class Agent:
             self._count_repair(trigger, "device", "fix", len(actions))
             # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
             # diffing against an empty peer set would remove them all and drop traffic on restart.
-            if self.peers_listed:
+            monitored = self.monitor is not None and self.monitor.alive
+            if self.peers_listed and self.entry_dumps.due(trigger == "timer", monitored):
                 self._reconcile_entries(trigger)
             allowlist = self.options.vxlan_ingress_allowlist
             fw_spec = FirewallSpec(

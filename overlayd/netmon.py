@@ -130,6 +130,11 @@ class NetlinkMonitor:
         )
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether changes are being watched: started, and not stopped by a socket error."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Wake the thread, wait for it, and close the socket; returns at once."""
         if self._thread is None or self._sock is None:

@@ -1,4 +1,4 @@
-"""When the timer's full reconcile pass runs.
+"""When the timer's full reconcile pass runs, and which passes dump every entry.
 
 The pass is due every ``interval``. Its dump of every entry costs 20-40 ms at 1000 peers on a
 slow machine, and peer events arriving meanwhile queue behind it; so a due pass waits for a
@@ -11,6 +11,11 @@ the time in.
 from __future__ import annotations
 
 EVENT_PAUSE = 0.1  # seconds without a peer event that let a due pass run
+# While the netlink monitor runs, a timer pass dumps every entry only every this many passes. The
+# monitor reports drift at once (a socket overflow as well), and at 1000 peers the dump (~20 ms on
+# a slow machine) was most of the idle cost. What no message reports, such as routes the kernel
+# flushes silently, is still found within a minute at the default interval.
+TIMER_DUMP_EVERY = 6
 
 
 class PassTimer:
@@ -47,3 +52,20 @@ class PassTimer:
             self.owed_since = None
             return True
         return False
+
+
+class EntryDumps:
+    """Which full passes dump and repair every entry: all of them, except timer passes while the
+    netlink monitor runs, of which every ``every``-th does. Any other pass resets the count."""
+
+    def __init__(self, every: int = TIMER_DUMP_EVERY) -> None:
+        self.every = every
+        self.undumped = 0  # timer passes since the entries were last dumped
+
+    def due(self, timer: bool, monitored: bool) -> bool:
+        if timer and monitored:
+            self.undumped += 1
+            if self.undumped < self.every:
+                return False
+        self.undumped = 0
+        return True

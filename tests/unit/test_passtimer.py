@@ -1,9 +1,9 @@
 """PassTimer: the timer's full pass is due every interval, waits for a pause in peer events, and
-never waits more than one interval."""
+never waits more than one interval. EntryDumps: which passes dump every entry."""
 
 from __future__ import annotations
 
-from overlayd.passtimer import PassTimer
+from overlayd.passtimer import EntryDumps, PassTimer
 
 
 def run(timer: PassTimer, until: float, event_every: float | None, step: float = 0.01) -> list[float]:
@@ -54,3 +54,20 @@ def test_lease_and_config_checks_tick_on_time_while_the_pass_waits() -> None:
             ticks.append(now)
         timer.run_pass(now, peer_events=True, other_pass=False)  # events all along
     assert ticks == [10.0, 20.0, 30.0]
+
+
+def test_timer_passes_dump_every_sixth_time_while_the_monitor_runs() -> None:
+    dumps = EntryDumps(every=6)
+    assert [dumps.due(timer=True, monitored=True) for _ in range(12)] == ([False] * 5 + [True]) * 2
+
+
+def test_every_other_pass_dumps_and_restarts_the_count() -> None:
+    dumps = EntryDumps(every=3)
+    assert not dumps.due(timer=True, monitored=True)
+    assert dumps.due(timer=False, monitored=True)  # a netlink, event or re-list pass
+    assert [dumps.due(timer=True, monitored=True) for _ in range(3)] == [False, False, True]
+
+
+def test_without_the_monitor_every_timer_pass_dumps() -> None:
+    dumps = EntryDumps(every=6)
+    assert all(dumps.due(timer=True, monitored=False) for _ in range(4))
