@@ -139,10 +139,16 @@ def reached_directly(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], boo
     return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
 
 
-def is_vxlan_peer(lease: Lease, own_subnet: IPv4Network | None, vni: int) -> bool:
-    """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it)."""
+def is_vxlan_peer(
+    lease: Lease, own_subnet: IPv4Network | None, vni: int, own_ip: IPv4Address | None = None
+) -> bool:
+    """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it).
+
+    One carrying our own PublicIP is this host's too, under another subnet: a dual-stack one
+    flanneld left, say. Programmed, its route would replace the local bridge's to that subnet."""
     return (
         lease.subnet != own_subnet
+        and lease.attrs.public_ip != own_ip
         and lease.attrs.backend_type == "vxlan"
         and lease.attrs.vni is not None
         and lease_vni(lease.attrs.vni) == lease_vni(vni)

@@ -119,6 +119,14 @@ def test_vnis_above_16_bits_compare_as_flanneld_writes_them(ours: int, theirs: i
     assert is_vxlan_peer(lease("198.18.47.0/24", "192.0.2.12", vni=theirs), OWN, ours) is expected
 
 
+def test_a_lease_carrying_our_public_ip_is_never_a_peer() -> None:
+    """Our own lease under another subnet (a dual-stack one flanneld left): programmed, its
+    route would replace the local bridge's."""
+    ours_elsewhere = lease("198.18.47.0/24", "192.0.2.11")
+    assert not is_vxlan_peer(ours_elsewhere, OWN, 1, own_ip=IPv4Address("192.0.2.11"))
+    assert is_vxlan_peer(ours_elsewhere, OWN, 1, own_ip=IPv4Address("192.0.2.10"))
+
+
 def test_without_own_subnet_every_vxlan_lease_is_a_peer() -> None:
     assert is_vxlan_peer(lease("198.18.46.0/24", "192.0.2.11"), None, 1)
 
