@@ -546,7 +546,8 @@ class Agent:
         problem = lease_problem(lease, self.config, self.lease)
         if problem is not None:
             self.bad_leases.report(key, lease.mod_revision, problem.reason, problem.message)
-        peer = problem is None and is_vxlan_peer(lease, self.lease.subnet, self.config.backend.vni)
+        vni, own_ip = self.config.backend.vni, self.lease.attrs.public_ip
+        peer = problem is None and is_vxlan_peer(lease, self.lease.subnet, vni, own_ip)
         known = self.safety[key] = (lease, problem is None, peer)
         return known
 
@@ -631,8 +632,7 @@ class Agent:
             self._count_repair(trigger, "device", "fix", len(actions))
             # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
             # diffing against an empty peer set would remove them all and drop traffic on restart.
-            monitored = self.monitor is not None and self.monitor.alive
-            if self.peers_listed and self.entry_dumps.due(trigger == "timer", monitored):
+            if self.peers_listed and self.entry_dumps.due(trigger == "timer", self._drift_reported()):
                 self._reconcile_entries(trigger)
             allowlist = self.options.vxlan_ingress_allowlist
             fw_spec = FirewallSpec(
@@ -699,18 +699,28 @@ class Agent:
             self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
         return self.desired
 
+    def _drift_reported(self) -> bool:
+        """Whether the netlink monitor would report any drift in the entries since the last pass
+        that found them as wanted, so a timer pass may skip its dump: it runs, nothing we want
+        changed since (a config change rebuilds what we want), and no direct route is kept: the
+        kernel drops those with an underlay flap without a message, and they live off our device."""
+        assert self.config is not None
+        if self.monitor is None or not self.monitor.alive or self.config.backend.direct_routing:
+            return False
+        return self.in_sync is not None and self.in_sync[0] is self._desired().plane()
+
     def _reached_directly(self) -> Callable[[Lease], bool] | None:
         """DirectRouting's test of which peers need no VXLAN; None when it is off."""
         assert self.config is not None and self.external is not None
         return reached_directly(self.external.segments) if self.config.backend.direct_routing else None
 
     def _direct_routes(self) -> DirectRoutes | None:
-        """Where to read direct routes, while DirectRouting is on. Off, none are read: a VXLAN
-        route replaces a direct one to the same subnet (the kernel's route key is the same)."""
-        assert self.config is not None and self.external is not None
-        if not self.config.backend.direct_routing:
+        """Where direct routes are read: on the device's underlay, into the Network. Also with
+        DirectRouting off, so that one left from before (ours, or flanneld's) is removed."""
+        assert self.config is not None and self.device is not None
+        if self.device.underlay is None:
             return None
-        return DirectRoutes(underlay=self.external.index, network=self.config.network)
+        return DirectRoutes(underlay=self.device.underlay, network=self.config.network)
 
     def _count_repair(self, trigger: str, kind: str, action: str, count: int = 1) -> None:
         """Count drift fixed by a timer or netlink pass; other passes program, they do not repair."""
@@ -719,7 +729,9 @@ class Agent:
 
     def _log_diff(self, diff: PlaneDiff, trigger: str) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
-            for kind, entries in (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes)):
+            kinds = (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes),
+                     ("direct_route", plane.direct))  # fmt: skip
+            for kind, entries in kinds:
                 if entries:
                     self._count_repair(trigger, kind, action, len(entries))
                     level = logging.WARNING if trigger in DRIFT_TRIGGERS else logging.INFO

@@ -38,6 +38,7 @@ REPAIRS = {
     "route": ("add", "remove"),
     "neigh": ("add", "remove"),
     "fdb": ("add", "remove"),
+    "direct_route": ("add", "remove"),
     "device": ("fix",),
     "firewall": ("fix",),
     "subnet_env": ("fix",),

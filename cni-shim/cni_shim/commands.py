@@ -56,7 +56,7 @@ def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_v
         raise InvalidConfig(f'"prevResult" must be a JSON object, not {prev_result!r}')
     invocation = Invocation(parse_conf(config, cni_version), env, prev_result)
     if command == "GC":
-        return gc(invocation, _valid_attachments(config))
+        return gc(invocation, *_valid_attachments(config))
     return {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status}[command](invocation)
 
 
@@ -141,25 +141,26 @@ def status(inv: Invocation) -> str:
     return ""
 
 
-def _valid_attachments(config: dict[str, Any]) -> Any:
-    """The attachments GC must keep. libcni sends them under both the final name and the one of
-    the spec's earlier draft; a runtime may send only either. Sent under neither, they are not
-    "none": releasing every attachment would free addresses that running containers still use."""
+def _valid_attachments(config: dict[str, Any]) -> tuple[Any, str]:
+    """The attachments GC must keep, and the key they came under. libcni sends them under both
+    the final name and the one of the spec's earlier draft; a runtime may send only either. Sent
+    under neither, they are not "none": releasing every attachment would free addresses that
+    running containers still use."""
     for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
         if key in config:
-            return config[key]
+            return config[key], key
     raise InvalidConfig(
         'GC needs "cni.dev/valid-attachments", the attachments still in use (an empty list if '
         "there are none); without it nothing is released"
     )
 
 
-def gc(inv: Invocation, valid_attachments: Any) -> str:
+def gc(inv: Invocation, valid_attachments: Any, key: str = "cni.dev/valid-attachments") -> str:
     """Release every saved attachment of this network the runtime no longer lists as valid."""
     if not isinstance(valid_attachments, list) or not all(
         isinstance(item, dict) for item in valid_attachments
     ):
-        raise InvalidConfig('"cni.dev/valid-attachments" must be a list of objects')
+        raise InvalidConfig(f'"{key}" must be a list of objects')
     valid = {(item.get("containerID"), item.get("ifname")) for item in valid_attachments}
     failures = []
     for attachment in inv.store.attachments(inv.conf.name):

@@ -44,6 +44,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
+RTPROT_BOOT = 3  # `ip route add`'s default
 RTPROT_STATIC = 4  # what `ip route` shows as "proto static", as pyroute2 and flanneld's routes
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RTN_UNICAST = 1
@@ -218,13 +219,16 @@ def _routed(message: Message, ifindex: int) -> tuple[IPv4Network, IPv4Address] |
 
 
 def decode_direct_route(message: Message, underlay: int, network: IPv4Network) -> DirectRoute | None:
-    """The direct route a route message describes: into the overlay ``network``, via a gateway
-    on the ``underlay`` device. Any such route is a peer's (ours, or flanneld's DirectRouting),
-    so one no peer wants is removed."""
+    """The direct route a route message describes: to a subnet of the overlay ``network`` (not
+    the whole of it), via a gateway on the ``underlay`` device, added by hand or by a program
+    like us or flanneld (protocol boot or static, not a routing daemon's). Such a route is a
+    peer's, so one no peer wants is removed."""
     if message.type not in (RTM_NEWROUTE, RTM_DELROUTE):
         return None
+    if message.body[5] not in (RTPROT_BOOT, RTPROT_STATIC):  # rtmsg's protocol
+        return None
     routed = _routed(message, underlay)
-    if routed is None or not routed[0].subnet_of(network):
+    if routed is None or routed[0].prefixlen <= network.prefixlen or not routed[0].subnet_of(network):
         return None
     return DirectRoute(*routed)
 

@@ -100,6 +100,7 @@ class DeviceState:
     ifindex: int
     mac: str
     mtu: int
+    underlay: int | None = None  # the underlay device's index (``dev`` of the VXLAN device)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ class VxlanBackend:
         self._fix_addresses(link.index, spec, actions)
         if actions:  # read back what the changes left; an unchanged device is as first read
             link = self._get_link(index=link.index)
-        return DeviceState(link.index, link.mac, link.mtu), actions
+        underlay = link.vxlan.link if link.vxlan is not None else None
+        return DeviceState(link.index, link.mac, link.mtu, underlay), actions
 
     def _write(self, build: Callable[[int], bytes]) -> None:
         """One acknowledged request, built for the next sequence number."""

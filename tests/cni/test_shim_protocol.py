@@ -143,3 +143,9 @@ def test_unexpected_failures_are_still_cni_errors(node: Node) -> None:
     (node.data_dir / "ovctest+ctr1+eth0").write_text('{"type": "bridge"}')
     reply = node.call("CHECK", node.conf("0.4.0", prevResult=broken_prev), netns="x")
     assert "internal error" in reply.error(999)["msg"]
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_gc_with_a_malformed_attachment_list_names_its_key(node: Node, key: str) -> None:
+    reply = node.call("GC", {**node.conf("1.1.0"), key: "all"}, CNI_CONTAINERID="", CNI_IFNAME="")
+    assert f'"{key}" must be a list of objects' in reply.error(7)["msg"]

@@ -1,4 +1,4 @@
-"""The lease codec's fast paths give exactly what ``ipaddress`` and ``json`` give, errors included.
+"""The lease codec's fast paths give what ``ipaddress`` and ``json`` give, or the same error class.
 
 The start-up listing parses every peer's key and value; the fast paths handle the canonical text
 flanneld writes and hand everything else to the standard parsers. These properties check that a
