@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from overlayd.cli import make_parser
 from overlayd.config import parse_network_config
 from overlayd.metrics import Metrics
+from overlayd.options import AgentOptions, resolve_options
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC_RE = re.compile(r"\boverlayd_[a-z_]+\b")
@@ -74,3 +76,21 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0 and "overlayd.service" not in done.stderr, done.stderr
+
+
+def test_the_unit_takes_every_option_from_the_environment_file() -> None:
+    """A command-line option would override the file's; an unset ${VAR} would expand to ''."""
+    unit = (DEPLOY / "overlayd.service").read_text()
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == "ExecStart=/opt/overlayd/.venv/bin/overlayd run"
+    assert "EnvironmentFile=-/etc/default/overlayd" in unit
+
+
+def test_the_example_environment_file_gives_the_documented_options() -> None:
+    lines = (DEPLOY / "overlayd.env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert set(env) <= {f"OVERLAYD_{name.upper()}" for name in AgentOptions.__dataclass_fields__}
+    options = resolve_options(make_parser().parse_args(["run"]), env)
+    assert (options.etcd_endpoints, options.ip_masq, options.healthz_port) == (
+        ("http://192.0.2.2:2379",), True, 9464
+    )
