@@ -85,15 +85,18 @@ def _by_spec(links: list[_Link], spec: str) -> ExternalInterface | None:
 
 
 def _by_regex(links: list[_Link], pattern: str) -> ExternalInterface | None:
+    """As flanneld matches: unanchored (Go's ``MatchString``, so ``eth`` matches ``eth0``), every
+    interface's addresses first, then the interfaces' names."""
     try:
         regex = re.compile(pattern)
     except re.error as exc:
         raise InterfaceError(f"--iface-regex {pattern!r} is not a valid regex ({exc})") from None
     for link in links:
         for address in link.addresses:
-            if regex.fullmatch(str(address)):
+            if regex.search(str(address)):
                 return _usable(link, address)
-        if regex.fullmatch(link.name) and link.addresses:
+    for link in links:
+        if regex.search(link.name) and link.addresses:
             return _usable(link)
     return None
 
