@@ -11,18 +11,32 @@ missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+# The system's Python when it is new enough: one under a home directory (pyenv's, say) would not
+# start under the unit's ProtectHome=yes, and a pyenv shim costs ~90 ms per start.
+python=python3
+if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  python=/usr/bin/python3
+fi
+if ! "$python" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   missing+=(python3 python3-venv)
+  python=/usr/bin/python3
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# The Debian etcd-server package may start a system etcd; the lab and tests run their own.
+# Debian's etcd-server package enables and starts a system etcd on 127.0.0.1:2379. The lab and the
+# tests run their own, and the agent's default endpoint would quietly find that one: when this run
+# installed the package, stop and disable it again.
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+  systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  echo "setup: stopped and disabled the system etcd that etcd-server started" \
+       "(systemctl enable --now etcd to have it back)"
+fi
 
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # An editable install leaves our own modules uncompiled; a wheel install would have compiled

@@ -8,6 +8,7 @@ bash deploy/setup.sh
 # prometheus package into .tools/ instead of installing that package, whose install would start
 # a Prometheus server on this machine.
 if ! command -v systemd-analyze >/dev/null; then
+  apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
 fi
 if ! command -v promtool >/dev/null && [ ! -x .tools/promtool ]; then

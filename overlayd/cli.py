@@ -340,5 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`overlayd config get | head`): no traceback for that. Python
+        # flushes stdout again at exit, so point it somewhere that accepts the rest.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 

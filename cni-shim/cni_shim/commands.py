@@ -135,7 +135,7 @@ def status(inv: Invocation) -> str:
     try:
         read_subnet_env(inv.conf.subnet_file)
     except FileNotFoundError:
-        raise CannotServiceAdd(_agent_not_ready(inv.conf)) from None
+        raise CannotServiceAdd(_agent_not_ready(inv.conf, waited=False)) from None
     except SubnetEnvError as err:
         raise CannotServiceAdd(str(err)) from None
     return ""
@@ -189,17 +189,18 @@ def wait_for_subnet_env(conf: ShimConf) -> SubnetEnv:
             return read_subnet_env(conf.subnet_file)
         except FileNotFoundError:
             if time.monotonic() >= deadline:
-                raise TryAgainLater(_agent_not_ready(conf)) from None
+                raise TryAgainLater(_agent_not_ready(conf, waited=True)) from None
             time.sleep(_POLL_INTERVAL)
         except SubnetEnvError as err:
             raise InvalidConfig(str(err)) from None
 
 
-def _agent_not_ready(conf: ShimConf) -> str:
+def _agent_not_ready(conf: ShimConf, waited: bool) -> str:
+    """Why ADD cannot work yet; ``waited``: ADD waited ``subnetFileTimeout`` (STATUS does not)."""
+    wait = f" (waited {conf.subnet_file_timeout:g}s)" if waited else ""
     return (
-        f"{conf.subnet_file} does not exist (waited {conf.subnet_file_timeout:g}s): the overlayd "
-        "agent on this host is not ready; it writes the file once it holds a subnet lease. "
-        "Check that it runs and can reach etcd"
+        f"{conf.subnet_file} does not exist{wait}: the overlayd agent on this host is not ready; "
+        "it writes the file once it holds a subnet lease. Check that it runs and can reach etcd"
     )
 
 

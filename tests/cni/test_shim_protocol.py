@@ -119,7 +119,8 @@ def test_status(node: Node) -> None:
     conf = node.conf("1.1.0")
     assert node.call("STATUS", conf, CNI_CONTAINERID="", CNI_IFNAME="").returncode == 0
     node.subnet_file.unlink()
-    assert "not ready" in node.call("STATUS", conf).error(50)["msg"]
+    msg = node.call("STATUS", conf).error(50)["msg"]
+    assert "not ready" in msg and "waited" not in msg  # STATUS does not wait; only ADD does
     without_bridge = node.call("STATUS", conf, CNI_PATH=str(node.plugin_dir))
     assert '"bridge" not found in CNI_PATH' in without_bridge.error(51)["msg"]
 

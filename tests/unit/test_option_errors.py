@@ -35,3 +35,15 @@ def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, optio
     assert len(done.stderr.splitlines()) == 1 and named in done.stderr
     assert "hunter2" not in done.stderr  # a mistyped option's value may be a secret
     assert not run_dir.exists() and not state_dir.exists()
+
+
+def test_a_closed_pipe_ends_a_command_without_a_traceback() -> None:
+    """``overlayd config validate FILE | head -1``: the reader going away is not a crash."""
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    command = [sys.executable, "-m", "overlayd", "config", "validate", str(deploy / "network-config.json")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in errors, errors
