@@ -10,7 +10,10 @@ bash deploy/setup.sh
 name=${OVERLAYD_LAB:-ovlab}
 hosts=${HOSTS:-3}
 if [ "${KEEP:-0}" != 1 ]; then
-  trap '.venv/bin/overlayd lab down --name "$name" >/dev/null' EXIT
+  trap '.venv/bin/overlayd lab down --name "$name" >/dev/null && echo "demo: lab $name removed, its logs with it (KEEP=1 keeps it)"' EXIT
 fi
 .venv/bin/overlayd lab down --name "$name" >/dev/null 2>&1 || true
 .venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping
+if [ "${KEEP:-0}" = 1 ]; then
+  echo "demo: lab $name kept; .venv/bin/overlayd lab status|ping|down --name $name"
+fi

@@ -58,6 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_lab(args: argparse.Namespace) -> int:
     from overlayd.lab import DEFAULT_ROOT, Lab, LabError
 
+    if os.geteuid() != 0:
+        print("overlayd lab: needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
+        return 2
     configure_logging("warning")
     root = Path(args.root)
     lab = Lab.load(args.name, root)
@@ -318,11 +321,13 @@ def make_parser() -> argparse.ArgumentParser:
     docker.set_defaults(func=_cmd_docker_opts)
 
     install = sub.add_parser("install-cni", help="install the CNI plugin as `flannel`")
-    install.add_argument("--cni-bin-dir", default="/opt/cni/bin")
+    install.add_argument("--cni-bin-dir", default="/opt/cni/bin",
+                         help="where to install it (default /opt/cni/bin)")
     install.set_defaults(func=_cmd_install_cni)
 
     cni = sub.add_parser("cni", help="run a conflist against a netns: add|del|check NETNS")
-    cni.add_argument("cni_args", nargs=argparse.REMAINDER)
+    cni.add_argument("cni_args", nargs=argparse.REMAINDER, help="see `overlayd cni add --help`",
+                     metavar="{add,del,check} NETNS [--conflist FILE] [--ifname IF]")
     cni.set_defaults(func=_cmd_cni)
 
     cleanup = sub.add_parser("cleanup", help="remove overlayd's nftables table (before starting flanneld)")

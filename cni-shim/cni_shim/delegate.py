@@ -21,9 +21,14 @@ def find_plugin(plugin_type: str, cni_path: str) -> str:
         candidate = leanos.join(directory, plugin_type)
         if leanos.is_file(candidate) and leanos.access(candidate, leanos.X_OK):
             return candidate
+    install = (
+        "install it with `overlayd install-cni --cni-bin-dir DIR` into one of these directories"
+        if plugin_type == "flannel"
+        else "install the CNI reference plugins into one of these directories"
+    )
     raise InvalidEnvironment(
-        f'plugin "{plugin_type}" not found in CNI_PATH {directories}; install the CNI reference '
-        "plugins into one of these directories or add their directory to CNI_PATH"
+        f'plugin "{plugin_type}" not found in CNI_PATH {directories}; {install} or add their '
+        "directory to CNI_PATH"
     )
 
 
