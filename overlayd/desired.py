@@ -167,6 +167,11 @@ class DesiredEntries:
     Entries are counted because two leases can need the same one: a host that moved to a new
     subnet keeps its PublicIP and VTEP MAC, so until its old lease expires both want one FDB
     entry, and the old lease going must not take that entry away.
+
+    The device holds one FDB entry per MAC, so leases that give one VTEP MAC different
+    PublicIPs (a host whose address changed, until its old lease expires) cannot all have
+    theirs: the newest lease (highest etcd revision) wins the MAC. Wanting both would make every
+    pass replace the other, and the host's traffic would alternate between its addresses.
     """
 
     def __init__(self, direct: Callable[[Lease], bool] | None = None) -> None:
@@ -176,6 +181,9 @@ class DesiredEntries:
         self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
         self._public_ips: dict[IPv4Address, int] = {}  # peers' PublicIPs, counted by entry
+        # VTEP MAC -> {lease key: (revision, key, its FDB entry)}: who claims each MAC; the
+        # largest wins (keys are unique, so the entries themselves are never compared).
+        self._fdb_claims: dict[str, dict[str, tuple[int, str, Fdb]]] = {}
 
     def __len__(self) -> int:
         """How many peers want entries."""
@@ -218,32 +226,37 @@ class DesiredEntries:
         gained: tuple[list, ...] = ([], [], [], [])
         lost: tuple[list, ...] = ([], [], [], [])
         known = self._peers.get(key)
+        old_fdb = _fdb_of(known[1]) if known is not None else None
         if known is not None and lease is not None and (known[0] is lease or known[0] == lease):
             self._peers[key] = (lease, known[1])  # an equal lease: later checks are identity checks
-            return gained, lost
-        # Additions before releases: an entry both leases need is never counted down to zero.
-        if lease is not None:
-            entries = _entries(lease, self._direct is not None and self._direct(lease))
-            self._peers[key] = (lease, entries)
+            self._claim(key, old_fdb, old_fdb, lease.mod_revision, gained, lost)  # a newer revision
+        else:
+            entries = _entries(lease, self._direct is not None and self._direct(lease)) if lease else ()
+            # Additions before releases: an entry both leases need is never counted down to zero.
             for entry in entries:
                 kind = _KIND[type(entry)]
-                counts = self._counts[kind]
-                held = counts.get(entry, 0)
-                counts[entry] = held + 1
-                if not held:
-                    gained[kind].append(entry)
-        elif known is not None:
-            del self._peers[key]
-        if known is not None:
-            for entry in known[1]:
+                if kind != _FDB:  # FDB entries go by claim, below
+                    counts = self._counts[kind]
+                    held = counts.get(entry, 0)
+                    counts[entry] = held + 1
+                    if not held:
+                        gained[kind].append(entry)
+            if lease is not None:
+                self._peers[key] = (lease, entries)
+            elif known is not None:
+                del self._peers[key]
+            for entry in known[1] if known is not None else ():
                 kind = _KIND[type(entry)]
-                counts = self._counts[kind]
-                held = counts[entry]
-                if held == 1:
-                    del counts[entry]
-                    lost[kind].append(entry)
-                else:
-                    counts[entry] = held - 1
+                if kind != _FDB:
+                    counts = self._counts[kind]
+                    held = counts[entry]
+                    if held == 1:
+                        del counts[entry]
+                        lost[kind].append(entry)
+                    else:
+                        counts[entry] = held - 1
+            revision = lease.mod_revision if lease is not None else 0
+            self._claim(key, old_fdb, _fdb_of(entries), revision, gained, lost)
         if any(gained) or any(lost):
             self._plane = None
             ips = self._public_ips
@@ -256,6 +269,42 @@ class DesiredEntries:
                     ips[ip] -= 1
         return gained, lost
 
+    def _claim(
+        self, key: str, old: Fdb | None, new: Fdb | None, revision: int, gained: tuple, lost: tuple
+    ) -> None:
+        """Move ``key``'s claim from ``old``'s MAC to ``new``'s (at ``revision``), and note the
+        FDB entries this makes wanted or unwanted: those whose MAC changed hands."""
+        if old is None and new is not None and new.mac not in self._fdb_claims:
+            # The usual case, every peer at start-up: a MAC nobody else claims.
+            self._fdb_claims[new.mac] = {key: (revision, key, new)}
+            self._counts[_FDB][new] = 1
+            gained[_FDB].append(new)
+            return
+        macs = {fdb.mac for fdb in (old, new) if fdb is not None}
+        before = {mac: self._winner(mac) for mac in macs}
+        if old is not None:
+            claims = self._fdb_claims[old.mac]
+            del claims[key]
+            if not claims:
+                del self._fdb_claims[old.mac]
+        if new is not None:
+            self._fdb_claims.setdefault(new.mac, {})[key] = (revision, key, new)
+        counts = self._counts[_FDB]
+        for mac in macs:
+            was, now = before[mac], self._winner(mac)
+            if was == now:
+                continue
+            if was is not None:
+                del counts[was]
+                lost[_FDB].append(was)
+            if now is not None:
+                counts[now] = 1
+                gained[_FDB].append(now)
+
+    def _winner(self, mac: str) -> Fdb | None:
+        claims = self._fdb_claims.get(mac)
+        return max(claims.values())[2] if claims else None
+
     def plane(self) -> Plane:
         """The union of every peer's entries: the same object until a peer's entries change."""
         if self._plane is None:
@@ -264,6 +313,12 @@ class DesiredEntries:
 
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
+_FDB = _KIND[Fdb]
+
+
+def _fdb_of(entries: tuple[Entry, ...]) -> Fdb | None:
+    """The FDB entry among a peer's entries (``_entries``: neighbour, FDB, route; or one route)."""
+    return entries[1] if len(entries) == 3 else None  # type: ignore[return-value]
 
 
 def _public_ips(by_kind: tuple[list, ...]) -> list[IPv4Address]:

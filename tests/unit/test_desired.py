@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -306,26 +307,47 @@ def scratch_entries(peer: Lease, direct: bool) -> Plane:
     return peer_entries(peer)
 
 
-@settings(max_examples=200, deadline=None)
+def scratch_plane(current: dict[str, Lease], direct: bool) -> Plane:
+    """The plane from scratch: every current peer's entries, but one FDB entry per MAC, the
+    newest lease's (highest revision, then key)."""
+    plane = union(Plane(), *(scratch_entries(p, direct) for p in current.values()))
+    newest: dict[str, tuple[int, str, IPv4Address]] = {}
+    for key, peer in current.items():
+        if not (direct and peer.attrs.public_ip in DIRECT_SEGMENT):
+            claim = (peer.mod_revision, key, peer.attrs.public_ip)
+            mac = peer.attrs.vtep_mac or ""
+            newest[mac] = max(newest.get(mac, claim), claim)
+    return replace(plane, fdbs=frozenset(Fdb(mac, claim[2]) for mac, claim in newest.items()))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.sampled_from(PEER_KEYS),
             st.none()
-            | st.tuples(st.sampled_from(["192.0.2.12", "192.0.2.13"]), st.sampled_from([MAC_B, MAC_C])),
+            | st.tuples(
+                st.sampled_from(["192.0.2.12", "192.0.2.13"]),
+                st.sampled_from([MAC_B, MAC_C]),
+                st.integers(0, 3),  # the lease's etcd revision: equal ones happen too
+            ),
         ),
         max_size=30,
     )
 )
 @pytest.mark.parametrize("direct", [False, True], ids=["vxlan", "direct-routing"])
 def test_kept_peer_by_peer_equals_computed_from_scratch(direct: bool, steps: list) -> None:
-    """Any sequence of lease changes: the plane is the union of the current peers' entries, and
-    the diffs returned, applied in order to an empty device, build exactly that plane; ``load``
-    (no diffs) keeps the same plane. With DirectRouting, the peers at one PublicIP are direct."""
+    """Any sequence of lease changes: the plane is the union of the current peers' entries (one
+    FDB entry per MAC), and the diffs returned, applied in order to an empty device, build
+    exactly that plane; ``load`` (no diffs) keeps the same plane. With DirectRouting, the peers
+    at one PublicIP are direct."""
     test = reached_directly((DIRECT_SEGMENT,)) if direct else None
     desired, loaded, current, device = DesiredEntries(test), DesiredEntries(test), {}, set()
     for key, value in steps:
-        peer = lease(key.replace("-", "/"), *value) if value else None
+        peer = None
+        if value:
+            ip, mac, revision = value
+            peer = replace(lease(key.replace("-", "/"), ip, mac), mod_revision=revision)
         diff = desired.set_peer(key, peer)
         loaded.load(key, peer)
         assert not flat(diff.add) & flat(diff.remove)
@@ -334,13 +356,15 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(direct: bool, steps: lis
             current.pop(key, None)
         else:
             current[key] = peer
-        scratch = union(Plane(), *(scratch_entries(p, direct) for p in current.values()))
+        scratch = scratch_plane(current, direct)
         assert desired.plane() == scratch == loaded.plane()
-        assert desired.public_ips() == {p.attrs.public_ip for p in current.values()}
+        wanted_ips = {fdb.dst for fdb in scratch.fdbs} | {route.gateway for route in scratch.direct}
+        assert desired.public_ips() == wanted_ips
         for ip in (IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")):
-            assert desired.wants_public_ip(ip) == any(p.attrs.public_ip == ip for p in current.values())
+            assert desired.wants_public_ip(ip) == (ip in wanted_ips)
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
+        assert len({fdb.mac for fdb in device if isinstance(fdb, Fdb)}) == len(scratch.fdbs)
 
 
 def test_a_direct_peer_gets_one_route_via_its_public_ip_and_stays_allowed() -> None:
@@ -362,3 +386,19 @@ def test_direct_and_vxlan_entries_are_diffed_apart() -> None:
     assert route != direct and hash(route) == hash(direct)
     diff = diff_planes(Plane(direct=frozenset({direct})), Plane(routes=frozenset({route})))
     assert (diff.add, diff.remove) == (Plane(direct=frozenset({direct})), Plane(routes=frozenset({route})))
+
+
+def test_a_mac_at_two_addresses_goes_to_the_newest_lease() -> None:
+    """A host whose PublicIP changed: its old lease (until it expires) and its new one carry one
+    VTEP MAC. The device can hold one FDB entry for it, and gets the newest lease's."""
+    old = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), mod_revision=5)
+    new = replace(lease("198.18.48.0/24", "192.0.2.13", MAC_B), mod_revision=9)
+    desired = DesiredEntries()
+    desired.set_peer(old.key, old)
+    moved = desired.set_peer(new.key, new)
+    assert moved.add.fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.13"))}
+    assert moved.remove.fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.12"))}
+    assert desired.plane().fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.13"))}
+    assert len(desired.plane().routes) == 2  # both subnets are routed to the host's MAC
+    assert desired.set_peer(old.key, None).remove.fdbs == frozenset()  # the old one expires
+    assert not desired.wants_public_ip(IPv4Address("192.0.2.12"))
