@@ -197,10 +197,10 @@ class DesiredEntries:
         return entry in self._counts[_KIND[type(entry)]]
 
     def public_ips(self) -> frozenset[IPv4Address]:
-        """The peers' PublicIPs (the wanted FDB entries' destinations and direct routes'
-        gateways, counted as they change): cheaper than asking every lease whether it is a peer
-        again on each pass. A direct peer is in it too: one without DirectRouting (an older
-        node) still sends us VXLAN."""
+        """Every peer's PublicIP, counted as peers come and go: cheaper than asking every lease
+        whether it is a peer again on each pass. All of them, not only the FDB entries' (a host
+        whose lease lost its MAC to a newer one still sends VXLAN), and the direct peers' too
+        (one without DirectRouting, an older node, still sends us VXLAN)."""
         return frozenset(self._public_ips)
 
     def wants_public_ip(self, ip: IPv4Address) -> bool:
@@ -259,15 +259,18 @@ class DesiredEntries:
             self._claim(key, old_fdb, _fdb_of(entries), revision, gained, lost)
         if any(gained) or any(lost):
             self._plane = None
-            ips = self._public_ips
-            for ip in _public_ips(gained):
-                ips[ip] = ips.get(ip, 0) + 1
-            for ip in _public_ips(lost):
-                if ips[ip] == 1:
-                    del ips[ip]
-                else:
-                    ips[ip] -= 1
+            for route in gained[_DIRECT]:
+                self._count_ip(route.gateway, 1)
+            for route in lost[_DIRECT]:
+                self._count_ip(route.gateway, -1)
         return gained, lost
+
+    def _count_ip(self, ip: IPv4Address, change: int) -> None:
+        held = self._public_ips.get(ip, 0) + change
+        if held:
+            self._public_ips[ip] = held
+        else:
+            del self._public_ips[ip]
 
     def _claim(
         self, key: str, old: Fdb | None, new: Fdb | None, revision: int, gained: tuple, lost: tuple
@@ -279,6 +282,7 @@ class DesiredEntries:
             self._fdb_claims[new.mac] = {key: (revision, key, new)}
             self._counts[_FDB][new] = 1
             gained[_FDB].append(new)
+            self._count_ip(new.dst, 1)
             return
         macs = {fdb.mac for fdb in (old, new) if fdb is not None}
         before = {mac: self._winner(mac) for mac in macs}
@@ -287,8 +291,10 @@ class DesiredEntries:
             del claims[key]
             if not claims:
                 del self._fdb_claims[old.mac]
+            self._count_ip(old.dst, -1)
         if new is not None:
             self._fdb_claims.setdefault(new.mac, {})[key] = (revision, key, new)
+            self._count_ip(new.dst, 1)
         counts = self._counts[_FDB]
         for mac in macs:
             was, now = before[mac], self._winner(mac)
@@ -313,17 +319,12 @@ class DesiredEntries:
 
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
-_FDB = _KIND[Fdb]
+_FDB, _DIRECT = _KIND[Fdb], _KIND[DirectRoute]
 
 
 def _fdb_of(entries: tuple[Entry, ...]) -> Fdb | None:
     """The FDB entry among a peer's entries (``_entries``: neighbour, FDB, route; or one route)."""
     return entries[1] if len(entries) == 3 else None  # type: ignore[return-value]
-
-
-def _public_ips(by_kind: tuple[list, ...]) -> list[IPv4Address]:
-    """The PublicIPs among entries by kind: FDB entries' destinations, direct routes' gateways."""
-    return [fdb.dst for fdb in by_kind[1]] + [route.gateway for route in by_kind[3]]
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:

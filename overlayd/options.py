@@ -339,6 +339,16 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
             chosen[name] = _convert(name, env_value[1], f"environment variable {env_value[0]}")
         elif name in from_file:
             chosen[name] = _convert(name, from_file[name], f"config file {config_file}")
+    if "etcd_endpoints" not in chosen and env.get("ETCD_ENDPOINTS"):
+        # The unit file of earlier releases passed --etcd-endpoints=${ETCD_ENDPOINTS}; the current
+        # one passes nothing. Starting on the default endpoint instead would quietly use the
+        # wrong etcd (and without that unit's --ip-masq, drop masquerading): refuse, and say why.
+        raise OptionsError(
+            f"ETCD_ENDPOINTS={env['ETCD_ENDPOINTS']} is set, but overlayd reads "
+            "OVERLAYD_ETCD_ENDPOINTS (or FLANNELD_ETCD_ENDPOINTS): rename it in "
+            "/etc/default/overlayd and set the options the old unit passed (OVERLAYD_IP_MASQ=true, "
+            "OVERLAYD_HEALTHZ_PORT=9464), as in deploy/overlayd.env"
+        )
     options = AgentOptions(**chosen)  # type: ignore[arg-type]
     files = (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile)
     login = (options.etcd_username, options.etcd_password)

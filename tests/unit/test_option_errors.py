@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.cli import make_parser
+from overlayd.options import OptionsError, normalize_argv, resolve_options
+
 
 @pytest.mark.parametrize(
     ("option", "named"),
@@ -47,3 +50,17 @@ def test_a_closed_pipe_ends_a_command_without_a_traceback() -> None:
     errors = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert "Traceback" not in errors, errors
+
+
+def test_a_legacy_etcd_endpoints_variable_is_refused_naming_the_fix() -> None:
+    """An environment file written for the earlier unit (``ETCD_ENDPOINTS=...``) must not let
+    the agent start quietly on the default endpoint, without the options that unit passed."""
+    parser = make_parser()
+    with pytest.raises(OptionsError) as refused:
+        resolve_options(parser.parse_args(["run"]), {"ETCD_ENDPOINTS": "http://192.0.2.2:2379"})
+    assert "OVERLAYD_ETCD_ENDPOINTS" in str(refused.value) and "deploy/overlayd.env" in str(refused.value)
+    renamed = {"ETCD_ENDPOINTS": "x", "OVERLAYD_ETCD_ENDPOINTS": "http://192.0.2.2:2379"}
+    assert resolve_options(parser.parse_args(["run"]), renamed).etcd_endpoints == ("http://192.0.2.2:2379",)
+    assert resolve_options(parser.parse_args(["run"]), {}).etcd_endpoints  # the default
+    cli = parser.parse_args(normalize_argv(["run", "--etcd-endpoints=http://192.0.2.2:2379"]))
+    assert resolve_options(cli, {"ETCD_ENDPOINTS": "x"}).etcd_endpoints == ("http://192.0.2.2:2379",)
