@@ -348,8 +348,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe or socket: a real error, with its traceback
         # The reader went away (`overlayd config get | head`): no traceback for that. Python
         # flushes stdout again at exit, so point it somewhere that accepts the rest.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
