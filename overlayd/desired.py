@@ -77,17 +77,10 @@ class Route:
 
 
 @dataclass(frozen=True, order=True, slots=True)
-class DirectRoute:
+class DirectRoute(Route):
     """DirectRouting: a route to a peer's subnet via its PublicIP, which is on this host's segment
-    (``ip route replace <subnet> via <PublicIP>``); the kernel picks the underlay device."""
-
-    dst: IPv4Network
-    gateway: IPv4Address
-    _key: tuple[int, int, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        key = (int(self.dst.network_address), self.dst.prefixlen, int(self.gateway))
-        object.__setattr__(self, "_key", key)
+    (``ip route replace <subnet> via <PublicIP>``); the kernel picks the underlay device. Never
+    equal to a Route with the same fields: it lives on another device."""
 
     __eq__ = _key_eq
     __hash__ = _key_hash

@@ -109,7 +109,8 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
         return _message(RTM_NEWNEIGH if replace else RTM_DELNEIGH, flags, seq, body)
     # A delete matches any protocol, scope and type, as `ip route del` does. A direct route names
     # no device (the kernel takes the one its gateway is on) and is not onlink.
-    onlink = RTNH_F_ONLINK if isinstance(entry, Route) else 0
+    vxlan_route = type(entry) is Route  # not a DirectRoute: that one names no device
+    onlink = RTNH_F_ONLINK if vxlan_route else 0
     protocol, scope, kind, rt_flags = (
         (RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, onlink) if replace
         else (0, RT_SCOPE_NOWHERE, 0, 0)
@@ -117,7 +118,7 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
     body = _RTMSG.pack(socket.AF_INET, entry.dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind,
                        rt_flags)
     body += _attr(RTA_DST, entry.dst.network_address.packed) + _attr(RTA_GATEWAY, entry.gateway.packed)
-    if isinstance(entry, Route):
+    if vxlan_route:
         body += _attr(RTA_OIF, _U32.pack(ifindex))
     body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
     return _message(RTM_NEWROUTE if replace else RTM_DELROUTE, flags, seq, body)
