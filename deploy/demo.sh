@@ -9,11 +9,25 @@ cd "$(dirname "$0")/.."
 bash deploy/setup.sh
 name=${OVERLAYD_LAB:-ovlab}
 hosts=${HOSTS:-3}
-if [ "${KEEP:-0}" != 1 ]; then
-  trap '.venv/bin/overlayd lab down --name "$name" >/dev/null && echo "demo: lab $name removed, its logs with it (KEEP=1 keeps it)"' EXIT
+lab_running=3  # `overlayd lab up`: a lab of that name runs (kept, or another demo's); it is left alone
+# Ctrl-C stops `lab up`; the demo itself goes on to remove what was built.
+trap 'interrupted=1' INT TERM
+interrupted=0
+up() { .venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping && status=0 || status=$?; }
+up
+if [ "$status" = "$lab_running" ] && [ -z "${OVERLAYD_LAB:-}" ] && [ "$interrupted" = 0 ]; then
+  name=ovlab$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
+  echo "demo: lab ovlab is in use (see above); this run uses lab $name"
+  up
 fi
-.venv/bin/overlayd lab down --name "$name" >/dev/null 2>&1 || true
-.venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping
+if [ "$status" = "$lab_running" ]; then
+  exit "$status"
+fi
 if [ "${KEEP:-0}" = 1 ]; then
   echo "demo: lab $name kept; .venv/bin/overlayd lab status|ping|down --name $name"
+else
+  .venv/bin/overlayd lab down --name "$name" >/dev/null
+  echo "demo: lab $name removed, its logs with it (KEEP=1 keeps it)"
 fi
+[ "$interrupted" = 0 ] || exit 130
+exit "$status"

@@ -24,6 +24,8 @@ from overlayd.options import AgentOptions, OptionsError, build_parser, normalize
 if TYPE_CHECKING:
     from overlayd.lab import Lab
 
+# `lab up` refused because a lab of that name has processes running: nothing was changed.
+LAB_RUNNING = 3
 COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
@@ -56,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from overlayd.lab import DEFAULT_ROOT, Lab, LabError
+    from overlayd.lab import DEFAULT_ROOT, Lab, LabError, lab_namespaces
 
     if os.geteuid() != 0:
         print("overlayd lab: needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
@@ -66,12 +68,21 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab.load(args.name, root)
     try:
         if args.action == "up":
-            if lab is not None:
-                print(f"lab {args.name} already exists; run `overlayd lab down --name {args.name}` first")
-                return 1
             if args.containers < 0:
                 print(f"overlayd lab up: --containers {args.containers}: use 0 or more", file=sys.stderr)
                 return 2
+            leftover = lab or Lab(name=args.name, root=str(root))
+            if running := leftover.running_pids():
+                pids = ", ".join(map(str, sorted(running)))
+                print(
+                    f"overlayd lab up: lab {args.name} is running (pids {pids}): start another "
+                    f"beside it with --name, or remove it with `overlayd lab down --name {args.name}`",
+                    file=sys.stderr,
+                )
+                return LAB_RUNNING
+            if lab is not None or lab_namespaces(args.name):
+                leftover.down()
+                print(f"lab {args.name}: removed what an earlier run left behind (none of its processes ran)")
             lab = Lab(name=args.name, root=str(root))
             lab.up(args.hosts)
             lab.wait_converged(timeout=args.timeout)
@@ -95,6 +106,10 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"overlayd lab {args.action}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"overlayd lab {args.action}: interrupted; `overlayd lab down --name {args.name}` removes what "
+              "was built", file=sys.stderr)  # fmt: skip
+        return 130
 
 
 def _print_ping_tables(lab: Lab) -> int:
@@ -282,7 +297,8 @@ def make_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="a local multi-host cluster in network namespaces")
     lab.add_argument("action", choices=("up", "down", "status", "ping"))
     lab.add_argument("--name", default=os.environ.get("OVERLAYD_LAB", "ovlab"),
-                     help="lab name, the prefix of every namespace (default ovlab)")
+                     help="lab name, the prefix of every namespace (default ovlab); `up` leaves a running "
+                          "lab of that name alone and exits 3")
     lab.add_argument("--hosts", type=int, default=3, help="number of hosts for `up` (default 3)")
     lab.add_argument("--root", default="/run/overlayd-lab", help="directory for lab state and logs")
     lab.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")

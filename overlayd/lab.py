@@ -442,15 +442,24 @@ class Lab:
                            for name, address in host.containers.items())
         return f"{table}\n\n{legend}", ok
 
+    def running_pids(self) -> set[int]:
+        """Every process inside the lab's namespaces: its agents and etcd, and anything else.
+
+        A recorded pid is signalled only when it is among these: after a crash it may have been
+        reused by an unrelated process, which the namespace tells apart.
+        """
+        return {pid for netns in lab_namespaces(self.name) for pid in _namespace_pids(netns)}
+
     def status(self) -> str:
-        members = ", ".join(_alive(pid) for pid in self.etcd_pids) or "stopped"
+        running = self.running_pids()
+        members = ", ".join(_alive(pid, running) for pid in self.etcd_pids) or "stopped"
         where = ", ".join(self.etcd_member_ns(i) for i in range(self.etcd_members))
         lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {where} ({members})"]
         for host in self.hosts:
             subnet = host.subnet_env().get("FLANNEL_SUBNET", "-")
             lines.append(
                 f"  {host.name:<4} {host.netns:<16} {host.ip:<12} subnet {subnet:<18} "
-                f"agent {_alive(host.pid)}  log {host.log_file}"
+                f"agent {_alive(host.pid, running)}  log {host.log_file}"
             )
             for name, address in host.containers.items():
                 lines.append(f"       container {self.container_ns(name):<16} {address}")
@@ -460,11 +469,9 @@ class Lab:
 
     def down(self) -> None:
         """Stop agents and etcd, delete every namespace of the lab and its directory."""
-        for host in self.hosts:
-            if host.pid:
-                _stop_pid(host.pid, signal.SIGTERM, 5.0)
-        for pid in self.etcd_pids:
-            if pid:
+        running = self.running_pids()
+        for pid in (*(host.pid for host in self.hosts), *self.etcd_pids):  # agents first, then etcd
+            if pid in running:
                 _stop_pid(pid, signal.SIGTERM, 5.0)
         for netns in lab_namespaces(self.name):
             _kill_namespace_processes(netns)
@@ -484,14 +491,10 @@ def lab_namespaces(name: str) -> list[str]:
     return [ns for ns in names if ns.startswith(f"{name}-")]
 
 
-def _alive(pid: int) -> str:
+def _alive(pid: int, running: set[int]) -> str:
     if not pid:
         return "stopped"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return f"pid {pid} gone"
-    return f"pid {pid}"
+    return f"pid {pid}" if pid in running else f"pid {pid} gone"
 
 
 def _stop_pid(pid: int, sig: int, timeout: float) -> None:
@@ -519,10 +522,14 @@ def _stop_pid(pid: int, sig: int, timeout: float) -> None:
         pass
 
 
+def _namespace_pids(netns: str) -> set[int]:
+    out = sh("ip", "netns", "pids", netns, check=False)
+    return {int(p) for p in out.split() if p.isdigit()}
+
+
 def _kill_namespace_processes(netns: str) -> None:
     """Kill whatever still runs in netns (a crashed run's agents), so deletion frees it."""
-    out = sh("ip", "netns", "pids", netns, check=False)
-    for pid in (int(p) for p in out.split() if p.isdigit()):
+    for pid in _namespace_pids(netns):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

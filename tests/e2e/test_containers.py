@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
-from labtools import needs_lab
+from labtools import needs_lab, wait_for
 
 from overlayd.lab import Lab, lab_namespaces, random_lab_name
 from overlayd.labtraffic import TcpProbe
@@ -119,4 +120,38 @@ def test_lab_up_attaches_two_containers_per_host_that_all_reach_each_other(tmp_p
     finally:
         down = subprocess.run([*overlayd, "down", *where], capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr
+        assert not lab_namespaces(name), "lab down left namespaces behind"
+
+
+def test_lab_up_leaves_a_running_lab_alone_and_clears_a_dead_ones_leftovers(tmp_path: Path) -> None:
+    """A second `lab up` under a running lab's name changes nothing and exits 3; once the lab's
+    processes are gone (a crashed run), `lab up` removes its leftovers and builds it anew."""
+    name, root = random_lab_name(), tmp_path / "labs"
+    overlayd = [sys.executable, "-m", "overlayd", "lab"]
+    up = [*overlayd, "up", "--name", name, "--root", str(root), "--hosts", "1", "--containers", "0"]
+    try:
+        first = subprocess.run(up, capture_output=True, text=True, timeout=120, check=False)
+        assert first.returncode == 0, first.stdout + first.stderr
+        lab = Lab.load(name, root)
+        assert lab is not None
+        before = lab.running_pids()
+        assert lab.hosts[0].pid in before and lab.etcd_pids[0] in before
+
+        again = subprocess.run(up, capture_output=True, text=True, timeout=60, check=False)
+        assert again.returncode == 3, again.stdout + again.stderr
+        assert f"lab {name} is running" in again.stderr and f"lab down --name {name}" in again.stderr
+        assert Lab.load(name, root) == lab and lab.running_pids() == before
+
+        for pid in before:  # the run that owned the lab crashed and took its processes with it
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not lab.running_pids(), 10, "the killed lab's processes to be gone")
+        rebuilt = subprocess.run(up, capture_output=True, text=True, timeout=120, check=False)
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+        assert f"lab {name}: removed what an earlier run left behind" in rebuilt.stdout
+        fresh = Lab.load(name, root)
+        assert fresh is not None and fresh.hosts[0].pid not in before
+        assert fresh.hosts[0].pid in fresh.running_pids()
+    finally:
+        down = [*overlayd, "down", "--name", name, "--root", str(root)]
+        subprocess.run(down, capture_output=True, timeout=120, check=False)
         assert not lab_namespaces(name), "lab down left namespaces behind"
