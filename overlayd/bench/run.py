@@ -51,8 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1000,
         help="peers present for event latency, churn and idle (default 1000)",
     )
-    add("--runs", type=int, default=3, help="cold starts (and ip -batch floors) per size (default 3)")
-    add("--events", type=int, default=200, help="new peer leases put one at a time (default 200)")
+    add("--runs", type=int, default=5, help="cold starts (and ip -batch floors) per size (default 5)")
+    add("--events", type=int, default=300, help="new peer leases put one at a time (default 300)")
     add("--event-gap", type=float, default=0.05, help="seconds between those events (default 0.05)")
     add(
         "--churn-rate",
