@@ -47,8 +47,6 @@ from overlayd.vtepmac import load_or_create_mac
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-VXLAN_OVERHEAD = 50
 MAX_BACKOFF = 30.0
 NETLINK_DEBOUNCE = 0.2  # seconds: our own writes echo back; one full pass covers a burst
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
@@ -286,7 +284,7 @@ class Agent:
 
     def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
         assert self.external is not None
-        mtu = config.backend.mtu or self.external.mtu - VXLAN_OVERHEAD
+        mtu = config.backend.device_mtu(self.external.mtu)
         address = IPv4Interface((subnet.network_address if subnet else 0, 32))
         return DeviceSpec(
             vni=config.backend.vni,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 DEFAULT_VXLAN_PORT = 8472
+# VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+VXLAN_OVERHEAD = 50
 MAX_VNI = (1 << 24) - 1
 SUPPORTED_BACKENDS = ("vxlan",)
 
@@ -29,7 +31,11 @@ class BackendConfig:
     gbp: bool = False
     learning: bool = False
     direct_routing: bool = False
-    mtu: int | None = None  # None: derive from the underlay interface
+    mtu: int | None = None  # the underlay's MTU, as in flanneld; None: the external interface's
+
+    def device_mtu(self, interface_mtu: int) -> int:
+        """The VXLAN device's MTU, which is also FLANNEL_MTU: the underlay's less the overhead."""
+        return (self.mtu or interface_mtu) - VXLAN_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,9 @@ def _parse_backend(where: str, raw: object) -> BackendConfig:
         )
     port = fields.get_int("Port", 0, 0, 65535) or DEFAULT_VXLAN_PORT
     mtu_raw = fields.value.get("mtu")
-    mtu = fields.get_int("MTU", 0, 576, 65535) if not _unset(mtu_raw) else None
+    # The underlay's MTU, as in flanneld: the device and FLANNEL_MTU get VXLAN_OVERHEAD less
+    # (so at least 576, the smallest MTU every IPv4 host must take).
+    mtu = fields.get_int("MTU", 0, 576 + VXLAN_OVERHEAD, 65535) if not _unset(mtu_raw) else None
     return BackendConfig(
         type=str(backend_type),
         vni=fields.get_int("VNI", 1, 0, MAX_VNI),

@@ -36,7 +36,7 @@ def defaulted_view(config: NetworkConfig) -> dict[str, Any]:
             "GBP": backend["gbp"],
             "Learning": backend["learning"],
             "DirectRouting": backend["direct_routing"],
-            "MTU": backend["mtu"],  # null: the underlay interface's MTU minus 50
+            "MTU": backend["mtu"],  # null: the external interface's MTU (the device gets 50 less)
         },
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -69,3 +70,15 @@ def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
     assert h1.subnet_file.read_text() == before
     assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
     assert "198.18.0.0/16" in sh("nft", "list", "table", "ip", "overlayd", netns=h1.netns)
+
+
+def test_backend_mtu_is_the_underlays_as_in_flanneld(bare_lab: Lab) -> None:
+    """Backend.MTU 1400 (a smaller underlay path): flannel.1 and FLANNEL_MTU get 1350, as on a
+    flanneld node with the same config, whatever the interface's own MTU (1500 here)."""
+    config = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": 1400}}'
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", config)
+    bare_lab.wait_converged(timeout=30)
+    for host in bare_lab.hosts:
+        link = json.loads(sh("ip", "-j", "link", "show", "flannel.1", netns=host.netns))[0]
+        assert (link["mtu"], host.subnet_env()["FLANNEL_MTU"]) == (1350, "1350")
+    assert bare_lab.ping(bare_lab.hosts[0], bare_lab.hosts[1].flannel_address() or "", count=2)

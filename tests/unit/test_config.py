@@ -118,6 +118,25 @@ def test_backend_values() -> None:
 
 
 @pytest.mark.parametrize(
+    ("backend", "interface_mtu", "device_mtu"),
+    [
+        ({}, 1500, 1450),
+        ({}, 9000, 8950),
+        ({"MTU": 1500}, 9000, 1450),  # the underlay path is smaller than the interface says
+        ({"MTU": 1400}, 1500, 1350),
+        ({"MTU": 626}, 1500, 576),
+    ],
+)
+def test_backend_mtu_is_the_underlays_and_the_device_gets_50_less(
+    backend: dict, interface_mtu: int, device_mtu: int
+) -> None:
+    """flanneld's meaning: Backend.MTU (default: the external interface's) less VXLAN's 50 bytes is
+    the device's MTU and FLANNEL_MTU."""
+    config = parse({"Network": "198.18.0.0/16", "Backend": backend})
+    assert config.backend.device_mtu(interface_mtu) == device_mtu
+
+
+@pytest.mark.parametrize(
     ("backend", "expected"),
     [
         ({"Type": "vxlan", "Port": 0}, BackendConfig()),
@@ -364,8 +383,8 @@ def test_error_is_a_value_error() -> None:
             ["Backend.DirectRouting 0 is invalid", "use true or false"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"MTU": 100}}',
-            ["Backend.MTU 100 is invalid", "use a whole number between 576 and 65535"],
+            '{"Network": "198.18.0.0/16", "Backend": {"MTU": 600}}',
+            ["Backend.MTU 600 is invalid", "use a whole number between 626 and 65535"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"MTU": "1450"}}',
