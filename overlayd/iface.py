@@ -2,7 +2,10 @@
 
 Order: ``--iface`` entries (a name or an IPv4 address each, first match wins), then
 ``--iface-regex`` (matched against names and addresses), then ``--iface-can-reach`` (the interface
-the kernel would route through), else the interface holding the default route.
+the kernel would route through): each is tried when the ones before found nothing, and the choice
+fails only when every one given failed. With none of them given, the interface holding
+``--public-ip``, else the interface holding the default route (``--public-ip`` may be a NAT's
+address that no interface here holds).
 """
 
 from __future__ import annotations
@@ -124,34 +127,35 @@ def select_interface(options: AgentOptions) -> ExternalInterface:
     rtnl = RtnlSocket()
     try:
         links = _links(rtnl)
-        if options.iface:
-            for spec in options.iface:
-                found = _by_spec(links, spec)
-                if found:
-                    return found
-            raise InterfaceError(
-                f"--iface {','.join(options.iface)}: no such interface with an IPv4 address; "
-                "give an interface name or address that `ip -4 addr` shows"
-            )
-        if options.iface_regex:
-            for pattern in options.iface_regex:
-                found = _by_regex(links, pattern)
-                if found:
-                    return found
-            raise InterfaceError(
-                f"--iface-regex {','.join(options.iface_regex)}: no interface name or IPv4 address "
-                "matches; fix the pattern or use --iface"
-            )
-        found = _by_route(rtnl, links, options.iface_can_reach)
-        if found:
+        for spec in options.iface:
+            if found := _by_spec(links, spec):
+                return found
+        for pattern in options.iface_regex:
+            if found := _by_regex(links, pattern):
+                return found
+        if options.iface_can_reach and (found := _by_route(rtnl, links, options.iface_can_reach)):
             return found
-        if options.iface_can_reach:
+        if tried := _selectors(options):
             raise InterfaceError(
-                f"--iface-can-reach {options.iface_can_reach}: no route to it from an interface "
-                "with an IPv4 address; check routing or use --iface"
+                f"{tried}: no interface with an IPv4 address matches; give an interface name or "
+                "address that `ip -4 addr` shows, fix the pattern, or check the route to the address"
             )
+        if options.public_ip and (found := _by_spec(links, str(options.public_ip))):
+            return found
+        if found := _by_route(rtnl, links, None):
+            return found
         raise InterfaceError(
             "no default route, so no external interface to pick; pass --iface NAME or --iface-can-reach IP"
         )
     finally:
         rtnl.close()
+
+
+def _selectors(options: AgentOptions) -> str:
+    """The interface selectors given, as the operator wrote them ("" when none)."""
+    given = [
+        ("--iface", ",".join(options.iface)),
+        ("--iface-regex", ",".join(options.iface_regex)),
+        ("--iface-can-reach", str(options.iface_can_reach or "")),
+    ]
+    return "; ".join(f"{flag} {value}" for flag, value in given if value)

@@ -40,6 +40,17 @@ def two_links(netns: str) -> str:
         (("--iface-regex=0$",), "u0", "192.0.2.1"),  # unanchored, as Go's MatchString: 0$ matches u0
         (("--iface-regex=\\.77",), "u1", "192.0.2.77"),  # addresses are matched first
         (("--iface-regex=^u1$",), "u1", "192.0.2.77"),
+        (("--iface-can-reach=192.0.2.78",), "u1", "192.0.2.77"),  # the /25 is the more specific route
+        # Each selector is tried when the ones before found nothing, as flanneld does.
+        (("--iface=eth9", "--iface=u1"), "u1", "192.0.2.77"),
+        (("--iface=eth9", "--iface-regex=^u1$"), "u1", "192.0.2.77"),
+        (("--iface=eth9", "--iface-can-reach=192.0.2.78"), "u1", "192.0.2.77"),
+        (("--iface-regex=^eth", "--iface-can-reach=192.0.2.78"), "u1", "192.0.2.77"),
+        # Alone, --public-ip picks the interface holding it; one that no interface holds (a NAT's)
+        # leaves the default route's.
+        (("--public-ip=192.0.2.77",), "u1", "192.0.2.77"),
+        (("--public-ip=192.0.2.200",), "u0", "192.0.2.1"),
+        (("--iface=u0", "--public-ip=192.0.2.77"), "u0", "192.0.2.1"),
     ],
 )
 def test_interface_choice(two_links: str, argv: tuple[str, ...], name: str, ip: str) -> None:
@@ -53,4 +64,9 @@ def test_segments_are_the_connected_prefixes(two_links: str) -> None:
 
 def test_no_match_names_the_pattern_and_the_fix(two_links: str) -> None:
     message = in_netns(two_links, chosen, "--iface-regex=^eth")
-    assert "--iface-regex ^eth" in message and "use --iface" in message
+    assert message.startswith("--iface-regex ^eth: no interface") and "fix the pattern" in message
+
+
+def test_every_selector_failing_names_them_all(two_links: str) -> None:
+    message = in_netns(two_links, chosen, "--iface=eth9", "--iface=198.18.0.1", "--iface-regex=^eth")
+    assert message.startswith("--iface eth9,198.18.0.1; --iface-regex ^eth: no interface"), message
