@@ -145,6 +145,8 @@ class Agent:
             signal.signal(signal.SIGINT, self.request_stop)
         self._set_health(False, "starting")
         self.heap.start()
+        for ignored in self.options.ignored:
+            log.info("ignoring flanneld option %s", ignored)
         try:
             if not self._start_http():
                 return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class AgentOptions:
     log_level: str = "info"
     log_format: str = "text"
     verbose: int = 0  # -v: debug from overlayd; -vv: debug from libraries too
+    # flanneld options given that have no effect here, each with why (logged at start).
+    ignored: tuple[str, ...] = ()
 
 
 def parse_bool(raw: str) -> bool:
@@ -65,7 +67,7 @@ def _parse_endpoints(raw: str) -> tuple[str, ...]:
                 f"endpoint {number} carries user:password@; "
                 "give them with --etcd-username and --etcd-password instead"
             )
-        if not re.match(r"^https?://[^/]+(:\d+)?/?$", endpoint):
+        if not re.match(r"^(https?://)?[^/]+(:\d+)?/?$", endpoint):
             raise ValueError(f"{endpoint!r} is not a URL such as http://192.0.2.1:2379")
     if not endpoints:
         raise ValueError("no endpoint given")
@@ -227,6 +229,26 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
+_ONLY_KUBE = "it only applies with --kube-subnet-mgr; overlayd takes subnets from etcd"
+# flanneld options that have no effect here, accepted so that a flanneld unit file starts
+# unchanged, and logged with the reason. --kube-subnet-mgr is one of them only when false.
+FLANNELD_IGNORED: dict[str, str] = {
+    "iptables-resync": "the nftables table is checked on every reconcile pass",
+    "kube-subnet-mgr": "overlayd takes subnets from etcd",
+    "kube-api-url": _ONLY_KUBE,
+    "kubeconfig-file": _ONLY_KUBE,
+    "kube-annotation-prefix": _ONLY_KUBE,
+    "net-config-path": _ONLY_KUBE,
+    "set-node-network-unavailable": _ONLY_KUBE,
+    "use-multi-cluster-cidr": _ONLY_KUBE,
+    "persistent-mac": "the VTEP MAC is always kept, in --state-dir",
+    "public-ipv6": "overlayd serves IPv4 only",
+    "vmodule": "a klog setting; use -v or --log-level",
+    "log_backtrace_at": "a klog setting; use -v or --log-level",
+}
+_KLOG_LEVEL = re.compile(r"^--?v(?:=(\d+))?$")
+
+
 def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -251,14 +273,33 @@ def build_parser(
             kwargs["action"] = "count"
         flags = [spec.short] if spec.short else []
         parser.add_argument(*flags, _flag_name(name), **kwargs)
+    if names is None:  # the agent's own parser: flanneld's remaining options too
+        from overlayd import __version__
+
+        parser.add_argument("--version", action="version", version=f"overlayd {__version__}")
+        for flanneld_name in FLANNELD_IGNORED:
+            parser.add_argument(
+                f"--{flanneld_name}", dest=f"flanneld_{flanneld_name}", nargs="?", const="true",
+                default=None, help=argparse.SUPPRESS,
+            )  # fmt: skip
     return parser
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """Accept flanneld's single-dash spelling (``-etcd-endpoints=...``) for every long option."""
-    known = {_flag_name(name)[2:] for name in _SPECS} | {"config"}
+    """Accept flanneld's single-dash spelling (``-etcd-endpoints=...``) for every long option,
+    and its klog level (``-v=2``, ``--v 2``): any level from 1 is ``-v``, 0 is none."""
+    known = {_flag_name(name)[2:] for name in _SPECS} | {"config", "version", *FLANNELD_IGNORED}
     result = []
-    for arg in argv:
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if klog := _KLOG_LEVEL.match(arg):
+            level = klog.group(1)
+            if level is None and args and args[0].isdigit():  # `-v 2`: the level comes next
+                level = args.pop(0)
+            if level is None or int(level) > 0:
+                result.append("-v")
+            continue
         name = arg[1:].split("=", 1)[0]
         if arg.startswith("-") and not arg.startswith("--") and name in known:
             arg = "-" + arg
@@ -323,6 +364,27 @@ def _load_file(path: Path) -> dict[str, object]:
     return values
 
 
+def _ignored_flanneld_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--name=value: why`` for each flanneld-only option given; refuses --kube-subnet-mgr."""
+    ignored = []
+    for name, why in FLANNELD_IGNORED.items():
+        value = getattr(args, f"flanneld_{name}", None)
+        if value is None:
+            continue
+        if name == "kube-subnet-mgr":
+            try:
+                wanted = parse_bool(value)
+            except ValueError as exc:
+                raise OptionsError(f"option --kube-subnet-mgr from command line: {exc}") from None
+            if wanted:
+                raise OptionsError(
+                    "option --kube-subnet-mgr: overlayd takes subnets from etcd only, not from the "
+                    "Kubernetes API; remove it and give --etcd-endpoints"
+                )
+        ignored.append(f"--{name}={value}: {why}")
+    return tuple(ignored)
+
+
 def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOptions:
     """Merge command line, environment, YAML file and defaults into AgentOptions."""
     config_file = getattr(args, "config_file", None)
@@ -349,7 +411,13 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
             "/etc/default/overlayd and set the options the old unit passed (OVERLAYD_IP_MASQ=true, "
             "OVERLAYD_HEALTHZ_PORT=9464), as in deploy/overlayd.env"
         )
+    chosen["ignored"] = _ignored_flanneld_options(args)
     options = AgentOptions(**chosen)  # type: ignore[arg-type]
+    if any("://" not in endpoint for endpoint in options.etcd_endpoints):
+        # As etcd's Go client reads host:port, which flanneld passes it: TLS when TLS files are given.
+        scheme = "https://" if options.etcd_cafile or options.etcd_certfile else "http://"
+        endpoints = tuple(e if "://" in e else scheme + e for e in options.etcd_endpoints)
+        options = replace(options, etcd_endpoints=endpoints)
     files = (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile)
     login = (options.etcd_username, options.etcd_password)
     if problem := etcd_security_problem(options.etcd_endpoints, *files, *login):

@@ -77,7 +77,7 @@ def test_yaml_file_below_environment(tmp_path: Path) -> None:
     ("argv", "env", "needle"),
     [
         (["--subnet-lease-renew-margin=0"], {}, "--subnet-lease-renew-margin from command line: 0 minutes"),
-        (["--etcd-endpoints=192.0.2.2:2379"], {}, "'192.0.2.2:2379' is not a URL"),
+        (["--etcd-endpoints=http://192.0.2.2:2379/v3"], {}, "'http://192.0.2.2:2379/v3' is not a URL"),
         (["--public-ip=198.18.0.300"], {}, "--public-ip"),
         ([], {"FLANNELD_IP_MASQ": "maybe"}, "environment variable FLANNELD_IP_MASQ: 'maybe' is not true"),
         (["--healthz-port=70000"], {}, "70000 is not a port number"),
@@ -113,3 +113,58 @@ def test_metrics_address() -> None:
     for bad in ("localhost:9464", "127.0.0.1", "127.0.0.1:99999"):
         with pytest.raises(OptionsError, match=r"--metrics-address from command line: .* is not IP:PORT"):
             resolve([f"--metrics-address={bad}"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        (["-v=0"], 0),
+        (["--v=0"], 0),
+        (["-v=2"], 1),  # flanneld's klog level: any level from 1 is overlayd's -v
+        (["--v", "4"], 1),
+        (["-v", "0"], 0),
+        (["-v"], 1),
+        (["-vv"], 2),
+    ],
+)
+def test_klog_verbosity_levels(argv: list[str], verbose: int) -> None:
+    assert resolve(argv).verbose == verbose
+
+
+def test_flanneld_options_without_effect_are_accepted_and_reported() -> None:
+    """A flanneld unit's options start the agent; each is reported with why it does nothing."""
+    options = resolve(
+        ["-iptables-resync=5", "--kube-subnet-mgr=false", "-net-config-path",
+         "/etc/kube-flannel/net-conf.json", "-vmodule=vxlan=3", "-public-ipv6=2001:db8::1",
+         "-persistent-mac", "-ip-masq"]
+    )  # fmt: skip
+    assert options.ip_masq is True
+    assert options.ignored == (
+        "--iptables-resync=5: the nftables table is checked on every reconcile pass",
+        "--kube-subnet-mgr=false: overlayd takes subnets from etcd",
+        "--net-config-path=/etc/kube-flannel/net-conf.json: it only applies with --kube-subnet-mgr; "
+        "overlayd takes subnets from etcd",
+        "--persistent-mac=true: the VTEP MAC is always kept, in --state-dir",
+        "--public-ipv6=2001:db8::1: overlayd serves IPv4 only",
+        "--vmodule=vxlan=3: a klog setting; use -v or --log-level",
+    )
+    assert resolve([]).ignored == ()
+
+
+@pytest.mark.parametrize("argv", [["--kube-subnet-mgr"], ["-kube-subnet-mgr=true"]])
+def test_kube_subnet_manager_is_refused_with_the_fix(argv: list[str]) -> None:
+    with pytest.raises(OptionsError, match=r"etcd only, not from the Kubernetes API; remove it and give"):
+        resolve(argv)
+
+
+def test_endpoints_without_a_scheme_as_etcds_go_client_reads_them(tmp_path: Path) -> None:
+    """flanneld hands --etcd-endpoints to etcd's Go client, which takes host:port: plain, or TLS
+    when TLS files are given."""
+    assert resolve(["--etcd-endpoints=192.0.2.2:2379,http://192.0.2.3:2379"]).etcd_endpoints == (
+        "http://192.0.2.2:2379",
+        "http://192.0.2.3:2379",
+    )
+    ca = tmp_path / "ca.pem"
+    ca.write_text("PEM")
+    tls = resolve([f"--etcd-cafile={ca}", "--etcd-endpoints=192.0.2.2:2379"])
+    assert tls.etcd_endpoints == ("https://192.0.2.2:2379",)
