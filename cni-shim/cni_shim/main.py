@@ -78,8 +78,8 @@ def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:
         if missing:
             raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")
         config = _parse_config(_read(stdin))
-        cni_version = _config_version(config, command)
-        reply_version = cni_version
+        reply_version = cni_version = _config_version(config)
+        _check_version_allows(cni_version, command)
         if command not in ("STATUS", "GC"):
             _validate_identifiers(env)
 
@@ -127,12 +127,13 @@ def _parse_config(text: str) -> dict[str, Any]:
     return config
 
 
-def _config_version(config: dict[str, Any], command: str) -> str:
-    """The config's ``cniVersion`` if we speak it and it allows ``command``.
+def _config_version(config: dict[str, Any]) -> str:
+    """The config's ``cniVersion`` if we speak it.
 
-    A config without cniVersion is 0.1.0, as in the reference library (pre-0.2.0 configs).
+    A missing, null or empty cniVersion is 0.1.0, as the reference library reads it: a conflist
+    without one reaches every plugin as ``"cniVersion": ""``.
     """
-    version = config.get("cniVersion", "0.1.0")
+    version = config.get("cniVersion") or "0.1.0"
     if not isinstance(version, str):
         raise DecodeFailure(f'"cniVersion" must be a string like "1.0.0", not {version!r}')
     if version not in SUPPORTED_VERSIONS:
@@ -140,12 +141,16 @@ def _config_version(config: dict[str, Any], command: str) -> str:
             "incompatible CNI versions",
             f'config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}',
         )
+    return version
+
+
+def _check_version_allows(version: str, command: str) -> None:
+    """Refuse a command newer than the config's version (CHECK from 0.4.0, STATUS and GC 1.1.0)."""
     minimum = _MIN_CONFIG_VERSION[command]
     if not at_least(version, minimum):
         raise IncompatibleVersion(
             f"config version {version} does not allow {command}; it needs cniVersion {minimum} or newer"
         )
-    return version
 
 
 def _validate_identifiers(env: Mapping[str, str]) -> None:

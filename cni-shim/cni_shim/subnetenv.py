@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from .prefix import Prefix, parse_prefix
 
-# Go's strconv.ParseBool spellings, because flannel's plugin accepted exactly these.
+# Go's strconv.ParseBool spellings. The agent and flanneld write only true or false; flannel's
+# plugin compares with "true" and reads anything else as false, where another spelling here is
+# read as ParseBool reads it, and text that is not a boolean is an error naming it.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 

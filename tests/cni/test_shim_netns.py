@@ -49,6 +49,23 @@ def test_add_prints_the_result_in_the_config_version(host: Node, version: str) -
     _assert_released(host, netns)
 
 
+@pytest.mark.parametrize("version", ["", None, "absent"])
+def test_a_config_without_cni_version_is_0_1_0(host: Node, version: str | None) -> None:
+    """A conflist without cniVersion reaches each plugin as ``"cniVersion": ""``; the reference
+    library, and so flannel's plugin, read that (and null, and no key) as 0.1.0."""
+    conf = host.conf()
+    if version == "absent":
+        del conf["cniVersion"]
+    else:
+        conf["cniVersion"] = version
+    netns = host.netns()
+    reply = host.call("ADD", conf, netns)
+    assert reply.returncode == 0, reply.stdout
+    assert reply.json["cniVersion"] == "0.1.0" and reply.json["ip4"]["ip"] == "198.18.5.2/24"
+    assert host.call("DEL", conf, netns).returncode == 0
+    _assert_released(host, netns)
+
+
 def test_delegate_gets_flannel_defaults_and_user_keys(host: Node) -> None:
     netns = host.netns()
     conf = host.conf(delegate={"bridge": host.bridge, "mtu": 1400, "hairpinMode": True})

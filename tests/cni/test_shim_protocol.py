@@ -74,7 +74,8 @@ def test_undecodable_or_invalid_stdin(node: Node, stdin: str, code: int, says: s
 @pytest.mark.parametrize(("command", "version"), [("CHECK", "0.3.1"), ("STATUS", "1.0.0"), ("GC", "0.4.0")])
 def test_command_newer_than_the_config_version_is_code_1(node: Node, command: str, version: str) -> None:
     reply = node.call(command, node.conf(version), netns="x")
-    assert command in reply.error(1)["msg"]
+    error = reply.error(1)
+    assert command in error["msg"] and error["cniVersion"] == version  # the config's own version
 
 
 @pytest.mark.parametrize(
