@@ -44,8 +44,8 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
-RTPROT_BOOT = 3  # `ip route add`'s default
-RTPROT_STATIC = 4  # what `ip route` shows as "proto static", as pyroute2 and flanneld's routes
+RTPROT_BOOT = 3  # `ip route add`'s default, and flanneld's (its netlink library's default)
+RTPROT_STATIC = 4  # "proto static": pyroute2's default, and overlayd's routes before
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RTN_UNICAST = 1
 MAIN_TABLE = 254
@@ -112,7 +112,7 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
     vxlan_route = type(entry) is Route  # not a DirectRoute: that one names no device
     onlink = RTNH_F_ONLINK if vxlan_route else 0
     protocol, scope, kind, rt_flags = (
-        (RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, onlink) if replace
+        (RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, onlink) if replace
         else (0, RT_SCOPE_NOWHERE, 0, 0)
     )
     body = _RTMSG.pack(socket.AF_INET, entry.dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind,
