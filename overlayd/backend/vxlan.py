@@ -120,6 +120,7 @@ class VxlanBackend:
         self._basis: tuple[int, DirectRoutes | None] = (0, None)  # what the last dump was decoded against
         self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
         self._plane = Plane()  # the last dump's Plane, returned again while the dump is unchanged
+        self._ra_off = 0  # ifindex of the device whose IPv6 router advertisements were turned off
 
     def close(self) -> None:
         self._rtnl.close()
@@ -165,6 +166,9 @@ class VxlanBackend:
             _record(spec, f"created {spec.name}", actions)
         self._fix_link_settings(link, spec, actions)
         self._fix_addresses(link.index, spec, actions)
+        if link.index != self._ra_off:
+            _ignore_router_advertisements(spec.name)
+            self._ra_off = link.index
         if actions:  # read back what the changes left; an unchanged device is as first read
             link = self._get_link(index=link.index)
         underlay = link.vxlan.link if link.vxlan is not None else None
@@ -365,3 +369,14 @@ def _device_errors(device: str, what: str) -> Iterator[None]:
         yield
     except OSError as err:
         raise BackendError(f"{device}: cannot {what}: {err.strerror}") from err
+
+
+def _ignore_router_advertisements(ifname: str) -> None:
+    """Set ``accept_ra`` 0 on the device, as flanneld does: nothing on the overlay may configure
+    its addresses or routes. Without IPv6 there is no such setting, and nothing to do."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "w") as setting:
+            setting.write("0")
+    except OSError as exc:
+        log.debug("%s: accept_ra left as is: %s", ifname, exc)
+

@@ -67,6 +67,10 @@ def underlay(ns: str) -> int:
     return ip_json(ns, "link", "show", "u0")[0]["ifindex"]
 
 
+def accept_ra(ns: str) -> str:
+    return run("ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv6/conf/flannel.1/accept_ra").stdout.strip()
+
+
 def route_protocols(ns: str) -> dict[str, str]:
     """Each route's destination and protocol (``ip -j`` omits ``boot``, as the plain output does)."""
     return {route["dst"]: route.get("protocol", "boot") for route in ip_json(ns, "route", "show")}
@@ -85,6 +89,7 @@ def test_creates_device_like_flanneld(netns: str) -> None:
     assert state == DeviceState(device["ifindex"], SPEC.mac, 1450, underlay(netns))
     [addr] = ip_json(netns, "-4", "addr", "show", "flannel.1")[0]["addr_info"]
     assert (addr["local"], addr["prefixlen"]) == ("198.18.1.0", 32)
+    assert accept_ra(netns) == "0"  # as flanneld: no router advertisement configures the overlay
     assert in_netns(netns, ensure, SPEC) == (state, [])
 
 
@@ -94,6 +99,7 @@ def test_reuses_compatible_device_and_fixes_drift(netns: str) -> None:
     run("ip", "-n", netns, "link", "set", "flannel.1", "mtu", "1300", "address", "0a:00:00:00:0f:0f")
     run("ip", "-n", netns, "addr", "add", "198.18.99.1/24", "dev", "flannel.1")
     ifindex = link(netns)["ifindex"]
+    assert accept_ra(netns) == "1"  # the kernel's default for a device made by hand
     assert in_netns(netns, find_mac, SPEC) == "0a:00:00:00:0f:0f"
 
     adopted = dataclasses.replace(SPEC, mac="0a:00:00:00:0f:0f")
@@ -106,6 +112,7 @@ def test_reuses_compatible_device_and_fixes_drift(netns: str) -> None:
         "added address 198.18.1.0/32",
     ]
     assert link(netns)["mtu"] == 1450
+    assert accept_ra(netns) == "0"
 
 
 @pytest.mark.parametrize(
