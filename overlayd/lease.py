@@ -164,7 +164,9 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
         raise LeaseError(
             f"lease {key}: PublicIPv6 {ipv6_raw!r} is invalid ({exc})", "bad_public_ip"
         ) from None
-    backend_type = value.get("BackendType") or "vxlan"
+    # Missing is "", not vxlan, as flanneld reads it: such a lease (a reservation written by hand as
+    # {"PublicIP": ...}) holds its subnet for that host, and no peer programs it.
+    backend_type = value.get("BackendType") or ""
     if not isinstance(backend_type, str):
         raise LeaseError(f"lease {key}: BackendType {backend_type!r} is not a string", "bad_backend_data")
     backend = value.get("BackendData") or {}

@@ -195,3 +195,20 @@ def test_renew_at_with_a_margin_longer_than_the_ttl_waits_half_the_ttl(registry:
     lease = leases.acquire(network_config(), host_attrs(1), previous=None)
 
     assert 29 <= leases.renew_at(lease) - time.monotonic() <= 30.5
+
+
+def test_a_reservation_written_by_hand_is_taken_by_its_host(
+    registry: Registry, etcd_server: EtcdServer, prefix: str
+):
+    """flanneld's reservations doc: a key without an etcd lease, here the minimal
+    ``{"PublicIP": ...}``. Its host takes it (and it stays a reservation); no other host does."""
+    config = network_config()
+    etcd_server.etcdctl("put", f"{prefix}/subnets/198.18.200.0-24", '{"PublicIP":"192.0.2.7"}')
+
+    others = [manager(registry, n, seed=n).acquire(config, host_attrs(n), previous=None) for n in (8, 9)]
+    mine = manager(registry, 7).acquire(config, host_attrs(7), previous=None)
+
+    assert mine.subnet == net("198.18.200.0/24") and mine.etcd_lease_id == 0
+    assert net("198.18.200.0/24") not in {lease.subnet for lease in others}
+    stored = {lease.key: lease for lease in registry.list_leases()[0]}
+    assert stored["198.18.200.0-24"].attrs == host_attrs(7)  # now with its VXLAN attributes

@@ -88,9 +88,19 @@ def test_uppercase_mac_is_normalised() -> None:
     assert encode_attrs(attrs) == FLANNELD_VALUE
 
 
-def test_missing_backend_type_is_vxlan() -> None:
-    raw = '{"PublicIP":"192.0.2.11","BackendData":{"VNI":1,"VtepMAC":"8a:da:7f:e8:8a:5f"}}'
-    assert decode_attrs(KEY, raw) == ATTRS
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"PublicIP":"192.0.2.11","BackendData":{"VNI":1,"VtepMAC":"8a:da:7f:e8:8a:5f"}}',
+        '{"PublicIP":"192.0.2.11"}',  # a reservation written by hand
+        '{"PublicIP":"192.0.2.11","BackendType":null,"BackendData":null}',
+    ],
+)
+def test_missing_backend_type_is_no_backend_as_in_flanneld(raw: str) -> None:
+    """flanneld programs only leases whose BackendType is vxlan; one without any still holds its
+    subnet for its PublicIP."""
+    attrs = decode_attrs(KEY, raw)
+    assert (attrs.backend_type, attrs.public_ip, attrs.vni) == ("", IPv4Address("192.0.2.11"), None)
 
 
 def test_host_gw_lease_with_null_backend_data_round_trips() -> None:
