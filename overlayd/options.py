@@ -206,7 +206,9 @@ _SPECS: dict[str, _Spec] = {
     "iface_can_reach": _Spec(IPv4Address, "pick the interface that routes to this IPv4 address"),
     "public_ip": _Spec(IPv4Address, "IPv4 address peers send VXLAN traffic to"),
     "subnet_file": _Spec(Path, "where to write subnet.env"),
-    "subnet_lease_renew_margin": _Spec(_renew_margin, "renew the lease this many minutes before expiry"),
+    "subnet_lease_renew_margin": _Spec(
+        _renew_margin, "renew the lease this many minutes before expiry, but not before half its time is up"
+    ),
     "subnet_lease_ttl": _Spec(_positive_int, "TTL in seconds of the etcd lease bound to our subnet key"),
     "ip_masq": _Spec(parse_bool, "masquerade traffic leaving the overlay", flag=True),
     "iptables_forward_rules": _Spec(parse_bool, "accept forwarded overlay traffic", flag=True),
