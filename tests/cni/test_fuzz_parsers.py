@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cni_shim import jsonio
 from cni_shim.errors import CniError
-from cni_shim.main import _config_version, _parse_config
+from cni_shim.main import _check_version_allows, _config_version, _parse_config
 from cni_shim.netconf import parse_conf
 
 FUZZ = settings(max_examples=200, deadline=None)
@@ -35,7 +35,9 @@ configs = st.fixed_dictionaries(
 
 def parse_all(text: str) -> None:
     config = _parse_config(text)
-    parse_conf(config, _config_version(config, "ADD"))
+    version = _config_version(config)
+    _check_version_allows(version, "ADD")
+    parse_conf(config, version)
 
 
 @FUZZ
