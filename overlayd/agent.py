@@ -56,12 +56,21 @@ RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us ba
 LEASE_CHECK_INTERVAL = 60.0
 # Passes that find drift someone else caused; at start, after a lease change or a re-list, the
 # differences found are our own first programming, not repairs.
-DRIFT_TRIGGERS = ("timer", "netlink")
+DRIFT_TRIGGERS = ("timer", "netlink", "sighup")
 
 
 @dataclass(frozen=True)
 class _Tick:
     """Wakes the loop (on stop) without being an event to handle."""
+
+
+@dataclass(frozen=True)
+class _Recheck:
+    """SIGHUP: check the config, the lease and the kernel now instead of at the next timer pass.
+
+    Operators and tools send HUP expecting a reload; left at its default it would end the agent
+    with a status systemd counts as clean, so Restart=on-failure would not bring it back.
+    """
 
 
 class Backoff:
@@ -143,6 +152,7 @@ class Agent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, lambda *_: self.events.put(_Recheck()))
         self._set_health(False, "starting")
         self.heap.start()
         for ignored in self.options.ignored:
@@ -466,6 +476,11 @@ class Agent:
             elif isinstance(item, PeerWatchDown):
                 self.metrics.watch_restarts.inc()
                 self._set_etcd_problem(item.error)
+            elif isinstance(item, _Recheck):
+                log.info("SIGHUP: checking the network config, our lease and the kernel now")
+                self._check_lease()
+                self._recheck_config()
+                trigger = "sighup"
             elif isinstance(item, DeviceChange):
                 trigger = trigger or "netlink"
         self._count_peers()

@@ -189,7 +189,9 @@ def _count(value: float | None) -> str:
 
 def _agent_line(agent: AgentView, now: float) -> str:
     parts = ["ready" if agent.ready else "NOT READY" if agent.ready is False else "readiness unknown"]
-    if agent.lease_expiry is not None:
+    if agent.lease_expiry == 0:  # the gauge before any lease is held
+        parts.append("no lease yet")
+    elif agent.lease_expiry is not None:
         parts.append(f"lease expires in {_duration(agent.lease_expiry - now)}")
     parts.append(f"peers {_count(agent.peers_programmed)} programmed / {_count(agent.peers_known)} known")
     if agent.last_reconcile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
@@ -135,6 +136,16 @@ def test_restart_keeps_subnet_and_mac(lab: Lab) -> None:
     assert subnet_of(h2) == subnet
     assert vtep_mac(h2) == mac
     assert lease_value(lab, subnet)["BackendData"]["VtepMAC"] == mac
+
+
+def test_sighup_rechecks_instead_of_ending_the_agent(lab: Lab) -> None:
+    """HUP is what operators and log rotation send; by default it would end the agent with a
+    status systemd counts as clean, so Restart=on-failure would leave the node unmanaged."""
+    h1 = host(lab, "h1")
+    os.kill(h1.pid, signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: checking the network config" in h1.log_file.read_text(), 10, "the SIGHUP line")
+    assert subprocess.run(["kill", "-0", str(h1.pid)], check=False).returncode == 0, "SIGHUP ended the agent"
+    assert lab.ping(h1, host(lab, "h2").flannel_address() or "", count=2)
 
 
 def test_deleted_own_lease_is_reacquired_in_process(lab: Lab) -> None:

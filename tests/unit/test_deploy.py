@@ -66,6 +66,38 @@ def test_promtool_accepts_config_and_rules() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (apt-get install prometheus)")
+def test_lease_alert_fires_for_a_lease_running_out_not_for_an_agent_without_one(tmp_path: Path) -> None:
+    """The expiry gauge is 0 until a lease is held: that is OverlaydNotReady's case, and a lease
+    "expiring in -55 years" would page for the wrong reason."""
+    expiry = "overlayd_lease_expiry_timestamp_seconds"
+    rule = next(r for group in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
+                for r in group["rules"] if r.get("alert") == "OverlaydLeaseExpiringSoon")  # fmt: skip
+    annotations = {**rule["annotations"], "summary": "subnet lease of soon expires in 10m 0s"}
+    case = {
+        "rule_files": [str(DEPLOY / "prometheus/alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [  # promtool's clock starts at 0: expiry 1200 is 20 minutes away
+                {"series": f'{expiry}{{instance="nolease"}}', "values": "0x20"},
+                {"series": f'{expiry}{{instance="soon"}}', "values": "1200x20"},
+                {"series": f'{expiry}{{instance="fine"}}', "values": "90000x20"},
+            ],
+            "alert_rule_test": [{
+                "eval_time": "10m",
+                "alertname": "OverlaydLeaseExpiringSoon",
+                "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "soon"},
+                                "exp_annotations": annotations}],
+            }],
+        }],
+    }  # fmt: skip
+    (tmp_path / "lease.yml").write_text(yaml.safe_dump(case))
+    done = subprocess.run(["promtool", "test", "rules", "lease.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit = (DEPLOY / "overlayd.service").read_text()

@@ -93,6 +93,14 @@ def test_text_shows_each_source_and_the_cluster_table() -> None:
     assert "never (reservation)" in rows["198.18.11.0/24"] and rows["198.18.11.0/24"].endswith("MISSING")
 
 
+def test_an_agent_without_a_lease_has_no_expiry_to_show() -> None:
+    """The expiry gauge is 0 until a lease is held; not "expires in -498832h"."""
+    starting = parse_metrics(METRICS.replace("overlayd_lease_expiry_timestamp_seconds 1.7e+09",
+                                             "overlayd_lease_expiry_timestamp_seconds 0.0"))  # fmt: skip
+    text = render_text(sample_status(agent=starting), now=1.7e9)
+    assert "no lease yet" in text and "lease expires in" not in text
+
+
 def test_text_names_each_unreadable_source() -> None:
     status = HostStatus(
         subnet_file="/x/subnet.env",
