@@ -11,6 +11,7 @@ SIGTERM leaves the device, routes, rules and the lease in place so a restart dro
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import random
@@ -71,6 +72,22 @@ class _Recheck:
     Operators and tools send HUP expecting a reload; left at its default it would end the agent
     with a status systemd counts as clean, so Restart=on-failure would not bring it back.
     """
+
+
+class StartError(RuntimeError):
+    """A start-up step that retrying cannot fix; the message names the option and the fix.
+
+    Exit code 2 (a configuration error, which the unit does not restart) unless the cause may
+    pass by itself, such as a full disk.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# Errors of a path that a restart cannot fix: the option must change (or the directory's mode).
+_PATH_CONFIG_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
 
 
 class Backoff:
@@ -164,6 +181,9 @@ class Agent:
                 return 0  # stopped while still starting
             self._loop()
             return self.exit_code
+        except StartError as exc:
+            log.error("%s", exc)
+            return exc.exit_code
         finally:
             self._shutdown()
 
@@ -277,7 +297,10 @@ class Agent:
                     closer()
                 except Exception:  # shutting down: report, keep closing the rest
                     log.exception("error while stopping")
-        log.info("stopped; the VXLAN device, routes, rules and lease are left in place")
+        if self.lease is not None:
+            log.info("stopped; the VXLAN device, routes, rules and lease are left in place")
+        else:
+            log.info("stopped (no lease was held)")
 
     # ---- config, MAC, lease -------------------------------------------------------------------
 
@@ -319,7 +342,15 @@ class Agent:
         adopt = self.backend.find_compatible_mac(self._device_spec(config, None))
         if adopt:
             log.info("adopting MAC %s of the existing compatible flannel.%d", adopt, config.backend.vni)
-        return load_or_create_mac(self.options.state_dir, config.backend.vni, adopt=adopt)
+        state_dir = self.options.state_dir
+        try:
+            return load_or_create_mac(state_dir, config.backend.vni, adopt=adopt)
+        except OSError as exc:
+            raise StartError(
+                f"--state-dir {state_dir}: cannot keep the VTEP MAC there ({exc.strerror}: "
+                f"{exc.filename}); give a writable directory (the systemd unit allows /var/lib/overlayd)",
+                2 if exc.errno in _PATH_CONFIG_ERRNOS else 1,
+            ) from None
 
     def _attrs(self) -> LeaseAttrs:
         assert self.public_ip is not None and self.config is not None

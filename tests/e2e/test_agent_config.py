@@ -82,3 +82,19 @@ def test_backend_mtu_is_the_underlays_as_in_flanneld(bare_lab: Lab) -> None:
         link = json.loads(sh("ip", "-j", "link", "show", "flannel.1", netns=host.netns))[0]
         assert (link["mtu"], host.subnet_env()["FLANNEL_MTU"]) == (1350, "1350")
     assert bare_lab.ping(bare_lab.hosts[0], bare_lab.hosts[1].flannel_address() or "", count=2)
+
+
+def test_an_unusable_state_dir_stops_the_agent_with_exit_2_naming_the_option(bare_lab: Lab) -> None:
+    """Restarting cannot fix it: one line naming --state-dir and the fix, exit code 2 (which the
+    unit does not restart), no traceback and no claim of a lease left in place."""
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    blocker = bare_lab.dir / "not-a-directory"
+    blocker.write_text("")
+    h3 = bare_lab.add_host(agent_args=[f"--state-dir={blocker}/state"])
+    _, status = os.waitpid(h3.pid, 0)
+    h3.pid = 0
+    log = h3.log_file.read_text()
+    assert os.waitstatus_to_exitcode(status) == 2, log
+    assert f"--state-dir {blocker}/state: cannot keep the VTEP MAC there (Not a directory" in log
+    assert "give a writable directory" in log and "Traceback" not in log
+    assert "stopped (no lease was held)" in log and "lease are left in place" not in log
