@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import random
 import signal
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
@@ -31,6 +33,7 @@ from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_v
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
+from overlayd.instancelock import InstanceLocked, hold_instance_lock
 from overlayd.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.leasecheck import BadLeaseLog, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
@@ -88,6 +91,14 @@ class StartError(RuntimeError):
 
 # Errors of a path that a restart cannot fix: the option must change (or the directory's mode).
 _PATH_CONFIG_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
+
+
+def _state_dir_error(state_dir: Path, exc: OSError) -> StartError:
+    return StartError(
+        f"--state-dir {state_dir}: cannot keep state there ({exc.strerror}: {exc.filename}); "
+        "give a writable directory (the systemd unit allows /var/lib/overlayd)",
+        2 if exc.errno in _PATH_CONFIG_ERRNOS else 1,
+    )
 
 
 class Backoff:
@@ -152,6 +163,7 @@ class Agent:
         self.entry_dumps = EntryDumps()  # which full passes dump every entry
         self.http: list[MetricsServer] = []
         self.exit_code = 0
+        self.lock_fd: int | None = None  # the state directory's lock, held while running
         # Checked every pass: while etcd is down, log when each starts and stops failing, once.
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
@@ -175,6 +187,7 @@ class Agent:
         for ignored in self.options.ignored:
             log.info("ignoring flanneld option %s", ignored)
         try:
+            self._lock_state_dir()
             if not self._start_http():
                 return 1
             if not self._start():
@@ -186,6 +199,20 @@ class Agent:
             return exc.exit_code
         finally:
             self._shutdown()
+
+    def _lock_state_dir(self) -> None:
+        """Be the only agent for this state directory (and so, as set up, for this host)."""
+        state_dir = self.options.state_dir
+        try:
+            self.lock_fd = hold_instance_lock(state_dir)
+        except InstanceLocked as exc:
+            raise StartError(
+                f"another overlayd (pid {exc.pid or 'unknown'}) runs with --state-dir {state_dir}: two "
+                "agents would rewrite each other's firewall and subnet.env; stop that one first "
+                "(systemctl stop overlayd)"
+            ) from None
+        except OSError as exc:
+            raise _state_dir_error(state_dir, exc) from None
 
     def _start_http(self) -> bool:
         """Start the /metrics listeners; False (logged with the address and the fix) if one cannot bind."""
@@ -291,6 +318,7 @@ class Agent:
             self.registry.close if self.registry else None,
             self.backend.close if self.backend else None,
             self.notifier.close,
+            (lambda: os.close(self.lock_fd)) if self.lock_fd is not None else None,
         ):
             if closer is not None:
                 try:
@@ -342,15 +370,10 @@ class Agent:
         adopt = self.backend.find_compatible_mac(self._device_spec(config, None))
         if adopt:
             log.info("adopting MAC %s of the existing compatible flannel.%d", adopt, config.backend.vni)
-        state_dir = self.options.state_dir
         try:
-            return load_or_create_mac(state_dir, config.backend.vni, adopt=adopt)
+            return load_or_create_mac(self.options.state_dir, config.backend.vni, adopt=adopt)
         except OSError as exc:
-            raise StartError(
-                f"--state-dir {state_dir}: cannot keep the VTEP MAC there ({exc.strerror}: "
-                f"{exc.filename}); give a writable directory (the systemd unit allows /var/lib/overlayd)",
-                2 if exc.errno in _PATH_CONFIG_ERRNOS else 1,
-            ) from None
+            raise _state_dir_error(self.options.state_dir, exc) from None
 
     def _attrs(self) -> LeaseAttrs:
         assert self.public_ip is not None and self.config is not None

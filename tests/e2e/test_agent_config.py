@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -95,6 +96,19 @@ def test_an_unusable_state_dir_stops_the_agent_with_exit_2_naming_the_option(bar
     h3.pid = 0
     log = h3.log_file.read_text()
     assert os.waitstatus_to_exitcode(status) == 2, log
-    assert f"--state-dir {blocker}/state: cannot keep the VTEP MAC there (Not a directory" in log
+    assert f"--state-dir {blocker}/state: cannot keep state there (Not a directory" in log
     assert "give a writable directory" in log and "Traceback" not in log
     assert "stopped (no lease was held)" in log and "lease are left in place" not in log
+
+
+def test_a_second_agent_for_the_same_state_dir_refuses_to_run(bare_lab: Lab) -> None:
+    """Two agents on one host would take turns rewriting the firewall and subnet.env."""
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.wait_converged(timeout=30)
+    h1 = bare_lab.hosts[0]
+    command = [*bare_lab.agent_command(h1), "--metrics-address=off", "--ip-masq=false"]
+    second = subprocess.run(["ip", "netns", "exec", h1.netns, *command],
+                            capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"another overlayd (pid {h1.pid}) runs with --state-dir" in second.stdout + second.stderr
+    assert h1.subnet_env()["FLANNEL_IPMASQ"] == "true"  # still the first agent's (--ip-masq)
