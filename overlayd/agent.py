@@ -93,6 +93,10 @@ class StartError(RuntimeError):
 _PATH_CONFIG_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
 
 
+class SubnetFileError(OSError):
+    """subnet.env cannot be written; the message names --subnet-file and the fix."""
+
+
 def _state_dir_error(state_dir: Path, exc: OSError) -> StartError:
     return StartError(
         f"--state-dir {state_dir}: cannot keep state there ({exc.strerror}: {exc.filename}); "
@@ -167,6 +171,7 @@ class Agent:
         # Checked every pass: while etcd is down, log when each starts and stops failing, once.
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
+        self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -718,20 +723,37 @@ class Agent:
             if self.firewall.ensure(fw_spec):
                 log.info("firewall rules written for %s", self.config.network)
                 self._count_repair(trigger, "firewall", "fix")
-            env = SubnetEnv(self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq)
-            if write_atomic(self.options.subnet_file, env.render()):
-                log.info("wrote %s (subnet %s)", self.options.subnet_file, self.lease.subnet)
-                self._count_repair(trigger, "subnet_env", "fix")
+            self._write_subnet_env(trigger, SubnetEnv(
+                self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq
+            ))  # fmt: skip
             self.metrics.last_reconcile.set(time.time())
             self._set_health(True, "ready")
             if trigger == "resync":
                 self.heap.settle()  # the new listing's leases and entries are long-lived
+        except SubnetFileError as exc:  # the kernel's side is done; containers cannot start
+            self.metrics.reconcile_errors.inc()
+            self.subnet_file_check.failed(exc)
+            self._set_health(False, str(exc))
         except Exception as exc:  # keep serving: the next trigger retries
             self.metrics.reconcile_errors.inc()
             log.exception("reconcile (%s) failed: %s", trigger, exc)
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self._count_peers()
+
+    def _write_subnet_env(self, trigger: str, env: SubnetEnv) -> None:
+        path = self.options.subnet_file
+        try:
+            written = write_atomic(path, env.render())
+        except OSError as exc:
+            raise SubnetFileError(
+                f"--subnet-file {path}: cannot write it ({exc.strerror}: {exc.filename}); give a writable "
+                "path (the systemd unit allows /run/flannel); the CNI plugin needs it to attach containers"
+            ) from None
+        self.subnet_file_check.succeeded()
+        if written:
+            log.info("wrote %s (subnet %s)", path, self.lease.subnet if self.lease else None)
+            self._count_repair(trigger, "subnet_env", "fix")
 
     def _reconcile_entries(self, trigger: str) -> None:
         """Dump the device's neighbour, FDB and route entries and make them the peers' ones."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -112,3 +113,21 @@ def test_a_second_agent_for_the_same_state_dir_refuses_to_run(bare_lab: Lab) -> 
     assert second.returncode == 2, second.stdout + second.stderr
     assert f"another overlayd (pid {h1.pid}) runs with --state-dir" in second.stdout + second.stderr
     assert h1.subnet_env()["FLANNEL_IPMASQ"] == "true"  # still the first agent's (--ip-masq)
+
+
+def test_an_unwritable_subnet_file_is_reported_once_and_in_readyz(bare_lab: Lab) -> None:
+    """The data path is programmed, but containers cannot start: not ready, with the option named;
+    one log line, not a traceback per pass."""
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    blocker = bare_lab.dir / "not-a-directory"
+    blocker.write_text("")
+    h3 = bare_lab.add_host(agent_args=[f"--subnet-file={blocker}/subnet.env", "--reconcile-interval=0.3"])
+    wait_for(lambda: "could not write subnet.env" in h3.log_file.read_text(), 20, "the subnet.env error")
+    wait_for(lambda: bare_lab.http_get(h3, "/readyz")[0] == 503, 10, "/readyz to answer 503")
+    time.sleep(2)  # several passes at 0.3 s
+    log = h3.log_file.read_text()
+    assert log.count("could not write subnet.env") == 1 and "Traceback" not in log, log
+    assert f"--subnet-file {blocker}/subnet.env: cannot write it (File exists: {blocker})" in log
+    status, body = bare_lab.http_get(h3, "/readyz")
+    assert status == 503 and "--subnet-file" in body, body
+    assert bare_lab.ping(h3, bare_lab.hosts[0].flannel_address() or "", count=2), "the data path is up"
