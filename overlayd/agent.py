@@ -12,6 +12,7 @@ SIGTERM leaves the device, routes, rules and the lease in place so a restart dro
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import queue
@@ -172,6 +173,7 @@ class Agent:
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
+        self.config_text: str | None = None  # the network config last read and accepted, as stored
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -343,12 +345,22 @@ class Agent:
     def _read_config(self) -> NetworkConfig | None:
         assert self.registry is not None
         raw, _revision = self.registry.get_config()
+        key = f"{self.options.etcd_prefix}/config"
+        if raw is None and self.config_text is not None:
+            # Running: the config in use is the one to put back. An example network here would
+            # renumber every node whose subnet it does not hold.
+            raise ConfigError(
+                f"{self._config_where()} is missing; hosts that start now wait for it (restore the "
+                f"one in use with: etcdctl put {key} '{self.config_text}')"
+            )
         if raw is None:
             raise ConfigError(
                 f"{self._config_where()} is missing; waiting for it (create it with: etcdctl put "
-                f"{self.options.etcd_prefix}/config '{{\"Network\": \"198.18.0.0/16\"}}')"
+                f"{key} '{{\"Network\": \"198.18.0.0/16\"}}')"
             )
-        return parse_network_config(raw, where=self._config_where())
+        config = parse_network_config(raw, where=self._config_where())
+        self.config_text = json.dumps(json.loads(raw))  # one line, as a shell command takes it
+        return config
 
     def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
         assert self.external is not None

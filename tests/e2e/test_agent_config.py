@@ -131,3 +131,18 @@ def test_an_unwritable_subnet_file_is_reported_once_and_in_readyz(bare_lab: Lab)
     status, body = bare_lab.http_get(h3, "/readyz")
     assert status == 503 and "--subnet-file" in body, body
     assert bare_lab.ping(h3, bare_lab.hosts[0].flannel_address() or "", count=2), "the data path is up"
+
+
+def test_a_deleted_config_is_kept_and_the_hint_restores_the_one_in_use(bare_lab: Lab) -> None:
+    """Following an example Network instead would renumber every node it does not contain."""
+    config = '{"Network": "198.18.0.0/16", "SubnetLen": 25}'
+    etcd = bare_lab.etcd()
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", config)
+    bare_lab.wait_converged(timeout=30)
+    h1 = bare_lab.hosts[0]
+    before = h1.subnet_file.read_text()
+    etcd.etcdctl("del", f"{ETCD_PREFIX}/config")
+    hint = f"restore the one in use with: etcdctl put {ETCD_PREFIX}/config '{config}'"
+    wait_for(lambda: hint in h1.log_file.read_text(), 20, "the restore hint")
+    assert h1.subnet_file.read_text() == before
+    assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
