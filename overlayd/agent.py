@@ -253,19 +253,21 @@ class Agent:
         """
         backoff = Backoff(cap=cap)
         last_error = ""
+        self._set_health(False, what)
         while not self.stopping.is_set():
-            self._set_health(False, what)
             try:
                 result = attempt()
                 if result is not None:
                     return result
             except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
-                if str(exc) != last_error:
-                    # Logged once per distinct error; retried quietly (an interface can appear
-                    # late at boot, etcd can come back, an operator can fix the config).
+                # Logged once per distinct error; retried quietly (an interface can appear late
+                # at boot, etcd can come back, an operator can fix the config).
+                error = str(exc)
+                if error != last_error:
                     log.error("%s: %s; retrying with backoff", what, exc)
-                    last_error = str(exc)
+                    last_error = error
                 self.notifier.status(f"{what}: {exc}")
+                self._set_health(False, f"{what}: {exc}")  # /readyz says why, not only what
             delay = backoff.next()
             self.notifier.extend_start(delay + 30.0)  # waiting for etcd or the config is not a hang
             self._wait(delay)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
+START_WAIT = 300.0  # seconds a start may be extended while etcd, the config or the interface is missing
 
 
 def _address(notify_socket: str) -> str | bytes:
@@ -41,8 +42,9 @@ def watchdog_interval(env: Mapping[str, str]) -> float | None:
 class Notifier:
     """Sends READY, STATUS, WATCHDOG and STOPPING to systemd when ``NOTIFY_SOCKET`` is set."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, start_wait: float = START_WAIT) -> None:
         env = os.environ if env is None else env
+        self._extend_until = time.monotonic() + start_wait
         notify_socket = env.get("NOTIFY_SOCKET", "")
         self.address = _address(notify_socket) if notify_socket else None
         self.watchdog_interval = watchdog_interval(env) if self.address else None
@@ -95,8 +97,13 @@ class Notifier:
             self.send("WATCHDOG=1")
 
     def extend_start(self, seconds: float) -> None:
-        """Ask for ``seconds`` more start-up time (before READY only): waiting is not a hang."""
-        if not self._ready_sent:
+        """Ask for ``seconds`` more start-up time: waiting for etcd is not a hang.
+
+        Only before READY, and only for ``start_wait`` after the start: past that the start job
+        times out and fails, so ``systemctl start`` and the units ordered after ours stop waiting
+        (and Restart= starts the agent again) instead of blocking until etcd is back.
+        """
+        if not self._ready_sent and time.monotonic() < self._extend_until:
             self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
 
     def stopping(self) -> None:

@@ -39,6 +39,15 @@ def received(sock: socket.socket) -> list[str]:
         sock.settimeout(2)
 
 
+def test_start_is_extended_only_for_a_bounded_wait(listener: tuple[socket.socket, str]) -> None:
+    """Past the wait the start job may time out, so `systemctl start` does not block until etcd
+    is back."""
+    sock, address = listener
+    Notifier({"NOTIFY_SOCKET": address}, start_wait=60).extend_start(31)
+    Notifier({"NOTIFY_SOCKET": address}, start_wait=0).extend_start(31)
+    assert received(sock) == ["EXTEND_TIMEOUT_USEC=31000000"]
+
+
 def test_ready_once_then_only_changed_status(listener: tuple[socket.socket, str]) -> None:
     sock, address = listener
     notifier = Notifier({"NOTIFY_SOCKET": address})
