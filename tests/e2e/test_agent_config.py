@@ -34,7 +34,9 @@ def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
     h1 = bare_lab.hosts[0]
     log = h1.log_file.read_text
     wait_for(lambda: "is missing; waiting for it" in log(), 15, "the missing-config message")
-    assert fetch(bare_lab, "/readyz")[0] == 503
+    status, body = fetch(bare_lab, "/readyz")
+    assert status == 503 and "reading the network config: network config at" in body, body
+    assert "is missing; waiting for it" in body, "/readyz must say why, not only what it waits for"
     etcd = bare_lab.etcd()
     etcd.etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16", "SubnetLen": 31}')
     wait_for(
