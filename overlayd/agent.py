@@ -174,6 +174,7 @@ class Agent:
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
         self.config_text: str | None = None  # the network config last read and accepted, as stored
+        self.lease_expired = ""  # why our lease ran out unrenewed ("" while it holds): not ready
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -424,6 +425,7 @@ class Agent:
         if self.lease is not None and lease.subnet != self.lease.subnet:
             log.warning("our subnet changed from %s to %s", self.lease.subnet, lease.subnet)
         self.lease = lease
+        self.lease_expired = ""
         self.renew_at = manager.renew_at(lease)
         self.metrics.lease_acquisitions.inc()
         self.metrics.set_lease_info(
@@ -458,7 +460,7 @@ class Agent:
                 if renewed is None:
                     self._lease_lost("renewal found our key gone")
                     return
-                self.lease = renewed
+                self.lease, self.lease_expired = renewed, ""
                 self.renew_at = self.lease_manager.renew_at(renewed)
                 self.metrics.lease_renewals.inc()
                 log.info("renewed lease on %s", renewed.subnet)
@@ -471,6 +473,13 @@ class Agent:
             self.lease_check.succeeded()
         except RegistryError as exc:
             self.lease_check.failed(exc, f"; will retry (lease {self.lease.key})")
+            if self.lease_manager.expired(self.lease):
+                # Served from memory no longer: peers have dropped our routes with our key.
+                self.lease_expired = (
+                    f"lease {self.lease.key} expired while etcd was unreachable ({exc}): peers no longer "
+                    "route to this host; it is re-acquired once etcd answers"
+                )
+                self._set_health(False, self.lease_expired)
 
     def _renew(self) -> Lease | None:
         """Renew through the lease manager; an etcd error or a vanished key counts as a failure."""
@@ -741,7 +750,7 @@ class Agent:
                 self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq
             ))  # fmt: skip
             self.metrics.last_reconcile.set(time.time())
-            self._set_health(True, "ready")
+            self._set_health(not self.lease_expired, self.lease_expired or "ready")
             if trigger == "resync":
                 self.heap.settle()  # the new listing's leases and entries are long-lived
         except SubnetFileError as exc:  # the kernel's side is done; containers cannot start

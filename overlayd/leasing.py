@@ -135,6 +135,13 @@ class LeaseManager:
         remaining = expiry - now
         return now + max(remaining - self.renew_margin, remaining / 2)
 
+    def expired(self, lease: Lease) -> bool:
+        """Whether ``lease``'s TTL, as granted by this manager, has run out by our clock.
+
+        etcd then deletes our key and peers drop our routes, whether or not we can reach etcd.
+        """
+        return time.monotonic() >= self._expiry.get((lease.key, lease.etcd_lease_id), math.inf)
+
     def renew(self, lease: Lease) -> Lease | None:
         """Extend ``lease`` by one TTL; None if our key is gone (then ``acquire`` again)."""
         renewed = self.registry.renew(lease, self.ttl)

@@ -148,3 +148,20 @@ def test_a_deleted_config_is_kept_and_the_hint_restores_the_one_in_use(bare_lab:
     wait_for(lambda: hint in h1.log_file.read_text(), 20, "the restore hint")
     assert h1.subnet_file.read_text() == before
     assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
+
+
+def test_a_lease_that_runs_out_during_an_etcd_outage_is_not_ready_until_etcd_answers(bare_lab: Lab) -> None:
+    """Before that point the data path is served from memory (ready); after it, peers have dropped
+    our routes with our key, so "ready" would mislead."""
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    h3 = bare_lab.add_host(agent_args=["--subnet-lease-ttl=6", "--reconcile-interval=0.5"])
+    bare_lab.wait_converged(timeout=30)
+    bare_lab.stop_etcd()
+    try:
+        wait_for(lambda: "expired while etcd was unreachable" in bare_lab.http_get(h3, "/readyz")[1], 30,
+                 "/readyz to say the lease ran out")  # fmt: skip
+        assert bare_lab.http_get(h3, "/readyz")[0] == 503
+    finally:
+        bare_lab.start_etcd()
+    wait_for(lambda: bare_lab.http_get(h3, "/readyz")[0] == 200, 30, "ready again once etcd answers")
+    bare_lab.wait_converged(timeout=30)
