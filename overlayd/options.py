@@ -8,6 +8,7 @@ command line, then environment (OVERLAYD_ before FLANNELD_), then the YAML file,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -103,6 +104,50 @@ def etcd_security_problem(
             return (
                 f"--etcd-cafile/--etcd-certfile are given but etcd endpoint {endpoint} is plain http: "
                 "use https:// endpoints"
+            )
+    return None
+
+
+def _tls_files_problem(cafile: str | None, certfile: str | None, keyfile: str | None) -> str | None:
+    """Why an etcd TLS file does not hold what its option needs, or None.
+
+    A readable file of the wrong kind (the CA and the key swapped, a DER certificate) passes
+    ``_readable_file``; gRPC would then fail every connection attempt with four lines of its own on
+    stderr and an error that never names the option.
+    """
+    if not (cafile or certfile):
+        return None
+    import ssl  # only with TLS options: most agents talk to etcd over plain http
+
+    wanted = (
+        ("--etcd-cafile", cafile, "the CA certificate that signed etcd's server certificate"),
+        ("--etcd-certfile", certfile, "this host's client certificate"),
+    )
+    for option, path, what in wanted:
+        if not path:
+            continue
+        store = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        with contextlib.suppress(ssl.SSLError):  # then the store below holds no certificate
+            store.load_verify_locations(cafile=path)
+        if not store.cert_store_stats()["x509"]:
+            return (
+                f"option {option}: {path} holds no PEM certificate; give {what} "
+                "as PEM (-----BEGIN CERTIFICATE-----)"
+            )
+    if certfile and keyfile:
+        try:
+            # An empty password makes an encrypted key fail here instead of prompting on the
+            # terminal; gRPC cannot use an encrypted key either.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile, keyfile, password=b"")
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                return (
+                    f"option --etcd-keyfile: {keyfile} is not the key of the certificate in "
+                    f"--etcd-certfile {certfile}; give the key that certificate was issued for"
+                )
+            return (
+                f"option --etcd-keyfile: {keyfile} holds no unencrypted PEM private key; give the key of "
+                f"--etcd-certfile {certfile} as PEM without a passphrase (-----BEGIN PRIVATE KEY-----)"
             )
     return None
 
@@ -220,7 +265,7 @@ _SPECS: dict[str, _Spec] = {
     "metrics_address": _Spec(
         _listen_address, "IP:PORT serving /metrics, /healthz and /readyz (default 127.0.0.1:9464; off: none)"
     ),
-    "state_dir": _Spec(Path, "directory for state the agent keeps across restarts"),
+    "state_dir": _Spec(Path, "directory for state the agent keeps across restarts; one agent per directory"),
     "reconcile_interval": _Spec(_positive_float, "seconds between full reconcile passes"),
     "log_level": _Spec(_log_level, "debug, info, warning or error"),
     "log_format": _Spec(_log_format, "text, or json: one object per line with ts, level, logger, msg"),
@@ -422,6 +467,6 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
         options = replace(options, etcd_endpoints=endpoints)
     files = (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile)
     login = (options.etcd_username, options.etcd_password)
-    if problem := etcd_security_problem(options.etcd_endpoints, *files, *login):
+    if problem := etcd_security_problem(options.etcd_endpoints, *files, *login) or _tls_files_problem(*files):
         raise OptionsError(problem)
     return options
