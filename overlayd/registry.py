@@ -23,11 +23,13 @@ import math
 import os
 import queue
 import re
+import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -64,6 +66,7 @@ from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_a
 if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
 from overlayd.options import AgentOptions, etcd_security_problem
+from overlayd.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,9 @@ _CONNECTION_ERRORS = (
     etcd3.exceptions.ConnectionFailedError,
     etcd3.exceptions.ConnectionTimeoutError,
 )
+# Seconds a host name's lookup result is reused: a lookup can take the resolver's whole timeout,
+# and during an outage every call on every endpoint fails.
+_NAME_CHECK_INTERVAL = 60.0
 
 
 class RegistryError(RuntimeError):
@@ -170,7 +176,7 @@ def _explain(endpoint: str, error: Exception, options: EtcdOptions) -> str:
             f"user {options.username} is not allowed this at {endpoint} ({details}): "
             f"grant it a role with readwrite on {options.prefix}"
         )
-    if "CERTIFICATE_VERIFY_FAILED" in details or "handshake failed" in details.lower():
+    if "CERTIFICATE_VERIFY_FAILED" in details:
         return (
             f"TLS handshake with {endpoint} failed ({reason}): check --etcd-cafile "
             "(the CA that signed etcd's certificate) and that the certificate names the endpoint's host"
@@ -179,6 +185,13 @@ def _explain(endpoint: str, error: Exception, options: EtcdOptions) -> str:
         return (
             f"etcd at {endpoint} broke off the TLS session ({reason}); it likely demands a client "
             "certificate signed by its trusted CA: check --etcd-certfile/--etcd-keyfile"
+        )
+    # gRPC words these differently by stage ("Handshake read failed", "handshake failed"); the
+    # usual cause is an https:// endpoint on an etcd serving plain http, which closes the socket.
+    if "handshake" in details.lower():
+        return (
+            f"TLS handshake with {endpoint} failed ({reason}): check that etcd really serves TLS there "
+            "(use http:// for an etcd without --cert-file) and --etcd-cafile"
         )
     return f"{code.name} {details}"
 
@@ -287,6 +300,10 @@ class Registry:
         self._index = 0
         self._client: etcd3.Etcd3Client | None = None
         self._watches: set[_WatchStream] = set()
+        # With several endpoints, every call fails over during an outage: log the first fail-over
+        # and the end of the outage, the others at debug level. Used under _lock.
+        self._fail_overs = Outage(log, "etcd")
+        self._name_checks: dict[str, tuple[float, str | None]] = {}  # host: (when, problem)
         # Told about every undecodable lease value; the agent logs each once and counts it.
         self.on_bad_lease: Callable[[str, int, LeaseError], None] = _log_bad_lease
         self._on_error = on_error
@@ -324,16 +341,59 @@ class Registry:
                 self._client = self._connect(self._index)
             return self._client
 
-    def _fail_over(self, failed: etcd3.Etcd3Client) -> None:
-        """Drop ``failed`` and move to the next endpoint, unless another thread already did."""
+    def _fail_over(self, failed: etcd3.Etcd3Client | None, endpoint: str, reason: str) -> None:
+        """Move on from ``endpoint``, unreachable for ``reason``, unless another thread already did.
+
+        ``failed`` is its client, or None when connecting (authenticating) failed.
+        """
         with self._lock:
-            if self._client is not failed:
-                return
-            self._client = None
+            if failed is not None:
+                if self._client is not failed:
+                    return
+                self._client = None
             self._index = (self._index + 1) % len(self._targets)
-        if len(self._targets) > 1:
-            log.warning("etcd endpoint unreachable; failing over to %s", self.options.endpoints[self._index])
-        failed.close()
+            if len(self._targets) > 1:
+                change = (
+                    f"endpoint {endpoint} unreachable ({reason}); "
+                    f"failing over to {self.options.endpoints[self._index]}"
+                )
+                if self._fail_overs.since is not None:
+                    log.debug("etcd: %s", change)
+                self._fail_overs.failed(change)
+        if failed is not None:
+            failed.close()
+
+    def _unreachable(self, index: int, error: Exception) -> str:
+        """Why endpoint ``index`` could not be reached, naming a host name that does not resolve.
+
+        gRPC reports such a name as a timeout (DEADLINE_EXCEEDED when no DNS server answers), which
+        sends an operator to firewalls and etcd's health instead of to a typo in the endpoint.
+        """
+        host = self._targets[index][0]
+        try:
+            ip_address(host)
+        except ValueError:
+            if problem := self._unresolved(host):
+                return problem
+        return _explain(self.options.endpoints[index], error, self.options)
+
+    def _unresolved(self, host: str) -> str | None:
+        """What is wrong with host name ``host`` if the system resolver cannot resolve it, else None.
+
+        Each host's answer is reused for ``_NAME_CHECK_INTERVAL`` seconds: see there why.
+        """
+        now = time.monotonic()
+        checked = self._name_checks.get(host)
+        if checked is None or now - checked[0] >= _NAME_CHECK_INTERVAL:
+            problem = None
+            try:
+                socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                problem = f"host {host} does not resolve ({exc.strerror}); check --etcd-endpoints"
+            except UnicodeError:  # "a..b": an empty or over-long label
+                problem = f"host {host} is not a valid host name; check --etcd-endpoints"
+            checked = self._name_checks[host] = (now, problem)
+        return checked[1]
 
     def _authenticate_again(self, stale: etcd3.Etcd3Client, endpoint: str) -> etcd3.Etcd3Client:
         """A client with a fresh auth token, for ``stale`` whose token etcd rejected.
@@ -363,29 +423,31 @@ class Registry:
         last = ""
         for _ in self._targets:
             client: etcd3.Etcd3Client | None = None
-            endpoint = self.options.endpoints[self._index]
+            index = self._index
+            endpoint = self.options.endpoints[index]
             try:
                 client = self._current()
                 try:
-                    return run(client)
+                    result = run(client)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                         raise
                     client = self._authenticate_again(client, endpoint)
-                    return run(client)
+                    result = run(client)
             except _CONNECTION_ERRORS as exc:
-                last = _explain(endpoint, exc, self.options)
+                last = self._unreachable(index, exc)
             except grpc.RpcError as exc:  # etcd3.client() authenticating, or a code etcd3 does not map
-                last = _explain(endpoint, exc, self.options)
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise self._failed(operation, RegistryError(f"{self._where}: {what}: {last}")) from None
+                    error = RegistryError(f"{self._where}: {what}: {_explain(endpoint, exc, self.options)}")
+                    raise self._failed(operation, error) from None
+                last = self._unreachable(index, exc)
             except etcd3.exceptions.Etcd3Exception as exc:
                 raise self._failed(operation, RegistryError(f"{self._where}: {what}: {exc!r}")) from None
-            if client is not None:
-                self._fail_over(client)
             else:
                 with self._lock:
-                    self._index = (self._index + 1) % len(self._targets)
+                    self._fail_overs.succeeded()
+                return result
+            self._fail_over(client, endpoint, last)
         raise self._failed(operation, RegistryError(f"{self._where}: {what}: unreachable ({last})"))
 
     def close(self) -> None:

@@ -217,3 +217,15 @@ def test_half_given_credentials_are_refused_before_connecting(auth_etcd, connect
     with pytest.raises(RegistryError, match=named) as error:
         connect(auth_etcd, **fields)
     assert PASSWORD not in str(error.value)
+
+
+def test_an_https_endpoint_on_a_plain_http_etcd_says_to_check_the_scheme(etcd_server, pki, connect):
+    """gRPC says "Handshake read failed (Socket closed)": nothing about TLS unless we say it."""
+    https = etcd_server.endpoint.replace("http://", "https://")
+    registry = connect(etcd_server, endpoints=(https,), cafile=str(pki["ca"]))
+    with pytest.raises(RegistryError) as error:
+        registry.get_config()
+    assert f"TLS handshake with {https} failed (" in str(error.value)
+    assert "check that etcd really serves TLS there (use http:// for an etcd without --cert-file)" in str(
+        error.value
+    )

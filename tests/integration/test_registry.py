@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -219,5 +220,36 @@ def test_fails_over_to_the_next_endpoint(etcd_server: EtcdServer, prefix: str):
     try:
         assert registry.create_lease(SUBNET, host_attrs(1), ttl=600) is not None
         assert len(registry.list_leases()[0]) == 1
+    finally:
+        registry.close()
+
+
+def test_an_outage_logs_one_fail_over_and_its_end(
+    private_etcd: EtcdServer, prefix: str, caplog: pytest.LogCaptureFixture
+):
+    """During an outage every call fails over on every endpoint: one warning per outage, not per call."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    registry = Registry(EtcdOptions(endpoints=(private_etcd.endpoint, dead), prefix=prefix, timeout=1.0))
+    caplog.set_level(logging.DEBUG, logger="overlayd.registry")
+
+    def logged(text: str, level: int) -> int:
+        return sum(text in record.getMessage() and record.levelno == level for record in caplog.records)
+
+    try:
+        registry.list_leases()
+        private_etcd.stop()
+        for _ in range(4):
+            with pytest.raises(RegistryError):
+                registry.list_leases()
+        private_etcd.start()
+        registry.list_leases()
+        assert logged(f"etcd: endpoint {private_etcd.endpoint} unreachable (", logging.WARNING) == 1
+        assert logged("failing over to", logging.DEBUG) >= 7  # 4 calls x 2 endpoints, less the warning
+        assert logged("etcd: working again after", logging.INFO) == 1
+
+        private_etcd.stop()  # a second outage is news again
+        with pytest.raises(RegistryError):
+            registry.list_leases()
+        assert logged("failing over to", logging.WARNING) == 2
     finally:
         registry.close()
