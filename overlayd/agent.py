@@ -262,8 +262,9 @@ class Agent:
                     return result
             except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
                 # Logged once per distinct error; retried quietly (an interface can appear late
-                # at boot, etcd can come back, an operator can fix the config).
-                error = str(exc)
+                # at boot, etcd can come back, an operator can fix the config). /readyz and the
+                # systemd status show each attempt's own wording.
+                error = "unreachable" if isinstance(exc, RegistryError) and exc.unreachable else str(exc)
                 if error != last_error:
                     log.error("%s: %s; retrying with backoff", what, exc)
                     last_error = error

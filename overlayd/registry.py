@@ -94,7 +94,15 @@ _NAME_CHECK_INTERVAL = 60.0
 
 
 class RegistryError(RuntimeError):
-    """etcd unreachable or failing; the message names the endpoints and the operation."""
+    """etcd unreachable or failing; the message names the endpoints and the operation.
+
+    ``unreachable``: no endpoint answered. gRPC words that differently from one attempt to the
+    next, so a caller that logs each distinct error once compares this flag, not the text.
+    """
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class WatchCompacted(RegistryError):
@@ -448,7 +456,7 @@ class Registry:
                     self._fail_overs.succeeded()
                 return result
             self._fail_over(client, endpoint, last)
-        raise self._failed(operation, RegistryError(f"{self._where}: {what}: unreachable ({last})"))
+        raise self._failed(operation, RegistryError(f"{self._where}: {what}: unreachable ({last})", True))
 
     def close(self) -> None:
         """Cancel all watches and close the connection."""
