@@ -304,6 +304,7 @@ class Agent:
             return False
         self._warn_unsupported(self.config)
         self.metrics.pool_size.set(self.config.subnet_count)
+        self.metrics.config_ok.set(1)
         self.vtep_mac = self._vtep_mac(self.config)
         if not self._acquire(previous_subnet(opts.subnet_file)):
             return False
@@ -694,9 +695,12 @@ class Agent:
         try:
             config = self._read_config()
         except (ConfigError, RegistryError) as exc:
+            if isinstance(exc, ConfigError):  # not an unreachable etcd: the stored config itself
+                self.metrics.config_ok.set(0)
             self.config_check.failed(exc, "; keeping the current config")
             return
         self.config_check.succeeded()
+        self.metrics.config_ok.set(1)
         if config is None or config == self.config:
             return
         assert self.lease is not None and self.config is not None

@@ -159,6 +159,11 @@ class Metrics:
         self.subnet_leases = Gauge(
             "overlayd_subnet_leases", "Subnet leases in use cluster-wide", registry=r
         )
+        self.config_ok = Gauge(
+            "overlayd_network_config_ok",
+            "0 while the network config in etcd is missing or invalid (the agent keeps the one it runs)",
+            registry=r,
+        )
         self.health = Health()
 
     def set_lease_info(self, subnet: str, public_ip: str, vtep_mac: str, network: str) -> None:

@@ -146,8 +146,12 @@ def test_a_deleted_config_is_kept_and_the_hint_restores_the_one_in_use(bare_lab:
     etcd.etcdctl("del", f"{ETCD_PREFIX}/config")
     hint = f"restore the one in use with: etcdctl put {ETCD_PREFIX}/config '{config}'"
     wait_for(lambda: hint in h1.log_file.read_text(), 20, "the restore hint")
+    assert "overlayd_network_config_ok 0.0" in fetch(bare_lab, "/metrics")[1], "monitoring must see it"
     assert h1.subnet_file.read_text() == before
     assert bare_lab.ping(h1, bare_lab.hosts[1].flannel_address() or "", count=2)
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", config)  # as the hint says
+    wait_for(lambda: "overlayd_network_config_ok 1.0" in fetch(bare_lab, "/metrics")[1], 20, "ok again")
+    assert h1.subnet_file.read_text() == before
 
 
 def test_a_lease_that_runs_out_during_an_etcd_outage_is_not_ready_until_etcd_answers(bare_lab: Lab) -> None:

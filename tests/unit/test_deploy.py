@@ -49,7 +49,8 @@ def test_every_metric_used_is_exported(source) -> None:  # type: ignore[no-untyp
 def test_alerts_cover_the_operator_cases() -> None:
     exprs = " ".join(alert_exprs())
     for name in ("overlayd_lease_expiry_timestamp_seconds", "overlayd_peers_programmed",
-                 "overlayd_repairs_total", "overlayd_etcd_errors_total", 'up{job="overlayd"}'):  # fmt: skip
+                 "overlayd_repairs_total", "overlayd_etcd_errors_total", 'up{job="overlayd"}',
+                 "overlayd_network_config_ok"):  # fmt: skip
         assert name in exprs
 
 
