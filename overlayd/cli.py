@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # `lab up` refused because a lab of that name has processes running: nothing was changed.
 LAB_RUNNING = 3
+# `status`: the agent is unreachable or not ready (the rest of the report may still be useful).
+STATUS_AGENT_DOWN = 3
 COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
@@ -150,6 +152,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print("overlayd status: nothing could be read (no subnet.env, no device, no agent, no etcd); "
               "see the reasons above", file=sys.stderr)  # fmt: skip
         return 1
+    if problem := result.agent_down:
+        print(f"overlayd status: {problem}", file=sys.stderr)
+        return STATUS_AGENT_DOWN
     return 0
 
 

@@ -85,6 +85,16 @@ class HostStatus:
         """True when every source failed: there is nothing to show but the reasons."""
         return None not in (self.subnet_env_error, self.device_error, self.agent_error, self.etcd_error)
 
+    @property
+    def agent_down(self) -> str | None:
+        """Why the agent is not serving (unreachable, or not ready), for a scripted check; None
+        when it is ready, or when its metrics are off and there is no telling."""
+        if self.agent is not None:
+            return None if self.agent.ready is not False else "the agent is not ready (see /readyz)"
+        if self.agent_error and "--metrics-address=off" not in self.agent_error:
+            return self.agent_error
+        return None
+
 
 # ---- pure: parsing ---------------------------------------------------------------------------
 

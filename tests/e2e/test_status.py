@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -69,10 +70,15 @@ def test_status_cluster_lists_every_host(lab: Lab) -> None:
 
 def test_status_with_etcd_and_agent_unreachable_still_shows_the_kernel(lab: Lab) -> None:
     h3 = lab.hosts[2]
-    out = sh(
-        sys.executable, "-m", "overlayd", "status", "--etcd-endpoints=http://192.0.2.2:1",
-        "--metrics-address=127.0.0.1:1", f"--subnet-file={h3.subnet_file}", netns=h3.netns,
+    done = subprocess.run(
+        ["ip", "netns", "exec", h3.netns, sys.executable, "-m", "overlayd", "status",
+         "--etcd-endpoints=http://192.0.2.2:1", "--metrics-address=127.0.0.1:1",
+         f"--subnet-file={h3.subnet_file}"],
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 3, "a scripted check must see the agent is not serving"
+    assert "overlayd status: agent unreachable at http://127.0.0.1:1/metrics" in done.stderr
     assert "agent unreachable at http://127.0.0.1:1/metrics" in out
     assert "etcd http://192.0.2.2:1" in out and "unreachable" in out
     assert f"device      flannel.1 mtu {h3.subnet_env()['FLANNEL_MTU']}" in out

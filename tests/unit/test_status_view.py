@@ -101,6 +101,17 @@ def test_an_agent_without_a_lease_has_no_expiry_to_show() -> None:
     assert "no lease yet" in text and "lease expires in" not in text
 
 
+def test_agent_down_is_what_a_scripted_check_needs() -> None:
+    """``overlayd status`` exits 3 for these: the agent unreachable, or not ready."""
+    assert sample_status().agent_down is None
+    not_ready = parse_metrics(METRICS.replace("overlayd_ready 1.0", "overlayd_ready 0.0"))
+    assert sample_status(agent=not_ready).agent_down == "the agent is not ready (see /readyz)"
+    gone = "agent unreachable at http://127.0.0.1:9464/metrics (Connection refused)"
+    assert sample_status(agent=None, agent_error=gone).agent_down == gone
+    off = "metrics server is off (--metrics-address=off); no agent figures"
+    assert sample_status(agent=None, agent_error=off).agent_down is None  # no telling
+
+
 def test_text_names_each_unreadable_source() -> None:
     status = HostStatus(
         subnet_file="/x/subnet.env",
