@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # A ``_created`` timestamp per counter doubles the exposition and no reader uses it.
 disable_created_metrics()
 
-# What a timer- or netlink-triggered pass can find drifted, and how it repairs each kind. Every
+# What a timer-, netlink- or SIGHUP-triggered pass can find drifted, and how it repairs each kind. Every
 # pair is exported from the start (at 0), so a dashboard's rate() sees the first repair.
 REPAIRS = {
     "route": ("add", "remove"),
@@ -125,7 +125,7 @@ class Metrics:
         )
         self.repairs = Counter(
             "overlayd_repairs",
-            "Drift found and fixed by a timer- or netlink-triggered pass (not initial programming)",
+            "Drift found and fixed by a timer-, netlink- or SIGHUP-triggered pass (not initial programming)",
             ["kind", "action"],
             registry=r,
         )

@@ -411,22 +411,26 @@ def _load_file(path: Path) -> dict[str, object]:
     return values
 
 
-def _ignored_flanneld_options(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--name=value: why`` for each flanneld-only option given; refuses --kube-subnet-mgr."""
+def _ignored_flanneld_options(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
+    """``--name=value: why`` for each flanneld-only option given, on the command line or as
+    flanneld's ``FLANNELD_<NAME>`` variable; refuses --kube-subnet-mgr."""
     ignored = []
     for name, why in FLANNELD_IGNORED.items():
-        value = getattr(args, f"flanneld_{name}", None)
+        variable = "FLANNELD_" + name.upper().replace("-", "_")
+        value, source = getattr(args, f"flanneld_{name}", None), "command line"
+        if value is None and env.get(variable):
+            value, source = env[variable], f"environment variable {variable}"
         if value is None:
             continue
         if name == "kube-subnet-mgr":
             try:
                 wanted = parse_bool(value)
             except ValueError as exc:
-                raise OptionsError(f"option --kube-subnet-mgr from command line: {exc}") from None
+                raise OptionsError(f"option --kube-subnet-mgr from {source}: {exc}") from None
             if wanted:
                 raise OptionsError(
-                    "option --kube-subnet-mgr: overlayd takes subnets from etcd only, not from the "
-                    "Kubernetes API; remove it and give --etcd-endpoints"
+                    f"option --kube-subnet-mgr from {source}: overlayd takes subnets from etcd only, not "
+                    "from the Kubernetes API; remove it and give --etcd-endpoints"
                 )
         ignored.append(f"--{name}={value}: {why}")
     return tuple(ignored)
@@ -458,7 +462,7 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
             "/etc/default/overlayd and set the options the old unit passed (OVERLAYD_IP_MASQ=true, "
             "OVERLAYD_HEALTHZ_PORT=9464), as in deploy/overlayd.env"
         )
-    chosen["ignored"] = _ignored_flanneld_options(args)
+    chosen["ignored"] = _ignored_flanneld_options(args, env)
     options = AgentOptions(**chosen)  # type: ignore[arg-type]
     if any("://" not in endpoint for endpoint in options.etcd_endpoints):
         # As etcd's Go client reads host:port, which flanneld passes it: TLS when TLS files are given.

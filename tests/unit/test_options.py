@@ -151,10 +151,28 @@ def test_flanneld_options_without_effect_are_accepted_and_reported() -> None:
     assert resolve([]).ignored == ()
 
 
-@pytest.mark.parametrize("argv", [["--kube-subnet-mgr"], ["-kube-subnet-mgr=true"]])
-def test_kube_subnet_manager_is_refused_with_the_fix(argv: list[str]) -> None:
-    with pytest.raises(OptionsError, match=r"etcd only, not from the Kubernetes API; remove it and give"):
-        resolve(argv)
+@pytest.mark.parametrize(
+    ("argv", "env", "source"),
+    [
+        (["--kube-subnet-mgr"], {}, "command line"),
+        (["-kube-subnet-mgr=true"], {}, "command line"),
+        ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}, "environment variable FLANNELD_KUBE_SUBNET_MGR"),
+    ],
+)
+def test_kube_subnet_manager_is_refused_with_the_fix(
+    argv: list[str], env: dict[str, str], source: str
+) -> None:
+    with pytest.raises(OptionsError, match=rf"from {source}: overlayd takes subnets from etcd only, not"):
+        resolve(argv, env)
+
+
+def test_flanneld_variables_without_effect_are_reported_too() -> None:
+    """A flanneld environment file is read as flanneld reads it: FLANNELD_<NAME> for every option."""
+    env = {"FLANNELD_IPTABLES_RESYNC": "5", "FLANNELD_KUBE_SUBNET_MGR": "false"}
+    assert resolve([], env).ignored == (
+        "--iptables-resync=5: the nftables table is checked on every reconcile pass",
+        "--kube-subnet-mgr=false: overlayd takes subnets from etcd",
+    )
 
 
 def test_endpoints_without_a_scheme_as_etcds_go_client_reads_them() -> None:
