@@ -26,6 +26,9 @@ _DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 # the compact UTF-8 object flanneld writes is decoded here, anything else by ``json.loads``.
 _decode_json = json.JSONDecoder().raw_decode
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+# The other spellings Go's net.ParseMAC takes for a 6-byte MAC, as flanneld reads a VtepMAC.
+_DASHED_MAC_RE = re.compile(r"^[0-9a-f]{2}(?:-[0-9a-f]{2}){5}$")
+_DOTTED_MAC_RE = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 # flanneld's values are about 150 bytes; anything far larger is not a lease and not worth parsing.
 MAX_VALUE_BYTES = 4096
 
@@ -180,12 +183,24 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             extra_backend_data=json.dumps(backend, separators=(",", ":")) if backend else "",
         )
     vni = backend.get("VNI")
-    mac = str(backend.get("VtepMAC") or "").lower()
-    if type(vni) is not int or not _MAC_RE.fullmatch(mac):
+    mac = _canonical_mac(str(backend.get("VtepMAC") or "").lower())
+    if type(vni) is not int or mac is None:
         raise LeaseError(
             f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC", "bad_backend_data"
         )
     return LeaseAttrs(public_ip=public_ip, vni=vni, vtep_mac=mac, public_ipv6=public_ipv6)
+
+
+def _canonical_mac(text: str) -> str | None:
+    """``text`` (lower case) as ``aa:bb:cc:dd:ee:ff`` if it is a MAC in a spelling flanneld reads."""
+    if _MAC_RE.fullmatch(text):
+        return text
+    if _DASHED_MAC_RE.fullmatch(text):
+        return text.replace("-", ":")
+    if _DOTTED_MAC_RE.fullmatch(text):
+        digits = text.replace(".", "")
+        return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    return None
 
 
 def decode_lease(key: str, raw: bytes | str, etcd_lease_id: int = 0, mod_revision: int = 0) -> Lease:

@@ -103,6 +103,15 @@ def test_missing_backend_type_is_no_backend_as_in_flanneld(raw: str) -> None:
     assert (attrs.backend_type, attrs.public_ip, attrs.vni) == ("", IPv4Address("192.0.2.11"), None)
 
 
+@pytest.mark.parametrize(
+    "mac", ["8a:da:7f:e8:8a:5f", "8A:DA:7F:E8:8A:5F", "8a-da-7f-e8-8a-5f", "8ada.7fe8.8a5f"]
+)
+def test_vtep_mac_in_every_spelling_flanneld_reads(mac: str) -> None:
+    """Go's net.ParseMAC, which flanneld decodes VtepMAC with, takes these for 6 bytes."""
+    raw = f'{{"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}'
+    assert decode_attrs(KEY, raw).vtep_mac == "8a:da:7f:e8:8a:5f"
+
+
 def test_host_gw_lease_with_null_backend_data_round_trips() -> None:
     raw = '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}'
     attrs = decode_attrs(KEY, raw)
@@ -176,10 +185,6 @@ def test_foreign_backend_data_is_kept_on_reencode() -> None:
         ('{"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{"VNI":1}}', ["VtepMAC"]),
         (
             '{"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"8a:da:7f:e8:8a"}}',
-            ["VtepMAC"],
-        ),
-        (
-            '{"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"8a-da-7f-e8-8a-5f"}}',
             ["VtepMAC"],
         ),
         (
