@@ -173,7 +173,7 @@ class Agent:
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
-        self.config_text: str | None = None  # the network config last read and accepted, as stored
+        self.config_raw: bytes | None = None  # the network config last read and accepted, as stored
         self.lease_expired = ""  # why our lease ran out unrenewed ("" while it holds): not ready
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -351,12 +351,12 @@ class Agent:
         assert self.registry is not None
         raw, _revision = self.registry.get_config()
         key = f"{self.options.etcd_prefix}/config"
-        if raw is None and self.config_text is not None:
+        if raw is None and self.config_raw is not None:
             # Running: the config in use is the one to put back. An example network here would
             # renumber every node whose subnet it does not hold.
             raise ConfigError(
                 f"{self._config_where()} is missing; hosts that start now wait for it (restore the "
-                f"one in use with: etcdctl put {key} '{self.config_text}')"
+                f"one in use with: etcdctl put {key} '{json.dumps(json.loads(self.config_raw))}')"
             )
         if raw is None:
             raise ConfigError(
@@ -364,7 +364,7 @@ class Agent:
                 f"{key} '{{\"Network\": \"198.18.0.0/16\"}}')"
             )
         config = parse_network_config(raw, where=self._config_where())
-        self.config_text = json.dumps(json.loads(raw))  # one line, as a shell command takes it
+        self.config_raw = raw  # put on one line only if a hint quotes it, not on every re-read
         return config
 
     def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
