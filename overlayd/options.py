@@ -416,10 +416,9 @@ def _ignored_flanneld_options(args: argparse.Namespace, env: Mapping[str, str]) 
     flanneld's ``FLANNELD_<NAME>`` variable; refuses --kube-subnet-mgr."""
     ignored = []
     for name, why in FLANNELD_IGNORED.items():
-        variable = "FLANNELD_" + name.upper().replace("-", "_")
         value, source = getattr(args, f"flanneld_{name}", None), "command line"
-        if value is None and env.get(variable):
-            value, source = env[variable], f"environment variable {variable}"
+        if value is None and (from_env := _from_env(name.replace("-", "_"), env)):
+            value, source = from_env[1], f"environment variable {from_env[0]}"
         if value is None:
             continue
         if name == "kube-subnet-mgr":
