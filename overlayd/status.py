@@ -91,9 +91,7 @@ class HostStatus:
         when it is ready, or when its metrics are off and there is no telling."""
         if self.agent is not None:
             return None if self.agent.ready is not False else "the agent is not ready (see /readyz)"
-        if self.agent_error and "--metrics-address=off" not in self.agent_error:
-            return self.agent_error
-        return None
+        return self.agent_error if self.metrics_address else None
 
 
 # ---- pure: parsing ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_agent_down_is_what_a_scripted_check_needs() -> None:
     gone = "agent unreachable at http://127.0.0.1:9464/metrics (Connection refused)"
     assert sample_status(agent=None, agent_error=gone).agent_down == gone
     off = "metrics server is off (--metrics-address=off); no agent figures"
-    assert sample_status(agent=None, agent_error=off).agent_down is None  # no telling
+    assert sample_status(agent=None, agent_error=off, metrics_address=None).agent_down is None  # no telling
 
 
 def test_text_names_each_unreadable_source() -> None:
