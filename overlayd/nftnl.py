@@ -1,6 +1,6 @@
-"""nftables over netlink for the two hot operations: the ruleset generation and one set element.
+"""nftables over netlink for the frequent operations: the ruleset generation and set elements.
 
-Everything else about our table (creating, replacing, listing) goes through ``nft``; these two
+Everything else about our table (creating, replacing, listing) goes through ``nft``; these
 run often enough that a process start each was the cost:
 
 - the generation: the kernel bumps one counter on every committed nftables transaction, whoever
@@ -8,7 +8,9 @@ run often enough that a process start each was the cost:
   netlink round trip (``NFT_MSG_GETGEN``) instead of ``nft list table`` on every periodic pass;
 - adding or deleting one element of a set (a peer's PublicIP in the VXLAN allowlist) is one
   batched transaction (``NFT_MSG_NEWSETELEM``/``NFT_MSG_DELSETELEM``) in about 20 µs, where
-  ``nft add element`` took a few milliseconds on every new peer, on the event's critical path.
+  ``nft add element`` took a few milliseconds on every new peer, on the event's critical path;
+- reading a set's elements (the sources the allowlist dropped) on every periodic pass is one
+  dump (``NFT_MSG_GETSETELEM``) instead of an ``nft list set`` process.
 
 The socket is bound to the network namespace current when it is first used.
 """
@@ -18,23 +20,26 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFTA_GEN_ID = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = NFTA_SET_ELEM_KEY = NFTA_DATA_VALUE = 1
 NLA_F_NESTED = 0x8000
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x400
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian)
 _ATTR = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
+# Where a set element's key sits in a NEWSETELEM message: list, element, key, data value.
+_ELEMENT_KEY = (NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE)
 
 
 def _message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
@@ -66,27 +71,71 @@ def set_element_batch(table: str, set_name: str, ip: IPv4Address, add: bool, seq
                        NFNL_SUBSYS_NFTABLES))
 
 
-def parse_answer(data: bytes, seq: int) -> tuple[int | None, int | None]:
-    """(generation, errno) found for ``seq`` in ``data``: a ``NFT_MSG_NEWGEN`` or an ``NLMSG_ERROR``."""
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, sequence number, body offset, end offset) of each whole message in ``data``."""
     offset = 0
     while offset + _HEADER.size <= len(data):
-        length, kind, _flags, msg_seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            break
-        body = offset + _HEADER.size
-        if msg_seq == seq and kind == NLMSG_ERROR and length >= _HEADER.size + _ERRNO.size:
-            return None, -_ERRNO.unpack_from(data, body)[0]
-        if msg_seq == seq and kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
-            at, end = body + _NFGENMSG.size, offset + length
-            while at + _ATTR.size <= end:
-                attr_len, attr_kind = _ATTR.unpack_from(data, at)
-                if attr_len < _ATTR.size:
-                    break
-                if attr_kind & 0x3FFF == NFTA_GEN_ID and attr_len >= _ATTR.size + 4:
-                    return int.from_bytes(data[at + _ATTR.size:at + _ATTR.size + 4], "big"), None
-                at += (attr_len + 3) & ~3
+        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            return
+        yield kind, seq, offset + _HEADER.size, offset + length
         offset += (length + 3) & ~3
+
+
+def _attributes(data: bytes, at: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(type without flags, payload) of each attribute between ``at`` and ``end``."""
+    while at + _ATTR.size <= end:
+        attr_len, attr_kind = _ATTR.unpack_from(data, at)
+        if attr_len < _ATTR.size or at + attr_len > end:
+            return
+        yield attr_kind & 0x3FFF, data[at + _ATTR.size:at + attr_len]
+        at += (attr_len + 3) & ~3
+
+
+def _nested(data: bytes, path: tuple[int, ...]) -> Iterator[bytes]:
+    """The payloads reached by following attribute types ``path`` down from ``data``."""
+    for kind, value in _attributes(data, 0, len(data)):
+        if kind == path[0]:
+            yield from (_nested(value, path[1:]) if len(path) > 1 else (value,))
+
+
+def parse_answer(data: bytes, seq: int) -> tuple[int | None, int | None]:
+    """(generation, errno) found for ``seq`` in ``data``: a ``NFT_MSG_NEWGEN`` or an ``NLMSG_ERROR``."""
+    for kind, msg_seq, body, end in _messages(data):
+        if msg_seq != seq:
+            continue
+        if kind == NLMSG_ERROR and end - body >= _ERRNO.size:
+            return None, -_ERRNO.unpack_from(data, body)[0]
+        if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
+            for attr_kind, value in _attributes(data, body + _NFGENMSG.size, end):
+                if attr_kind == NFTA_GEN_ID and len(value) >= 4:
+                    return int.from_bytes(value[:4], "big"), None
     return None, None
+
+
+def set_elements_request(table: str, set_name: str, seq: int) -> bytes:
+    """An ``NFT_MSG_GETSETELEM`` dump of ``ip <table>``'s set."""
+    body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+            + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0"))
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                    socket.AF_INET, body)
+
+
+def parse_elements(data: bytes, seq: int, found: list[IPv4Address]) -> tuple[bool, int | None]:
+    """Append the IPv4 keys of ``seq``'s dump messages in ``data`` to ``found``; (dump done, errno)."""
+    for kind, msg_seq, body, end in _messages(data):
+        if msg_seq != seq:
+            continue
+        if kind == NLMSG_ERROR and end - body >= _ERRNO.size:
+            code = -_ERRNO.unpack_from(data, body)[0]
+            return True, code or None
+        if kind == NLMSG_DONE:
+            return True, None
+        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
+            continue
+        found.extend(IPv4Address(value) for value in _nested(data[body + _NFGENMSG.size:end], _ELEMENT_KEY)
+                     if len(value) == 4)
+    return False, None
 
 
 class NftNetlink:
@@ -112,6 +161,19 @@ class NftNetlink:
         if code:
             raise OSError(code, os.strerror(code))
 
+    def set_elements(self, table: str, set_name: str) -> list[IPv4Address]:
+        """The set's IPv4 elements; OSError with the kernel's errno if it refuses (ENOENT: no set)."""
+        seq = self._next_seq(1)
+        self._send(set_elements_request(table, set_name, seq))
+        found: list[IPv4Address] = []
+        while True:
+            assert self._sock is not None
+            done, code = parse_elements(self._sock.recv(65536), seq, found)
+            if code:
+                raise OSError(code, os.strerror(code))
+            if done:
+                return found
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -122,12 +184,16 @@ class NftNetlink:
         self._seq += count
         return first
 
-    def _ask(self, request: bytes, seq: int) -> tuple[int | None, int | None]:
+    def _send(self, request: bytes) -> None:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                        NETLINK_NETFILTER)
             self._sock.bind((0, 0))
         self._sock.send(request)
+
+    def _ask(self, request: bytes, seq: int) -> tuple[int | None, int | None]:
+        self._send(request)
+        assert self._sock is not None
         while True:
             generation, code = parse_answer(self._sock.recv(65536), seq)
             if generation is not None or code is not None:
