@@ -31,6 +31,7 @@ from overlayd.atomicfile import write_atomic
 from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
+from overlayd.dropnotice import DropNotice, warning
 from overlayd.firewall import Firewall, FirewallSpec
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
@@ -159,6 +160,7 @@ class Agent:
         # ... and a (desired, kernel) pair of Plane objects last found equal.
         self.in_sync: tuple[Plane, Plane] | None = None
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
+        self.drop_notice = DropNotice()
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
         self.lease_checked_at = 0.0  # monotonic time of the last time-to-live check
@@ -751,6 +753,8 @@ class Agent:
             if self.firewall.ensure(fw_spec):
                 log.info("firewall rules written for %s", self.config.network)
                 self._count_repair(trigger, "firewall", "fix")
+            if allowlist and fw_spec.vxlan_peers is not None:
+                self._notice_drops(fw_spec.vxlan_peers)
             self._write_subnet_env(trigger, SubnetEnv(
                 self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq
             ))  # fmt: skip
@@ -768,6 +772,15 @@ class Agent:
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self._count_peers()
+
+    def _notice_drops(self, peers: frozenset[IPv4Address]) -> None:
+        """Name the sources the allowlist newly dropped (one netlink dump, no process start)."""
+        assert self.config is not None
+        dropped = self.firewall.dropped_sources()
+        self.metrics.vxlan_dropped_sources.set(len(dropped - peers))
+        new = self.drop_notice.update(dropped, peers, time.monotonic())
+        if new:
+            log.warning("%s", warning(new, self.config.backend.port))
 
     def _write_subnet_env(self, trigger: str, env: SubnetEnv) -> None:
         path = self.options.subnet_file

@@ -20,7 +20,12 @@ VXLAN has no authentication: whoever can send UDP to the VXLAN port injects fram
 overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
 is in the named set ``vxlan_peers`` (the PublicIPs of current peer leases). Full passes replace the
 whole table, elements included; a single peer event adds or deletes one element over netlink
-(``nftnl``, no process start: it is on the new peer's critical path).
+(``nftnl``, no process start: it is on the new peer's critical path). The rule before the drop
+records each dropped source in the set ``vxlan_dropped`` for 10 minutes, so that the agent can
+name it: a node of the network whose VXLAN leaves from another address than the PublicIP it
+publishes is cut off by the allowlist, and without a name the operator would see only a counter.
+It is a separate rule because an ``update`` on a full set ends its rule: a flood of spoofed
+sources must not turn the drop off.
 
 Periodic passes do not list the table while nothing in nftables changed: the ruleset generation
 (``nftnl``, one netlink round trip) is compared with the one read just before the last listing
@@ -46,6 +51,11 @@ log = logging.getLogger(__name__)
 
 MULTICAST = IPv4Network("224.0.0.0/4")
 PEER_SET = "vxlan_peers"
+DROPPED_SET = "vxlan_dropped"
+DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
+DROPPED_MAX = 256
+_DROPPED_ELEMENTS = re.compile(rf"(set {DROPPED_SET} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
+_PEER_ELEMENTS = re.compile(rf"set {PEER_SET} {{[^{{}}]*?elements = {{([^}}]*)}}")
 _COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
 _ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
 
@@ -79,8 +89,12 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool
         peers = sorted(spec.vxlan_peers or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
         chains.append("\n".join([f"\tset {PEER_SET} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
+        chains.append(f"\tset {DROPPED_SET} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
+                      f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
+        not_a_peer = f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET}"
         chains.append(_chain("input", "filter hook input priority filter", [
-            f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET} counter drop",
+            f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}",
+            f"{not_a_peer} counter drop",
         ]))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
@@ -115,13 +129,15 @@ def _sorted_elements(match: re.Match[str]) -> str:
 
 def _listed_peers(listing: str | None) -> frozenset[IPv4Address]:
     """The allowlist's elements in a normalised listing of our table (none if it has no set)."""
-    match = _ELEMENTS.search(listing or "")
+    match = _PEER_ELEMENTS.search(listing or "")
     return frozenset(IPv4Address(item.strip()) for item in match[1].split(",")) if match else frozenset()
 
 
 def _normalise(listing: str) -> str:
-    """Comparable form of a table listing: whitespace, counter values and element order ignored."""
-    listing = _ELEMENTS.sub(_sorted_elements, _COUNTER_VALUES.sub("counter", listing))
+    """Comparable form of a table listing: whitespace, counter values, element order and the
+    dropped sources (the kernel's to add) ignored."""
+    listing = _DROPPED_ELEMENTS.sub(r"\1", _COUNTER_VALUES.sub("counter", listing))
+    listing = _ELEMENTS.sub(_sorted_elements, listing)
     return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
 
 
@@ -199,6 +215,18 @@ class Firewall:
             if exc.errno != errno.ENOENT:
                 raise FirewallError(f"cannot delete {public_ip} from set {PEER_SET} of table ip "
                                     f"{self._table}: {exc.strerror}") from exc
+
+    def dropped_sources(self) -> frozenset[IPv4Address]:
+        """Sources whose VXLAN packets the allowlist dropped in the last ``DROPPED_FOR`` (none
+        while our table has no allowlist)."""
+        try:
+            return frozenset(self._netlink.set_elements(self._table, DROPPED_SET))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return frozenset()
+            self._netlink.close()
+            raise FirewallError(f"cannot list set {DROPPED_SET} of table ip {self._table}: "
+                                f"{exc.strerror}") from exc
 
     def remove(self) -> None:
         """Delete our table if present (the agent leaves rules in place on SIGTERM)."""

@@ -164,6 +164,11 @@ class Metrics:
             "0 while the network config in etcd is missing or invalid (the agent keeps the one it runs)",
             registry=r,
         )
+        self.vxlan_dropped_sources = Gauge(
+            "overlayd_vxlan_ingress_dropped_sources",
+            "Sources without a peer lease whose VXLAN the ingress allowlist dropped in the last 10 minutes",
+            registry=r,
+        )
         self.health = Health()
 
     def set_lease_info(self, subnet: str, public_ip: str, vtep_mac: str, network: str) -> None:

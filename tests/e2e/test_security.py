@@ -4,8 +4,9 @@ VXLAN has no authentication: anyone who can send UDP to port 8472 on a host can 
 into its overlay. The intruder here is a namespace on the lab underlay (no agent, no lease) that
 builds its own VXLAN device aimed at h1, with h1's VTEP MAC in its neighbour table. A probe table
 in h1's namespace counts decapsulated packets from the intruder's inner source address on
-``flannel.1``: zero while the allowlist is on (the drop rule's counter rises instead), more than
-zero once h1's agent runs with the allowlist off — which proves the probe can see the attack.
+``flannel.1``: zero while the allowlist is on (the drop rule's counter rises instead, and the agent
+names the intruder), more than zero once h1's agent runs with the allowlist off — which proves the
+probe can see the attack.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
-from labtools import needs_lab, running_lab, wait_for
+from labtools import metric, needs_lab, running_lab, wait_for
 
 from overlayd.lab import Lab, LabHost, sh
 
@@ -88,6 +89,12 @@ def test_allowlist_drops_intruder_and_passes_peers(lab: Lab) -> None:
     assert not intruder_ping(intruder, target)
     assert counter_packets(h1.netns, "probe", INTRUDER_OVERLAY_IP) == 0, "intruder's packets reached h1"
     assert counter_packets(h1.netns, "overlayd", "@vxlan_peers") >= dropped_before + INTRUDER_PINGS
+    # The operator learns who was dropped (a node sending from another address than its
+    # PublicIP would be cut off the same way), once, and monitoring counts it.
+    wait_for(lambda: metric(h1, "overlayd_vxlan_ingress_dropped_sources") == 1, 15, "the drop gauge")
+    warnings = [line for line in h1.log_file.read_text().splitlines() if "allowlist dropped" in line]
+    assert len(warnings) == 1 and f"packets from {INTRUDER_IP}:" in warnings[0], warnings
+    assert "--vxlan-ingress-allowlist=false" in warnings[0]
 
     # A host joining later is allowed by the fast path (an element added before its entries).
     h3 = lab.add_host()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -113,6 +114,9 @@ def test_render_allowlist_set_and_drop_rule() -> None:
     table = render_table(ALLOW)
     assert "\t\telements = { 192.0.2.4, 192.0.2.5, 192.0.2.6," in table  # sorted as addresses
     assert "udp dport 4789 ip saddr != @vxlan_peers counter drop" in table
+    # Recording a dropped source is a rule of its own: an update on a full set ends its rule.
+    assert "\t\tudp dport 4789 ip saddr != @vxlan_peers update @vxlan_dropped { ip saddr }\n" in table
+    assert "flags dynamic,timeout" in table and "size 256" in table
     assert "elements" not in render_table(replace(ALLOW, vxlan_peers=frozenset()))
     assert "vxlan_peers" not in render_table(SPEC)
 
@@ -152,6 +156,43 @@ def test_allowlist_is_idempotent_with_elements_and_fast_path(netns: str) -> None
     assert "192.0.2.5" in str(steps["set"]) and "192.0.2.6" not in str(steps["set"])
     assert steps["off"] is True
     assert "vxlan_peers" not in str(steps["off listing"])
+
+
+def send_vxlan_from(*sources: str) -> None:
+    """One UDP packet to ALLOW's VXLAN port from each source address (put on lo here)."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for source in sources:
+        subprocess.run(["ip", "addr", "replace", f"{source}/32", "dev", "lo"], check=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.sendto(b"not a peer", (source, ALLOW.vxlan_port))
+
+
+def dropped_sources_steps() -> dict[str, object]:
+    firewall = Firewall()
+    steps: dict[str, object] = {"before a table": firewall.dropped_sources()}
+    firewall.ensure(ALLOW)
+    send_vxlan_from("192.0.2.200", "192.0.2.201", "192.0.2.5")  # two strangers and a peer
+    steps["dropped"] = firewall.dropped_sources()
+    steps["listing"] = nft_list()
+    steps["ensure again"] = firewall.ensure(ALLOW)
+    steps["a restart's ensure"] = Firewall().ensure(ALLOW)
+    steps["peers kept from the listing"] = RecordingNft().ensure(replace(ALLOW, vxlan_peers=None))
+    steps["set"] = subprocess.run(["nft", "list", "set", "ip", "overlayd", "vxlan_peers"],
+                                  capture_output=True, text=True, check=True).stdout
+    return steps
+
+
+@pytest.mark.root
+def test_dropped_sources_are_recorded_and_do_not_count_as_drift(netns: str) -> None:
+    """The kernel names what the allowlist dropped; those elements are not ours to compare."""
+    steps = in_netns(netns, dropped_sources_steps)
+    assert steps["before a table"] == frozenset()
+    assert steps["dropped"] == frozenset({IPv4Address("192.0.2.200"), IPv4Address("192.0.2.201")})
+    assert "192.0.2.200 expires" in str(steps["listing"]), "the listing shows them, with their timeout"
+    assert steps["ensure again"] is False and steps["a restart's ensure"] is False
+    assert steps["peers kept from the listing"] is False
+    assert "192.0.2.20" in str(steps["set"]) and "192.0.2.200" not in str(steps["set"])
 
 
 class RecordingNft(Firewall):
