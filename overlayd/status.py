@@ -50,6 +50,7 @@ class AgentView:
     repairs: dict[str, float] = field(default_factory=dict)  # kind -> total
     etcd_errors: float | None = None
     watch_up: bool | None = None
+    vxlan_dropped_sources: float | None = None  # addresses without a lease, last 10 minutes
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def parse_metrics(text: str) -> AgentView:
         repairs=repairs,
         etcd_errors=value("overlayd_etcd_errors_total"),
         watch_up=None if watch_up is None else watch_up == 1,
+        vxlan_dropped_sources=value("overlayd_vxlan_ingress_dropped_sources"),
     )
 
 
@@ -208,6 +210,9 @@ def _agent_line(agent: AgentView, now: float) -> str:
     parts.append(f"repairs: {repairs or 'none'}")
     if agent.watch_up is False:
         parts.append("etcd watch DOWN")
+    if agent.vxlan_dropped_sources:
+        parts.append(f"VXLAN DROPPED from {agent.vxlan_dropped_sources:g} address(es) without a lease "
+                     "in the last 10 minutes (the agent log names them)")
     return "; ".join(parts)
 
 

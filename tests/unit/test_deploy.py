@@ -50,7 +50,7 @@ def test_alerts_cover_the_operator_cases() -> None:
     exprs = " ".join(alert_exprs())
     for name in ("overlayd_lease_expiry_timestamp_seconds", "overlayd_peers_programmed",
                  "overlayd_repairs_total", "overlayd_etcd_errors_total", 'up{job="overlayd"}',
-                 "overlayd_network_config_ok"):  # fmt: skip
+                 "overlayd_network_config_ok", "overlayd_vxlan_ingress_dropped_sources"):  # fmt: skip
         assert name in exprs
 
 

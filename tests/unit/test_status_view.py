@@ -40,6 +40,8 @@ overlayd_etcd_errors_total{operation="list_leases"} 2.0
 overlayd_etcd_watch_up 0.0
 # TYPE overlayd_ready gauge
 overlayd_ready 1.0
+# TYPE overlayd_vxlan_ingress_dropped_sources gauge
+overlayd_vxlan_ingress_dropped_sources 2.0
 """
 
 
@@ -53,6 +55,7 @@ def test_parse_metrics_picks_status_figures() -> None:
     assert agent.etcd_errors == 3.0
     assert agent.ready is True
     assert agent.watch_up is False
+    assert agent.vxlan_dropped_sources == 2.0
 
 
 def test_parse_metrics_of_an_agent_without_them_leaves_unknowns() -> None:
@@ -86,6 +89,10 @@ def test_text_shows_each_source_and_the_cluster_table() -> None:
     assert "peers 2 programmed / 3 known" in text
     assert "repairs: fdb 4, route 3" in text
     assert "etcd watch DOWN" in text
+    assert "VXLAN DROPPED from 2 address(es) without a lease" in text
+    quiet = parse_metrics(METRICS.replace("overlayd_vxlan_ingress_dropped_sources 2.0",
+                                          "overlayd_vxlan_ingress_dropped_sources 0.0"))  # fmt: skip
+    assert "VXLAN DROPPED" not in render_text(sample_status(agent=quiet), now=1.7e9)
     assert "cluster (3 leases in etcd)" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  198.18.")}
     assert rows["198.18.7.0/24"].endswith("this host")
