@@ -277,15 +277,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def _unknown_options(tokens: list[str], known: list[str]) -> str:
     """Name unknown options without their values (a mistyped ``--etcd-password=...`` must not
-    print the password) and suggest the closest known option."""
+    print the password) and suggest the closest known option. A stray word is shown (``lab down
+    ovlab`` must say which word was not understood) unless an unknown option came before it,
+    whose value it may be."""
     import difflib
 
     shown = []
+    may_be_a_value = False
     for token in tokens:
         if not token.startswith("-"):
-            shown.append("<value>")
+            shown.append("<value>" if may_be_a_value else repr(token))
             continue
         name, has_value, _ = token.partition("=")
+        may_be_a_value = may_be_a_value or not has_value
         hint = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         suggestion = f" (did you mean {hint[0]}?)" if hint else ""
         shown.append(name + ("=<value>" if has_value else "") + suggestion)

@@ -24,13 +24,15 @@ from overlayd.options import OptionsError, normalize_argv, resolve_options
         ("--etcd-pasword=hunter2", "--etcd-pasword=<value> (did you mean --etcd-password?)"),
         ("--etcd-endpoint=http://192.0.2.2:2379", "--etcd-endpoint="),  # no silent abbreviation
         ("-iface", "expected one argument"),
+        ("--etcd-pasword hunter2", "--etcd-pasword (did you mean --etcd-password?) <value>"),
+        ("stray", "unrecognized arguments: 'stray'"),  # a word after no unknown option is no secret
     ],
 )
 def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, option: str, named: str) -> None:
     (tmp_path / "bad.yaml").write_text("no-such-option: 1\n")
     run_dir, state_dir = tmp_path / "run", tmp_path / "state"
     done = subprocess.run(
-        [sys.executable, "-m", "overlayd", "run", option.format(tmp=tmp_path),
+        [sys.executable, "-m", "overlayd", "run", *option.format(tmp=tmp_path).split(" "),
          f"--subnet-file={run_dir}/subnet.env", f"--state-dir={state_dir}"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
