@@ -32,7 +32,7 @@ from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanB
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
 from overlayd.dropnotice import DropNotice, warning
-from overlayd.firewall import Firewall, FirewallSpec
+from overlayd.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, hold_instance_lock
@@ -175,6 +175,7 @@ class Agent:
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
+        self.drops_check = Outage(log, "could not read the VXLAN sources the allowlist dropped")
         self.config_raw: bytes | None = None  # the network config last read and accepted, as stored
         self.lease_expired = ""  # why our lease ran out unrenewed ("" while it holds): not ready
 
@@ -753,11 +754,11 @@ class Agent:
             if self.firewall.ensure(fw_spec):
                 log.info("firewall rules written for %s", self.config.network)
                 self._count_repair(trigger, "firewall", "fix")
-            if allowlist and fw_spec.vxlan_peers is not None:
-                self._notice_drops(fw_spec.vxlan_peers)
             self._write_subnet_env(trigger, SubnetEnv(
                 self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq
             ))  # fmt: skip
+            if allowlist and fw_spec.vxlan_peers is not None:
+                self._notice_drops(fw_spec.vxlan_peers)
             self.metrics.last_reconcile.set(time.time())
             self._set_health(not self.lease_expired, self.lease_expired or "ready")
             if trigger == "resync":
@@ -776,7 +777,12 @@ class Agent:
     def _notice_drops(self, peers: frozenset[IPv4Address]) -> None:
         """Name the sources the allowlist newly dropped (one netlink dump, no process start)."""
         assert self.config is not None
-        dropped = self.firewall.dropped_sources()
+        try:
+            dropped = self.firewall.dropped_sources()
+        except FirewallError as exc:  # a diagnostic: it must not fail the pass
+            self.drops_check.failed(exc)
+            return
+        self.drops_check.succeeded()
         self.metrics.vxlan_dropped_sources.set(len(dropped - peers))
         new = self.drop_notice.update(dropped, peers, time.monotonic())
         if new:
