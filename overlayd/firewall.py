@@ -54,6 +54,10 @@ PEER_SET = "vxlan_peers"
 DROPPED_SET = "vxlan_dropped"
 DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
 DROPPED_MAX = 256
+_FEATURE_NAMES = {
+    "fully_random": "'masquerade fully-random'",
+    "record_drops": "a dynamic set (dropped VXLAN sources will not be named)",
+}
 _DROPPED_ELEMENTS = re.compile(rf"(set {DROPPED_SET} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
 _PEER_ELEMENTS = re.compile(rf"set {PEER_SET} {{[^{{}}]*?elements = {{([^}}]*)}}")
 _COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
@@ -62,6 +66,25 @@ _ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
 
 class FirewallError(Exception):
     """nft is missing or refused our rules; the message names the command and the fix."""
+
+
+@dataclass(frozen=True)
+class NftFeatures:
+    """Parts of the table an older nft or kernel may refuse; each is dropped (once probed and
+    found refused) rather than leave the node without masquerading and forward rules."""
+
+    fully_random: bool = True  # ``masquerade fully-random``
+    record_drops: bool = True  # the dynamic set of dropped VXLAN sources
+
+
+def _probe_table(name: str, table: str) -> str:
+    """A throw-away table that uses only the ``NftFeatures`` field ``name``, for ``nft --check``."""
+    if name == "fully_random":
+        body = _chain("p", "nat hook postrouting priority srcnat", ["masquerade fully-random"])
+    else:
+        rule = f"udp dport 1 update @{DROPPED_SET} {{ ip saddr }}"
+        body = _dropped_set() + _chain("p", "filter hook input priority filter", [rule])
+    return f"table ip {table}_probe {{\n{body}}}\n"
 
 
 @dataclass(frozen=True)
@@ -80,22 +103,21 @@ class FirewallSpec:
     vxlan_peers: frozenset[IPv4Address] | None = frozenset()
 
 
-def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool = True) -> str:
+def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
     """The table definition, laid out as ``nft list table`` prints it."""
     net, sub = spec.network, spec.own_subnet
-    masquerade = "masquerade fully-random" if fully_random else "masquerade"
+    masquerade = "masquerade fully-random" if features.fully_random else "masquerade"
     chains = []
     if spec.ingress_allowlist:
         peers = sorted(spec.vxlan_peers or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
         chains.append("\n".join([f"\tset {PEER_SET} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
-        chains.append(f"\tset {DROPPED_SET} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
-                      f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
         not_a_peer = f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET}"
-        chains.append(_chain("input", "filter hook input priority filter", [
-            f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}",
-            f"{not_a_peer} counter drop",
-        ]))
+        record = [f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}"] if features.record_drops else []
+        if features.record_drops:
+            chains.append(_dropped_set())
+        drop = f"{not_a_peer} counter drop"
+        chains.append(_chain("input", "filter hook input priority filter", [*record, drop]))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
             f"ip saddr {net} ip daddr {net} return",
@@ -111,9 +133,14 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", fully_random: bool
     return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
 
 
-def render_ruleset(spec: FirewallSpec, table: str = "overlayd", fully_random: bool = True) -> str:
+def render_ruleset(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
     """The nft script that atomically replaces our table (creating it if absent)."""
-    return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, fully_random)
+    return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, features)
+
+
+def _dropped_set() -> str:
+    return (f"\tset {DROPPED_SET} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
+            f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
 
 
 def _chain(name: str, hook: str, rules: list[str]) -> str:
@@ -146,7 +173,8 @@ class Firewall:
 
     def __init__(self, table: str = "overlayd") -> None:
         self._table = table
-        self._fully_random: bool | None = None
+        self._features = NftFeatures()  # assumed until nft refuses a table with them
+        self._probed: set[str] = set()
         # The script we last applied and the kernel's listing right after: recognises our own
         # table even where this nft version prints it differently from ``render_table``.
         self._applied: tuple[str, str] | None = None
@@ -158,10 +186,9 @@ class Firewall:
     def ensure(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
 
-        ``masquerade fully-random`` is assumed until nft refuses a table with it: probing first
-        cost a process start (~30 ms on a slow machine) on every agent start.
+        ``NftFeatures`` are assumed until nft refuses a table with them: probing first cost a
+        process start (~30 ms on a slow machine) each on every agent start.
         """
-        fully_random = self._fully_random is not False
         generation = self._netlink.generation()  # before the listing: a later change bumps it again
         live: str | None = None
         listed = False
@@ -171,24 +198,18 @@ class Firewall:
                 spec = replace(spec, vxlan_peers=_listed_peers(live))
             else:  # none yet (a first start, or flanneld's host taken over): an empty one would
                 spec = replace(spec, ingress_allowlist=False)  # drop every peer until the listing
-        script = render_ruleset(spec, self._table, fully_random)
+        script = render_ruleset(spec, self._table, self._features)
         if generation is not None and self._verified == (generation, script):
             return False
         if not listed:
             live = self._live_listing()
         unchanged = live is not None and (
-            live == _normalise(render_table(spec, self._table, fully_random))
+            live == _normalise(render_table(spec, self._table, self._features))
             or self._applied == (script, live)
         )
         self._verified = (generation, script) if unchanged and generation is not None else None
         if not unchanged:
-            try:
-                self._nft(["-f", "-"], script)
-            except FirewallError:
-                if not fully_random or self._supports_fully_random():
-                    raise
-                script = render_ruleset(spec, self._table, fully_random=False)
-                self._nft(["-f", "-"], script)
+            script = self._write(spec, script)
             self._applied = (script, self._live_listing() or "")
             allowlist = f"{len(spec.vxlan_peers or ())} peers" if spec.ingress_allowlist else "off"
             log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
@@ -243,17 +264,31 @@ class Firewall:
             raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
         return _normalise(proc.stdout)
 
-    def _supports_fully_random(self) -> bool:
-        """Whether this kernel and nft accept ``masquerade fully-random`` (probed once, after nft
-        refused a table that used it)."""
-        if self._fully_random is None:
-            probe = (f"table ip {self._table}_probe {{\n\tchain p {{\n"
-                     "\t\ttype nat hook postrouting priority srcnat;\n"
-                     "\t\tmasquerade fully-random\n\t}\n}\n")
-            self._fully_random = self._run_nft(["--check", "-f", "-"], probe).returncode == 0
-            if not self._fully_random:
-                log.warning("nftables lacks 'masquerade fully-random'; masquerading without it")
-        return self._fully_random
+    def _write(self, spec: FirewallSpec, script: str) -> str:
+        """Apply ``script``; where nft refuses it, drop the features it does not support and
+        apply the table without them. Returns the script applied."""
+        while True:
+            try:
+                self._nft(["-f", "-"], script)
+                return script
+            except FirewallError:
+                refused = self._refused_feature()
+                if refused is None:
+                    raise
+                self._features = replace(self._features, **{refused: False})
+                script = render_ruleset(spec, self._table, self._features)
+
+    def _refused_feature(self) -> str | None:
+        """The first feature still assumed that nft refuses (each probed once), or None."""
+        for name in ("fully_random", "record_drops"):
+            if name in self._probed or not getattr(self._features, name):
+                continue
+            self._probed.add(name)
+            probe = _probe_table(name, self._table)
+            if self._run_nft(["--check", "-f", "-"], probe).returncode != 0:
+                log.warning("nftables refuses %s; writing the table without it", _FEATURE_NAMES[name])
+                return name
+        return None
 
     def _warn_about_foreign_drops(self) -> None:
         """Warn (once per set) about other tables whose forward chain drops by policy."""

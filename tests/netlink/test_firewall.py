@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns
 
-from overlayd.firewall import Firewall, FirewallSpec, render_ruleset, render_table
+from overlayd.firewall import Firewall, FirewallSpec, NftFeatures, render_ruleset, render_table
 
 SPEC = FirewallSpec(
     network=IPv4Network("198.18.0.0/16"),
@@ -44,7 +44,7 @@ def test_render_leaves_out_disabled_parts() -> None:
     assert render_table(FirewallSpec(SPEC.network, SPEC.own_subnet, False, False), "t") == (
         "table ip t {\n}\n"
     )
-    assert "masquerade fully-random" not in render_table(SPEC, fully_random=False)
+    assert "masquerade fully-random" not in render_table(SPEC, features=NftFeatures(fully_random=False))
 
 
 def nft_list(table: str = "overlayd") -> str:
@@ -199,15 +199,16 @@ class RecordingNft(Firewall):
     """The real nft, its calls recorded; optionally refusing ``fully-random`` as an old nft or
     kernel does."""
 
-    def __init__(self, refuse_fully_random: bool = False) -> None:
+    def __init__(self, refuse_fully_random: bool = False, refuse_dynamic_sets: bool = False) -> None:
         super().__init__()
-        self.refuse_fully_random = refuse_fully_random
+        self.refused = {"fully-random": refuse_fully_random, "flags dynamic": refuse_dynamic_sets}
         self.calls: list[list[str]] = []
 
     def _run_nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.append(args)
-        if self.refuse_fully_random and stdin and "fully-random" in stdin:
-            return subprocess.CompletedProcess(args, 1, "", "Error: syntax error, unexpected fully-random")
+        for text, refused in self.refused.items():
+            if refused and stdin and text in stdin:
+                return subprocess.CompletedProcess(args, 1, "", f"Error: syntax error, unexpected {text}")
         return Firewall._run_nft(args, stdin)
 
     def probes(self) -> int:
@@ -231,6 +232,29 @@ def test_without_fully_random_the_table_is_written_with_plain_masquerade(netns: 
     assert "fully-random" not in str(steps["listing"])
     assert steps["probes"] == 1, "probed once, after nft refused the table"
     assert (steps["second"], steps["probes after"]) == (False, 1)
+
+
+def without_dynamic_sets_steps() -> dict[str, object]:
+    firewall = RecordingNft(refuse_dynamic_sets=True)
+    steps: dict[str, object] = {"first": firewall.ensure(ALLOW), "listing": nft_list()}
+    steps["probes"] = firewall.probes()
+    steps["second"] = firewall.ensure(ALLOW)
+    steps["probes after"] = firewall.probes()
+    steps["dropped"] = firewall.dropped_sources()
+    return steps
+
+
+@pytest.mark.root
+def test_without_dynamic_sets_the_allowlist_still_drops_without_recording(netns: str) -> None:
+    """An nft or kernel that refuses the record must not cost the node its masquerading,
+    forward rules or allowlist: the table is written without it."""
+    steps = in_netns(netns, without_dynamic_sets_steps)
+    assert steps["first"] is True
+    listing = str(steps["listing"])
+    assert "udp dport 4789 ip saddr != @vxlan_peers counter" in listing and "vxlan_dropped" not in listing
+    assert steps["probes"] == 2, "fully-random probed (accepted), then the dynamic set (refused)"
+    assert (steps["second"], steps["probes after"]) == (False, 2)
+    assert steps["dropped"] == frozenset()
 
 
 def first_ensure_calls() -> list[list[str]]:
