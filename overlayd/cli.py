@@ -258,11 +258,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)  # flanneld takes no abbreviations; neither do we
         super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
-            message = prefix + _unknown_options(message.removeprefix(prefix).split(" "), self._known())
+            # A password split into words by the shell or systemd leaves the rest as stray words.
+            secret = any("password" in arg.lower() for arg in self._argv)
+            words = message.removeprefix(prefix).split(" ")
+            message = prefix + _unknown_options(words, self._known(), show_words=not secret)
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
     def _known(self) -> list[str]:
@@ -275,21 +283,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
         return known
 
 
-def _unknown_options(tokens: list[str], known: list[str]) -> str:
+def _unknown_options(tokens: list[str], known: list[str], show_words: bool) -> str:
     """Name unknown options without their values (a mistyped ``--etcd-password=...`` must not
     print the password) and suggest the closest known option. A stray word is shown (``lab down
-    ovlab`` must say which word was not understood) unless an unknown option came before it,
-    whose value it may be."""
+    ovlab`` must say which word was not understood) when ``show_words`` and no option came
+    before it, whose value it may be."""
     import difflib
 
     shown = []
-    may_be_a_value = False
+    may_be_a_value = not show_words
     for token in tokens:
         if not token.startswith("-"):
             shown.append("<value>" if may_be_a_value else repr(token))
             continue
+        may_be_a_value = True
         name, has_value, _ = token.partition("=")
-        may_be_a_value = may_be_a_value or not has_value
         hint = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         suggestion = f" (did you mean {hint[0]}?)" if hint else ""
         shown.append(name + ("=<value>" if has_value else "") + suggestion)

@@ -26,6 +26,10 @@ from overlayd.options import OptionsError, normalize_argv, resolve_options
         ("-iface", "expected one argument"),
         ("--etcd-pasword hunter2", "--etcd-pasword (did you mean --etcd-password?) <value>"),
         ("stray", "unrecognized arguments: 'stray'"),  # a word after no unknown option is no secret
+        # A password split into words (an unquoted variable in a unit file) must not show.
+        ("--etcd-password=correct horse battery", "unrecognized arguments: <value> <value>"),
+        ("--etcd-password= hunter2", "unrecognized arguments: <value>"),
+        ("--etcd-pasword=correct hunter2", "--etcd-pasword=<value> (did you mean --etcd-password?) <value>"),
     ],
 )
 def test_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path: Path, option: str, named: str) -> None:
