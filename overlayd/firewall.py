@@ -61,6 +61,7 @@ _FEATURE_NAMES = {
 _DROPPED_ELEMENTS = re.compile(rf"(set {DROPPED_SET} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
 _PEER_ELEMENTS = re.compile(rf"set {PEER_SET} {{[^{{}}]*?elements = {{([^}}]*)}}")
 _COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
+_COMMENTS = re.compile(r"[ \t]*#[^\n]*")  # newer nft prints "size 256 # count 3"
 _ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
 
 
@@ -150,7 +151,12 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
 
 
 def _sorted_elements(match: re.Match[str]) -> str:
-    peers = sorted(IPv4Address(item.strip()) for item in match[1].split(",") if item.strip())
+    """Elements in address order; a list of anything but plain addresses is left as it is (it
+    then differs from ours, and the pass rewrites the table instead of failing)."""
+    try:
+        peers = sorted(IPv4Address(item.strip()) for item in match[1].split(",") if item.strip())
+    except ValueError:
+        return match[0]
     return f"elements = {{ {', '.join(map(str, peers))} }}"
 
 
@@ -163,7 +169,7 @@ def _listed_peers(listing: str | None) -> frozenset[IPv4Address]:
 def _normalise(listing: str) -> str:
     """Comparable form of a table listing: whitespace, counter values, element order and the
     dropped sources (the kernel's to add) ignored."""
-    listing = _DROPPED_ELEMENTS.sub(r"\1", _COUNTER_VALUES.sub("counter", listing))
+    listing = _DROPPED_ELEMENTS.sub(r"\1", _COUNTER_VALUES.sub("counter", _COMMENTS.sub("", listing)))
     listing = _ELEMENTS.sub(_sorted_elements, listing)
     return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
 

@@ -12,7 +12,15 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns
 
-from overlayd.firewall import Firewall, FirewallSpec, NftFeatures, render_ruleset, render_table
+from overlayd.firewall import (
+    Firewall,
+    FirewallSpec,
+    NftFeatures,
+    _listed_peers,
+    _normalise,
+    render_ruleset,
+    render_table,
+)
 
 SPEC = FirewallSpec(
     network=IPv4Network("198.18.0.0/16"),
@@ -119,6 +127,36 @@ def test_render_allowlist_set_and_drop_rule() -> None:
     assert "flags dynamic,timeout" in table and "size 256" in table
     assert "elements" not in render_table(replace(ALLOW, vxlan_peers=frozenset()))
     assert "vxlan_peers" not in render_table(SPEC)
+
+
+def kernel_listing(dropped: str, size_line: str = "size 256") -> str:
+    """ALLOW's table as ``nft list table`` prints it once the kernel recorded ``dropped``."""
+    table = render_table(ALLOW).replace("counter drop", "counter packets 3 bytes 150 drop")
+    table = table.replace("\t\tsize 256\n", f"\t\t{size_line}\n")
+    return table.replace("\t\ttimeout 10m\n", f"\t\ttimeout 10m\n\t\telements = {{ {dropped} }}\n")
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        kernel_listing("192.0.2.200 expires 9m59s992ms"),
+        # many elements span lines; newer nft adds the element count as a comment
+        kernel_listing("192.0.2.200 expires 9m59s992ms, 192.0.2.201 expires 3s,\n\t\t\t     "
+                       "192.0.2.202 expires 1m"),
+        kernel_listing("192.0.2.200 expires 9m59s992ms", size_line="size 256\t# count 1"),
+    ],
+)
+def test_recorded_sources_and_nft_comments_do_not_count_as_drift(listing: str) -> None:
+    assert _normalise(listing) == _normalise(render_table(ALLOW))
+    assert _listed_peers(_normalise(listing)) == ALLOW.vxlan_peers
+
+
+def test_a_listing_in_an_unknown_format_differs_instead_of_failing() -> None:
+    """Whatever nft prints, the comparison must not raise: a pass that fails here would not
+    write subnet.env. A difference only rewrites the table."""
+    odd = render_table(ALLOW).replace("set vxlan_dropped {", "meter vxlan_dropped {")
+    odd = odd.replace("\t\ttimeout 10m\n", "\t\ttimeout 10m\n\t\telements = { 192.0.2.200 expires 9m }\n")
+    assert _normalise(odd) != _normalise(render_table(ALLOW))
 
 
 def allowlist_steps() -> dict[str, object]:
