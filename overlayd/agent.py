@@ -783,10 +783,10 @@ class Agent:
             self.drops_check.failed(exc)
             return
         self.drops_check.succeeded()
-        self.metrics.vxlan_dropped_sources.set(len(dropped - peers))
-        new = self.drop_notice.update(dropped, peers, time.monotonic())
+        new, more = self.drop_notice.update(dropped, peers, time.monotonic())
+        self.metrics.vxlan_dropped_sources.set(len(self.drop_notice.unexplained(dropped)))
         if new:
-            log.warning("%s", warning(new, self.config.backend.port))
+            log.warning("%s", warning(new, more, self.config.backend.port))
 
     def _write_subnet_env(self, trigger: str, env: SubnetEnv) -> None:
         path = self.options.subnet_file

@@ -28,9 +28,10 @@ class DropNotice:
 
     def update(
         self, dropped: frozenset[IPv4Address], peers: frozenset[IPv4Address], now: float
-    ) -> list[IPv4Address]:
-        """The dropped sources to warn about now (sorted): not a peer, not a peer in the last
-        ``FORMER_PEER_GRACE`` seconds, and not told while the kernel kept listing it."""
+    ) -> tuple[list[IPv4Address], int]:
+        """The dropped sources to name now (sorted, at most ``MAX_NAMED``), and how many more
+        wait for the next passes: not a peer, not a peer in the last ``FORMER_PEER_GRACE``
+        seconds, and not told while the kernel kept listing it."""
         for address in self.peers - peers:
             self.former_peers[address] = now
         self.peers = peers
@@ -39,17 +40,21 @@ class DropNotice:
             if now - left < FORMER_PEER_GRACE and address not in peers
         }  # fmt: skip
         self.told &= dropped  # one that aged out of the kernel's set is told again when it returns
-        new = sorted(dropped - peers - self.former_peers.keys() - self.told)
-        self.told.update(new)
-        return new
+        new = sorted(self.unexplained(dropped) - self.told)
+        self.told.update(new[:MAX_NAMED])
+        return new[:MAX_NAMED], len(new[MAX_NAMED:])
+
+    def unexplained(self, dropped: frozenset[IPv4Address]) -> frozenset[IPv4Address]:
+        """The dropped sources that neither are nor just were peers (as of the last update)."""
+        return dropped - self.peers - self.former_peers.keys()
 
 
-def warning(addresses: list[IPv4Address], port: int) -> str:
+def warning(addresses: list[IPv4Address], more: int, port: int) -> str:
     """The log line for newly dropped sources: what happened, and the fix if one is a node."""
-    named = ", ".join(map(str, addresses[:MAX_NAMED]))
-    more = f" and {len(addresses) - MAX_NAMED} more" if len(addresses) > MAX_NAMED else ""
+    named = ", ".join(map(str, addresses))
+    more_text = f" (and {more} more, named on the next passes)" if more else ""
     return (
-        f"VXLAN ingress allowlist dropped UDP port {port} packets from {named}{more}: no peer lease "
+        f"VXLAN ingress allowlist dropped UDP port {port} packets from {named}{more_text}: no peer lease "
         "has that PublicIP. If one is a node of this network whose VXLAN leaves from another "
         "address than the PublicIP in its lease (flanneld's --public-ip set to a second address, "
         "or a NAT), its pods cannot reach this host's: give that node --public-ip of the address "

@@ -166,7 +166,7 @@ class Metrics:
         )
         self.vxlan_dropped_sources = Gauge(
             "overlayd_vxlan_ingress_dropped_sources",
-            "Sources without a peer lease whose VXLAN the ingress allowlist dropped in the last 10 minutes",
+            "Sources that hold no peer lease (nor did just before) whose VXLAN the allowlist dropped lately",
             registry=r,
         )
         self.health = Health()

@@ -126,11 +126,9 @@ def parse_elements(data: bytes, seq: int, found: list[IPv4Address]) -> tuple[boo
     for kind, msg_seq, body, end in _messages(data):
         if msg_seq != seq:
             continue
-        if kind == NLMSG_ERROR and end - body >= _ERRNO.size:
-            code = -_ERRNO.unpack_from(data, body)[0]
+        if kind in (NLMSG_ERROR, NLMSG_DONE):  # DONE carries the dump's own status: a dump can fail late
+            code = -_ERRNO.unpack_from(data, body)[0] if end - body >= _ERRNO.size else 0
             return True, code or None
-        if kind == NLMSG_DONE:
-            return True, None
         if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
             continue
         found.extend(IPv4Address(value) for value in _nested(data[body + _NFGENMSG.size:end], _ELEMENT_KEY)

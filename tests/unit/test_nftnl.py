@@ -68,8 +68,8 @@ def _elements(seq: int, *addresses: str) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), 10 << 8 | 12, 2, seq, 0) + body
 
 
-def _done(seq: int) -> bytes:
-    return struct.pack("=IHHIIi", 20, 3, 2, seq, 0, 0)
+def _done(seq: int, status: int = 0) -> bytes:
+    return struct.pack("=IHHIIi", 20, 3, 2, seq, 0, status)
 
 
 def test_set_elements_request_is_a_dump_of_the_named_set() -> None:
@@ -89,5 +89,6 @@ def test_parse_elements_collects_keys_across_messages_until_done() -> None:
     assert parse_elements(_elements(9, "192.0.2.3") + _done(9), 9, found) == (True, None)
     assert found == [IPv4Address(f"192.0.2.{n}") for n in (1, 2, 3)]
     assert parse_elements(_error(9, 2), 9, []) == (True, 2)
+    assert parse_elements(_done(9, -16), 9, []) == (True, 16), "a dump that failed part-way is no answer"
     truncated: list[IPv4Address] = []
     assert parse_elements(_elements(9, "192.0.2.1")[:30], 9, truncated) == (False, None) and truncated == []
