@@ -271,7 +271,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
             secret = any("password" in arg.lower() for arg in self._argv)
             words = message.removeprefix(prefix).split(" ")
             message = prefix + _unknown_options(words, self._known(), show_words=not secret)
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: {message} (see `{self._help_command()}`)\n")
+
+    def _help_command(self) -> str:
+        """``overlayd lab --help`` for an error in ``overlayd lab ...``: that help lists its options."""
+        command = self._argv[0] if self._argv else ""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return f"{action.choices[command].prog} --help"
+        return f"{self.prog} --help"
 
     def _known(self) -> list[str]:
         """Every option string of this parser and its subcommands, for "did you mean"."""

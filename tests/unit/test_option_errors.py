@@ -70,3 +70,11 @@ def test_a_legacy_etcd_endpoints_variable_is_refused_naming_the_fix() -> None:
     assert resolve_options(parser.parse_args(["run"]), {}).etcd_endpoints  # the default
     cli = parser.parse_args(normalize_argv(["run", "--etcd-endpoints=http://192.0.2.2:2379"]))
     assert resolve_options(cli, {"ETCD_ENDPOINTS": "x"}).etcd_endpoints == ("http://192.0.2.2:2379",)
+
+
+def test_an_error_in_a_subcommand_points_at_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        make_parser().parse_args(["lab", "down", "ovlab"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error == "overlayd: unrecognized arguments: 'ovlab' (see `overlayd lab --help`)\n"
