@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import needs_lab, running_lab
+from labtools import metric, needs_lab, running_lab, wait_for
 
 from overlayd.lab import ETCD_PREFIX, Lab, sh
 
@@ -57,3 +57,37 @@ def test_public_ip_is_published_and_the_device_sends_from_the_interface(nat_lab:
     assert f"dst {PUBLIC_IP}" in fdb
     assert nat_lab.ping(h1, h2.flannel_address() or "", count=2)
     assert nat_lab.ping(h2, h1.flannel_address() or "", count=2)
+
+
+SECOND_IP = "192.0.2.251"  # a second address on h2's eth0, published as its PublicIP
+
+
+@pytest.fixture
+def two_address_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(tmp_path_factory, hosts=1) as lab:
+        h2 = lab.add_host(start_agent=False, agent_args=["--iface=eth0", f"--public-ip={SECOND_IP}"])
+        sh("ip", "addr", "add", f"{SECOND_IP}/24", "dev", "eth0", netns=h2.netns)
+        lab.start_agent(h2)
+        lab.wait_converged(timeout=60)
+        yield lab
+
+
+def test_a_node_sending_from_another_address_than_its_public_ip_is_named_with_the_fix(
+    two_address_lab: Lab,
+) -> None:
+    """As flanneld, the device sends from the interface's first address while the lease says
+    ``--public-ip``. flanneld peers accept that; an allowlist cannot know the address, drops
+    the node's packets, and must say so with the fixes instead of dropping them silently."""
+    lab = two_address_lab
+    h1, h2 = lab.hosts
+    target = h1.flannel_address() or ""
+    assert not lab.ping(h2, target, count=2), "the allowlist drops what h2 sends from its first address"
+    wait_for(lambda: metric(h1, "overlayd_vxlan_ingress_dropped_sources") == 1, 15, "the drop gauge")
+    warning = next(line for line in h1.log_file.read_text().splitlines() if "allowlist dropped" in line)
+    assert f"packets from {h2.ip}:" in warning
+    assert "--public-ip" in warning and "--vxlan-ingress-allowlist=false" in warning
+
+    lab.stop_agent(h1)  # the second fix named: no allowlist on the receiving node
+    h1.agent_args.append("--vxlan-ingress-allowlist=false")
+    lab.start_agent(h1)
+    wait_for(lambda: lab.ping(h2, target, count=2), 30, "h2 reaching h1 without the allowlist")
