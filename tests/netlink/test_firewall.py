@@ -253,13 +253,18 @@ class RecordingNft(Firewall):
         return sum("--check" in args for args in self.calls)
 
 
-def without_fully_random_steps() -> dict[str, object]:
-    firewall = RecordingNft(refuse_fully_random=True)
-    steps: dict[str, object] = {"first": firewall.ensure(SPEC), "listing": nft_list()}
+def refusing_nft_steps(firewall: RecordingNft, spec: FirewallSpec) -> dict[str, object]:
+    """Two ensures by an nft that refuses a feature: what each did, and the probes so far."""
+    steps: dict[str, object] = {"first": firewall.ensure(spec), "listing": nft_list()}
     steps["probes"] = firewall.probes()
-    steps["second"] = firewall.ensure(SPEC)
+    steps["second"] = firewall.ensure(spec)
     steps["probes after"] = firewall.probes()
+    steps["dropped"] = firewall.dropped_sources()
     return steps
+
+
+def without_fully_random_steps() -> dict[str, object]:
+    return refusing_nft_steps(RecordingNft(refuse_fully_random=True), SPEC)
 
 
 @pytest.mark.root
@@ -273,13 +278,7 @@ def test_without_fully_random_the_table_is_written_with_plain_masquerade(netns: 
 
 
 def without_dynamic_sets_steps() -> dict[str, object]:
-    firewall = RecordingNft(refuse_dynamic_sets=True)
-    steps: dict[str, object] = {"first": firewall.ensure(ALLOW), "listing": nft_list()}
-    steps["probes"] = firewall.probes()
-    steps["second"] = firewall.ensure(ALLOW)
-    steps["probes after"] = firewall.probes()
-    steps["dropped"] = firewall.dropped_sources()
-    return steps
+    return refusing_nft_steps(RecordingNft(refuse_dynamic_sets=True), ALLOW)
 
 
 @pytest.mark.root
