@@ -114,11 +114,11 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatu
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
         chains.append("\n".join([f"\tset {PEER_SET} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
         not_a_peer = f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET}"
-        record = [f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}"] if features.record_drops else []
+        rules = [f"{not_a_peer} counter drop"]
         if features.record_drops:
             chains.append(_dropped_set())
-        drop = f"{not_a_peer} counter drop"
-        chains.append(_chain("input", "filter hook input priority filter", [*record, drop]))
+            rules.insert(0, f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}")
+        chains.append(_chain("input", "filter hook input priority filter", rules))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
             f"ip saddr {net} ip daddr {net} return",
@@ -150,11 +150,16 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
     return "\n".join(lines) + "\n\t}\n"
 
 
+def _addresses(elements: str) -> list[IPv4Address]:
+    """The addresses of an ``elements = { ... }`` list's inside; ValueError for anything else."""
+    return [IPv4Address(item.strip()) for item in elements.split(",") if item.strip()]
+
+
 def _sorted_elements(match: re.Match[str]) -> str:
     """Elements in address order; a list of anything but plain addresses is left as it is (it
     then differs from ours, and the pass rewrites the table instead of failing)."""
     try:
-        peers = sorted(IPv4Address(item.strip()) for item in match[1].split(",") if item.strip())
+        peers = sorted(_addresses(match[1]))
     except ValueError:
         return match[0]
     return f"elements = {{ {', '.join(map(str, peers))} }}"
@@ -163,7 +168,7 @@ def _sorted_elements(match: re.Match[str]) -> str:
 def _listed_peers(listing: str | None) -> frozenset[IPv4Address]:
     """The allowlist's elements in a normalised listing of our table (none if it has no set)."""
     match = _PEER_ELEMENTS.search(listing or "")
-    return frozenset(IPv4Address(item.strip()) for item in match[1].split(",")) if match else frozenset()
+    return frozenset(_addresses(match[1])) if match else frozenset()
 
 
 def _normalise(listing: str) -> str:
