@@ -5,6 +5,11 @@ conflist changed. One file per attachment, ``<dataDir>/<network>+<containerID>+<
 ``+`` cannot occur in a network name or container ID, so the name is unambiguous and two
 networks or interfaces of one container never share a file (flannel keyed by container ID only).
 Files are written atomically with mode 0600 (they hold the whole network config).
+
+Each file also gets flannel's name, ``<dataDir>/<containerID>``, as a hard link, so that a node
+switched back to flannel's plugin still releases the addresses of containers attached here. A
+file under flannel's name with a single link was written by flannel's plugin and is read as that
+container's state; one with two links is the twin of one of ours and is not.
 """
 
 from __future__ import annotations
@@ -87,26 +92,40 @@ class StateStore:
             if _read_json(path) is not None:
                 raise
             write_file_atomically(path, data)
+        try:  # noqa: SIM105  (`contextlib` would cost an import per CNI call)
+            leanos.link(path, self._flannel_path(attachment))
+        except OSError:  # flannel's own file, another interface's twin: the first one keeps the name
+            pass
 
     def load(self, attachment: Attachment) -> dict[str, Any] | None:
         """The saved config, or None when nothing (readable) was saved.
 
-        Falls back to flannel's ``<dataDir>/<containerID>`` file when it names the same network,
-        so containers attached before the switch to overlayd are still released.
+        Falls back to a file under flannel's name, ``<dataDir>/<containerID>``, when it names the
+        same network and is no twin of another attachment's file, so containers attached by
+        flannel's plugin before the switch to overlayd are still released.
         """
         ours = _read_json(leanos.join(self.data_dir, attachment.filename))
         if ours is not None:
             return ours
-        legacy = _read_json(leanos.join(self.data_dir, attachment.container_id))
-        if legacy is not None and legacy.get("name") == attachment.network:
-            return legacy
+        flannel_path = self._flannel_path(attachment)
+        try:
+            if leanos.stat(flannel_path).st_nlink > 1:
+                return None
+        except FileNotFoundError:
+            return None
+        flannels = _read_json(flannel_path)
+        if flannels is not None and flannels.get("name") == attachment.network:
+            return flannels
         return None
 
     def remove(self, attachment: Attachment) -> None:
-        """Forget the attachment (no error if nothing was saved)."""
+        """Forget the attachment (no error if nothing was saved), under both names."""
         _unlink(leanos.join(self.data_dir, attachment.filename))
-        if self.load(attachment) is not None:  # only flannel's file can be left
-            _unlink(leanos.join(self.data_dir, attachment.container_id))
+        if self.load(attachment) is not None:  # only the file under flannel's name can be left
+            _unlink(self._flannel_path(attachment))
+
+    def _flannel_path(self, attachment: Attachment) -> str:
+        return leanos.join(self.data_dir, attachment.container_id)
 
     def attachments(self, network: str) -> list[Attachment]:
         """Every attachment saved for ``network`` (for GC)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 
 import pytest
 
-from .conftest import DUAL_STACK, SUBNET_ENV, Node, run_netns
+from .conftest import DUAL_STACK, REFERENCE_PLUGINS, SUBNET_ENV, Node, run_netns
 
 pytestmark = pytest.mark.root
 
@@ -70,7 +71,7 @@ def test_delegate_gets_flannel_defaults_and_user_keys(host: Node) -> None:
     netns = host.netns()
     conf = host.conf(delegate={"bridge": host.bridge, "mtu": 1400, "hairpinMode": True})
     assert host.call("ADD", conf, netns).returncode == 0
-    (saved,) = host.data_dir.iterdir()
+    saved = host.data_dir / "ovctest+ctr1+eth0"
     assert saved.stat().st_mode & 0o777 == 0o600
     delegate = json.loads(saved.read_text())
     assert delegate["mtu"] == 1400  # the user's key beats FLANNEL_MTU
@@ -107,7 +108,7 @@ def test_exhausted_subnet_fails_and_leaves_nothing_behind(host: Node) -> None:
     assert host.call("ADD", host.conf(), first, container_id="first").returncode == 0
     reply = host.call("ADD", host.conf(), second, container_id="second")
     assert "no IP addresses available" in reply.error(999)["msg"]
-    assert host.state_files() == ["ovctest+first+eth0"]
+    assert host.state_files() == ["first", "ovctest+first+eth0"]
     assert host.allocations() == {"198.18.5.2": "first"}
     assert host.links(second) == ["lo"]
     assert host.ping(first, GATEWAY)
@@ -119,7 +120,7 @@ def test_second_add_fails_without_disturbing_the_first(host: Node) -> None:
     assert first.returncode == 0
     second = host.call("ADD", host.conf(), netns)
     assert "already has eth0" in second.error(999)["msg"]
-    assert host.state_files() == ["ovctest+ctr1+eth0"]
+    assert host.state_files() == ["ctr1", "ovctest+ctr1+eth0"]
     assert host.allocations() == {"198.18.5.2": "ctr1"}
     assert host.ping(netns, GATEWAY)
     prev = {**host.conf(), "prevResult": first.json}
@@ -160,6 +161,29 @@ def test_del_is_idempotent_and_needs_no_netns(host: Node) -> None:
     assert host.call("DEL", host.conf(), netns, container_id="never-added").returncode == 0
 
 
+def test_flannels_plugin_releases_a_container_attached_here(host: Node) -> None:
+    """A node switched back to flannel's plugin: its DEL reads ``<dataDir>/<containerID>``,
+    delegates DEL with that config and removes the file (done here as it does it)."""
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    flannels_file = host.data_dir / "ctr1"
+    env = {
+        "PATH": "/usr/sbin:/usr/bin",
+        "CNI_COMMAND": "DEL",
+        "CNI_CONTAINERID": "ctr1",
+        "CNI_NETNS": f"/var/run/netns/{netns}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(REFERENCE_PLUGINS),
+    }
+    assert host.host_ns
+    bridge = ["ip", "netns", "exec", host.host_ns, str(REFERENCE_PLUGINS / "bridge")]
+    deleted = subprocess.run(bridge, input=flannels_file.read_text(), env=env, capture_output=True, text=True)
+    assert deleted.returncode == 0, deleted.stdout
+    flannels_file.unlink()
+    assert host.allocations() == {}
+    assert host.links(netns) == ["lo"]
+
+
 def test_del_after_the_netns_is_gone(host: Node) -> None:
     netns = host.netns()
     assert host.call("ADD", host.conf(), netns).returncode == 0
@@ -193,7 +217,7 @@ def test_gc_releases_attachments_the_runtime_no_longer_knows(host: Node) -> None
     valid = {"cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]}
     reply = host.call("GC", {**conf, **valid}, CNI_CONTAINERID="", CNI_IFNAME="")
     assert reply.returncode == 0, reply.stdout
-    assert host.state_files() == ["ovctest+kept+eth0"]
+    assert host.state_files() == ["kept", "ovctest+kept+eth0"]
     assert host.allocations() == {"198.18.5.2": "kept"}
 
 
@@ -205,7 +229,7 @@ def test_gc_reads_the_valid_attachments_under_either_name(host: Node, key: str) 
     assert host.call("ADD", conf, host.netns(), container_id="stale").returncode == 0
     valid = {key: [{"containerID": "kept", "ifname": "eth0"}]}
     assert host.call("GC", {**conf, **valid}, CNI_CONTAINERID="", CNI_IFNAME="").returncode == 0
-    assert host.state_files() == ["ovctest+kept+eth0"]
+    assert host.state_files() == ["kept", "ovctest+kept+eth0"]
 
 
 def test_gc_without_the_valid_attachments_releases_nothing(host: Node) -> None:
@@ -218,7 +242,7 @@ def test_gc_without_the_valid_attachments_releases_nothing(host: Node) -> None:
     assert reply.returncode == 1
     error = json.loads(reply.stdout)
     assert error["code"] == 7 and "cni.dev/valid-attachments" in error["msg"]
-    assert host.state_files() == ["ovctest+kept+eth0"]
+    assert host.state_files() == ["kept", "ovctest+kept+eth0"]
     assert host.allocations() == before
     assert "eth0" in run_netns(["ip", "netns", "exec", netns, "ip", "-br", "link"]).stdout
 

@@ -220,6 +220,35 @@ def test_state_is_exclusive_private_and_keyed_by_network_container_and_ifname(tm
     assert list((tmp_path / "state").iterdir()) == []
 
 
+def test_state_is_also_saved_under_flannels_name_for_the_containers_first_attachment(tmp_path: Path) -> None:
+    """flannel's plugin reads ``<dataDir>/<containerID>`` at DEL: a node switched back to it
+    must still release what was attached here. The twin is a hard link and not a second
+    state: another interface of the container is neither refused nor released with it."""
+    store = StateStore(tmp_path)
+    eth0, net1 = Attachment("cbr0", "abc", "eth0"), Attachment("cbr0", "abc", "net1")
+    store.save(eth0, {"name": "cbr0", "type": "bridge", "for": "eth0"})
+    twin = tmp_path / "abc"
+    assert json.loads(twin.read_text()) == {"name": "cbr0", "type": "bridge", "for": "eth0"}
+    assert twin.stat().st_ino == (tmp_path / eth0.filename).stat().st_ino
+    assert store.load(net1) is None  # not attached: ADD goes ahead, CHECK says unknown
+    store.save(net1, {"name": "cbr0", "type": "bridge", "for": "net1"})
+    assert json.loads(twin.read_text())["for"] == "eth0"
+    store.remove(net1)
+    assert twin.exists() and store.load(eth0) == {"name": "cbr0", "type": "bridge", "for": "eth0"}
+    store.remove(eth0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_twin_whose_file_was_lost_still_releases_its_attachment(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    eth0 = Attachment("cbr0", "abc", "eth0")
+    store.save(eth0, {"name": "cbr0", "type": "bridge"})
+    (tmp_path / eth0.filename).unlink()
+    assert store.load(eth0) == {"name": "cbr0", "type": "bridge"}
+    store.remove(eth0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_state_file_torn_by_a_power_cut_does_not_block_the_next_add(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     attachment = Attachment("cbr0", "abc-1", "eth0")
