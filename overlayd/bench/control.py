@@ -17,6 +17,9 @@ from overlayd.bench.kernel import DEVICE, EntryWatcher, counts, run
 from overlayd.bench.peers import peer_kv
 from overlayd.lab import Lab, LabHost
 
+# A cold start's notifications are parsed only after this long without one (EntryWatcher.quiet_for).
+QUIET = 0.02
+
 
 @dataclass(frozen=True)
 class ColdStart:
@@ -51,7 +54,7 @@ def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float) -> ColdStart
             now = time.perf_counter()
             if env_at is None and host.subnet_file.exists():
                 env_at = now - started
-            if env_at is not None:
+            if env_at is not None and watcher.quiet_for(QUIET):
                 programmed_at = watcher.last_done(indices)
             if now > deadline:
                 raise RuntimeError(f"cold start with {peers} peers: only {counts()} after {timeout:.0f}s")
