@@ -305,7 +305,6 @@ class Agent:
         self.config = self._retry("reading the network config", self._read_config, cap=2.0)
         if self.config is None:
             return False
-        self._warn_unsupported(self.config)
         self.metrics.pool_size.set(self.config.subnet_count)
         self.metrics.config_ok.set(1)
         self.vtep_mac = self._vtep_mac(self.config)
@@ -688,11 +687,6 @@ class Agent:
         """
         return change.entry is not None and self.desired.wants(change.entry) == change.added
 
-    @staticmethod
-    def _warn_unsupported(config: NetworkConfig) -> None:
-        for note in config.unsupported():
-            log.warning("network config: %s", note)
-
     def _recheck_config(self) -> None:
         """Pick up a changed network config; a broken one is logged and the old one kept."""
         try:
@@ -718,7 +712,6 @@ class Agent:
             self.request_stop()
             return
         log.warning("network config changed: %s", config)
-        self._warn_unsupported(config)
         self.config = config
         self.metrics.pool_size.set(config.subnet_count)
         if not config.contains_subnet(self.lease.subnet):

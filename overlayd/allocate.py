@@ -35,9 +35,9 @@ def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Add
     """The lease that carries our PublicIP and still fits the config, if any (the lowest subnet if
     several do). Filtered before ordering: sorting every lease by its network cost ~8 ms at 1000.
 
-    A dual-stack lease (flanneld's, with EnableIPv6) is not kept: we would re-put it without its
-    IPv6 half, and dual-stack flanneld peers skip a lease whose key names an IPv6 subnet but
-    whose value has no ``BackendV6Data``, so they would lose this host altogether."""
+    A dual-stack lease (flanneld's, from when the config had EnableIPv6) does not fit: the config
+    has no IPv6 now (overlayd refuses EnableIPv6), and flanneld too deletes an own lease whose
+    IPv6 half the config does not ask for (``stale_own_leases``)."""
     ours = [
         lease for lease in leases
         if lease.attrs.public_ip == public_ip and config.contains_subnet(lease.subnet)
@@ -47,14 +47,17 @@ def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Add
 
 
 def stale_own_leases(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> list[Lease]:
-    """Leases carrying our PublicIP that the config no longer hands out: flanneld deletes such a
-    lease before choosing a subnet. Left alone it would keep peers routing a subnet we no longer
-    serve to us, and hold that subnet, until its etcd lease expired (up to a day). Reservations
-    (no etcd lease) are an operator's and stay, and so do dual-stack leases (see ``own_lease``)."""
+    """Leases carrying our PublicIP that the config no longer hands out, or dual-stack ones:
+    flanneld deletes such a lease before choosing a subnet. Left alone it would keep peers
+    routing a subnet we no longer serve to us, and hold that subnet, until its etcd lease expired
+    (up to a day). A dual-stack one also shares our VTEP MAC: when it expired, flanneld peers
+    would delete that MAC's FDB entry, the one our new lease's traffic needs. Deleted first, its
+    IPv4 subnet is free for us again (``subnet.env`` still names it). Reservations (no etcd
+    lease) are an operator's and stay."""
     return [
         lease for lease in leases
-        if lease.attrs.public_ip == public_ip and lease.etcd_lease_id and lease.ipv6_subnet is None
-        and not config.contains_subnet(lease.subnet)
+        if lease.attrs.public_ip == public_ip and lease.etcd_lease_id
+        and (lease.ipv6_subnet is not None or not config.contains_subnet(lease.subnet))
     ]  # fmt: skip
 
 

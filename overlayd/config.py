@@ -45,7 +45,6 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendConfig
-    ipv6_requested: bool = False  # EnableIPv6: this agent serves IPv4 only (see unsupported())
 
     @property
     def subnet_size(self) -> int:
@@ -55,21 +54,6 @@ class NetworkConfig:
     def subnet_count(self) -> int:
         """How many subnets lie between SubnetMin and SubnetMax: the size of the lease pool."""
         return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
-
-    def unsupported(self) -> list[str]:
-        """What the config asks for that this agent does not do, each a sentence for the log.
-
-        Not errors: the agent still runs the IPv4 VXLAN overlay that the rest of a flannel
-        cluster on this config expects, and refusing to start would take the node off it.
-        """
-        notes = []
-        if self.ipv6_requested:
-            notes.append(
-                "EnableIPv6 is set, but overlayd serves IPv4 only: this host leases an IPv4 "
-                "subnet alone (no IPv6 subnet, no flannel-v6 device), and dual-stack peers reach "
-                "it over IPv4"
-            )
-        return notes
 
     def contains_subnet(self, subnet: IPv4Network) -> bool:
         """True if subnet is one flannel would hand out under this config."""
@@ -215,6 +199,16 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
             f"{where}: EnableIPv4 false (an IPv6-only network) is not supported, overlayd serves "
             "IPv4 only; remove EnableIPv4 or set it to true, with an IPv4 Network"
         )
+    # Refused rather than run IPv4-only: flanneld (v0.20-v0.28) with EnableIPv6 crashes choosing
+    # a subnet while any lease key lacks an IPv6 part (nil IPv6 subnet in its overlap test), so
+    # our IPv4-only lease would stop every new dual-stack flanneld node from starting.
+    if fields.get_bool("EnableIPv6"):
+        raise ConfigError(
+            f"{where}: EnableIPv6 true (a dual-stack network) is not supported, overlayd serves "
+            "IPv4 only, and its IPv4-only lease would make dual-stack flanneld nodes crash when "
+            "they choose a subnet; remove EnableIPv6 (and IPv6Network) from the config, or keep "
+            "this node on flanneld"
+        )
     network = _parse_network(fields)
     lo, hi = network.prefixlen + 2, 30
     if lo > hi:
@@ -253,5 +247,4 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
         subnet_min=subnet_min,
         subnet_max=subnet_max,
         backend=_parse_backend(where, fields.value.get("backend")),
-        ipv6_requested=fields.get_bool("EnableIPv6"),
     )

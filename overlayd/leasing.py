@@ -98,11 +98,15 @@ class LeaseManager:
         for lease in stale_own_leases(config, leases, self.public_ip):
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
+                why = (
+                    f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
+                    if lease.ipv6_subnet is not None
+                    else f"Network {config.network}, SubnetMin {config.subnet_min} and SubnetMax "
+                    f"{config.subnet_max} no longer hand it out"
+                )
                 log.warning(
-                    "deleted lease %s: it carries our PublicIP %s but Network %s, SubnetMin %s "
-                    "and SubnetMax %s no longer hand it out",
-                    lease.key, self.public_ip, config.network, config.subnet_min, config.subnet_max,
-                )  # fmt: skip
+                    "deleted lease %s, which carries our PublicIP %s: %s", lease.key, self.public_ip, why
+                )
         return [lease for lease in leases if lease.key not in deleted] if deleted else leases
 
     def _try(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease | None:

@@ -71,14 +71,7 @@ def validate(text: str, where: str, out: TextIO = sys.stdout, err: TextIO = sys.
         print(exc, file=err)
         return 1
     print(json.dumps(defaulted_view(config), indent=2), file=out)
-    _warn_unsupported(config, err)
     return 0
-
-
-def _warn_unsupported(config: NetworkConfig, err: TextIO) -> None:
-    """What the agent will log about this config at start, said before it is stored or used."""
-    for note in config.unsupported():
-        print(f"warning: {note}", file=err)
 
 
 def get(registry: Any, prefix: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -101,11 +94,10 @@ def set_config(
     """Validate ``text`` as the agent would, show the diff, and store it unless ``dry_run``."""
     where = config_where(prefix)
     try:
-        config = parse_network_config(text, where=where)
+        parse_network_config(text, where=where)
     except ConfigError as exc:
         print(f"refused: {exc}", file=err)
         return 1
-    _warn_unsupported(config, err)
     current, _ = registry.get_config()
     diff = config_diff(current, text, f"{prefix.rstrip('/')}/config")
     if not diff:

@@ -134,6 +134,28 @@ def test_our_lease_outside_a_changed_config_is_deleted_as_flanneld_does(registry
     assert stored == {again.key, theirs.key}, f"{old.key} deleted, the other host's kept"
 
 
+def test_a_dual_stack_lease_flanneld_left_is_deleted_and_its_ipv4_subnet_taken_back(
+    registry: Registry, etcd_server: EtcdServer, prefix: str
+):
+    """A node switched from dual-stack flanneld (the config's EnableIPv6 since removed): as
+    flanneld does with an own lease the config no longer fits, it is deleted first, so peers see
+    it go before our lease comes (left to expire, it would take our VTEP MAC's FDB entry with it
+    on flanneld peers), and subnet.env's subnet, its IPv4 half, is ours again."""
+    key = f"{prefix}/subnets/198.18.46.0-24&2001:db8:0:2e::-64"
+    value = (
+        '{"PublicIP":"192.0.2.7","PublicIPv6":"2001:db8::7","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"02:42:c0:00:02:07"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"02:42:c0:00:02:77"}}'
+    )
+    etcd_lease = etcd_server.etcdctl("lease", "grant", "600").split()[1]
+    etcd_server.etcdctl("put", f"--lease={etcd_lease}", key, value)
+
+    lease = manager(registry, 7).acquire(network_config(), host_attrs(7), previous=net("198.18.46.0/24"))
+
+    assert lease.key == "198.18.46.0-24" and lease.etcd_lease_id
+    assert [stored.key for stored in registry.list_leases()[0]] == ["198.18.46.0-24"]
+
+
 def test_a_stale_lease_rewritten_since_the_listing_is_not_deleted(registry: Registry):
     stale = manager(registry, 7).acquire(network_config(), host_attrs(7), previous=net("198.18.3.0/24"))
     rewritten = registry.take_over(stale, host_attrs(7), ttl=600)

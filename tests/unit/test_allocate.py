@@ -55,19 +55,24 @@ def test_own_lease_is_reused_alone() -> None:
     ]
 
 
-def test_a_dual_stack_lease_with_our_public_ip_is_not_kept() -> None:
-    """We would re-put it IPv4-only under its dual-stack key, and dual-stack flanneld peers skip
-    such a lease whole: a new IPv4 subnet is chosen instead."""
-    flanneld = decode_lease(
-        "198.18.46.0-24&2001:db8:0:2e::-64",
-        '{"PublicIP":"192.0.2.10","PublicIPv6":"2001:db8::10","BackendType":"vxlan",'
-        '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},'
-        '"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}',
+def test_a_dual_stack_lease_with_our_public_ip_is_stale_and_its_subnet_ours_again() -> None:
+    """flanneld deletes an own lease whose IPv6 half the config does not ask for. Left to
+    expire it would take our VTEP MAC's FDB entry with it on flanneld peers."""
+    flanneld = replace(
+        decode_lease(
+            "198.18.46.0-24&2001:db8:0:2e::-64",
+            '{"PublicIP":"192.0.2.10","PublicIPv6":"2001:db8::10","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},'
+            '"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}',
+        ),
+        etcd_lease_id=9,
     )
     assert own_lease(CONFIG, [flanneld], OUR_IP) is None
-    choices = choose_subnets(CONFIG, [flanneld], OUR_IP, rng=random.Random(1))
-    assert all(choice.existing is None for choice in choices)
-    assert net("198.18.46.0/24") not in chosen(choices)
+    assert stale_own_leases(CONFIG, [flanneld], OUR_IP) == [flanneld]
+    assert stale_own_leases(CONFIG, [replace(flanneld, etcd_lease_id=0)], OUR_IP) == []  # a reservation
+    # Once deleted, subnet.env's subnet (the lease's IPv4 half) is the first choice.
+    previous = net("198.18.46.0/24")
+    assert choose_subnets(CONFIG, [], OUR_IP, previous=previous)[0] == SubnetChoice(previous)
 
 
 def test_stale_own_leases_are_ours_outside_the_config_with_an_etcd_lease() -> None:

@@ -414,18 +414,22 @@ def test_an_ipv6_only_network_is_refused_naming_enable_ipv4() -> None:
         parse_network_config(raw)
 
 
-def test_plain_config_asks_for_nothing_unsupported() -> None:
-    config = parse_network_config('{"Network": "198.18.0.0/16", "EnableIPv4": true}')
-    assert not config.ipv6_requested
-    assert config.unsupported() == []
-
-
-def test_dual_stack_is_run_as_ipv4_and_said() -> None:
-    config = parse_network_config(
+def test_a_dual_stack_network_is_refused_naming_enable_ipv6_and_why() -> None:
+    raw = (
         '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48",'
-        ' "Backend": {"Type": "vxlan", "DirectRouting": true}}'
+        ' "Backend": {"Type": "vxlan"}}'
     )
-    assert config.network == IPv4Network("198.18.0.0/16")
-    assert config.backend.direct_routing
-    [note] = config.unsupported()
-    assert "EnableIPv6" in note and "IPv4 only" in note
+    with pytest.raises(ConfigError) as info:
+        parse_network_config(raw, where=WHERE)
+    message = str(info.value)
+    assert message.startswith(f"{WHERE}: EnableIPv6 true")
+    assert "dual-stack flanneld nodes crash" in message and "remove EnableIPv6" in message
+
+
+def test_enable_ipv6_false_and_a_lone_ipv6_network_are_fine() -> None:
+    """flanneld reads IPv6Network only with EnableIPv6."""
+    for raw in (
+        '{"Network": "198.18.0.0/16", "EnableIPv6": false}',
+        '{"Network": "198.18.0.0/16", "IPv6Network": "2001:db8::/48"}',
+    ):
+        assert parse_network_config(raw).network == IPv4Network("198.18.0.0/16")

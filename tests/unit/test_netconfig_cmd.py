@@ -37,9 +37,9 @@ def test_validate_prints_the_defaulted_view_or_the_agents_error() -> None:
     )
 
 
-def test_validate_warns_of_what_the_agent_does_not_do() -> None:
+def test_validate_refuses_a_dual_stack_network() -> None:
     out, err = io.StringIO(), io.StringIO()
     text = '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
-    assert netconfig_cmd.validate(text, "network config", out, err) == 0
-    assert json.loads(out.getvalue())["Network"] == "198.18.0.0/16"
-    assert err.getvalue().startswith("warning: EnableIPv6 is set, but overlayd serves IPv4 only")
+    assert netconfig_cmd.validate(text, "network config", out, err) == 1
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("network config: EnableIPv6 true (a dual-stack network) is not")
