@@ -173,7 +173,7 @@ def _bound(
     fields: _Fields, key: str, network: IPv4Network, subnet_len: int, default: IPv4Address
 ) -> IPv4Address:
     value = fields.get_address(key)
-    if value is None:
+    if value is None or value == IPv4Address(0):  # flanneld reads 0.0.0.0 as unset too
         return default
     if value not in network:
         raise fields.fail(key, str(value), f"use an address inside Network {network}")

@@ -88,6 +88,11 @@ def test_empty_subnet_min_means_default() -> None:
     assert parse({"Network": "198.18.0.0/16", "SubnetMin": ""}).subnet_min == IPv4Address("198.18.1.0")
 
 
+def test_zero_subnet_bounds_mean_default_as_in_flanneld() -> None:
+    config = parse({"Network": "198.18.0.0/16", "SubnetMin": "0.0.0.0", "SubnetMax": "0.0.0.0"})
+    assert (config.subnet_min, config.subnet_max) == (IPv4Address("198.18.1.0"), IPv4Address("198.18.255.0"))
+
+
 def test_contains_subnet_checks_length_and_range() -> None:
     config = parse({"Network": "198.18.0.0/16"})
     assert config.contains_subnet(IPv4Network("198.18.1.0/24"))
