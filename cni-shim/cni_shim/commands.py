@@ -14,7 +14,7 @@ from .errors import (
     InvalidConfig,
     InvalidEnvironment,
     TryAgainLater,
-    UnknownContainer,
+    UnsupportedField,
 )
 from .netconf import ShimConf, build_delegate, parse_conf
 from .result import convert
@@ -54,7 +54,16 @@ def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_v
     prev_result = config.get("prevResult")
     if prev_result is not None and not isinstance(prev_result, dict):
         raise InvalidConfig(f'"prevResult" must be a JSON object, not {prev_result!r}')
-    invocation = Invocation(parse_conf(config, cni_version), env, prev_result)
+    try:
+        conf = parse_conf(config, cni_version)
+    except (InvalidConfig, UnsupportedField) as err:
+        if command != "DEL":
+            raise
+        # Refusing DEL would leave the runtime unable to tear down the sandbox (its ADD failed
+        # on this very config) until someone fixes the conflist.
+        sys.stderr.write(f"flannel: DEL with an invalid config ({err.msg}); defaults stand in for it\n")
+        conf = parse_conf(config, cni_version, lenient=True)
+    invocation = Invocation(conf, env, prev_result)
     if command == "GC":
         return gc(invocation, *_valid_attachments(config))
     return {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status}[command](invocation)
@@ -88,21 +97,13 @@ def add(inv: Invocation) -> str:
 
 def delete(inv: Invocation) -> str:
     """Release the attachment; succeed when there is nothing (left) to release."""
-    attachment, store = inv.attachment, inv.store
-    delegate_config = store.load(attachment)
-    if delegate_config is None:
-        # Lost state must not leak the address: host-local releases by container ID and
-        # ifname, so a config rebuilt from the current subnet.env frees it just as well.
-        try:
-            delegate_config = build_delegate(inv.conf, read_subnet_env(inv.conf.subnet_file))
-        except (FileNotFoundError, SubnetEnvError) as err:
-            sys.stderr.write(
-                f"flannel: no saved config for {attachment.filename} and none can be built "
-                f"({err}); nothing to release\n"
-            )
-            return ""
+    try:
+        delegate_config = _delegate_config(inv)
+    except CniError as err:
+        sys.stderr.write(f"flannel: {err.msg}; nothing to release\n")
+        return ""
     _call_delegate("DEL", delegate_config, inv)
-    store.remove(attachment)
+    inv.store.remove(inv.attachment)
     return ""
 
 
@@ -110,14 +111,27 @@ def check(inv: Invocation) -> str:
     """Delegate CHECK with the saved config and the runtime's ``prevResult``."""
     if inv.prev_result is None:
         raise InvalidConfig('CHECK needs "prevResult" (the cached result of ADD) in the config')
-    delegate_config = inv.store.load(inv.attachment)
-    if delegate_config is None:
-        raise UnknownContainer(
-            f"container {inv.attachment.container_id} has no {inv.attachment.ifname} on network "
-            f"{inv.conf.name}: nothing saved in {inv.conf.data_dir}; ADD it first"
-        )
-    _call_delegate("CHECK", delegate_config, inv)
+    _call_delegate("CHECK", _delegate_config(inv), inv)
     return ""
+
+
+def _delegate_config(inv: Invocation) -> dict[str, Any]:
+    """The delegate config ADD saved, else one rebuilt from the current ``subnet.env``.
+
+    Lost state (a wiped dataDir) is no proof that the container is gone: host-local and bridge
+    find an attachment by container ID and ifname, so a rebuilt config releases or checks it
+    just as well. (CHECK's "container unknown", code 3, would tell the runtime to skip its DEL.)
+    """
+    saved = inv.store.load(inv.attachment)
+    if saved is not None:
+        return saved
+    try:
+        return build_delegate(inv.conf, read_subnet_env(inv.conf.subnet_file))
+    except (FileNotFoundError, SubnetEnvError) as err:
+        raise CniError(
+            f"no saved config for {inv.attachment.filename} in {inv.conf.data_dir} and none can be "
+            f"built ({err})"
+        ) from None
 
 
 def status(inv: Invocation) -> str:
@@ -157,6 +171,8 @@ def _valid_attachments(config: dict[str, Any]) -> tuple[Any, str]:
 
 def gc(inv: Invocation, valid_attachments: Any, key: str = "cni.dev/valid-attachments") -> str:
     """Release every saved attachment of this network the runtime no longer lists as valid."""
+    if valid_attachments is None:  # libcni's empty Go slice: no attachment is valid
+        valid_attachments = []
     if not isinstance(valid_attachments, list) or not all(
         isinstance(item, dict) for item in valid_attachments
     ):

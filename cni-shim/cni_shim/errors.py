@@ -30,10 +30,6 @@ class UnsupportedField(CniError):
     code = 2
 
 
-class UnknownContainer(CniError):
-    code = 3
-
-
 class InvalidEnvironment(CniError):
     code = 4
 

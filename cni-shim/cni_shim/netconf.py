@@ -23,7 +23,10 @@ from .version import delegate_version
 # docs/benchmarks.md), so annotations stay strings and records are plain classes.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -64,8 +67,35 @@ class ShimConf:
         self.passed_through = passed_through
 
 
-def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
-    """Validate the shim's own keys; raise InvalidConfig / UnsupportedField naming the key."""
+def parse_conf(config: dict[str, Any], cni_version: str, lenient: bool = False) -> ShimConf:
+    """Validate the shim's own keys; raise InvalidConfig / UnsupportedField naming the key.
+
+    With ``lenient`` (DEL), an invalid ``delegate``, ``ipam`` or ``subnetFileTimeout`` takes its
+    default instead: DEL must release what ADD made before the conflist was broken, and flannel's
+    DEL read nothing of it. The paths stay checked: they say where the saved state is.
+    """
+
+    def checked(parse: Callable[[dict[str, Any]], T], default: T) -> T:
+        try:
+            return parse(config)
+        except (InvalidConfig, UnsupportedField):
+            if not lenient:
+                raise
+            return default
+
+    return ShimConf(
+        name=config["name"],
+        cni_version=cni_version,
+        subnet_file=_path(config, "subnetFile", DEFAULT_SUBNET_FILE),
+        data_dir=_path(config, "dataDir", DEFAULT_DATA_DIR),
+        subnet_file_timeout=checked(_subnet_file_timeout, DEFAULT_SUBNET_FILE_TIMEOUT),
+        delegate=checked(_delegate, {}),
+        ipam=checked(_ipam, {}),
+        passed_through={key: config[key] for key in _PASSED_THROUGH if key in config},
+    )
+
+
+def _delegate(config: dict[str, Any]) -> dict[str, Any]:
     delegate = _object(config, "delegate")
     for key, fix in _RESERVED_DELEGATE_KEYS.items():
         if key in delegate:
@@ -75,22 +105,21 @@ def parse_conf(config: dict[str, Any], cni_version: str) -> ShimConf:
             f'"delegate.type" {delegate.get("type")!r} is not a plugin name to delegate to; '
             'use "bridge" (the default) or another plugin type in CNI_PATH'
         )
+    return delegate
+
+
+def _subnet_file_timeout(config: dict[str, Any]) -> float:
     timeout = config.get("subnetFileTimeout", DEFAULT_SUBNET_FILE_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
         raise InvalidConfig(f'"subnetFileTimeout" {timeout!r} is not a number of seconds; use e.g. 5')
+    return float(timeout)
+
+
+def _ipam(config: dict[str, Any]) -> dict[str, Any]:
     ipam = _object(config, "ipam")
     if not isinstance(ipam.get("routes", []), list):
         raise InvalidConfig(f'"ipam.routes" must be a list of {{"dst": ...}}, not {ipam["routes"]!r}')
-    return ShimConf(
-        name=config["name"],
-        cni_version=cni_version,
-        subnet_file=_path(config, "subnetFile", DEFAULT_SUBNET_FILE),
-        data_dir=_path(config, "dataDir", DEFAULT_DATA_DIR),
-        subnet_file_timeout=float(timeout),
-        delegate=delegate,
-        ipam=ipam,
-        passed_through={key: config[key] for key in _PASSED_THROUGH if key in config},
-    )
+    return ipam
 
 
 def build_delegate(conf: ShimConf, subnet_env: SubnetEnv) -> dict[str, Any]:

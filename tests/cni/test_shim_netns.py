@@ -184,6 +184,29 @@ def test_flannels_plugin_releases_a_container_attached_here(host: Node) -> None:
     assert host.links(netns) == ["lo"]
 
 
+def test_del_with_a_conflist_broken_since_add_releases_what_add_made(host: Node) -> None:
+    netns = host.netns()
+    assert host.call("ADD", host.conf(), netns).returncode == 0
+    broken = host.conf(delegate={"bridge": host.bridge, "ipam": {"type": "dhcp"}})
+    assert host.call("ADD", broken, host.netns(), container_id="ctr2").error(2)
+    reply = host.call("DEL", broken, netns)
+    assert reply.returncode == 0, reply.stdout
+    _assert_released(host, netns)
+
+
+def test_check_after_lost_state_checks_with_a_rebuilt_config(host: Node) -> None:
+    """Lost state is no proof the container is gone: CHECK asks the delegate, as DEL does."""
+    netns = host.netns()
+    added = host.call("ADD", host.conf(), netns)
+    assert added.returncode == 0
+    for saved in host.data_dir.iterdir():
+        saved.unlink()
+    checked = host.call("CHECK", host.conf(prevResult=added.json), netns)
+    assert (checked.returncode, checked.stdout) == (0, "")
+    never_added = host.call("CHECK", host.conf(prevResult=added.json), host.netns(), container_id="ctr9")
+    assert never_added.returncode == 1 and json.loads(never_added.stdout)["code"] != 3
+
+
 def test_del_after_the_netns_is_gone(host: Node) -> None:
     netns = host.netns()
     assert host.call("ADD", host.conf(), netns).returncode == 0
@@ -219,6 +242,16 @@ def test_gc_releases_attachments_the_runtime_no_longer_knows(host: Node) -> None
     assert reply.returncode == 0, reply.stdout
     assert host.state_files() == ["kept", "ovctest+kept+eth0"]
     assert host.allocations() == {"198.18.5.2": "kept"}
+
+
+def test_gc_with_a_null_attachment_list_releases_every_attachment(host: Node) -> None:
+    """libcni sends a runtime's empty Go slice as null: no attachment of the network is valid."""
+    conf = host.conf("1.1.0")
+    assert host.call("ADD", conf, host.netns(), container_id="stale").returncode == 0
+    null = {"cni.dev/valid-attachments": None, "cni.dev/attachments": None}
+    reply = host.call("GC", {**conf, **null}, CNI_CONTAINERID="", CNI_IFNAME="")
+    assert reply.returncode == 0, reply.stdout
+    _assert_released(host)
 
 
 @pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])

@@ -126,11 +126,30 @@ def test_status(node: Node) -> None:
     assert '"bridge" not found in CNI_PATH' in without_bridge.error(51)["msg"]
 
 
-def test_check_needs_prev_result_and_a_known_container(node: Node) -> None:
+def test_check_needs_prev_result_and_a_config_to_check_with(node: Node) -> None:
     assert "prevResult" in node.call("CHECK", node.conf(), netns="x").error(7)["msg"]
     prev = {"cniVersion": "1.0.0", "ips": [{"address": "198.18.5.2/24"}]}
+    node.subnet_file.unlink()
     reply = node.call("CHECK", node.conf(prevResult=prev), netns="x", container_id="unknown")
-    assert "unknown" in reply.error(3)["msg"]
+    msg = reply.error(999)["msg"]  # not 3, "container unknown": that would tell the runtime to skip DEL
+    assert "no saved config for ovctest+unknown+eth0" in msg and "none can be built" in msg
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"delegate": {"ipam": {"type": "dhcp"}}},
+        {"delegate": {"type": "flannel"}},
+        {"subnetFileTimeout": "5s"},
+    ],
+)
+def test_del_with_an_invalid_config_still_succeeds(node: Node, extra: dict) -> None:
+    """The runtime DELs after an ADD this config failed; refusing would leave its sandbox stuck."""
+    node.subnet_file.unlink()
+    reply = node.call("DEL", node.conf(**extra), netns="x")
+    assert (reply.returncode, reply.stdout) == (0, "")
+    assert "DEL with an invalid config" in reply.stderr and "nothing to release" in reply.stderr
+    assert node.call("CHECK", node.conf(**extra, prevResult={}), netns="x").returncode == 1
 
 
 def test_error_output_is_one_json_document(node: Node) -> None:
