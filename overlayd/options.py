@@ -183,6 +183,16 @@ def _port(raw: str) -> int:
     return value
 
 
+def _optional_ipv4(raw: str) -> IPv4Address | None:
+    """An IPv4 address; empty is unset, as flanneld reads ``--public-ip=`` (an unset variable)."""
+    return IPv4Address(raw) if raw else None
+
+
+def _healthz_ip(raw: str) -> str:
+    ip_address(raw or "0.0.0.0")  # a host name would fail only at bind time, restarting the unit
+    return raw
+
+
 def _listen_address(raw: str) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[V6]:PORT`` for IPv6) to listen on; empty or ``off`` disables."""
     if raw.lower() in ("", "off"):
@@ -228,11 +238,13 @@ def _verbosity(raw: str) -> int:
 
 @dataclass(frozen=True)
 class _Spec:
-    """How one option is parsed from text; ``repeat`` options collect a list, ``count`` ones count -v."""
+    """How one option is parsed from text; ``repeat`` options collect a list, ``count`` ones count -v.
+    A ``repeat`` option with ``split`` also takes a comma-separated list from the environment."""
 
     convert: Callable[[str], object]
     help: str
     repeat: bool = False
+    split: bool = False
     flag: bool = False
     count: bool = False
     short: str | None = None
@@ -246,10 +258,11 @@ _SPECS: dict[str, _Spec] = {
     "etcd_keyfile": _Spec(_readable_file, "client TLS key for etcd"),
     "etcd_username": _Spec(str, "etcd user name"),
     "etcd_password": _Spec(str, "etcd password"),
-    "iface": _Spec(str, "interface name or IP to use for the overlay (repeatable)", repeat=True),
+    "iface": _Spec(str, "interface name or IP to use for the overlay (repeatable)", repeat=True, split=True),
+    # Not split: a comma belongs to a regex ("{1,2}"), and flanneld reads the variable whole.
     "iface_regex": _Spec(str, "regex matching interface names or IPs (repeatable)", repeat=True),
-    "iface_can_reach": _Spec(IPv4Address, "pick the interface that routes to this IPv4 address"),
-    "public_ip": _Spec(IPv4Address, "IPv4 address peers send VXLAN traffic to"),
+    "iface_can_reach": _Spec(_optional_ipv4, "pick the interface that routes to this IPv4 address"),
+    "public_ip": _Spec(_optional_ipv4, "IPv4 address peers send VXLAN traffic to"),
     "subnet_file": _Spec(Path, "where to write subnet.env"),
     "subnet_lease_renew_margin": _Spec(
         _renew_margin, "renew the lease this many minutes before expiry, but not before half its time is up"
@@ -260,7 +273,7 @@ _SPECS: dict[str, _Spec] = {
     "vxlan_ingress_allowlist": _Spec(
         parse_bool, "drop VXLAN packets from addresses that hold no peer lease", flag=True
     ),
-    "healthz_ip": _Spec(str, "address of the /healthz, /readyz and /metrics server"),
+    "healthz_ip": _Spec(_healthz_ip, "IP address of the /healthz, /readyz and /metrics server"),
     "healthz_port": _Spec(_port, "port of the /healthz, /readyz and /metrics server (0: off)"),
     "metrics_address": _Spec(
         _listen_address, "IP:PORT serving /metrics, /healthz and /readyz (default 127.0.0.1:9464; off: none)"
@@ -365,7 +378,7 @@ def _from_env(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
 def _convert(name: str, raw: object, source: str) -> object:
     spec = _SPECS[name]
     items = raw if isinstance(raw, list) else [raw]
-    if spec.repeat and isinstance(raw, str) and source != "command line":
+    if spec.split and isinstance(raw, str) and source != "command line":
         items = [part for part in raw.split(",") if part.strip()]
     if spec.flag and isinstance(raw, bool):
         return raw

@@ -182,3 +182,25 @@ def test_endpoints_without_a_scheme_as_etcds_go_client_reads_them() -> None:
         "http://192.0.2.2:2379",
         "http://192.0.2.3:2379",
     )
+
+
+def test_an_iface_regex_from_the_environment_or_file_is_one_regex_commas_and_all(tmp_path: Path) -> None:
+    """flanneld reads FLANNELD_IFACE_REGEX whole; split at its commas it matched nothing."""
+    regex = "^(eth|ens)[0-9]{1,2}$"
+    assert resolve([], {"FLANNELD_IFACE_REGEX": regex}).iface_regex == (regex,)
+    config = tmp_path / "overlayd.yaml"
+    config.write_text(f'iface-regex: "{regex}"\n')
+    assert resolve([f"--config={config}"]).iface_regex == (regex,)
+    assert resolve([], {"FLANNELD_IFACE": "eth1,eth2"}).iface == ("eth1", "eth2")  # names have no commas
+
+
+def test_an_empty_public_ip_or_iface_can_reach_is_unset_as_in_flanneld() -> None:
+    options = resolve(["--public-ip=", "--iface-can-reach="])
+    assert (options.public_ip, options.iface_can_reach) == (None, None)
+
+
+def test_a_healthz_ip_that_is_no_ip_address_is_an_option_error() -> None:
+    """A host name failed only when binding, an exit the unit restarts every few seconds."""
+    with pytest.raises(OptionsError, match=r"--healthz-ip from command line: 'node1.invalid'"):
+        resolve(["--healthz-ip=node1.invalid", "--healthz-port=8471"])
+    assert resolve(["--healthz-ip=192.0.2.11"]).healthz_ip == "192.0.2.11"
