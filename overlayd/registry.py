@@ -82,6 +82,9 @@ _GRPC_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),  # default 2: pings would stop on an idle watch
+    # Default 4 MiB: a listing of ~24,000 leases (or a few junk values under the prefix) would fail
+    # every time. flanneld's client takes any size.
+    ("grpc.max_receive_message_length", -1),
 )
 # Failures that mean "this endpoint is unreachable": try the next one.
 _CONNECTION_ERRORS = (
@@ -451,6 +454,12 @@ class Registry:
                 last = self._unreachable(index, exc)
             except etcd3.exceptions.Etcd3Exception as exc:
                 raise self._failed(operation, RegistryError(f"{self._where}: {what}: {exc!r}")) from None
+            except ValueError as exc:
+                # gRPC's answer on a channel another thread closed after we took its client (failing
+                # over, or authenticating again): this attempt failed, the next one uses the new client.
+                if "closed" not in str(exc).lower():
+                    raise
+                last = self._unreachable(index, exc)
             else:
                 with self._lock:
                     self._fail_overs.succeeded()

@@ -253,3 +253,27 @@ def test_an_outage_logs_one_fail_over_and_its_end(
         assert logged("failing over to", logging.WARNING) == 2
     finally:
         registry.close()
+
+
+def test_a_client_closed_by_another_thread_fails_one_attempt_not_the_caller(
+    make_registry: Callable[[EtcdServer], Registry], etcd_server: EtcdServer
+):
+    """gRPC raises ValueError on a closed channel; uncaught, it killed the peer watcher's thread."""
+    registry = make_registry(etcd_server)
+    registry.list_leases()
+    registry._current().close()  # as a fail-over or re-authentication on another thread does
+    with pytest.raises(RegistryError, match="unreachable"):
+        registry.list_leases()
+    assert registry.list_leases()[0] == []  # the next attempt connects again
+
+
+def test_a_listing_over_grpcs_default_4_mib_is_read(
+    registry: Registry, etcd_server: EtcdServer, prefix: str
+):
+    """flanneld's client takes any size; at 4 MiB (~24,000 leases) every listing failed."""
+    junk = "x" * 1_400_000  # too long for etcdctl's command line: put with the registry's client
+    for n in range(3):
+        registry._current().put(f"{prefix}/subnets/198.18.{n}.0-24", junk)
+    etcd_server.etcdctl("put", f"{prefix}/subnets/198.18.46.0-24", FLANNEL_VALUE)
+    leases, _ = registry.list_leases()
+    assert [lease.key for lease in leases] == ["198.18.46.0-24"]  # the junk is skipped as malformed
