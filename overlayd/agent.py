@@ -33,6 +33,7 @@ from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
 from overlayd.dropnotice import DropNotice, warning
 from overlayd.firewall import Firewall, FirewallError, FirewallSpec
+from overlayd.flanneldproc import flanneld_pids
 from overlayd.heap import HeapKeeper
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, hold_instance_lock
@@ -160,6 +161,7 @@ class Agent:
         # ... and a (desired, kernel) pair of Plane objects last found equal.
         self.in_sync: tuple[Plane, Plane] | None = None
         self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
+        self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.drop_notice = DropNotice()
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.renew_at = 0.0
@@ -756,6 +758,9 @@ class Agent:
             self._set_health(not self.lease_expired, self.lease_expired or "ready")
             if trigger == "resync":
                 self.heap.settle()  # the new listing's leases and entries are long-lived
+                if not self.flanneld_checked:  # not before: a /proc walk is no part of a cold start
+                    self.flanneld_checked = True
+                    self._warn_of_flanneld()
         except SubnetFileError as exc:  # the kernel's side is done; containers cannot start
             self.metrics.reconcile_errors.inc()
             self.subnet_file_check.failed(exc)
@@ -766,6 +771,16 @@ class Agent:
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self._count_peers()
+
+    @staticmethod
+    def _warn_of_flanneld() -> None:
+        if pids := flanneld_pids():
+            log.error(
+                "flanneld (pid %s) runs in this network namespace: it and overlayd would both manage "
+                "flannel.<VNI>, the lease and subnet.env; stop and disable it "
+                "(systemctl disable --now flanneld)",
+                ", ".join(map(str, pids)),
+            )
 
     def _notice_drops(self, peers: frozenset[IPv4Address]) -> None:
         """Name the sources the allowlist newly dropped (one netlink dump, no process start)."""

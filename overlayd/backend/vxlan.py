@@ -377,6 +377,8 @@ def _ignore_router_advertisements(ifname: str) -> None:
     try:
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "w") as setting:
             setting.write("0")
-    except OSError as exc:
-        log.debug("%s: accept_ra left as is: %s", ifname, exc)
+    except FileNotFoundError:
+        log.debug("%s: no IPv6 on this host, no accept_ra to set", ifname)
+    except OSError as exc:  # e.g. a read-only /proc/sys (systemd's ProtectKernelTunables)
+        log.warning("%s: IPv6 router advertisements left on: cannot write accept_ra (%s)", ifname, exc)
 
