@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, ip_address
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -548,37 +548,35 @@ class Registry:
 
     def _guarded_put(
         self, operation: str, template: Lease, compare: Callable[[Any, str], Any], ttl: int | None
-    ) -> Lease | None:
+    ) -> tuple[Lease | None, Lease | None]:
         """Put ``template``'s value at its key if ``compare`` holds, bound to a new etcd lease of ``ttl``.
 
-        ``ttl=None`` stores the key without a lease (a reservation). Returns the stored Lease, or
-        None if the guard failed (the new etcd lease is then revoked so it does not linger).
+        ``ttl=None`` stores the key without a lease (a reservation). Returns (the stored Lease,
+        None), or (None, what the key holds, if anything) when the guard failed; the new etcd lease
+        is then revoked so it does not linger. Not when the transaction itself failed: etcd can
+        commit a write and still answer with a timeout, and revoking its lease would then delete
+        the key just written (ours). It expires at its TTL instead.
         """
         key = self._lease_key(template.key)
         value = encode_attrs(template.attrs)
 
-        def transact(client: etcd3.Etcd3Client) -> Lease | None:
+        def transact(client: etcd3.Etcd3Client) -> tuple[Lease | None, Lease | None]:
             lease_id = client.lease(ttl).id if ttl is not None else 0
-            try:
-                succeeded, responses = client.transaction(
-                    compare=[compare(client.transactions, key)],
-                    success=[client.transactions.put(key, value, lease=lease_id or None)],
-                    failure=[],
-                )
-            except Exception:
-                self._revoke_quietly(client, lease_id)
-                raise
+            succeeded, responses = client.transaction(
+                compare=[compare(client.transactions, key)],
+                success=[client.transactions.put(key, value, lease=lease_id or None)],
+                failure=[client.transactions.get(key)],
+            )
             if not succeeded:
                 self._revoke_quietly(client, lease_id)
-                return None
+                held = [  # the key, when it holds our very value
+                    replace(template, etcd_lease_id=meta.lease_id, mod_revision=meta.mod_revision)
+                    for stored, meta in responses[0]
+                    if stored == value.encode()
+                ]
+                return None, (held[0] if held else None)
             revision = int(responses[0].response_put.header.revision)
-            return Lease(
-                subnet=template.subnet,
-                attrs=template.attrs,
-                ipv6_subnet=template.ipv6_subnet,
-                etcd_lease_id=lease_id,
-                mod_revision=revision,
-            )
+            return replace(template, etcd_lease_id=lease_id, mod_revision=revision), None
 
         return self._call(operation, f"{operation.replace('_', ' ')} {key}", transact)
 
@@ -593,10 +591,16 @@ class Registry:
             log.debug("could not revoke unused etcd lease %x: %r", lease_id, exc)
 
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
-        """Create ``<prefix>/subnets/<subnet>`` if absent, bound to a new etcd lease; None if taken."""
-        lease = self._guarded_put(
+        """Create ``<prefix>/subnets/<subnet>`` if absent, bound to a new etcd lease; None if taken.
+
+        Found holding our very value, the key is ours: a create whose answer was lost (committed,
+        then a timeout) and retried. It is taken over, for a fresh etcd lease of known expiry.
+        """
+        lease, ours = self._guarded_put(
             "create_lease", Lease(subnet=subnet, attrs=attrs), lambda txn, key: txn.version(key) == 0, ttl
         )
+        if ours is not None:
+            return self.take_over(ours, attrs, ttl)
         if lease is not None:
             log.info("created lease %s (etcd lease %x, ttl %ds)", lease.key, lease.etcd_lease_id, ttl)
         return lease
@@ -608,7 +612,7 @@ class Registry:
         expire: no key is bound to it any more, and revoking it could delete keys we do not own.
         """
         template = Lease(subnet=existing.subnet, attrs=attrs, ipv6_subnet=existing.ipv6_subnet)
-        lease = self._guarded_put(
+        lease, _ = self._guarded_put(
             "take_over",
             template,
             lambda txn, key: txn.mod(key) == existing.mod_revision,
@@ -640,7 +644,7 @@ class Registry:
         longer carries our key), and flanneld peers see the same writes from us as from each other.
         Returns None if our key is gone or no longer ours.
         """
-        renewed = self._guarded_put(
+        renewed, _ = self._guarded_put(
             "renew",
             lease,
             lambda txn, key: txn.value(key) == encode_attrs(lease.attrs),

@@ -277,3 +277,55 @@ def test_a_listing_over_grpcs_default_4_mib_is_read(
     etcd_server.etcdctl("put", f"{prefix}/subnets/198.18.46.0-24", FLANNEL_VALUE)
     leases, _ = registry.list_leases()
     assert [lease.key for lease in leases] == ["198.18.46.0-24"]  # the junk is skipped as malformed
+
+
+def _commit_then_fail_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next transaction is committed by etcd, but its answer is lost (as a timeout is)."""
+    from overlayd.registry import etcd3
+
+    original = etcd3.Etcd3Client.transaction
+    pending = [True]
+
+    def transaction(self: object, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if pending.pop() if pending else False:
+            raise etcd3.exceptions.ConnectionFailedError()
+        return result
+
+    monkeypatch.setattr(etcd3.Etcd3Client, "transaction", transaction)
+
+
+def test_a_renewal_committed_but_unanswered_keeps_our_key(
+    registry: Registry, etcd_server: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Revoking the new etcd lease after such an error deleted the key just written: ours."""
+    lease = registry.create_lease(SUBNET, host_attrs(1), ttl=600)
+    assert lease is not None
+    _commit_then_fail_once(monkeypatch)
+    with pytest.raises(RegistryError):
+        registry.renew(lease, ttl=600)
+    assert [stored.key for stored in registry.list_leases()[0]] == [lease.key]
+    assert registry.renew(lease, ttl=600) is not None
+
+
+def test_a_create_committed_but_unanswered_is_ours_on_the_retry(
+    etcd_server: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Retried on the next endpoint, the create met its own write; taken for a lost race, the
+    agent leased a second subnet while the first kept our PublicIP for a day."""
+    from overlayd.registry import etcd3
+
+    def unreachable(*_: object) -> None:
+        raise etcd3.exceptions.ConnectionFailedError()
+
+    endpoints = (etcd_server.endpoint, etcd_server.endpoint)
+    registry = Registry(EtcdOptions(endpoints=endpoints, prefix=prefix, timeout=3.0))
+    try:
+        _commit_then_fail_once(monkeypatch)
+        monkeypatch.setattr(etcd3.Etcd3Client, "revoke_lease", unreachable)  # etcd still in trouble
+        lease = registry.create_lease(SUBNET, host_attrs(1), ttl=600)
+        assert lease is not None and lease.subnet == SUBNET and lease.etcd_lease_id
+        [stored] = registry.list_leases()[0]
+        assert (stored.key, stored.etcd_lease_id) == (lease.key, lease.etcd_lease_id)
+    finally:
+        registry.close()
