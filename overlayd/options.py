@@ -85,9 +85,9 @@ def etcd_security_problem(
 ) -> str | None:
     """Why these etcd TLS and auth options cannot work together, or None; never quotes the password.
 
-    The endpoint's scheme decides TLS, as for etcdctl: https needs the CA that signed etcd's
-    certificate (the client library has no system trust store), and TLS files next to a plain
-    http endpoint would be silently unused.
+    The endpoint's scheme decides TLS, as for etcdctl: https needs a CA file (the client library
+    reads no system trust store by itself; ``resolve_options`` names the system's bundle), and
+    TLS files next to some plain http endpoints would be silently unused for those.
     """
     if bool(certfile) != bool(keyfile):
         return "--etcd-certfile and --etcd-keyfile go together: give a client certificate and its key"
@@ -97,8 +97,8 @@ def etcd_security_problem(
         https = endpoint.lower().startswith("https://")
         if https and not cafile:
             return (
-                f"etcd endpoint {endpoint} is https but --etcd-cafile is not given: "
-                "give the CA certificate that signed etcd's server certificate"
+                f"etcd endpoint {endpoint} is https but --etcd-cafile is not given and this host has "
+                "no system CA bundle: give the CA certificate that signed etcd's server certificate"
             )
         if not https and (cafile or certfile):
             return (
@@ -481,8 +481,36 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOp
         scheme = "https://" if options.etcd_cafile or options.etcd_certfile else "http://"
         endpoints = tuple(e if "://" in e else scheme + e for e in options.etcd_endpoints)
         options = replace(options, etcd_endpoints=endpoints)
+    options = _etcd_tls_as_flanneld(options)
     files = (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile)
     login = (options.etcd_username, options.etcd_password)
     if problem := etcd_security_problem(options.etcd_endpoints, *files, *login) or _tls_files_problem(*files):
         raise OptionsError(problem)
+    return options
+
+
+def _etcd_tls_as_flanneld(options: AgentOptions) -> AgentOptions:
+    """The endpoints' scheme decides TLS, as in flanneld's etcd client, so its unit files start:
+    over plain http the TLS files go unused (noted, not refused), and over https without
+    --etcd-cafile etcd's certificate is checked against the system's CAs."""
+    https = [endpoint for endpoint in options.etcd_endpoints if endpoint.lower().startswith("https://")]
+    files = {
+        "--etcd-cafile": options.etcd_cafile,
+        "--etcd-certfile": options.etcd_certfile,
+        "--etcd-keyfile": options.etcd_keyfile,
+    }
+    if not https and any(files.values()):
+        given = ", ".join(option for option, path in files.items() if path)
+        note = (
+            f"{given}: the etcd endpoints are plain http, so no TLS is used (flanneld ignores them "
+            "there too); give https:// endpoints for TLS"
+        )
+        return replace(
+            options, etcd_cafile=None, etcd_certfile=None, etcd_keyfile=None, ignored=(*options.ignored, note)
+        )
+    if https and not options.etcd_cafile:
+        import ssl  # only for this case: most agents talk to etcd over plain http
+
+        if system_cas := ssl.get_default_verify_paths().cafile:
+            return replace(options, etcd_cafile=system_cas)
     return options

@@ -19,14 +19,13 @@ PASSWORD = "pw-Kd71-never-shown"
     [
         ([f"--etcd-password={PASSWORD}"], "--etcd-username and --etcd-password go together"),
         (
-            ["--etcd-username=root", f"--etcd-password={PASSWORD}", "--etcd-endpoints=https://192.0.2.2:2379"],
-            "etcd endpoint https://192.0.2.2:2379 is https but --etcd-cafile is not given",
-        ),
-        (
-            ["--etcd-cafile={ca}", "--etcd-endpoints=http://192.0.2.2:2379"],
+            ["--etcd-cafile={ca}", "--etcd-endpoints=http://192.0.2.2:2379,https://192.0.2.3:2379"],
             "etcd endpoint http://192.0.2.2:2379 is plain http: use https:// endpoints",
         ),
-        (["--etcd-cafile={ca}", "--etcd-certfile={ca}"], "--etcd-certfile and --etcd-keyfile go together"),
+        (
+            ["--etcd-cafile={ca}", "--etcd-certfile={ca}", "--etcd-endpoints=https://192.0.2.2:2379"],
+            "--etcd-certfile and --etcd-keyfile go together",
+        ),
         (
             [f"--etcd-endpoints=http://root:{PASSWORD}@192.0.2.2:2379"],
             "endpoint 1 carries user:password@; give them with --etcd-username and --etcd-password",
@@ -121,3 +120,25 @@ def test_matching_tls_files_are_accepted(pem_files: dict[str, Path]) -> None:
         f"--etcd-certfile={pem_files['ca_pem']}", f"--etcd-keyfile={pem_files['ca_key']}",
     )  # fmt: skip
     assert options.etcd_endpoints == ("https://192.0.2.2:2379",)
+
+
+def test_tls_files_with_plain_http_endpoints_are_unused_and_said_as_in_flanneld(tmp_path: Path) -> None:
+    """flanneld's etcd client uses no TLS over http: its unit with leftover TLS files must start."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("never read over http\n")
+    options = _resolve(f"--etcd-cafile={ca}", "--etcd-endpoints=http://192.0.2.2:2379")
+    assert options.etcd_cafile is None
+    [note] = options.ignored
+    assert note.startswith("--etcd-cafile: the etcd endpoints are plain http, so no TLS is used")
+
+
+def test_https_without_a_ca_file_checks_etcd_against_the_system_cas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As flanneld's etcd client does; with no system bundle either, it is refused naming the option."""
+    import ssl
+
+    options = _resolve("--etcd-endpoints=https://192.0.2.2:2379")
+    assert options.etcd_cafile == ssl.get_default_verify_paths().cafile is not None
+    bare = ssl.get_default_verify_paths()._replace(cafile=None)
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: bare)
+    with pytest.raises(OptionsError, match="is https but --etcd-cafile is not given and this host has no"):
+        _resolve("--etcd-endpoints=https://192.0.2.2:2379")
