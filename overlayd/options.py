@@ -348,7 +348,7 @@ def build_parser(
 def normalize_argv(argv: Sequence[str]) -> list[str]:
     """Accept flanneld's single-dash spelling (``-etcd-endpoints=...``) for every long option,
     and its klog level (``-v=2``, ``--v 2``): any level from 1 is ``-v``, 0 is none."""
-    known = {_flag_name(name)[2:] for name in _SPECS} | {"config", "version", *FLANNELD_IGNORED}
+    known = {_flag_name(name)[2:] for name in _SPECS} | {"config", "version", "help", *FLANNELD_IGNORED}
     result = []
     args = list(argv)
     while args:

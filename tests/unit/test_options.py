@@ -204,3 +204,7 @@ def test_a_healthz_ip_that_is_no_ip_address_is_an_option_error() -> None:
     with pytest.raises(OptionsError, match=r"--healthz-ip from command line: 'node1.invalid'"):
         resolve(["--healthz-ip=node1.invalid", "--healthz-port=8471"])
     assert resolve(["--healthz-ip=192.0.2.11"]).healthz_ip == "192.0.2.11"
+
+
+def test_flanneld_single_dash_help_is_help() -> None:
+    assert normalize_argv(["-help"]) == ["--help"]
