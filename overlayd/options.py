@@ -494,11 +494,8 @@ def _etcd_tls_as_flanneld(options: AgentOptions) -> AgentOptions:
     over plain http the TLS files go unused (noted, not refused), and over https without
     --etcd-cafile etcd's certificate is checked against the system's CAs."""
     https = [endpoint for endpoint in options.etcd_endpoints if endpoint.lower().startswith("https://")]
-    files = {
-        "--etcd-cafile": options.etcd_cafile,
-        "--etcd-certfile": options.etcd_certfile,
-        "--etcd-keyfile": options.etcd_keyfile,
-    }
+    tls_options = ("etcd_cafile", "etcd_certfile", "etcd_keyfile")
+    files = {_flag_name(name): getattr(options, name) for name in tls_options}
     if not https and any(files.values()):
         given = ", ".join(option for option, path in files.items() if path)
         note = (
