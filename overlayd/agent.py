@@ -29,6 +29,7 @@ from typing import TypeVar
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
 from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
+from overlayd.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message, hold_reason
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
 from overlayd.dropnotice import DropNotice, warning
@@ -49,6 +50,7 @@ from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
 from overlayd.subnetenv import SubnetEnv, previous_subnet
+from overlayd.subnethistory import load_history, remember, save_history
 from overlayd.vtepmac import load_or_create_mac
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,11 @@ class Agent:
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
         self.drops_check = Outage(log, "could not read the VXLAN sources the allowlist dropped")
-        self.config_raw: bytes | None = None  # the network config last read and accepted, as stored
+        self.config_raw: bytes | None = None  # the network config in force, as stored
+        self.stored_raw: bytes | None = None  # the network config last read, as stored
+        # While the stored config would renumber live leases: the verdict that keeps ours in force.
+        self.config_hold: ConfigDecision | None = None
+        self.subnet_history: list[IPv4Network] = []  # subnets held before, newest first (state dir)
         self.lease_expired = ""  # why our lease ran out unrenewed ("" while it holds): not ready
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -310,7 +316,8 @@ class Agent:
         self.metrics.pool_size.set(self.config.subnet_count)
         self.metrics.config_ok.set(1)
         self.vtep_mac = self._vtep_mac(self.config)
-        if not self._acquire(previous_subnet(opts.subnet_file)):
+        self.subnet_history = load_history(opts.state_dir)
+        if not self._acquire(self._earlier_subnets(previous_subnet(opts.subnet_file))):
             return False
         first_listing = self.lease_manager.take_listing()
         self.watcher = PeerWatcher(self.registry, self.events, first_listing=first_listing)
@@ -368,7 +375,9 @@ class Agent:
                 f"{key} '{{\"Network\": \"198.18.0.0/16\"}}')"
             )
         config = parse_network_config(raw, where=self._config_where())
-        self.config_raw = raw  # put on one line only if a hint quotes it, not on every re-read
+        self.stored_raw = raw  # put on one line only if a hint quotes it, not on every re-read
+        if self.config is None:
+            self.config_raw = raw  # starting: this is the config that goes in force
         return config
 
     def _device_spec(self, config: NetworkConfig, subnet: IPv4Network | None) -> DeviceSpec:
@@ -406,7 +415,7 @@ class Agent:
         vni = lease_vni(self.config.backend.vni)
         return LeaseAttrs(public_ip=self.public_ip, vni=vni, vtep_mac=self.vtep_mac)
 
-    def _acquire(self, previous: IPv4Network | None) -> bool:
+    def _acquire(self, previous: list[IPv4Network]) -> bool:
         """Get a lease (retrying etcd errors and exhaustion), then program everything for it."""
         assert self.lease_manager is not None and self.config is not None
         config, attrs, manager = self.config, self._attrs(), self.lease_manager
@@ -439,8 +448,29 @@ class Agent:
         )
         self._update_expiry()
         log.info("holding subnet %s (key %s)", lease.subnet, lease.key)
+        self._remember_subnet(lease.subnet)
         self._full_reconcile("lease")
         return True
+
+    def _earlier_subnets(self, latest: IPv4Network | None) -> list[IPv4Network]:
+        """The subnets to take back if free, newest first: ``latest`` (ours a moment ago, or
+        subnet.env's), then those the state directory remembers from before a renumbering."""
+        return [latest, *self.subnet_history] if latest is not None else list(self.subnet_history)
+
+    def _remember_subnet(self, subnet: IPv4Network) -> None:
+        """Keep ``subnet`` first in the state directory's history; a failure only costs the
+        preference for it after a later renumbering, so it is logged and not fatal."""
+        history = remember(self.subnet_history, subnet)
+        if history == self.subnet_history:
+            return
+        try:
+            save_history(self.options.state_dir, history)
+        except OSError as exc:
+            log.warning(
+                "cannot remember subnet %s in --state-dir %s (%s); after a renumbering this node may "
+                "not take it back", subnet, self.options.state_dir, exc.strerror,
+            )
+        self.subnet_history = history
 
     def _update_expiry(self) -> None:
         assert self.registry is not None and self.lease is not None
@@ -502,7 +532,7 @@ class Agent:
     def _lease_lost(self, why: str) -> None:
         assert self.lease is not None
         log.warning("lease %s lost (%s); re-acquiring, data path kept meanwhile", self.lease.key, why)
-        self._acquire(previous=self.lease.subnet)
+        self._acquire(self._earlier_subnets(self.lease.subnet))
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -593,6 +623,8 @@ class Agent:
         line = f"holding subnet {self.lease.subnet}, {len(self.programmed)} peers"
         if health.etcd_problem:
             line += "; etcd unreachable, data path served from memory"
+        if health.config_problem:
+            line += f"; {health.config_problem}"
         return line
 
     def _apply_events(self, item: PeerEvents) -> bool:
@@ -690,9 +722,10 @@ class Agent:
         return change.entry is not None and self.desired.wants(change.entry) == change.added
 
     def _recheck_config(self) -> None:
-        """Pick up a changed network config; a broken one is logged and the old one kept."""
+        """Pick up a changed network config; a broken one is logged and the old one kept, and so is
+        one that would renumber live leases (``confchange``), until it is put back or fits."""
         try:
-            config = self._read_config()
+            stored = self._read_config()
         except (ConfigError, RegistryError) as exc:
             if isinstance(exc, ConfigError):  # not an unreachable etcd: the stored config itself
                 self.metrics.config_ok.set(0)
@@ -700,24 +733,51 @@ class Agent:
             return
         self.config_check.succeeded()
         self.metrics.config_ok.set(1)
-        if config is None or config == self.config:
+        if stored is None or (stored == self.config and self.config_hold is None):
             return
         assert self.lease is not None and self.config is not None
-        if config.backend.vni != self.config.backend.vni:
+        peers = (lease for key, lease in self.peers.items() if key != self.lease.key)
+        decision = decide(self.config, stored, self.lease, peers, self.config_hold)
+        if decision.action is ConfigAction.HOLD:
+            self._hold_config(decision)
+            return
+        if decision.cleared:
+            log.warning("%s", clear_message(decision, self._config_where()))
+            self._set_config_hold(None)
+        if decision.action is ConfigAction.UNCHANGED:
+            return
+        self.config_raw = self.stored_raw
+        if decision.action is ConfigAction.RESTART:
             # A new VNI is a new device, MAC and lease value: a clean restart is the safe path.
+            # Every live lease fits the new config (else it is held), so the restart renumbers none.
             log.warning(
                 "network config changed VNI %d -> %d; restarting to rebuild the device",
                 self.config.backend.vni,
-                config.backend.vni,
+                stored.backend.vni,
             )
             self.exit_code = RESTART_EXIT_CODE
             self.request_stop()
             return
-        log.warning("network config changed: %s", config)
-        self.config = config
-        self.metrics.pool_size.set(config.subnet_count)
-        if not config.contains_subnet(self.lease.subnet):
-            self._lease_lost(f"subnet {self.lease.subnet} no longer fits the new config")
+        log.warning("network config changed: %s", stored)
+        self.config = stored
+        self.metrics.pool_size.set(stored.subnet_count)
+
+    def _hold_config(self, decision: ConfigDecision) -> None:
+        """Keep the config in force against a stored one that would renumber live leases."""
+        if decision.announce:
+            assert self.config_raw is not None
+            key = f"{self.options.etcd_prefix}/config"
+            restore = f"etcdctl put {key} '{json.dumps(json.loads(self.config_raw))}'"
+            log.error("%s", hold_message(decision, self._config_where(), restore))
+        self._set_config_hold(decision)
+
+    def _set_config_hold(self, decision: ConfigDecision | None) -> None:
+        """Record a hold (None: none) for /readyz, systemd's STATUS and the metrics."""
+        self.config_hold = decision
+        self.metrics.config_mismatch.set(1 if decision else 0)
+        self.metrics.config_mismatch_leases.set(decision.outside_count if decision else 0)
+        problem = hold_reason(decision) if decision else ""
+        self.metrics.health = replace(self.metrics.health, config_problem=problem)
 
     # ---- full reconcile -----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Choosing this host's subnet: keep the one we hold, reuse the last one, else a random free one.
+"""Choosing this host's subnet: keep the one we hold, reuse an earlier one, else a random free one.
 
 Pure: the caller lists the leases, we rank the options, and the caller tries them in order with a
 create-if-absent transaction. Choosing at random among the first free subnets (as flanneld does)
@@ -8,7 +8,7 @@ keeps agents that start together from all racing for the same one.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -87,27 +87,37 @@ def free_subnets(config: NetworkConfig, taken: Iterable[IPv4Network], limit: int
     return result
 
 
+def _earlier(previous: IPv4Network | Sequence[IPv4Network] | None) -> list[IPv4Network]:
+    """The earlier subnets to prefer, newest first, each once."""
+    if previous is None:
+        return []
+    listed = [previous] if isinstance(previous, IPv4Network) else list(previous)
+    return list(dict.fromkeys(listed))
+
+
 def choose_subnets(
     config: NetworkConfig,
     leases: Iterable[Lease],
     public_ip: IPv4Address,
-    previous: IPv4Network | None = None,
+    previous: IPv4Network | Sequence[IPv4Network] | None = None,
     rng: random.Random | None = None,
 ) -> list[SubnetChoice]:
-    """Options in the order to try them; raises OutOfSubnets when there are none."""
+    """Options in the order to try them; raises OutOfSubnets when there are none.
+
+    ``previous`` is the subnet (or subnets, newest first) this host held before: each one the
+    config hands out and no lease overlaps comes before the random ones, so a node whose Network
+    was changed and changed back takes its first subnet again."""
     lease_list = list(leases)
     mine = own_lease(config, lease_list, public_ip)
     if mine is not None:
         return [SubnetChoice(mine.subnet, existing=mine)]
     taken = [lease.subnet for lease in lease_list]
-    choices: list[SubnetChoice] = []
-    if (
-        previous is not None
-        and config.contains_subnet(previous)
-        and not any(previous.overlaps(other) for other in taken)
-    ):
-        choices.append(SubnetChoice(previous))
-    pool = [s for s in free_subnets(config, taken, RANDOM_POOL) if s != previous]
+    earlier = [
+        subnet for subnet in _earlier(previous)
+        if config.contains_subnet(subnet) and not any(subnet.overlaps(other) for other in taken)
+    ]  # fmt: skip
+    choices = [SubnetChoice(subnet) for subnet in earlier]
+    pool = [s for s in free_subnets(config, taken, RANDOM_POOL) if s not in earlier]
     (rng or random.Random()).shuffle(pool)
     choices.extend(SubnetChoice(subnet) for subnet in pool)
     if not choices:

@@ -2,7 +2,8 @@
 
 flanneld exits when it loses the race for a subnet and when its lease vanishes; we do neither.
 Acquisition lists the leases, ranks the options (``allocate.choose_subnets``: the lease that
-already carries our PublicIP, then the previous ``subnet.env`` subnet, then random free ones) and
+already carries our PublicIP, then the earlier subnets: ``subnet.env``'s and those the state
+directory remembers, then random free ones) and
 tries them with guarded transactions; losing a race just moves on to the next option, and when
 the listing has gone stale it lists again.
 """
@@ -13,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.allocate import SubnetChoice, choose_subnets, stale_own_leases
@@ -64,8 +66,12 @@ class LeaseManager:
         listing, self._listing = self._listing, None
         return listing
 
-    def acquire(self, config: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | None) -> Lease:
+    def acquire(
+        self, config: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | Sequence[IPv4Network] | None
+    ) -> Lease:
         """Hold a lease on a subnet of ``config`` carrying ``attrs``; keeps trying past lost races.
+
+        ``previous``: the subnet(s) this host held before, newest first, taken back when free.
 
         Raises OutOfSubnets when every subnet is leased, AcquireError when contention never let
         up, RegistryError when etcd is unreachable.
@@ -98,12 +104,16 @@ class LeaseManager:
         for lease in stale_own_leases(config, leases, self.public_ip):
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
-                why = (
-                    f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
-                    if lease.ipv6_subnet is not None
-                    else f"Network {config.network}, SubnetMin {config.subnet_min} and SubnetMax "
-                    f"{config.subnet_max} no longer hand it out"
-                )
+                if lease.ipv6_subnet is not None:
+                    why = f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
+                else:
+                    # A renumbering: say so, since containers made before keep the old addresses.
+                    why = (
+                        f"Network {config.network}, SubnetMin {config.subnet_min} and SubnetMax "
+                        f"{config.subnet_max} no longer hand it out; this node takes another subnet "
+                        "(an earlier one if the config hands it out), so re-create its containers "
+                        f"that have addresses of {lease.subnet}"
+                    )
                 log.warning(
                     "deleted lease %s, which carries our PublicIP %s: %s", lease.key, self.public_ip, why
                 )

@@ -54,6 +54,7 @@ class Health:
     reason: str = "starting"
     last_loop: float = 0.0  # time.monotonic() of the reconciler's last turn
     etcd_problem: str = ""  # why etcd is unreachable; "" while it answers
+    config_problem: str = ""  # why the config in etcd is not the one in force; "" while it is
 
 
 class Metrics:
@@ -164,6 +165,16 @@ class Metrics:
             "0 while the network config in etcd is missing or invalid (the agent keeps the one it runs)",
             registry=r,
         )
+        self.config_mismatch = Gauge(
+            "overlayd_config_mismatch",
+            "1 while the network config in etcd would renumber live leases: the agent keeps the one in force",
+            registry=r,
+        )
+        self.config_mismatch_leases = Gauge(
+            "overlayd_config_mismatch_leases",
+            "Live leases (this host's included) that the network config in etcd does not hand out",
+            registry=r,
+        )
         self.vxlan_dropped_sources = Gauge(
             "overlayd_vxlan_ingress_dropped_sources",
             "Sources that hold no peer lease (nor did just before) whose VXLAN the allowlist dropped lately",
@@ -229,11 +240,16 @@ def _readiness(health: Health) -> str:
     Readiness means this host forwards overlay traffic, which the kernel does from state we
     already programmed: an etcd outage does not stop it (peers are repaired from memory), so
     readiness stays 200 and only the body says etcd is unreachable. Failing readiness here would
-    make every node unready at once whenever etcd restarts.
+    make every node unready at once whenever etcd restarts. A config mismatch is the same: the
+    lease and the data path in force keep containers talking, so only the body says that this node
+    needs the config put back or a restart.
     """
+    body = health.reason
     if health.ready and health.etcd_problem:
-        return f"{health.reason}; etcd unreachable ({health.etcd_problem}): data path served from memory"
-    return health.reason
+        body += f"; etcd unreachable ({health.etcd_problem}): data path served from memory"
+    if health.ready and health.config_problem:
+        body += f"; {health.config_problem}"
+    return body
 
 
 class _Server(ThreadingHTTPServer):

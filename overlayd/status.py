@@ -51,6 +51,8 @@ class AgentView:
     etcd_errors: float | None = None
     watch_up: bool | None = None
     vxlan_dropped_sources: float | None = None  # addresses without a lease, last 10 minutes
+    config_mismatch: bool | None = None  # the config in etcd would renumber live leases
+    config_mismatch_leases: float | None = None  # how many live leases it does not hand out
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def parse_metrics(text: str) -> AgentView:
         kind = labels.get("kind", "?")
         repairs[kind] = repairs.get(kind, 0.0) + count
     ready, watch_up = value("overlayd_ready"), value("overlayd_etcd_watch_up")
+    mismatch = value("overlayd_config_mismatch")
     return AgentView(
         ready=None if ready is None else ready == 1,
         version=label("overlayd_build_info", "version"),
@@ -131,6 +134,8 @@ def parse_metrics(text: str) -> AgentView:
         etcd_errors=value("overlayd_etcd_errors_total"),
         watch_up=None if watch_up is None else watch_up == 1,
         vxlan_dropped_sources=value("overlayd_vxlan_ingress_dropped_sources"),
+        config_mismatch=None if mismatch is None else mismatch == 1,
+        config_mismatch_leases=value("overlayd_config_mismatch_leases"),
     )
 
 
@@ -213,6 +218,11 @@ def _agent_line(agent: AgentView, now: float) -> str:
     if agent.vxlan_dropped_sources:
         parts.append(f"VXLAN DROPPED from {agent.vxlan_dropped_sources:g} address(es) without a lease "
                      "in the last 10 minutes (the agent log names them)")
+    if agent.config_mismatch:
+        parts.append(f"CONFIG MISMATCH: the network config in etcd does not hand out "
+                     f"{_count(agent.config_mismatch_leases)} live lease(s), so the agent keeps the one in "
+                     "force; put it back, or restart the agents of the nodes outside to renumber them "
+                     "(/readyz and the agent log say which)")  # fmt: skip
     return "; ".join(parts)
 
 

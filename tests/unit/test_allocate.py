@@ -316,3 +316,27 @@ def test_full_slash_15_with_subnet_len_24_is_fast_and_finds_the_one_gap() -> Non
     elapsed = time.perf_counter() - start
     assert choices == [SubnetChoice(gap)]
     assert elapsed < 0.2, f"choose_subnets took {elapsed:.3f}s"
+
+
+# --- earlier subnets, across a renumbering and its revert -------------------------------------
+
+
+def test_earlier_subnets_are_tried_newest_first_where_the_config_hands_them_out() -> None:
+    """subnet.env names the subnet of the Network that was put back out; the one before fits."""
+    history = [net("198.19.9.0/24"), net("198.18.5.0/24"), net("198.18.6.0/24")]
+    choices = choose_subnets(CONFIG, [lease("198.18.6.0/24")], OUR_IP, previous=history, rng=random.Random(3))
+    assert choices[0] == SubnetChoice(net("198.18.5.0/24"))
+    assert net("198.18.6.0/24") not in chosen(choices) and net("198.19.9.0/24") not in chosen(choices)
+    assert chosen(choices).count(net("198.18.5.0/24")) == 1
+
+
+def test_old_new_old_takes_back_the_first_subnet() -> None:
+    """Renumbered under a new Network by a restart, then the old config back and another restart:
+    the node's own lease is gone (deleted as stale at the first restart), subnet.env names the new
+    Network's subnet, and the history still names the first."""
+    new = config(Network="198.19.0.0/16")
+    first = choose_subnets(CONFIG, [], OUR_IP, rng=random.Random(1))[0].subnet
+    second = choose_subnets(new, [], OUR_IP, previous=[first], rng=random.Random(2))[0].subnet
+    assert second.subnet_of(new.network)
+    back = choose_subnets(CONFIG, [lease("198.18.77.0/24")], OUR_IP, previous=[second, first])[0]
+    assert back == SubnetChoice(first)

@@ -110,6 +110,12 @@ def test_endpoints(served: tuple[Metrics, str]) -> None:
     metrics.health = replace(metrics.health, etcd_problem="connection refused")
     status, body = get(f"{base}/readyz")
     assert status == 200 and "etcd unreachable (connection refused)" in body
+    # a config mismatch: the lease and data path in force keep working, so ready, and it says why
+    metrics.health = replace(metrics.health, etcd_problem="", config_problem="config mismatch: etcd's X")
+    assert get(f"{base}/readyz") == (200, "ready; config mismatch: etcd's X\n")
+    metrics.health = replace(metrics.health, ready=False, reason="acquiring a subnet lease")
+    assert get(f"{base}/readyz") == (503, "acquiring a subnet lease\n")
+    metrics.health = replace(metrics.health, ready=True, reason="ready", config_problem="")
     metrics.health = replace(metrics.health, last_loop=time.monotonic() - 120)
     status, body = get(f"{base}/healthz")
     assert status == 503 and body.startswith("reconciler stalled: no turn for 12")

@@ -149,3 +149,18 @@ def test_own_subnet_and_redaction() -> None:
     assert own_subnet(None) is None
     assert redact_endpoint("https://root:s3cret@192.0.2.2:2379") == "https://192.0.2.2:2379"
     assert redact_endpoint("http://192.0.2.2:2379") == "http://192.0.2.2:2379"
+
+
+def test_a_config_mismatch_shows_on_the_agent_line_with_the_count_and_the_fixes() -> None:
+    held = parse_metrics(METRICS + "# TYPE overlayd_config_mismatch gauge\noverlayd_config_mismatch 1.0\n"
+                         "# TYPE overlayd_config_mismatch_leases gauge\n"
+                         "overlayd_config_mismatch_leases 3.0\n")
+    assert (held.config_mismatch, held.config_mismatch_leases, held.ready) == (True, 3.0, True)
+    text = render_text(sample_status(agent=held), now=1.7e9)
+    agent_line = next(line for line in text.splitlines() if line.startswith("  agent"))
+    assert agent_line.startswith("  agent       127.0.0.1:9464 (overlayd 0.1.0): ready;")
+    assert "CONFIG MISMATCH: the network config in etcd does not hand out 3 live lease(s)" in agent_line
+    assert "put it back, or restart the agents of the nodes outside to renumber them" in agent_line
+    cleared = parse_metrics(METRICS + "# TYPE overlayd_config_mismatch gauge\noverlayd_config_mismatch 0.0\n")
+    assert cleared.config_mismatch is False
+    assert "MISMATCH" not in render_text(sample_status(agent=cleared), now=1.7e9)
