@@ -177,7 +177,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     try:
         if args.action == "get":
             return netconfig_cmd.get(registry, options.etcd_prefix)
-        return netconfig_cmd.set_config(registry, options.etcd_prefix, text, args.dry_run)
+        return netconfig_cmd.set_config(registry, options.etcd_prefix, text, args.dry_run, force=args.force)
     except RegistryError as exc:
         print(f"overlayd config {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -345,6 +345,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="validate FILE offline (check: the same); get; set FILE")
     config.add_argument("file", nargs="?", default="-", help="JSON file for validate/set ('-': stdin)")
     config.add_argument("--dry-run", action="store_true", help="set: validate and show the diff only")
+    config.add_argument("--force", action="store_true",
+                        help="set: write a config that does not hand out live leases (renumbers their "
+                        "nodes when their agents restart)")  # fmt: skip
     build_parser(config, ETCD_OPTIONS)
     config.set_defaults(func=_cmd_config)
 

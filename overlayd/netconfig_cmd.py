@@ -1,7 +1,9 @@
 """``overlayd config validate|get|set``: the network config at ``<prefix>/config``, checked as the agent does.
 
 ``set`` refuses a config the agent would refuse, with the agent's own message, so a typo never
-reaches etcd and stalls every node; it shows the diff first and ``--dry-run`` stops there.
+reaches etcd and stalls every node; it shows the diff first and ``--dry-run`` stops there. It also
+refuses, unless ``--force``, a config that does not hand out live leases: their agents would keep
+the config in force (``confchange``) until restarted, and a restart renumbers the node.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from overlayd.confchange import describe, leases_outside, name_leases
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 
 
@@ -88,13 +91,45 @@ def get(registry: Any, prefix: str, out: TextIO = sys.stdout, err: TextIO = sys.
     return validate(raw.decode(errors="replace"), where, out, err)
 
 
+def _renumber_warning(current: NetworkConfig | None, proposed: NetworkConfig, leases: list[Any]) -> str:
+    """Why ``proposed`` needs --force: the live leases it would not hand out; "" when none."""
+    outside = leases_outside(current, proposed, leases)
+    if not outside:
+        return ""
+    change = f"from {describe(current, proposed)} to " if current is not None else ""
+    return (
+        f"this change ({change}{describe(proposed, current or proposed)}) does not hand out "
+        f"{len(outside)} of {len(leases)} live lease(s): {name_leases(outside)}. Their agents keep "
+        "the config in force (and report a config mismatch) until it is put back or they restart, "
+        "and a restart renumbers the node: its running containers lose cross-host traffic until "
+        "re-created. Add --force to write it anyway"
+    )
+
+
+def _parsed_or_none(raw: bytes | None, where: str) -> NetworkConfig | None:
+    """The stored config, or None when missing or invalid (then every lease counts as live)."""
+    if raw is None:
+        return None
+    try:
+        return parse_network_config(raw, where=where)
+    except ConfigError:
+        return None
+
+
 def set_config(
-    registry: Any, prefix: str, text: str, dry_run: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    registry: Any,
+    prefix: str,
+    text: str,
+    dry_run: bool,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    force: bool = False,
 ) -> int:
-    """Validate ``text`` as the agent would, show the diff, and store it unless ``dry_run``."""
+    """Validate ``text`` as the agent would, show the diff, and store it unless ``dry_run`` (or,
+    without ``force``, it would renumber live leases: exit 1, nothing written)."""
     where = config_where(prefix)
     try:
-        parse_network_config(text, where=where)
+        proposed = parse_network_config(text, where=where)
     except ConfigError as exc:
         print(f"refused: {exc}", file=err)
         return 1
@@ -104,6 +139,13 @@ def set_config(
         print(f"{where} already holds this config; nothing to write", file=out)
         return 0
     print(diff, end="", file=out)
+    leases, _revision = registry.list_leases()
+    warning = _renumber_warning(_parsed_or_none(current, where), proposed, leases)
+    if warning and not force:
+        print(f"refused: {warning}", file=err)
+        return 1
+    if warning:
+        print(f"warning: {warning}; --force given", file=err)
     if dry_run:
         print("dry run: nothing written", file=out)
         return 0

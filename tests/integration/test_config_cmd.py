@@ -56,3 +56,62 @@ def test_set_dry_run_then_set_then_get(etcd_server: EtcdServer, prefix: str) -> 
     assert second in got.stdout
     view = json.loads(got.stdout.split("(defaults filled in):\n")[1])
     assert view["Backend"]["VNI"] == 2 and view["SubnetLen"] == 24
+
+
+def put_lease(etcd: EtcdServer, prefix: str, subnet: str, host: int) -> None:
+    """A node's lease as flanneld writes it (no TTL needed: the command lists what is there)."""
+    value = json.dumps({"PublicIP": f"192.0.2.{host}", "BackendType": "vxlan",
+                        "BackendData": {"VNI": 1, "VtepMAC": f"02:00:00:00:00:{host:02x}"}})  # fmt: skip
+    etcd.etcdctl("put", f"{prefix}/subnets/{subnet.replace('/', '-')}", value)
+
+
+def test_set_refuses_without_force_a_network_that_leaves_live_leases_outside(
+    etcd_server: EtcdServer, prefix: str
+) -> None:
+    """Written, it would have every agent hold the old config until restarted, and a restart
+    renumbers the node: refused with the count, a few of the leases and --force, nothing written."""
+    first = '{"Network": "198.18.0.0/16"}'
+    assert overlayd(etcd_server, prefix, "set", "-", stdin=first).returncode == 0
+    for host, subnet in ((11, "198.18.5.0/24"), (12, "198.18.200.0/24"), (13, "198.18.201.0/24"),
+                         (14, "198.18.202.0/24"), (15, "198.18.203.0/24")):  # fmt: skip
+        put_lease(etcd_server, prefix, subnet, host)
+    half = '{"Network": "198.18.0.0/17"}'
+    refused = overlayd(etcd_server, prefix, "set", "-", stdin=half)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith(
+        "refused: this change (from Network 198.18.0.0/16 to Network 198.18.0.0/17) does not hand out "
+        "4 of 5 live lease(s): 198.18.200.0/24 (192.0.2.12), 198.18.201.0/24 (192.0.2.13), "
+        "198.18.202.0/24 (192.0.2.14) and 1 more."
+    ), refused.stderr
+    assert "Add --force to write it anyway" in refused.stderr and "Traceback" not in refused.stderr
+    assert '+  "Network": "198.18.0.0/17"' in refused.stdout, "the diff is still shown"
+    assert stored(etcd_server, prefix) == first
+
+    dry = overlayd(etcd_server, prefix, "set", "-", "--dry-run", stdin=half)
+    assert dry.returncode == 1 and "Add --force" in dry.stderr, "a dry run answers as the real run would"
+    assert stored(etcd_server, prefix) == first
+
+    forced = overlayd(etcd_server, prefix, "set", "-", "--force", stdin=half)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stderr.startswith(
+        "warning: this change (from Network 198.18.0.0/16 to Network 198.18.0.0/17) does not hand out 4"
+    )
+    assert "--force given" in forced.stderr and "wrote network config at" in forced.stdout
+    assert stored(etcd_server, prefix) == half
+
+
+def test_set_writes_without_force_a_change_every_live_lease_fits(
+    etcd_server: EtcdServer, prefix: str
+) -> None:
+    """A wider Network needs no --force; another SubnetLen makes every lease a misfit."""
+    assert overlayd(etcd_server, prefix, "set", "-", stdin='{"Network": "198.18.0.0/16"}').returncode == 0
+    put_lease(etcd_server, prefix, "198.18.5.0/24", 11)
+    wider = '{"Network": "198.16.0.0/14", "SubnetMin": "198.18.0.0"}'
+    done = overlayd(etcd_server, prefix, "set", "-", stdin=wider)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert stored(etcd_server, prefix) == wider
+    longer = '{"Network": "198.16.0.0/14", "SubnetLen": 25}'
+    refused = overlayd(etcd_server, prefix, "set", "-", stdin=longer)
+    assert refused.returncode == 1
+    assert "does not hand out 1 of 1 live lease(s): 198.18.5.0/24 (192.0.2.11)." in refused.stderr
+    assert stored(etcd_server, prefix) == wider

@@ -43,3 +43,30 @@ def test_validate_refuses_a_dual_stack_network() -> None:
     assert netconfig_cmd.validate(text, "network config", out, err) == 1
     assert out.getvalue() == ""
     assert err.getvalue().startswith("network config: EnableIPv6 true (a dual-stack network) is not")
+
+
+def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() -> None:
+    from ipaddress import IPv4Address, IPv4Network
+
+    from overlayd.config import parse_network_config
+    from overlayd.lease import Lease, LeaseAttrs
+
+    def lease(cidr: str, host: int) -> Lease:
+        attrs = LeaseAttrs(IPv4Address(f"192.0.2.{host}"), vni=1, vtep_mac="02:00:00:00:00:01")
+        return Lease(IPv4Network(cidr), attrs)
+
+    current = parse_network_config('{"Network": "198.18.0.0/16"}')
+    leases = [lease(f"198.18.{n}.0/24", n) for n in (200, 5, 201, 202, 203)]
+    half = parse_network_config('{"Network": "198.18.0.0/17"}')
+    warning = netconfig_cmd._renumber_warning(current, half, leases)
+    assert warning.startswith(
+        "this change (from Network 198.18.0.0/16 to Network 198.18.0.0/17) does not hand out 4 of 5 live "
+        "lease(s): 198.18.200.0/24 (192.0.2.200), 198.18.201.0/24 (192.0.2.201), "
+        "198.18.202.0/24 (192.0.2.202) and 1 more."
+    )
+    assert warning.endswith("Add --force to write it anyway")
+    wider = parse_network_config('{"Network": "198.16.0.0/14"}')
+    assert netconfig_cmd._renumber_warning(current, wider, leases) == ""
+    assert netconfig_cmd._renumber_warning(None, half, leases).startswith(
+        "this change (Network 198.18.0.0/17) does not hand out 4 of 5"
+    )
