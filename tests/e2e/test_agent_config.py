@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from labtools import needs_lab, running_lab, wait_for
+from labtools import log_mark, log_since, needs_lab, running_lab, status_json, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, sh
+from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -169,3 +170,116 @@ def test_a_lease_that_runs_out_during_an_etcd_outage_is_not_ready_until_etcd_ans
         bare_lab.start_etcd()
     wait_for(lambda: bare_lab.http_get(h3, "/readyz")[0] == 200, 30, "ready again once etcd answers")
     bare_lab.wait_converged(timeout=30)
+
+
+OLD_NETWORK = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
+NEW_NETWORK = '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}'
+
+
+def own_subnets(lab: Lab) -> dict[str, str]:
+    return {host.name: host.subnet_env()["FLANNEL_SUBNET"] for host in lab.hosts}
+
+
+def lease_keys(lab: Lab) -> set[str]:
+    out = lab.etcd().etcdctl("get", "--prefix", "--keys-only", f"{ETCD_PREFIX}/subnets/")
+    return {line.rsplit("/", 1)[1] for line in out.split()}
+
+
+def mismatched(host: LabHost) -> bool:
+    return Lab.metric(host, "overlayd_config_mismatch") == 1
+
+
+@pytest.fixture
+def lab_with_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three hosts on 198.18.0.0/16, one container each."""
+    with running_lab(tmp_path_factory, hosts=3, network_config=OLD_NETWORK) as lab:
+        lab.add_containers(1)
+        yield lab
+
+
+def test_a_network_change_renumbers_no_running_node_and_a_revert_moves_nothing(
+    lab_with_containers: Lab,
+) -> None:
+    """A careless Network change used to renumber every node at once (cross-host container traffic
+    lost), and putting the old config back renumbered them again. Now each agent keeps its lease
+    and data path and says so; the revert clears that, and no node ever moved."""
+    lab, etcd = lab_with_containers, lab_with_containers.etcd()
+    subnets, keys = own_subnets(lab), lease_keys(lab)
+    marks = {host.name: log_mark(host) for host in lab.hosts}
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", NEW_NETWORK)
+    for host in lab.hosts:
+        wait_for(lambda host=host: mismatched(host), 30, f"{host.name} to report the config mismatch")
+    time.sleep(5)  # two more passes at --reconcile-interval=2: still held, logged once
+    for host in lab.hosts:
+        log = log_since(host, marks[host.name])
+        subnet = subnets[host.name].replace(".1/", ".0/")
+        assert log.count("ERROR") == 1, log
+        assert (
+            "network config at /coreos.com/network/config changed from Network 198.18.0.0/16 to Network "
+            f"198.19.0.0/16, which does not hand out this node's subnet {subnet} (nor 2 other live lease(s)"
+        ) in log
+        assert f"put it back (etcdctl put {ETCD_PREFIX}/config '{OLD_NETWORK}')" in log
+        assert "systemctl restart overlayd" in log and "re-create its containers" in log
+        assert "lost" not in log and "deleted lease" not in log and "our subnet changed" not in log
+        status, body = lab.http_get(host, "/readyz")
+        assert status == 200, body
+        assert body.startswith(
+            "ready; config mismatch: etcd's Network 198.19.0.0/16 does not hand out this node's subnet "
+            f"{subnet} and 2 other lease(s); running Network 198.18.0.0/16 until fixed"
+        ), body
+        assert Lab.metric(host, "overlayd_config_mismatch_leases") == 3
+        agent = status_json(lab, host)["agent"]
+        assert agent["config_mismatch"] is True and agent["config_mismatch_leases"] == 3 and agent["ready"]
+        assert "198.18.0.0/16" in sh("nft", "list", "table", "ip", "overlayd", netns=host.netns)
+    text = sh(sys.executable, "-m", "overlayd", "status", f"--etcd-endpoints={lab.etcd_endpoint}",
+              f"--subnet-file={lab.hosts[0].subnet_file}", netns=lab.hosts[0].netns)  # fmt: skip
+    assert "CONFIG MISMATCH: the network config in etcd does not hand out 3 live lease(s)" in text, text
+    assert own_subnets(lab) == subnets and lease_keys(lab) == keys
+    table, ok = lab.container_ping_table()
+    assert ok, f"containers must keep talking across hosts while the config is held:\n{table}"
+    assert lab.ping_table()[1]
+
+    marks = {host.name: log_mark(host) for host in lab.hosts}
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", OLD_NETWORK)
+    for host in lab.hosts:
+        wait_for(lambda host=host: not mismatched(host), 30, f"{host.name} to clear the mismatch")
+        log = log_since(host, marks[host.name])
+        subnet = subnets[host.name].replace(".1/", ".0/")
+        assert (
+            "is back to the config in force (Network 198.18.0.0/16): config mismatch cleared, this node "
+            f"keeps subnet {subnet}, nothing moved"
+        ) in log, log
+        assert lab.http_get(host, "/readyz") == (200, "ready\n")
+    assert own_subnets(lab) == subnets and lease_keys(lab) == keys
+    table, ok = lab.container_ping_table()
+    assert ok, table
+
+
+def test_old_new_old_with_restarts_brings_a_node_back_to_its_first_subnet(lab_with_containers: Lab) -> None:
+    """A restart under the new config renumbers the node, as documented; after the revert, a
+    restart takes back the subnet it had first (remembered in its state directory), so its
+    containers' addresses route again."""
+    lab, etcd = lab_with_containers, lab_with_containers.etcd()
+    h1 = lab.hosts[0]
+    first = h1.subnet_env()["FLANNEL_SUBNET"]
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", NEW_NETWORK)
+    wait_for(lambda: mismatched(h1), 30, "h1 to hold the old config")
+    mark = log_mark(h1)
+    lab.stop_agent(h1)
+    lab.start_agent(h1)
+    wait_for(lambda: h1.subnet_env().get("FLANNEL_SUBNET", "").startswith("198.19."), 30, "h1 renumbered")
+    log = log_since(h1, mark)
+    assert f"which carries our PublicIP {h1.ip}: Network 198.19.0.0/16" in log, log
+    assert f"re-create its containers that have addresses of {first.replace('.1/', '.0/')}" in log
+
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", OLD_NETWORK)
+    wait_for(lambda: mismatched(h1), 30, "h1, now on the new Network, to hold it against the revert")
+    assert h1.subnet_env()["FLANNEL_SUBNET"].startswith("198.19."), "a revert moves no running node"
+    lab.stop_agent(h1)
+    lab.start_agent(h1)
+    wait_for(lambda: h1.subnet_env().get("FLANNEL_SUBNET") == first, 30, f"h1 back on {first}")
+    lab.wait_converged(timeout=30)
+    for host in lab.hosts[1:]:
+        wait_for(lambda host=host: not mismatched(host), 30, f"{host.name} to clear the mismatch")
+    table, ok = lab.container_ping_table()
+    assert ok, f"h1's container keeps its address and reaches the others again:\n{table}"
