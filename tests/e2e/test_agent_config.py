@@ -191,8 +191,10 @@ def mismatched(host: LabHost) -> bool:
 
 @pytest.fixture
 def lab_with_containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Three hosts on 198.18.0.0/16, one container each."""
-    with running_lab(tmp_path_factory, hosts=3, network_config=OLD_NETWORK) as lab:
+    """Three hosts on 198.18.0.0/16, one container each; leases renewed every few seconds."""
+    with running_lab(
+        tmp_path_factory, hosts=3, agent_args=("--subnet-lease-ttl=12",), network_config=OLD_NETWORK
+    ) as lab:
         lab.add_containers(1)
         yield lab
 
@@ -209,7 +211,10 @@ def test_a_network_change_renumbers_no_running_node_and_a_revert_moves_nothing(
     etcd.etcdctl("put", f"{ETCD_PREFIX}/config", NEW_NETWORK)
     for host in lab.hosts:
         wait_for(lambda host=host: mismatched(host), 30, f"{host.name} to report the config mismatch")
-    time.sleep(5)  # two more passes at --reconcile-interval=2: still held, logged once
+    renewed = {host.name: Lab.metric(host, "overlayd_lease_renewals_total") for host in lab.hosts}
+    for host in lab.hosts:  # the lease held off is still ours: renewed, not left to expire
+        wait_for(lambda host=host: Lab.metric(host, "overlayd_lease_renewals_total") > renewed[host.name],
+                 30, f"{host.name} to renew its lease while holding")  # fmt: skip
     for host in lab.hosts:
         log = log_since(host, marks[host.name])
         subnet = subnets[host.name].replace(".1/", ".0/")
