@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192  # bytes of request line and headers; Prometheus and probes send a few hundred
 ACCEPTS_PER_TURN = 64  # a connection flood must not keep the thread from answering the others
+# Seconds between two log lines about clients filling the connections, and the pause in accepting
+# after the process ran out of descriptors: an attacker must not turn either into a log flood.
+WARN_INTERVAL = 60.0
+ACCEPT_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class BoundedHttpServer:
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.connections: dict[socket.socket, _Connection] = {}  # oldest first
-        self.full = False  # at max_connections lately: logged when it starts and ends
+        self.warned_at: float | None = None  # monotonic time of the last line about too many clients
+        self.accept_paused_until: float | None = None  # out of descriptors: the listener rests
         self._wake_read, self._wake_write = socket.socketpair()
         self._stopping = False
         self.selector = selectors.DefaultSelector()
@@ -144,7 +149,8 @@ class BoundedHttpServer:
     def _serve(self) -> None:
         while not self._stopping:
             oldest = next(iter(self.connections.values()), None)
-            timeout = None if oldest is None else max(0.0, oldest.deadline - time.monotonic())
+            wakes = [t for t in (oldest and oldest.deadline, self.accept_paused_until) if t is not None]
+            timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
             accept = False
             for key, mask in self.selector.select(timeout):
                 if key.fileobj is self.listener:
@@ -157,7 +163,11 @@ class BoundedHttpServer:
                     self._receive(key.data)
             if accept:
                 self._accept()
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            if self.accept_paused_until is not None and now >= self.accept_paused_until:
+                self.accept_paused_until = None
+                self.selector.register(self.listener, selectors.EVENT_READ, None)
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
@@ -165,8 +175,10 @@ class BoundedHttpServer:
                 sock, _peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: the listener stays, the next turn retries
-                log.warning("metrics port: cannot accept a connection: %s", exc.strerror)
+            except OSError as exc:  # out of descriptors, say: rest the listener instead of spinning
+                self._warn(f"cannot accept a connection ({exc.strerror}); pausing for {ACCEPT_PAUSE:.0f}s")
+                self.selector.unregister(self.listener)
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
                 return
             if len(self.connections) >= self.max_connections and not self._make_room():
                 sock.close()
@@ -178,13 +190,10 @@ class BoundedHttpServer:
 
     def _make_room(self) -> bool:
         """Close the oldest connection still sending its request; False if all are being answered."""
-        if not self.full:
-            self.full = True
-            log.warning(
-                "metrics port %s: %d connections open, the most allowed; closing the oldest that "
-                "have not sent a request (a local client holding connections open)",
-                self.address[1], len(self.connections),
-            )  # fmt: skip
+        self._warn(
+            f"{len(self.connections)} connections open, the most allowed; closing the oldest that have "
+            "not sent a request (a local client holding connections open)"
+        )
         idle = next((c for c in self.connections.values() if c.answer is None or c.answered), None)
         if idle is None:
             return False
@@ -254,9 +263,13 @@ class BoundedHttpServer:
             if connection.deadline > now:
                 break
             self._close(connection)
-        if self.full and len(self.connections) < self.max_connections // 2:
-            self.full = False
-            log.info("metrics port %s: back to %d open connections", self.address[1], len(self.connections))
+
+    def _warn(self, message: str) -> None:
+        """Log a problem clients cause, at most once per WARN_INTERVAL."""
+        now = time.monotonic()
+        if self.warned_at is None or now - self.warned_at >= WARN_INTERVAL:
+            self.warned_at = now
+            log.warning("metrics port %d: %s (said at most once a minute)", self.address[1], message)
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.sock, None) is None:

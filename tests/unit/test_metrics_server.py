@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -164,3 +167,37 @@ def test_parse_head(head: bytes, expected: Request | None) -> None:
             parse_head(head)
     else:
         assert parse_head(head) == expected
+
+
+# Open this many connections from another process, say so, and hold them until stdin closes.
+HOLDER = """
+import socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_out_of_descriptors_the_server_pauses_logs_once_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It neither spins on a listener it cannot accept from nor logs a line per attempt."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with serving(max_connections=512) as server:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 20, hard))
+        try:
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, str(server.port), "100"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+            )  # fmt: skip
+            try:
+                assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+                wait_for(lambda: "Too many open files" in caplog.text, 10, "the server to run out of fds")
+            finally:
+                holder.kill()
+                holder.wait()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert get(server.port, "/healthz") == (200, "ok\n"), "the server serves again"
+    assert caplog.text.count("Too many open files") == 1, caplog.text
