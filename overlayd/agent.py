@@ -36,8 +36,9 @@ from overlayd.dropnotice import DropNotice, warning
 from overlayd.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.flanneldproc import flanneld_pids
 from overlayd.heap import HeapKeeper
+from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
-from overlayd.instancelock import InstanceLocked, hold_instance_lock
+from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
 from overlayd.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.leasecheck import BadLeaseLog, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
@@ -49,6 +50,7 @@ from overlayd.passtimer import EntryDumps, PassTimer
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
+from overlayd.statedump import AgentState, install_signal_handlers, lease_expires_in
 from overlayd.subnetenv import SubnetEnv, previous_subnet
 from overlayd.subnethistory import load_history, remember, save_history
 from overlayd.vtepmac import load_or_create_mac
@@ -175,6 +177,7 @@ class Agent:
         self.http: list[MetricsServer] = []
         self.exit_code = 0
         self.lock_fd: int | None = None  # the state directory's lock, held while running
+        self.network_claim: NetworkClaim | None = None  # this network's claim on the host (hostguard)
         # Checked every pass: while etcd is down, log when each starts and stops failing, once.
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
@@ -201,6 +204,9 @@ class Agent:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
             signal.signal(signal.SIGHUP, lambda *_: self.events.put(_Recheck()))
+            # SIGUSR1 logs the state from the handler, which Python runs in this (the loop's)
+            # thread between two of its steps; the other stray signals are ignored.
+            install_signal_handlers(self._state)
         self._set_health(False, "starting")
         self.heap.start()
         for ignored in self.options.ignored:
@@ -220,7 +226,7 @@ class Agent:
             self._shutdown()
 
     def _lock_state_dir(self) -> None:
-        """Be the only agent for this state directory (and so, as set up, for this host)."""
+        """Be the only agent for this state directory, and for this network in this network namespace."""
         state_dir = self.options.state_dir
         try:
             self.lock_fd = hold_instance_lock(state_dir)
@@ -230,8 +236,40 @@ class Agent:
                 "agents would rewrite each other's firewall and subnet.env; stop that one first "
                 "(systemctl stop overlayd)"
             ) from None
+        except UnsafeStateDir as exc:
+            raise StartError(f"--state-dir {state_dir}: {exc}") from None
         except OSError as exc:
             raise _state_dir_error(state_dir, exc) from None
+        prefix = self.options.etcd_prefix
+        try:
+            self.network_claim = claim_network(prefix, os.geteuid())
+        except NetworkClaimed as exc:
+            raise StartError(
+                f"another overlayd (pid {exc.holder.pid or 'unknown'}) serves --etcd-prefix {prefix} on this "
+                f"host (in this network namespace), with another --state-dir: two agents would lease two "
+                "subnets for one host and take each other's routes and firewall; stop that one first "
+                "(systemctl stop overlayd), or give this one the --etcd-prefix of another network"
+            ) from None
+        except OSError as exc:
+            raise StartError(
+                f"cannot claim --etcd-prefix {prefix} for this host (abstract unix socket "
+                f"@{claim_name(prefix)}): {exc.strerror}; the agent needs AF_UNIX sockets",
+                1,
+            ) from None
+        if squatter := self.network_claim.squatter:
+            log.warning(
+                "pid %d (uid %d), not an overlayd agent, holds the abstract socket @%s that keeps a second "
+                "agent for --etcd-prefix %s off this host; running without that guard: stop that process",
+                squatter.pid, squatter.uid, self.network_claim.name, prefix,
+            )  # fmt: skip
+
+    def _state(self) -> AgentState:
+        """The state SIGUSR1 logs."""
+        [expiry] = self.metrics.lease_expiry.collect()[0].samples
+        return AgentState(
+            self.options, self.config, self.lease, lease_expires_in(expiry.value),
+            len(self.peers), len(self.programmed), self.metrics.health,
+        )  # fmt: skip
 
     def _start_http(self) -> bool:
         """Start the /metrics listeners; False (logged with the address and the fix) if one cannot bind."""
@@ -342,6 +380,7 @@ class Agent:
             self.backend.close if self.backend else None,
             self.notifier.close,
             (lambda: os.close(self.lock_fd)) if self.lock_fd is not None else None,
+            self.network_claim.close if self.network_claim else None,
         ):
             if closer is not None:
                 try:

@@ -1,7 +1,8 @@
 """Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoints.
 
-The reconciler thread updates metrics and the Health snapshot; the HTTP threads only read them,
-so a slow scrape never blocks programming the kernel. The metric names are a contract with
+The reconciler thread updates metrics and the Health snapshot; the HTTP thread only reads them
+(the snapshot is replaced whole, never locked), so a slow or hostile client never blocks
+programming the kernel. The metric names are a contract with
 ``overlayd status`` and with dashboards: rename one only together with its readers.
 """
 
@@ -9,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import platform
-import socket
-import socketserver
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from overlayd import __version__
+from overlayd.httpserve import BoundedHttpServer, Request, Response
 
 log = logging.getLogger(__name__)
 # A ``_created`` timestamp per counter doubles the exposition and no reader uses it.
@@ -44,6 +44,10 @@ REPAIRS = {
     "subnet_env": ("fix",),
 }
 Address = tuple[str, int]
+# A scrape or probe sends its request at once and reads a small answer: seconds are plenty, and
+# bound how long an idle local client can hold a connection.
+REQUEST_TIMEOUT = 5.0
+MAX_CONNECTIONS = 256  # per listen address; a node has one scraper and a few probes
 
 
 @dataclass(frozen=True)
@@ -204,34 +208,23 @@ def listen_addresses(metrics_address: Address | None, healthz_ip: str, healthz_p
     return addresses
 
 
-def _handler(metrics: Metrics, stale_after: float) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            health = metrics.health
-            if self.path == "/metrics":
-                self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                idle = time.monotonic() - health.last_loop
-                if idle < stale_after:
-                    self._reply(200, b"ok\n")
-                else:
-                    self._reply(503, f"reconciler stalled: no turn for {idle:.0f}s\n".encode())
-            elif self.path == "/readyz":
-                self._reply(200 if health.ready else 503, f"{_readiness(health)}\n".encode())
-            else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+def _route(metrics: Metrics, stale_after: float) -> Callable[[Request], Response]:
+    def route(request: Request) -> Response:
+        health = metrics.health  # one read: the reconciler replaces the snapshot whole
+        if request.path == "/metrics":
+            return Response(HTTPStatus.OK, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+        if request.path == "/healthz":
+            idle = time.monotonic() - health.last_loop
+            if idle < stale_after:
+                return Response(HTTPStatus.OK, b"ok\n")
+            stalled = f"reconciler stalled: no turn for {idle:.0f}s\n"
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, stalled.encode())
+        if request.path == "/readyz":
+            status = HTTPStatus.OK if health.ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return Response(status, f"{_readiness(health)}\n".encode())
+        return Response(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz or /readyz\n")
 
-        def _reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return  # scrapes are not state changes
-
-    return Handler
+    return route
 
 
 def _readiness(health: Health) -> str:
@@ -252,38 +245,32 @@ def _readiness(health: Health) -> str:
     return body
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's ``socket.getfqdn``: a reverse DNS lookup of the listen
-        address, which waits for the resolver's timeout on a node whose DNS is down, at start-up,
-        for a name nothing here uses."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on one address, on a daemon thread."""
+    """Serves /metrics, /healthz and /readyz on one address, from one daemon thread.
 
-    def __init__(self, metrics: Metrics, address: Address, stale_after: float) -> None:
-        server_class = _Server6 if ":" in address[0] else _Server
-        self.server = server_class(address, _handler(metrics, stale_after))
-        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+    Each connection gets ``REQUEST_TIMEOUT`` seconds for its request and answer, and at most
+    ``MAX_CONNECTIONS`` are open (``httpserve``): no local client can hold the agent's threads,
+    descriptors or time.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        address: Address,
+        stale_after: float,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        route = _route(metrics, stale_after)
+        self.server = BoundedHttpServer(address, route, max_connections, request_timeout)
 
     @property
     def port(self) -> int:
-        return self.server.server_address[1]
+        return self.server.address[1]
 
     def start(self) -> None:
-        self.thread.start()
-        log.info("serving /metrics, /healthz and /readyz on %s port %d", *self.server.server_address[:2])
+        self.server.start()
+        log.info("serving /metrics, /healthz and /readyz on %s port %d", *self.server.address)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()

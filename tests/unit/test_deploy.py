@@ -127,3 +127,13 @@ def test_the_example_environment_file_gives_the_documented_options() -> None:
     assert (options.etcd_endpoints, options.ip_masq, options.healthz_port) == (
         ("http://192.0.2.2:2379",), True, 9464
     )
+
+
+def test_the_unit_raises_the_descriptor_limit() -> None:
+    """The default soft limit of 1024 left repair failing with "Too many open files" once the
+    metrics port was busy; the server holds at most MAX_CONNECTIONS per address."""
+    from overlayd.metrics import MAX_CONNECTIONS
+
+    unit = (DEPLOY / "overlayd.service").read_text()
+    [limit] = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert int(limit.removeprefix("LimitNOFILE=")) >= 8 * MAX_CONNECTIONS
