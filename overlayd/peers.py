@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from overlayd.backoff import Backoff
 from overlayd.lease import Lease
 from overlayd.outage import Outage
-from overlayd.registry import LeaseEvent, Registry, RegistryError
+from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class PeerWatcher:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: SubnetRegistry,
         out: queue.Queue[PeerItem],
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
