@@ -15,24 +15,13 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.allocate import OutOfSubnets
-from overlayd.config import NetworkConfig, parse_network_config
 from overlayd.lease import Lease, LeaseAttrs, encode_attrs
 from overlayd.leasing import LeaseManager
 from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.registryapi import RegistryError
+from tests.integration.support import host_attrs, network_config
 
 TTL = 600
-
-
-def attrs(n: int) -> LeaseAttrs:
-    return LeaseAttrs(public_ip=IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=f"02:42:c0:00:02:{n:02x}")
-
-
-def config(subnet_min: str = "198.18.1.0", subnet_max: str = "198.18.254.0") -> NetworkConfig:
-    return parse_network_config(
-        f'{{"Network": "198.18.0.0/16", "SubnetLen": 24, "SubnetMin": "{subnet_min}", '
-        f'"SubnetMax": "{subnet_max}", "Backend": {{"Type": "vxlan", "VNI": 1}}}}'
-    )
 
 
 @pytest.fixture
@@ -49,11 +38,11 @@ def stored(etcd: MemoryEtcd) -> dict[str, LeaseAttrs]:
 
 
 def test_acquire_leases_a_subnet_of_the_network_and_hands_its_listing_over_once(etcd: MemoryEtcd) -> None:
-    host(etcd, 2).registry.create_lease(IPv4Network("198.18.9.0/24"), attrs(2), TTL)
+    host(etcd, 2).registry.create_lease(IPv4Network("198.18.9.0/24"), host_attrs(2), TTL)
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=None)
-    assert config().contains_subnet(lease.subnet) and lease.subnet != IPv4Network("198.18.9.0/24")
-    assert stored(etcd)[lease.key] == attrs(1)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
+    assert network_config().contains_subnet(lease.subnet) and lease.subnet != IPv4Network("198.18.9.0/24")
+    assert stored(etcd)[lease.key] == host_attrs(1)
     listing = manager.take_listing()
     assert listing is not None
     leases, revision = listing
@@ -64,9 +53,9 @@ def test_acquire_leases_a_subnet_of_the_network_and_hands_its_listing_over_once(
 
 def test_the_previous_subnet_is_preferred_and_our_own_lease_taken_over(etcd: MemoryEtcd) -> None:
     previous = IPv4Network("198.18.77.0/24")
-    first = host(etcd, 1).acquire(config(), attrs(1), previous=previous)
+    first = host(etcd, 1).acquire(network_config(), host_attrs(1), previous=previous)
     assert first.subnet == previous
-    restarted = host(etcd, 1, seed=5).acquire(config(), attrs(1), previous=None)
+    restarted = host(etcd, 1, seed=5).acquire(network_config(), host_attrs(1), previous=None)
     assert restarted.subnet == previous, "the lease carrying our PublicIP wins over a random subnet"
     assert restarted.etcd_lease_id != first.etcd_lease_id and restarted.mod_revision > first.mod_revision
     assert list(stored(etcd)) == [first.key]
@@ -74,7 +63,7 @@ def test_the_previous_subnet_is_preferred_and_our_own_lease_taken_over(etcd: Mem
 
 def test_renew_extends_our_lease_and_moves_its_deadline(etcd: MemoryEtcd) -> None:
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     due = manager.renew_at(lease) - time.monotonic()
     # A margin (an hour) longer than the TTL: renewal at half the TTL, not constantly.
     assert due == pytest.approx(TTL / 2, abs=5)
@@ -90,24 +79,24 @@ def test_renew_extends_our_lease_and_moves_its_deadline(etcd: MemoryEtcd) -> Non
 
 def test_a_lease_that_expired_is_lost_then_acquired_again_on_the_same_subnet(etcd: MemoryEtcd) -> None:
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     etcd.advance(TTL + 1)  # etcd unreachable for a day, say: the key expired
     assert stored(etcd) == {}
     assert manager.registry.lease_remaining(lease) is None
     assert manager.renew(lease) is None
-    again = manager.acquire(config(), attrs(1), previous=lease.subnet)
+    again = manager.acquire(network_config(), host_attrs(1), previous=lease.subnet)
     assert again.subnet == lease.subnet and again.etcd_lease_id != lease.etcd_lease_id
 
 
 def test_a_lease_taken_by_another_host_is_lost_and_another_subnet_acquired(etcd: MemoryEtcd) -> None:
     manager, other = host(etcd, 1), host(etcd, 2)
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     [listed], _ = other.registry.list_leases()
-    assert other.registry.take_over(listed, attrs(2), TTL) is not None
+    assert other.registry.take_over(listed, host_attrs(2), TTL) is not None
     assert manager.renew(lease) is None
-    again = manager.acquire(config(), attrs(1), previous=lease.subnet)
+    again = manager.acquire(network_config(), host_attrs(1), previous=lease.subnet)
     assert again.subnet != lease.subnet
-    assert stored(etcd) == {lease.key: attrs(2), again.key: attrs(1)}
+    assert stored(etcd) == {lease.key: host_attrs(2), again.key: host_attrs(1)}
 
 
 class RacedRegistry(MemoryRegistry):
@@ -122,7 +111,7 @@ class RacedRegistry(MemoryRegistry):
     def create_lease(self, subnet: IPv4Network, lease_attrs: LeaseAttrs, ttl: int) -> Lease | None:
         if self.races:
             self.races -= 1
-            assert self.rival.create_lease(subnet, attrs(9), ttl) is not None
+            assert self.rival.create_lease(subnet, host_attrs(9), ttl) is not None
             self.lost.append(subnet)
         return super().create_lease(subnet, lease_attrs, ttl)
 
@@ -130,43 +119,43 @@ class RacedRegistry(MemoryRegistry):
 def test_a_race_lost_on_create_moves_on_to_the_next_subnet(etcd: MemoryEtcd) -> None:
     registry = RacedRegistry(etcd, races=2)
     manager = LeaseManager(registry, IPv4Address("192.0.2.1"), ttl=TTL, rng=random.Random(1))
-    lease = manager.acquire(config(), attrs(1), previous=IPv4Network("198.18.5.0/24"))
+    lease = manager.acquire(network_config(), host_attrs(1), previous=IPv4Network("198.18.5.0/24"))
     assert registry.lost[0] == IPv4Network("198.18.5.0/24") and len(registry.lost) == 2
     assert lease.subnet not in registry.lost
-    assert stored(etcd)[lease.key] == attrs(1)
-    assert all(stored(etcd)[f"{subnet.network_address}-24"] == attrs(9) for subnet in registry.lost)
+    assert stored(etcd)[lease.key] == host_attrs(1)
+    assert all(stored(etcd)[f"{subnet.network_address}-24"] == host_attrs(9) for subnet in registry.lost)
 
 
 def test_races_past_a_whole_listing_list_again(etcd: MemoryEtcd) -> None:
     """Three lost races in one listing (CHOICES_PER_LISTING) mean it is stale: the next try re-lists."""
     registry = RacedRegistry(etcd, races=4)
     manager = LeaseManager(registry, IPv4Address("192.0.2.1"), ttl=TTL, rng=random.Random(2))
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     assert len(registry.lost) == 4 and lease.subnet not in registry.lost
 
 
 def test_out_of_subnets_when_the_pool_is_leased_and_a_race_for_the_last_one(etcd: MemoryEtcd) -> None:
-    small = config("198.18.1.0", "198.18.2.0")
-    host(etcd, 2).acquire(small, attrs(2), previous=None)
+    small = network_config("198.18.1.0", "198.18.2.0")
+    host(etcd, 2).acquire(small, host_attrs(2), previous=None)
     registry = RacedRegistry(etcd, races=1)
     manager = LeaseManager(registry, IPv4Address("192.0.2.1"), ttl=TTL, rng=random.Random(3))
     with pytest.raises(OutOfSubnets, match=r"SubnetMin 198\.18\.1\.0 and SubnetMax 198\.18\.2\.0"):
-        manager.acquire(small, attrs(1), previous=None)
+        manager.acquire(small, host_attrs(1), previous=None)
 
 
 def test_a_config_that_no_longer_hands_out_our_subnet_deletes_it_and_leases_another(etcd: MemoryEtcd) -> None:
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=IPv4Network("198.18.200.0/24"))
-    narrower = config("198.18.1.0", "198.18.100.0")
-    again = manager.acquire(narrower, attrs(1), previous=lease.subnet)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=IPv4Network("198.18.200.0/24"))
+    narrower = network_config("198.18.1.0", "198.18.100.0")
+    again = manager.acquire(narrower, host_attrs(1), previous=lease.subnet)
     assert narrower.contains_subnet(again.subnet)
     assert list(stored(etcd)) == [again.key], "the old lease is deleted, not left to expire"
 
 
 def test_a_reservation_is_kept_and_never_expires(etcd: MemoryEtcd) -> None:
-    etcd.put("/coreos.com/network/subnets/198.18.3.0-24", encode_attrs(attrs(1)).encode())
+    etcd.put("/coreos.com/network/subnets/198.18.3.0-24", encode_attrs(host_attrs(1)).encode())
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     assert (lease.subnet, lease.etcd_lease_id) == (IPv4Network("198.18.3.0/24"), 0)
     etcd.advance(10 * TTL)
     assert not manager.expired(lease)
@@ -176,9 +165,11 @@ def test_a_reservation_is_kept_and_never_expires(etcd: MemoryEtcd) -> None:
 
 def test_etcd_down_fails_acquire_and_renew_alike_and_both_work_once_it_is_back(etcd: MemoryEtcd) -> None:
     manager = host(etcd, 1)
-    lease = manager.acquire(config(), attrs(1), previous=None)
+    lease = manager.acquire(network_config(), host_attrs(1), previous=None)
     etcd.set_unreachable(True)
-    for call in (lambda: manager.renew(lease), lambda: manager.acquire(config(), attrs(1), previous=None)):
+    calls = (lambda: manager.renew(lease),
+             lambda: manager.acquire(network_config(), host_attrs(1), previous=None))
+    for call in calls:
         with pytest.raises(RegistryError) as raised:
             call()
         assert raised.value.unreachable

@@ -8,54 +8,20 @@ from __future__ import annotations
 import queue
 import random
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 import pytest
 
-from overlayd.lease import Lease, LeaseAttrs, encode_attrs
+from overlayd.lease import Lease, encode_attrs
 from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
-from overlayd.peers import PeerEvents, PeerItem, PeerSnapshot, PeerWatchDown, PeerWatcher
+from overlayd.peers import PeerItem, PeerWatcher
+from tests.integration.support import PeerView, host_attrs
 
 PREFIX = "/coreos.com/network/subnets/"
 
 
-def attrs(n: int) -> LeaseAttrs:
-    return LeaseAttrs(public_ip=IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=f"02:42:c0:00:02:{n:02x}")
-
-
 def subnet(n: int) -> IPv4Network:
     return IPv4Network(f"198.18.{n}.0/24")
-
-
-class PeerView:
-    """What a level-triggered consumer sees: a snapshot replaces everything, events apply."""
-
-    def __init__(self, items: queue.Queue[PeerItem]) -> None:
-        self.items = items
-        self.leases: dict[str, Lease] = {}
-        self.snapshots: list[str] = []  # their reasons
-        self.downs: list[str] = []
-
-    def wait_for(self, condition: Callable[[PeerView], bool]) -> None:
-        while not condition(self):
-            try:
-                item = self.items.get(timeout=10)
-            except queue.Empty:
-                pytest.fail(f"peer view did not converge: {sorted(self.leases)}, downs {self.downs}")
-            if isinstance(item, PeerSnapshot):
-                self.leases = dict(item.leases)
-                self.snapshots.append(item.reason)
-            elif isinstance(item, PeerEvents):
-                for event in item.events:
-                    if event.lease is None:
-                        self.leases.pop(event.key, None)
-                    else:
-                        self.leases[event.key] = event.lease
-            elif isinstance(item, PeerWatchDown):
-                self.downs.append(item.error)
-
-    def hosts(self) -> dict[str, str]:
-        return {key: str(lease.attrs.public_ip) for key, lease in self.leases.items()}
 
 
 @pytest.fixture
@@ -85,44 +51,44 @@ def watch(etcd: MemoryEtcd) -> Iterator[Callable[..., PeerView]]:
 
 def test_a_snapshot_then_puts_and_deletes_as_events(etcd: MemoryEtcd, watch: Callable[..., PeerView]) -> None:
     writer = MemoryRegistry(etcd)
-    first = writer.create_lease(subnet(1), attrs(1), ttl=600)
+    first = writer.create_lease(subnet(1), host_attrs(1), ttl=600)
     view = watch()
-    view.wait_for(lambda v: v.snapshots == ["start"])
-    assert view.hosts() == {"198.18.1.0-24": "192.0.2.1"}
-    second = writer.create_lease(subnet(2), attrs(2), ttl=600)
+    view.wait_for(lambda v: v.reasons == ["start"])
+    assert view.public_ips() == {"198.18.1.0-24": "192.0.2.1"}
+    second = writer.create_lease(subnet(2), host_attrs(2), ttl=600)
     assert first is not None and second is not None and writer.delete_lease(first)
-    view.wait_for(lambda v: v.hosts() == {"198.18.2.0-24": "192.0.2.2"})
+    view.wait_for(lambda v: v.public_ips() == {"198.18.2.0-24": "192.0.2.2"})
     etcd.advance(601)  # the second lease expires
-    view.wait_for(lambda v: v.hosts() == {})
-    assert view.snapshots == ["start"] and view.downs == [], "events, not re-listings"
+    view.wait_for(lambda v: v.public_ips() == {})
+    assert view.reasons == ["start"] and view.downs == [], "events, not re-listings"
 
 
 def test_a_first_listing_is_the_snapshot_and_what_changed_since_arrives(
     etcd: MemoryEtcd, watch: Callable[..., PeerView]
 ) -> None:
     writer = MemoryRegistry(etcd)
-    writer.create_lease(subnet(1), attrs(1), ttl=600)
+    writer.create_lease(subnet(1), host_attrs(1), ttl=600)
     listing = writer.list_leases()
-    writer.create_lease(subnet(2), attrs(2), ttl=600)  # after the listing, before the watch
+    writer.create_lease(subnet(2), host_attrs(2), ttl=600)  # after the listing, before the watch
     view = watch(first_listing=listing)
     view.wait_for(lambda v: len(v.leases) == 2)
-    assert view.snapshots == ["start"]
+    assert view.reasons == ["start"]
 
 
 def test_a_compacted_start_revision_is_re_listed_as_a_compaction_snapshot(
     etcd: MemoryEtcd, watch: Callable[..., PeerView]
 ) -> None:
     writer = MemoryRegistry(etcd)
-    writer.create_lease(subnet(1), attrs(1), ttl=600)
+    writer.create_lease(subnet(1), host_attrs(1), ttl=600)
     listing = writer.list_leases()
-    writer.create_lease(subnet(2), attrs(2), ttl=600)
-    writer.create_lease(subnet(3), attrs(3), ttl=600)
+    writer.create_lease(subnet(2), host_attrs(2), ttl=600)
+    writer.create_lease(subnet(3), host_attrs(3), ttl=600)
     etcd.compact()  # the history since the listing is gone
     view = watch(first_listing=listing)
-    view.wait_for(lambda v: v.snapshots == ["start", "compaction"])
-    assert set(view.hosts().values()) == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
+    view.wait_for(lambda v: v.reasons == ["start", "compaction"])
+    assert set(view.public_ips().values()) == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
     assert any("compacted" in down for down in view.downs)
-    writer.create_lease(subnet(4), attrs(4), ttl=600)
+    writer.create_lease(subnet(4), host_attrs(4), ttl=600)
     view.wait_for(lambda v: len(v.leases) == 4)
 
 
@@ -130,8 +96,8 @@ def test_etcd_down_then_back_ends_in_a_snapshot_with_what_changed_meanwhile(
     etcd: MemoryEtcd, watch: Callable[..., PeerView]
 ) -> None:
     writer = MemoryRegistry(etcd)
-    gone = writer.create_lease(subnet(1), attrs(1), ttl=600)
-    writer.create_lease(subnet(2), attrs(2), ttl=600)
+    gone = writer.create_lease(subnet(1), host_attrs(1), ttl=600)
+    writer.create_lease(subnet(2), host_attrs(2), ttl=600)
     assert gone is not None
     view = watch()
     view.wait_for(lambda v: len(v.leases) == 2)
@@ -139,12 +105,13 @@ def test_etcd_down_then_back_ends_in_a_snapshot_with_what_changed_meanwhile(
     view.wait_for(lambda v: len(v.downs) >= 2)  # the watch ended, and a re-list failed at least once
     # Meanwhile, on the side of etcd this host cannot reach: a peer leaves, another joins.
     etcd.revoke(gone.etcd_lease_id)
-    etcd.put(f"{PREFIX}198.18.3.0-24", encode_attrs(attrs(3)).encode(), ttl=600)
-    assert view.hosts() == {"198.18.1.0-24": "192.0.2.1", "198.18.2.0-24": "192.0.2.2"}, "kept while down"
+    etcd.put(f"{PREFIX}198.18.3.0-24", encode_attrs(host_attrs(3)).encode(), ttl=600)
+    kept = {"198.18.1.0-24": "192.0.2.1", "198.18.2.0-24": "192.0.2.2"}
+    assert view.public_ips() == kept, "what the host knew stays while etcd is down"
     etcd.set_unreachable(False)
-    view.wait_for(lambda v: v.snapshots[-1:] == ["error"])
-    assert view.hosts() == {"198.18.2.0-24": "192.0.2.2", "198.18.3.0-24": "192.0.2.3"}
-    writer.create_lease(subnet(4), attrs(4), ttl=600)  # and watching again
+    view.wait_for(lambda v: v.reasons[-1:] == ["error"])
+    assert view.public_ips() == {"198.18.2.0-24": "192.0.2.2", "198.18.3.0-24": "192.0.2.3"}
+    writer.create_lease(subnet(4), host_attrs(4), ttl=600)  # and watching again
     view.wait_for(lambda v: "198.18.4.0-24" in v.leases)
 
 
@@ -153,7 +120,7 @@ def test_stop_while_etcd_is_down_ends_the_thread(etcd: MemoryEtcd) -> None:
     watcher = PeerWatcher(MemoryRegistry(etcd), items, backoff_initial=5.0, backoff_max=30.0)
     watcher.start()
     view = PeerView(items)
-    view.wait_for(lambda v: v.snapshots == ["start"])
+    view.wait_for(lambda v: v.reasons == ["start"])
     etcd.set_unreachable(True)
     view.wait_for(lambda v: len(v.downs) == 1)  # now sleeping out a backoff of seconds
     thread = watcher._thread
