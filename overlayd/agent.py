@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import random
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import TypeVar
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
 from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
+from overlayd.backoff import Backoff
 from overlayd.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message, hold_reason
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
@@ -110,21 +110,6 @@ def _state_dir_error(state_dir: Path, exc: OSError) -> StartError:
         "give a writable directory (the systemd unit allows /var/lib/overlayd)",
         2 if exc.errno in _PATH_CONFIG_ERRNOS else 1,
     )
-
-
-class Backoff:
-    """Jittered exponential delay for retrying etcd and other transient failures."""
-
-    def __init__(self, start: float = 0.5, cap: float = MAX_BACKOFF) -> None:
-        self.start, self.cap, self.current = start, cap, start
-
-    def next(self) -> float:
-        delay = self.current * random.uniform(0.8, 1.2)
-        self.current = min(self.cap, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.start
 
 
 class Agent:

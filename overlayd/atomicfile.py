@@ -9,21 +9,23 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Replace path's content with text atomically; returns False when it already held text.
+    """Replace path's content with text (UTF-8) atomically; returns False when it already held text.
 
     A symlink planted at ``path`` is replaced by the new file, never followed (rename does not
-    follow links, and the unchanged-content shortcut is skipped for links).
+    follow links, and the unchanged-content shortcut is skipped for links). Whatever ``path``
+    held before, text or not, is compared as bytes, so a binary it replaces is no error.
     """
+    data = text.encode()
     try:
-        if not path.is_symlink() and path.read_text() == text and _mode(path) == mode:
+        if not path.is_symlink() and path.read_bytes() == data and _mode(path) == mode:
             return False
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+# The kernel's VXLAN port, and what flannel's Port 0 means. Defined here, the lowest layer, as the
+# rule of reading Backend.Port; the backend and the firewall import it.
 DEFAULT_VXLAN_PORT = 8472
 # VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 VXLAN_OVERHEAD = 50

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import cni_shim
+from overlayd.atomicfile import write_atomic
 
 PLUGIN_NAME = "flannel"
 # Linux accepted 127 bytes of "#!" line until 5.1 and 255 since; beyond that the kernel
@@ -41,14 +41,8 @@ def install_cni(cni_bin_dir: Path) -> Path:
     It runs this interpreter (``sys.executable``: the venv's python, never a pyenv shim that
     would add a shell and a version lookup to every CNI call) on the installed ``cni_shim``.
     """
-    cni_bin_dir.mkdir(parents=True, exist_ok=True)
     package_parent = str(Path(cni_shim.__file__).resolve().parent.parent)
     target = cni_bin_dir / PLUGIN_NAME
-    tmp = target.with_name(f".{PLUGIN_NAME}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(render_plugin(sys.executable, package_parent))
-        tmp.chmod(0o755)
-        os.replace(tmp, target)  # a runtime exec'ing the plugin now never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Atomic: a runtime exec'ing the plugin meanwhile never sees half a file.
+    write_atomic(target, render_plugin(sys.executable, package_parent), mode=0o755)
     return target

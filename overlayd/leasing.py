@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network
 from overlayd.allocate import SubnetChoice, choose_subnets, stale_own_leases
 from overlayd.config import NetworkConfig
 from overlayd.lease import Lease, LeaseAttrs
-from overlayd.registry import Registry
+from overlayd.registryapi import SubnetRegistry
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class LeaseManager:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: SubnetRegistry,
         public_ip: IPv4Address,
         ttl: int = DEFAULT_TTL,
         renew_margin: float = DEFAULT_RENEW_MARGIN,

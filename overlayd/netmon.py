@@ -39,9 +39,9 @@ from overlayd.backend.rtnlcodec import (
     decode_entry,
     device_of,
     neigh_summary,
-    split_messages,
 )
 from overlayd.desired import Route
+from overlayd.netlink import split_messages
 
 log = logging.getLogger(__name__)
 

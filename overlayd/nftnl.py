@@ -20,8 +20,23 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from ipaddress import IPv4Address
+
+from overlayd.netlink import (
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    attributes,
+    error_code,
+    nested,
+    split_messages,
+)
+from overlayd.netlink import attr as _attr
+from overlayd.netlink import message as _netlink_message
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -31,25 +46,13 @@ NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFTA_GEN_ID = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = NFTA_SET_ELEM_KEY = NFTA_DATA_VALUE = 1
-NLA_F_NESTED = 0x8000
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x400
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian)
-_ATTR = struct.Struct("=HH")
-_ERRNO = struct.Struct("=i")
 # Where a set element's key sits in a NEWSETELEM message: list, element, key, data value.
 _ELEMENT_KEY = (NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE)
 
 
 def _message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
-    payload = _NFGENMSG.pack(family, 0, socket.htons(res_id)) + body
-    return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    length = _ATTR.size + len(value)
-    return _ATTR.pack(length, kind) + value + b"\0" * (-length % 4)
+    return _netlink_message(kind, flags, seq, _NFGENMSG.pack(family, 0, socket.htons(res_id)) + body)
 
 
 def generation_request(seq: int) -> bytes:
@@ -71,43 +74,15 @@ def set_element_batch(table: str, set_name: str, ip: IPv4Address, add: bool, seq
                        NFNL_SUBSYS_NFTABLES))
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(type, sequence number, body offset, end offset) of each whole message in ``data``."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
-            return
-        yield kind, seq, offset + _HEADER.size, offset + length
-        offset += (length + 3) & ~3
-
-
-def _attributes(data: bytes, at: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """(type without flags, payload) of each attribute between ``at`` and ``end``."""
-    while at + _ATTR.size <= end:
-        attr_len, attr_kind = _ATTR.unpack_from(data, at)
-        if attr_len < _ATTR.size or at + attr_len > end:
-            return
-        yield attr_kind & 0x3FFF, data[at + _ATTR.size:at + attr_len]
-        at += (attr_len + 3) & ~3
-
-
-def _nested(data: bytes, path: tuple[int, ...]) -> Iterator[bytes]:
-    """The payloads reached by following attribute types ``path`` down from ``data``."""
-    for kind, value in _attributes(data, 0, len(data)):
-        if kind == path[0]:
-            yield from (_nested(value, path[1:]) if len(path) > 1 else (value,))
-
-
 def parse_answer(data: bytes, seq: int) -> tuple[int | None, int | None]:
     """(generation, errno) found for ``seq`` in ``data``: a ``NFT_MSG_NEWGEN`` or an ``NLMSG_ERROR``."""
-    for kind, msg_seq, body, end in _messages(data):
-        if msg_seq != seq:
+    for msg in split_messages(data):
+        if msg.seq != seq:
             continue
-        if kind == NLMSG_ERROR and end - body >= _ERRNO.size:
-            return None, -_ERRNO.unpack_from(data, body)[0]
-        if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
-            for attr_kind, value in _attributes(data, body + _NFGENMSG.size, end):
+        if msg.type == NLMSG_ERROR and len(msg.body) >= 4:  # shorter: not an answer, keep reading
+            return None, error_code(msg)
+        if msg.type == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
+            for attr_kind, value in attributes(msg.body, _NFGENMSG.size):
                 if attr_kind == NFTA_GEN_ID and len(value) >= 4:
                     return int.from_bytes(value[:4], "big"), None
     return None, None
@@ -123,15 +98,14 @@ def set_elements_request(table: str, set_name: str, seq: int) -> bytes:
 
 def parse_elements(data: bytes, seq: int, found: list[IPv4Address]) -> tuple[bool, int | None]:
     """Append the IPv4 keys of ``seq``'s dump messages in ``data`` to ``found``; (dump done, errno)."""
-    for kind, msg_seq, body, end in _messages(data):
-        if msg_seq != seq:
+    for msg in split_messages(data):
+        if msg.seq != seq:
             continue
-        if kind in (NLMSG_ERROR, NLMSG_DONE):  # DONE carries the dump's own status: a dump can fail late
-            code = -_ERRNO.unpack_from(data, body)[0] if end - body >= _ERRNO.size else 0
-            return True, code or None
-        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
+        if msg.type in (NLMSG_ERROR, NLMSG_DONE):  # DONE carries the dump's own status: a dump can fail late
+            return True, error_code(msg) or None
+        if msg.type != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
             continue
-        found.extend(IPv4Address(value) for value in _nested(data[body + _NFGENMSG.size:end], _ELEMENT_KEY)
+        found.extend(IPv4Address(value) for value in nested(msg.body[_NFGENMSG.size:], _ELEMENT_KEY)
                      if len(value) == 4)
     return False, None
 

@@ -17,9 +17,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from overlayd.backoff import Backoff
 from overlayd.lease import Lease
 from overlayd.outage import Outage
-from overlayd.registry import LeaseEvent, Registry, RegistryError
+from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class PeerWatcher:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: SubnetRegistry,
         out: queue.Queue[PeerItem],
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
@@ -109,7 +110,7 @@ class PeerWatcher:
             self._thread = None
 
     def _run(self) -> None:
-        backoff = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max, jitter=(0.5, 1.0), rng=self.rng)
         while not self._stop.is_set():
             started = time.monotonic()
             error = self._list_and_watch()
@@ -118,9 +119,8 @@ class PeerWatcher:
             self._outage.failed(error, "; re-listing with backoff")
             self.out.put(PeerWatchDown(error))
             if time.monotonic() - started > self.backoff_max:
-                backoff = self.backoff_initial  # it was healthy for a while: not a flapping failure
-            self._stop.wait(self.rng.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, self.backoff_max)
+                backoff.reset()  # it was healthy for a while: not a flapping failure
+            self._stop.wait(backoff.next())
 
     def _list_and_watch(self) -> str | None:
         """One list + watch cycle; returns why it ended, or None when stopped."""

@@ -1,6 +1,7 @@
 """The subnet registry in etcd: config, leases and watches, in flannel's layout (v3 API).
 
-This is the only module that imports ``etcd3``, so swapping the client library touches one file.
+The etcd implementation of ``registryapi.SubnetRegistry``, and the only module that imports
+``etcd3``, so swapping the client library touches one file.
 Layout (the contract with flanneld peers): ``<prefix>/config`` holds the network config and
 ``<prefix>/subnets/A.B.C.D-LEN`` one lease per host, each key bound to its own etcd lease, its value
 flannel's JSON byte for byte (``lease.encode_attrs``).
@@ -30,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, ip_address
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 # etcd3 0.12 ships protobuf code generated for old protobuf releases; the pure-Python protobuf
@@ -67,6 +68,7 @@ if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
 from overlayd.options import AgentOptions, etcd_security_problem
 from overlayd.outage import Outage
+from overlayd.registryapi import LeaseEvent, RegistryError, WatchCompacted
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +98,6 @@ _CONNECTION_ERRORS = (
 _NAME_CHECK_INTERVAL = 60.0
 
 
-class RegistryError(RuntimeError):
-    """etcd unreachable or failing; the message names the endpoints and the operation.
-
-    ``unreachable``: no endpoint answered. gRPC words that differently from one attempt to the
-    next, so a caller that logs each distinct error once compares this flag, not the text.
-    """
-
-    def __init__(self, message: str, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
-class WatchCompacted(RegistryError):
-    """A watch's start revision was compacted away: re-list and watch from the new revision."""
-
-
 @dataclass(frozen=True)
 class EtcdOptions:
     """How to reach etcd, as flanneld's ``--etcd-*`` flags say it."""
@@ -137,16 +123,6 @@ class EtcdOptions:
             username=options.etcd_username,
             password=options.etcd_password,
         )
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    """One change under ``<prefix>/subnets/``, as seen by a watch."""
-
-    kind: Literal["put", "delete"]
-    key: str  # last path element, e.g. "198.18.46.0-24"
-    lease: Lease | None  # None for a delete, or for a malformed value (logged)
-    revision: int
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:

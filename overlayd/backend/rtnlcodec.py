@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.desired import DirectRoute, Entry, Fdb, Neigh, Route
+from overlayd.netlink import (
+    ATTR,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    Message,
+)
+from overlayd.netlink import attr as _attr
+from overlayd.netlink import attribute_map as _attrs
+from overlayd.netlink import message as _message
 
-# <linux/netlink.h>
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_REPLACE = 0x100
-NLM_F_DUMP = 0x300
-NLM_F_CREATE = 0x400
 # <linux/rtnetlink.h>
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
@@ -51,34 +56,13 @@ RTN_UNICAST = 1
 MAIN_TABLE = 254
 ZERO_MAC = b"\0" * 6
 
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
-_ATTR = struct.Struct("=HH")
-_ERRNO = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 DELETE = NLM_F_REQUEST | NLM_F_ACK
-
-
-@dataclass(frozen=True)
-class Message:
-    """One netlink message: its type, sequence number and the bytes after the header."""
-
-    type: int
-    seq: int
-    body: bytes
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    length = _ATTR.size + len(value)
-    return _ATTR.pack(length, kind) + value + b"\0" * (-length % 4)
-
-
-def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
-    return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
 def _mac(mac: str) -> bytes:
@@ -144,33 +128,6 @@ def route_dump_request(ifindex: int, seq: int) -> bytes:
     """A dump of the main-table IPv4 routes of ``ifindex``, filtered in the kernel."""
     route = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0) + _attr(RTA_OIF, _U32.pack(ifindex))
     return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, route)
-
-
-def split_messages(data: bytes) -> Iterator[Message]:
-    """The messages in one datagram read from a netlink socket."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            return
-        yield Message(kind, seq, data[offset + _HEADER.size:offset + length])
-        offset += (length + 3) & ~3
-
-
-def error_code(message: Message) -> int:
-    """The errno of an ``NLMSG_ERROR`` message (0 for an acknowledgement)."""
-    return -_ERRNO.unpack_from(message.body)[0]
-
-
-def _attrs(body: bytes, offset: int) -> dict[int, bytes]:
-    attrs = {}
-    while offset + _ATTR.size <= len(body):
-        length, kind = _ATTR.unpack_from(body, offset)
-        if length < _ATTR.size:
-            break
-        attrs[kind & 0x3FFF] = body[offset + _ATTR.size:offset + length]
-        offset += (length + 3) & ~3
-    return attrs
 
 
 def _ip(value: bytes | None) -> IPv4Address | None:
@@ -250,7 +207,7 @@ def entry_key(message: Message) -> bytes:
         return head + body
     # Runs once per neighbour and FDB entry on every pass (2000 at 1000 peers), so it only cuts
     # where a left-out attribute starts and ends, instead of copying each kept one.
-    parts, kept_from, offset, size, unpack = [head], 0, _NDMSG.size, len(body), _ATTR.unpack_from
+    parts, kept_from, offset, size, unpack = [head], 0, _NDMSG.size, len(body), ATTR.unpack_from
     while offset + 4 <= size:
         length, kind = unpack(body, offset)
         if length < 4:
@@ -310,8 +267,6 @@ IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4,
 IFLA_VXLAN_PORT, IFLA_VXLAN_GBP = 15, 23
 IFA_LOCAL = 2
 RTA_PREFSRC = 7
-NLA_F_NESTED = 0x8000
-NLM_F_EXCL = 0x200
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 _BE16 = struct.Struct("!H")
 

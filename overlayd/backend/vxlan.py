@@ -49,11 +49,11 @@ from overlayd.backend.rtnlcodec import (
     set_link_request,
 )
 from overlayd.backend.rtnlsock import RtnlSocket
+from overlayd.config import DEFAULT_VXLAN_PORT
 from overlayd.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VXLAN_PORT = 8472  # the kernel's default, what flannel's Port 0 means
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 

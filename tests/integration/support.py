@@ -33,12 +33,14 @@ class PeerView:
         self.items = items
         self.leases: dict[str, Lease] = {}
         self.snapshots = 0
+        self.reasons: list[str] = []  # each snapshot's reason, in order
         self.downs: list[str] = []
 
     def apply(self, item: PeerItem) -> None:
         if isinstance(item, PeerSnapshot):
             self.leases = dict(item.leases)
             self.snapshots += 1
+            self.reasons.append(item.reason)
         elif isinstance(item, PeerEvents):
             for event in item.events:
                 if event.lease is None:

@@ -55,3 +55,15 @@ def test_vtep_mac_state_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
     assert (mac, path.read_text()) == ("02:00:00:00:00:01", "02:00:00:00:00:01\n")
     assert not path.is_symlink() and planted.read_text() == "02:00:00:00:00:09\n"
     assert (mode(path), mode(state_dir)) == (0o600, 0o700)
+
+
+def test_a_binary_file_in_the_way_is_replaced(tmp_path: Path) -> None:
+    """install-cni replaces whatever ``flannel`` plugin is there, e.g. flannel's own binary."""
+    dest = tmp_path / "bin" / "flannel"
+    dest.parent.mkdir()
+    dest.write_bytes(b"\x7fELF\x02\x01\x01\0\xff\xfe")
+    dest.chmod(0o755)
+    assert write_atomic(dest, "#!/bin/sh\n", mode=0o755) is True
+    assert (dest.read_text(), mode(dest)) == ("#!/bin/sh\n", 0o755)
+    assert write_atomic(dest, "#!/bin/sh\n", mode=0o755) is False
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["flannel"]  # no temporary file left
