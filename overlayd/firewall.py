@@ -206,9 +206,6 @@ class Firewall:
         if spec.forward_rules:
             changed = self.forward.ensure(spec.network) or changed
             self._forward_off_cleared = False
-            if self._foreign_checked != self._generation or self._generation is None:
-                self._foreign_checked = self._generation
-                self._warn_about_foreign_drops()
         elif not self._forward_off_cleared:  # rules a run with forward rules on left behind
             self._forward_off_cleared = True
             try:
@@ -218,6 +215,10 @@ class Firewall:
                     changed = True
             except IptablesError as exc:
                 log.warning("cannot remove iptables forward rules of an earlier run: %s", exc)
+        # Only when nftables changed (a process start): a new drop bumps the generation.
+        if self._foreign_checked != self._generation or self._generation is None:
+            self._foreign_checked = self._generation
+            self._warn_about_foreign_drops(spec.forward_rules)
         return changed
 
     def _ensure_table(self, spec: FirewallSpec) -> bool:
@@ -332,7 +333,7 @@ class Firewall:
                 return name
         return None
 
-    def _warn_about_foreign_drops(self) -> None:
+    def _warn_about_foreign_drops(self, forward_rules: bool) -> None:
         """Warn (once per set) about forward chains that drop by policy where no accept of ours
         runs: any other nftables table, and iptables' own while our chain is not in place."""
         proc = self._run_nft(["-j", "list", "chains"])
@@ -350,10 +351,11 @@ class Firewall:
             and (name := f"{chain['family']} {chain['table']} {chain['name']}") not in ours
         )
         if drops and drops != self._warned_drops:
-            log.warning("forward chain(s) %s drop by policy and our accept does not run there: "
-                        "forwarded overlay traffic is dropped; accept the overlay Network in them "
-                        "(e.g. ip saddr <Network> accept, ip daddr <Network> accept)",
-                        ", ".join(sorted(drops)))
+            log.warning("forward chain(s) %s drop by policy and no accept of ours runs there%s: "
+                        "forwarded overlay traffic is dropped unless the overlay Network is "
+                        "accepted in them (iptables -s/-d <Network> -j ACCEPT, or nftables ip "
+                        "saddr/daddr <Network> accept)", ", ".join(sorted(drops)),
+                        "" if forward_rules else " (--iptables-forward-rules=false)")
         self._warned_drops = drops
 
     def _nft(self, args: list[str], script: str) -> None:
