@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(etcd-server etcd-client containernetworking-plugins iproute2 iptables nftables
-          iperf3 iputils-ping procps openssl)  # openssl: certificates for the etcd TLS tests
+          iperf3 iputils-ping procps openssl  # openssl: certificates for the etcd TLS tests
+          docker.io busybox-static)  # a real dockerd per lab host, and its offline image
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,6 +25,14 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -q
+  # docker.io's postinst starts a system dockerd, which rewrites this machine's own iptables
+  # (FORWARD policy DROP) and turns on forwarding. The tests run their own dockerds inside lab
+  # namespaces only: keep every package's service from starting during the install.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian's etcd-server package enables and starts a system etcd on 127.0.0.1:2379. The lab and the
@@ -33,6 +42,17 @@ if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; t
   systemctl disable --now etcd.service >/dev/null 2>&1 || true
   echo "setup: stopped and disabled the system etcd that etcd-server started" \
        "(systemctl enable --now etcd to have it back)"
+fi
+# Likewise docker.io enables docker.service and docker.socket for the next boot: disable them (a
+# system dockerd would set this machine's FORWARD policy to DROP), and stop them if one started.
+if [[ " ${missing[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null; then
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
+  else
+    systemctl disable docker.socket docker.service >/dev/null 2>&1 || true
+  fi
+  echo "setup: disabled the system dockerd that docker.io enabled; the tests start their own" \
+       "(systemctl enable --now docker to have it back)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -219,7 +219,8 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove what only overlayd uses, so flanneld can take the node over (or rolled back to).
 
-    The agent leaves its nftables table on SIGTERM, so that a restart drops no traffic; with
+    The agent leaves its nftables table and iptables forward chain on SIGTERM, so that a restart
+    drops no traffic; with
     flanneld in its place nobody would keep the table's VXLAN allowlist up to date, and peers
     joining later would be dropped. The device, its entries, subnet.env and the lease are
     flanneld's too, and stay for it to adopt.
@@ -233,7 +234,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
     print(
-        "removed nftables table ip overlayd (if there was one); flannel.<VNI>, its entries, "
+        "removed nftables table ip overlayd and iptables chain OVERLAYD-FWD (if there were "
+        "any); flannel.<VNI>, its entries, "
         "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
         "stopped: a running agent writes the table again."
     )
@@ -374,7 +376,9 @@ def make_parser() -> argparse.ArgumentParser:
                      metavar="{add,del,check} NETNS [--conflist FILE] [--ifname IF]")
     cni.set_defaults(func=_cmd_cni)
 
-    cleanup = sub.add_parser("cleanup", help="remove overlayd's nftables table (before starting flanneld)")
+    cleanup = sub.add_parser(
+        "cleanup", help="remove overlayd's nftables table and iptables forward chain (before flanneld starts)"
+    )
     cleanup.set_defaults(func=_cmd_cleanup)
 
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")

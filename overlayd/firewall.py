@@ -10,11 +10,11 @@ one ``nft -f`` transaction (declare, delete, recreate), so there is never a mome
 rules, nothing of anyone else's is edited, and comparing the live table with the desired one is a
 text comparison. The limit: an nftables ``accept`` ends evaluation only in its own base chain.
 Every other table hooked at ``forward`` still runs, so a ``drop`` there — for example the
-iptables-nft ``FORWARD`` policy DROP that Docker sets — still drops overlay traffic, where
-flannel's ``FLANNEL-FWD`` (jumped from that very ``FORWARD`` chain) would have accepted it. We
-log a warning naming such chains; the fix is to accept the Network in that table too (e.g.
-``iptables -I DOCKER-USER -s <Network> -j ACCEPT`` and ``-d <Network>``). Likewise our ``return``
-in ``postrouting`` cannot stop another table's masquerade.
+``FORWARD`` policy DROP that Docker sets — still drops overlay traffic. So with forward rules the
+accept is also written where iptables users drop, as flanneld's ``FLANNEL-FWD`` was: chain
+``OVERLAYD-FWD`` jumped from ``filter FORWARD`` (``iptfwd``). A drop by policy in any other
+nftables table is named in a warning. Our ``return`` in ``postrouting`` likewise cannot stop
+another table's masquerade.
 
 VXLAN has no authentication: whoever can send UDP to the VXLAN port injects frames into the
 overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import DEFAULT_VXLAN_PORT
+from overlayd.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.nftnl import NftNetlink
 
 log = logging.getLogger(__name__)
@@ -193,14 +194,41 @@ class Firewall:
         self._netlink = NftNetlink()
         # (ruleset generation, script) of the last pass that found the table as wanted.
         self._verified: tuple[int, str] | None = None
+        self._generation: int | None = None  # read at the start of the last pass
+        self.forward = IptablesForwardRules()
+        self._forward_off_cleared = False  # forward rules off: a previous run's removed (once)
+        self._foreign_checked: int | None = -1  # the generation the foreign drops were looked at in
 
     def ensure(self, spec: FirewallSpec) -> bool:
+        """Make our nftables table and, with forward rules, our iptables forward chain what ``spec``
+        says; True if either changed."""
+        changed = self._ensure_table(spec)
+        if spec.forward_rules:
+            changed = self.forward.ensure(spec.network) or changed
+            self._forward_off_cleared = False
+        elif not self._forward_off_cleared:  # rules a run with forward rules on left behind
+            self._forward_off_cleared = True
+            try:
+                if self.forward.remove():
+                    log.info("removed iptables chain %s: forward rules are off, the forward "
+                             "policy is the host's own", "OVERLAYD-FWD")
+                    changed = True
+            except IptablesError as exc:
+                log.warning("cannot remove iptables forward rules of an earlier run: %s", exc)
+        # Only when nftables changed (a process start): a new drop bumps the generation.
+        if self._foreign_checked != self._generation or self._generation is None:
+            self._foreign_checked = self._generation
+            self._warn_about_foreign_drops(spec.forward_rules)
+        return changed
+
+    def _ensure_table(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
 
         ``NftFeatures`` are assumed until nft refuses a table with them: probing first cost a
         process start (~30 ms on a slow machine) each on every agent start.
         """
         generation = self._netlink.generation()  # before the listing: a later change bumps it again
+        self._generation = generation
         live: str | None = None
         listed = False
         if spec.ingress_allowlist and spec.vxlan_peers is None:
@@ -227,8 +255,6 @@ class Firewall:
                      "VXLAN allowlist %s)", "created" if live is None else "replaced", self._table,
                      spec.network, "on" if spec.ip_masq else "off",
                      "on" if spec.forward_rules else "off", allowlist)
-        if spec.forward_rules:
-            self._warn_about_foreign_drops()
         return not unchanged
 
     def allow_peer(self, public_ip: IPv4Address) -> None:
@@ -261,11 +287,17 @@ class Firewall:
                                 f"{exc.strerror}") from exc
 
     def remove(self) -> None:
-        """Delete our table if present (the agent leaves rules in place on SIGTERM)."""
+        """Delete our table and iptables forward chain if present (the agent leaves rules in place
+        on SIGTERM)."""
         self._nft(["-f", "-"], f"table ip {self._table}\ndelete table ip {self._table}\n")
         self._applied = None
         self._verified = None
         log.info("deleted nftables table ip %s", self._table)
+        try:
+            if self.forward.remove():
+                log.info("deleted iptables chain OVERLAYD-FWD and its jump from filter FORWARD")
+        except IptablesError as exc:
+            raise FirewallError(f"cannot remove the iptables forward rules: {exc}") from exc
 
     def _live_listing(self) -> str | None:
         proc = self._run_nft(["list", "table", "ip", self._table])
@@ -301,23 +333,29 @@ class Firewall:
                 return name
         return None
 
-    def _warn_about_foreign_drops(self) -> None:
-        """Warn (once per set) about other tables whose forward chain drops by policy."""
+    def _warn_about_foreign_drops(self, forward_rules: bool) -> None:
+        """Warn (once per set) about forward chains that drop by policy where no accept of ours
+        runs: any other nftables table, and iptables' own while our chain is not in place."""
         proc = self._run_nft(["-j", "list", "chains"])
         if proc.returncode != 0:
             return
+        ours = {f"ip {self._table} forward"}
+        if self.forward.state is ForwardState.IN_PLACE and iptables_backend() == "nf_tables":
+            ours.add("ip filter FORWARD")  # where OVERLAYD-FWD is jumped from
         drops = frozenset(
-            f"{chain['family']} {chain['table']} {chain['name']}"
+            name
             for item in json.loads(proc.stdout).get("nftables", [])
             if (chain := item.get("chain"))
             and chain.get("hook") == "forward"
             and chain.get("policy") == "drop"
-            and chain.get("table") != self._table
+            and (name := f"{chain['family']} {chain['table']} {chain['name']}") not in ours
         )
         if drops and drops != self._warned_drops:
-            log.warning("forward chain(s) %s drop by policy; our accept cannot override them, so "
-                        "accept the overlay Network there too (e.g. in DOCKER-USER)",
-                        ", ".join(sorted(drops)))
+            log.warning("forward chain(s) %s drop by policy and no accept of ours runs there%s: "
+                        "forwarded overlay traffic is dropped unless the overlay Network is "
+                        "accepted in them (iptables -s/-d <Network> -j ACCEPT, or nftables ip "
+                        "saddr/daddr <Network> accept)", ", ".join(sorted(drops)),
+                        "" if forward_rules else " (--iptables-forward-rules=false)")
         self._warned_drops = drops
 
     def _nft(self, args: list[str], script: str) -> None:

@@ -158,9 +158,10 @@ class IdleCost:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc/<pid>/stat, in seconds."""
+    """utime + stime of ``pid`` and of its children it waited for (the ``nft`` and ``iptables``
+    of its passes) from /proc/<pid>/stat, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,20 +97,119 @@ def test_ensure_is_idempotent_and_repairs(netns: str) -> None:
     assert steps["removed listing"] == ""
 
 
-def warnings_with_forward_drop() -> list[str]:
-    subprocess.run("iptables -P FORWARD DROP", shell=True, check=True)
+def recording_logs() -> list[str]:
+    """Messages logged by the firewall modules from now on in this (forked) process."""
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("overlayd.firewall").addHandler(handler)
+    for name in ("overlayd.firewall", "overlayd.iptfwd"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    return records
+
+
+def iptables_s() -> str:
+    return subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+
+
+def forward_rules_steps() -> dict[str, object]:
+    subprocess.run("iptables -P FORWARD DROP && iptables -N DOCKER-USER && iptables -A FORWARD -j DOCKER-USER"
+                   " && iptables -A DOCKER-USER -j RETURN", shell=True, check=True)
+    logs = recording_logs()
+    firewall = Firewall()
+    steps: dict[str, object] = {"first": firewall.ensure(SPEC), "listing": iptables_s()}
+    steps["second"] = firewall.ensure(SPEC)
+    steps["logs after start"] = list(logs)
+    for name, damage in (("jump deleted", "iptables -D FORWARD -j OVERLAYD-FWD"),
+                         ("FORWARD flushed", "iptables -F FORWARD"),
+                         ("chain changed", "iptables -A OVERLAYD-FWD -s 192.0.2.0/24 -j ACCEPT")):
+        del logs[:]
+        subprocess.run(damage, shell=True, check=True)
+        steps[name] = (firewall.ensure(SPEC), firewall.ensure(SPEC), list(logs), iptables_s())
+    firewall.remove()
+    steps["removed"] = iptables_s()
+    firewall.remove()  # idempotent
+    return steps
+
+
+@pytest.mark.root
+def test_forward_rules_accept_the_network_in_iptables_and_are_repaired_once_logged(netns: str) -> None:
+    steps = in_netns(netns, forward_rules_steps)
+    assert (steps["first"], steps["second"]) == (True, False)
+    listing = str(steps["listing"])
+    ours = [line for line in listing.splitlines() if "OVERLAYD-FWD" in line]
+    assert ours == ["-N OVERLAYD-FWD", "-A FORWARD -j OVERLAYD-FWD",
+                    "-A OVERLAYD-FWD -s 198.18.0.0/16 -j ACCEPT",
+                    "-A OVERLAYD-FWD -d 198.18.0.0/16 -j ACCEPT"], "scoped to the Network, nothing else"
+    assert "-P FORWARD DROP" in listing and "-A FORWARD -j DOCKER-USER" in listing
+    started = steps["logs after start"]
+    assert sum("accepting forwarded traffic from and to 198.18.0.0/16" in m for m in started) == 1  # type: ignore[union-attr]
+    assert not any("drop by policy" in m for m in started), "the iptables DROP is handled, not warned about"  # type: ignore[union-attr]
+    for name in ("jump deleted", "FORWARD flushed", "chain changed"):
+        repaired, again, logs, after = steps[name]  # type: ignore[misc]
+        assert (repaired, again) == (True, False), name
+        assert sum("were missing or changed" in m for m in logs) == 1, (name, logs)
+        assert [line for line in after.splitlines() if "OVERLAYD-FWD" in line] == ours, name
+    assert "OVERLAYD-FWD" not in str(steps["removed"])
+    assert "-A DOCKER-USER -j RETURN" in str(steps["removed"]), "nothing of anyone else's removed"
+
+
+def forward_rules_off_steps() -> dict[str, object]:
+    off = replace(SPEC, forward_rules=False)
+    steps: dict[str, object] = {"off": Firewall().ensure(off), "listing": iptables_s()}
+    Firewall().ensure(SPEC)
+    logs = recording_logs()
+    firewall = Firewall()
+    steps["turned off"] = (firewall.ensure(off), iptables_s(), list(logs))
+    steps["again"] = firewall.ensure(off)
+    return steps
+
+
+@pytest.mark.root
+def test_forward_rules_off_writes_none_and_removes_an_earlier_runs(netns: str) -> None:
+    steps = in_netns(netns, forward_rules_off_steps)
+    assert "OVERLAYD-FWD" not in str(steps["listing"])
+    changed, listing, logs = steps["turned off"]  # type: ignore[misc]
+    assert changed is True and "OVERLAYD-FWD" not in listing
+    assert any("forward rules are off" in m for m in logs)
+    assert steps["again"] is False
+
+
+def without_iptables_steps(bin_dir: str) -> dict[str, object]:
+    import os
+
+    subprocess.run("iptables -P FORWARD DROP", shell=True, check=True)
+    os.symlink(shutil.which("nft"), f"{bin_dir}/nft")  # type: ignore[arg-type]
+    os.environ["PATH"] = bin_dir
+    logs = recording_logs()
+    firewall = Firewall()
+    steps: dict[str, object] = {"first": firewall.ensure(SPEC), "second": firewall.ensure(SPEC)}
+    steps["logs"] = list(logs)
+    steps["table"] = nft_list()
+    return steps
+
+
+@pytest.mark.root
+def test_without_iptables_the_node_is_told_once_and_the_table_still_written(netns: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    steps = in_netns(netns, without_iptables_steps, str(tmp_path))
+    logs = steps["logs"]
+    assert sum("the iptables binary is not on PATH" in m for m in logs) == 1, logs  # type: ignore[union-attr]
+    assert any("ip filter FORWARD" in m and "drop by policy" in m for m in logs), logs  # type: ignore[union-attr]
+    assert "ip daddr 198.18.0.0/16 accept" in str(steps["table"])
+
+
+def warnings_with_foreign_nft_drop() -> list[str]:
+    subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+        "table inet hostfw {\n chain guard {\n type filter hook forward priority 0; policy drop;\n }\n}\n"))
+    records = recording_logs()
     Firewall().ensure(SPEC)
     return records
 
 
 @pytest.mark.root
-def test_warns_about_a_foreign_forward_drop(netns: str) -> None:
-    messages = in_netns(netns, warnings_with_forward_drop)
-    assert any("ip filter FORWARD" in message for message in messages)
+def test_warns_about_a_foreign_nftables_forward_drop(netns: str) -> None:
+    messages = in_netns(netns, warnings_with_foreign_nft_drop)
+    assert any("inet hostfw guard" in message for message in messages), messages
 
 
 ALLOW = FirewallSpec(

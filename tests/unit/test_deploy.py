@@ -111,6 +111,20 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     assert done.returncode == 0 and "overlayd.service" not in done.stderr, done.stderr
 
 
+def test_the_unit_lets_the_agent_run_iptables() -> None:
+    """The forward rules run ``iptables``: the legacy backend needs a raw socket and a writable
+    /run/xtables.lock (the unit's file system is read-only), the nf_tables one netlink."""
+    unit = (DEPLOY / "overlayd.service").read_text()
+    settings = [line.partition("=") for line in unit.splitlines() if "=" in line and line[0] != "#"]
+    values = {key: value for key, _, value in settings if key != "ExecStartPre"}
+    assert {"CAP_NET_ADMIN", "CAP_NET_RAW"} <= set(values["CapabilityBoundingSet"].split())
+    assert set(values["CapabilityBoundingSet"].split()) == set(values["AmbientCapabilities"].split())
+    assert "/run/xtables.lock" in values["ReadWritePaths"].split()
+    pre = [value for key, _, value in settings if key == "ExecStartPre"]
+    assert "+/usr/bin/touch /run/xtables.lock" in pre, "a missing lock file cannot be made writable"
+    assert {"AF_INET", "AF_NETLINK"} <= set(values["RestrictAddressFamilies"].split())
+
+
 def test_the_unit_takes_every_option_from_the_environment_file() -> None:
     """A command-line option would override the file's; an unset ${VAR} would expand to ''."""
     unit = (DEPLOY / "overlayd.service").read_text()
