@@ -64,6 +64,8 @@ def test_lease_problem_agrees_with_ipaddress(
         expected = "outside_network"
     elif subnet.overlaps(own) and (subnet != own or peer(str(subnet)).attrs != own_lease.attrs):
         expected = "own_subnet"
+    elif not subnet.overlaps(own) and subnet.prefixlen not in (config.subnet_len, own.prefixlen):
+        expected = "subnet_size"
     else:
         expected = None
     assert (problem.reason if problem else None) == expected
