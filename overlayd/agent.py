@@ -116,6 +116,11 @@ def _state_dir_error(state_dir: Path, exc: OSError) -> StartError:
     )
 
 
+def _public_ips(plane: Plane) -> set[IPv4Address]:
+    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
+    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+
+
 class Backoff:
     """Jittered exponential delay for retrying etcd and other transient failures."""
 
@@ -697,15 +702,17 @@ class Agent:
 
     def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None
-        was_peer = old is not None and self._is_peer(key, old)
         is_peer = new is not None and self._is_peer(key, new)
         # Updated before the write, so the netlink monitor knows the echoes for ours.
         diff = self._desired().set_peer(key, new if is_peer else None)
         if diff.empty:
             return
         allowlist = self.options.vxlan_ingress_allowlist
-        if allowlist and new is not None and is_peer:  # before its entries: no first packet dropped
-            self.firewall.allow_peer(new.attrs.public_ip)
+        # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
+        # send VXLAN, and the one that takes over from a departed rival may.
+        if allowlist:  # before its entries: no first packet dropped
+            for ip in _public_ips(diff.add):
+                self.firewall.allow_peer(ip)
         with self.writing:
             self.backend.apply(self.device.ifindex, diff)
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
@@ -714,9 +721,9 @@ class Agent:
             log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
-        gone_ip = old.attrs.public_ip if old is not None and was_peer else None
-        if allowlist and gone_ip is not None and not self.desired.wants_public_ip(gone_ip):
-            self.firewall.disallow_peer(gone_ip)
+        for gone_ip in _public_ips(diff.remove) if allowlist else ():
+            if not self.desired.wants_public_ip(gone_ip):
+                self.firewall.disallow_peer(gone_ip)
 
     def _is_echo(self, change: DeviceChange) -> bool:
         """True for what our own writes cause: a wanted entry added, an unwanted one removed.

@@ -153,6 +153,11 @@ def del_lease(lab: Lab, key: str) -> None:
     lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
 
 
+def allowed(host: LabHost) -> str:
+    """The host's VXLAN allowlist as nft lists it ("" without the table)."""
+    return sh("nft", "list", "set", "ip", "overlayd", "vxlan_peers", netns=host.netns, check=False)
+
+
 def skipped_lines(host: LabHost, key: str, mark: int) -> list[str]:
     return [line for line in log_since(host, mark).splitlines() if f"skipping peer lease {key} " in line]
 
@@ -181,8 +186,7 @@ def test_a_lease_with_a_broadcast_vtep_mac_stops_nothing(trio: Lab) -> None:
         assert metric(h1, "overlayd_bad_leases_total", reason="bad_vtep_mac") == bad_before + 1
         sh("nft", "delete", "table", "ip", "overlayd", netns=h1.netns)
         h1.subnet_file.unlink()
-        wait_for(lambda: str(h2.ip) in sh("nft", "list", "table", "ip", "overlayd", netns=h1.netns, check=False),
-                 15, "the table back, with h2 allowed")
+        wait_for(lambda: str(h2.ip) in allowed(h1), 15, "the table back, with h2 allowed")
         wait_for(lambda: h1.subnet_file.exists(), 15, "subnet.env rewritten")
         assert "ff:ff:ff:ff:ff:ff" not in sh("bridge", "fdb", "show", "dev", "flannel.1", netns=h1.netns)
         assert_unharmed(trio, h1, h2)
@@ -203,7 +207,7 @@ def test_a_lease_inside_a_peers_subnet_takes_nothing(trio: Lab, prefixlen: int) 
         assert "subnet_size" in lines[0] and "is not a /24" in lines[0], lines
         time.sleep(3)  # a full pass (every 2 s) has run with the lease present
         assert_unharmed(trio, h1, h2)
-        assert ATTACKER_IP not in sh("nft", "list", "set", "ip", "overlayd", "vxlan_peers", netns=h1.netns)
+        assert ATTACKER_IP not in allowed(h1)
     finally:
         del_lease(trio, key)
 
@@ -219,6 +223,7 @@ def test_a_second_key_for_a_peers_subnet_loses_to_the_older(trio: Lab) -> None:
         time.sleep(3)
         assert_unharmed(trio, h1, h2)
         assert metric(h1, "overlayd_bad_leases_total", reason="subnet_taken") >= 1
+        assert ATTACKER_IP not in allowed(h1)
     finally:
         del_lease(trio, key)
 
@@ -233,6 +238,7 @@ def test_a_lease_claiming_another_hosts_vtep_mac_redirects_nothing(trio: Lab) ->
         time.sleep(3)
         assert_unharmed(trio, h1, h2)
         assert f"dst {ATTACKER_IP}" not in sh("bridge", "fdb", "show", "dev", "flannel.1", netns=h1.netns)
+        assert ATTACKER_IP not in allowed(h1), "a lease that lost its MAC claim may not send VXLAN"
     finally:
         del_lease(trio, key)
 
@@ -251,7 +257,7 @@ def test_an_impossible_public_ip_never_enters_the_allowlist(trio: Lab, public_ip
         lines = wait_for(lambda: skipped_lines(h1, key, mark), 15, "h1 to name the lease")
         assert reason in lines[0] and f"PublicIP {public_ip} " in lines[0], lines
         time.sleep(3)
-        peers = sh("nft", "list", "set", "ip", "overlayd", "vxlan_peers", netns=h1.netns)
+        peers = allowed(h1)
         assert f" {public_ip}" not in peers.replace(f" {h2.ip}", ""), peers
         assert key.split("-")[0] not in sh("ip", "route", "show", "dev", "flannel.1", netns=h1.netns)
         assert_unharmed(trio, h1, h2)
