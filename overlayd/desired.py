@@ -8,7 +8,7 @@ entry and an addition of the new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, KeysView
+from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -280,6 +280,18 @@ class DesiredEntries:
         if known is None and lease is None:
             return gained, lost
         new = self._candidate(key, lease) if lease is not None else None
+        if known is None and new is not None and new.block not in self._subnet_claims:
+            mac = new.lease.attrs.vtep_mac or ""
+            if new.direct or mac not in self._mac_claims:
+                # The usual case, every peer at start-up: a subnet and a MAC nobody else claims.
+                self._subnet_claims[new.block] = {key: new.age}
+                self._candidates[key] = new
+                if not new.direct:
+                    self._mac_claims[mac] = {key: (new.age, new.lease.attrs.public_ip)}
+                self._settle((key,), gained, lost)
+                if any(gained):
+                    self._plane = None
+                return gained, lost
         # Whose standing this can change: the rivals for the old and new subnet block, and the
         # rivals for those leases' MACs.
         rivals = {key}
@@ -304,7 +316,7 @@ class DesiredEntries:
             self._plane = None
         return gained, lost
 
-    def _settle(self, keys: list[str], gained: tuple, lost: tuple) -> None:
+    def _settle(self, keys: Iterable[str], gained: tuple, lost: tuple) -> None:
         """Give each of ``keys`` the entries its standing calls for, and note the difference.
         Additions before releases: an entry two leases need is never counted down to zero."""
         changes = []
@@ -329,7 +341,8 @@ class DesiredEntries:
                 counts[entry] = count + 1
                 if not count:
                     gained[kind].append(entry)
-                    self._count_ip(entry, 1)
+                    if kind in _SENDS:
+                        self._count_ip(entry, 1)
         for held, _ in changes:
             for entry in held:
                 kind = _KIND[type(entry)]
@@ -338,7 +351,8 @@ class DesiredEntries:
                 if count == 1:
                     del counts[entry]
                     lost[kind].append(entry)
-                    self._count_ip(entry, -1)
+                    if kind in _SENDS:
+                        self._count_ip(entry, -1)
                 else:
                     counts[entry] = count - 1
 
@@ -396,14 +410,9 @@ class DesiredEntries:
         if not holders:
             del claims[claim]
 
-    def _count_ip(self, entry: Entry, change: int) -> None:
+    def _count_ip(self, entry: Fdb | DirectRoute, change: int) -> None:
         """Count the PublicIP an FDB entry or direct route sends to."""
-        if isinstance(entry, Fdb):
-            ip = entry.dst
-        elif isinstance(entry, DirectRoute):
-            ip = entry.gateway
-        else:
-            return
+        ip = entry.dst if isinstance(entry, Fdb) else entry.gateway
         held = self._public_ips.get(ip, 0) + change
         if held:
             self._public_ips[ip] = held
@@ -418,6 +427,7 @@ class DesiredEntries:
 
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
+_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute]})  # the kinds that send to a peer's PublicIP
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
