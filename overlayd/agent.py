@@ -150,6 +150,7 @@ class Agent:
         self.firewall = Firewall()
         self.external: ExternalInterface | None = None
         self.public_ip: IPv4Address | None = None
+        self.underlay: Underlay | None = None  # our addresses, which no peer's PublicIP may be
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.lease_manager: LeaseManager | None = None
@@ -690,7 +691,9 @@ class Agent:
     def _underlay(self) -> Underlay:
         """The addresses no peer can have: ours, and our segments' broadcast addresses."""
         assert self.external is not None and self.public_ip is not None
-        return Underlay(frozenset({self.public_ip, self.external.ip}), self.external.segments)
+        if self.underlay is None:  # the interface is chosen once, at start
+            self.underlay = Underlay(frozenset({self.public_ip, self.external.ip}), self.external.segments)
+        return self.underlay
 
     def _report_rivalry(self, rivalry: Rivalry) -> None:
         """Name a lease that lost its subnet or VTEP MAC to an older one (once per revision)."""
