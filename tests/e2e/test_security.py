@@ -265,6 +265,32 @@ def test_an_impossible_public_ip_never_enters_the_allowlist(trio: Lab, public_ip
         del_lease(trio, key)
 
 
+def test_a_step_that_keeps_failing_leaves_the_others_working_and_the_node_unready(trio: Lab) -> None:
+    """Another VXLAN device on VNI 1 (port 8472) makes creating flannel.1 fail on every pass:
+    the firewall and subnet.env are still repaired, /readyz says which step fails, and the
+    node is ready again once the cause is gone."""
+    h1, h2 = trio.hosts[0], trio.hosts[1]
+    mark = log_mark(h1)
+    sh("ip", "link", "delete", "flannel.1", netns=h1.netns)
+    sh("ip", "link", "add", "vx-block", "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0",
+       netns=h1.netns)  # fmt: skip
+    try:
+        wait_for(lambda: Lab.http_get(h1, "/readyz")[0] == 503, 15, "h1 to turn unready")
+        assert "full pass failing at step device" in Lab.http_get(h1, "/readyz")[1]
+        assert metric(h1, "overlayd_reconcile_step_failures_total", step="device") >= 1
+        sh("nft", "delete", "table", "ip", "overlayd", netns=h1.netns)
+        h1.subnet_file.unlink()
+        wait_for(lambda: str(h2.ip) in allowed(h1), 15, "the table back, with h2 allowed")
+        wait_for(lambda: h1.subnet_file.exists(), 15, "subnet.env rewritten")
+        failing = [line for line in log_since(h1, mark).splitlines() if "device step failed" in line]
+        assert len(failing) == 1, failing  # logged when it starts failing, not on every pass
+    finally:
+        sh("ip", "link", "delete", "vx-block", netns=h1.netns, check=False)
+    wait_for(lambda: Lab.http_get(h1, "/readyz")[0] == 200, 15, "h1 ready again")
+    wait_for(lambda: trio.ping(h1, str(h2.flannel_address())), 15, "h1 reaching h2 again")
+    assert "full pass: device step failed: working again" in log_since(h1, mark)
+
+
 def test_a_fresh_start_has_the_allowlist_before_the_device(trio: Lab) -> None:
     """As after a reboot: no table and no device. The table with every peer in its allowlist is
     written before flannel.1 exists, so no VXLAN from a non-peer is accepted even for a moment."""
