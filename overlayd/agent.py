@@ -27,11 +27,19 @@ from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
 from overlayd.atomicfile import write_atomic
-from overlayd.backend.vxlan import DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
+from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
 from overlayd.backoff import Backoff
 from overlayd.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message, hold_reason
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
-from overlayd.desired import DesiredEntries, Plane, PlaneDiff, diff_planes, is_vxlan_peer, reached_directly
+from overlayd.desired import (
+    DesiredEntries,
+    Plane,
+    PlaneDiff,
+    Rivalry,
+    diff_planes,
+    is_vxlan_peer,
+    reached_directly,
+)
 from overlayd.dropnotice import DropNotice, warning
 from overlayd.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.flanneldproc import flanneld_pids
@@ -40,7 +48,7 @@ from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_n
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
 from overlayd.lease import Lease, LeaseAttrs, lease_vni
-from overlayd.leasecheck import BadLeaseLog, lease_problem
+from overlayd.leasecheck import BadLeaseLog, Underlay, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor
@@ -112,6 +120,11 @@ def _state_dir_error(state_dir: Path, exc: OSError) -> StartError:
     )
 
 
+def _public_ips(plane: Plane) -> set[IPv4Address]:
+    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
+    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+
+
 class Agent:
     """One host's overlay agent; see the module docstring for the threading model."""
 
@@ -126,6 +139,7 @@ class Agent:
         self.firewall = Firewall()
         self.external: ExternalInterface | None = None
         self.public_ip: IPv4Address | None = None
+        self.underlay: Underlay | None = None  # our addresses, which no peer's PublicIP may be
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.lease_manager: LeaseManager | None = None
@@ -149,7 +163,8 @@ class Agent:
         self.safety_basis: tuple[NetworkConfig | None, Lease | None] = (None, None)
         # ... and a (desired, kernel) pair of Plane objects last found equal.
         self.in_sync: tuple[Plane, Plane] | None = None
-        self.peers_listed = False  # a first PeerSnapshot arrived: the VXLAN allowlist is known
+        self.peers_listed = False  # a first listing arrived: the VXLAN allowlist is known
+        self.first_listing: tuple[list[Lease], int] | None = None  # the lease's; the watch starts there
         self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.drop_notice = DropNotice()
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
@@ -168,6 +183,12 @@ class Agent:
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
         self.subnet_file_check = Outage(log, "could not write subnet.env", logging.ERROR)
         self.drops_check = Outage(log, "could not read the VXLAN sources the allowlist dropped")
+        # The full pass's steps, each retried on the next pass without holding up the others.
+        self.step_checks = {
+            step: Outage(log, f"full pass: {step} step failed", logging.ERROR)
+            for step in ("firewall", "device", "entries")
+        }
+        self.failing_entries: frozenset[str] = frozenset()  # the peer entries the kernel last refused
         self.config_raw: bytes | None = None  # the network config in force, as stored
         self.stored_raw: bytes | None = None  # the network config last read, as stored
         # While the stored config would renumber live leases: the verdict that keeps ours in force.
@@ -342,8 +363,7 @@ class Agent:
         self.subnet_history = load_history(opts.state_dir)
         if not self._acquire(self._earlier_subnets(previous_subnet(opts.subnet_file))):
             return False
-        first_listing = self.lease_manager.take_listing()
-        self.watcher = PeerWatcher(self.registry, self.events, first_listing=first_listing)
+        self.watcher = PeerWatcher(self.registry, self.events, first_listing=self.first_listing)
         self.watcher.start()
         self.monitor = NetlinkMonitor(
             f"flannel.{self.config.backend.vni}",
@@ -473,6 +493,8 @@ class Agent:
         self._update_expiry()
         log.info("holding subnet %s (key %s)", lease.subnet, lease.key)
         self._remember_subnet(lease.subnet)
+        if not self.peers_listed:
+            self._take_first_listing()
         self._full_reconcile("lease")
         return True
 
@@ -495,6 +517,18 @@ class Agent:
                 "not take it back", subnet, self.options.state_dir, exc.strerror,
             )
         self.subnet_history = history
+
+    def _take_first_listing(self) -> None:
+        """Know the peers before the first pass, from the listing our lease was chosen from: the
+        firewall's allowlist is then exact before the device is created (no VXLAN from a non-peer
+        is accepted on a fresh start), and on a restart it replaces the live one without dropping
+        a peer. The peer watch starts from the same listing."""
+        assert self.lease_manager is not None
+        listing = self.lease_manager.take_listing()
+        if listing is not None:
+            self.first_listing = listing
+            self.peers = {lease.key: lease for lease in listing[0]}
+            self.peers_listed = True
 
     def _update_expiry(self) -> None:
         assert self.registry is not None and self.lease is not None
@@ -702,7 +736,7 @@ class Agent:
         known = self.safety.get(key)
         if known is not None and known[0] is lease:
             return known
-        problem = lease_problem(lease, self.config, self.lease)
+        problem = lease_problem(lease, self.config, self.lease, self._underlay())
         if problem is not None:
             self.bad_leases.report(key, lease.mod_revision, problem.reason, problem.message)
         vni, own_ip = self.config.backend.vni, self.lease.attrs.public_ip
@@ -710,21 +744,34 @@ class Agent:
         known = self.safety[key] = (lease, problem is None, peer)
         return known
 
+    def _underlay(self) -> Underlay:
+        """The addresses no peer can have: ours, and our segments' broadcast addresses."""
+        assert self.external is not None and self.public_ip is not None
+        if self.underlay is None:  # the interface is chosen once, at start
+            self.underlay = Underlay(frozenset({self.public_ip, self.external.ip}), self.external.segments)
+        return self.underlay
+
+    def _report_rivalry(self, rivalry: Rivalry) -> None:
+        """Name a lease that lost its subnet or VTEP MAC to an older one (once per revision)."""
+        self.bad_leases.report(rivalry.key, rivalry.lease.mod_revision, rivalry.reason, rivalry.message)
+
     def _peer_ips(self) -> frozenset[IPv4Address]:
         """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
         return self._desired().public_ips()
 
     def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
         assert self.backend is not None and self.device is not None
-        was_peer = old is not None and self._is_peer(key, old)
         is_peer = new is not None and self._is_peer(key, new)
         # Updated before the write, so the netlink monitor knows the echoes for ours.
         diff = self._desired().set_peer(key, new if is_peer else None)
         if diff.empty:
             return
         allowlist = self.options.vxlan_ingress_allowlist
-        if allowlist and new is not None and is_peer:  # before its entries: no first packet dropped
-            self.firewall.allow_peer(new.attrs.public_ip)
+        # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
+        # send VXLAN, and the one that takes over from a departed rival may.
+        if allowlist:  # before its entries: no first packet dropped
+            for ip in _public_ips(diff.add):
+                self.firewall.allow_peer(ip)
         with self.writing:
             self.backend.apply(self.device.ifindex, diff)
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
@@ -733,9 +780,9 @@ class Agent:
             log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
         elif old is not None:
             log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
-        gone_ip = old.attrs.public_ip if old is not None and was_peer else None
-        if allowlist and gone_ip is not None and not self.desired.wants_public_ip(gone_ip):
-            self.firewall.disallow_peer(gone_ip)
+        for gone_ip in _public_ips(diff.remove) if allowlist else ():
+            if not self.desired.wants_public_ip(gone_ip):
+                self.firewall.disallow_peer(gone_ip)
 
     def _is_echo(self, change: DeviceChange) -> bool:
         """True for what our own writes cause: a wanted entry added, an unwanted one removed.
@@ -806,40 +853,35 @@ class Agent:
     # ---- full reconcile -----------------------------------------------------------------------
 
     def _full_reconcile(self, trigger: str) -> None:
-        """Dump, diff and repair device, entries, rules and subnet.env; never raises."""
+        """Dump, diff and repair firewall, device, entries and subnet.env; never raises.
+
+        Each step runs whatever another step did: a peer entry the kernel refuses, or a device
+        that cannot be repaired, must not leave a deleted firewall table or subnet.env unrestored.
+        A failed step is counted, logged when it starts failing and when it works again, and
+        retried on the next pass."""
         assert self.backend is not None and self.config is not None and self.lease is not None
         started = time.monotonic()
         self.metrics.reconciles.labels(trigger=trigger).inc()
         try:
             spec = self._device_spec(self.config, self.lease.subnet)
-            self.device, actions = self.backend.ensure_device(spec)  # the backend logs each action
-            self._count_repair(trigger, "device", "fix", len(actions))
-            # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
-            # diffing against an empty peer set would remove them all and drop traffic on restart.
-            if self.peers_listed and self.entry_dumps.due(trigger == "timer", self._drift_reported()):
-                self._reconcile_entries(trigger)
-            allowlist = self.options.vxlan_ingress_allowlist
-            fw_spec = FirewallSpec(
-                network=self.config.network,
-                own_subnet=self.lease.subnet,
-                ip_masq=self.options.ip_masq,
-                forward_rules=self.options.iptables_forward_rules,
-                ingress_allowlist=allowlist,
-                vxlan_port=self.config.backend.port,
-                # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
-                # Without an allowlist the set is not rendered: no pass over every lease for it.
-                vxlan_peers=(self._peer_ips() if self.peers_listed else None) if allowlist else frozenset(),
-            )
-            if self.firewall.ensure(fw_spec):
-                log.info("firewall rules written for %s", self.config.network)
-                self._count_repair(trigger, "firewall", "fix")
+            # The firewall first: on a fresh start its VXLAN allowlist exists before the device
+            # does, so no VXLAN from a non-peer is ever accepted.
+            fw_spec = self._firewall_spec()
+            failed = [step for step, run in (
+                ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
+                ("device", lambda: self._ensure_device(trigger, spec)),
+                ("entries", lambda: self._ensure_entries(trigger)),
+            ) if not self._run_step(step, run)]  # fmt: skip
             self._write_subnet_env(trigger, SubnetEnv(
                 self.config.network, self.lease.subnet, spec.mtu, self.options.ip_masq
             ))  # fmt: skip
-            if allowlist and fw_spec.vxlan_peers is not None:
+            if "firewall" not in failed and fw_spec.ingress_allowlist and fw_spec.vxlan_peers is not None:
                 self._notice_drops(fw_spec.vxlan_peers)
-            self.metrics.last_reconcile.set(time.time())
-            self._set_health(not self.lease_expired, self.lease_expired or "ready")
+            if failed:
+                self.metrics.reconcile_errors.inc()
+            else:
+                self.metrics.last_reconcile.set(time.time())
+            self._set_health(*self._readiness(failed))
             if trigger == "resync":
                 self.heap.settle()  # the new listing's leases and entries are long-lived
                 if not self.flanneld_checked:  # not before: a /proc walk is no part of a cold start
@@ -855,6 +897,85 @@ class Agent:
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self._count_peers()
+
+    def _run_step(self, step: str, run: Callable[[], object]) -> bool:
+        """Run one step of the full pass; False (counted, logged when it starts failing) if it failed."""
+        check = self.step_checks[step]
+        try:
+            run()
+        except Exception as exc:
+            self.metrics.pass_step_failures.labels(step=step).inc()
+            check.failed(exc, "; the rest of the pass goes on, and the next pass retries it")
+            return False
+        check.succeeded()
+        return True
+
+    def _entries_refused(self, exc: ApplyError | None) -> None:
+        """Count the peer entries the kernel refused this pass; log each when it starts and stops."""
+        failing = frozenset(exc.failures if exc is not None else ())
+        if exc is not None:
+            self.metrics.entry_failures.inc(len(failing))
+        if new := failing - self.failing_entries:
+            log.error(
+                "the kernel refused %d peer entries (%s); the other peers, firewall and subnet.env are "
+                "kept up to date, and these are retried on every pass", len(new), "; ".join(sorted(new)),
+            )  # fmt: skip
+        if failing != self.failing_entries and not failing:
+            log.info("every peer entry is programmed again")
+        self.failing_entries = failing
+        self.metrics.entries_failing.set(len(failing))
+
+    def _readiness(self, failed: list[str]) -> tuple[bool, str]:
+        """/readyz after a pass: not ready while a step that serves every peer keeps failing (the
+        firewall, the device, reading the entries). One peer's entries the kernel refuses leave
+        the node ready, named in the reason: a single careless lease must not take every node
+        in the cluster out of service."""
+        if self.lease_expired:
+            return False, self.lease_expired
+        if failed:
+            return False, f"full pass failing at step {', '.join(failed)} (see the log); retried every pass"
+        if self.failing_entries:
+            return True, f"ready; the kernel refuses {len(self.failing_entries)} peer entries (see the log)"
+        return True, "ready"
+
+    def _firewall_spec(self) -> FirewallSpec:
+        assert self.config is not None and self.lease is not None
+        allowlist = self.options.vxlan_ingress_allowlist
+        return FirewallSpec(
+            network=self.config.network,
+            own_subnet=self.lease.subnet,
+            ip_masq=self.options.ip_masq,
+            forward_rules=self.options.iptables_forward_rules,
+            ingress_allowlist=allowlist,
+            vxlan_port=self.config.backend.port,
+            # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
+            # Without an allowlist the set is not rendered: no pass over every lease for it.
+            vxlan_peers=(self._peer_ips() if self.peers_listed else None) if allowlist else frozenset(),
+        )
+
+    def _ensure_firewall(self, trigger: str, fw_spec: FirewallSpec) -> None:
+        assert self.config is not None
+        if self.firewall.ensure(fw_spec):
+            log.info("firewall rules written for %s", self.config.network)
+            self._count_repair(trigger, "firewall", "fix")
+
+    def _ensure_device(self, trigger: str, spec: DeviceSpec) -> None:
+        assert self.backend is not None
+        self.device, actions = self.backend.ensure_device(spec)  # the backend logs each action
+        self._count_repair(trigger, "device", "fix", len(actions))
+
+    def _ensure_entries(self, trigger: str) -> None:
+        # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
+        # diffing against an empty peer set would remove them all and drop traffic on restart.
+        if self.device is None:
+            return  # the device step failed: counted there
+        if self.peers_listed and self.entry_dumps.due(trigger == "timer", self._drift_reported()):
+            try:
+                self._reconcile_entries(trigger)
+            except ApplyError as exc:  # some peers' entries: the others were applied
+                self._entries_refused(exc)
+                return
+            self._entries_refused(None)
 
     @staticmethod
     def _warn_of_flanneld() -> None:
@@ -908,9 +1029,10 @@ class Agent:
                 self.in_sync = (wanted, actual)
             else:
                 self._log_diff(diff, trigger)
+                self.programmed = set(desired.programmed_keys())
                 with self.writing:
                     self.backend.apply(self.device.ifindex, diff)
-        self.programmed = set(desired.keys())
+        self.programmed = set(desired.programmed_keys())
 
     def _desired(self) -> DesiredEntries:
         """The entries the current peers want. The fast path keeps them in step event by event;
@@ -919,7 +1041,10 @@ class Agent:
         assert self.config is not None and self.lease is not None
         rebuild = self.desired_basis[0] is not self.config or self.desired_basis[1] is not self.lease
         if rebuild or self.desired_synced_with is not self.peers:
-            desired = DesiredEntries(self._reached_directly()) if rebuild else self.desired
+            desired = self.desired
+            if rebuild:  # rivals' subnets are compared in blocks of the shortest length accepted
+                claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
+                desired = DesiredEntries(self._reached_directly(), claim_prefixlen, self._report_rivalry)
             for key in desired.keys() - self.peers.keys():
                 desired.load(key, None)
             for key, lease in self.peers.items():

@@ -8,8 +8,8 @@ entry and an addition of the new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, KeysView
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, KeysView
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.lease import Lease, lease_vni
@@ -149,51 +149,90 @@ def is_vxlan_peer(
     )
 
 
+@dataclass(frozen=True)
+class Rivalry:
+    """A lease that lost a claim to an older one: a subnet (or part of one) or a VTEP MAC.
+    ``reason`` is a metric label, ``message`` a sentence naming the winner and the fix."""
+
+    key: str
+    lease: Lease
+    reason: str  # subnet_taken or vtep_mac_taken
+    message: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A peer lease offered to ``DesiredEntries``, with what its claims are judged by."""
+
+    lease: Lease
+    direct: bool
+    age: tuple[int, str]  # (etcd create revision, key): the smallest is the oldest
+    block: tuple[int, int]  # the address block it claims: (prefix length, network >> host bits)
+
+
 class DesiredEntries:
     """Every peer's entries, kept up to date one peer at a time.
 
     The union of all peers' entries is what the device should hold. Rebuilding it from every
     lease after each change cost a full pass ~7 ms at 1000 peers (docs/benchmarks.md); here a
-    change costs the changed peer's three entries, and ``plane`` is rebuilt from the counts at
-    C speed (the dicts keep each entry's hash) only after something changed.
+    change costs the changed peer's entries (and its rivals'), and ``plane`` is rebuilt from the
+    counts at C speed (the dicts keep each entry's hash) only after something changed.
 
     Entries are counted because two leases can need the same one: a host that moved to a new
     subnet keeps its PublicIP and VTEP MAC, so until its old lease expires both want one FDB
     entry, and the old lease going must not take that entry away.
 
-    The device holds one FDB entry per MAC, so leases that give one VTEP MAC different
-    PublicIPs (a host whose address changed, until its old lease expires) cannot all have
-    theirs: the newest lease (highest etcd revision) wins the MAC. Wanting both would make every
-    pass replace the other, and the host's traffic would alternate between its addresses.
+    One winner per claim, the oldest lease (smallest etcd create revision, then key): the kernel
+    holds one neighbour per gateway address and one FDB entry per MAC, so rivals for either would
+    replace each other on every pass, and the newer one would be a way to take a host's traffic.
+    - Leases whose subnets overlap (judged in blocks of ``claim_prefixlen``): only the oldest is
+      programmed; this also gives each gateway address a single neighbour.
+    - Leases giving one VTEP MAC different PublicIPs: only the oldest and those agreeing with it
+      are programmed. Leases with the same MAC *and* PublicIP (one host, two subnets) agree.
+    A loser gets no entries at all and is not allowed to send VXLAN; ``report`` names it. When the
+    winner goes, the next oldest takes its place.
     """
 
-    def __init__(self, direct: Callable[[Lease], bool] | None = None) -> None:
-        """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are."""
+    def __init__(
+        self,
+        direct: Callable[[Lease], bool] | None = None,
+        claim_prefixlen: int | None = None,
+        report: Callable[[Rivalry], None] | None = None,
+    ) -> None:
+        """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are.
+        ``claim_prefixlen``: overlapping subnets are found in blocks of this length (the shortest
+        subnet length accepted); None: only equal subnets are rivals."""
         self._direct = direct
-        self._peers: dict[str, tuple[Lease, tuple[Entry, ...]]] = {}
+        self._claim_prefixlen = claim_prefixlen
+        self._report = report
+        self._candidates: dict[str, _Candidate] = {}  # every lease offered, winner or not
+        self._peers: dict[str, tuple[Entry, ...]] = {}  # the winners' entries, by lease key
         self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
-        self._public_ips: dict[IPv4Address, int] = {}  # peers' PublicIPs, counted by entry
-        # VTEP MAC -> {lease key: (revision, key, its FDB entry)}: who claims each MAC; the
-        # largest wins (keys are unique, so the entries themselves are never compared).
-        self._fdb_claims: dict[str, dict[str, tuple[int, str, Fdb]]] = {}
+        self._public_ips: dict[IPv4Address, int] = {}  # the winners' PublicIPs, counted by entry
+        self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
+        # VTEP MAC -> {lease key: (age, its PublicIP)}, of the leases that won their subnet.
+        self._mac_claims: dict[str, dict[str, tuple[tuple[int, str], IPv4Address]]] = {}
 
     def __len__(self) -> int:
-        """How many peers want entries."""
+        """How many peers want entries (rivals that lost do not)."""
         return len(self._peers)
 
     def keys(self) -> KeysView[str]:
-        """The lease keys of the peers that want entries."""
+        """The lease keys of every peer lease offered, including rivals that lost a claim."""
+        return self._candidates.keys()
+
+    def programmed_keys(self) -> KeysView[str]:
+        """The lease keys of the peers whose entries are wanted."""
         return self._peers.keys()
 
     def wants(self, entry: Neigh | Fdb | Route) -> bool:
         return entry in self._counts[_KIND[type(entry)]]
 
     def public_ips(self) -> frozenset[IPv4Address]:
-        """Every peer's PublicIP, counted as peers come and go: cheaper than asking every lease
-        whether it is a peer again on each pass. All of them, not only the FDB entries' (a host
-        whose lease lost its MAC to a newer one still sends VXLAN), and the direct peers' too
-        (one without DirectRouting, an older node, still sends us VXLAN)."""
+        """Every programmed peer's PublicIP, counted as peers come and go: cheaper than asking
+        every lease whether it is a peer again on each pass. The direct peers' too (one without
+        DirectRouting, an older node, still sends us VXLAN)."""
         return frozenset(self._public_ips)
 
     def wants_public_ip(self, ip: IPv4Address) -> bool:
@@ -213,96 +252,172 @@ class DesiredEntries:
         six frozensets per peer were a fifth of the start-up pass."""
         self._set(key, lease)
 
+    def _candidate(self, key: str, lease: Lease) -> _Candidate:
+        subnet = lease.subnet
+        prefixlen = subnet.prefixlen if self._claim_prefixlen is None else min(
+            subnet.prefixlen, self._claim_prefixlen
+        )
+        block = (prefixlen, int(subnet.network_address) >> (32 - prefixlen))
+        direct = self._direct is not None and self._direct(lease)
+        return _Candidate(lease, direct, (lease.create_revision or lease.mod_revision, key), block)
+
     def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, ...], tuple[list, ...]]:
         """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind
         (in Plane's order)."""
         gained: tuple[list, ...] = ([], [], [], [])
         lost: tuple[list, ...] = ([], [], [], [])
-        known = self._peers.get(key)
-        old_fdb = _fdb_of(known[1]) if known is not None else None
-        if known is not None and lease is not None and (known[0] is lease or known[0] == lease):
-            self._peers[key] = (lease, known[1])  # an equal lease: later checks are identity checks
-            self._claim(key, old_fdb, old_fdb, lease.mod_revision, gained, lost)  # a newer revision
-        else:
-            entries = _entries(lease, self._direct is not None and self._direct(lease)) if lease else ()
-            # Additions before releases: an entry both leases need is never counted down to zero.
-            for entry in entries:
-                kind = _KIND[type(entry)]
-                if kind != _FDB:  # FDB entries go by claim, below
-                    counts = self._counts[kind]
-                    held = counts.get(entry, 0)
-                    counts[entry] = held + 1
-                    if not held:
-                        gained[kind].append(entry)
-            if lease is not None:
-                self._peers[key] = (lease, entries)
-            elif known is not None:
-                del self._peers[key]
-            for entry in known[1] if known is not None else ():
-                kind = _KIND[type(entry)]
-                if kind != _FDB:
-                    counts = self._counts[kind]
-                    held = counts[entry]
-                    if held == 1:
-                        del counts[entry]
-                        lost[kind].append(entry)
-                    else:
-                        counts[entry] = held - 1
-            revision = lease.mod_revision if lease is not None else 0
-            self._claim(key, old_fdb, _fdb_of(entries), revision, gained, lost)
+        known = self._candidates.get(key)
+        if (
+            known is not None
+            and lease is not None
+            and (known.lease is lease or known.lease == lease)
+            and known.age[0] == (lease.create_revision or lease.mod_revision)
+        ):
+            # An equal lease (a new revision of the same value, as a renewal writes): its claims
+            # stand as they are; later checks are identity checks.
+            self._candidates[key] = replace(known, lease=lease)
+            return gained, lost
+        if known is None and lease is None:
+            return gained, lost
+        new = self._candidate(key, lease) if lease is not None else None
+        if known is None and new is not None and new.block not in self._subnet_claims:
+            mac = new.lease.attrs.vtep_mac or ""
+            if new.direct or mac not in self._mac_claims:
+                # The usual case, every peer at start-up: a subnet and a MAC nobody else claims.
+                self._subnet_claims[new.block] = {key: new.age}
+                self._candidates[key] = new
+                if not new.direct:
+                    self._mac_claims[mac] = {key: (new.age, new.lease.attrs.public_ip)}
+                self._settle((key,), gained, lost)
+                if any(gained):
+                    self._plane = None
+                return gained, lost
+        # Whose standing this can change: the rivals for the old and new subnet block, and the
+        # rivals for those leases' MACs.
+        rivals = {key}
+        for block in {c.block for c in (known, new) if c is not None}:
+            rivals.update(self._subnet_claims.get(block, ()))
+        macs = {self._unclaim_mac(block_rival) for block_rival in rivals}
+        if known is not None:
+            self._unclaim(self._subnet_claims, known.block, key)
+            del self._candidates[key]
+        if new is not None:
+            self._subnet_claims.setdefault(new.block, {})[key] = new.age
+            self._candidates[key] = new
+        affected = set(rivals)
+        for block_rival in rivals:
+            candidate = self._candidates.get(block_rival)
+            if candidate is not None and self._wins_subnet(block_rival, candidate):
+                affected.update(self._claim_mac(block_rival, candidate))
+        for mac in macs:  # a rival that lost its subnet no longer holds its MAC from the others
+            affected.update(self._mac_claims.get(mac or "", ()))
+        self._settle(sorted(affected), gained, lost)
         if any(gained) or any(lost):
             self._plane = None
-            for route in gained[_DIRECT]:
-                self._count_ip(route.gateway, 1)
-            for route in lost[_DIRECT]:
-                self._count_ip(route.gateway, -1)
         return gained, lost
 
-    def _count_ip(self, ip: IPv4Address, change: int) -> None:
+    def _settle(self, keys: Iterable[str], gained: tuple, lost: tuple) -> None:
+        """Give each of ``keys`` the entries its standing calls for, and note the difference.
+        Additions before releases: an entry two leases need is never counted down to zero."""
+        changes = []
+        for key in keys:
+            candidate = self._candidates.get(key)
+            rivalry = self._rivalry(key, candidate) if candidate is not None else None
+            entries = _entries(candidate.lease, candidate.direct) if candidate and not rivalry else ()
+            held = self._peers.get(key, ())
+            if entries != held:
+                changes.append((held, entries))
+                if entries:
+                    self._peers[key] = entries
+                else:
+                    self._peers.pop(key, None)
+            if rivalry is not None and self._report is not None:
+                self._report(rivalry)
+        for _, entries in changes:
+            for entry in entries:
+                kind = _KIND[type(entry)]
+                counts = self._counts[kind]
+                count = counts.get(entry, 0)
+                counts[entry] = count + 1
+                if not count:
+                    gained[kind].append(entry)
+                    if kind in _SENDS:
+                        self._count_ip(entry, 1)
+        for held, _ in changes:
+            for entry in held:
+                kind = _KIND[type(entry)]
+                counts = self._counts[kind]
+                count = counts[entry]
+                if count == 1:
+                    del counts[entry]
+                    lost[kind].append(entry)
+                    if kind in _SENDS:
+                        self._count_ip(entry, -1)
+                else:
+                    counts[entry] = count - 1
+
+    def _wins_subnet(self, key: str, candidate: _Candidate) -> bool:
+        return min(self._subnet_claims[candidate.block].values()) == candidate.age
+
+    def _rivalry(self, key: str, candidate: _Candidate) -> Rivalry | None:
+        """Why ``key`` loses a claim, or None if it wins them all."""
+        lease = candidate.lease
+        claims = self._subnet_claims[candidate.block]
+        oldest = min(claims.values())
+        if oldest != candidate.age:
+            winner = self._candidates[oldest[1]].lease
+            return Rivalry(key, lease, "subnet_taken", (
+                f"subnet {lease.subnet} overlaps {winner.subnet} of the older lease {oldest[1]} "
+                f"(PublicIP {winner.attrs.public_ip}), which keeps it; delete the newer key if it was "
+                "written by mistake"
+            ))  # fmt: skip
+        if candidate.direct:
+            return None
+        mac = lease.attrs.vtep_mac or ""
+        first_age, first_ip = min(self._mac_claims[mac].values())
+        if first_ip != lease.attrs.public_ip:
+            return Rivalry(key, lease, "vtep_mac_taken", (
+                f"VtepMAC {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
+                f"lease {first_age[1]} at {first_ip}, which keeps it; if that is this host's own old "
+                "lease (its address changed), delete the old key"
+            ))  # fmt: skip
+        return None
+
+    def _claim_mac(self, key: str, candidate: _Candidate) -> set[str]:
+        """Enter a subnet winner's claim on its MAC; returns the MAC's claimants."""
+        if candidate.direct:
+            return set()
+        mac = candidate.lease.attrs.vtep_mac or ""
+        claims = self._mac_claims.setdefault(mac, {})
+        claims[key] = (candidate.age, candidate.lease.attrs.public_ip)
+        return set(claims)
+
+    def _unclaim_mac(self, key: str) -> str | None:
+        """Withdraw ``key``'s claim on its MAC, if it holds one; returns that MAC."""
+        candidate = self._candidates.get(key)
+        if candidate is None or candidate.direct:
+            return None
+        mac = candidate.lease.attrs.vtep_mac or ""
+        claims = self._mac_claims.get(mac)
+        if claims is not None and key in claims:
+            self._unclaim(self._mac_claims, mac, key)
+        return mac
+
+    @staticmethod
+    def _unclaim(claims: dict, claim: object, key: str) -> None:
+        holders = claims[claim]
+        del holders[key]
+        if not holders:
+            del claims[claim]
+
+    def _count_ip(self, entry: Fdb | DirectRoute, change: int) -> None:
+        """Count the PublicIP an FDB entry or direct route sends to."""
+        ip = entry.dst if isinstance(entry, Fdb) else entry.gateway
         held = self._public_ips.get(ip, 0) + change
         if held:
             self._public_ips[ip] = held
         else:
             del self._public_ips[ip]
-
-    def _claim(
-        self, key: str, old: Fdb | None, new: Fdb | None, revision: int, gained: tuple, lost: tuple
-    ) -> None:
-        """Move ``key``'s claim from ``old``'s MAC to ``new``'s (at ``revision``), and note the
-        FDB entries this makes wanted or unwanted: those whose MAC changed hands."""
-        if old is None and new is not None and new.mac not in self._fdb_claims:
-            # The usual case, every peer at start-up: a MAC nobody else claims.
-            self._fdb_claims[new.mac] = {key: (revision, key, new)}
-            self._counts[_FDB][new] = 1
-            gained[_FDB].append(new)
-            self._count_ip(new.dst, 1)
-            return
-        macs = {fdb.mac for fdb in (old, new) if fdb is not None}
-        before = {mac: self._winner(mac) for mac in macs}
-        if old is not None:
-            claims = self._fdb_claims[old.mac]
-            del claims[key]
-            if not claims:
-                del self._fdb_claims[old.mac]
-            self._count_ip(old.dst, -1)
-        if new is not None:
-            self._fdb_claims.setdefault(new.mac, {})[key] = (revision, key, new)
-            self._count_ip(new.dst, 1)
-        counts = self._counts[_FDB]
-        for mac in macs:
-            was, now = before[mac], self._winner(mac)
-            if was == now:
-                continue
-            if was is not None:
-                del counts[was]
-                lost[_FDB].append(was)
-            if now is not None:
-                counts[now] = 1
-                gained[_FDB].append(now)
-
-    def _winner(self, mac: str) -> Fdb | None:
-        claims = self._fdb_claims.get(mac)
-        return max(claims.values())[2] if claims else None
 
     def plane(self) -> Plane:
         """The union of every peer's entries: the same object until a peer's entries change."""
@@ -312,12 +427,7 @@ class DesiredEntries:
 
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
-_FDB, _DIRECT = _KIND[Fdb], _KIND[DirectRoute]
-
-
-def _fdb_of(entries: tuple[Entry, ...]) -> Fdb | None:
-    """The FDB entry among a peer's entries (``_entries``: neighbour, FDB, route; or one route)."""
-    return entries[1] if len(entries) == 3 else None  # type: ignore[return-value]
+_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute]})  # the kinds that send to a peer's PublicIP
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:

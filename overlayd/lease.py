@@ -67,6 +67,9 @@ class Lease:
     ipv6_subnet: IPv6Network | None = None
     etcd_lease_id: int = 0  # 0: no etcd lease attached (a reservation)
     mod_revision: int = field(default=0, compare=False)
+    # When the key was created (etcd's create_revision): unlike mod_revision it stays put when the
+    # holder renews, so "the older lease" of two rival claims does not change on a renewal.
+    create_revision: int = field(default=0, compare=False)
 
     @property
     def key(self) -> str:
@@ -203,7 +206,9 @@ def _canonical_mac(text: str) -> str | None:
     return None
 
 
-def decode_lease(key: str, raw: bytes | str, etcd_lease_id: int = 0, mod_revision: int = 0) -> Lease:
+def decode_lease(
+    key: str, raw: bytes | str, etcd_lease_id: int = 0, mod_revision: int = 0, create_revision: int = 0
+) -> Lease:
     """Build a Lease from a key's last element and its value."""
     subnet, ipv6_subnet = key_to_subnets(key)
     return Lease(
@@ -212,4 +217,19 @@ def decode_lease(key: str, raw: bytes | str, etcd_lease_id: int = 0, mod_revisio
         ipv6_subnet=ipv6_subnet,
         etcd_lease_id=etcd_lease_id,
         mod_revision=mod_revision,
+        create_revision=create_revision,
     )
+
+
+def unicast_mac_problem(mac: str) -> str | None:
+    """Why ``mac`` (``aa:bb:cc:dd:ee:ff``) cannot be a VTEP's address, or None if it can.
+
+    The kernel refuses a permanent FDB entry for a multicast (and so the broadcast) address, and
+    an all-zero one is the VXLAN device's default destination: every frame without an entry of
+    its own would be sent to that lease's host."""
+    octets = bytes.fromhex(mac.replace(":", ""))
+    if not any(octets):
+        return "the all-zero address"
+    if octets[0] & 1:
+        return "the broadcast address" if octets == b"\xff" * 6 else "a multicast address"
+    return None

@@ -1,10 +1,14 @@
 """Peer leases that must not be programmed, and reporting them once.
 
 The codec (``lease.decode_lease``) rejects values that are not flannel's JSON. A lease can decode
-fine and still be wrong under the current network config: a subnet outside the Network, or one
-overlapping our own subnet (another host writing our key, or a wider key covering ours). Such a
-lease is skipped — never programmed — while every other peer is unaffected. Each bad lease is
-logged once per key and revision (not on every reconcile pass) and counted by reason.
+fine and still be wrong under the current network config and this host: a subnet outside the
+Network, of another size than ``SubnetLen`` (a /25 inside a peer's /24 would take over its
+gateway, a /32 one container), overlapping our own subnet, a VtepMAC the kernel refuses (or the
+all-zero default destination), or a PublicIP no peer can have (loopback, broadcast, our own). Such
+a lease is skipped — never programmed, never in the VXLAN allowlist — while every other peer is
+unaffected. Rivalries between leases that are each fine alone (two claiming one subnet or one
+VTEP MAC) are settled in ``desired``. Each bad lease is logged once per key and revision (not on
+every reconcile pass) and counted by reason.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.config import NetworkConfig
-from overlayd.lease import Lease
+from overlayd.lease import Lease, unicast_mac_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +31,37 @@ MAX_REMEMBERED = 10_000  # (key, revision) pairs kept to suppress repeated log l
 class LeaseProblem:
     """Why a lease is skipped: a metric label and a sentence for the operator."""
 
-    reason: str  # outside_network or own_subnet
+    # outside_network, own_subnet, subnet_size, bad_vtep_mac, bad_public_ip or own_public_ip;
+    # and from ``desired``: subnet_taken, vtep_mac_taken
+    reason: str
     message: str
+
+
+LINK_LOCAL = IPv4Network("169.254.0.0/16")
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """This host's side of the underlay: the addresses that are ours (the PublicIP and the
+    external interface's), and the external interface's connected segments."""
+
+    own_ips: frozenset[IPv4Address]
+    segments: tuple[IPv4Network, ...] = ()
+
+
+def public_ip_problem(ip: IPv4Address, underlay: Underlay) -> str | None:
+    """Why ``ip`` cannot be another host's PublicIP, or None. Each of these, allowed to send
+    VXLAN, would let a local or spoofed sender into the overlay, and as an FDB destination sends
+    the overlay's traffic to ourselves or to every host on the segment."""
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip == IPv4Address("255.255.255.255"):
+        return "is a loopback, unspecified, multicast or broadcast address"
+    for segment in underlay.segments:
+        if segment.prefixlen < 31 and ip in (segment.broadcast_address, segment.network_address):
+            return f"is the broadcast or network address of this host's segment {segment}"
+    # A link-local underlay is possible only on a link-local segment of our own.
+    if ip in LINK_LOCAL and not any(ip in segment for segment in underlay.segments):
+        return "is link-local (169.254.0.0/16) and not on this host's segment"
+    return None
 
 
 def _same_block(a: IPv4Network, b: IPv4Network, prefixlen: int) -> bool:
@@ -38,8 +71,11 @@ def _same_block(a: IPv4Network, b: IPv4Network, prefixlen: int) -> bool:
     return int(a.network_address) >> shift == int(b.network_address) >> shift
 
 
-def lease_problem(lease: Lease, config: NetworkConfig, own: Lease | None) -> LeaseProblem | None:
-    """What makes ``lease`` unsafe to program under ``config`` while we hold ``own``; None if fine."""
+def lease_problem(
+    lease: Lease, config: NetworkConfig, own: Lease | None, underlay: Underlay | None = None
+) -> LeaseProblem | None:
+    """What makes ``lease`` unsafe to program under ``config`` while we hold ``own`` on
+    ``underlay`` (None: no PublicIP checks); None if fine."""
     subnet, network = lease.subnet, config.network
     if subnet.prefixlen < network.prefixlen or not _same_block(subnet, network, network.prefixlen):
         return LeaseProblem(
@@ -53,6 +89,26 @@ def lease_problem(lease: Lease, config: NetworkConfig, own: Lease | None) -> Lea
             return LeaseProblem(
                 "own_subnet", f"PublicIP {lease.attrs.public_ip} claims our subnet {own.subnet}"
             )
+        return None  # our own lease
+    # The length this host holds is accepted too: after a SubnetLen change the running nodes keep
+    # their leases until they restart, and must keep reaching each other meanwhile.
+    if subnet.prefixlen != config.subnet_len and (own is None or subnet.prefixlen != own.subnet.prefixlen):
+        return LeaseProblem(
+            "subnet_size",
+            f"subnet {lease.subnet} is not a /{config.subnet_len} (SubnetLen of Network {config.network}); "
+            "a smaller one would take over part of a peer's subnet, a larger one many",
+        )
+    mac = lease.attrs.vtep_mac
+    if mac and (why := unicast_mac_problem(mac)):
+        return LeaseProblem("bad_vtep_mac", f"VtepMAC {mac} is {why}; a VTEP needs a unicast, non-zero MAC")
+    if underlay is not None and lease.attrs.public_ip in underlay.own_ips:
+        return LeaseProblem(
+            "own_public_ip",
+            f"PublicIP {lease.attrs.public_ip} is this host's own address (a lease this host left "
+            "under another subnet expires by itself; otherwise another host claims our address)",
+        )
+    if underlay is not None and (why := public_ip_problem(lease.attrs.public_ip, underlay)):
+        return LeaseProblem("bad_public_ip", f"PublicIP {lease.attrs.public_ip} {why}")
     return None
 
 

@@ -53,6 +53,7 @@ class StoredValue:
     value: bytes
     mod_revision: int
     lease_id: int  # 0: not bound to a lease
+    create_revision: int = 0  # the revision that created the key; a put over it keeps it
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,9 @@ class MemoryEtcd:
         self._revision += 1
         changes = []
         for key, value, lease_id in writes:
-            stored = StoredValue(value, self._revision, lease_id) if value is not None else None
+            previous = self._data.get(key)
+            created = previous.create_revision if previous is not None else self._revision
+            stored = StoredValue(value, self._revision, lease_id, created) if value is not None else None
             if stored is None:
                 self._data.pop(key, None)
             else:
@@ -293,7 +296,7 @@ class MemoryRegistry:
         short = key.removeprefix(self._subnets_prefix)
         try:
             return decode_lease(short, stored.value, etcd_lease_id=stored.lease_id,
-                                mod_revision=stored.mod_revision)
+                                mod_revision=stored.mod_revision, create_revision=stored.create_revision)
         except LeaseError as exc:
             self.on_bad_lease(short, stored.mod_revision, exc)
             return None

@@ -157,6 +157,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # A full pass's steps fail alone: one refused entry leaves the firewall and subnet.env repaired.
+        self.pass_step_failures = Counter(
+            "overlayd_reconcile_step_failures",
+            "Full-pass steps that failed (firewall, device, entries), retried on the next pass",
+            ["step"],
+            registry=r,
+        )
+        self.entry_failures = Counter(
+            "overlayd_entry_failures", "Peer entries the kernel refused, counted on every pass", registry=r
+        )
+        self.entries_failing = Gauge(
+            "overlayd_entries_failing", "Peer entries the kernel refused on the last pass", registry=r
+        )
 
         self.pool_size = Gauge(
             "overlayd_subnet_pool_size", "Subnets between SubnetMin and SubnetMax", registry=r

@@ -492,7 +492,10 @@ class Registry:
     def _decode_kv(self, key: str, kv: KeyValue) -> Lease | None:
         """The lease stored at a subnets key, or None (reported to ``on_bad_lease``) when malformed."""
         try:
-            return decode_lease(key, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
+            return decode_lease(
+                key, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision,
+                create_revision=kv.create_revision,
+            )
         except LeaseError as exc:
             self.on_bad_lease(key, int(kv.mod_revision), exc)
             return None

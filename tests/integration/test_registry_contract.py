@@ -213,6 +213,20 @@ def test_take_over_only_a_key_unchanged_since_it_was_listed(store: Store) -> Non
     assert [lease.attrs for lease in registry.list_leases()[0]] == [host_attrs(3)]
 
 
+def test_a_listed_lease_keeps_its_create_revision_when_rewritten(store: Store) -> None:
+    """Rival leases are ranked by the revision that created their key (the older wins), so a
+    renewal or take-over, which rewrites the key, must not make a lease look newer."""
+    registry = store.client()
+    registry.create_lease(SUBNET, host_attrs(1), ttl=600)
+    registry.create_lease(OTHER, host_attrs(2), ttl=600)
+    first = {lease.subnet: lease for lease in registry.list_leases()[0]}
+    assert 0 < first[SUBNET].create_revision < first[OTHER].create_revision
+    registry.take_over(first[SUBNET], host_attrs(3), ttl=600)
+    again = {lease.subnet: lease for lease in registry.list_leases()[0]}
+    assert again[SUBNET].mod_revision > first[OTHER].mod_revision
+    assert again[SUBNET].create_revision == first[SUBNET].create_revision
+
+
 def test_a_reservation_stays_one_and_never_expires(store: Store) -> None:
     registry = store.client()
     store.put_raw(f"subnets/{SUBNET.network_address}-24", encode_attrs(host_attrs(1)).encode())

@@ -318,3 +318,32 @@ def test_direct_routes_go_on_the_underlay_and_are_read_back(netns: str) -> None:
     assert in_netns(netns, sync_direct, Plane()) == Plane()
     routes = run("ip", "-n", netns, "route", "show").stdout
     assert all(" ".join(route[:3]) in routes for route in others)
+
+
+@pytest.mark.parametrize("bad_mac", ["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"])
+def test_an_fdb_entry_the_kernel_refuses_fails_alone(netns: str, bad_mac: str) -> None:
+    """A lease's multicast, broadcast or zero VtepMAC (leasecheck skips such leases; this is the
+    backend's own guard): the kernel refuses its FDB entry in the middle of one batch, the peers
+    before and after it are programmed all the same, and the failure names the entry."""
+    hostile = peer(6, mac=bad_mac)
+
+    def apply_batch() -> tuple[list[str], Plane]:
+        backend = VxlanBackend()
+        try:
+            state, _ = backend.ensure_device(SPEC)
+            try:
+                backend.apply(state.ifindex, PlaneDiff(add=union(peer(5), hostile, peer(7))))
+            except ApplyError as err:
+                return err.failures, backend.read_plane(state.ifindex)
+            return [], backend.read_plane(state.ifindex)
+        finally:
+            backend.close()
+
+    failures, actual = in_netns(netns, apply_batch)
+    assert len(failures) == 1 and failures[0].startswith(f"replace fdb {bad_mac} dst 192.0.2.6: ")
+    assert union(peer(5), peer(7)) == dataclasses.replace(
+        actual, neighs=actual.neighs - hostile.neighs, routes=actual.routes - hostile.routes
+    )
+    assert bad_mac not in run("bridge", "-n", netns, "fdb", "show", "dev", "flannel.1").stdout
+    # The next pass retries it, and the good peers stay as they are.
+    assert in_netns(netns, sync, union(peer(5), peer(7))) == union(peer(5), peer(7))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 import pytest
 from hypothesis import given, settings
@@ -18,12 +18,13 @@ from overlayd.desired import (
     Neigh,
     Plane,
     PlaneDiff,
+    Rivalry,
     Route,
     diff_planes,
     is_vxlan_peer,
     reached_directly,
 )
-from overlayd.lease import Lease, LeaseAttrs
+from overlayd.lease import Lease, LeaseAttrs, key_to_subnets
 
 OWN = IPv4Network("198.18.46.0/24")
 MAC_A = "8a:da:7f:e8:8a:5f"
@@ -291,7 +292,8 @@ def test_an_entry_two_leases_share_stays_until_both_are_gone() -> None:
     assert not desired.wants(shared) and desired.plane() == Plane() and len(desired) == 0
 
 
-PEER_KEYS = [f"198.18.{n}.0-24" for n in range(47, 52)]
+# Two keys for 198.18.47.0/24 (the second with an IPv6 subnet): rivals for one subnet.
+PEER_KEYS = [f"198.18.{n}.0-24" for n in range(47, 52)] + ["198.18.47.0-24&2001:db8::-64"]
 
 
 def flat(plane: Plane) -> set:
@@ -307,17 +309,32 @@ def scratch_entries(peer: Lease, direct: bool) -> Plane:
     return peer_entries(peer)
 
 
-def scratch_plane(current: dict[str, Lease], direct: bool) -> Plane:
-    """The plane from scratch: every current peer's entries, but one FDB entry per MAC, the
-    newest lease's (highest revision, then key)."""
-    plane = union(Plane(), *(scratch_entries(p, direct) for p in current.values()))
-    newest: dict[str, tuple[int, str, IPv4Address]] = {}
+def winners(current: dict[str, Lease], direct: bool) -> dict[str, Lease]:
+    """The leases that win their claims, from scratch: per subnet the oldest (revision, then
+    key); per MAC, among those, the oldest and the others at its PublicIP."""
+    def age(key: str) -> tuple[int, str]:
+        return (current[key].mod_revision, key)
+
+    by_subnet: dict[IPv4Network, str] = {}
     for key, peer in current.items():
-        if not (direct and peer.attrs.public_ip in DIRECT_SEGMENT):
-            claim = (peer.mod_revision, key, peer.attrs.public_ip)
-            mac = peer.attrs.vtep_mac or ""
-            newest[mac] = max(newest.get(mac, claim), claim)
-    return replace(plane, fdbs=frozenset(Fdb(mac, claim[2]) for mac, claim in newest.items()))
+        if peer.subnet not in by_subnet or age(key) < age(by_subnet[peer.subnet]):
+            by_subnet[peer.subnet] = key
+    is_direct = {key: direct and current[key].attrs.public_ip in DIRECT_SEGMENT for key in by_subnet.values()}
+    first: dict[str, str] = {}
+    for key in by_subnet.values():
+        mac = current[key].attrs.vtep_mac or ""
+        if not is_direct[key] and (mac not in first or age(key) < age(first[mac])):
+            first[mac] = key
+    return {
+        key: current[key] for key in by_subnet.values()
+        if is_direct[key]
+        or current[first[current[key].attrs.vtep_mac or ""]].attrs.public_ip == current[key].attrs.public_ip
+    }
+
+
+def scratch_plane(current: dict[str, Lease], direct: bool) -> Plane:
+    """The plane from scratch: the entries of every lease that wins its claims."""
+    return union(Plane(), *(scratch_entries(p, direct) for p in winners(current, direct).values()))
 
 
 @settings(max_examples=300, deadline=None)
@@ -347,7 +364,8 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(direct: bool, steps: lis
         peer = None
         if value:
             ip, mac, revision = value
-            peer = replace(lease(key.replace("-", "/"), ip, mac), mod_revision=revision)
+            subnet, ipv6_subnet = key_to_subnets(key)
+            peer = replace(lease(str(subnet), ip, mac), ipv6_subnet=ipv6_subnet, mod_revision=revision)
         diff = desired.set_peer(key, peer)
         loaded.load(key, peer)
         assert not flat(diff.add) & flat(diff.remove)
@@ -358,13 +376,15 @@ def test_kept_peer_by_peer_equals_computed_from_scratch(direct: bool, steps: lis
             current[key] = peer
         scratch = scratch_plane(current, direct)
         assert desired.plane() == scratch == loaded.plane()
-        wanted_ips = {p.attrs.public_ip for p in current.values()}  # every peer's, winner or not
+        wanted_ips = {p.attrs.public_ip for p in winners(current, direct).values()}
         assert desired.public_ips() == wanted_ips
         for ip in (IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")):
             assert desired.wants_public_ip(ip) == (ip in wanted_ips)
         assert device == flat(scratch)
         assert all(desired.wants(entry) for entry in device)
         assert len({fdb.mac for fdb in device if isinstance(fdb, Fdb)}) == len(scratch.fdbs)
+        assert len({neigh.ip for neigh in device if isinstance(neigh, Neigh)}) == len(scratch.neighs)
+        assert set(desired.programmed_keys()) == set(winners(current, direct))
 
 
 def test_a_direct_peer_gets_one_route_via_its_public_ip_and_stays_allowed() -> None:
@@ -388,18 +408,61 @@ def test_direct_and_vxlan_entries_are_diffed_apart() -> None:
     assert (diff.add, diff.remove) == (Plane(direct=frozenset({direct})), Plane(routes=frozenset({route})))
 
 
-def test_a_mac_at_two_addresses_goes_to_the_newest_lease() -> None:
-    """A host whose PublicIP changed: its old lease (until it expires) and its new one carry one
-    VTEP MAC. The device can hold one FDB entry for it, and gets the newest lease's."""
-    old = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), mod_revision=5)
-    new = replace(lease("198.18.48.0/24", "192.0.2.13", MAC_B), mod_revision=9)
-    desired = DesiredEntries()
+def test_a_lease_claiming_another_hosts_mac_is_skipped_and_named() -> None:
+    """A lease giving h2's VTEP MAC another PublicIP would send h2's traffic there: the older
+    claim keeps the MAC, the newer lease gets no entries at all and may not send VXLAN."""
+    h2 = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), create_revision=5, mod_revision=40)
+    thief = replace(lease("198.18.48.0/24", "192.0.2.66", MAC_B), create_revision=9, mod_revision=9)
+    rivalries: list[Rivalry] = []
+    desired = DesiredEntries(report=rivalries.append)
+    desired.set_peer(h2.key, h2)
+    assert desired.set_peer(thief.key, thief).empty
+    assert desired.plane() == entries("198.18.47.0/24", "192.0.2.12", MAC_B)
+    assert not desired.wants_public_ip(IPv4Address("192.0.2.66"))
+    assert [(r.key, r.reason) for r in rivalries] == [(thief.key, "vtep_mac_taken")]
+    assert "older lease 198.18.47.0-24 at 192.0.2.12" in rivalries[0].message
+    assert list(desired.programmed_keys()) == [h2.key] and set(desired.keys()) == {h2.key, thief.key}
+    # The older claim goes (h2 left): the remaining lease takes the MAC.
+    assert desired.set_peer(h2.key, None).add == entries("198.18.48.0/24", "192.0.2.66", MAC_B)
+
+
+def test_one_host_with_two_subnets_keeps_both() -> None:
+    """Same MAC and same PublicIP: one host (a moved subnet until the old lease expires)."""
+    old = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), create_revision=5)
+    new = replace(lease("198.18.48.0/24", "192.0.2.12", MAC_B), create_revision=9)
+    rivalries: list[Rivalry] = []
+    desired = DesiredEntries(report=rivalries.append)
     desired.set_peer(old.key, old)
-    moved = desired.set_peer(new.key, new)
-    assert moved.add.fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.13"))}
-    assert moved.remove.fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.12"))}
-    assert desired.plane().fdbs == {Fdb(MAC_B, IPv4Address("192.0.2.13"))}
-    assert len(desired.plane().routes) == 2  # both subnets are routed to the host's MAC
-    assert desired.wants_public_ip(IPv4Address("192.0.2.12")), "it may still send VXLAN"
-    assert desired.set_peer(old.key, None).remove.fdbs == frozenset()  # the old one expires
-    assert not desired.wants_public_ip(IPv4Address("192.0.2.12"))
+    desired.set_peer(new.key, new)
+    assert desired.plane() == union(peer_entries(old), peer_entries(new)) and not rivalries
+
+
+def test_a_lease_inside_a_peers_subnet_gets_nothing_and_the_peer_keeps_its_gateway() -> None:
+    """A /25 inside h2's /24 (blocks of 24 compared): h2's neighbour, FDB and route stay; the
+    newer lease is named, whatever order the two arrive in."""
+    h2 = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), create_revision=5)
+    thief = replace(lease("198.18.47.0/25", "192.0.2.66", MAC_C), create_revision=9)
+    for order in ([h2, thief], [thief, h2]):
+        rivalries: list[Rivalry] = []
+        desired = DesiredEntries(claim_prefixlen=24, report=rivalries.append)
+        for item in order:
+            desired.set_peer(item.key, item)
+        assert desired.plane() == entries("198.18.47.0/24", "192.0.2.12", MAC_B)
+        assert {r.key for r in rivalries} == {thief.key} and rivalries[-1].reason == "subnet_taken"
+        assert "overlaps 198.18.47.0/24 of the older lease 198.18.47.0-24" in rivalries[-1].message
+
+
+def test_two_keys_for_one_subnet_get_one_neighbour() -> None:
+    """Two keys of one IPv4 subnet (one with an IPv6 part) with different MACs: the kernel holds
+    one neighbour for the gateway, so only the older lease is programmed."""
+    older = replace(lease("198.18.47.0/24", "192.0.2.12", MAC_B), create_revision=5)
+    newer = replace(older, ipv6_subnet=IPv6Network("2001:db8::/64"), create_revision=6,
+                    attrs=replace(older.attrs, public_ip=IPv4Address("192.0.2.66"), vtep_mac=MAC_C))
+    desired = DesiredEntries()
+    desired.set_peer(newer.key, newer)
+    swap = desired.set_peer(older.key, older)
+    route = peer_entries(older).routes  # the same route for both: kept
+    assert swap.add == replace(peer_entries(older), routes=frozenset())
+    assert swap.remove == replace(peer_entries(newer), routes=frozenset()) and desired.plane().routes == route
+    assert {n.ip for n in desired.plane().neighs} == {IPv4Address("198.18.47.0")}
+    assert desired.set_peer(older.key, None).add.fdbs == peer_entries(newer).fdbs  # the next oldest

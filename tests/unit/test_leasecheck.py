@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from overlayd.config import parse_network_config
 from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease
-from overlayd.leasecheck import BadLeaseLog, lease_problem
+from overlayd.leasecheck import BadLeaseLog, Underlay, lease_problem
 
 CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
 OWN = Lease(
@@ -64,6 +64,8 @@ def test_lease_problem_agrees_with_ipaddress(
         expected = "outside_network"
     elif subnet.overlaps(own) and (subnet != own or peer(str(subnet)).attrs != own_lease.attrs):
         expected = "own_subnet"
+    elif not subnet.overlaps(own) and subnet.prefixlen not in (config.subnet_len, own.prefixlen):
+        expected = "subnet_size"
     else:
         expected = None
     assert (problem.reason if problem else None) == expected
@@ -100,3 +102,80 @@ def test_bad_lease_log_reports_each_key_and_revision_once(caplog: pytest.LogCapt
     assert counted == ["not_json", "outside_network", "not_json"]
     assert len(caplog.records) == 3
     assert "198.18.6.0-24" in caplog.records[0].getMessage()
+
+
+UNDERLAY = Underlay(
+    frozenset({IPv4Address("192.0.2.11"), IPv4Address("192.0.2.99")}), (IPv4Network("192.0.2.0/24"),)
+)
+
+
+def peer_with(mac: str = "02:00:00:00:00:02", ip: str = "192.0.2.12", subnet: str = "198.18.6.0/24") -> Lease:
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), vni=1, vtep_mac=mac))
+
+
+@pytest.mark.parametrize(
+    ("lease", "reason", "named"),
+    [
+        (peer_with(), None, ""),
+        (peer_with(mac="00:00:00:00:00:00"), "bad_vtep_mac", "all-zero"),
+        (peer_with(mac="ff:ff:ff:ff:ff:ff"), "bad_vtep_mac", "broadcast"),
+        (peer_with(mac="01:00:5e:00:00:01"), "bad_vtep_mac", "multicast"),
+        (peer_with(mac="33:33:00:00:00:01"), "bad_vtep_mac", "multicast"),
+        (peer_with(mac="06:00:00:00:00:02"), None, ""),  # locally administered unicast: fine
+        (peer_with(subnet="198.18.6.128/25"), "subnet_size", "not a /24"),  # inside a peer's /24
+        (peer_with(subnet="198.18.6.7/32"), "subnet_size", "not a /24"),  # one container's address
+        (peer_with(subnet="198.18.128.0/17"), "subnet_size", "not a /24"),  # half the Network
+        (peer_with(ip="127.0.0.1"), "bad_public_ip", "loopback"),
+        (peer_with(ip="0.0.0.0"), "bad_public_ip", "unspecified"),
+        (peer_with(ip="224.0.0.1"), "bad_public_ip", "multicast"),
+        (peer_with(ip="255.255.255.255"), "bad_public_ip", "broadcast"),
+        (peer_with(ip="192.0.2.255"), "bad_public_ip", "segment 192.0.2.0/24"),
+        (peer_with(ip="192.0.2.0"), "bad_public_ip", "segment 192.0.2.0/24"),
+        (peer_with(ip="169.254.1.1"), "bad_public_ip", "link-local"),
+        (peer_with(ip="192.0.2.11"), "own_public_ip", "this host's own address"),  # our PublicIP
+        (peer_with(ip="192.0.2.99"), "own_public_ip", "this host's own address"),  # our interface's
+        (peer_with(ip="203.0.113.7"), None, ""),  # routed, off our segment: fine
+    ],
+)
+def test_hostile_lease_values_are_refused_and_named(lease: Lease, reason: str | None, named: str) -> None:
+    problem = lease_problem(lease, CONFIG, OWN, UNDERLAY)
+    assert (problem.reason if problem else None) == reason
+    if problem:
+        assert named in problem.message
+        assert str(lease.attrs.vtep_mac) in problem.message or str(lease.subnet) in problem.message or (
+            str(lease.attrs.public_ip) in problem.message
+        )
+
+
+def test_a_link_local_underlay_of_our_own_is_accepted() -> None:
+    underlay = Underlay(frozenset({IPv4Address("169.254.0.5")}), (IPv4Network("169.254.0.0/16"),))
+    assert lease_problem(peer_with(ip="169.254.0.6"), CONFIG, OWN, underlay) is None
+
+
+def test_our_own_lease_is_never_refused_for_our_address() -> None:
+    """Our lease carries our PublicIP: judging it as a peer's would make us drop our own lease."""
+    assert lease_problem(OWN, CONFIG, OWN, UNDERLAY) is None
+
+
+def test_the_length_we_hold_is_accepted_after_a_subnet_len_change() -> None:
+    """SubnetLen changed to 25 while the nodes still hold /24s: they keep reaching each other."""
+    config = replace(CONFIG, subnet_len=25)
+    assert lease_problem(peer_with(), config, OWN, UNDERLAY) is None
+    assert lease_problem(peer_with(subnet="198.18.6.128/25"), config, OWN, UNDERLAY) is None
+    assert lease_problem(peer_with(subnet="198.18.6.0/26"), config, OWN, UNDERLAY).reason == "subnet_size"
+
+
+def test_a_bad_vtep_mac_is_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    counted: list[str] = []
+    bad = BadLeaseLog(counted.append)
+    lease = replace(peer_with(mac="ff:ff:ff:ff:ff:ff"), mod_revision=7)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # three passes
+            problem = lease_problem(lease, CONFIG, OWN, UNDERLAY)
+            assert problem is not None
+            bad.report(lease.key, lease.mod_revision, problem.reason, problem.message)
+    assert counted == ["bad_vtep_mac"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping peer lease 198.18.6.0-24 (revision 7, bad_vtep_mac): VtepMAC ff:ff:ff:ff:ff:ff is the "
+        "broadcast address; a VTEP needs a unicast, non-zero MAC"
+    ]
