@@ -174,6 +174,7 @@ class DesiredEntries:
         self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
         self._public_ips: dict[IPv4Address, int] = {}  # peers' PublicIPs, counted by entry
+        self._neigh_ips: dict[IPv4Address, int] = {}  # wanted neighbours' addresses, counted
         # VTEP MAC -> {lease key: (revision, key, its FDB entry)}: who claims each MAC; the
         # largest wins (keys are unique, so the entries themselves are never compared).
         self._fdb_claims: dict[str, dict[str, tuple[int, str, Fdb]]] = {}
@@ -198,6 +199,11 @@ class DesiredEntries:
 
     def wants_public_ip(self, ip: IPv4Address) -> bool:
         return ip in self._public_ips
+
+    def wants_neigh_at(self, ip: IPv4Address) -> bool:
+        """Whether any wanted neighbour has address ``ip``, whatever its MAC: the kernel reports
+        a deleted neighbour without one."""
+        return ip in self._neigh_ips
 
     def set_peer(self, key: str, lease: Lease | None) -> PlaneDiff:
         """Make ``lease`` (None: nothing) peer ``key``'s; returns the entries this makes wanted
@@ -256,6 +262,13 @@ class DesiredEntries:
                 self._count_ip(route.gateway, 1)
             for route in lost[_DIRECT]:
                 self._count_ip(route.gateway, -1)
+            for neigh in gained[_NEIGH]:
+                self._neigh_ips[neigh.ip] = self._neigh_ips.get(neigh.ip, 0) + 1
+            for neigh in lost[_NEIGH]:
+                if (held := self._neigh_ips[neigh.ip] - 1) > 0:
+                    self._neigh_ips[neigh.ip] = held
+                else:
+                    del self._neigh_ips[neigh.ip]
         return gained, lost
 
     def _count_ip(self, ip: IPv4Address, change: int) -> None:
@@ -312,12 +325,30 @@ class DesiredEntries:
 
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
-_FDB, _DIRECT = _KIND[Fdb], _KIND[DirectRoute]
+_NEIGH, _FDB, _DIRECT = _KIND[Neigh], _KIND[Fdb], _KIND[DirectRoute]
 
 
 def _fdb_of(entries: tuple[Entry, ...]) -> Fdb | None:
     """The FDB entry among a peer's entries (``_entries``: neighbour, FDB, route; or one route)."""
     return entries[1] if len(entries) == 3 else None  # type: ignore[return-value]
+
+
+def without_overwritten(diff: PlaneDiff) -> PlaneDiff:
+    """``diff`` without the removals its additions overwrite in place: a neighbour whose address
+    is added with another MAC, an FDB entry whose MAC is added with another destination. The
+    kernel's replace swaps them at once; removing first would leave a gap in between, and a
+    removed neighbour's notification carries no MAC to tell it from someone else's deletion."""
+    if not diff.remove.neighs and not diff.remove.fdbs:
+        return diff
+    added_ips = {neigh.ip for neigh in diff.add.neighs}
+    added_macs = {fdb.mac for fdb in diff.add.fdbs}
+    remove = Plane(
+        frozenset(n for n in diff.remove.neighs if n.ip not in added_ips),
+        frozenset(f for f in diff.remove.fdbs if f.mac not in added_macs),
+        diff.remove.routes,
+        diff.remove.direct,
+    )
+    return PlaneDiff(add=diff.add, remove=remove)
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
