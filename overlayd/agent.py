@@ -564,7 +564,8 @@ class Agent:
             if timer.ticked(now):
                 self._check_lease()
                 self._recheck_config()
-            peer_events = any(isinstance(item, PeerEvents) for item in batch)
+            # A held peer's removal is a peer event to come: a due timer pass waits for it too.
+            peer_events = bool(self.holds) or any(isinstance(item, PeerEvents) for item in batch)
             if timer.run_pass(now, peer_events, other_pass=trigger is not None):
                 self._full_reconcile(trigger or "timer")
                 self.heap.on_timer()
