@@ -5,6 +5,8 @@ step depends on timing."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -17,6 +19,7 @@ from overlayd.desired import Plane
 from overlayd.iface import ExternalInterface
 from overlayd.lease import Lease, LeaseAttrs
 from overlayd.options import AgentOptions
+from overlayd.peerlog import PeerLogBudget
 from overlayd.peers import PeerEvents, PeerSnapshot
 from overlayd.registry import LeaseEvent
 
@@ -113,3 +116,30 @@ def test_a_returning_lease_is_applied_in_place_and_another_one_replaces_at_once(
     assert seen["returned"] == {"198.18.2.0", "198.18.3.0"}
     assert seen["replaced mac"] == ["0a:00:00:00:09:03"] and seen["replaced count"] == 1
     assert seen["still held"] == 0 and seen["later"] == {"198.18.2.0", "198.18.3.0"}
+
+
+def flood_logged() -> list[str]:
+    agent = agent_on_device()
+    agent.peer_log = PeerLogBudget(burst=3, rate=0.001, interval=10)  # no refill within the test
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("overlayd.agent").addHandler(handler)
+    logging.getLogger("overlayd.agent").setLevel(logging.INFO)
+    for n in range(10, 20):
+        agent._apply_events(event("put", n, lease(n), at=time.monotonic()))
+    agent._apply_events(event("delete", 10, None, at=time.monotonic()))
+    agent._release_holds(time.monotonic() + 2)
+    agent._log_summary(time.monotonic() + 11)
+    return lines
+
+
+@pytest.mark.root
+def test_a_flood_of_peer_changes_logs_its_first_lines_and_one_summary(netns: str) -> None:
+    lines = in_netns(netns, flood_logged)
+    first = [f"peer 198.18.{n}.0/24 at 192.0.2.{n} (MAC 0a:00:00:00:00:{n:02x})" for n in (10, 11, 12)]
+    assert lines[:3] == first
+    assert lines[3:] == [
+        "8 more peer changes in the last 11 s, not logged one by one: "
+        "7 added, 0 changed, 1 removed, 0 returned"
+    ]
