@@ -39,11 +39,13 @@ from overlayd.desired import (
     diff_planes,
     is_vxlan_peer,
     reached_directly,
+    without_overwritten,
 )
 from overlayd.dropnotice import DropNotice, warning
 from overlayd.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.flanneldproc import flanneld_pids
 from overlayd.heap import HeapKeeper
+from overlayd.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
 from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
@@ -51,10 +53,11 @@ from overlayd.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.leasecheck import BadLeaseLog, Underlay, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
-from overlayd.netmon import DeviceChange, NetlinkMonitor
+from overlayd.netmon import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.options import AgentOptions
 from overlayd.outage import Outage
 from overlayd.passtimer import EntryDumps, PassTimer
+from overlayd.peerlog import PeerChange, PeerLogBudget
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
@@ -67,7 +70,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
-NETLINK_DEBOUNCE = 0.2  # seconds: our own writes echo back; one full pass covers a burst
+# Seconds from a change on our device that someone else made to the full pass that repairs it:
+# one pass covers a burst. Peer events are applied meanwhile; only the pass waits.
+NETLINK_DEBOUNCE = 0.2
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
 # Seconds between etcd lease time-to-live checks on the timer. The peer watch already reports our
 # key's deletion (an expired or revoked etcd lease deletes it); this only backs the watch up, so
@@ -147,6 +152,10 @@ class Agent:
         self.device: DeviceState | None = None
         self.peers: dict[str, Lease] = {}
         self.programmed: set[str] = set()  # keys of peers whose entries are in the kernel
+        # Deleted peers whose entries stay a moment, in case the lease returns (holddown.py);
+        # never in ``peers``, always in ``desired``.
+        self.holds = HoldDown()
+        self.peer_log = PeerLogBudget()  # a lease flood is summed up, not logged line by line
         # Every entry we want on the device, updated by the fast path before it writes and
         # synced with ``peers`` by ``_desired``; the netlink monitor's thread reads it
         # (``wants`` only) to drop the echoes of our own writes.
@@ -596,26 +605,48 @@ class Agent:
 
     def _loop(self) -> None:
         timer = PassTimer(self.options.reconcile_interval, time.monotonic())
+        netlink_pass_at: float | None = None  # a netlink-triggered pass waits for its burst to end
         while not self.stopping.is_set():
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
-            timeout = timer.timeout(time.monotonic())
-            if self.notifier.watchdog_interval is not None:
-                timeout = min(timeout, self.notifier.watchdog_interval)
+            now = time.monotonic()
+            # Whatever falls due first: the timer's pass, a held peer's removal, a log summary,
+            # the netlink pass, the watchdog.
+            timeout = min(
+                t
+                for t in (
+                    timer.timeout(now),
+                    self.holds.timeout(now),
+                    self.peer_log.timeout(now),
+                    None if netlink_pass_at is None else max(0.0, netlink_pass_at - now),
+                    self.notifier.watchdog_interval,
+                )
+                if t is not None
+            )
             try:
                 batch = [self.events.get(timeout=timeout)]
             except queue.Empty:
-                batch = []  # the timer (checked below) or a watchdog ping is due
-            settle = NETLINK_DEBOUNCE if batch and isinstance(batch[0], DeviceChange) else 0
-            batch.extend(self._drain(settle))
+                batch = []  # something above is due
+            batch.extend(self._drain())
             if self.stopping.is_set():
                 return
             trigger = self._handle(batch)
             now = time.monotonic()
+            if self._release_holds(now):
+                trigger = trigger or "event"
+            self._log_summary(now)
+            if trigger == "netlink":
+                netlink_pass_at = netlink_pass_at or now + NETLINK_DEBOUNCE
+                trigger = None
+            if netlink_pass_at is not None and now >= netlink_pass_at:
+                trigger = trigger or "netlink"
+            if trigger is not None:
+                netlink_pass_at = None  # any full pass covers the netlink one
             if timer.ticked(now):
                 self._check_lease()
                 self._recheck_config()
-            peer_events = any(isinstance(item, PeerEvents) for item in batch)
+            # A held peer's removal is a peer event to come: a due timer pass waits for it too.
+            peer_events = bool(self.holds) or any(isinstance(item, PeerEvents) for item in batch)
             if timer.run_pass(now, peer_events, other_pass=trigger is not None):
                 self._full_reconcile(trigger or "timer")
                 self.heap.on_timer()
@@ -623,9 +654,7 @@ class Agent:
                 self._full_reconcile(trigger)
             self.metrics.health = replace(self.metrics.health, last_loop=time.monotonic())
 
-    def _drain(self, settle: float) -> list[object]:
-        if settle:
-            self.stopping.wait(settle)
+    def _drain(self) -> list[object]:
         items = []
         while True:
             try:
@@ -640,6 +669,7 @@ class Agent:
             if isinstance(item, PeerSnapshot):
                 self.peers = {k: v for k, v in item.leases.items()}
                 self.peers_listed = True
+                self._end_holds_relisted()
                 self.metrics.relists.labels(reason=item.reason).inc()
                 self._set_etcd_problem("")
                 trigger = "resync"
@@ -686,7 +716,10 @@ class Agent:
         return line
 
     def _apply_events(self, item: PeerEvents) -> bool:
-        """Fast path: program a changed peer directly. Returns True if a full pass is needed."""
+        """Fast path: program a changed peer directly. Returns True if a full pass is needed.
+
+        A deleted peer's entries are held (``holddown``): they stay until the hold runs out
+        (``_release_holds``), unless a lease for its subnet comes back first."""
         assert self.lease is not None and self.config is not None
         needs_full = False
         for event in item.events:
@@ -698,25 +731,87 @@ class Agent:
                 elif event.lease is not None:
                     self.peers[event.key] = event.lease
                 continue
+            held: HeldPeer | None = None
             if event.kind == "delete" or event.lease is None:
                 self.peers.pop(event.key, None)
+                if old is not None and self.holds.seconds and self._is_peer(event.key, old):
+                    self.holds.hold(event.key, old, item.received)  # its entries stay meanwhile
+                    self.metrics.peers_held.set(len(self.holds))
+                    self._count_event(event.kind, item.received)
+                    continue
             else:
                 self.peers[event.key] = event.lease
+                held = self.holds.take(event.key)
+                if held is not None:
+                    old = held.lease
             new = self.peers.get(event.key)
             self.programmed.discard(event.key)
             try:
-                self._apply_peer_change(event.key, old, new)
-                if new is not None and self._is_peer(event.key, new):
+                self._apply_peer_change(event.key, old, new, held)
+                if new is not None and event.key in self.desired.programmed_keys():  # not a rival that lost
                     self.programmed.add(event.key)
             except Exception as exc:  # any netlink failure: the full pass will sort it out
                 log.warning("fast path for %s failed (%s); running a full reconcile", event.key, exc)
                 needs_full = True
             if new is None:
                 self.safety.pop(event.key, None)  # a departed lease's memo goes with it
-            self.metrics.peer_events.labels(kind=event.kind).inc()
-            # From the watch thread's receipt, so time spent queued behind other work counts.
-            self.metrics.event_seconds.observe(time.monotonic() - item.received)
+            self._count_event(event.kind, item.received)
         return needs_full
+
+    def _count_event(self, kind: str, received: float) -> None:
+        self.metrics.peer_events.labels(kind=kind).inc()
+        # From the watch thread's receipt, so time spent queued behind other work counts.
+        self.metrics.event_seconds.observe(time.monotonic() - received)
+
+    def _release_holds(self, now: float) -> bool:
+        """Remove the entries of held peers whose hold-down ran out by ``now`` and whose lease
+        did not return. Returns True if a full pass is needed (a netlink write failed)."""
+        needs_full = False
+        for held in self.holds.due(now):  # each sets overlayd_peers_held as it ends
+            self.programmed.discard(held.key)
+            try:
+                self._apply_peer_change(held.key, held.lease, None, held)
+            except Exception as exc:  # as on the fast path: the full pass removes them
+                log.warning("removing held peer %s failed (%s); running a full reconcile", held.key, exc)
+                needs_full = True
+            self.safety.pop(held.key, None)
+        return needs_full
+
+    def _end_holds_relisted(self) -> None:
+        """A re-list's leases end the holds of the keys they hold again; the resync pass that
+        follows applies them. Held keys the listing lacks stay held until due."""
+        for held in [held for held in self.holds if held.key in self.peers]:
+            self.holds.take(held.key)
+            lease = self.peers[held.key]
+            end = HoldEnd.RETURNED if same_entries(held.lease, lease) else HoldEnd.REPLACED
+            self._end_hold(held, end, lease, time.monotonic())
+        self.metrics.peers_held.set(len(self.holds))
+
+    def _end_hold(self, held: HeldPeer, end: HoldEnd, lease: Lease | None, now: float) -> None:
+        """Count and log how a hold ended."""
+        self.metrics.peer_holds.labels(outcome=end.value).inc()
+        after = f"{(now - held.deleted_at) * 1000:.0f} ms after its lease was deleted"
+        subnet, ip = held.lease.subnet, held.lease.attrs.public_ip
+        if end is HoldEnd.RETURNED:
+            self._log_peer(PeerChange.RETURNED, "peer %s at %s returned %s; its entries were kept",
+                           subnet, ip, after)  # fmt: skip
+        elif end is HoldEnd.REPLACED and lease is not None:
+            self._log_peer(
+                PeerChange.CHANGED, "peer %s at %s (MAC %s) replaces the one held at %s (MAC %s), %s",
+                subnet, lease.attrs.public_ip, lease.attrs.vtep_mac, ip, held.lease.attrs.vtep_mac, after,
+            )  # fmt: skip
+        else:
+            self._log_peer(PeerChange.REMOVED, "peer %s at %s removed, %s (hold-down %.1f s)",
+                           subnet, ip, after, self.holds.seconds)  # fmt: skip
+
+    def _log_peer(self, change: PeerChange, message: str, *args: object) -> None:
+        """One INFO line for a peer change while the budget allows; counted for a summary else."""
+        if self.peer_log.admit(change, time.monotonic()):
+            log.info(message, *args)
+
+    def _log_summary(self, now: float) -> None:
+        if (summary := self.peer_log.summary(now)) is not None:
+            log.info("%s", summary.line())
 
     def _is_safe(self, key: str, lease: Lease) -> bool:
         """False for a lease outside the Network or claiming our subnet (reported once, counted)."""
@@ -759,27 +854,40 @@ class Agent:
         """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
         return self._desired().public_ips()
 
-    def _apply_peer_change(self, key: str, old: Lease | None, new: Lease | None) -> None:
+    def _apply_peer_change(
+        self, key: str, old: Lease | None, new: Lease | None, held: HeldPeer | None = None
+    ) -> None:
+        """Make ``key``'s entries ``new``'s instead of ``old``'s; ``held``: ``old`` was held
+        after its deletion, and this ends the hold (``new`` is back, or None: the hold ran out)."""
         assert self.backend is not None and self.device is not None
+        was_peer = old is not None and self._is_peer(key, old)
         is_peer = new is not None and self._is_peer(key, new)
         # Updated before the write, so the netlink monitor knows the echoes for ours.
         diff = self._desired().set_peer(key, new if is_peer else None)
-        if diff.empty:
-            return
         allowlist = self.options.vxlan_ingress_allowlist
-        # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
-        # send VXLAN, and the one that takes over from a departed rival may.
-        if allowlist:  # before its entries: no first packet dropped
-            for ip in _public_ips(diff.add):
-                self.firewall.allow_peer(ip)
-        with self.writing:
-            self.backend.apply(self.device.ifindex, diff)
+        if not diff.empty:
+            # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
+            # send VXLAN, and the one that takes over from a departed rival may.
+            if allowlist:  # before its entries: no first packet dropped
+                for ip in _public_ips(diff.add):
+                    self.firewall.allow_peer(ip)
+            with self.writing:
+                self.backend.apply(self.device.ifindex, without_overwritten(diff))
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
         # of a millisecond that the event's latency need not include.
-        if new is not None and is_peer:
-            log.info("peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac)
+        if held is not None:
+            same = new is not None and is_peer and same_entries(held.lease, new)
+            end = HoldEnd.REMOVED if new is None else HoldEnd.RETURNED if same else HoldEnd.REPLACED
+            self._end_hold(held, end, new, time.monotonic())
+            self.metrics.peers_held.set(len(self.holds))
+        elif diff.empty:
+            return
+        elif new is not None and is_peer:
+            change = PeerChange.CHANGED if old is not None and was_peer else PeerChange.ADDED
+            attrs = new.attrs
+            self._log_peer(change, "peer %s at %s (MAC %s)", new.subnet, attrs.public_ip, attrs.vtep_mac)
         elif old is not None:
-            log.info("peer %s at %s removed", old.subnet, old.attrs.public_ip)
+            self._log_peer(PeerChange.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
         for gone_ip in _public_ips(diff.remove) if allowlist else ():
             if not self.desired.wants_public_ip(gone_ip):
                 self.firewall.disallow_peer(gone_ip)
@@ -790,7 +898,7 @@ class Agent:
         Called on the netlink monitor's thread. Anything else — a wanted entry deleted, an
         unexpected one added, link and address changes — asks for a full pass.
         """
-        return change.entry is not None and self.desired.wants(change.entry) == change.added
+        return is_echo(self.desired, change)
 
     def _recheck_config(self) -> None:
         """Pick up a changed network config; a broken one is logged and the old one kept, and so is
@@ -1045,13 +1153,16 @@ class Agent:
             if rebuild:  # rivals' subnets are compared in blocks of the shortest length accepted
                 claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
                 desired = DesiredEntries(self._reached_directly(), claim_prefixlen, self._report_rivalry)
-            for key in desired.keys() - self.peers.keys():
+            held = {held.key: held.lease for held in self.holds}  # their entries stay until due
+            for key in desired.keys() - self.peers.keys() - held.keys():
                 desired.load(key, None)
-            for key, lease in self.peers.items():
+            for key, lease in (*self.peers.items(), *held.items()):
                 desired.load(key, lease if self._is_peer(key, lease) else None)
             self.desired, self.desired_basis = desired, (self.config, self.lease)
             self.desired_synced_with = self.peers
-            self.safety = {key: known for key, known in self.safety.items() if key in self.peers}
+            self.safety = {
+                key: known for key, known in self.safety.items() if key in self.peers or key in self.holds
+            }
         return self.desired
 
     def _drift_reported(self) -> bool:

@@ -213,6 +213,7 @@ class DesiredEntries:
         self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
         # VTEP MAC -> {lease key: (age, its PublicIP)}, of the leases that won their subnet.
         self._mac_claims: dict[str, dict[str, tuple[tuple[int, str], IPv4Address]]] = {}
+        self._neigh_ips: dict[IPv4Address, int] = {}  # wanted neighbours' addresses, counted
 
     def __len__(self) -> int:
         """How many peers want entries (rivals that lost do not)."""
@@ -237,6 +238,11 @@ class DesiredEntries:
 
     def wants_public_ip(self, ip: IPv4Address) -> bool:
         return ip in self._public_ips
+
+    def wants_neigh_at(self, ip: IPv4Address) -> bool:
+        """Whether any wanted neighbour has address ``ip``, whatever its MAC: the kernel reports
+        a deleted neighbour without one."""
+        return ip in self._neigh_ips
 
     def set_peer(self, key: str, lease: Lease | None) -> PlaneDiff:
         """Make ``lease`` (None: nothing) peer ``key``'s; returns the entries this makes wanted
@@ -343,6 +349,8 @@ class DesiredEntries:
                     gained[kind].append(entry)
                     if kind in _SENDS:
                         self._count_ip(entry, 1)
+                    elif kind == _NEIGH:
+                        self._neigh_ips[entry.ip] = self._neigh_ips.get(entry.ip, 0) + 1
         for held, _ in changes:
             for entry in held:
                 kind = _KIND[type(entry)]
@@ -353,8 +361,16 @@ class DesiredEntries:
                     lost[kind].append(entry)
                     if kind in _SENDS:
                         self._count_ip(entry, -1)
+                    elif kind == _NEIGH:
+                        self._uncount_neigh(entry.ip)
                 else:
                     counts[entry] = count - 1
+
+    def _uncount_neigh(self, ip: IPv4Address) -> None:
+        if (held := self._neigh_ips[ip] - 1) > 0:
+            self._neigh_ips[ip] = held
+        else:
+            del self._neigh_ips[ip]
 
     def _wins_subnet(self, key: str, candidate: _Candidate) -> bool:
         return min(self._subnet_claims[candidate.block].values()) == candidate.age
@@ -428,6 +444,25 @@ class DesiredEntries:
 
 _KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
 _SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute]})  # the kinds that send to a peer's PublicIP
+_NEIGH = _KIND[Neigh]
+
+
+def without_overwritten(diff: PlaneDiff) -> PlaneDiff:
+    """``diff`` without the removals its additions overwrite in place: a neighbour whose address
+    is added with another MAC, an FDB entry whose MAC is added with another destination. The
+    kernel's replace swaps them at once; removing first would leave a gap in between, and a
+    removed neighbour's notification carries no MAC to tell it from someone else's deletion."""
+    if not diff.remove.neighs and not diff.remove.fdbs:
+        return diff
+    added_ips = {neigh.ip for neigh in diff.add.neighs}
+    added_macs = {fdb.mac for fdb in diff.add.fdbs}
+    remove = Plane(
+        frozenset(n for n in diff.remove.neighs if n.ip not in added_ips),
+        frozenset(f for f in diff.remove.fdbs if f.mac not in added_macs),
+        diff.remove.routes,
+        diff.remove.direct,
+    )
+    return PlaneDiff(add=diff.add, remove=remove)
 
 
 def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:

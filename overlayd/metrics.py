@@ -107,6 +107,19 @@ class Metrics:
         self.peer_events = Counter(
             "overlayd_peer_events", "Peer lease events applied from the etcd watch", ["kind"], registry=r
         )
+        self.peers_held = Gauge(
+            "overlayd_peers_held",
+            "Deleted peers whose entries are kept for the hold-down, in case their lease returns",
+            registry=r,
+        )
+        self.peer_holds = Counter(
+            "overlayd_peer_holds",
+            "Holds of deleted peers that ended, by outcome (returned, replaced, removed)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("returned", "replaced", "removed"):
+            self.peer_holds.labels(outcome=outcome)
         self.event_seconds = Histogram(
             "overlayd_peer_event_apply_seconds",
             "Time from receiving a peer lease event to its entries being programmed",

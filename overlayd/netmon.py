@@ -23,6 +23,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from overlayd.backend.rtnlcodec import (
     MESSAGE_NAMES,
@@ -38,9 +39,10 @@ from overlayd.backend.rtnlcodec import (
     address_of,
     decode_entry,
     device_of,
+    neigh_address,
     neigh_summary,
 )
-from overlayd.desired import Route
+from overlayd.desired import DesiredEntries, Route
 from overlayd.netlink import split_messages
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,19 @@ class DeviceChange:
     reason: str
     entry: Entry | None = None  # the neighbour, FDB entry or route a message describes
     added: bool = False  # a NEW message (a deletion, a link or an address change otherwise)
+    # For a neighbour message that describes no entry of ours (a deleted permanent neighbour is
+    # reported as failed, without its MAC): the address it concerns.
+    neigh_ip: IPv4Address | None = None
+
+
+def is_echo(desired: DesiredEntries, change: DeviceChange) -> bool:
+    """Whether ``change`` is what writing ``desired`` causes: a wanted entry added, an unwanted
+    one removed, or a neighbour reported without its MAC (removed, or no longer permanent) at an
+    address where none is wanted. Anything else — a wanted entry deleted, an unexpected one
+    added, link and address changes — is someone else's doing."""
+    if change.entry is None:
+        return change.neigh_ip is not None and not desired.wants_neigh_at(change.neigh_ip)
+    return desired.wants(change.entry) == change.added
 
 
 def change_reason(message: Message, device_name: str, ifindex: int | None) -> DeviceChange | None:
@@ -82,7 +97,8 @@ def change_reason(message: Message, device_name: str, ifindex: int | None) -> De
     if message.type in (RTM_NEWNEIGH, RTM_DELNEIGH):
         # A deleted neighbour is reported as failed, often without its MAC: no entry, a resync.
         reason = f"{event} {neigh_summary(message)} on {device_name}"
-        return DeviceChange(reason, decode_entry(message, ifindex), added)
+        entry = decode_entry(message, ifindex)
+        return DeviceChange(reason, entry, added, neigh_address(message) if entry is None else None)
     if message.type in (RTM_NEWROUTE, RTM_DELROUTE):
         entry = decode_entry(message, ifindex)
         detail = f"{entry.dst}" if isinstance(entry, Route) else "route"

@@ -252,6 +252,14 @@ def neigh_summary(message: Message) -> str:
     return f"{kind} {_ip(attrs.get(NDA_DST))} {mac.hex(':') if mac is not None else None}"
 
 
+def neigh_address(message: Message) -> IPv4Address | None:
+    """``NDA_DST`` of an IPv4 neighbour message (not an FDB entry's), whatever its state: the
+    kernel reports a deleted permanent neighbour as failed and without its MAC."""
+    if _NDMSG.unpack_from(message.body)[0] != socket.AF_INET:
+        return None
+    return _ip(_attrs(message.body, _NDMSG.size).get(NDA_DST))
+
+
 def address_of(message: Message) -> IPv4Address | None:
     """``IFA_ADDRESS`` of an IPv4 address message."""
     return _ip(_attrs(message.body, _IFADDR.size).get(IFA_ADDRESS))

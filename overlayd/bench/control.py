@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.bench.kernel import DEVICE, EntryWatcher, counts, run
-from overlayd.bench.peers import peer_kv
+from overlayd.bench.peers import moved_ip, moved_mac, peer_ip, peer_kv, peer_subnet
 from overlayd.lab import Lab, LabHost
 
 # A cold start's notifications are parsed only after this long without one (EntryWatcher.quiet_for).
@@ -100,6 +100,69 @@ def event_latency(client: Any, indices: list[int], gap: float, timeout: float = 
     finally:
         watcher.close()
     return EventTimes(put, reaction, sent_at, missed, watcher.realtime)
+
+
+@dataclass(frozen=True)
+class ChangeTimes:
+    """Per lease change, seconds from the put or delete returned to the last of its entries changed.
+
+    ``removals`` start at the end of the agent's hold-down (``hold_down`` seconds after the delete
+    returned), when the agent is due to remove the entries; ``held`` is the whole wait, from the
+    delete returned.
+    """
+
+    updates: list[float]  # a new MAC (neighbour and FDB entry), or a new PublicIP (FDB entry)
+    removals: list[float]
+    held: list[float]
+    hold_down: float
+    missed: int  # changes not seen in the kernel within the timeout
+
+
+def lease_changes(
+    client: Any, indices: list[int], gap: float, hold_down: float, timeout: float = 10.0
+) -> ChangeTimes:
+    """Update the programmed peers ``indices`` one at a time (a new MAC, then a new PublicIP), each
+    after the previous one is in the kernel, ``gap`` apart; then delete them ``gap`` apart without
+    waiting, since each removal waits out its own hold-down."""
+    watcher = EntryWatcher()
+    updates: list[float] = []
+    deleted: dict[int, float] = {}
+    missed = 0
+    try:
+        for i in indices:
+            gateway, mac, ip = peer_subnet(i).network_address, moved_mac(i), moved_ip(i)
+            new_mac = [("neigh", f"{gateway} {mac}"), ("fdb", f"{mac} {peer_ip(i)}")]
+            steps = (
+                (("mac", i), peer_kv(i, mac=mac), new_mac),
+                (("ip", i), peer_kv(i, mac=mac, public_ip=ip), [("fdb", f"{mac} {ip}")]),
+            )
+            for token, (key, value), changes in steps:
+                watcher.expect_changes(token, changes)
+                client.put(key, value)
+                returned = time.perf_counter()
+                done = watcher.wait(token, timeout)
+                if done is None:
+                    missed += 1
+                else:
+                    updates.append(done - returned)
+                time.sleep(gap)
+        for i in indices:
+            net = peer_subnet(i)
+            gone = [("route-", str(net)), ("neigh-", str(net.network_address)), ("fdb-", moved_mac(i))]
+            watcher.expect_changes(("del", i), gone)
+            client.delete(peer_kv(i)[0])
+            deleted[i] = time.perf_counter()
+            time.sleep(gap)
+        held = []
+        for i, returned in deleted.items():
+            done = watcher.wait(("del", i), max(0.0, returned + hold_down + timeout - time.perf_counter()))
+            if done is None:
+                missed += 1
+            else:
+                held.append(done - returned)
+    finally:
+        watcher.close()
+    return ChangeTimes(updates, [t - hold_down for t in held], held, hold_down, missed)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
 from overlayd.bench.peers import peer_ip, peer_mac, peer_subnet
@@ -130,9 +130,9 @@ class EntryWatcher:
         # Forced past rmem_max: a cold start at 5000 peers queues 15000 notifications at once.
         self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 25)
         self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
-        self._by_key: dict[tuple[str, str], int] = {}
-        self._seen: dict[int, set[str]] = {}
-        self._complete: dict[int, float] = {}
+        self._by_key: dict[tuple[str, str], Hashable] = {}
+        self._pending: dict[Hashable, set[tuple[str, str]]] = {}
+        self._complete: dict[Hashable, float] = {}
         self._arrived: collections.deque[tuple[bytes, float]] = collections.deque()
         self._last_arrival = 0.0
         self._new_arrivals = threading.Event()
@@ -145,14 +145,24 @@ class EntryWatcher:
         started.wait()
 
     def expect(self, indices: Iterable[int]) -> None:
+        """Wait for peer ``i``'s three entries to appear (its token is ``i``)."""
         for i in indices:
             net = peer_subnet(i)
-            self._by_key[("route", f"{net.network_address}/{net.prefixlen}")] = i
-            self._by_key[("neigh", str(net.network_address))] = i
-            self._by_key[("fdb", peer_mac(i))] = i
-            self._seen[i] = set()
+            self.expect_changes(
+                i, [("route", f"{net.network_address}/{net.prefixlen}"), ("neigh", str(net.network_address)),
+                    ("fdb", peer_mac(i))],
+            )  # fmt: skip
 
-    def done(self, i: int) -> float | None:
+    def expect_changes(self, token: Hashable, keys: Iterable[tuple[str, str]]) -> None:
+        """Wait for every change in ``keys`` (``_change_keys``' form); ``done(token)`` then says when
+        the last one arrived. A key expected again belongs to the newest token."""
+        wanted = set(keys)
+        for key in wanted:
+            self._by_key[key] = token
+        self._pending[token] = wanted
+        self._complete.pop(token, None)
+
+    def done(self, i: Hashable) -> float | None:
         self._parse_arrived()
         return self._complete.get(i)
 
@@ -166,7 +176,7 @@ class EntryWatcher:
         """
         return time.perf_counter() - self._last_arrival >= seconds
 
-    def last_done(self, indices: Iterable[int]) -> float | None:
+    def last_done(self, indices: Iterable[Hashable]) -> float | None:
         """When the last of ``indices`` was complete; None while any is not."""
         self._parse_arrived()
         if self.overflowed:
@@ -174,7 +184,7 @@ class EntryWatcher:
         times = [self._complete.get(i) for i in indices]
         return None if None in times else max(times)  # type: ignore[type-var]
 
-    def wait(self, i: int, timeout: float) -> float | None:
+    def wait(self, i: Hashable, timeout: float) -> float | None:
         """When peer ``i`` was complete, waiting up to ``timeout``; None if it was not."""
         deadline = time.perf_counter() + timeout
         while (complete := self.done(i)) is None:
@@ -218,23 +228,36 @@ class EntryWatcher:
         while self._arrived:
             data, arrived = self._arrived.popleft()
             for msg in self._marshal.parse(data):
-                key = _entry_key(msg)
-                i = self._by_key.get(key) if key else None
-                if i is None or i in self._complete:
-                    continue
-                self._seen[i].add(key[0])
-                if len(self._seen[i]) == 3:
-                    self._complete[i] = arrived
+                for key in _change_keys(msg):
+                    token = self._by_key.get(key)
+                    if token is None or token in self._complete:
+                        continue
+                    pending = self._pending[token]
+                    pending.discard(key)
+                    if not pending:
+                        self._complete[token] = arrived
 
 
-def _entry_key(msg: dict) -> tuple[str, str] | None:
-    """("route", "A.B.C.D/L") / ("neigh", "A.B.C.D") / ("fdb", "mac") for a new entry, else None."""
+def _change_keys(msg: dict) -> list[tuple[str, str]]:
+    """The changes one notification reports, as keys ``expect_changes`` takes.
+
+    A new entry: ("route", "A.B.C.D/L"), ("neigh", "A.B.C.D") and ("neigh", "A.B.C.D mac"),
+    ("fdb", "mac") and ("fdb", "mac dst"). A removed one: the same kinds with a ``-`` (``route-``,
+    ``neigh-``, ``fdb-``), neighbours by address only (the kernel reports a deleted permanent
+    neighbour without its MAC) and FDB entries by MAC only.
+    """
     event = msg.get("event")
-    if event == "RTM_NEWROUTE" and msg.get("RTA_DST"):
-        return "route", f"{msg.get('RTA_DST')}/{msg.get('dst_len')}"
-    if event == "RTM_NEWNEIGH":
+    if event in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg.get("RTA_DST"):
+        kind = "route" if event == "RTM_NEWROUTE" else "route-"
+        return [(kind, f"{msg.get('RTA_DST')}/{msg.get('dst_len')}")]
+    dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+    if event == "RTM_NEWNEIGH" and dst:
+        kind = "fdb" if msg.get("family") == AF_BRIDGE else "neigh"
+        if kind == "fdb":
+            return [("fdb", mac), ("fdb", f"{mac} {dst}")]
+        return [("neigh", dst)] + ([("neigh", f"{dst} {mac}")] if mac else [])
+    if event == "RTM_DELNEIGH":
         if msg.get("family") == AF_BRIDGE:
-            return ("fdb", msg.get("NDA_LLADDR")) if msg.get("NDA_DST") else None
-        if msg.get("NDA_DST"):
-            return "neigh", msg.get("NDA_DST")
-    return None
+            return [("fdb-", mac)] if dst and mac else []
+        return [("neigh-", dst)] if dst else []
+    return []

@@ -51,11 +51,21 @@ def peer_ip(i: int) -> IPv4Address:
     return IPv4Address("192.0.2.100") + i % 150
 
 
-def peer_kv(i: int) -> tuple[str, str]:
-    """The etcd key and flannel JSON value of peer ``i``."""
+def moved_mac(i: int) -> str:
+    """Peer ``i``'s VTEP MAC after an update (a new device on the same host)."""
+    return f"0e:bf:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def moved_ip(i: int) -> IPv4Address:
+    """Peer ``i``'s PublicIP after an update (another address in the same range)."""
+    return peer_ip(i + 1)
+
+
+def peer_kv(i: int, mac: str | None = None, public_ip: IPv4Address | None = None) -> tuple[str, str]:
+    """The etcd key and flannel JSON value of peer ``i`` (with another MAC or PublicIP if given)."""
     if not 1 <= i <= MAX_PEER_INDEX:
         raise ValueError(f"peer index {i} outside 1..{MAX_PEER_INDEX}")
-    attrs = LeaseAttrs(public_ip=peer_ip(i), vni=VNI, vtep_mac=peer_mac(i))
+    attrs = LeaseAttrs(public_ip=public_ip or peer_ip(i), vni=VNI, vtep_mac=mac or peer_mac(i))
     return PREFIX + subnet_to_key(peer_subnet(i)), encode_attrs(attrs)
 
 

@@ -12,6 +12,7 @@ Two labs under random prefixes, torn down in ``finally`` (also on Ctrl-C and SIG
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -21,20 +22,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
 from overlayd.bench.datapath import throughput
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
-from overlayd.bench.report import Results, cni_rows, markdown, rows, splice, tcp_rows
+from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
-from overlayd.lab import ETCD_IP, Lab, lab_namespaces, random_lab_name
+from overlayd.holddown import HOLD_DOWN
+from overlayd.lab import ETCD_IP, Lab, LabHost, lab_namespaces, random_lab_name
 
 AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default
 IMAGE = "img/benchmarks.png"
+TRIGGERS = ("timer", "netlink", "event")  # full passes counted during the events-only run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,6 +60,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--events", type=int, default=300, help="new peer leases put one at a time (default 300)")
     add("--event-gap", type=float, default=0.05, help="seconds between those events (default 0.05)")
     add(
+        "--changes",
+        type=int,
+        default=100,
+        help="of those peers, how many are then updated (a new MAC, then a new PublicIP) and deleted "
+        "(default 100)",
+    )
+    add(
+        "--hold-down",
+        type=float,
+        default=HOLD_DOWN,
+        help=f"the agent's hold-down before a deleted peer's entries go: removal latency is measured "
+        f"from its end (default {HOLD_DOWN}, the agent's; 0 for an agent without one)",
+    )
+    add(
         "--churn-rate",
         type=float,
         default=100,
@@ -70,9 +89,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
-        choices=["cni", "tcp"],
+        choices=["cni", "tcp", "events"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD, tcp: the data "
-        "path, --tcp-rounds pairs); not with --docs",
+        "path, --tcp-rounds pairs, events: lease events at --peers); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
@@ -85,6 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--sizes {args.sizes!r}: use peer counts like 100,1000,5000")
     args.churn = max(1, round(args.churn_rate * args.churn_seconds))
+    args.changes = min(args.changes, args.events)
     needed = max([*args.sizes, args.peers]) + args.events + args.churn
     if needed > MAX_PEER_INDEX:
         parser.error(
@@ -94,61 +114,102 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only == "cni" else ["iperf3"])
+    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only in ("cni", "events") else ["iperf3"])
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
     return missing
 
 
-def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
-    """Cold starts per size; at ``--peers`` idle, events, churn and CNI ADD. Returns the lab to tear down."""
+def control_lab(root: str, results: dict, purpose: str) -> tuple[Lab, LabHost]:
+    """A one-host lab with the benchmark's network config and no agent started yet."""
     lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
     results["labs"].append(lab)
-    print(f"lab {lab.name}: control plane, one host, agent {' '.join(AGENT_ARGS)}", flush=True)
+    print(f"lab {lab.name}: {purpose}, agent {' '.join(AGENT_ARGS)}", flush=True)
     lab.up(hosts=1, network_config=network_config(), start_agents=False)
-    host = lab.hosts[0]
+    return lab, lab.hosts[0]
+
+
+@contextlib.contextmanager
+def etcd_client(host: LabHost) -> Iterator[Any]:
+    """An etcd client made and used inside ``host``'s namespace (this thread stays there)."""
     from overlayd.registry import etcd3  # protobuf set up as the agent uses it
 
     with in_netns(host.netns):
         client = etcd3.client(host=str(ETCD_IP), port=2379, timeout=10)
         try:
-            written = 0
-            top = MAX_PEER_INDEX  # event and churn peers count down from the top, clear of the sizes
-            event_ids = list(range(top, top - args.events, -1))
-            churn_ids = list(range(top - args.events, top - args.events - args.churn, -1))
-            for n in sorted({*args.sizes, args.peers}):
-                put_peers(client, range(written + 1, n + 1))
-                written = n
-                print(f"{n} peers: ip -batch floor ...", flush=True)
-                lab.stop_agent(host)  # a running agent would take its routes back from the floor's device
-                results["floor"][n] = iproute_floor(list(range(1, n + 1)), args.runs)
-                results["cold"][n] = []
-                for k in range(args.runs):
-                    cold = control.cold_start(lab, host, n, args.cold_timeout)
-                    results["cold"][n].append(cold)
-                    print(
-                        f"  cold start {k + 1}: subnet.env {cold.subnet_env:.3f} s, "
-                        f"all entries {cold.programmed:.3f} s",
-                        flush=True,
-                    )
-                if n != args.peers:
-                    continue
-                time.sleep(3)  # the start-up passes settle before idle is measured
-                print(f"{n} peers: idle for {args.idle:.0f} s ...", flush=True)
-                results["idle"] = control.idle_cost(host.pid, args.idle)
-                print(f"{n} peers: {args.events} events one at a time ...", flush=True)
-                results["events"] = control.event_latency(client, event_ids, args.event_gap)
-                print(
-                    f"{n} peers: churn, {args.churn} lease changes at {args.churn_rate:.0f}/s ...", flush=True
-                )
-                results["churn"] = control.churn(client, churn_ids, args.churn_rate)
-                delete_peers(client, event_ids + churn_ids)
-                print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
-                results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
+            yield client
         finally:
             client.close()
+
+
+def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
+    """Cold starts per size; at ``--peers`` idle, events, churn and CNI ADD. Returns the lab to tear down."""
+    lab, host = control_lab(root, results, "control plane, one host")
+    with etcd_client(host) as client:
+        written = 0
+        top = MAX_PEER_INDEX  # event and churn peers count down from the top, clear of the sizes
+        event_ids = list(range(top, top - args.events, -1))
+        churn_ids = list(range(top - args.events, top - args.events - args.churn, -1))
+        for n in sorted({*args.sizes, args.peers}):
+            put_peers(client, range(written + 1, n + 1))
+            written = n
+            print(f"{n} peers: ip -batch floor ...", flush=True)
+            lab.stop_agent(host)  # a running agent would take its routes back from the floor's device
+            results["floor"][n] = iproute_floor(list(range(1, n + 1)), args.runs)
+            results["cold"][n] = []
+            for k in range(args.runs):
+                cold = control.cold_start(lab, host, n, args.cold_timeout)
+                results["cold"][n].append(cold)
+                print(
+                    f"  cold start {k + 1}: subnet.env {cold.subnet_env:.3f} s, "
+                    f"all entries {cold.programmed:.3f} s",
+                    flush=True,
+                )
+            if n != args.peers:
+                continue
+            time.sleep(3)  # the start-up passes settle before idle is measured
+            print(f"{n} peers: idle for {args.idle:.0f} s ...", flush=True)
+            results["idle"] = control.idle_cost(host.pid, args.idle)
+            print(f"{n} peers: {args.events} events one at a time ...", flush=True)
+            results["events"] = control.event_latency(client, event_ids, args.event_gap)
+            _lease_changes(args, client, event_ids, results)
+            print(
+                f"{n} peers: churn, {args.churn} lease changes at {args.churn_rate:.0f}/s ...", flush=True
+            )
+            results["churn"] = control.churn(client, churn_ids, args.churn_rate)
+            delete_peers(client, event_ids + churn_ids)
+            print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
+            results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
     return lab
+
+
+def _lease_changes(args: argparse.Namespace, client: object, event_ids: list[int], results: dict) -> None:
+    print(
+        f"{args.peers} peers: {args.changes} updates of MAC and PublicIP, then removals "
+        f"(hold-down {args.hold_down:g} s) ...",
+        flush=True,
+    )
+    changed = event_ids[: args.changes]
+    results["changes"] = control.lease_changes(client, changed, args.event_gap, args.hold_down)
+
+
+def events_only(args: argparse.Namespace, root: str, results: dict) -> None:
+    """Lease events at ``--peers``: one host whose agent starts on that many peers, then additions
+    one at a time, updates and removals (no cold starts, idle or churn)."""
+    lab, host = control_lab(root, results, f"lease events at {args.peers} peers")
+    with etcd_client(host) as client:
+        put_peers(client, range(1, args.peers + 1))
+        control.cold_start(lab, host, args.peers, args.cold_timeout)
+        time.sleep(3)  # the start-up passes settle first
+        event_ids = list(range(MAX_PEER_INDEX, MAX_PEER_INDEX - args.events, -1))
+        passes = {t: lab.metric(host, "overlayd_reconciles_total", trigger=t) for t in TRIGGERS}
+        print(f"{args.peers} peers: {args.events} events one at a time ...", flush=True)
+        results["events"] = control.event_latency(client, event_ids, args.event_gap)
+        _lease_changes(args, client, event_ids, results)
+        delete_peers(client, event_ids)
+        ran = {t: lab.metric(host, "overlayd_reconciles_total", trigger=t) - n for t, n in passes.items()}
+        print(f"full passes meanwhile, by trigger: {', '.join(f'{t} {n:.0f}' for t, n in ran.items())}")
 
 
 def converged_lab(root: str, results: dict, hosts: int, purpose: str) -> Lab:
@@ -265,6 +326,8 @@ def main(argv: list[str]) -> int:
             cni_only(args, root, raw)
         elif args.only == "tcp":
             data_path(args, root, raw)
+        elif args.only == "events":
+            events_only(args, root, raw)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -278,13 +341,17 @@ def main(argv: list[str]) -> int:
     if args.only:
         took = time.perf_counter() - started
         print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
-        only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
+        if args.only == "events":
+            only = event_rows(args.peers, raw["events"], raw["changes"])
+        else:
+            only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
         print(render_table(only))
         return 0
     results = Results(
         peers=args.peers,
         events=raw["events"],
         churn=raw["churn"],
+        changes=raw.get("changes"),
         idle=raw["idle"],
         cold=raw["cold"],
         floor=raw["floor"],

@@ -23,7 +23,10 @@ TINY = ["--sizes", "20", "--peers", "20", "--runs", "1", "--events", "10", "--ch
         "--churn-seconds", "1", "--idle", "2", "--cni-runs", "3", "--no-tcp", "--no-plot"]  # fmt: skip
 FIGURES = (
     "cold start, 20 peers: all 60 entries",
-    "event latency, 20 peers",
+    "event latency, 20 peers, addition",
+    "event latency, 20 peers, update",
+    "event latency, 20 peers, removal",
+    "hold-down (1 s)",
     "churn 20/s",
     "idle CPU, 20 peers",
     "resident memory, 20 peers",
@@ -53,4 +56,19 @@ def test_bench_prints_every_figure_with_a_number_and_writes_the_report(tmp_path:
     labs = re.findall(r"^lab (\w+):", done.stdout, re.MULTILINE)
     assert labs, "the bench names no lab it built"
     for name in labs:
+        assert not lab_namespaces(name), f"lab {name} left namespaces behind"
+
+
+def test_bench_only_events_prints_additions_updates_removals_and_the_hold_down() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "overlayd", "bench", "--only", "events", "--peers", "20", "--events", "5",
+         "--changes", "3"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for figure in FIGURES[1:5]:
+        row = next((line for line in done.stdout.splitlines() if line.startswith(figure)), None)
+        assert row is not None and re.search(r"\d+(\.\d+)? (ms|s) / \d", row), done.stdout[-3000:]
+    assert "full passes meanwhile, by trigger: timer" in done.stdout
+    for name in re.findall(r"^lab (\w+):", done.stdout, re.MULTILINE):
         assert not lab_namespaces(name), f"lab {name} left namespaces behind"

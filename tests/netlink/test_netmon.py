@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import struct
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -13,8 +15,9 @@ from nsutil import SPEC, in_netns, peer
 
 from overlayd.backend.rtnlcodec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
 from overlayd.backend.vxlan import VxlanBackend
-from overlayd.desired import PlaneDiff, Route
-from overlayd.netmon import DeviceChange, NetlinkMonitor, change_reason
+from overlayd.desired import DesiredEntries, PlaneDiff, Route, without_overwritten
+from overlayd.lease import Lease, LeaseAttrs
+from overlayd.netmon import DeviceChange, NetlinkMonitor, change_reason, is_echo
 
 # Each step runs inside the namespace, after flannel.1 exists with peer 2 programmed.
 STEPS = [
@@ -92,25 +95,45 @@ def test_link_matches_by_name_even_after_recreation() -> None:
     assert ours == DeviceChange("RTM_NEWROUTE 198.18.3.0/24 on flannel.1", route, added=True)
 
 
-def echoes_and_repairs() -> tuple[list[str], list[str]]:
-    """Reasons signalled while we program peer 2 (wanted), then when a hand deletion follows."""
+@contextlib.contextmanager
+def watched_device(
+    is_echo: Callable[[DeviceChange], bool],
+) -> Iterator[tuple[VxlanBackend, int, queue.Queue[str]]]:
+    """flannel.1 made, and a monitor with ``is_echo`` signalling into the queue yielded."""
     backend = VxlanBackend()
     state, _ = backend.ensure_device(SPEC)
-    wanted = set(peer(2).neighs | peer(2).fdbs | peer(2).routes)
     events: queue.Queue[str] = queue.Queue()
-    monitor = NetlinkMonitor(
-        SPEC.name, lambda: state.ifindex, lambda change: events.put(change.reason),
-        is_echo=lambda change: change.entry is not None and (change.entry in wanted) == change.added,
-    )
+    monitor = NetlinkMonitor(SPEC.name, lambda: state.ifindex, lambda c: events.put(c.reason), is_echo)
     monitor.start()
     try:
-        backend.apply(state.ifindex, PlaneDiff(add=peer(2)))
-        echoes = collect(events, first_wait=0.5)
-        subprocess.run("ip route del 198.18.2.0/24", shell=True, check=True)
-        return echoes, collect(events, first_wait=2)
+        yield backend, state.ifindex, events
     finally:
         monitor.stop()
         backend.close()
+
+
+def ours_then_theirs(
+    echo: Callable[[DeviceChange], bool], ours: Iterable[Callable[[], PlaneDiff]], theirs: str
+) -> tuple[list[str], list[str]]:
+    """Reasons signalled while we apply each of ``ours`` in turn (each read before the next, as
+    in the agent), then when the command ``theirs`` changes the device by hand."""
+    with watched_device(echo) as (backend, ifindex, events):
+        signalled = []
+        for diff in ours:
+            backend.apply(ifindex, diff())
+            signalled += collect(events, first_wait=0.3)
+        subprocess.run(theirs, shell=True, check=True)
+        return signalled, collect(events, first_wait=2)
+
+
+def echoes_and_repairs() -> tuple[list[str], list[str]]:
+    """Reasons signalled while we program peer 2 (wanted), then when a hand deletion follows."""
+    wanted = set(peer(2).neighs | peer(2).fdbs | peer(2).routes)
+
+    def echo(change: DeviceChange) -> bool:
+        return change.entry is not None and (change.entry in wanted) == change.added
+
+    return ours_then_theirs(echo, [lambda: PlaneDiff(add=peer(2))], "ip route del 198.18.2.0/24")
 
 
 @pytest.mark.root
@@ -118,3 +141,30 @@ def test_echoes_of_our_writes_are_dropped_hand_changes_are_not(netns: str) -> No
     echoes, repairs = in_netns(netns, echoes_and_repairs)
     assert echoes == []
     assert repairs == ["RTM_DELROUTE 198.18.2.0/24 on flannel.1"]
+
+
+def lease_of_peer(n: int, mac: str | None = None) -> Lease:
+    """The lease whose entries are ``peer(n, mac)``."""
+    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
+    return Lease(IPv4Network(f"198.18.{n}.0/24"), attrs)
+
+
+def peer_changes_and_a_hand_deletion() -> tuple[list[str], list[str]]:
+    """Reasons signalled while the agent's wanted entries (``is_echo`` on a DesiredEntries) add
+    peer 2, give it a new MAC, then remove it; then when a hand deletion hits peer 3's neighbour."""
+    desired = DesiredEntries()
+    steps = [("2", lease_of_peer(2)), ("3", lease_of_peer(3)), ("2", lease_of_peer(2, "0a:00:00:00:01:02")),
+             ("2", None)]  # fmt: skip
+    return ours_then_theirs(
+        lambda change: is_echo(desired, change),
+        [lambda k=key, lease=lease: without_overwritten(desired.set_peer(k, lease)) for key, lease in steps],
+        "ip neigh del 198.18.3.0 dev flannel.1",
+    )
+
+
+@pytest.mark.root
+def test_a_removed_or_replaced_neighbour_is_our_echo_but_a_hand_deletion_is_not(netns: str) -> None:
+    # The kernel reports a removed neighbour without its MAC: it is ours where we want none.
+    ours, theirs = in_netns(netns, peer_changes_and_a_hand_deletion)
+    assert ours == []
+    assert theirs and all(reason.startswith("RTM_") and "198.18.3.0" in reason for reason in theirs), theirs

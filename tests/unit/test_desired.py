@@ -23,6 +23,7 @@ from overlayd.desired import (
     diff_planes,
     is_vxlan_peer,
     reached_directly,
+    without_overwritten,
 )
 from overlayd.lease import Lease, LeaseAttrs, key_to_subnets
 
@@ -224,6 +225,38 @@ def test_public_ip_change_replaces_only_the_fdb() -> None:
     diff = diff_planes(new, old)
     assert diff.remove == Plane(fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.12"))}))
     assert diff.add == Plane(fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.99"))}))
+
+
+def test_a_replaced_neighbour_or_fdb_entry_is_overwritten_in_place_not_removed_first() -> None:
+    gateway = IPv4Address("198.18.47.0")
+    desired = DesiredEntries()
+    desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    new_mac = desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_C))
+    # The neighbour at the same address is replaced in place; the FDB entry of the MAC no
+    # longer used is removed.
+    assert without_overwritten(new_mac) == PlaneDiff(
+        add=new_mac.add, remove=Plane(fdbs=frozenset({Fdb(MAC_B, IPv4Address("192.0.2.12"))}))
+    )
+    new_ip = desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.99", MAC_C))
+    assert without_overwritten(new_ip) == PlaneDiff(add=new_ip.add)  # the MAC's entry gets a new dst
+    gone = desired.set_peer("198.18.47.0-24", None)
+    assert without_overwritten(gone) == gone  # nothing added: every removal stays
+    assert gone.remove.neighs == frozenset({Neigh(gateway, MAC_C)})
+
+
+def test_a_neighbour_address_is_wanted_while_any_peer_wants_a_neighbour_there() -> None:
+    gateway = IPv4Address("198.18.47.0")
+    desired = DesiredEntries()
+    assert not desired.wants_neigh_at(gateway)
+    desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    assert desired.wants_neigh_at(gateway)
+    desired.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_C))  # a new MAC
+    assert desired.wants_neigh_at(gateway)
+    desired.set_peer("198.18.47.0-24", None)
+    assert not desired.wants_neigh_at(gateway)
+    direct = DesiredEntries(lambda peer: True)  # DirectRouting: a route only, no neighbour
+    direct.set_peer("198.18.47.0-24", lease("198.18.47.0/24", "192.0.2.12", MAC_B))
+    assert not direct.wants_neigh_at(gateway)
 
 
 def test_foreign_entries_on_the_device_are_removed() -> None:
