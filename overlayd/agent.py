@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from overlayd.allocate import OutOfSubnets
-from overlayd.atomicfile import write_atomic
 from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
-from overlayd.backoff import Backoff
+from overlayd.base.atomicfile import write_atomic
+from overlayd.base.backoff import Backoff
+from overlayd.base.outage import Outage
 from overlayd.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message, hold_reason
 from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import (
@@ -55,7 +56,6 @@ from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.options import AgentOptions
-from overlayd.outage import Outage
 from overlayd.passtimer import EntryDumps, PassTimer
 from overlayd.peerlog import PeerChange, PeerLogBudget
 from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher

@@ -186,7 +186,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_docker_opts(args: argparse.Namespace) -> int:
-    from overlayd.atomicfile import write_atomic
+    from overlayd.base.atomicfile import write_atomic
     from overlayd.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
     from overlayd.subnetenv import parse_keys
 

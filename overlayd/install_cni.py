@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import cni_shim
-from overlayd.atomicfile import write_atomic
+from overlayd.base.atomicfile import write_atomic
 
 PLUGIN_NAME = "flannel"
 # Linux accepted 127 bytes of "#!" line until 5.1 and 255 since; beyond that the kernel

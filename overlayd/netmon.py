@@ -42,8 +42,8 @@ from overlayd.backend.rtnlcodec import (
     neigh_address,
     neigh_summary,
 )
+from overlayd.base.netlink import split_messages
 from overlayd.desired import DesiredEntries, Route
-from overlayd.netlink import split_messages
 
 log = logging.getLogger(__name__)
 

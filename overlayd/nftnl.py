@@ -22,7 +22,7 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
-from overlayd.netlink import (
+from overlayd.base.netlink import (
     NLA_F_NESTED,
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -35,8 +35,8 @@ from overlayd.netlink import (
     nested,
     split_messages,
 )
-from overlayd.netlink import attr as _attr
-from overlayd.netlink import message as _netlink_message
+from overlayd.base.netlink import attr as _attr
+from overlayd.base.netlink import message as _netlink_message
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10

@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from overlayd.backoff import Backoff
+from overlayd.base.backoff import Backoff
+from overlayd.base.outage import Outage
 from overlayd.lease import Lease
-from overlayd.outage import Outage
 from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry
 
 log = logging.getLogger(__name__)

@@ -66,8 +66,8 @@ from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_a
 # once; only the slice length changes. A private name: if a grpc release drops it, this is a no-op.
 if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
+from overlayd.base.outage import Outage
 from overlayd.options import AgentOptions, etcd_security_problem
-from overlayd.outage import Outage
 from overlayd.registryapi import LeaseEvent, RegistryError, WatchCompacted
 
 log = logging.getLogger(__name__)

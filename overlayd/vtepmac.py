@@ -12,7 +12,7 @@ import re
 import secrets
 from pathlib import Path
 
-from overlayd.atomicfile import write_atomic
+from overlayd.base.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.desired import DirectRoute, Entry, Fdb, Neigh, Route
-from overlayd.netlink import (
+from overlayd.base.netlink import (
     ATTR,
     NLA_F_NESTED,
     NLM_F_ACK,
@@ -26,9 +25,10 @@ from overlayd.netlink import (
     NLM_F_REQUEST,
     Message,
 )
-from overlayd.netlink import attr as _attr
-from overlayd.netlink import attribute_map as _attrs
-from overlayd.netlink import message as _message
+from overlayd.base.netlink import attr as _attr
+from overlayd.base.netlink import attribute_map as _attrs
+from overlayd.base.netlink import message as _message
+from overlayd.desired import DirectRoute, Entry, Fdb, Neigh, Route
 
 # <linux/rtnetlink.h>
 RTM_NEWLINK, RTM_DELLINK = 16, 17

@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 
-from overlayd.netlink import NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR, Message, error_code, split_messages
+from overlayd.base.netlink import NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR, Message, error_code, split_messages
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acknowledgements carry the request's header, not the whole request

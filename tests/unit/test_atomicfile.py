@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from overlayd.atomicfile import write_atomic
+from overlayd.base.atomicfile import write_atomic
 from overlayd.subnetenv import SubnetEnv
 from overlayd.vtepmac import load_or_create_mac, mac_path
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from overlayd.backoff import Backoff
+from overlayd.base.backoff import Backoff
 
 
 def test_delays_double_up_to_the_cap_within_the_jitter() -> None:

@@ -5,7 +5,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.netlink import (
+from overlayd.base.netlink import (
     NLA_F_NESTED,
     NLMSG_DONE,
     NLMSG_ERROR,

@@ -4,7 +4,7 @@ import os
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from overlayd.atomicfile import write_atomic
+from overlayd.base.atomicfile import write_atomic
 from overlayd.subnetenv import SubnetEnv, previous_subnet
 
 
