@@ -25,13 +25,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
-from overlayd.allocate import OutOfSubnets
 from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
 from overlayd.base.atomicfile import write_atomic
 from overlayd.base.backoff import Backoff
 from overlayd.base.outage import Outage
-from overlayd.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message, hold_reason
-from overlayd.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.desired import (
     DesiredEntries,
     Plane,
@@ -50,8 +47,6 @@ from overlayd.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
 from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
-from overlayd.lease import Lease, LeaseAttrs, lease_vni
-from overlayd.leasecheck import BadLeaseLog, Underlay, lease_problem
 from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor, is_echo
@@ -62,7 +57,19 @@ from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
 from overlayd.statedump import AgentState, install_signal_handlers, lease_expires_in
-from overlayd.subnetenv import SubnetEnv, previous_subnet
+from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.confchange import (
+    ConfigAction,
+    ConfigDecision,
+    clear_message,
+    decide,
+    hold_message,
+    hold_reason,
+)
+from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs, lease_vni
+from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
+from overlayd.subnet.subnetenv import SubnetEnv, previous_subnet
 from overlayd.subnethistory import load_history, remember, save_history
 from overlayd.vtepmac import load_or_create_mac
 

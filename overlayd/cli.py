@@ -188,7 +188,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_docker_opts(args: argparse.Namespace) -> int:
     from overlayd.base.atomicfile import write_atomic
     from overlayd.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
-    from overlayd.subnetenv import parse_keys
+    from overlayd.subnet.subnetenv import parse_keys
 
     text = _read_input(args.flannel_env)
     if text is None:

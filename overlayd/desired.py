@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.lease import Lease, lease_vni
+from overlayd.subnet.lease import Lease, lease_vni
 
 # Entries are compared and hashed by a tuple of plain ints and strings made once, at creation.
 # The generated methods compared ``ipaddress`` objects, whose ``__eq__`` and ``__hash__`` are

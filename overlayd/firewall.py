@@ -44,9 +44,9 @@ import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.config import DEFAULT_VXLAN_PORT
 from overlayd.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.nftnl import NftNetlink
+from overlayd.subnet.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from overlayd.lease import Lease
+from overlayd.subnet.lease import Lease
 
 # Seconds a deleted peer's entries stay. Its owner re-creates a deleted key in a few milliseconds,
 # a few hundred on a loaded host or behind a slow etcd; a peer that is really gone costs only its

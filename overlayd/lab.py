@@ -32,7 +32,7 @@ from pathlib import Path
 
 from overlayd.etcdserver import EtcdServer, EtcdServerError
 from overlayd.install_cni import install_cni
-from overlayd.subnetenv import parse_keys
+from overlayd.subnet.subnetenv import parse_keys
 
 log = logging.getLogger(__name__)
 

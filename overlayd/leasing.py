@@ -17,10 +17,10 @@ import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.allocate import SubnetChoice, choose_subnets, stale_own_leases
-from overlayd.config import NetworkConfig
-from overlayd.lease import Lease, LeaseAttrs
 from overlayd.registryapi import SubnetRegistry
+from overlayd.subnet.allocate import SubnetChoice, choose_subnets, stale_own_leases
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from typing import TypeVar
 
-from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 from overlayd.registryapi import Cancel, LeaseEvent, RegistryError, WatchCompacted
+from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
 log = logging.getLogger(__name__)
 

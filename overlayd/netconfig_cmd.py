@@ -15,8 +15,8 @@ import sys
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from overlayd.confchange import describe, leases_outside, name_leases
-from overlayd.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.confchange import describe, leases_outside, name_leases
+from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 
 
 def config_where(prefix: str) -> str:

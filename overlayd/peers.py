@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from overlayd.base.backoff import Backoff
 from overlayd.base.outage import Outage
-from overlayd.lease import Lease
 from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry
+from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from overlayd.etcdwire import (
     decode_range,
     decode_watch,
 )
-from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
+from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
 # grpc's Python layer waits for a stream's next message in slices of this many seconds (0.1 by
 # default) so that Ctrl-C reaches a main thread blocked in a call; every idle watch thread thus

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Literal, Protocol
 
-from overlayd.lease import Lease, LeaseAttrs, LeaseError
+from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError
 
 
 class RegistryError(RuntimeError):

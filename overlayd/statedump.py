@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from overlayd.config import NetworkConfig
-from overlayd.lease import Lease
 from overlayd.metrics import Health
 from overlayd.options import AgentOptions
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.options import AgentOptions
-from overlayd.subnetenv import parse_keys
+from overlayd.subnet.subnetenv import parse_keys
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ def _lease_view(lease: Any, ttl: float | None, routes: frozenset[str] | None, ow
 
 def _config_vni(raw_config: bytes | None) -> int | None:
     """The VNI of a readable config; None (look for any flannel.*) when missing or invalid."""
-    from overlayd.config import ConfigError, parse_network_config
+    from overlayd.subnet.config import ConfigError, parse_network_config
 
     if raw_config is None:
         return None

@@ -49,8 +49,8 @@ from overlayd.backend.rtnlcodec import (
     set_link_request,
 )
 from overlayd.backend.rtnlsock import RtnlSocket
-from overlayd.config import DEFAULT_VXLAN_PORT
 from overlayd.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.subnet.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from overlayd.lease import LeaseAttrs, encode_attrs, subnet_to_key
+from overlayd.subnet.lease import LeaseAttrs, encode_attrs, subnet_to_key
 
 NETWORK = IPv4Network("198.18.0.0/15")
 SUBNET_LEN = 28

@@ -9,9 +9,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from overlayd.config import NetworkConfig, parse_network_config
-from overlayd.lease import Lease, LeaseAttrs
 from overlayd.peers import PeerEvents, PeerItem, PeerSnapshot, PeerWatchDown
+from overlayd.subnet.config import NetworkConfig, parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 
 def host_attrs(n: int) -> LeaseAttrs:

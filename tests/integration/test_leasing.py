@@ -11,11 +11,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.allocate import OutOfSubnets
 from overlayd.etcdserver import EtcdServer
-from overlayd.lease import Lease
 from overlayd.leasing import LeaseManager
 from overlayd.registry import Registry
+from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.lease import Lease
 
 from .support import host_attrs, network_config
 

@@ -10,9 +10,9 @@ from ipaddress import IPv4Network
 import pytest
 
 from overlayd.etcdserver import EtcdServer
-from overlayd.lease import Lease
 from overlayd.peers import PeerItem, PeerWatcher
 from overlayd.registry import EtcdOptions, Registry
+from overlayd.subnet.lease import Lease
 
 from .support import PeerView, host_attrs
 

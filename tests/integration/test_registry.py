@@ -12,8 +12,8 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.etcdserver import EtcdServer, free_port
-from overlayd.lease import LeaseAttrs
 from overlayd.registry import EtcdOptions, LeaseEvent, Registry, RegistryError
+from overlayd.subnet.lease import LeaseAttrs
 
 from .support import host_attrs
 

@@ -17,10 +17,10 @@ from typing import Protocol
 import pytest
 
 from overlayd.etcdserver import EtcdServer
-from overlayd.lease import Lease, LeaseError, encode_attrs
 from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.registry import EtcdOptions, Registry
 from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry, WatchCompacted
+from overlayd.subnet.lease import Lease, LeaseError, encode_attrs
 
 from .support import host_attrs
 

@@ -14,14 +14,14 @@ from nsutil import SPEC, in_netns
 
 from overlayd.agent import Agent
 from overlayd.backend.vxlan import VxlanBackend
-from overlayd.config import parse_network_config
 from overlayd.desired import Plane
 from overlayd.iface import ExternalInterface
-from overlayd.lease import Lease, LeaseAttrs
 from overlayd.options import AgentOptions
 from overlayd.peerlog import PeerLogBudget
 from overlayd.peers import PeerEvents, PeerSnapshot
 from overlayd.registry import LeaseEvent
+from overlayd.subnet.config import parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 CONFIG = json.dumps({"Network": "198.18.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
 

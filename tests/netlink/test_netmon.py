@@ -16,8 +16,8 @@ from nsutil import SPEC, in_netns, peer
 from overlayd.backend.rtnlcodec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
 from overlayd.backend.vxlan import VxlanBackend
 from overlayd.desired import DesiredEntries, PlaneDiff, Route, without_overwritten
-from overlayd.lease import Lease, LeaseAttrs
 from overlayd.netmon import DeviceChange, NetlinkMonitor, change_reason, is_echo
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 # Each step runs inside the namespace, after flannel.1 exists with peer 2 programmed.
 STEPS = [

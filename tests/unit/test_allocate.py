@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.allocate import (
+from overlayd.subnet.allocate import (
     RANDOM_POOL,
     OutOfSubnets,
     SubnetChoice,
@@ -20,8 +20,8 @@ from overlayd.allocate import (
     own_lease,
     stale_own_leases,
 )
-from overlayd.config import NetworkConfig, parse_network_config
-from overlayd.lease import Lease, LeaseAttrs, decode_lease
+from overlayd.subnet.config import NetworkConfig, parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs, decode_lease
 
 OUR_IP = IPv4Address("192.0.2.10")
 CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')

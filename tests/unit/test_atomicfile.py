@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from overlayd.base.atomicfile import write_atomic
-from overlayd.subnetenv import SubnetEnv
+from overlayd.subnet.subnetenv import SubnetEnv
 from overlayd.vtepmac import load_or_create_mac, mac_path
 
 

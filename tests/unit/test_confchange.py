@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.confchange import (
+from overlayd.subnet.confchange import (
     ConfigAction,
     clear_message,
     decide,
@@ -15,8 +15,8 @@ from overlayd.confchange import (
     leases_outside,
     name_leases,
 )
-from overlayd.config import NetworkConfig, parse_network_config
-from overlayd.lease import Lease, LeaseAttrs
+from overlayd.subnet.config import NetworkConfig, parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 WHERE = "network config at /coreos.com/network/config"
 RESTORE = "etcdctl put /coreos.com/network/config '{\"Network\": \"198.18.0.0/16\"}'"

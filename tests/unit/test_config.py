@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.config import BackendConfig, ConfigError, parse_network_config
+from overlayd.subnet.config import BackendConfig, ConfigError, parse_network_config
 
 WHERE = "network config at /coreos.com/network/config"
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from overlayd.cli import make_parser
-from overlayd.config import parse_network_config
 from overlayd.metrics import Metrics
 from overlayd.options import AgentOptions, resolve_options
+from overlayd.subnet.config import parse_network_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC_RE = re.compile(r"\boverlayd_[a-z_]+\b")

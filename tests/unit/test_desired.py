@@ -25,7 +25,7 @@ from overlayd.desired import (
     reached_directly,
     without_overwritten,
 )
-from overlayd.lease import Lease, LeaseAttrs, key_to_subnets
+from overlayd.subnet.lease import Lease, LeaseAttrs, key_to_subnets
 
 OWN = IPv4Network("198.18.46.0/24")
 MAC_A = "8a:da:7f:e8:8a:5f"

@@ -13,8 +13,8 @@ from ipaddress import IPv4Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.config import ConfigError, parse_network_config
-from overlayd.lease import LeaseAttrs, LeaseError, decode_attrs, decode_lease, encode_attrs
+from overlayd.subnet.config import ConfigError, parse_network_config
+from overlayd.subnet.lease import LeaseAttrs, LeaseError, decode_attrs, decode_lease, encode_attrs
 
 FUZZ = settings(max_examples=200, deadline=None)
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.holddown import HOLD_DOWN, HoldDown, same_entries
-from overlayd.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 
 def lease(n: int, public_ip: str = "192.0.2.2", mac: str = "02:00:00:00:00:02", revision: int = 5) -> Lease:

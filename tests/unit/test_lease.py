@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from overlayd.lease import (
+from overlayd.subnet.lease import (
     Lease,
     LeaseAttrs,
     LeaseError,

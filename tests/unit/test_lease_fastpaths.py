@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.lease import _ipv4_address, _ipv4_network, _json_value
+from overlayd.subnet.lease import _ipv4_address, _ipv4_network, _json_value
 
 PROPERTY = settings(max_examples=500, deadline=None)
 

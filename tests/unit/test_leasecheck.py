@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.config import parse_network_config
-from overlayd.lease import Lease, LeaseAttrs, LeaseError, decode_lease
-from overlayd.leasecheck import BadLeaseLog, Underlay, lease_problem
+from overlayd.subnet.config import parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease
+from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
 
 CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
 OWN = Lease(
@@ -94,7 +94,7 @@ def test_codec_errors_carry_a_reason(key: str, raw: bytes, reason: str) -> None:
 def test_bad_lease_log_reports_each_key_and_revision_once(caplog: pytest.LogCaptureFixture) -> None:
     counted: list[str] = []
     log = BadLeaseLog(counted.append)
-    with caplog.at_level(logging.WARNING, logger="overlayd.leasecheck"):
+    with caplog.at_level(logging.WARNING, logger="overlayd.subnet.leasecheck"):
         for _ in range(3):  # three reconcile passes see the same bad lease
             log.report("198.18.6.0-24", 7, "not_json", "value is not JSON")
         log.report("198.18.6.0-24", 9, "outside_network", "subnet is outside")  # rewritten: news

@@ -14,11 +14,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.allocate import OutOfSubnets
-from overlayd.lease import Lease, LeaseAttrs, encode_attrs
 from overlayd.leasing import LeaseManager
 from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.registryapi import RegistryError
+from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.lease import Lease, LeaseAttrs, encode_attrs
 from tests.integration.support import host_attrs, network_config
 
 TTL = 600

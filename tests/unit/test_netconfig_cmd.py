@@ -48,8 +48,8 @@ def test_validate_refuses_a_dual_stack_network() -> None:
 def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() -> None:
     from ipaddress import IPv4Address, IPv4Network
 
-    from overlayd.config import parse_network_config
-    from overlayd.lease import Lease, LeaseAttrs
+    from overlayd.subnet.config import parse_network_config
+    from overlayd.subnet.lease import Lease, LeaseAttrs
 
     def lease(cidr: str, host: int) -> Lease:
         attrs = LeaseAttrs(IPv4Address(f"192.0.2.{host}"), vni=1, vtep_mac="02:00:00:00:00:01")

@@ -12,9 +12,9 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from overlayd.lease import Lease, encode_attrs
 from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.peers import PeerItem, PeerWatcher
+from overlayd.subnet.lease import Lease, encode_attrs
 from tests.integration.support import PeerView, host_attrs
 
 PREFIX = "/coreos.com/network/subnets/"

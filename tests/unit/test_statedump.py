@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.config import parse_network_config
-from overlayd.lease import Lease, LeaseAttrs
 from overlayd.metrics import Health
 from overlayd.options import AgentOptions
 from overlayd.statedump import AgentState, StraySignals, describe
+from overlayd.subnet.config import parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs
 
 SECRETS = ("s3cr3t-pass", "etcd-admin", "/etc/overlayd/client-key.pem")
 

@@ -5,7 +5,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from overlayd.base.atomicfile import write_atomic
-from overlayd.subnetenv import SubnetEnv, previous_subnet
+from overlayd.subnet.subnetenv import SubnetEnv, previous_subnet
 
 
 def test_render_is_flanneld_format() -> None:

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.config import NetworkConfig
-from overlayd.lease import Lease
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease
 
 # flanneld picks among the first 100 free subnets; enough spread to avoid racing peers.
 RANDOM_POOL = 100

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network
 
-from overlayd.config import NetworkConfig
-from overlayd.lease import Lease
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease
 
 NAMED_LEASES = 3  # leases named in a message; the count says how many more
 

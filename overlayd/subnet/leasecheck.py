@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.config import NetworkConfig
-from overlayd.lease import Lease, unicast_mac_problem
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease, unicast_mac_problem
 
 log = logging.getLogger(__name__)
 
