@@ -40,6 +40,9 @@ from overlayd.desired import (
     without_overwritten,
 )
 from overlayd.dropnotice import DropNotice, warning
+from overlayd.etcd.leasing import AcquireError, LeaseManager
+from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
+from overlayd.etcd.registry import Registry, RegistryError
 from overlayd.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.flanneldproc import flanneld_pids
 from overlayd.heap import HeapKeeper
@@ -47,14 +50,11 @@ from overlayd.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
 from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
 from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
-from overlayd.leasing import AcquireError, LeaseManager
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netmon import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.options import AgentOptions
 from overlayd.passtimer import EntryDumps, PassTimer
 from overlayd.peerlog import PeerChange, PeerLogBudget
-from overlayd.peers import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
-from overlayd.registry import EtcdOptions, Registry, RegistryError
 from overlayd.sdnotify import Notifier
 from overlayd.statedump import AgentState, install_signal_handlers, lease_expires_in
 from overlayd.subnet.allocate import OutOfSubnets
@@ -356,7 +356,7 @@ class Agent:
             "using interface %s (%s), public IP %s", self.external.name, self.external.ip, self.public_ip
         )
         self.registry = Registry(
-            EtcdOptions.from_agent_options(opts),
+            opts.etcd_settings(),
             on_error=lambda operation: self.metrics.etcd_errors.labels(operation=operation).inc(),
         )
         self.registry.on_bad_lease = lambda key, revision, exc: self.bad_leases.report(

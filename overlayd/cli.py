@@ -171,9 +171,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     text = _read_input(args.file) if args.action == "set" else ""
     if text is None:
         return 1
-    from overlayd.registry import EtcdOptions, Registry, RegistryError
+    from overlayd.etcd.registry import Registry, RegistryError
 
-    registry = Registry(EtcdOptions.from_agent_options(options))
+    registry = Registry(options.etcd_settings())
     try:
         if args.action == "get":
             return netconfig_cmd.get(registry, options.etcd_prefix)

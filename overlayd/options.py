@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
+from overlayd.etcd.settings import EtcdSettings, etcd_security_problem
+
 
 class OptionsError(ValueError):
     """A bad option value; the message names the option, where it came from, and the fix."""
@@ -50,6 +52,18 @@ class AgentOptions:
     # flanneld options given that have no effect here, each with why (logged at start).
     ignored: tuple[str, ...] = ()
 
+    def etcd_settings(self) -> EtcdSettings:
+        """The ``--etcd-*`` part of these options, as the registry takes it."""
+        return EtcdSettings(
+            endpoints=self.etcd_endpoints,
+            prefix=self.etcd_prefix,
+            cafile=self.etcd_cafile,
+            certfile=self.etcd_certfile,
+            keyfile=self.etcd_keyfile,
+            username=self.etcd_username,
+            password=self.etcd_password,
+        )
+
 
 def parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -73,39 +87,6 @@ def _parse_endpoints(raw: str) -> tuple[str, ...]:
     if not endpoints:
         raise ValueError("no endpoint given")
     return endpoints
-
-
-def etcd_security_problem(
-    endpoints: Sequence[str],
-    cafile: str | None,
-    certfile: str | None,
-    keyfile: str | None,
-    username: str | None,
-    password: str | None,
-) -> str | None:
-    """Why these etcd TLS and auth options cannot work together, or None; never quotes the password.
-
-    The endpoint's scheme decides TLS, as for etcdctl: https needs a CA file (the client library
-    reads no system trust store by itself; ``resolve_options`` names the system's bundle), and
-    TLS files next to some plain http endpoints would be silently unused for those.
-    """
-    if bool(certfile) != bool(keyfile):
-        return "--etcd-certfile and --etcd-keyfile go together: give a client certificate and its key"
-    if bool(username) != bool(password):
-        return "--etcd-username and --etcd-password go together: give both or neither"
-    for endpoint in endpoints:
-        https = endpoint.lower().startswith("https://")
-        if https and not cafile:
-            return (
-                f"etcd endpoint {endpoint} is https but --etcd-cafile is not given and this host has "
-                "no system CA bundle: give the CA certificate that signed etcd's server certificate"
-            )
-        if not https and (cafile or certfile):
-            return (
-                f"--etcd-cafile/--etcd-certfile are given but etcd endpoint {endpoint} is plain http: "
-                "use https:// endpoints"
-            )
-    return None
 
 
 def _tls_files_problem(cafile: str | None, certfile: str | None, keyfile: str | None) -> str | None:

@@ -374,7 +374,7 @@ def _lease_views(
 
 def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) -> HostStatus:
     """Read every source; a failing source is recorded as an error, never raised."""
-    from overlayd.registry import EtcdOptions, Registry, RegistryError
+    from overlayd.etcd.registry import Registry, RegistryError
 
     subnet_env, subnet_env_error = read_subnet_env(options.subnet_file)
     subnet = own_subnet(subnet_env)
@@ -382,7 +382,7 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         agent, agent_error = scrape_metrics(metrics_address)
     else:
         agent, agent_error = None, "metrics server is off (--metrics-address=off); no agent figures"
-    registry = Registry(replace(EtcdOptions.from_agent_options(options), timeout=3.0))
+    registry = Registry(replace(options.etcd_settings(), timeout=3.0))
     own: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None
     etcd_error: str | None = None

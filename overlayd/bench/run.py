@@ -133,7 +133,7 @@ def control_lab(root: str, results: dict, purpose: str) -> tuple[Lab, LabHost]:
 @contextlib.contextmanager
 def etcd_client(host: LabHost) -> Iterator[Any]:
     """An etcd client made and used inside ``host``'s namespace (this thread stays there)."""
-    from overlayd.registry import etcd3  # protobuf set up as the agent uses it
+    from overlayd.etcd.registry import etcd3  # protobuf set up as the agent uses it
 
     with in_netns(host.netns):
         client = etcd3.client(host=str(ETCD_IP), port=2379, timeout=10)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.etcd.registry import Registry
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import EtcdServer
-from overlayd.registry import EtcdOptions, Registry
 
 ETCD_MISSING = shutil.which("etcd") is None or shutil.which("etcdctl") is None
 
@@ -66,7 +67,7 @@ def make_registry(prefix: str) -> Iterator[Callable[[EtcdServer], Registry]]:
     registries: list[Registry] = []
 
     def make(server: EtcdServer) -> Registry:
-        registry = Registry(EtcdOptions(endpoints=(server.endpoint,), prefix=prefix, timeout=3.0))
+        registry = Registry(EtcdSettings(endpoints=(server.endpoint,), prefix=prefix, timeout=3.0))
         registries.append(registry)
         return registry
 

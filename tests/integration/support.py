@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from overlayd.peers import PeerEvents, PeerItem, PeerSnapshot, PeerWatchDown
+from overlayd.etcd.peerwatch import PeerEvents, PeerItem, PeerSnapshot, PeerWatchDown
 from overlayd.subnet.config import NetworkConfig, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.etcd.peerwatch import PeerItem, PeerWatcher
+from overlayd.etcd.registry import Registry, RegistryError
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import EtcdServer, EtcdTLS
-from overlayd.peers import PeerItem, PeerWatcher
-from overlayd.registry import EtcdOptions, Registry, RegistryError
 from tests.integration.support import PeerView, host_attrs
 
 PASSWORD = "pw-Zq83-never-shown"
@@ -111,11 +112,11 @@ def no_password_anywhere(
 
 @pytest.fixture
 def connect(prefix: str) -> Iterator[Callable[..., Registry]]:
-    """Registries on the test's prefix (``EtcdOptions`` fields as keywords), closed at teardown."""
+    """Registries on the test's prefix (``EtcdSettings`` fields as keywords), closed at teardown."""
     registries: list[Registry] = []
 
     def make(server: EtcdServer, **fields: object) -> Registry:
-        options = replace(EtcdOptions(endpoints=(server.endpoint,), prefix=prefix, timeout=3.0), **fields)
+        options = replace(EtcdSettings(endpoints=(server.endpoint,), prefix=prefix, timeout=3.0), **fields)
         registries.append(Registry(options))
         return registries[-1]
 

@@ -11,9 +11,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from overlayd.etcd.leasing import LeaseManager
+from overlayd.etcd.registry import Registry
 from overlayd.etcdserver import EtcdServer
-from overlayd.leasing import LeaseManager
-from overlayd.registry import Registry
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.lease import Lease
 

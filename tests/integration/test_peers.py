@@ -9,9 +9,10 @@ from ipaddress import IPv4Network
 
 import pytest
 
+from overlayd.etcd.peerwatch import PeerItem, PeerWatcher
+from overlayd.etcd.registry import Registry
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import EtcdServer
-from overlayd.peers import PeerItem, PeerWatcher
-from overlayd.registry import EtcdOptions, Registry
 from overlayd.subnet.lease import Lease
 
 from .support import PeerView, host_attrs
@@ -22,7 +23,7 @@ MakeRegistry = Callable[[EtcdServer], Registry]
 class SlowListRegistry(Registry):
     """Runs ``stall`` after its first listing, as if the watcher stalled before watching."""
 
-    def __init__(self, options: EtcdOptions, stall: Callable[[], None]) -> None:
+    def __init__(self, options: EtcdSettings, stall: Callable[[], None]) -> None:
         super().__init__(options)
         self._stall: Callable[[], None] | None = stall
 
@@ -97,7 +98,7 @@ def test_watch_start_compacted_away_converges_on_a_fresh_snapshot(
         private_etcd.etcdctl("del", f"{prefix}/subnets/198.18.1.0-24")
         private_etcd.compact()
 
-    registry = SlowListRegistry(EtcdOptions(endpoints=(private_etcd.endpoint,), prefix=prefix), stall)
+    registry = SlowListRegistry(EtcdSettings(endpoints=(private_etcd.endpoint,), prefix=prefix), stall)
     try:
         create(registry, 1)
         view = watch(registry)

@@ -11,8 +11,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from overlayd.etcd.registry import LeaseEvent, Registry, RegistryError
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import EtcdServer, free_port
-from overlayd.registry import EtcdOptions, LeaseEvent, Registry, RegistryError
 from overlayd.subnet.lease import LeaseAttrs
 
 from .support import host_attrs
@@ -204,7 +205,7 @@ def test_watch_from_a_compacted_revision_reports_compaction(
 
 def test_unreachable_etcd_raises_an_error_naming_the_endpoint(prefix: str):
     endpoint = f"http://127.0.0.1:{free_port()}"
-    registry = Registry(EtcdOptions(endpoints=(endpoint,), prefix=prefix, timeout=1.0))
+    registry = Registry(EtcdSettings(endpoints=(endpoint,), prefix=prefix, timeout=1.0))
     try:
         with pytest.raises(RegistryError, match=re.escape(endpoint)):
             registry.list_leases()
@@ -216,7 +217,7 @@ def test_unreachable_etcd_raises_an_error_naming_the_endpoint(prefix: str):
 
 def test_fails_over_to_the_next_endpoint(etcd_server: EtcdServer, prefix: str):
     dead = f"http://127.0.0.1:{free_port()}"
-    registry = Registry(EtcdOptions(endpoints=(dead, etcd_server.endpoint), prefix=prefix, timeout=1.0))
+    registry = Registry(EtcdSettings(endpoints=(dead, etcd_server.endpoint), prefix=prefix, timeout=1.0))
     try:
         assert registry.create_lease(SUBNET, host_attrs(1), ttl=600) is not None
         assert len(registry.list_leases()[0]) == 1
@@ -229,8 +230,8 @@ def test_an_outage_logs_one_fail_over_and_its_end(
 ):
     """During an outage every call fails over on every endpoint: one warning per outage, not per call."""
     dead = f"http://127.0.0.1:{free_port()}"
-    registry = Registry(EtcdOptions(endpoints=(private_etcd.endpoint, dead), prefix=prefix, timeout=1.0))
-    caplog.set_level(logging.DEBUG, logger="overlayd.registry")
+    registry = Registry(EtcdSettings(endpoints=(private_etcd.endpoint, dead), prefix=prefix, timeout=1.0))
+    caplog.set_level(logging.DEBUG, logger="overlayd.etcd.registry")
 
     def logged(text: str, level: int) -> int:
         return sum(text in record.getMessage() and record.levelno == level for record in caplog.records)
@@ -281,7 +282,7 @@ def test_a_listing_over_grpcs_default_4_mib_is_read(
 
 def _commit_then_fail_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next transaction is committed by etcd, but its answer is lost (as a timeout is)."""
-    from overlayd.registry import etcd3
+    from overlayd.etcd.registry import etcd3
 
     original = etcd3.Etcd3Client.transaction
     pending = [True]
@@ -313,13 +314,13 @@ def test_a_create_committed_but_unanswered_is_ours_on_the_retry(
 ):
     """Retried on the next endpoint, the create met its own write; taken for a lost race, the
     agent leased a second subnet while the first kept our PublicIP for a day."""
-    from overlayd.registry import etcd3
+    from overlayd.etcd.registry import etcd3
 
     def unreachable(*_: object) -> None:
         raise etcd3.exceptions.ConnectionFailedError()
 
     endpoints = (etcd_server.endpoint, etcd_server.endpoint)
-    registry = Registry(EtcdOptions(endpoints=endpoints, prefix=prefix, timeout=3.0))
+    registry = Registry(EtcdSettings(endpoints=endpoints, prefix=prefix, timeout=3.0))
     try:
         _commit_then_fail_once(monkeypatch)
         monkeypatch.setattr(etcd3.Etcd3Client, "revoke_lease", unreachable)  # etcd still in trouble

@@ -16,10 +16,11 @@ from typing import Protocol
 
 import pytest
 
+from overlayd.etcd.api import LeaseEvent, RegistryError, SubnetRegistry, WatchCompacted
+from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
+from overlayd.etcd.registry import Registry
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import EtcdServer
-from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
-from overlayd.registry import EtcdOptions, Registry
-from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry, WatchCompacted
 from overlayd.subnet.lease import Lease, LeaseError, encode_attrs
 
 from .support import host_attrs
@@ -80,7 +81,7 @@ class EtcdStore:
         self.clients: list[SubnetRegistry] = []
 
     def client(self, on_error: Callable[[str], None] | None = None) -> SubnetRegistry:
-        options = EtcdOptions(endpoints=(self.server.endpoint,), prefix=self.prefix, timeout=3.0)
+        options = EtcdSettings(endpoints=(self.server.endpoint,), prefix=self.prefix, timeout=3.0)
         registry = Registry(options, on_error=on_error)
         self.clients.append(registry)
         return registry

@@ -15,11 +15,11 @@ from nsutil import SPEC, in_netns
 from overlayd.agent import Agent
 from overlayd.backend.vxlan import VxlanBackend
 from overlayd.desired import Plane
+from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot
+from overlayd.etcd.registry import LeaseEvent
 from overlayd.iface import ExternalInterface
 from overlayd.options import AgentOptions
 from overlayd.peerlog import PeerLogBudget
-from overlayd.peers import PeerEvents, PeerSnapshot
-from overlayd.registry import LeaseEvent
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.etcdwire import EVENT_DELETE, EVENT_PUT, WireError, decode_range, decode_watch
-from overlayd.registry import etcdrpc
+from overlayd.etcd.registry import etcdrpc
+from overlayd.etcd.wire import EVENT_DELETE, EVENT_PUT, WireError, decode_range, decode_watch
 
 INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 KEY_VALUES = st.fixed_dictionaries({

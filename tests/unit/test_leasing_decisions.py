@@ -14,9 +14,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.leasing import LeaseManager
-from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
-from overlayd.registryapi import RegistryError
+from overlayd.etcd.api import RegistryError
+from overlayd.etcd.leasing import LeaseManager
+from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.lease import Lease, LeaseAttrs, encode_attrs
 from tests.integration.support import host_attrs, network_config

@@ -12,8 +12,8 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from overlayd.memregistry import ManualClock, MemoryEtcd, MemoryRegistry
-from overlayd.peers import PeerItem, PeerWatcher
+from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
+from overlayd.etcd.peerwatch import PeerItem, PeerWatcher
 from overlayd.subnet.lease import Lease, encode_attrs
 from tests.integration.support import PeerView, host_attrs
 

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from overlayd.etcd.registry import Registry, RegistryError
+from overlayd.etcd.settings import EtcdSettings
 from overlayd.etcdserver import free_port
-from overlayd.registry import EtcdOptions, Registry, RegistryError
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def unreachable() -> Iterator[list[Registry]]:
 
 
 def _registry(made: list[Registry], *endpoints: str) -> Registry:
-    made.append(Registry(EtcdOptions(endpoints=endpoints, timeout=1.0)))
+    made.append(Registry(EtcdSettings(endpoints=endpoints, timeout=1.0)))
     return made[-1]
 
 
@@ -50,7 +51,7 @@ def test_an_outage_logs_its_first_fail_over_only(
     """Every call fails over on every endpoint during an outage: one warning, the rest debug."""
     endpoints = tuple(f"http://127.0.0.1:{free_port()}" for _ in range(3))
     registry = _registry(unreachable, *endpoints)
-    caplog.set_level(logging.DEBUG, logger="overlayd.registry")
+    caplog.set_level(logging.DEBUG, logger="overlayd.etcd.registry")
 
     for _ in range(5):
         with pytest.raises(RegistryError, match="unreachable") as caught:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from typing import TypeVar
 
-from overlayd.registryapi import Cancel, LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.api import Cancel, LeaseEvent, RegistryError, WatchCompacted
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
 log = logging.getLogger(__name__)

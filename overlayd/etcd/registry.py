@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import IPv4Network, ip_address
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -48,7 +48,7 @@ with warnings.catch_warnings():
     import etcd3.utils
     from etcd3 import etcdrpc
 
-from overlayd.etcdwire import (
+from overlayd.etcd.wire import (
     EVENT_DELETE,
     Event,
     KeyValue,
@@ -67,8 +67,8 @@ from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, e
 if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
 from overlayd.base.outage import Outage
-from overlayd.options import AgentOptions, etcd_security_problem
-from overlayd.registryapi import LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.api import LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.settings import EtcdSettings, etcd_security_problem
 
 log = logging.getLogger(__name__)
 
@@ -98,33 +98,6 @@ _CONNECTION_ERRORS = (
 _NAME_CHECK_INTERVAL = 60.0
 
 
-@dataclass(frozen=True)
-class EtcdOptions:
-    """How to reach etcd, as flanneld's ``--etcd-*`` flags say it."""
-
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    prefix: str = "/coreos.com/network"
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    username: str | None = None
-    password: str | None = None
-    timeout: float = 5.0
-
-    @classmethod
-    def from_agent_options(cls, options: AgentOptions) -> EtcdOptions:
-        """The ``--etcd-*`` part of the agent's options."""
-        return cls(
-            endpoints=options.etcd_endpoints,
-            prefix=options.etcd_prefix,
-            cafile=options.etcd_cafile,
-            certfile=options.etcd_certfile,
-            keyfile=options.etcd_keyfile,
-            username=options.etcd_username,
-            password=options.etcd_password,
-        )
-
-
 def _host_port(endpoint: str) -> tuple[str, int]:
     """Split ``http://host:port`` (scheme optional, as etcdctl accepts) into host and port."""
     parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
@@ -137,7 +110,7 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _explain(endpoint: str, error: Exception, options: EtcdOptions) -> str:
+def _explain(endpoint: str, error: Exception, options: EtcdSettings) -> str:
     """An operator's account of a failed etcd call: what failed at which endpoint, and the option to fix.
 
     etcd3 reports TLS and authentication failures as bare gRPC codes (and hides a connection
@@ -271,7 +244,7 @@ class Registry:
     every endpoint raises RegistryError naming them.
     """
 
-    def __init__(self, options: EtcdOptions, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, options: EtcdSettings, on_error: Callable[[str], None] | None = None) -> None:
         """``on_error(operation)`` is called for every failed etcd operation (e.g. to count it)."""
         if not options.endpoints:
             raise RegistryError("no etcd endpoints given; use e.g. http://127.0.0.1:2379")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.registryapi import SubnetRegistry
+from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.allocate import SubnetChoice, choose_subnets, stale_own_leases
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from overlayd.base.backoff import Backoff
 from overlayd.base.outage import Outage
-from overlayd.registryapi import LeaseEvent, RegistryError, SubnetRegistry
+from overlayd.etcd.api import LeaseEvent, RegistryError, SubnetRegistry
 from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
