@@ -25,11 +25,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
-from overlayd.backend.vxlan import ApplyError, DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
-from overlayd.base.atomicfile import write_atomic
-from overlayd.base.backoff import Backoff
-from overlayd.base.outage import Outage
-from overlayd.desired import (
+from overlayd.backend.desired import (
     DesiredEntries,
     Plane,
     PlaneDiff,
@@ -39,19 +35,24 @@ from overlayd.desired import (
     reached_directly,
     without_overwritten,
 )
-from overlayd.dropnotice import DropNotice, warning
+from overlayd.backend.flanneldproc import flanneld_pids
+from overlayd.backend.iface import ExternalInterface, InterfaceError, select_interface
+from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
+from overlayd.backend.vxlan.device import ApplyError, DeviceSpec, DeviceState, DirectRoutes, VxlanBackend
+from overlayd.backend.vxlan.mac import load_or_create_mac
+from overlayd.base.atomicfile import write_atomic
+from overlayd.base.backoff import Backoff
+from overlayd.base.outage import Outage
 from overlayd.etcd.leasing import AcquireError, LeaseManager
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry, RegistryError
-from overlayd.firewall import Firewall, FirewallError, FirewallSpec
-from overlayd.flanneldproc import flanneld_pids
 from overlayd.heap import HeapKeeper
 from overlayd.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
 from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
-from overlayd.iface import ExternalInterface, InterfaceError, select_interface
 from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
 from overlayd.metrics import Metrics, MetricsServer, listen_addresses
-from overlayd.netmon import DeviceChange, NetlinkMonitor, is_echo
+from overlayd.netfilter.dropnotice import DropNotice, warning
+from overlayd.netfilter.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.options import AgentOptions
 from overlayd.passtimer import EntryDumps, PassTimer
 from overlayd.peerlog import PeerChange, PeerLogBudget
@@ -71,7 +72,6 @@ from overlayd.subnet.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
 from overlayd.subnet.subnetenv import SubnetEnv, previous_subnet
 from overlayd.subnethistory import load_history, remember, save_history
-from overlayd.vtepmac import load_or_create_mac
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -348,7 +348,8 @@ class Agent:
 
     def _start(self) -> bool:
         opts = self.options
-        self.external = self._retry("choosing the external interface", lambda: select_interface(opts))
+        choice = opts.interface_choice()
+        self.external = self._retry("choosing the external interface", lambda: select_interface(choice))
         if self.external is None:
             return False
         self.public_ip = opts.public_ip or self.external.ip

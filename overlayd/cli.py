@@ -225,7 +225,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     joining later would be dropped. The device, its entries, subnet.env and the lease are
     flanneld's too, and stay for it to adopt.
     """
-    from overlayd.firewall import Firewall, FirewallError
+    from overlayd.netfilter.firewall import Firewall, FirewallError
 
     configure_logging("warning")
     try:

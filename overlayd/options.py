@@ -14,8 +14,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from overlayd.etcd.settings import EtcdSettings, etcd_security_problem
+
+if TYPE_CHECKING:
+    from overlayd.backend.iface import InterfaceChoice
 
 
 class OptionsError(ValueError):
@@ -51,6 +55,18 @@ class AgentOptions:
     verbose: int = 0  # -v: debug from overlayd; -vv: debug from libraries too
     # flanneld options given that have no effect here, each with why (logged at start).
     ignored: tuple[str, ...] = ()
+
+    def interface_choice(self) -> InterfaceChoice:
+        """The ``--iface*`` and ``--public-ip`` part of these options, as interface selection takes it."""
+        # Here, not at the top: rtnetlink's codec would slow every command's start, not only `run`.
+        from overlayd.backend.iface import InterfaceChoice
+
+        return InterfaceChoice(
+            names=self.iface,
+            patterns=self.iface_regex,
+            can_reach=self.iface_can_reach,
+            public_ip=self.public_ip,
+        )
 
     def etcd_settings(self) -> EtcdSettings:
         """The ``--etcd-*`` part of these options, as the registry takes it."""

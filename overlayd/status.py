@@ -296,7 +296,7 @@ def read_device(vni: int | None, network: IPv4Network | None) -> tuple[DeviceVie
     directly is programmed too."""
     from pyroute2 import IPRoute
 
-    from overlayd.backend.vxlan import DirectRoutes, VxlanBackend
+    from overlayd.backend.vxlan.device import DirectRoutes, VxlanBackend
 
     with IPRoute() as ipr:
         links = [link for link in ipr.get_links() if str(link.get("IFLA_IFNAME")).startswith("flannel.")]

@@ -1,1 +1,6 @@
-"""Network backends: each programs the kernel for one flannel backend type."""
+"""Layer 2: the kernel side of a backend: the VXLAN device and its entries, rtnetlink, the link monitor.
+
+Holds ``vxlan/`` (device, VTEP MAC), ``rtnl/`` (codec, socket), ``desired`` (entry types, the
+planes and their diff), ``monitor``, ``iface`` (external interface choice) and ``flanneldproc``.
+May import ``overlayd.base`` and ``overlayd.subnet``; not its siblings ``etcd`` and ``netfilter``.
+"""

@@ -29,8 +29,8 @@ from faults import (
 )
 from labtools import log_mark, log_since, metric, needs_lab, wait_for
 
+from overlayd.backend.vxlan.mac import mac_path
 from overlayd.lab import ETCD_PREFIX, LabError, LabHost, sh
-from overlayd.vtepmac import mac_path
 
 pytestmark = [
     needs_lab,

@@ -17,8 +17,8 @@ from typing import Any
 
 from pyroute2.netns import setns
 
-from overlayd.backend.vxlan import DeviceSpec
-from overlayd.desired import Fdb, Neigh, Plane, Route
+from overlayd.backend.desired import Fdb, Neigh, Plane, Route
+from overlayd.backend.vxlan.device import DeviceSpec
 
 RUN_PREFIX = f"ovn{secrets.token_hex(2)}"
 _counter = itertools.count()

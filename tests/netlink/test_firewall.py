@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns
 
-from overlayd.firewall import (
+from overlayd.netfilter.firewall import (
     Firewall,
     FirewallSpec,
     NftFeatures,
@@ -102,7 +102,7 @@ def recording_logs() -> list[str]:
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    for name in ("overlayd.firewall", "overlayd.iptfwd"):
+    for name in ("overlayd.netfilter.firewall", "overlayd.netfilter.iptfwd"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
     return records

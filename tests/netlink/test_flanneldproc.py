@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nsutil import in_netns
 
-from overlayd.flanneldproc import flanneld_pids
+from overlayd.backend.flanneldproc import flanneld_pids
 
 pytestmark = pytest.mark.root
 

@@ -13,11 +13,11 @@ import pytest
 from nsutil import SPEC, in_netns
 
 from overlayd.agent import Agent
-from overlayd.backend.vxlan import VxlanBackend
-from overlayd.desired import Plane
+from overlayd.backend.desired import Plane
+from overlayd.backend.iface import ExternalInterface
+from overlayd.backend.vxlan.device import VxlanBackend
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot
 from overlayd.etcd.registry import LeaseEvent
-from overlayd.iface import ExternalInterface
 from overlayd.options import AgentOptions
 from overlayd.peerlog import PeerLogBudget
 from overlayd.subnet.config import parse_network_config

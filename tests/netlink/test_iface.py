@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns, run
 
+from overlayd.backend.iface import InterfaceError, select_interface
 from overlayd.cli import make_parser
-from overlayd.iface import InterfaceError, select_interface
 from overlayd.options import normalize_argv, resolve_options
 
 pytestmark = pytest.mark.root
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.root
 def chosen(*argv: str) -> tuple[str, IPv4Address, tuple[IPv4Network, ...]] | str:
     options = resolve_options(make_parser().parse_args(normalize_argv(["run", *argv])), {})
     try:
-        found = select_interface(options)
+        found = select_interface(options.interface_choice())
     except InterfaceError as exc:
         return str(exc)
     return found.name, found.ip, found.segments

@@ -13,10 +13,10 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import SPEC, in_netns, peer
 
-from overlayd.backend.rtnlcodec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
-from overlayd.backend.vxlan import VxlanBackend
-from overlayd.desired import DesiredEntries, PlaneDiff, Route, without_overwritten
-from overlayd.netmon import DeviceChange, NetlinkMonitor, change_reason, is_echo
+from overlayd.backend.desired import DesiredEntries, PlaneDiff, Route, without_overwritten
+from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, change_reason, is_echo
+from overlayd.backend.rtnl.codec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
+from overlayd.backend.vxlan.device import VxlanBackend
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
 # Each step runs inside the namespace, after flannel.1 exists with peer 2 programmed.

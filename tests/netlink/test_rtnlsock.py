@@ -8,10 +8,10 @@ from ipaddress import IPv4Address
 import pytest
 from nsutil import SPEC, in_netns
 
-from overlayd.backend.rtnlcodec import encode_entry
-from overlayd.backend.rtnlsock import BATCH, RtnlSocket
-from overlayd.backend.vxlan import VxlanBackend
-from overlayd.desired import Neigh
+from overlayd.backend.desired import Neigh
+from overlayd.backend.rtnl.codec import encode_entry
+from overlayd.backend.rtnl.socket import BATCH, RtnlSocket
+from overlayd.backend.vxlan.device import VxlanBackend
 
 pytestmark = pytest.mark.root
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.vtepmac import is_valid_vtep_mac, load_or_create_mac, mac_path
+from overlayd.backend.vxlan.mac import is_valid_vtep_mac, load_or_create_mac, mac_path
 
 
 def test_generated_mac_is_local_unicast_and_stable(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
-from overlayd.backend.vxlan import (
+from overlayd.backend.desired import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
+from overlayd.backend.vxlan.device import (
     ApplyError,
     BackendError,
     DeviceSpec,
@@ -17,7 +18,6 @@ from overlayd.backend.vxlan import (
     DirectRoutes,
     VxlanBackend,
 )
-from overlayd.desired import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
 
 pytestmark = pytest.mark.root
 

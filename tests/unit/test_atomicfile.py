@@ -6,9 +6,9 @@ import os
 import stat
 from pathlib import Path
 
+from overlayd.backend.vxlan.mac import load_or_create_mac, mac_path
 from overlayd.base.atomicfile import write_atomic
 from overlayd.subnet.subnetenv import SubnetEnv
-from overlayd.vtepmac import load_or_create_mac, mac_path
 
 
 def mode(path: Path) -> int:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.desired import (
+from overlayd.backend.desired import (
     DesiredEntries,
     DirectRoute,
     Fdb,

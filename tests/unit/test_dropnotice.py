@@ -2,7 +2,7 @@
 
 from ipaddress import IPv4Address
 
-from overlayd.dropnotice import FORMER_PEER_GRACE, MAX_NAMED, DropNotice, warning
+from overlayd.netfilter.dropnotice import FORMER_PEER_GRACE, MAX_NAMED, DropNotice, warning
 
 A, B, C = (IPv4Address(f"192.0.2.{n}") for n in (50, 51, 52))
 

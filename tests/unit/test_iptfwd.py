@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from overlayd.iptfwd import FilterListing, in_place, parse_listing, removal_script, restore_script
+from overlayd.netfilter.iptfwd import FilterListing, in_place, parse_listing, removal_script, restore_script
 
 NET = IPv4Network("198.18.0.0/16")
 DOCKER = """-P INPUT ACCEPT

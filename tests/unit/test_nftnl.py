@@ -3,7 +3,7 @@
 import struct
 from ipaddress import IPv4Address
 
-from overlayd.nftnl import (
+from overlayd.netfilter.nftnl import (
     generation_request,
     parse_answer,
     parse_elements,

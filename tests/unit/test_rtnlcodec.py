@@ -8,7 +8,8 @@ from ipaddress import IPv4Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.backend.rtnlcodec import (
+from overlayd.backend.desired import Neigh
+from overlayd.backend.rtnl.codec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,
     Message,
@@ -18,7 +19,6 @@ from overlayd.backend.rtnlcodec import (
     decode_link,
     entry_key,
 )
-from overlayd.desired import Neigh
 
 
 def _attr(kind: int, value: bytes) -> bytes:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.backend.rtnlcodec import (
+from overlayd.backend.rtnl.codec import (
     RTM_NEWROUTE,
     decode_address,
     decode_link,
@@ -24,12 +24,22 @@ from overlayd.backend.rtnlcodec import (
     route_get_request,
     route_summary,
 )
-from overlayd.backend.rtnlsock import RtnlSocket
-from overlayd.options import AgentOptions
+from overlayd.backend.rtnl.socket import RtnlSocket
 
 
 class InterfaceError(RuntimeError):
     """No usable external interface; the message names what was asked for and the fix."""
+
+
+@dataclass(frozen=True)
+class InterfaceChoice:
+    """What the operator asked for: ``--iface`` names or addresses, ``--iface-regex`` patterns,
+    ``--iface-can-reach`` and ``--public-ip``."""
+
+    names: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    can_reach: IPv4Address | None = None
+    public_ip: IPv4Address | None = None
 
 
 @dataclass(frozen=True)
@@ -122,25 +132,25 @@ def _by_route(rtnl: RtnlSocket, links: list[_Link], target: IPv4Address | None) 
     return None
 
 
-def select_interface(options: AgentOptions) -> ExternalInterface:
-    """The external interface and its address per the options; raises InterfaceError."""
+def select_interface(choice: InterfaceChoice) -> ExternalInterface:
+    """The external interface and its address per the operator's choice; raises InterfaceError."""
     rtnl = RtnlSocket()
     try:
         links = _links(rtnl)
-        for spec in options.iface:
+        for spec in choice.names:
             if found := _by_spec(links, spec):
                 return found
-        for pattern in options.iface_regex:
+        for pattern in choice.patterns:
             if found := _by_regex(links, pattern):
                 return found
-        if options.iface_can_reach and (found := _by_route(rtnl, links, options.iface_can_reach)):
+        if choice.can_reach and (found := _by_route(rtnl, links, choice.can_reach)):
             return found
-        if tried := _selectors(options):
+        if tried := _selectors(choice):
             raise InterfaceError(
                 f"{tried}: no interface with an IPv4 address matches; give an interface name or "
                 "address that `ip -4 addr` shows, fix the pattern, or check the route to the address"
             )
-        if options.public_ip and (found := _by_spec(links, str(options.public_ip))):
+        if choice.public_ip and (found := _by_spec(links, str(choice.public_ip))):
             return found
         if found := _by_route(rtnl, links, None):
             return found
@@ -151,11 +161,11 @@ def select_interface(options: AgentOptions) -> ExternalInterface:
         rtnl.close()
 
 
-def _selectors(options: AgentOptions) -> str:
+def _selectors(choice: InterfaceChoice) -> str:
     """The interface selectors given, as the operator wrote them ("" when none)."""
     given = [
-        ("--iface", ",".join(options.iface)),
-        ("--iface-regex", ",".join(options.iface_regex)),
-        ("--iface-can-reach", str(options.iface_can_reach or "")),
+        ("--iface", ",".join(choice.names)),
+        ("--iface-regex", ",".join(choice.patterns)),
+        ("--iface-can-reach", str(choice.can_reach or "")),
     ]
     return "; ".join(f"{flag} {value}" for flag, value in given if value)

@@ -28,7 +28,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
 from typing import Any
 
-from overlayd.backend.rtnlcodec import (
+from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.backend.rtnl.codec import (
     IFF_UP,
     Entry,
     Link,
@@ -48,8 +49,7 @@ from overlayd.backend.rtnlcodec import (
     route_dump_request,
     set_link_request,
 )
-from overlayd.backend.rtnlsock import RtnlSocket
-from overlayd.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.backend.rtnl.socket import RtnlSocket
 from overlayd.subnet.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)

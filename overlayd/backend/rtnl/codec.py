@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.backend.desired import DirectRoute, Entry, Fdb, Neigh, Route
 from overlayd.base.netlink import (
     ATTR,
     NLA_F_NESTED,
@@ -28,7 +29,6 @@ from overlayd.base.netlink import (
 from overlayd.base.netlink import attr as _attr
 from overlayd.base.netlink import attribute_map as _attrs
 from overlayd.base.netlink import message as _message
-from overlayd.desired import DirectRoute, Entry, Fdb, Neigh, Route
 
 # <linux/rtnetlink.h>
 RTM_NEWLINK, RTM_DELLINK = 16, 17

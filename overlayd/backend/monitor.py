@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from overlayd.backend.rtnlcodec import (
+from overlayd.backend.desired import DesiredEntries, Route
+from overlayd.backend.rtnl.codec import (
     MESSAGE_NAMES,
     NEW_MESSAGES,
     RTM_DELLINK,
@@ -43,7 +44,6 @@ from overlayd.backend.rtnlcodec import (
     neigh_summary,
 )
 from overlayd.base.netlink import split_messages
-from overlayd.desired import DesiredEntries, Route
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
-from overlayd.nftnl import NftNetlink
+from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
+from overlayd.netfilter.nftnl import NftNetlink
 from overlayd.subnet.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
