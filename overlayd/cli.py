@@ -52,10 +52,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = _options(args)
     if options is None:
         return 2
-    from overlayd.heap import frozen_imports
+    from overlayd.agent.heap import frozen_imports
 
     with frozen_imports():
-        from overlayd.agent import Agent  # heavy imports (etcd3, gRPC) only when running
+        from overlayd.agent.daemon import Agent  # heavy imports (etcd3, gRPC) only when running
     return Agent(options).run()
 
 

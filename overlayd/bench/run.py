@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from overlayd.agent.holddown import HOLD_DOWN
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
 from overlayd.bench.datapath import throughput
@@ -34,7 +35,6 @@ from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
-from overlayd.holddown import HOLD_DOWN
 from overlayd.lab import ETCD_IP, Lab, LabHost, lab_namespaces, random_lab_name
 
 AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default

@@ -17,7 +17,7 @@ import pytest
 from faults import Pair, lease_keys, pair_lab, record, subnet_key
 from labtools import log_mark, log_since, metric, needs_lab, wait_for
 
-from overlayd.holddown import HOLD_DOWN
+from overlayd.agent.holddown import HOLD_DOWN
 from overlayd.lab import ETCD_PREFIX, Lab, LabHost
 
 pytestmark = [

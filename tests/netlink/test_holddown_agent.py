@@ -12,14 +12,14 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import SPEC, in_netns
 
-from overlayd.agent import Agent
+from overlayd.agent.daemon import Agent
+from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.backend.desired import Plane
 from overlayd.backend.iface import ExternalInterface
 from overlayd.backend.vxlan.device import VxlanBackend
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot
 from overlayd.etcd.registry import LeaseEvent
 from overlayd.options import AgentOptions
-from overlayd.peerlog import PeerLogBudget
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -125,8 +125,8 @@ def flood_logged() -> list[str]:
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("overlayd.agent").addHandler(handler)
-    logging.getLogger("overlayd.agent").setLevel(logging.INFO)
+    logging.getLogger("overlayd.agent.daemon").addHandler(handler)
+    logging.getLogger("overlayd.agent.daemon").setLevel(logging.INFO)
     for n in range(10, 20):
         agent._apply_events(event("put", n, lease(n), at=time.monotonic()))
     agent._apply_events(event("delete", 10, None, at=time.monotonic()))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from overlayd.agent.metrics import Metrics
 from overlayd.cli import make_parser
-from overlayd.metrics import Metrics
 from overlayd.options import AgentOptions, resolve_options
 from overlayd.subnet.config import parse_network_config
 
@@ -146,7 +146,7 @@ def test_the_example_environment_file_gives_the_documented_options() -> None:
 def test_the_unit_raises_the_descriptor_limit() -> None:
     """The default soft limit of 1024 left repair failing with "Too many open files" once the
     metrics port was busy; the server holds at most MAX_CONNECTIONS per address."""
-    from overlayd.metrics import MAX_CONNECTIONS
+    from overlayd.agent.metrics import MAX_CONNECTIONS
 
     unit = (DEPLOY / "overlayd.service").read_text()
     [limit] = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from overlayd.metrics import Metrics
+from overlayd.agent.metrics import Metrics
 from overlayd.options import _SPECS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

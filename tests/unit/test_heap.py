@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from overlayd.heap import GEN2_THRESHOLD, HeapKeeper, frozen_imports
+from overlayd.agent.heap import GEN2_THRESHOLD, HeapKeeper, frozen_imports
 
 
 class Clock:

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.holddown import HOLD_DOWN, HoldDown, same_entries
+from overlayd.agent.holddown import HOLD_DOWN, HoldDown, same_entries
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from overlayd.hostguard import MAX_ABSTRACT_NAME, NetworkClaimed, claim_name, claim_network
+from overlayd.agent.hostguard import MAX_ABSTRACT_NAME, NetworkClaimed, claim_name, claim_network
 
 # Bind, say so, and hold until stdin closes (or the process is killed).
 HOLD = """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock, state_dir_problem
+from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock, state_dir_problem
 
 
 @pytest.fixture

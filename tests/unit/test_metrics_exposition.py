@@ -13,7 +13,7 @@ from importlib import metadata
 import pytest
 from prometheus_client import generate_latest
 
-from overlayd.metrics import Health, Metrics, MetricsServer, listen_addresses
+from overlayd.agent.metrics import Health, Metrics, MetricsServer, listen_addresses
 
 # The contract with `overlayd status` and dashboards (see docs): exactly these names.
 CONTRACT = [

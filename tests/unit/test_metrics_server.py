@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from overlayd.httpserve import BadRequest, Request, parse_head
-from overlayd.metrics import Health, Metrics, MetricsServer
+from overlayd.agent.httpserve import BadRequest, Request, parse_head
+from overlayd.agent.metrics import Health, Metrics, MetricsServer
 
 HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # no blank line: the request never ends
 CLIENT_TIMEOUT = 5.0  # well under the attack's request timeout: a queued client would fail

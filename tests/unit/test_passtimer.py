@@ -3,7 +3,7 @@ never waits more than one interval. EntryDumps: which passes dump every entry.""
 
 from __future__ import annotations
 
-from overlayd.passtimer import EntryDumps, PassTimer
+from overlayd.agent.passtimer import EntryDumps, PassTimer
 
 
 def run(timer: PassTimer, until: float, event_every: float | None, step: float = 0.01) -> list[float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from overlayd.peerlog import PeerChange, PeerLogBudget, Summary
+from overlayd.agent.peerlog import PeerChange, PeerLogBudget, Summary
 
 
 def test_a_few_changes_are_each_logged_and_need_no_summary() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.sdnotify import Notifier, watchdog_interval
+from overlayd.agent.sdnotify import Notifier, watchdog_interval
 
 
 @pytest.fixture

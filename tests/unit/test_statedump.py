@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.metrics import Health
+from overlayd.agent.metrics import Health
+from overlayd.agent.statedump import AgentState, StraySignals, describe
 from overlayd.options import AgentOptions
-from overlayd.statedump import AgentState, StraySignals, describe
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 

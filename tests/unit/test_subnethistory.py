@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.subnethistory import KEPT, history_path, load_history, remember, save_history
+from overlayd.agent.subnethistory import KEPT, history_path, load_history, remember, save_history
 
 
 def net(cidr: str) -> IPv4Network:

@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from overlayd import __version__
-from overlayd.httpserve import BoundedHttpServer, Request, Response
+from overlayd.agent.httpserve import BoundedHttpServer, Request, Response
 
 log = logging.getLogger(__name__)
 # A ``_created`` timestamp per counter doubles the exposition and no reader uses it.

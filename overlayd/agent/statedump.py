@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from overlayd.metrics import Health
+from overlayd.agent.metrics import Health
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease

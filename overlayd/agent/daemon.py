@@ -25,6 +25,16 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
+from overlayd.agent.heap import HeapKeeper
+from overlayd.agent.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
+from overlayd.agent.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
+from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
+from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
+from overlayd.agent.passtimer import EntryDumps, PassTimer
+from overlayd.agent.peerlog import PeerChange, PeerLogBudget
+from overlayd.agent.sdnotify import Notifier
+from overlayd.agent.statedump import AgentState, install_signal_handlers, lease_expires_in
+from overlayd.agent.subnethistory import load_history, remember, save_history
 from overlayd.backend.desired import (
     DesiredEntries,
     Plane,
@@ -46,18 +56,9 @@ from overlayd.base.outage import Outage
 from overlayd.etcd.leasing import AcquireError, LeaseManager
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry, RegistryError
-from overlayd.heap import HeapKeeper
-from overlayd.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
-from overlayd.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
-from overlayd.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
-from overlayd.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.netfilter.dropnotice import DropNotice, warning
 from overlayd.netfilter.firewall import Firewall, FirewallError, FirewallSpec
 from overlayd.options import AgentOptions
-from overlayd.passtimer import EntryDumps, PassTimer
-from overlayd.peerlog import PeerChange, PeerLogBudget
-from overlayd.sdnotify import Notifier
-from overlayd.statedump import AgentState, install_signal_handlers, lease_expires_in
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.confchange import (
     ConfigAction,
@@ -71,7 +72,6 @@ from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_con
 from overlayd.subnet.lease import Lease, LeaseAttrs, lease_vni
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
 from overlayd.subnet.subnetenv import SubnetEnv, previous_subnet
-from overlayd.subnethistory import load_history, remember, save_history
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
