@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from overlayd.bench.cni import exec_times
-from overlayd.install_cni import install_cni
+from overlayd.ops.install_cni import install_cni
 
 
 def median_ms(cmd: list[str], runs: int) -> float:

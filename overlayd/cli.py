@@ -22,7 +22,7 @@ from overlayd.logsetup import configure_logging
 from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
 
 if TYPE_CHECKING:
-    from overlayd.lab import Lab
+    from overlayd.lab.namespaces import Lab
 
 # `lab up` refused because a lab of that name has processes running: nothing was changed.
 LAB_RUNNING = 3
@@ -60,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from overlayd.lab import DEFAULT_ROOT, Lab, LabError, lab_namespaces
+    from overlayd.lab.namespaces import DEFAULT_ROOT, Lab, LabError, lab_namespaces
 
     if os.geteuid() != 0:
         print("overlayd lab: needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
@@ -134,7 +134,7 @@ def _read_input(name: str) -> str | None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from overlayd import status
+    from overlayd.ops import status
 
     options = _options(args, default_level="warning")
     if options is None:
@@ -159,7 +159,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from overlayd import netconfig_cmd
+    from overlayd.ops import netconfig as netconfig_cmd
 
     options = _options(args, default_level="warning")
     if options is None:
@@ -187,7 +187,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_docker_opts(args: argparse.Namespace) -> int:
     from overlayd.base.atomicfile import write_atomic
-    from overlayd.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
+    from overlayd.ops.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
     from overlayd.subnet.subnetenv import parse_keys
 
     text = _read_input(args.flannel_env)
@@ -209,7 +209,7 @@ def _cmd_docker_opts(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_cni(args: argparse.Namespace) -> int:
-    from overlayd.install_cni import install_cni
+    from overlayd.ops.install_cni import install_cni
 
     path = install_cni(Path(args.cni_bin_dir))
     print(f"installed {path}")
@@ -243,7 +243,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_cni(args: argparse.Namespace) -> int:
-    from overlayd.cni_tool import run_cni_command
+    from overlayd.ops.cni_tool import run_cni_command
 
     return run_cni_command(args.cni_args)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overlayd.install_cni import install_cni
-from overlayd.lab import SHIPPED_CONFLIST, LabHost, sh
+from overlayd.lab.namespaces import SHIPPED_CONFLIST, LabHost, sh
+from overlayd.ops.install_cni import install_cni
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 IFNAME = "eth0"

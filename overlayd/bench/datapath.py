@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.labtraffic import TcpProbe
+from overlayd.lab.traffic import TcpProbe
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.install_cni import install_cni
+from overlayd.ops.install_cni import install_cni
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 RUN_PREFIX = f"ovc{secrets.token_hex(2)}"

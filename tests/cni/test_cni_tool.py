@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.cni_tool import ToolError, choose_version, run_cni_command
+from overlayd.ops.cni_tool import ToolError, choose_version, run_cni_command
 
 from .conftest import REFERENCE_PLUGINS, SUBNET_ENV, Node, run_netns
 
@@ -47,7 +47,7 @@ def _tool(host: Node, *args: str, port_mappings: bool = True) -> subprocess.Comp
     }
     if port_mappings:
         env["CAP_ARGS"] = json.dumps({"portMappings": PORT_MAPPINGS})
-    cmd = ["ip", "netns", "exec", host.host_ns, sys.executable, "-m", "overlayd.cni_tool"]
+    cmd = ["ip", "netns", "exec", host.host_ns, sys.executable, "-m", "overlayd.ops.cni_tool"]
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=30)
 
 

@@ -20,7 +20,7 @@ from cni_shim.netconf import build_delegate, parse_conf
 from cni_shim.result import convert
 from cni_shim.state import Attachment, StateStore
 from cni_shim.subnetenv import SubnetEnvError, parse_subnet_env
-from overlayd.install_cni import install_cni, render_plugin
+from overlayd.ops.install_cni import install_cni, render_plugin
 
 V4 = "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\n"
 V6 = "FLANNEL_IPV6_NETWORK=2001:db8::/48\nFLANNEL_IPV6_SUBNET=2001:db8:0:5::1/64\n"

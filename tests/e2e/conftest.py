@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from labtools import running_lab
 
-from overlayd.lab import Lab
+from overlayd.lab.namespaces import Lab
 
 
 @pytest.fixture(scope="module")

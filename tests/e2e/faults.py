@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from labtools import running_lab
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
-from overlayd.labtraffic import PingProbe, PingStats, TcpProbe
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
+from overlayd.lab.traffic import PingProbe, PingStats, TcpProbe
 
 PING_INTERVAL = 0.05
 

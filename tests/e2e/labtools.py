@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from overlayd.lab import Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
 
 needs_lab = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("etcd") is None,

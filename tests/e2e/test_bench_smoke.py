@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from labtools import needs_lab
 
-from overlayd.lab import lab_namespaces
+from overlayd.lab.namespaces import lab_namespaces
 
 pytestmark = [
     needs_lab,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from labtools import needs_lab, wait_for
 
-from overlayd.lab import Lab, lab_namespaces, random_lab_name
-from overlayd.labtraffic import TcpProbe
+from overlayd.lab.namespaces import Lab, lab_namespaces, random_lab_name
+from overlayd.lab.traffic import TcpProbe
 
 pytestmark = [
     needs_lab,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from labtools import needs_lab, running_lab, status_json, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [
     needs_lab,

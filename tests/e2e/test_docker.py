@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from labtools import log_mark, log_since, needs_lab, running_lab, wait_for
 
-from overlayd.lab import Lab, LabError, LabHost, sh
-from overlayd.labdocker import DockerUnavailable, LabDocker
+from overlayd.lab.docker import DockerUnavailable, LabDocker
+from overlayd.lab.namespaces import Lab, LabError, LabHost, sh
 
 pytestmark = [
     needs_lab,

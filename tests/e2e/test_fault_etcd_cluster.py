@@ -12,7 +12,7 @@ import pytest
 from faults import Pair, pair_lab, plane, record, since
 from labtools import log_mark, log_since, needs_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX
+from overlayd.lab.namespaces import ETCD_PREFIX
 
 pytestmark = [
     needs_lab,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from labtools import metric, needs_lab, running_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab
 
 pytestmark = [needs_lab, pytest.mark.root, pytest.mark.slow]
 

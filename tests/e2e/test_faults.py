@@ -30,7 +30,7 @@ from faults import (
 from labtools import log_mark, log_since, metric, needs_lab, wait_for
 
 from overlayd.backend.vxlan.mac import mac_path
-from overlayd.lab import ETCD_PREFIX, LabError, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, LabError, LabHost, sh
 
 pytestmark = [
     needs_lab,

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from labtools import needs_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

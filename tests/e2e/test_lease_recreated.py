@@ -18,7 +18,7 @@ from faults import Pair, lease_keys, pair_lab, record, subnet_key
 from labtools import log_mark, log_since, metric, needs_lab, wait_for
 
 from overlayd.agent.holddown import HOLD_DOWN
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost
 
 pytestmark = [
     needs_lab,

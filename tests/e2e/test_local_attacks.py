@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from labtools import needs_lab, wait_for
 
-from overlayd.lab import METRICS_PORT, Lab, LabHost, sh
+from overlayd.lab.namespaces import METRICS_PORT, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

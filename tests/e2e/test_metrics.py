@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from labtools import needs_lab, wait_for
 
-from overlayd.lab import Lab, sh
+from overlayd.lab.namespaces import Lab, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

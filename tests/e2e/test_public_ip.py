@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from labtools import metric, needs_lab, running_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

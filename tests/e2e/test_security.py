@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 import pytest
 from labtools import log_mark, log_since, metric, needs_lab, running_lab, wait_for
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

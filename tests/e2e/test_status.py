@@ -9,7 +9,7 @@ import sys
 import pytest
 from labtools import needs_lab, status_json
 
-from overlayd.lab import ETCD_PREFIX, Lab, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 

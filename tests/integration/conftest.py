@@ -15,7 +15,7 @@ import pytest
 
 from overlayd.etcd.registry import Registry
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import EtcdServer
+from overlayd.lab.etcdserver import EtcdServer
 
 ETCD_MISSING = shutil.which("etcd") is None or shutil.which("etcdctl") is None
 

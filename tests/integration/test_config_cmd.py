@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from overlayd.etcdserver import EtcdServer
+from overlayd.lab.etcdserver import EtcdServer
 
 
 def overlayd(etcd: EtcdServer, prefix: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import pytest
 from overlayd.etcd.peerwatch import PeerItem, PeerWatcher
 from overlayd.etcd.registry import Registry, RegistryError
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import EtcdServer, EtcdTLS
+from overlayd.lab.etcdserver import EtcdServer, EtcdTLS
 from tests.integration.support import PeerView, host_attrs
 
 PASSWORD = "pw-Zq83-never-shown"

@@ -13,7 +13,7 @@ import pytest
 
 from overlayd.etcd.leasing import LeaseManager
 from overlayd.etcd.registry import Registry
-from overlayd.etcdserver import EtcdServer
+from overlayd.lab.etcdserver import EtcdServer
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.lease import Lease
 

@@ -12,7 +12,7 @@ import pytest
 from overlayd.etcd.peerwatch import PeerItem, PeerWatcher
 from overlayd.etcd.registry import Registry
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import EtcdServer
+from overlayd.lab.etcdserver import EtcdServer
 from overlayd.subnet.lease import Lease
 
 from .support import PeerView, host_attrs

@@ -13,7 +13,7 @@ import pytest
 
 from overlayd.etcd.registry import LeaseEvent, Registry, RegistryError
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import EtcdServer, free_port
+from overlayd.lab.etcdserver import EtcdServer, free_port
 from overlayd.subnet.lease import LeaseAttrs
 
 from .support import host_attrs

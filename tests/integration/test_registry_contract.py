@@ -20,7 +20,7 @@ from overlayd.etcd.api import LeaseEvent, RegistryError, SubnetRegistry, WatchCo
 from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.etcd.registry import Registry
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import EtcdServer
+from overlayd.lab.etcdserver import EtcdServer
 from overlayd.subnet.lease import Lease, LeaseError, encode_attrs
 
 from .support import host_attrs

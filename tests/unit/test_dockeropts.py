@@ -2,7 +2,7 @@
 
 import pytest
 
-from overlayd.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
+from overlayd.ops.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
 
 ENV = {"FLANNEL_NETWORK": "198.18.0.0/16", "FLANNEL_SUBNET": "198.18.7.1/24", "FLANNEL_MTU": "1450",
        "FLANNEL_IPMASQ": "false"}  # fmt: skip

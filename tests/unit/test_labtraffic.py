@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from overlayd.labtraffic import ping_stats, tcp_stats
+from overlayd.lab.traffic import ping_stats, tcp_stats
 
 
 def reply(seq: int) -> str:

@@ -3,7 +3,7 @@
 import io
 import json
 
-from overlayd import netconfig_cmd
+from overlayd.ops import netconfig as netconfig_cmd
 
 
 def test_diff_ignores_formatting_and_shows_changes() -> None:

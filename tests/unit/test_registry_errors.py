@@ -14,7 +14,7 @@ import pytest
 
 from overlayd.etcd.registry import Registry, RegistryError
 from overlayd.etcd.settings import EtcdSettings
-from overlayd.etcdserver import free_port
+from overlayd.lab.etcdserver import free_port
 
 
 @pytest.fixture

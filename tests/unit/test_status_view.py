@@ -3,7 +3,7 @@
 import json
 import math
 
-from overlayd.status import (
+from overlayd.ops.status import (
     AgentView,
     DeviceView,
     HostStatus,

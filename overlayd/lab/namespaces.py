@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from overlayd.etcdserver import EtcdServer, EtcdServerError
-from overlayd.install_cni import install_cni
+from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
+from overlayd.ops.install_cni import install_cni
 from overlayd.subnet.subnetenv import parse_keys
 
 log = logging.getLogger(__name__)
