@@ -6,7 +6,7 @@ come back as messages too: each neighbour or route message carries the entry it 
 ``is_echo`` (the agent's view of what it wants) drops a new entry it wants or the removal of one
 it does not, so only changes someone else made cost a full pass.
 
-The socket is a plain ``AF_NETLINK`` socket decoded with ``rtnlcodec`` (the few fields needed, with
+The socket is a plain ``AF_NETLINK`` socket decoded with ``rtnl.codec`` (the few fields needed, with
 ``struct``) rather than pyroute2: its synchronous ``IPRoute`` reads through an asyncio loop that can
 hold received messages in its own queue, so ``select`` on its descriptor misses them, and its
 marshal decodes every attribute in Python, which at thousands of echoes competed with the

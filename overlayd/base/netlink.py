@@ -1,6 +1,6 @@
 """Netlink framing shared by the rtnetlink codec and nftables netlink: headers, attributes, errors.
 
-Pure functions over bytes, with ``struct`` only (see ``backend/rtnlcodec`` for why not pyroute2's
+Pure functions over bytes, with ``struct`` only (see ``backend/rtnl/codec`` for why not pyroute2's
 marshal). Every netlink family frames its messages the same way: a 16-byte ``nlmsghdr``, then a
 family header, then type-length-value attributes, each padded to 4 bytes. What the bytes after the
 family header mean is the caller's business; here a malformed length ends the walk instead of

@@ -5,7 +5,7 @@ moves (``ManualClock``), a compactable history of changes, and an ``unreachable`
 stands for an etcd outage. ``MemoryRegistry`` is one client of it, as ``registry.Registry`` is
 of etcd: several clients of one store are several agents racing for subnets.
 
-What it promises is ``registryapi``'s contract, and tests/integration/test_registry_contract.py
+What it promises is ``etcd.api``'s contract, and tests/integration/test_registry_contract.py
 runs the same tests against it and a real etcd. Not modelled: multiple endpoints and fail-over,
 TLS and authentication, etcd's minimum TTL, and responses that batch several revisions.
 """

@@ -485,7 +485,7 @@ class Registry:
         return leases, response.revision
 
     def _range_subnets(self, client: etcd3.Etcd3Client) -> RangeResult:
-        """etcd3's ``get_prefix_response``, its answer decoded by ``etcdwire`` (see there why)."""
+        """etcd3's ``get_prefix_response``, its answer decoded by ``etcd.wire`` (see there why)."""
         prefix = self._subnets_prefix.encode()
         request = etcdrpc.RangeRequest(key=prefix, range_end=etcd3.utils.increment_last_byte(prefix))
         call = client.channel.unary_unary(

@@ -44,7 +44,7 @@ ETCD_IP = IPv4Address("192.0.2.2")
 FIRST_HOST_IP = IPv4Address("192.0.2.11")
 MAX_HOSTS = 200
 MAX_ETCD_MEMBERS = 3  # 192.0.2.2 .. .4: the addresses below the hosts' range
-SHIPPED_CONFLIST = Path(__file__).parents[1] / "deploy" / "10-flannel.conflist"
+SHIPPED_CONFLIST = Path(__file__).parents[2] / "deploy" / "10-flannel.conflist"
 METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
 # GET a URL, print the status line then the body; run inside a host's namespace by http_get.
 _HTTP_GET = """

@@ -13,6 +13,7 @@ the same module object through it, so protobuf is set up once, the agent's way).
 from __future__ import annotations
 
 import ast
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +214,13 @@ def test_etcd3_outside_the_registry_and_a_cycle_are_named(tmp_path: Path) -> Non
     found, etcd3 = imports_of(tmp_path)
     assert etcd3 == ["overlayd/ops/x.py:1 imports etcd3; only overlayd/etcd/registry.py may"]
     assert unit_cycles(found) == [["backend", "etcd", "backend"]]
+
+
+def test_pyproject_ships_every_subpackage() -> None:
+    """A package missing from pyproject.toml works in the editable install and fails in a wheel."""
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = {name for name in config["packages"] if name.split(".")[0] == "overlayd"}
+    inits = PACKAGE.rglob("__init__.py")
+    present = {".".join(init.relative_to(PACKAGE.parent).parent.parts) for init in inits}
+    missing, extra = sorted(present - listed), sorted(listed - present)
+    assert listed == present, f"pyproject.toml lacks {missing}, lists {extra} that do not exist"

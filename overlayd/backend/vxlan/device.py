@@ -6,8 +6,8 @@ over the other's device. Unlike flanneld, the device is repaired rather than tru
 a wrong MAC or stray addresses are fixed, and an incompatible device is recreated.
 
 The device and the per-peer entries, thousands of them, go through one raw rtnetlink socket
-(``rtnlsock``, batching) with a ``struct`` codec (``rtnlcodec``), bound to the network namespace
-current when the backend is created; no multicast groups are joined (``netmon`` watches). The
+(``rtnl.socket``, batching) with a ``struct`` codec (``rtnl.codec``), bound to the network namespace
+current when the backend is created; no multicast groups are joined (``backend.monitor`` watches). The
 project names pyroute2 as its netlink library and the CLI's ``status`` still uses it, but the
 agent no longer imports it: its package ``__init__`` alone cost ~0.1 s of every cold start
 (``python -X importtime``: ``pyroute2`` pulls in ndb, ipdb, conntrack and asyncio whichever
@@ -296,7 +296,7 @@ class VxlanBackend:
     def apply(self, ifindex: int, diff: PlaneDiff) -> None:
         """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
 
-        The requests go out in batches (see ``rtnlsock``); the kernel handles them in order, so
+        The requests go out in batches (see ``rtnl.socket``); the kernel handles them in order, so
         the removals still precede the additions. Each entry is attempted even if another failed,
         so one bad lease cannot block the rest; the failures are raised together as
         ``ApplyError``. Entries already gone count as removed.
