@@ -6,7 +6,7 @@ import sys
 import time
 
 from . import jsonio
-from .delegate import find_plugin, invoke
+from .delegate import check_plugin_name, find_plugin, invoke
 from .errors import (
     CannotServiceAdd,
     CniError,
@@ -54,6 +54,7 @@ def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_v
     prev_result = config.get("prevResult")
     if prev_result is not None and not isinstance(prev_result, dict):
         raise InvalidConfig(f'"prevResult" must be a JSON object, not {prev_result!r}')
+    _check_plugin_names(config)
     try:
         conf = parse_conf(config, cni_version)
     except (InvalidConfig, UnsupportedField) as err:
@@ -67,6 +68,15 @@ def dispatch(command: str, env: Mapping[str, str], config: dict[str, Any], cni_v
     if command == "GC":
         return gc(invocation, *_valid_attachments(config))
     return {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status}[command](invocation)
+
+
+def _check_plugin_names(config: dict[str, Any]) -> None:
+    """Refuse, for every command, a plugin type that is a path: DEL's leniency about a broken
+    ``delegate`` or ``ipam`` is for a careless conflist, not for one that names a file to run."""
+    for key in ("delegate", "ipam"):
+        section = config.get(key)
+        if isinstance(section, dict) and isinstance(section.get("type"), str):
+            check_plugin_name(section["type"], f"{key}.type")
 
 
 def add(inv: Invocation) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from . import jsonio, leanos, spawn
-from .errors import CniError, DelegateFailed, InvalidEnvironment
+from .errors import CniError, DelegateFailed, InvalidConfig, InvalidEnvironment
 
 # `typing`, `collections.abc` and `pathlib` would add ~10 ms to every CNI call (docs/benchmarks.md).
 TYPE_CHECKING = False
@@ -14,8 +14,29 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def check_plugin_name(plugin_type: object, key: str) -> None:
+    """Refuse a plugin type that is not a bare file name (InvalidConfig naming ``key``).
+
+    A type is looked up in CNI_PATH and executed as root: ``"../../tmp/x"`` would run any file
+    on the host, so, as libcni and flannel's plugin do, a name holding "/" is not a plugin
+    name; neither are "", "." and ".." (directories) or control characters.
+    """
+    if (
+        isinstance(plugin_type, str)
+        and plugin_type not in ("", ".", "..")
+        and "/" not in plugin_type
+        and plugin_type.isprintable()
+    ):
+        return
+    raise InvalidConfig(
+        f'"{key}" {plugin_type!r} is not a plugin name; use the bare file name of a plugin in '
+        'CNI_PATH, without "/", e.g. "bridge" (or "host-local" for ipam.type)'
+    )
+
+
 def find_plugin(plugin_type: str, cni_path: str) -> str:
     """The first executable named ``plugin_type`` in the ``:``-separated ``cni_path``."""
+    check_plugin_name(plugin_type, "type")
     directories = [entry for entry in cni_path.split(leanos.PATHSEP) if entry]
     for directory in directories:
         candidate = leanos.join(directory, plugin_type)
@@ -39,6 +60,10 @@ def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> d
     here. A plugin error becomes DelegateFailed carrying the plugin's own code and message.
     """
     plugin_type = config["type"]
+    check_plugin_name(plugin_type, "delegate.type")
+    ipam = config.get("ipam")
+    if isinstance(ipam, dict) and "type" in ipam:  # run by the delegate, but named by us
+        check_plugin_name(ipam["type"], "ipam.type")
     plugin = find_plugin(plugin_type, env.get("CNI_PATH", ""))
     completed = spawn.run(plugin, jsonio.dumps(config).encode(), {**env, "CNI_COMMAND": command})
     stderr = completed.stderr.decode(errors="replace").strip()

@@ -117,6 +117,8 @@ def _subnet_file_timeout(config: dict[str, Any]) -> float:
 
 def _ipam(config: dict[str, Any]) -> dict[str, Any]:
     ipam = _object(config, "ipam")
+    if not isinstance(ipam.get("type", "host-local"), str):
+        raise InvalidConfig(f'"ipam.type" {ipam["type"]!r} is not a plugin name; use e.g. "host-local"')
     if not isinstance(ipam.get("routes", []), list):
         raise InvalidConfig(f'"ipam.routes" must be a list of {{"dst": ...}}, not {ipam["routes"]!r}')
     return ipam

@@ -1,11 +1,14 @@
 """Hostile input to the installed shim: the spec's error codes, and nothing written anywhere.
 
-Huge, truncated, absurdly nested or mistyped stdin and path-like container IDs or interface
-names must be refused before the shim touches ``dataDir`` or delegates (so no root is needed).
+Huge, truncated, absurdly nested or mistyped stdin, path-like container IDs or interface
+names, plugin types that are paths and a ``subnetFile`` that is some other file must be refused
+before the shim touches ``dataDir`` or delegates (so no root is needed).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,60 @@ def test_path_traversal_is_code_4_and_writes_nothing(node: Node, env: dict[str, 
     assert next(iter(env)) in reply.error(4)["msg"]
     assert files(node) == before
     assert not (node.tmp / "escape").exists() and not (node.data_dir.parent / "escape").exists()
+
+
+def evil_plugin(node: Node) -> tuple[Path, Path]:
+    """An executable that leaves a marker file when run; (the program, the marker)."""
+    marker = node.tmp / "evil-ran"
+    evil = node.tmp / "x" / "evil"
+    evil.parent.mkdir(exist_ok=True)
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\necho '{{}}'\n")
+    evil.chmod(0o755)
+    return evil, marker
+
+
+def plugin_names_for(node: Node, evil: Path) -> list[str]:
+    """Names that reach ``evil`` from the first CNI_PATH directory, and other non-names."""
+    return [os.path.relpath(evil, node.plugin_dir), "../../../../../../.." + str(evil), str(evil)]
+
+
+@pytest.mark.parametrize("key", ["delegate", "ipam"])
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
+def test_a_plugin_type_that_is_a_path_is_refused_and_never_run(node: Node, key: str, command: str) -> None:
+    """flannel's plugin and libcni say "invalid plugin name"; this once ran the file as root."""
+    evil, marker = evil_plugin(node)
+    for name in plugin_names_for(node, evil):
+        section = {"delegate": {"bridge": node.bridge}, "ipam": {"dataDir": str(node.ipam_dir)}}[key]
+        conf = node.conf(prevResult={"cniVersion": "1.0.0"}, **{key: {**section, "type": name}})
+        before = files(node)
+        error = node.call(command, conf, netns="x").error(7)
+        assert error["msg"].startswith(f'"{key}.type" {name!r} is not a plugin name'), error
+        assert 'without "/"' in error["msg"]
+        assert not marker.exists()
+        assert files(node) == before
+        assert node.allocations() == {}
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "bridge\n", "br\x00idge"])
+def test_other_non_names_are_refused_as_plugin_types(node: Node, name: str) -> None:
+    before = files(node)
+    error = node.call("ADD", node.conf(delegate={"type": name}), netns="x").error(7)
+    assert error["msg"].startswith(f'"delegate.type" {name!r} is not a plugin name'), error
+    assert files(node) == before
+
+
+def test_a_saved_state_naming_a_path_is_not_run_on_del(node: Node) -> None:
+    """State written before this check existed (or planted in dataDir) is checked on replay."""
+    evil, marker = evil_plugin(node)
+    node.data_dir.mkdir(parents=True)
+    for name in plugin_names_for(node, evil):
+        saved = node.data_dir / "ovctest+ctr1+eth0"
+        saved.write_text(json.dumps({"cniVersion": "1.0.0", "name": "ovctest", "type": name}))
+        error = node.call("DEL", node.conf(), netns="x").error(7)
+        assert error["msg"].startswith(f'"delegate.type" {name!r} is not a plugin name'), error
+        assert not marker.exists()
+        assert saved.exists()  # nothing was released, so the record of it stays
+    ipam = {"type": os.path.relpath(evil, node.plugin_dir)}
+    saved.write_text(json.dumps({"cniVersion": "1.0.0", "name": "ovctest", "type": "bridge", "ipam": ipam}))
+    assert node.call("DEL", node.conf(), netns="x").error(7)["msg"].startswith('"ipam.type"')
+    assert not marker.exists()
