@@ -130,3 +130,30 @@ def test_a_saved_state_naming_a_path_is_not_run_on_del(node: Node) -> None:
     saved.write_text(json.dumps({"cniVersion": "1.0.0", "name": "ovctest", "type": "bridge", "ipam": ipam}))
     assert node.call("DEL", node.conf(), netns="x").error(7)["msg"].startswith('"ipam.type"')
     assert not marker.exists()
+
+
+SECRET = "root:$6$s3cr3tHash:19000:0:99999:7:::"
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "STATUS"])
+def test_a_subnet_file_that_is_another_file_is_not_quoted(node: Node, command: str) -> None:
+    """An error names the line and why, never its content: the file may be /etc/shadow."""
+    node.subnet_file.write_text(f"# comment\n\n{SECRET}\nFLANNEL_MTU=1450\n")
+    version = "1.1.0" if command == "STATUS" else "1.0.0"
+    conf = node.conf(version, prevResult={"cniVersion": version})
+    before = files(node)
+    reply = node.call(command, conf, netns="x")
+    assert "s3cr3t" not in reply.stdout + reply.stderr
+    if command == "DEL":  # DEL succeeds: nothing was saved, and nothing can be rebuilt
+        assert reply.returncode == 0, reply
+        assert f"{node.subnet_file}: line 3 is not KEY=VALUE" in reply.stderr
+    else:
+        error = reply.error({"ADD": 7, "CHECK": 999, "STATUS": 50}[command])
+        assert f"{node.subnet_file}: line 3 is not KEY=VALUE (it has no '=')" in error["msg"], error
+    assert files(node) == before
+
+
+def test_a_huge_subnet_file_is_refused_unread(node: Node) -> None:
+    node.subnet_file.write_text("FLANNEL_MTU=1450\n" + "#" * (1 << 20))
+    error = node.call("ADD", node.conf(), netns="x").error(7)
+    assert "larger than 65536 bytes, not a subnet.env" in error["msg"], error
