@@ -24,8 +24,8 @@ def files(node: Node) -> list[Path]:
 @pytest.mark.parametrize(
     ("stdin", "code"),
     [
-        (" " * (10 << 20) + "{", 6),  # 10 MB that never becomes JSON
-        ('{"cniVersion": "1.0.0", "name": "n", "type": "flannel", "pad": "' + "x" * (10 << 20), 6),
+        (" " * (10 << 20) + "{", 7),  # 10 MB: over the 1 MiB cap, refused unread
+        ('{"cniVersion": "1.0.0", "name": "n", "type": "flannel", "pad": "' + "x" * (10 << 20), 7),
         ('{"cniVersion": "1.0.0", "name": "n", "type": "flan', 6),  # truncated
         ("[" * 100_000 + "]" * 100_000, 6),  # nesting deeper than any parser's stack
         ("\x00\xff garbage", 6),
@@ -73,6 +73,57 @@ def test_path_traversal_is_code_4_and_writes_nothing(node: Node, env: dict[str, 
     assert next(iter(env)) in reply.error(4)["msg"]
     assert files(node) == before
     assert not (node.tmp / "escape").exists() and not (node.data_dir.parent / "escape").exists()
+
+
+def test_stdin_over_the_cap_is_refused_without_reading_it_all(node: Node) -> None:
+    """200 MB once took 5.5 s and 400 MB of memory; now the first MiB decides."""
+    before = files(node)
+    conf = json.dumps(node.conf(pad="x" * (50 << 20)))
+    error = node.call("ADD", conf, netns="x").error(7)
+    assert "larger than 1048576 bytes" in error["msg"], error
+    assert files(node) == before
+
+
+def test_stdin_at_the_cap_is_still_read(node: Node) -> None:
+    conf = node.conf(pad="")
+    conf["pad"] = "x" * ((1 << 20) - len(json.dumps(conf)))
+    text = json.dumps(conf)
+    assert len(text.encode()) == 1 << 20
+    # Read and parsed: it gets as far as delegating (to the stand-in that refuses outside a netns).
+    assert "delegated outside a test netns" in node.call("ADD", text, netns="x").error(999)["msg"]
+
+
+@pytest.mark.parametrize(
+    "ifname",
+    [
+        "eth\x010",  # a control character
+        "eth0\n",
+        "eth0\x1b[2J",  # a terminal escape
+        "a" * 16,  # one byte over IFNAMSIZ - 1
+        "\u00e9" * 8,  # 8 characters, 16 bytes: the kernel counts bytes
+        ".",
+        "..",
+        "eth 0",
+        "eth\t0",
+        "a:b",
+        "eth\u200b0",  # zero-width space: not printable
+    ],
+)
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
+def test_a_bad_interface_name_is_code_4_and_writes_nothing(node: Node, ifname: str, command: str) -> None:
+    before = files(node)
+    error = node.call(command, node.conf(), netns="x", CNI_IFNAME=ifname).error(4)
+    assert error["msg"].startswith(f"CNI_IFNAME {ifname!r} is not a valid interface name"), error
+    assert "control characters" in error["msg"]
+    assert files(node) == before
+
+
+def test_the_longest_interface_name_the_kernel_takes_passes_validation(node: Node) -> None:
+    # 15 bytes, non-ASCII included: refused only later, by the stand-in delegate.
+    for ifname in ("a" * 15, "\u00e9" * 7 + "a"):
+        reply = node.call("ADD", node.conf(), netns="x", CNI_IFNAME=ifname)
+        assert "delegated outside a test netns" in reply.error(999)["msg"]
+        node.call("DEL", node.conf(), netns="x", CNI_IFNAME=ifname)
 
 
 def evil_plugin(node: Node) -> tuple[Path, Path]:
