@@ -50,6 +50,7 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 # valid attachments: kilobytes, and ~100 bytes per attachment. 1 MiB holds ~10,000 attachments,
 # far beyond any node, while a runaway or hostile writer can no longer make us buffer gigabytes.
 MAX_STDIN = 1 << 20
+_READ_CHUNK = 1 << 16
 # The kernel's IFNAMSIZ (16) less the terminating NUL; counted in bytes, as the kernel counts.
 _MAX_IFNAME_BYTES = 15
 
@@ -106,11 +107,23 @@ def run(env: Mapping[str, str], stdin: BinaryIO | TextIO) -> tuple[int, str]:
 
 
 def _read(stdin: BinaryIO | TextIO) -> str:
-    """Stdin as text, at most MAX_STDIN bytes (characters, for a text stream)."""
+    """Stdin as text, at most MAX_STDIN bytes (characters, for a text stream).
+
+    Read in chunks: one ``read(MAX_STDIN + 1)`` would allocate (and map) a whole MiB on every
+    call for the kilobyte a runtime sends.
+    """
+    chunks: list[Any] = []
+    size = 0
     try:
-        data = stdin.read(MAX_STDIN + 1)
+        while size <= MAX_STDIN:
+            chunk = stdin.read(_READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except (OSError, UnicodeDecodeError) as err:
         raise IOFailure(f"error reading the network config from stdin: {err}") from None
+    data = (b"" if chunks and isinstance(chunks[0], bytes) else "").join(chunks)
     if len(data) > MAX_STDIN:
         raise InvalidConfig(
             f"network config on stdin is larger than {MAX_STDIN} bytes (1 MiB); a runtime sends a "

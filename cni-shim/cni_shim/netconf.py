@@ -16,7 +16,6 @@ to write ``subnet.env`` before answering "try again later".
 from __future__ import annotations
 
 from .errors import InvalidConfig, UnsupportedField
-from .subnetenv import AddressFamily, SubnetEnv
 from .version import delegate_version
 
 # Start-up cost: `typing` and `dataclasses` would add ~10 ms each to every CNI call (see
@@ -25,6 +24,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeVar
+
+    from .subnetenv import AddressFamily, SubnetEnv
 
     T = TypeVar("T")
 
