@@ -53,14 +53,17 @@ def find_plugin(plugin_type: str, cni_path: str) -> str:
     )
 
 
-def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any] | None:
+def invoke(
+    command: str, config: Mapping[str, Any], env: Mapping[str, str], type_key: str = "delegate.type"
+) -> dict[str, Any] | None:
     """Run the plugin ``config["type"]`` with ``command``; return its parsed result, if any.
 
     ``env`` holds the CNI_* variables for the call (CNI_PATH among them); CNI_COMMAND is set
     here. A plugin error becomes DelegateFailed carrying the plugin's own code and message.
+    ``type_key`` is what an error calls ``config["type"]``.
     """
     plugin_type = config["type"]
-    check_plugin_name(plugin_type, "delegate.type")
+    check_plugin_name(plugin_type, type_key)
     ipam = config.get("ipam")
     if isinstance(ipam, dict) and "type" in ipam:  # run by the delegate, but named by us
         check_plugin_name(ipam["type"], "ipam.type")
