@@ -92,7 +92,8 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
 
 def _broken(source: str, problem: str) -> SubnetEnvError:
     return SubnetEnvError(
-        f"{source}: {problem}; the overlayd agent writes this file, restart it to rewrite it"
+        f"{source}: {problem}; the overlayd agent writes this file: restart it to rewrite it, "
+        'or fix the conflist\'s "subnetFile" if it names another file'
     )
 
 
