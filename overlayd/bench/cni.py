@@ -8,6 +8,10 @@ and two floors of the same interpreter: ``python -IS -c pass`` (start and normal
 too, skipping the ~2 ms of teardown ``-c pass`` pays). All are interleaved so noise hits each
 alike.
 
+The same rounds also run the shim against a stub delegate (a shell script that answers at once,
+without reading its input) and the stub alone: the shim's own work without bridge's and the
+kernel's variance, which is several times larger than that work.
+
 Every timed call follows a pause of ``SETTLE`` seconds, so each ADD and DEL finds the kernel in
 the same state. This matters for DEL: bridge's DEL of a veth that has existed for 10 ms or more
 costs ~8 ms more than of one created a moment before (the kernel's work once a new device is up),
@@ -61,6 +65,10 @@ class CniTimes:
     bridge_del: list[float]
     floor_pass: list[float]  # python -IS -c pass
     floor_start: list[float]  # python -IS -c 'import posix; posix._exit(0)'
+    stub_shim_add: list[float]  # the shim, delegating to the stub
+    stub_add: list[float]  # the stub alone
+    stub_shim_del: list[float]
+    stub_del: list[float]
 
 
 def shim_netconf(host: LabHost, work: Path) -> dict[str, Any]:
@@ -74,6 +82,16 @@ def shim_netconf(host: LabHost, work: Path) -> dict[str, Any]:
         "dataDir": str(work / "cni-state"),
         "ipam": {"dataDir": str(work / "ipam")},
     }
+
+
+def write_stub(directory: Path, name: str, cni_version: str) -> Path:
+    """A plugin ``name`` that prints a one-address result at ``cni_version`` and exits."""
+    directory.mkdir(parents=True, exist_ok=True)
+    result = {"cniVersion": cni_version, "ips": [{"address": "198.18.0.2/24"}]}
+    stub = directory / name
+    stub.write_text(f"#!/bin/sh\necho '{json.dumps(result)}'\n")
+    stub.chmod(0o755)
+    return stub
 
 
 def cni_add_del(host: LabHost, container_ns: str, work: Path, runs: int) -> CniTimes:
@@ -90,9 +108,11 @@ def cni_add_del(host: LabHost, container_ns: str, work: Path, runs: int) -> CniT
         "CNI_PATH": f"{bin_dir}:{REFERENCE_PLUGINS}",
     }
 
-    def call(cmd: str, command: str, config: dict[str, Any], cid: str) -> float:
+    def call(cmd: str, command: str, config: dict[str, Any], cid: str, cni_path: str = "") -> float:
         time.sleep(SETTLE)
         env = {**base, "CNI_CONTAINERID": cid, "CNI_COMMAND": command}
+        if cni_path:
+            env["CNI_PATH"] = cni_path
         return exec_time([cmd], env, json.dumps(config).encode())
 
     def floor(args: list[str]) -> float:
@@ -106,6 +126,8 @@ def cni_add_del(host: LabHost, container_ns: str, work: Path, runs: int) -> CniT
         delegate = json.loads(saved.read_text())
         call(plugin, "DEL", conf, "bench-probe")
         bridge = str(REFERENCE_PLUGINS / delegate.get("type", "bridge"))
+        stub = write_stub(work / "cni-stub", delegate.get("type", "bridge"), delegate["cniVersion"])
+        stub_conf = {**conf, "dataDir": str(work / "cni-stub-state")}
         times: dict[str, list[float]] = {name: [] for name in CniTimes.__dataclass_fields__}
         for k in range(runs):
             # Alternate who goes first, so neither always follows the other's kernel work.
@@ -114,6 +136,11 @@ def cni_add_del(host: LabHost, container_ns: str, work: Path, runs: int) -> CniT
             for who, cmd, config in order:  # one container netns: each DELs before the other ADDs
                 for command in ("ADD", "DEL"):
                     times[f"{who}_{command.lower()}"].append(call(cmd, command, config, f"bench-{who}-{k}"))
+            stubs = [("stub_shim", plugin, stub_conf), ("stub", str(stub), delegate)]
+            for who, cmd, config in stubs if k % 2 == 0 else stubs[::-1]:
+                for command in ("ADD", "DEL"):
+                    took = call(cmd, command, config, f"bench-{who}-{k}", str(stub.parent))
+                    times[f"{who}_{command.lower()}"].append(took)
             times["floor_pass"].append(floor(FLOOR_PASS))
             times["floor_start"].append(floor(FLOOR_START))
     finally:

@@ -124,13 +124,14 @@ def cni_rows(cni: CniTimes) -> list[Row]:
 
     Own work = p50(shim + bridge) - p50(bridge alone) - p50(``python -IS -c pass``), all from
     the same run. That floor includes the interpreter's teardown, which the shim skips (it
-    leaves with ``_exit``); the figure over the start alone is shown next to it.
+    leaves with ``_exit``); the figure over the start alone is shown next to it. The same with a
+    stub delegate instead of bridge follows, without bridge's variance.
     """
     floor_pass, floor_start = median(cni.floor_pass), median(cni.floor_start)
     out = []
-    for command, shim_times, bridge_times in (
-        ("ADD", cni.shim_add, cni.bridge_add),
-        ("DEL", cni.shim_del, cni.bridge_del),
+    for command, shim_times, bridge_times, stub_shim_times, stub_times in (
+        ("ADD", cni.shim_add, cni.bridge_add, cni.stub_shim_add, cni.stub_add),
+        ("DEL", cni.shim_del, cni.bridge_del, cni.stub_shim_del, cni.stub_del),
     ):
         shim, alone = median(shim_times), median(bridge_times)
         out.append(
@@ -147,6 +148,16 @@ def cni_rows(cni: CniTimes) -> list[Row]:
                 fmt_seconds(shim - alone - floor_pass),
                 f"`-c pass` {fmt_seconds(floor_pass)}; over the start alone "
                 f"({fmt_seconds(floor_start)}): {fmt_seconds(shim - alone - floor_start)}",
+                goal=CNI_OWN_GOAL,
+            )
+        )
+        stub_shim, stub = median(stub_shim_times), median(stub_times)
+        out.append(
+            Row(
+                f"CNI {command} p50: the same with a stub delegate (shim + stub - stub - `-c pass`)",
+                fmt_seconds(stub_shim - stub - floor_pass),
+                f"stub alone {fmt_seconds(stub)}; over the start alone: "
+                f"{fmt_seconds(stub_shim - stub - floor_start)}",
                 goal=CNI_OWN_GOAL,
             )
         )
