@@ -6,6 +6,7 @@ import sys
 
 from . import jsonio, leanos, spawn
 from .errors import CniError, DelegateFailed, InvalidEnvironment
+from .netconf import check_plugin_name
 
 # `typing`, `collections.abc` and `pathlib` would add ~10 ms to every CNI call (docs/benchmarks.md).
 TYPE_CHECKING = False
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 def find_plugin(plugin_type: str, cni_path: str) -> str:
     """The first executable named ``plugin_type`` in the ``:``-separated ``cni_path``."""
+    check_plugin_name(plugin_type, "type")
     directories = [entry for entry in cni_path.split(leanos.PATHSEP) if entry]
     for directory in directories:
         candidate = leanos.join(directory, plugin_type)
@@ -32,13 +34,20 @@ def find_plugin(plugin_type: str, cni_path: str) -> str:
     )
 
 
-def invoke(command: str, config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any] | None:
+def invoke(
+    command: str, config: Mapping[str, Any], env: Mapping[str, str], type_key: str = "delegate.type"
+) -> dict[str, Any] | None:
     """Run the plugin ``config["type"]`` with ``command``; return its parsed result, if any.
 
     ``env`` holds the CNI_* variables for the call (CNI_PATH among them); CNI_COMMAND is set
     here. A plugin error becomes DelegateFailed carrying the plugin's own code and message.
+    ``type_key`` is what an error calls ``config["type"]``.
     """
     plugin_type = config["type"]
+    check_plugin_name(plugin_type, type_key)
+    ipam = config.get("ipam")
+    if isinstance(ipam, dict) and "type" in ipam:  # run by the delegate, but named by us
+        check_plugin_name(ipam["type"], "ipam.type")
     plugin = find_plugin(plugin_type, env.get("CNI_PATH", ""))
     completed = spawn.run(plugin, jsonio.dumps(config).encode(), {**env, "CNI_COMMAND": command})
     stderr = completed.stderr.decode(errors="replace").strip()

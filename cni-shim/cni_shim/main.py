@@ -26,7 +26,7 @@ from .version import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, NoReturn, TextIO
+    from typing import Any, BinaryIO, NoReturn, TextIO
 
 # The variables each command needs (empty counts as unset, as the reference runtime sends
 # empty values for the ones that do not apply).
@@ -46,6 +46,15 @@ _VERSION_REPLY = f'{{"cniVersion": "{LATEST_VERSION}", "supportedVersions": [{_S
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
+# A runtime sends the conflist entry with `prevResult`, `runtimeConfig` and, for GC, the list of
+# valid attachments: kilobytes, and ~100 bytes per attachment. 1 MiB holds ~10,000 attachments,
+# far beyond any node, while a runaway or hostile writer can no longer make us buffer gigabytes.
+MAX_STDIN = 1 << 20
+_READ_CHUNK = 1 << 16
+# The kernel's IFNAMSIZ (16) less the terminating NUL; counted in bytes, as the kernel counts.
+_MAX_IFNAME_BYTES = 15
+
+
 def main() -> NoReturn:
     """Console entry point: the runtime's environment and stdin in, CNI JSON on stdout.
 
@@ -53,14 +62,14 @@ def main() -> NoReturn:
     the delegate has been waited for, so the interpreter's teardown (~1 ms of each
     container start) has nothing left to do.
     """
-    exit_code, output = run(leanos.environ(), sys.stdin)
+    exit_code, output = run(leanos.environ(), sys.stdin.buffer)
     sys.stdout.write(output)
     sys.stdout.flush()
     sys.stderr.flush()
     leanos._exit(exit_code)
 
 
-def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:
+def run(env: Mapping[str, str], stdin: BinaryIO | TextIO) -> tuple[int, str]:
     """Execute one CNI call; return (exit status, text for stdout)."""
     reply_version = LATEST_VERSION
     try:
@@ -97,11 +106,35 @@ def run(env: Mapping[str, str], stdin: TextIO) -> tuple[int, str]:
         return 1, _error_json(CniError(f"internal error: {err!r}"), reply_version)
 
 
-def _read(stdin: TextIO) -> str:
+def _read(stdin: BinaryIO | TextIO) -> str:
+    """Stdin as text, at most MAX_STDIN bytes (characters, for a text stream).
+
+    Read in chunks: one ``read(MAX_STDIN + 1)`` would allocate (and map) a whole MiB on every
+    call for the kilobyte a runtime sends.
+    """
+    chunks: list[Any] = []
+    size = 0
     try:
-        return stdin.read()
+        while size <= MAX_STDIN:
+            chunk = stdin.read(_READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except (OSError, UnicodeDecodeError) as err:
         raise IOFailure(f"error reading the network config from stdin: {err}") from None
+    data = (b"" if chunks and isinstance(chunks[0], bytes) else "").join(chunks)
+    if len(data) > MAX_STDIN:
+        raise InvalidConfig(
+            f"network config on stdin is larger than {MAX_STDIN} bytes (1 MiB); a runtime sends a "
+            "few kilobytes: check the conflist and what calls the plugin"
+        )
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DecodeFailure(f"network config on stdin is not UTF-8 (byte {err.start})") from None
 
 
 def _parse_config(text: str) -> dict[str, Any]:
@@ -163,13 +196,13 @@ def _validate_identifiers(env: Mapping[str, str]) -> None:
         )
     ifname = env["CNI_IFNAME"]
     if (
-        len(ifname) > 15
+        len(ifname.encode("utf-8", "surrogateescape")) > _MAX_IFNAME_BYTES
         or ifname in (".", "..")
-        or any(char == "/" or char == ":" or char.isspace() for char in ifname)
+        or any(char in "/:" or char.isspace() or not char.isprintable() for char in ifname)
     ):
         raise InvalidEnvironment(
-            f"CNI_IFNAME {ifname!r} is not a valid interface name; "
-            "use at most 15 characters without '/', ':' or spaces, e.g. eth0"
+            f"CNI_IFNAME {ifname!r} is not a valid interface name; use at most "
+            f"{_MAX_IFNAME_BYTES} bytes without '/', ':', spaces or control characters, e.g. eth0"
         )
 
 

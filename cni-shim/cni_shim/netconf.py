@@ -16,7 +16,6 @@ to write ``subnet.env`` before answering "try again later".
 from __future__ import annotations
 
 from .errors import InvalidConfig, UnsupportedField
-from .subnetenv import AddressFamily, SubnetEnv
 from .version import delegate_version
 
 # Start-up cost: `typing` and `dataclasses` would add ~10 ms each to every CNI call (see
@@ -25,6 +24,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeVar
+
+    from .subnetenv import AddressFamily, SubnetEnv
 
     T = TypeVar("T")
 
@@ -67,6 +68,26 @@ class ShimConf:
         self.passed_through = passed_through
 
 
+def check_plugin_name(plugin_type: object, key: str) -> None:
+    """Refuse a plugin type that is not a bare file name (InvalidConfig naming ``key``).
+
+    A type is looked up in CNI_PATH and executed as root: ``"../../tmp/x"`` would run any file
+    on the host, so, as libcni and flannel's plugin do, a name holding "/" is not a plugin
+    name; neither are "", "." and ".." (directories) or control characters.
+    """
+    if (
+        isinstance(plugin_type, str)
+        and plugin_type not in ("", ".", "..")
+        and "/" not in plugin_type
+        and plugin_type.isprintable()
+    ):
+        return
+    raise InvalidConfig(
+        f'"{key}" {plugin_type!r} is not a plugin name; use the bare file name of a plugin in '
+        'CNI_PATH, without "/", e.g. "bridge" (or "host-local" for ipam.type)'
+    )
+
+
 def parse_conf(config: dict[str, Any], cni_version: str, lenient: bool = False) -> ShimConf:
     """Validate the shim's own keys; raise InvalidConfig / UnsupportedField naming the key.
 
@@ -105,6 +126,7 @@ def _delegate(config: dict[str, Any]) -> dict[str, Any]:
             f'"delegate.type" {delegate.get("type")!r} is not a plugin name to delegate to; '
             'use "bridge" (the default) or another plugin type in CNI_PATH'
         )
+    check_plugin_name(delegate.get("type", "bridge"), "delegate.type")
     return delegate
 
 
@@ -117,6 +139,9 @@ def _subnet_file_timeout(config: dict[str, Any]) -> float:
 
 def _ipam(config: dict[str, Any]) -> dict[str, Any]:
     ipam = _object(config, "ipam")
+    if not isinstance(ipam.get("type", "host-local"), str):
+        raise InvalidConfig(f'"ipam.type" {ipam["type"]!r} is not a plugin name; use e.g. "host-local"')
+    check_plugin_name(ipam.get("type", "host-local"), "ipam.type")
     if not isinstance(ipam.get("routes", []), list):
         raise InvalidConfig(f'"ipam.routes" must be a list of {{"dst": ...}}, not {ipam["routes"]!r}')
     return ipam

@@ -119,10 +119,19 @@ class StateStore:
         return None
 
     def remove(self, attachment: Attachment) -> None:
-        """Forget the attachment (no error if nothing was saved), under both names."""
-        _unlink(leanos.join(self.data_dir, attachment.filename))
-        if self.load(attachment) is not None:  # only the file under flannel's name can be left
-            _unlink(self._flannel_path(attachment))
+        """Forget the attachment (no error if nothing was saved), under both names.
+
+        With our file present, flannel's name goes only if it is that file's twin (same inode),
+        told apart by two stat calls instead of reading and parsing the state once more.
+        """
+        ours, flannels = leanos.join(self.data_dir, attachment.filename), self._flannel_path(attachment)
+        ours_id, flannels_id = _file_id(ours), _file_id(flannels)
+        if ours_id is not None:
+            _unlink(ours)
+            if flannels_id == ours_id:
+                _unlink(flannels)
+        elif flannels_id is not None and self.load(attachment) is not None:  # flannel's own, or a lost twin
+            _unlink(flannels)
 
     def _flannel_path(self, attachment: Attachment) -> str:
         return leanos.join(self.data_dir, attachment.container_id)
@@ -152,6 +161,15 @@ def _read_json(path: str) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, None if it does not exist."""
+    try:
+        st = leanos.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _unlink(path: str) -> None:

@@ -24,6 +24,10 @@ _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 
+# The agent writes six short lines; anything this large is some other file.
+MAX_SIZE = 64 * 1024
+
+
 class SubnetEnvError(ValueError):
     """The file exists but cannot be used; the message names the key and the fix."""
 
@@ -55,7 +59,9 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise SubnetEnvError(f"{source} line {lineno}: {raw!r} is not KEY=VALUE")
+            # The line itself is not quoted: `subnetFile` may name any file (a conflist is
+            # config, not code), and an error message must not carry its content to the logs.
+            raise _broken(source, f"line {lineno} is not KEY=VALUE (it has no '=')")
         values[key.strip()] = value.strip().strip('"')
 
     families = tuple(
@@ -86,7 +92,8 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
 
 def _broken(source: str, problem: str) -> SubnetEnvError:
     return SubnetEnvError(
-        f"{source}: {problem}; the overlayd agent writes this file, restart it to rewrite it"
+        f"{source}: {problem}; the overlayd agent writes this file: restart it to rewrite it, "
+        'or fix the conflist\'s "subnetFile" if it names another file'
     )
 
 
@@ -119,5 +126,12 @@ def _family(
 
 def read_subnet_env(path: str) -> SubnetEnv:
     """Read and parse the file; FileNotFoundError means the agent has not written it yet."""
-    with open(path, encoding="utf-8") as stream:
-        return parse_subnet_env(stream.read(), source=path)
+    with open(path, "rb") as stream:
+        data = stream.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:  # not the agent's few lines: a wrong subnetFile, say /dev/zero
+        raise _broken(path, f"larger than {MAX_SIZE} bytes, not a subnet.env")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _broken(path, f"not UTF-8 text (byte {err.start})") from None
+    return parse_subnet_env(text, source=path)

@@ -4,7 +4,7 @@ Two labs under random prefixes, torn down in ``finally`` (also on Ctrl-C and SIG
 
 - control plane: one host, a real etcd, the real ``overlayd run --ip-masq``; fake peer leases
   (``peers.py``) are written in steps up to each cold-start size; at ``--peers`` the agent's idle
-  cost, event latency and churn are measured, and the CNI plugin's ADD on that host;
+  cost, event latency and churn are measured, and the CNI plugin's ADD and DEL on that host;
 - data path (unless ``--no-tcp``): two hosts with one container each (the installed CNI plugin),
   iperf3 container → container against host → host.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 from overlayd.agent.holddown import HOLD_DOWN
 from overlayd.bench import control
-from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add
+from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
 from overlayd.bench.datapath import throughput
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
@@ -83,14 +83,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--idle", type=float, default=30, help="seconds of idle measurement (default 30; the goal is over 60)"
     )
-    add("--cni-runs", type=int, default=30, help="CNI ADDs per variant (default 30)")
+    add("--cni-runs", type=int, default=30, help="CNI ADD+DEL rounds per variant (default 30)")
     add("--tcp-seconds", type=int, default=5, help="iperf3 -t per run (default 5)")
     add("--tcp-rounds", type=int, default=2, help="alternating host/container iperf3 runs (default 2)")
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
         choices=["cni", "tcp", "events"],
-        help="measure one figure in a small lab of its own and print it (cni: CNI ADD, tcp: the data "
+        help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
         "path, --tcp-rounds pairs, events: lease events at --peers); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
@@ -179,8 +179,8 @@ def control_plane(args: argparse.Namespace, root: str, results: dict) -> Lab:
             )
             results["churn"] = control.churn(client, churn_ids, args.churn_rate)
             delete_peers(client, event_ids + churn_ids)
-            print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
-            results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
+            print("CNI ADD and DEL: shim + bridge, bridge alone, python -IS floors ...", flush=True)
+            results["cni"] = cni_add_del(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
     return lab
 
 
@@ -223,12 +223,12 @@ def converged_lab(root: str, results: dict, hosts: int, purpose: str) -> Lab:
 
 
 def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
-    """CNI ADD on one lab host whose agent holds a lease (no peers): the figure alone, in seconds."""
-    lab = converged_lab(root, results, 1, "one host for CNI ADD")
+    """CNI ADD and DEL on one lab host whose agent holds a lease (no peers): the figures alone."""
+    lab = converged_lab(root, results, 1, "one host for CNI ADD and DEL")
     host = lab.hosts[0]
-    print("CNI ADD: shim + bridge, bridge alone, python -S ...", flush=True)
+    print("CNI ADD and DEL: shim + bridge, bridge alone, python -IS floors ...", flush=True)
     with in_netns(host.netns):
-        results["cni"] = cni_add(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
+        results["cni"] = cni_add_del(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
 
 
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:

@@ -258,7 +258,7 @@ class Chain:
     def _call(
         self, command: str, plugin: dict[str, Any], prev_result: dict[str, Any] | None
     ) -> dict[str, Any] | None:
-        return invoke(command, self._plugin_config(command, plugin, prev_result), self.env)
+        return invoke(command, self._plugin_config(command, plugin, prev_result), self.env, "plugins[].type")
 
     def _plugin_config(
         self, command: str, plugin: dict[str, Any], prev_result: dict[str, Any] | None

@@ -199,6 +199,22 @@ def test_del_and_check_replay_the_args_cached_at_add(stub: StubRuntime) -> None:
         assert portmap["config"]["runtimeConfig"] == {"portMappings": PORT_MAPPINGS}
 
 
+def test_a_plugin_type_that_is_a_path_is_refused_and_never_run(stub: StubRuntime) -> None:
+    marker = stub.tmp / "evil-ran"
+    evil = stub.tmp / "x" / "evil"
+    evil.parent.mkdir()
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\necho '{{}}'\n")
+    evil.chmod(0o755)
+    conflist = stub.conflist(plugins=[{"type": "logger", "role": "main"}, {"type": "../x/evil"}])
+    added = stub.run("add", conflist)
+    assert added.status != 0
+    assert "\"plugins[].type\" '../x/evil' is not a plugin name" in added.stderr
+    assert not marker.exists()
+    assert stub.run("del", conflist).status != 0
+    assert not marker.exists()
+    assert not (stub.tmp / "results").exists() or not list((stub.tmp / "results").iterdir())
+
+
 def test_cached_args_win_and_the_environment_fills_in(stub: StubRuntime) -> None:
     conflist = stub.conflist()
     other = json.dumps({"portMappings": [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp"}]})

@@ -347,6 +347,43 @@ def test_the_shims_start_up_imports_no_heavy_standard_modules(tmp_path: Path) ->
     assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
 
 
+def _modules_after(tmp_path: Path, command: str, delegate_output: str) -> list[str]:
+    """The shim's modules loaded by one ``command`` whose delegate (a stub) prints ``delegate_output``."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    stub = plugins / "bridge"
+    stub.write_text(f"#!/bin/sh\ncat >/dev/null\necho '{delegate_output}'\n")
+    stub.chmod(0o755)
+    subnet_env = tmp_path / "subnet.env"
+    subnet_env.write_text(
+        "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "flannel", "subnetFile": str(subnet_env)}
+    conf["dataDir"] = str(tmp_path / "state")
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+    env["CNI_PATH"] = str(plugins)
+    probe = (
+        f"import io, sys; sys.path.insert(0, {str(Path(__file__).parents[2] / 'cni-shim')!r}); "
+        "from cni_shim.main import run; "
+        f"code, out = run({env!r}, io.StringIO({json.dumps(conf)!r})); assert code == 0, out; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-IS", "-c", probe], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_add_and_del_import_only_what_they_use(tmp_path: Path) -> None:
+    """Each module costs ~0.1-0.3 ms of every call (docs/benchmarks.md): DEL replaying its saved
+    config parses no subnet.env, and a result already in the config's version is not converted."""
+    result = '{"cniVersion": "1.0.0", "ips": [{"address": "198.18.5.2/24"}]}'
+    added = _modules_after(tmp_path, "ADD", result)
+    assert "cni_shim.subnetenv" in added and "cni_shim.result" not in added
+    deleted = _modules_after(tmp_path, "DEL", "")
+    assert "cni_shim.commands" in deleted
+    assert {"cni_shim.subnetenv", "cni_shim.prefix", "cni_shim.result"}.isdisjoint(deleted)
+
+
 @pytest.mark.parametrize(
     ("error", "taken"),
     [
