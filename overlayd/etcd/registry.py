@@ -12,8 +12,9 @@ create is ``If(Version(key) == 0)``, take-over is ``If(Mod(key) == what we liste
 
 Watches do not use etcd3's ``Watcher``: while etcd is down its stream thread reopens the stream in
 a loop with no backoff (a full core, measured) and a stream break drops every callback. Each watch
-here is one gRPC stream on etcd3's generated stub, read by its own thread, reporting the first
-failure to ``on_error`` and then ending; the caller decides when to re-list and re-watch.
+here is one gRPC stream on etcd3's generated stub, read by its own thread (``etcd.watchstream``),
+reporting the first failure to ``on_error`` and then ending; the caller decides when to re-list
+and re-watch. Endpoints, fail-over and the operator's account of a failure are ``etcd.connection``'s.
 See docs/reliability.md, "etcd client".
 """
 
@@ -22,17 +23,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
-import re
-import socket
 import threading
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from ipaddress import IPv4Network, ip_address
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from ipaddress import IPv4Network
+from typing import Any
 
 # etcd3 0.12 ships protobuf code generated for old protobuf releases; the pure-Python protobuf
 # implementation still loads it. Must be set before etcd3 (and so protobuf) is imported.
@@ -66,13 +62,12 @@ from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, e
 # once; only the slice length changes. A private name: if a grpc release drops it, this is a no-op.
 if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
-from overlayd.base.outage import Outage
 from overlayd.etcd.api import LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.connection import Connection
 from overlayd.etcd.settings import EtcdSettings, etcd_security_problem
+from overlayd.etcd.watchstream import WatchStream
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # gRPC's default reconnect backoff grows to two minutes; after an etcd restart we want the
 # channel usable again within a second or two. Keepalive pings on the watch stream detect a
@@ -93,148 +88,10 @@ _CONNECTION_ERRORS = (
     etcd3.exceptions.ConnectionFailedError,
     etcd3.exceptions.ConnectionTimeoutError,
 )
-# Seconds a host name's lookup result is reused: a lookup can take the resolver's whole timeout,
-# and during an outage every call on every endpoint fails.
-_NAME_CHECK_INTERVAL = 60.0
-
-
-def _host_port(endpoint: str) -> tuple[str, int]:
-    """Split ``http://host:port`` (scheme optional, as etcdctl accepts) into host and port."""
-    parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
-    if not parts.hostname:
-        raise RegistryError(f"etcd endpoint {endpoint!r} has no host; use a URL like http://127.0.0.1:2379")
-    try:
-        port = parts.port or 2379
-    except ValueError:
-        raise RegistryError(f"etcd endpoint {endpoint!r} has an invalid port") from None
-    return parts.hostname, port
-
-
-def _explain(endpoint: str, error: Exception, options: EtcdSettings) -> str:
-    """An operator's account of a failed etcd call: what failed at which endpoint, and the option to fix.
-
-    etcd3 reports TLS and authentication failures as bare gRPC codes (and hides a connection
-    failure's cause in ``__context__``); the password never appears in what is returned.
-    """
-    if not isinstance(error, grpc.RpcError) and isinstance(error.__context__, grpc.RpcError):
-        error = error.__context__
-    if not isinstance(error, grpc.RpcError):
-        return repr(error)
-    code, details = error.code(), str(error.details() or "")
-    ssl_reason = re.search(r"OPENSSL_internal:(\w+(?:: [^:]+)?)", details)
-    reason = ssl_reason.group(1) if ssl_reason else details
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
-        return (
-            f"authentication failed for user {options.username} at {endpoint}: "
-            "check --etcd-username/--etcd-password"
-        )
-    denied = code == grpc.StatusCode.PERMISSION_DENIED
-    if not options.username and (denied or "user name is empty" in details):
-        return f"etcd at {endpoint} requires authentication ({details}): give --etcd-username/--etcd-password"
-    if denied:
-        return (
-            f"user {options.username} is not allowed this at {endpoint} ({details}): "
-            f"grant it a role with readwrite on {options.prefix}"
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in details:
-        return (
-            f"TLS handshake with {endpoint} failed ({reason}): check --etcd-cafile "
-            "(the CA that signed etcd's certificate) and that the certificate names the endpoint's host"
-        )
-    if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details or "CERTIFICATE_REQUIRED" in details:
-        return (
-            f"etcd at {endpoint} broke off the TLS session ({reason}); it likely demands a client "
-            "certificate signed by its trusted CA: check --etcd-certfile/--etcd-keyfile"
-        )
-    # gRPC words these differently by stage ("Handshake read failed", "handshake failed"); the
-    # usual cause is an https:// endpoint on an etcd serving plain http, which closes the socket.
-    if "handshake" in details.lower():
-        return (
-            f"TLS handshake with {endpoint} failed ({reason}): check that etcd really serves TLS there "
-            "(use http:// for an etcd without --cert-file) and --etcd-cafile"
-        )
-    return f"{code.name} {details}"
 
 
 def _log_bad_lease(key: str, revision: int, error: LeaseError) -> None:
     log.warning("ignoring malformed lease %s (revision %d): %s", key, revision, error)
-
-
-class _WatchStream:
-    """One etcd watch stream read by its own thread; reports its first failure, then ends.
-
-    ``cancel()`` ends it quietly: no callback runs after cancel() returns, except one that had
-    already started.
-    """
-
-    def __init__(
-        self,
-        client: etcd3.Etcd3Client,
-        create: Any,  # etcdrpc.WatchCreateRequest
-        on_response: Callable[[WatchResult], None],
-        on_error: Callable[[RegistryError], None],
-        where: str,
-    ) -> None:
-        self._on_response = on_response
-        self._on_error = on_error
-        self._where = where
-        self._cancelled = threading.Event()
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._requests.put(etcdrpc.WatchRequest(create_request=create))
-        watch = client.channel.stream_stream(
-            "/etcdserverpb.Watch/Watch",
-            request_serializer=etcdrpc.WatchRequest.SerializeToString,
-            response_deserializer=decode_watch,
-        )
-        self._call = watch(
-            iter(self._requests.get, None),
-            credentials=client.call_credentials,
-            metadata=client.metadata,
-        )
-        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {where}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for response in self._call:
-                if self._cancelled.is_set():
-                    return
-                if response.compact_revision:
-                    self._fail(WatchCompacted(
-                        f"{self._where}: start revision compacted (etcd compacted at "
-                        f"{response.compact_revision})"
-                    ))
-                    return
-                if response.canceled:
-                    self._fail(RegistryError(f"{self._where}: cancelled by etcd: {response.cancel_reason}"))
-                    return
-                if response.events and not self._deliver(response):
-                    return
-        except grpc.RpcError as exc:
-            self._fail(RegistryError(f"{self._where}: stream failed: {exc.code().name} {exc.details()}"))
-            return
-        self._fail(RegistryError(f"{self._where}: stream ended"))
-
-    def _deliver(self, response: WatchResult) -> bool:
-        """Hand events to the consumer; a consumer that raises ends the watch like an etcd error."""
-        try:
-            self._on_response(response)
-        except Exception as exc:
-            log.exception("%s: event handler failed", self._where)
-            self._fail(RegistryError(f"{self._where}: event handler failed: {exc!r}"))
-            return False
-        return True
-
-    def _fail(self, error: RegistryError) -> None:
-        if not self._cancelled.is_set():
-            self._on_error(error)
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        self._requests.put(None)
-        self._call.cancel()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2.0)
 
 
 class Registry:
@@ -252,31 +109,25 @@ class Registry:
         if problem := etcd_security_problem(options.endpoints, *security):
             raise RegistryError(problem)
         self.options = options
-        self._targets = [_host_port(endpoint) for endpoint in options.endpoints]
+        self._connection: Connection[etcd3.Etcd3Client] = Connection(
+            options, self._connect, _CONNECTION_ERRORS, (etcd3.exceptions.Etcd3Exception,), on_error
+        )
         prefix = options.prefix.rstrip("/")
         self._config_key = f"{prefix}/config"
         self._subnets_prefix = f"{prefix}/subnets/"
         self._lock = threading.Lock()
-        self._index = 0
-        self._client: etcd3.Etcd3Client | None = None
-        self._watches: set[_WatchStream] = set()
-        # With several endpoints, every call fails over during an outage: log the first fail-over
-        # and the end of the outage, the others at debug level. Used under _lock.
-        self._fail_overs = Outage(log, "etcd")
-        self._name_checks: dict[str, tuple[float, str | None]] = {}  # host: (when, problem)
+        self._watches: set[WatchStream] = set()
         # Told about every undecodable lease value; the agent logs each once and counts it.
         self.on_bad_lease: Callable[[str, int, LeaseError], None] = _log_bad_lease
-        self._on_error = on_error
 
     # -- connection handling --------------------------------------------------------------
 
     @property
     def _where(self) -> str:
-        return f"etcd {','.join(self.options.endpoints)}"
+        return self._connection.where
 
-    def _connect(self, index: int) -> etcd3.Etcd3Client:
-        """A client for endpoint ``index`` (authenticates, so it may raise connection errors)."""
-        host, port = self._targets[index]
+    def _connect(self, host: str, port: int) -> etcd3.Etcd3Client:
+        """A client for ``host:port`` (authenticates, so it may raise connection errors)."""
         opts = self.options
         client = etcd3.client(
             host=host,
@@ -296,141 +147,21 @@ class Registry:
         return client
 
     def _current(self) -> etcd3.Etcd3Client:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect(self._index)
-            return self._client
-
-    def _fail_over(self, failed: etcd3.Etcd3Client | None, endpoint: str, reason: str) -> None:
-        """Move on from ``endpoint``, unreachable for ``reason``, unless another thread already did.
-
-        ``failed`` is its client, or None when connecting (authenticating) failed.
-        """
-        with self._lock:
-            if failed is not None:
-                if self._client is not failed:
-                    return
-                self._client = None
-            self._index = (self._index + 1) % len(self._targets)
-            if len(self._targets) > 1:
-                change = (
-                    f"endpoint {endpoint} unreachable ({reason}); "
-                    f"failing over to {self.options.endpoints[self._index]}"
-                )
-                if self._fail_overs.since is not None:
-                    log.debug("etcd: %s", change)
-                self._fail_overs.failed(change)
-        if failed is not None:
-            failed.close()
-
-    def _unreachable(self, index: int, error: Exception) -> str:
-        """Why endpoint ``index`` could not be reached, naming a host name that does not resolve.
-
-        gRPC reports such a name as a timeout (DEADLINE_EXCEEDED when no DNS server answers), which
-        sends an operator to firewalls and etcd's health instead of to a typo in the endpoint.
-        """
-        host = self._targets[index][0]
-        try:
-            ip_address(host)
-        except ValueError:
-            if problem := self._unresolved(host):
-                return problem
-        return _explain(self.options.endpoints[index], error, self.options)
-
-    def _unresolved(self, host: str) -> str | None:
-        """What is wrong with host name ``host`` if the system resolver cannot resolve it, else None.
-
-        Each host's answer is reused for ``_NAME_CHECK_INTERVAL`` seconds: see there why.
-        """
-        now = time.monotonic()
-        checked = self._name_checks.get(host)
-        if checked is None or now - checked[0] >= _NAME_CHECK_INTERVAL:
-            problem = None
-            try:
-                socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                problem = f"host {host} does not resolve ({exc.strerror}); check --etcd-endpoints"
-            except UnicodeError:  # "a..b": an empty or over-long label
-                problem = f"host {host} is not a valid host name; check --etcd-endpoints"
-            checked = self._name_checks[host] = (now, problem)
-        return checked[1]
-
-    def _authenticate_again(self, stale: etcd3.Etcd3Client, endpoint: str) -> etcd3.Etcd3Client:
-        """A client with a fresh auth token, for ``stale`` whose token etcd rejected.
-
-        etcd drops a token unused for ``--auth-token-ttl`` (5 minutes by default), and etcd3
-        never renews one: without this an idle agent would be locked out for good.
-        """
-        log.info("etcd auth token at %s expired; authenticating again", endpoint)
-        with self._lock:
-            if self._client is stale:
-                self._client = None
-        stale.close()
-        return self._current()
-
-    def _failed(self, operation: str, error: RegistryError) -> RegistryError:
-        """Report a failed ``operation`` to the error hook; returns ``error`` for raising."""
-        if self._on_error is not None:
-            self._on_error(operation)
-        return error
-
-    def _call(self, operation: str, what: str, run: Callable[[etcd3.Etcd3Client], T]) -> T:
-        """Run ``run`` on the current endpoint, failing over once per endpoint.
-
-        ``operation`` is the short name the error hook gets (``list_leases``); ``what`` is the
-        operator's description in the error message (``list /coreos.com/network/subnets/``).
-        """
-        last = ""
-        for _ in self._targets:
-            client: etcd3.Etcd3Client | None = None
-            index = self._index
-            endpoint = self.options.endpoints[index]
-            try:
-                client = self._current()
-                try:
-                    result = run(client)
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
-                        raise
-                    client = self._authenticate_again(client, endpoint)
-                    result = run(client)
-            except _CONNECTION_ERRORS as exc:
-                last = self._unreachable(index, exc)
-            except grpc.RpcError as exc:  # etcd3.client() authenticating, or a code etcd3 does not map
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    error = RegistryError(f"{self._where}: {what}: {_explain(endpoint, exc, self.options)}")
-                    raise self._failed(operation, error) from None
-                last = self._unreachable(index, exc)
-            except etcd3.exceptions.Etcd3Exception as exc:
-                raise self._failed(operation, RegistryError(f"{self._where}: {what}: {exc!r}")) from None
-            except ValueError as exc:
-                # gRPC's answer on a channel another thread closed after we took its client (failing
-                # over, or authenticating again): this attempt failed, the next one uses the new client.
-                if "closed" not in str(exc).lower():
-                    raise
-                last = self._unreachable(index, exc)
-            else:
-                with self._lock:
-                    self._fail_overs.succeeded()
-                return result
-            self._fail_over(client, endpoint, last)
-        raise self._failed(operation, RegistryError(f"{self._where}: {what}: unreachable ({last})", True))
+        return self._connection.current()
 
     def close(self) -> None:
         """Cancel all watches and close the connection."""
         with self._lock:
             watches, self._watches = list(self._watches), set()
-            client, self._client = self._client, None
         for watch in watches:
             watch.cancel()
-        if client is not None:
-            client.close()
+        self._connection.close()
 
     # -- config ---------------------------------------------------------------------------
 
     def get_config(self) -> tuple[bytes | None, int]:
         """The raw value at ``<prefix>/config`` (None if missing) and the revision of the read."""
-        response = self._call(
+        response = self._connection.call(
             "get_config", f"read {self._config_key}", lambda client: client.get_response(self._config_key)
         )
         value = bytes(response.kvs[0].value) if response.kvs else None
@@ -438,7 +169,7 @@ class Registry:
 
     def put_config(self, raw: bytes) -> int:
         """Store ``raw`` at ``<prefix>/config`` (no lease: the config outlives every agent); revision."""
-        response = self._call(
+        response = self._connection.call(
             "put_config", f"write {self._config_key}", lambda client: client.put(self._config_key, raw)
         )
         revision = int(response.header.revision)
@@ -475,7 +206,7 @@ class Registry:
 
     def list_leases(self) -> tuple[list[Lease], int]:
         """All decodable leases under ``<prefix>/subnets/`` and the revision of the read."""
-        response = self._call("list_leases", f"list {self._subnets_prefix}", self._range_subnets)
+        response = self._connection.call("list_leases", f"list {self._subnets_prefix}", self._range_subnets)
         leases = []
         for kv in response.kvs:
             key = kv.key.decode(errors="replace").removeprefix(self._subnets_prefix)
@@ -530,7 +261,7 @@ class Registry:
             revision = int(responses[0].response_put.header.revision)
             return replace(template, etcd_lease_id=lease_id, mod_revision=revision), None
 
-        return self._call(operation, f"{operation.replace('_', ' ')} {key}", transact)
+        return self._connection.call(operation, f"{operation.replace('_', ' ')} {key}", transact)
 
     @staticmethod
     def _revoke_quietly(client: etcd3.Etcd3Client, lease_id: int) -> None:
@@ -586,7 +317,7 @@ class Registry:
             )
             return bool(succeeded)
 
-        return self._call("delete_lease", f"delete lease {key}", transact)
+        return self._connection.call("delete_lease", f"delete lease {key}", transact)
 
     def renew(self, lease: Lease, ttl: int) -> Lease | None:
         """Extend our lease: re-put its value on a fresh etcd lease if the key still holds it.
@@ -615,9 +346,11 @@ class Registry:
         """
         key = self._lease_key(lease.key)
         if not lease.etcd_lease_id:
-            response = self._call("lease_remaining", f"read {key}", lambda client: client.get_response(key))
+            response = self._connection.call(
+                "lease_remaining", f"read {key}", lambda client: client.get_response(key)
+            )
             return math.inf if response.kvs else None
-        info = self._call(
+        info = self._connection.call(
             "lease_remaining",
             f"lease time-to-live of {key}", lambda client: client.get_lease_info(lease.etcd_lease_id)
         )
@@ -669,10 +402,10 @@ class Registry:
 
         def failed(error: RegistryError) -> None:
             log.warning("%s", error)
-            on_error(self._failed(operation, error))
+            on_error(self._connection.failed(operation, error))
 
-        stream = self._call(
-            operation, what, lambda client: _WatchStream(client, create, on_response, failed, where)
+        stream = self._connection.call(
+            operation, what, lambda client: self._open_watch(client, create, on_response, failed, where)
         )
         with self._lock:
             self._watches.add(stream)
@@ -684,3 +417,23 @@ class Registry:
 
         return cancel
 
+    @staticmethod
+    def _open_watch(
+        client: etcd3.Etcd3Client,
+        create: Any,
+        on_response: Callable[[WatchResult], None],
+        on_error: Callable[[RegistryError], None],
+        where: str,
+    ) -> WatchStream:
+        """A watch stream on etcd3's generated stub, its responses decoded by ``etcd.wire``."""
+        watch = client.channel.stream_stream(
+            "/etcdserverpb.Watch/Watch",
+            request_serializer=etcdrpc.WatchRequest.SerializeToString,
+            response_deserializer=decode_watch,
+        )
+
+        def open_call(requests: Iterator[Any]) -> Any:
+            return watch(requests, credentials=client.call_credentials, metadata=client.metadata)
+
+        first = etcdrpc.WatchRequest(create_request=create)
+        return WatchStream(open_call, first, on_response, on_error, where)
