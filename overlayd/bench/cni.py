@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overlayd.lab.namespaces import SHIPPED_CONFLIST, LabHost, sh
+from overlayd.lab.hosts import SHIPPED_CONFLIST, LabHost
+from overlayd.lab.shell import sh
 from overlayd.ops.install_cni import install_cni
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")

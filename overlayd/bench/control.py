@@ -15,7 +15,8 @@ from typing import Any
 
 from overlayd.bench.kernel import DEVICE, EntryWatcher, counts, run
 from overlayd.bench.peers import moved_ip, moved_mac, peer_ip, peer_kv, peer_subnet
-from overlayd.lab.namespaces import Lab, LabHost
+from overlayd.lab.hosts import LabHost
+from overlayd.lab.namespaces import Lab
 
 # A cold start's notifications are parsed only after this long without one (EntryWatcher.quiet_for).
 QUIET = 0.02

@@ -35,7 +35,9 @@ from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
-from overlayd.lab.namespaces import ETCD_IP, Lab, LabHost, lab_namespaces, random_lab_name
+from overlayd.lab.hosts import ETCD_IP, LabHost
+from overlayd.lab.namespaces import Lab, random_lab_name
+from overlayd.lab.shell import lab_namespaces
 
 AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default
 IMAGE = "img/benchmarks.png"

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.lab.namespaces import LabError
+from overlayd.lab.shell import LabError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: runs without any library in the image

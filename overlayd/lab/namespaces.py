@@ -16,7 +16,6 @@ Only the namespaces' own interfaces are touched; the root namespace is never cha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,75 +29,33 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from overlayd.lab import checks
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
+from overlayd.lab.hosts import (
+    DEFAULT_NETWORK_CONFIG,
+    DEFAULT_ROOT,
+    ETCD_IP,
+    ETCD_PREFIX,
+    FIRST_HOST_IP,
+    MAX_ETCD_MEMBERS,
+    MAX_HOSTS,
+    METRICS_PORT,
+    SHIPPED_CONFLIST,
+    UNDERLAY_GATEWAY,
+    LabHost,
+)
+from overlayd.lab.shell import (
+    LabError,
+    kill_namespace_processes,
+    lab_namespaces,
+    namespace_pids,
+    pid_state,
+    sh,
+    stop_pid,
+)
 from overlayd.ops.install_cni import install_cni
-from overlayd.subnet.subnetenv import parse_keys
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ROOT = Path("/run/overlayd-lab")
-DEFAULT_NETWORK_CONFIG = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
-ETCD_PREFIX = "/coreos.com/network"
-UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
-ETCD_IP = IPv4Address("192.0.2.2")
-FIRST_HOST_IP = IPv4Address("192.0.2.11")
-MAX_HOSTS = 200
-MAX_ETCD_MEMBERS = 3  # 192.0.2.2 .. .4: the addresses below the hosts' range
-SHIPPED_CONFLIST = Path(__file__).parents[2] / "deploy" / "10-flannel.conflist"
-METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
-# GET a URL, print the status line then the body; run inside a host's namespace by http_get.
-_HTTP_GET = """
-import sys, urllib.error, urllib.request
-try:
-    response = urllib.request.urlopen(sys.argv[1], timeout=5)
-except urllib.error.HTTPError as error:
-    response = error
-print(response.status)
-sys.stdout.write(response.read().decode())
-"""
-
-
-class LabError(RuntimeError):
-    """A lab step failed; the message names the step and the command's error output."""
-
-
-def sh(*args: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
-    """Run a command (inside ``netns`` when given); raise LabError with its stderr on failure."""
-    command = ["ip", "netns", "exec", netns, *args] if netns else list(args)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise LabError(f"{' '.join(command)} failed: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
-
-
-@dataclass
-class LabHost:
-    name: str
-    netns: str
-    ip: str
-    dir: str
-    pid: int = 0
-    agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
-    containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
-
-    @property
-    def subnet_file(self) -> Path:
-        return Path(self.dir) / "subnet.env"
-
-    @property
-    def log_file(self) -> Path:
-        return Path(self.dir) / "agent.log"
-
-    def subnet_env(self) -> dict[str, str]:
-        try:
-            return parse_keys(self.subnet_file.read_text())
-        except OSError:
-            return {}
-
-    def flannel_address(self) -> str | None:
-        """The host's flannel.1 address (``<subnet>.0``) from its subnet.env, if written."""
-        subnet = self.subnet_env().get("FLANNEL_SUBNET")
-        return str(IPv4Address(subnet.split("/")[0]) - 1) if subnet else None
 
 
 @dataclass
@@ -226,7 +183,7 @@ class Lab:
         """Stop member ``index`` or all, e.g. to test that agents and the data path ride out an outage."""
         for i, pid in enumerate(self.etcd_pids):
             if pid and index in (None, i):
-                _stop_pid(pid, sig, 10.0)
+                stop_pid(pid, sig, 10.0)
                 self.etcd_pids[i] = 0
         self.save()
 
@@ -300,7 +257,7 @@ class Lab:
     def stop_agent(self, host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop the host's agent; SIGKILL if it does not exit within ``timeout``."""
         if host.pid:
-            _stop_pid(host.pid, sig, timeout)
+            stop_pid(host.pid, sig, timeout)
         host.pid = 0
         self.save()
 
@@ -369,24 +326,12 @@ class Lab:
     @staticmethod
     def http_get(host: LabHost, path: str) -> tuple[int, str]:
         """GET ``path`` (``/metrics``, ``/readyz``...) from the host's agent, inside its namespace."""
-        url = f"http://127.0.0.1:{METRICS_PORT}{path}"
-        status, _, body = sh(sys.executable, "-c", _HTTP_GET, url, netns=host.netns).partition("\n")
-        return int(status), body
+        return checks.http_get(host, path)
 
     @staticmethod
     def metric(host: LabHost, name: str, **labels: str) -> float:
         """The sum of the host agent's ``name`` samples whose labels include ``labels`` (0 if none)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        status, text = Lab.http_get(host, "/metrics")
-        if status != 200:
-            raise LabError(f"{host.name}: /metrics answered {status}: {text.strip()}")
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return checks.metric(host, name, **labels)
 
     def wait_converged(self, timeout: float = 60.0) -> None:
         """Wait until every running agent has written subnet.env and routes to every other host."""
@@ -417,13 +362,13 @@ class Lab:
         return missing
 
     def ping(self, source: LabHost, target: str, count: int = 1, wait: float = 1.0) -> bool:
-        done = subprocess.run(_ping_argv(source.netns, target, count, wait), capture_output=True, check=False)
-        return done.returncode == 0
+        argv = checks.ping_argv(source.netns, target, count, wait)
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
         """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
         endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
-        table, ok = _ping_table(endpoints)
+        table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
                            for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
         return f"{table}\n\n{legend}", ok
@@ -437,7 +382,7 @@ class Lab:
         ]
         if not endpoints:
             return "", True
-        table, ok = _ping_table(endpoints)
+        table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
                            for name, address in host.containers.items())
         return f"{table}\n\n{legend}", ok
@@ -448,18 +393,18 @@ class Lab:
         A recorded pid is signalled only when it is among these: after a crash it may have been
         reused by an unrelated process, which the namespace tells apart.
         """
-        return {pid for netns in lab_namespaces(self.name) for pid in _namespace_pids(netns)}
+        return {pid for netns in lab_namespaces(self.name) for pid in namespace_pids(netns)}
 
     def status(self) -> str:
         running = self.running_pids()
-        members = ", ".join(_alive(pid, running) for pid in self.etcd_pids) or "stopped"
+        members = ", ".join(pid_state(pid, running) for pid in self.etcd_pids) or "stopped"
         where = ", ".join(self.etcd_member_ns(i) for i in range(self.etcd_members))
         lines = [f"lab {self.name}: etcd {self.etcd_endpoint} in {where} ({members})"]
         for host in self.hosts:
             subnet = host.subnet_env().get("FLANNEL_SUBNET", "-")
             lines.append(
                 f"  {host.name:<4} {host.netns:<16} {host.ip:<12} subnet {subnet:<18} "
-                f"agent {_alive(host.pid, running)}  log {host.log_file}"
+                f"agent {pid_state(host.pid, running)}  log {host.log_file}"
             )
             for name, address in host.containers.items():
                 lines.append(f"       container {self.container_ns(name):<16} {address}")
@@ -472,9 +417,9 @@ class Lab:
         running = self.running_pids()
         for pid in (*(host.pid for host in self.hosts), *self.etcd_pids):  # agents first, then etcd
             if pid in running:
-                _stop_pid(pid, signal.SIGTERM, 5.0)
+                stop_pid(pid, signal.SIGTERM, 5.0)
         for netns in lab_namespaces(self.name):
-            _kill_namespace_processes(netns)
+            kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -482,79 +427,3 @@ class Lab:
 def random_lab_name() -> str:
     """A fresh lab prefix for tests and benchmarks (short: device names are 15 chars at most)."""
     return "ov" + secrets.token_hex(2)
-
-
-def lab_namespaces(name: str) -> list[str]:
-    """Namespaces belonging to lab ``name`` (by prefix), including ones a crash left behind."""
-    out = sh("ip", "netns", "list", check=False)
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [ns for ns in names if ns.startswith(f"{name}-")]
-
-
-def _alive(pid: int, running: set[int]) -> str:
-    if not pid:
-        return "stopped"
-    return f"pid {pid}" if pid in running else f"pid {pid} gone"
-
-
-def _stop_pid(pid: int, sig: int, timeout: float) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-            if waited == pid:
-                return
-        except ChildProcessError:
-            pass  # not our child: poll for its disappearance instead
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
-def _namespace_pids(netns: str) -> set[int]:
-    out = sh("ip", "netns", "pids", netns, check=False)
-    return {int(p) for p in out.split() if p.isdigit()}
-
-
-def _kill_namespace_processes(netns: str) -> None:
-    """Kill whatever still runs in netns (a crashed run's agents), so deletion frees it."""
-    for pid in _namespace_pids(netns):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
-    """Ping every (name, netns, address) endpoint from every other, all at once; a text table
-    ("ok"/"FAIL" per pair, sources down, targets across) and whether every pair answered."""
-    probes = {
-        (source, target): subprocess.Popen(_ping_argv(source_ns, address, count=3, wait=1.0),
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for source, source_ns, _ in endpoints
-        for target, _, address in endpoints
-        if source != target and address
-    }
-    answered = {pair: probe.wait() == 0 for pair, probe in probes.items()}
-    names = [name for name, _, _ in endpoints]
-    width = max(8, *(len(n) for n in names)) + 2
-    lines = ["from \\ to".ljust(14) + "".join(n.ljust(width) for n in names)]
-    for source in names:
-        cells = ["-" if source == t else "ok" if answered.get((source, t)) else "FAIL" for t in names]
-        lines.append(f"{source} ".ljust(14) + "".join(c.ljust(width) for c in cells))
-    return "\n".join(lines), all(answered.values()) and len(answered) == len(names) * (len(names) - 1)
-
-
-def _ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
-    """``ping`` of ``address`` from inside ``netns``: quiet, numeric, probes 0.2 s apart."""
-    return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-            "-W", str(wait), address]  # fmt: skip

@@ -1,0 +1,50 @@
+"""The lab's address plan and names, and one lab host: its namespace, address, agent and files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from overlayd.subnet.subnetenv import parse_keys
+
+DEFAULT_ROOT = Path("/run/overlayd-lab")
+DEFAULT_NETWORK_CONFIG = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
+ETCD_PREFIX = "/coreos.com/network"
+UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
+ETCD_IP = IPv4Address("192.0.2.2")
+FIRST_HOST_IP = IPv4Address("192.0.2.11")
+MAX_HOSTS = 200
+MAX_ETCD_MEMBERS = 3  # 192.0.2.2 .. .4: the addresses below the hosts' range
+SHIPPED_CONFLIST = Path(__file__).parents[2] / "deploy" / "10-flannel.conflist"
+METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
+
+
+@dataclass
+class LabHost:
+    name: str
+    netns: str
+    ip: str
+    dir: str
+    pid: int = 0
+    agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
+    containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+
+    @property
+    def subnet_file(self) -> Path:
+        return Path(self.dir) / "subnet.env"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.dir) / "agent.log"
+
+    def subnet_env(self) -> dict[str, str]:
+        try:
+            return parse_keys(self.subnet_file.read_text())
+        except OSError:
+            return {}
+
+    def flannel_address(self) -> str | None:
+        """The host's flannel.1 address (``<subnet>.0``) from its subnet.env, if written."""
+        subnet = self.subnet_env().get("FLANNEL_SUBNET")
+        return str(IPv4Address(subnet.split("/")[0]) - 1) if subnet else None
