@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from overlayd.logsetup import configure_logging
-from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
+from overlayd.option_sources import build_parser, normalize_argv
+from overlayd.options import AgentOptions, OptionsError, resolve_options
 
 if TYPE_CHECKING:
     from overlayd.lab.namespaces import Lab

@@ -9,7 +9,8 @@ from nsutil import in_netns, run
 
 from overlayd.backend.iface import InterfaceError, select_interface
 from overlayd.cli import make_parser
-from overlayd.options import normalize_argv, resolve_options
+from overlayd.option_sources import normalize_argv
+from overlayd.options import resolve_options
 
 pytestmark = pytest.mark.root
 

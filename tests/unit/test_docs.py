@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from overlayd.agent.metrics import Metrics
-from overlayd.options import _SPECS
+from overlayd.option_specs import SPECS as _SPECS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

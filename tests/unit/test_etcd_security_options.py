@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from overlayd.cli import main, make_parser
-from overlayd.options import AgentOptions, OptionsError, normalize_argv, resolve_options
+from overlayd.option_sources import normalize_argv
+from overlayd.options import AgentOptions, OptionsError, resolve_options
 
 PASSWORD = "pw-Kd71-never-shown"
 

@@ -3,7 +3,8 @@
 Layers, lowest first (a module may import its own package and the layers below it):
 
     0  base/        1  subnet/        2  etcd/ backend/ netfilter/ (siblings: not each other)
-    3  options.py   4  agent/ ops/ (siblings)   5  lab/   6  bench/   7  cli.py __main__.py logsetup.py
+    3  options.py (with option_specs.py, option_sources.py)   4  agent/ ops/ (siblings)   5  lab/
+    6  bench/   7  cli.py __main__.py logsetup.py
 
 The package root (``overlayd/__init__.py``: the version constant) may be imported by every layer.
 Imports inside functions count too. ``etcd3`` is imported by ``etcd/registry.py`` only (bench gets
@@ -29,6 +30,8 @@ LAYERS: dict[str, int] = {
     "backend": 2,
     "netfilter": 2,
     "options": 3,
+    "option_specs": 3,  # the option table and the readers options.py merges: the same layer
+    "option_sources": 3,
     "agent": 4,
     "ops": 4,
     "lab": 5,

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from overlayd.logsetup import configure_logging
-from overlayd.options import OptionsError, build_parser, normalize_argv, resolve_options
+from overlayd.option_sources import build_parser, normalize_argv
+from overlayd.options import OptionsError, resolve_options
 
 
 def test_json_lines_carry_ts_level_logger_msg(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from overlayd.cli import make_parser
-from overlayd.options import OptionsError, normalize_argv, resolve_options
+from overlayd.option_sources import normalize_argv
+from overlayd.options import OptionsError, resolve_options
 
 
 @pytest.mark.parametrize(

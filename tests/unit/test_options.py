@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
+from overlayd.option_sources import build_parser, normalize_argv
+from overlayd.options import AgentOptions, OptionsError, resolve_options
 
 
 def resolve(argv: list[str], env: dict[str, str] | None = None) -> AgentOptions:
