@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from overlayd.backend.select import install as install_backends
 from overlayd.logsetup import configure_logging
 from overlayd.options import AgentOptions, OptionsError, build_parser, normalize_argv, resolve_options
 
@@ -388,6 +389,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_backends()  # the network config and leases are read with the backends' parsers
     if not argv or (argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # flanneld's command line: options only
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
