@@ -12,6 +12,7 @@ registered in ``overlayd.backend.select``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -88,6 +89,11 @@ class Backend(Protocol):
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
         """Whether this host programs ``lease`` (another host's, of this backend, compatible)."""
+        ...
+
+    def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
+        """Which peers get a route on the underlay instead of the device (DirectRouting); None:
+        none do, and nothing off the device needs reading on every pass."""
         ...
 
     def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:

@@ -18,58 +18,6 @@ class ConfigError(ValueError):
     """An invalid network config; str() is a complete message for the operator."""
 
 
-class BackendSettings(Protocol):
-    """A backend's parsed ``Backend`` section; only the backend that parsed it reads its fields."""
-
-    @property
-    def type(self) -> str: ...
-
-    @property
-    def restart_key(self) -> tuple[object, ...]:
-        """What the running data path cannot follow in place: a change restarts the agent."""
-        ...
-
-
-# Parses a backend's section (keys lower-cased) for the config at ``where``; raises ConfigError.
-BackendParser = Callable[["ConfigFields"], BackendSettings]
-
-
-@dataclass(frozen=True)
-class BackendParsers:
-    """The backends a config may name, by their lower-case type, and the one an absent Type means.
-
-    The backends live above this layer (``overlayd.backend``); they hand their parsers down."""
-
-    parsers: Mapping[str, BackendParser]
-    default_type: str
-
-    def parse(self, where: str, raw: object) -> BackendSettings:
-        """The ``Backend`` section ``raw`` parsed by the backend it names."""
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            example = json.dumps({"Type": self.default_type})
-            raise ConfigError(f"{where}: Backend {raw!r} is not a JSON object; use one such as {example}")
-        fields = ConfigFields(where, raw, parent="Backend.")
-        backend_type = fields.value.get("type", self.default_type)
-        if isinstance(backend_type, str):
-            backend_type = backend_type.lower()  # flanneld lower-cases it too
-        parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
-        if parser is None:
-            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
-        return parser(fields)
-
-
-# The parsers ``parse_network_config`` uses when its caller names none: the backend package
-# installs them when imported (``overlayd.backend.select``).
-_installed: BackendParsers | None = None
-
-
-def install_backend_parsers(parsers: BackendParsers) -> None:
-    global _installed
-    _installed = parsers
-
-
 @dataclass(frozen=True)
 class NetworkConfig:
     network: IPv4Network
@@ -144,6 +92,58 @@ class ConfigFields:
             return IPv4Address(raw)
         except ValueError:
             raise self.fail(key, raw, fix) from None
+
+
+class BackendSettings(Protocol):
+    """A backend's parsed ``Backend`` section; only the backend that parsed it reads its fields."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def restart_key(self) -> tuple[object, ...]:
+        """What the running data path cannot follow in place: a change restarts the agent."""
+        ...
+
+
+# Parses a backend's section (keys lower-cased) for the config at ``where``; raises ConfigError.
+BackendParser = Callable[[ConfigFields], BackendSettings]
+
+
+@dataclass(frozen=True)
+class BackendParsers:
+    """The backends a config may name, by their lower-case type, and the one an absent Type means.
+
+    The backends live above this layer (``overlayd.backend``); they hand their parsers down."""
+
+    parsers: Mapping[str, BackendParser]
+    default_type: str
+
+    def parse(self, where: str, raw: object) -> BackendSettings:
+        """The ``Backend`` section ``raw`` parsed by the backend it names."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            example = json.dumps({"Type": self.default_type})
+            raise ConfigError(f"{where}: Backend {raw!r} is not a JSON object; use one such as {example}")
+        fields = ConfigFields(where, raw, parent="Backend.")
+        backend_type = fields.value.get("type", self.default_type)
+        if isinstance(backend_type, str):
+            backend_type = backend_type.lower()  # flanneld lower-cases it too
+        parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
+        if parser is None:
+            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
+        return parser(fields)
+
+
+# The parsers ``parse_network_config`` uses when its caller names none: the backend package
+# installs them when imported (``overlayd.backend.select``).
+_installed: BackendParsers | None = None
+
+
+def install_backend_parsers(parsers: BackendParsers) -> None:
+    global _installed
+    _installed = parsers
 
 
 def _parse_network(fields: ConfigFields) -> IPv4Network:

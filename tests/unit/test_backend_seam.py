@@ -194,6 +194,10 @@ def test_a_second_backend_plugs_in_without_touching_the_network_config() -> None
         )
 
 
-def test_host_facts_are_plain_values() -> None:
-    facts = HostFacts(IPv4Address("192.0.2.5"), "eth0", IPv4Address("192.0.2.5"), 1500, (), Path("/tmp"))
-    assert facts.external_mtu == 1500
+def test_direct_routing_reaches_the_peers_on_our_segment() -> None:
+    address = IPv4Address("192.0.2.5")
+    host = HostFacts(address, "eth0", address, 1500, (IPv4Network("192.0.2.0/25"),), Path("/nonexistent"))
+    assert Vxlan().reached_directly(config(), host) is None
+    direct = Vxlan().reached_directly(config({"DirectRouting": True}), host)
+    assert direct is not None
+    assert direct(lease("198.18.7.0/24", "192.0.2.7")) and not direct(lease("198.18.7.0/24", "192.0.2.200"))

@@ -8,6 +8,7 @@ the device and its entries (``device``), the VTEP MAC (``mac``) and which leases
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network
 from typing import ClassVar
 
@@ -17,7 +18,7 @@ from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, pars
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
-from overlayd.backend.vxlan.peers import is_vxlan_peer
+from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -111,6 +112,9 @@ class Vxlan:
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
         return is_vxlan_peer(lease, own.subnet, settings(config).vni, own.attrs.public_ip)
+
+    def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
+        return reached_directly(host.segments) if settings(config).direct_routing else None
 
     def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
         return entries_for(lease, direct)
