@@ -62,6 +62,7 @@ class Backend(Protocol):
     type: ClassVar[str]  # BackendType, as leases and the config spell it
     data_codec: ClassVar[BackendDataCodec]  # its BackendData, both ways
     parse_config: ClassVar[BackendParser]  # its Backend section; raises ConfigError
+    device_pattern: ClassVar[str]  # its devices' names for any config, for messages: "flannel.<VNI>"
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         """The parsed section in flannel's key spelling, defaults filled in."""

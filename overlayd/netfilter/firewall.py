@@ -318,10 +318,12 @@ class Firewall:
             script = self._write(spec, script)
             self._applied = (script, self._live_listing() or "")
             allowlist = f"{len(spec.ingress_sources or ())} peers" if spec.guarded else "off"
+            # Named after what it guards, as operators read it ("VXLAN allowlist 3 peers").
+            guarded = spec.ingress.name.upper() if spec.ingress is not None else "ingress"
             log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
-                     "ingress allowlist %s)", "created" if live is None else "replaced", self._table,
+                     "%s allowlist %s)", "created" if live is None else "replaced", self._table,
                      spec.network, "on" if spec.ip_masq else "off",
-                     "on" if spec.forward_rules else "off", allowlist)
+                     "on" if spec.forward_rules else "off", guarded, allowlist)
         return not unchanged
 
     def allow_peer(self, public_ip: IPv4Address) -> None:

@@ -308,7 +308,7 @@ def read_device(
             links = [link for link in ipr.get_links()
                      if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]
         if not links:
-            wanted = " or ".join(backend.device_names(config)) if config else f"{backend.type} backend"
+            wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
             return None, f"no {wanted} device in this network namespace; the agent has not set it up"
         link = links[0]
         mac = str(link.get("IFLA_ADDRESS")).lower()

@@ -63,6 +63,7 @@ class Vxlan:
     type: ClassVar[str] = TYPE
     data_codec: ClassVar[VxlanLeaseData] = VxlanLeaseData()
     parse_config = staticmethod(parse_vxlan_config)
+    device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
