@@ -85,8 +85,8 @@ class BackendDataCodec(Protocol):
         """``attrs``' BackendData as the JSON object flanneld writes (None: ``null``)."""
         ...
 
-    def decode(self, key: str, data: Mapping[str, object], attrs: LeaseAttrs) -> LeaseAttrs:
-        """``attrs`` with the fields ``data`` carries; raises LeaseError (bad_backend_data)."""
+    def decode(self, key: str, data: Mapping[str, object]) -> Mapping[str, object]:
+        """The ``LeaseAttrs`` fields ``data`` carries, by name; raises LeaseError (bad_backend_data)."""
         ...
 
 
@@ -210,7 +210,8 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             public_ipv6=public_ipv6,
             extra_backend_data=json.dumps(backend, separators=(",", ":")) if backend else "",
         )
-    return codec.decode(key, backend, LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6))
+    # One construction: on a cold start every peer's lease is decoded here.
+    return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **codec.decode(key, backend))
 
 
 def canonical_mac(text: str) -> str | None:

@@ -6,7 +6,6 @@ flanneld reads and writes the same object, so either agent programs the other's 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from ipaddress import IPv4Address
 
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig
@@ -19,14 +18,14 @@ class VxlanLeaseData:
     def encode(self, attrs: LeaseAttrs) -> dict[str, object] | None:
         return {"VNI": attrs.vni, "VtepMAC": attrs.vtep_mac}
 
-    def decode(self, key: str, data: Mapping[str, object], attrs: LeaseAttrs) -> LeaseAttrs:
+    def decode(self, key: str, data: Mapping[str, object]) -> dict[str, object]:
         vni = data.get("VNI")
         mac = canonical_mac(str(data.get("VtepMAC") or "").lower())
         if type(vni) is not int or mac is None:
             raise LeaseError(
                 f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC", "bad_backend_data"
             )
-        return replace(attrs, vni=vni, vtep_mac=mac)
+        return {"vni": vni, "vtep_mac": mac}
 
 
 def vxlan_lease_attrs(config: VxlanConfig, public_ip: IPv4Address, vtep_mac: str) -> LeaseAttrs:
