@@ -1,8 +1,9 @@
 """The backends overlayd has, by the ``Type`` a network config names them with.
 
 A new backend is a folder under ``overlayd/backend/`` whose class satisfies
-``overlayd.backend.api.Backend``, added to ``BACKENDS`` here. Importing the package installs the
-backends' config parsers and lease codecs in ``overlayd.subnet``, which cannot import them.
+``overlayd.backend.api.Backend``, added to ``BACKENDS`` here. ``install`` hands the backends'
+config parsers and lease codecs down to ``overlayd.subnet``, which cannot import them; the command
+line calls it at start.
 """
 
 from __future__ import annotations

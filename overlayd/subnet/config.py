@@ -106,7 +106,7 @@ class BackendSettings(Protocol):
         ...
 
 
-# Parses a backend's section (keys lower-cased) for the config at ``where``; raises ConfigError.
+# Parses a backend's section (read through ConfigFields, whose errors name the key); raises ConfigError.
 BackendParser = Callable[[ConfigFields], BackendSettings]
 
 
@@ -136,8 +136,8 @@ class BackendParsers:
         return parser(fields)
 
 
-# The parsers ``parse_network_config`` uses when its caller names none: the backend package
-# installs them when imported (``overlayd.backend.select``).
+# The parsers ``parse_network_config`` uses when its caller names none: the command line installs
+# them at start (``overlayd.backend.select.install``).
 _installed: BackendParsers | None = None
 
 

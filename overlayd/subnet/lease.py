@@ -91,7 +91,7 @@ class BackendDataCodec(Protocol):
 
 
 # The backends whose BackendData is decoded into fields, by BackendType; the others' is kept
-# whole. The backend package installs its codecs when imported (``overlayd.backend.select``).
+# whole. The command line installs them at start (``overlayd.backend.select.install``).
 _codecs: dict[str, BackendDataCodec] = {}
 
 
