@@ -49,6 +49,14 @@ def _options(args: argparse.Namespace, default_level: str = "info") -> AgentOpti
     return options
 
 
+def _install_backends() -> None:
+    """Hand the backends' config parsers and lease codecs down to ``overlayd.subnet``, which
+    reads the network config and leases but cannot import a backend."""
+    from overlayd.backend.select import install
+
+    install()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     options = _options(args)
     if options is None:
@@ -56,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from overlayd.agent.heap import frozen_imports
 
     with frozen_imports():
+        _install_backends()
         from overlayd.agent.daemon import Agent  # heavy imports (etcd3, gRPC) only when running
     return Agent(options).run()
 
@@ -391,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # flanneld's command line: options only
+    if argv[0] != "run":  # the agent's start installs them among its own imports
+        _install_backends()
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)

@@ -1,6 +1,8 @@
-"""Layer 2: the kernel side of a backend: the VXLAN device and its entries, rtnetlink, the link monitor.
+"""Layer 2: the data path behind the backend seam: the backends, rtnetlink, the link monitor.
 
-Holds ``vxlan/`` (device, VTEP MAC), ``rtnl/`` (codec, socket), ``desired`` (entry types, the
-planes and their diff), ``monitor``, ``iface`` (external interface choice) and ``flanneldproc``.
-May import ``overlayd.base`` and ``overlayd.subnet``; not its siblings ``etcd`` and ``netfilter``.
+Holds ``api`` (the seam every backend provides), ``select`` (the backends by type), ``vxlan/``
+(the first backend: config section, BackendData, device, VTEP MAC, peers), ``rtnl/`` (codec,
+socket), ``desired`` (entry types, the planes and their diff), ``monitor``, ``iface`` (external
+interface choice) and ``flanneldproc``. May import ``overlayd.base`` and ``overlayd.subnet``;
+not its siblings ``etcd`` and ``netfilter``.
 """

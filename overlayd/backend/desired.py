@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from overlayd.subnet.lease import Lease, lease_vni
+# Re-exported until every caller asks the backend seam (``overlayd.backend.api``) instead.
+from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly  # noqa: F401
+from overlayd.subnet.lease import Lease
 
 # Entries are compared and hashed by a tuple of plain ints and strings made once, at creation.
 # The generated methods compared ``ipaddress`` objects, whose ``__eq__`` and ``__hash__`` are
@@ -115,38 +117,13 @@ class PlaneDiff:
 Entry = Neigh | Fdb | Route | DirectRoute
 
 
-def _entries(lease: Lease, direct: bool) -> tuple[Entry, ...]:
+def entries_for(lease: Lease, direct: bool) -> tuple[Entry, ...]:
     """The entries one peer needs: three over VXLAN, or one route when it is reached directly."""
     if direct:
         return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
     gateway = lease.subnet.network_address
     mac = lease.attrs.vtep_mac or ""
     return Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
-
-
-def reached_directly(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
-    """DirectRouting's test: a peer whose PublicIP is on one of this host's underlay segments
-    (``segments``, the external interface's connected prefixes) needs no VXLAN to reach it.
-    flanneld asks the routing table whether the route to the PublicIP has no gateway; on the
-    external interface, that is this test."""
-    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
-
-
-def is_vxlan_peer(
-    lease: Lease, own_subnet: IPv4Network | None, vni: int, own_ip: IPv4Address | None = None
-) -> bool:
-    """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it).
-
-    One carrying our own PublicIP is this host's too, under another subnet: a dual-stack one
-    flanneld left, say. Programmed, its route would replace the local bridge's to that subnet."""
-    return (
-        lease.subnet != own_subnet
-        and lease.attrs.public_ip != own_ip
-        and lease.attrs.backend_type == "vxlan"
-        and lease.attrs.vni is not None
-        and lease_vni(lease.attrs.vni) == lease_vni(vni)
-        and bool(lease.attrs.vtep_mac)
-    )
 
 
 @dataclass(frozen=True)
@@ -329,7 +306,7 @@ class DesiredEntries:
         for key in keys:
             candidate = self._candidates.get(key)
             rivalry = self._rivalry(key, candidate) if candidate is not None else None
-            entries = _entries(candidate.lease, candidate.direct) if candidate and not rivalry else ()
+            entries = entries_for(candidate.lease, candidate.direct) if candidate and not rivalry else ()
             held = self._peers.get(key, ())
             if entries != held:
                 changes.append((held, entries))

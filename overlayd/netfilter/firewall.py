@@ -16,16 +16,17 @@ accept is also written where iptables users drop, as flanneld's ``FLANNEL-FWD`` 
 nftables table is named in a warning. Our ``return`` in ``postrouting`` likewise cannot stop
 another table's masquerade.
 
-VXLAN has no authentication: whoever can send UDP to the VXLAN port injects frames into the
-overlay. With the ingress allowlist, an ``input`` chain drops UDP to that port unless its source
-is in the named set ``vxlan_peers`` (the PublicIPs of current peer leases). Full passes replace the
-whole table, elements included; a single peer event adds or deletes one element over netlink
-(``nftnl``, no process start: it is on the new peer's critical path). The rule before the drop
-records each dropped source in the set ``vxlan_dropped`` for 10 minutes, so that the agent can
-name it: a node of the network whose VXLAN leaves from another address than the PublicIP it
-publishes is cut off by the allowlist, and without a name the operator would see only a counter.
-It is a separate rule because an ``update`` on a full set ends its rule: a flood of spoofed
-sources must not turn the drop off.
+An overlay encapsulation such as VXLAN has no authentication: whoever can send UDP to its port
+injects frames into the overlay. With the ingress allowlist, an ``input`` chain drops packets to
+that port (the backend names protocol and port: ``IngressGuard``) unless their source is in the
+named set ``<name>_peers`` (the PublicIPs of current peer leases; ``vxlan_peers`` for VXLAN). Full
+passes replace the whole table, elements included; a single peer event adds or deletes one element
+over netlink (``nftnl``, no process start: it is on the new peer's critical path). The rule before
+the drop records each dropped source in the set ``<name>_dropped`` for 10 minutes, so that the
+agent can name it: a node of the network whose tunnel leaves from another address than the
+PublicIP it publishes is cut off by the allowlist, and without a name the operator would see only
+a counter. It is a separate rule because an ``update`` on a full set ends its rule: a flood of
+spoofed sources must not turn the drop off.
 
 Periodic passes do not list the table while nothing in nftables changed: the ruleset generation
 (``nftnl``, one netlink round trip) is compared with the one read just before the last listing
@@ -43,24 +44,25 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.netfilter.nftnl import NftNetlink
-from overlayd.subnet.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 
 MULTICAST = IPv4Network("224.0.0.0/4")
-PEER_SET = "vxlan_peers"
-DROPPED_SET = "vxlan_dropped"
+PEER_SUFFIX = "_peers"  # the allowlist's sets are <name>_peers and <name>_dropped
+DROPPED_SUFFIX = "_dropped"
 DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
 DROPPED_MAX = 256
 _FEATURE_NAMES = {
     "fully_random": "'masquerade fully-random'",
-    "record_drops": "a dynamic set (dropped VXLAN sources will not be named)",
+    "record_drops": "a dynamic set (dropped sources will not be named)",
 }
-_DROPPED_ELEMENTS = re.compile(rf"(set {DROPPED_SET} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
-_PEER_ELEMENTS = re.compile(rf"set {PEER_SET} {{[^{{}}]*?elements = {{([^}}]*)}}")
+# Our table holds at most one allowlist, so its sets are found by their suffix.
+_DROPPED_ELEMENTS = re.compile(rf"(set \w+{DROPPED_SUFFIX} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
+_PEER_ELEMENTS = re.compile(rf"set \w+{PEER_SUFFIX} {{[^{{}}]*?elements = {{([^}}]*)}}")
 _COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
 _COMMENTS = re.compile(r"[ \t]*#[^\n]*")  # newer nft prints "size 256 # count 3"
 _ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
@@ -76,7 +78,7 @@ class NftFeatures:
     found refused) rather than leave the node without masquerading and forward rules."""
 
     fully_random: bool = True  # ``masquerade fully-random``
-    record_drops: bool = True  # the dynamic set of dropped VXLAN sources
+    record_drops: bool = True  # the dynamic set of dropped sources
 
 
 def _probe_table(name: str, table: str) -> str:
@@ -84,12 +86,36 @@ def _probe_table(name: str, table: str) -> str:
     if name == "fully_random":
         body = _chain("p", "nat hook postrouting priority srcnat", ["masquerade fully-random"])
     else:
-        rule = f"udp dport 1 update @{DROPPED_SET} {{ ip saddr }}"
-        body = _dropped_set() + _chain("p", "filter hook input priority filter", [rule])
+        probe_set = f"probe{DROPPED_SUFFIX}"
+        rule = f"udp dport 1 update @{probe_set} {{ ip saddr }}"
+        body = _dropped_set(probe_set) + _chain("p", "filter hook input priority filter", [rule])
     return f"table ip {table}_probe {{\n{body}}}\n"
 
 
 @dataclass(frozen=True)
+class IngressGuard:
+    """What the ingress allowlist guards, as the backend says: the underlay packets that carry
+    overlay traffic to this host. ``name`` names the sets ``<name>_peers`` and ``<name>_dropped``."""
+
+    protocol: str  # "udp"
+    port: int
+    name: str
+
+    @property
+    def peer_set(self) -> str:
+        return self.name + PEER_SUFFIX
+
+    @property
+    def dropped_set(self) -> str:
+        return self.name + DROPPED_SUFFIX
+
+
+# The guard the old ``FirewallSpec`` keywords meant, until every caller passes ``ingress``.
+_LEGACY_NAME, _LEGACY_PORT = "vxlan", 8472
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, init=False)
 class FirewallSpec:
     """Inputs of the overlay's rules."""
 
@@ -98,11 +124,50 @@ class FirewallSpec:
     ip_masq: bool
     forward_rules: bool
     ingress_allowlist: bool = False
-    vxlan_port: int = DEFAULT_VXLAN_PORT
-    # PublicIPs allowed to send us VXLAN; None: not known yet (before the first peer listing),
-    # so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop every peer's
-    # traffic meanwhile.
-    vxlan_peers: frozenset[IPv4Address] | None = frozenset()
+    ingress: IngressGuard | None = None  # None: the allowlist guards nothing
+    # PublicIPs allowed to send us overlay traffic; None: not known yet (before the first peer
+    # listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop
+    # every peer's traffic meanwhile.
+    ingress_sources: frozenset[IPv4Address] | None = frozenset()
+
+    def __init__(
+        self,
+        network: IPv4Network,
+        own_subnet: IPv4Network,
+        ip_masq: bool,
+        forward_rules: bool,
+        ingress_allowlist: bool = False,
+        ingress: IngressGuard | None = None,
+        ingress_sources: frozenset[IPv4Address] | None = frozenset(),
+        *,
+        vxlan_port: int | None = None,
+        vxlan_peers: frozenset[IPv4Address] | None = _UNSET,
+    ) -> None:
+        if vxlan_port is not None or (ingress is None and vxlan_peers is not _UNSET):
+            ingress = IngressGuard("udp", vxlan_port or _LEGACY_PORT, _LEGACY_NAME)
+        if vxlan_peers is not _UNSET:
+            ingress_sources = vxlan_peers
+        for name, value in (
+            ("network", network), ("own_subnet", own_subnet), ("ip_masq", ip_masq),
+            ("forward_rules", forward_rules), ("ingress_allowlist", ingress_allowlist),
+            ("ingress", ingress), ("ingress_sources", ingress_sources),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def vxlan_peers(self) -> frozenset[IPv4Address] | None:
+        """The old name of ``ingress_sources``."""
+        return self.ingress_sources
+
+    @property
+    def vxlan_port(self) -> int:
+        """The old name of ``ingress.port``."""
+        return self.ingress.port if self.ingress is not None else _LEGACY_PORT
+
+    @property
+    def guarded(self) -> IngressGuard | None:
+        """The guard in force: the allowlist on and something to guard."""
+        return self.ingress if self.ingress_allowlist else None
 
 
 def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
@@ -110,15 +175,15 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatu
     net, sub = spec.network, spec.own_subnet
     masquerade = "masquerade fully-random" if features.fully_random else "masquerade"
     chains = []
-    if spec.ingress_allowlist:
-        peers = sorted(spec.vxlan_peers or ())
+    if (guard := spec.guarded) is not None:
+        peers = sorted(spec.ingress_sources or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
-        chains.append("\n".join([f"\tset {PEER_SET} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
-        not_a_peer = f"udp dport {spec.vxlan_port} ip saddr != @{PEER_SET}"
+        chains.append("\n".join([f"\tset {guard.peer_set} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
+        not_a_peer = f"{guard.protocol} dport {guard.port} ip saddr != @{guard.peer_set}"
         rules = [f"{not_a_peer} counter drop"]
         if features.record_drops:
-            chains.append(_dropped_set())
-            rules.insert(0, f"{not_a_peer} update @{DROPPED_SET} {{ ip saddr }}")
+            chains.append(_dropped_set(guard.dropped_set))
+            rules.insert(0, f"{not_a_peer} update @{guard.dropped_set} {{ ip saddr }}")
         chains.append(_chain("input", "filter hook input priority filter", rules))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
@@ -140,8 +205,8 @@ def render_ruleset(spec: FirewallSpec, table: str = "overlayd", features: NftFea
     return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, features)
 
 
-def _dropped_set() -> str:
-    return (f"\tset {DROPPED_SET} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
+def _dropped_set(name: str) -> str:
+    return (f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
             f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
 
 
@@ -198,6 +263,7 @@ class Firewall:
         self.forward = IptablesForwardRules()
         self._forward_off_cleared = False  # forward rules off: a previous run's removed (once)
         self._foreign_checked: int | None = -1  # the generation the foreign drops were looked at in
+        self._guard: IngressGuard | None = None  # the allowlist of the last spec ensured
 
     def ensure(self, spec: FirewallSpec) -> bool:
         """Make our nftables table and, with forward rules, our iptables forward chain what ``spec``
@@ -231,10 +297,11 @@ class Firewall:
         self._generation = generation
         live: str | None = None
         listed = False
-        if spec.ingress_allowlist and spec.vxlan_peers is None:
+        self._guard = spec.guarded
+        if spec.guarded is not None and spec.ingress_sources is None:
             live, listed = self._live_listing(), True
-            if live is not None and f"set {PEER_SET} " in live:
-                spec = replace(spec, vxlan_peers=_listed_peers(live))
+            if live is not None and f"set {spec.guarded.peer_set} " in live:
+                spec = replace(spec, ingress_sources=_listed_peers(live))
             else:  # none yet (a first start, or flanneld's host taken over): an empty one would
                 spec = replace(spec, ingress_allowlist=False)  # drop every peer until the listing
         script = render_ruleset(spec, self._table, self._features)
@@ -250,40 +317,52 @@ class Firewall:
         if not unchanged:
             script = self._write(spec, script)
             self._applied = (script, self._live_listing() or "")
-            allowlist = f"{len(spec.vxlan_peers or ())} peers" if spec.ingress_allowlist else "off"
+            allowlist = f"{len(spec.ingress_sources or ())} peers" if spec.guarded else "off"
+            # Named after what it guards, as operators read it ("VXLAN allowlist 3 peers").
+            guarded = spec.ingress.name.upper() if spec.ingress is not None else "ingress"
             log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
-                     "VXLAN allowlist %s)", "created" if live is None else "replaced", self._table,
+                     "%s allowlist %s)", "created" if live is None else "replaced", self._table,
                      spec.network, "on" if spec.ip_masq else "off",
-                     "on" if spec.forward_rules else "off", allowlist)
+                     "on" if spec.forward_rules else "off", guarded, allowlist)
         return not unchanged
 
     def allow_peer(self, public_ip: IPv4Address) -> None:
-        """Add one PublicIP to the VXLAN allowlist (the table must exist; a full pass creates it)."""
+        """Add one PublicIP to the ingress allowlist (the table must exist; a full pass creates it)."""
+        peer_set = self._peer_set()
         try:
-            self._netlink.set_element(self._table, PEER_SET, public_ip, add=True)
+            self._netlink.set_element(self._table, peer_set, public_ip, add=True)
         except OSError as exc:
-            raise FirewallError(f"cannot add {public_ip} to set {PEER_SET} of table ip {self._table}: "
+            raise FirewallError(f"cannot add {public_ip} to set {peer_set} of table ip {self._table}: "
                                 f"{exc.strerror}") from exc
 
     def disallow_peer(self, public_ip: IPv4Address) -> None:
-        """Remove one PublicIP from the VXLAN allowlist; already absent is fine."""
+        """Remove one PublicIP from the ingress allowlist; already absent is fine."""
+        peer_set = self._peer_set()
         try:
-            self._netlink.set_element(self._table, PEER_SET, public_ip, add=False)
+            self._netlink.set_element(self._table, peer_set, public_ip, add=False)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
-                raise FirewallError(f"cannot delete {public_ip} from set {PEER_SET} of table ip "
+                raise FirewallError(f"cannot delete {public_ip} from set {peer_set} of table ip "
                                     f"{self._table}: {exc.strerror}") from exc
 
+    def _peer_set(self) -> str:
+        if self._guard is None:
+            raise FirewallError(f"table ip {self._table} has no ingress allowlist to change; a full "
+                                "pass with the allowlist on creates it")
+        return self._guard.peer_set
+
     def dropped_sources(self) -> frozenset[IPv4Address]:
-        """Sources whose VXLAN packets the allowlist dropped in the last ``DROPPED_FOR`` (none
-        while our table has no allowlist)."""
+        """Sources whose packets the allowlist dropped in the last ``DROPPED_FOR`` (none while our
+        table has no allowlist)."""
+        if self._guard is None:
+            return frozenset()
         try:
-            return frozenset(self._netlink.set_elements(self._table, DROPPED_SET))
+            return frozenset(self._netlink.set_elements(self._table, self._guard.dropped_set))
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return frozenset()
             self._netlink.close()
-            raise FirewallError(f"cannot list set {DROPPED_SET} of table ip {self._table}: "
+            raise FirewallError(f"cannot list set {self._guard.dropped_set} of table ip {self._table}: "
                                 f"{exc.strerror}") from exc
 
     def remove(self) -> None:

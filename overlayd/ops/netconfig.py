@@ -12,9 +12,9 @@ import contextlib
 import difflib
 import json
 import sys
-from dataclasses import asdict
 from typing import Any, TextIO
 
+from overlayd.backend.select import CONFIG_PARSERS, backend_for
 from overlayd.subnet.confchange import describe, leases_outside, name_leases
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 
@@ -26,21 +26,17 @@ def config_where(prefix: str) -> str:
 
 def defaulted_view(config: NetworkConfig) -> dict[str, Any]:
     """The config as the agent uses it, defaults filled in, in flannel's key spelling."""
-    backend = asdict(config.backend)
+    backend = backend_for(config.backend.type)
+    try:
+        section = backend.config_fields(config.backend)
+    finally:
+        backend.close()
     return {
         "Network": str(config.network),
         "SubnetLen": config.subnet_len,
         "SubnetMin": str(config.subnet_min),
         "SubnetMax": str(config.subnet_max),
-        "Backend": {
-            "Type": backend["type"],
-            "VNI": backend["vni"],
-            "Port": backend["port"],
-            "GBP": backend["gbp"],
-            "Learning": backend["learning"],
-            "DirectRouting": backend["direct_routing"],
-            "MTU": backend["mtu"],  # null: the external interface's MTU (the device gets 50 less)
-        },
+        "Backend": section,
     }
 
 
@@ -69,7 +65,7 @@ def config_diff(current: bytes | None, proposed: bytes | str, key: str) -> str:
 def validate(text: str, where: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Check a config offline; print its defaulted view, or the agent's error."""
     try:
-        config = parse_network_config(text, where=where)
+        config = parse_network_config(text, where=where, backends=CONFIG_PARSERS)
     except ConfigError as exc:
         print(exc, file=err)
         return 1
@@ -111,7 +107,7 @@ def _parsed_or_none(raw: bytes | None, where: str) -> NetworkConfig | None:
     if raw is None:
         return None
     try:
-        return parse_network_config(raw, where=where)
+        return parse_network_config(raw, where=where, backends=CONFIG_PARSERS)
     except ConfigError:
         return None
 
@@ -129,7 +125,7 @@ def set_config(
     without ``force``, it would renumber live leases: exit 1, nothing written)."""
     where = config_where(prefix)
     try:
-        proposed = parse_network_config(text, where=where)
+        proposed = parse_network_config(text, where=where, backends=CONFIG_PARSERS)
     except ConfigError as exc:
         print(f"refused: {exc}", file=err)
         return 1

@@ -19,13 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from overlayd.backend.api import DeviceState
+from overlayd.backend.select import CONFIG_PARSERS, DEFAULT_TYPE, backend_for
 from overlayd.options import AgentOptions
+from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.subnet.subnetenv import parse_keys
 
 
 @dataclass(frozen=True)
 class DeviceView:
-    """The VXLAN device and the peer entries the kernel holds on it."""
+    """The backend's device and the peer entries the kernel holds for it."""
 
     name: str
     mtu: int
@@ -289,34 +292,34 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
         return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
 
 
-def read_device(vni: int | None, network: IPv4Network | None) -> tuple[DeviceView | None, str | None]:
-    """The ``flannel.<vni>`` device (any ``flannel.*`` when the VNI is unknown) in this namespace.
+def read_device(
+    config: NetworkConfig | None, network: IPv4Network | None
+) -> tuple[DeviceView | None, str | None]:
+    """The backend's device for ``config`` (when it is unknown: any device of the default
+    backend) in this namespace.
 
-    Its routes include DirectRouting's, on its underlay into ``network``: a peer reached
-    directly is programmed too."""
+    Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
+    a peer reached directly is programmed too."""
     from pyroute2 import IPRoute
 
-    from overlayd.backend.vxlan.device import DirectRoutes, VxlanBackend
-
-    with IPRoute() as ipr:
-        links = [link for link in ipr.get_links() if str(link.get("IFLA_IFNAME")).startswith("flannel.")]
-    if vni is not None:
-        links = [link for link in links if link.get("IFLA_IFNAME") == f"flannel.{vni}"]
-    if not links:
-        wanted = f"flannel.{vni}" if vni is not None else "flannel.<VNI>"
-        return None, f"no {wanted} device in this network namespace; the agent has not set it up"
-    link = links[0]
-    backend = VxlanBackend()
+    backend = backend_for(config.backend.type if config is not None else DEFAULT_TYPE)
     try:
-        underlay = backend.underlay_index(link["index"])
-        direct = DirectRoutes(underlay, network) if underlay and network else None
-        plane = backend.read_plane(link["index"], direct)
+        with IPRoute() as ipr:
+            links = [link for link in ipr.get_links()
+                     if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]
+        if not links:
+            wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
+            return None, f"no {wanted} device in this network namespace; the agent has not set it up"
+        link = links[0]
+        mac = str(link.get("IFLA_ADDRESS")).lower()
+        mtu = int(link.get("IFLA_MTU"))
+        plane = backend.read_entries(DeviceState(link["index"], mac, mtu), network)
     finally:
         backend.close()
     return DeviceView(
         name=str(link.get("IFLA_IFNAME")),
-        mtu=int(link.get("IFLA_MTU")),
-        mac=str(link.get("IFLA_ADDRESS")).lower(),
+        mtu=mtu,
+        mac=mac,
         routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
@@ -345,14 +348,12 @@ def _lease_view(lease: Any, ttl: float | None, routes: frozenset[str] | None, ow
     )
 
 
-def _config_vni(raw_config: bytes | None) -> int | None:
-    """The VNI of a readable config; None (look for any flannel.*) when missing or invalid."""
-    from overlayd.subnet.config import ConfigError, parse_network_config
-
+def _config(raw_config: bytes | None) -> NetworkConfig | None:
+    """A readable config; None (look for any device of the default backend) when missing or invalid."""
     if raw_config is None:
         return None
     try:
-        return parse_network_config(raw_config).backend.vni
+        return parse_network_config(raw_config, backends=CONFIG_PARSERS)
     except ConfigError:
         return None  # the agent's log names the problem; `overlayd config get` shows it
 
@@ -388,11 +389,11 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
     etcd_error: str | None = None
     try:
         try:
-            vni = _config_vni(registry.get_config()[0])
+            config = _config(registry.get_config()[0])
             found: list[Any] | None = registry.list_leases()[0]
         except RegistryError as exc:
-            vni, found, etcd_error = None, None, str(exc)
-        device, device_error = read_device(vni, overlay_network(subnet_env))
+            config, found, etcd_error = None, None, str(exc)
+        device, device_error = read_device(config, overlay_network(subnet_env))
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:

@@ -27,7 +27,7 @@ class ConfigAction(Enum):
 
     UNCHANGED = "unchanged"  # the stored config is the one in force
     APPLY = "apply"  # every live lease fits it: use it from now on
-    RESTART = "restart"  # a new VNI (every lease fits): a new device, so a clean restart
+    RESTART = "restart"  # a backend change the data path cannot follow (a new VNI): a clean restart
     HOLD = "hold"  # live leases fall outside it: keep the config in force, report
 
 
@@ -87,7 +87,8 @@ def decide(
         return ConfigDecision(
             ConfigAction.HOLD, in_force, stored, own.subnet, own_outside, others_outside, announce=announce
         )
-    action = ConfigAction.RESTART if stored.backend.vni != in_force.backend.vni else ConfigAction.APPLY
+    restart = stored.backend.restart_key != in_force.backend.restart_key
+    action = ConfigAction.RESTART if restart else ConfigAction.APPLY
     return ConfigDecision(action, in_force, stored, own.subnet, False, (), cleared=held is not None)
 
 

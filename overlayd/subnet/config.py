@@ -8,36 +8,14 @@ the bad value and a value that would work, because the reader is an operator fix
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-
-# The kernel's VXLAN port, and what flannel's Port 0 means. Defined here, the lowest layer, as the
-# rule of reading Backend.Port; the backend and the firewall import it.
-DEFAULT_VXLAN_PORT = 8472
-# VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-VXLAN_OVERHEAD = 50
-MAX_VNI = (1 << 24) - 1
-SUPPORTED_BACKENDS = ("vxlan",)
+from typing import Protocol
 
 
 class ConfigError(ValueError):
     """An invalid network config; str() is a complete message for the operator."""
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    type: str = "vxlan"
-    vni: int = 1
-    port: int = DEFAULT_VXLAN_PORT
-    gbp: bool = False
-    learning: bool = False
-    direct_routing: bool = False
-    mtu: int | None = None  # the underlay's MTU, as in flanneld; None: the external interface's
-
-    def device_mtu(self, interface_mtu: int) -> int:
-        """The VXLAN device's MTU, which is also FLANNEL_MTU: the underlay's less the overhead."""
-        return (self.mtu or interface_mtu) - VXLAN_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -46,7 +24,7 @@ class NetworkConfig:
     subnet_len: int
     subnet_min: IPv4Address
     subnet_max: IPv4Address
-    backend: BackendConfig
+    backend: BackendSettings
 
     @property
     def subnet_size(self) -> int:
@@ -65,7 +43,7 @@ class NetworkConfig:
         )
 
 
-def _unset(raw: object) -> bool:
+def is_unset(raw: object) -> bool:
     """True for an absent key or a literal 0 (flanneld's "use the default"); False and 0.0 are not."""
     return raw is None or (type(raw) is int and raw == 0)
 
@@ -74,7 +52,7 @@ def _lower_keys(value: Mapping[str, object]) -> dict[str, object]:
     return {str(k).lower(): v for k, v in value.items()}
 
 
-class _Fields:
+class ConfigFields:
     """Typed reads from a case-insensitive JSON object, with errors naming the key."""
 
     def __init__(self, where: str, value: Mapping[str, object], parent: str = "") -> None:
@@ -116,38 +94,59 @@ class _Fields:
             raise self.fail(key, raw, fix) from None
 
 
-def _parse_backend(where: str, raw: object) -> BackendConfig:
-    if raw is None:
-        return BackendConfig()
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f'{where}: Backend {raw!r} is not a JSON object; use one such as {{"Type": "vxlan"}}'
-        )
-    fields = _Fields(where, raw, parent="Backend.")
-    backend_type = fields.value.get("type", "vxlan")
-    if isinstance(backend_type, str):
-        backend_type = backend_type.lower()  # flanneld lower-cases it too ("VXLAN" works there)
-    if backend_type not in SUPPORTED_BACKENDS:
-        raise fields.fail(
-            "Type", backend_type, f"overlayd supports {', '.join(SUPPORTED_BACKENDS)}"
-        )
-    port = fields.get_int("Port", 0, 0, 65535) or DEFAULT_VXLAN_PORT
-    mtu_raw = fields.value.get("mtu")
-    # The underlay's MTU, as in flanneld: the device and FLANNEL_MTU get VXLAN_OVERHEAD less
-    # (so at least 576, the smallest MTU every IPv4 host must take).
-    mtu = fields.get_int("MTU", 0, 576 + VXLAN_OVERHEAD, 65535) if not _unset(mtu_raw) else None
-    return BackendConfig(
-        type=str(backend_type),
-        vni=fields.get_int("VNI", 1, 0, MAX_VNI),
-        port=port,
-        gbp=fields.get_bool("GBP"),
-        learning=fields.get_bool("Learning"),
-        direct_routing=fields.get_bool("DirectRouting"),
-        mtu=mtu,
-    )
+class BackendSettings(Protocol):
+    """A backend's parsed ``Backend`` section; only the backend that parsed it reads its fields."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def restart_key(self) -> tuple[object, ...]:
+        """What the running data path cannot follow in place: a change restarts the agent."""
+        ...
 
 
-def _parse_network(fields: _Fields) -> IPv4Network:
+# Parses a backend's section (read through ConfigFields, whose errors name the key); raises ConfigError.
+BackendParser = Callable[[ConfigFields], BackendSettings]
+
+
+@dataclass(frozen=True)
+class BackendParsers:
+    """The backends a config may name, by their lower-case type, and the one an absent Type means.
+
+    The backends live above this layer (``overlayd.backend``); they hand their parsers down."""
+
+    parsers: Mapping[str, BackendParser]
+    default_type: str
+
+    def parse(self, where: str, raw: object) -> BackendSettings:
+        """The ``Backend`` section ``raw`` parsed by the backend it names."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            example = json.dumps({"Type": self.default_type})
+            raise ConfigError(f"{where}: Backend {raw!r} is not a JSON object; use one such as {example}")
+        fields = ConfigFields(where, raw, parent="Backend.")
+        backend_type = fields.value.get("type", self.default_type)
+        if isinstance(backend_type, str):
+            backend_type = backend_type.lower()  # flanneld lower-cases it too
+        parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
+        if parser is None:
+            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
+        return parser(fields)
+
+
+# The parsers ``parse_network_config`` uses when its caller names none: the command line installs
+# them at start (``overlayd.backend.select.install``).
+_installed: BackendParsers | None = None
+
+
+def install_backend_parsers(parsers: BackendParsers) -> None:
+    global _installed
+    _installed = parsers
+
+
+def _parse_network(fields: ConfigFields) -> IPv4Network:
     raw = fields.value.get("network")
     if raw is not None and raw != "" and not isinstance(raw, str):
         raise fields.fail("Network", raw, 'use an IPv4 CIDR string such as "198.18.0.0/16"')
@@ -172,7 +171,7 @@ def _default_subnet_len(where: str, network: IPv4Network) -> int:
 
 
 def _bound(
-    fields: _Fields, key: str, network: IPv4Network, subnet_len: int, default: IPv4Address
+    fields: ConfigFields, key: str, network: IPv4Network, subnet_len: int, default: IPv4Address
 ) -> IPv4Address:
     value = fields.get_address(key)
     if value is None or value == IPv4Address(0):  # flanneld reads 0.0.0.0 as unset too
@@ -187,15 +186,22 @@ def _bound(
     return value
 
 
-def parse_network_config(raw: str | bytes, where: str = "network config") -> NetworkConfig:
-    """Parse and validate the JSON at ``<prefix>/config``; raises ConfigError for the operator."""
+def parse_network_config(
+    raw: str | bytes, where: str = "network config", backends: BackendParsers | None = None
+) -> NetworkConfig:
+    """Parse and validate the JSON at ``<prefix>/config``; raises ConfigError for the operator.
+
+    ``backends`` parse the ``Backend`` section; None: those the backend package installed."""
+    backends = backends or _installed
+    if backends is None:
+        raise RuntimeError("no backend parsers installed: import overlayd.backend first")
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc}); fix the JSON text") from None
     if not isinstance(value, dict):
         raise ConfigError(f'{where}: must be a JSON object such as {{"Network": "198.18.0.0/16"}}')
-    fields = _Fields(where, value)
+    fields = ConfigFields(where, value)
     if not fields.get_bool("EnableIPv4", default=True):
         raise ConfigError(
             f"{where}: EnableIPv4 false (an IPv6-only network) is not supported, overlayd serves "
@@ -219,7 +225,7 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
             "use a Network of /28 or larger, such as 198.18.0.0/16"
         )
     raw_len = fields.value.get("subnetlen")
-    if _unset(raw_len):
+    if is_unset(raw_len):
         subnet_len = _default_subnet_len(where, network)
     else:
         fix = f"use a SubnetLen between {lo} and {hi} for Network {network}"
@@ -248,5 +254,5 @@ def parse_network_config(raw: str | bytes, where: str = "network config") -> Net
         subnet_len=subnet_len,
         subnet_min=subnet_min,
         subnet_max=subnet_max,
-        backend=_parse_backend(where, fields.value.get("backend")),
+        backend=backends.parse(where, fields.value.get("backend")),
     )

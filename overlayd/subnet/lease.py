@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import inet_aton
+from typing import Protocol
 
 _KEY_RE = re.compile(
     r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<len>[0-9]{1,2})"
@@ -76,6 +78,27 @@ class Lease:
         return subnet_to_key(self.subnet, self.ipv6_subnet)
 
 
+class BackendDataCodec(Protocol):
+    """One backend's ``BackendData``: what its leases carry beyond the PublicIP, both ways."""
+
+    def encode(self, attrs: LeaseAttrs) -> dict[str, object] | None:
+        """``attrs``' BackendData as the JSON object flanneld writes (None: ``null``)."""
+        ...
+
+    def decode(self, key: str, data: Mapping[str, object]) -> Mapping[str, object]:
+        """The ``LeaseAttrs`` fields ``data`` carries, by name; raises LeaseError (bad_backend_data)."""
+        ...
+
+
+# The backends whose BackendData is decoded into fields, by BackendType; the others' is kept
+# whole. The command line installs them at start (``overlayd.backend.select.install``).
+_codecs: dict[str, BackendDataCodec] = {}
+
+
+def install_backend_data(backend_type: str, codec: BackendDataCodec) -> None:
+    _codecs[backend_type] = codec
+
+
 def lease_vni(vni: int) -> int:
     """A VNI as leases carry it. flanneld's lease struct holds 16 bits: with VNI 70000 its
     device uses all 24, but its lease says 4464. We write the same, and compare peers' VNIs in
@@ -135,8 +158,9 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
         "PublicIPv6": str(attrs.public_ipv6) if attrs.public_ipv6 else None,
         "BackendType": attrs.backend_type,
     }
-    if attrs.backend_type == "vxlan":
-        backend: dict[str, object] | None = {"VNI": attrs.vni, "VtepMAC": attrs.vtep_mac}
+    codec = _codecs.get(attrs.backend_type)
+    if codec is not None:
+        backend = codec.encode(attrs)
     else:
         backend = json.loads(attrs.extra_backend_data) if attrs.extra_backend_data else None
     value["BackendData"] = backend
@@ -178,23 +202,19 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     backend = value.get("BackendData") or {}
     if not isinstance(backend, dict):
         raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
-    if backend_type != "vxlan":
+    codec = _codecs.get(backend_type)
+    if codec is None:
         return LeaseAttrs(
             public_ip=public_ip,
             backend_type=backend_type,
             public_ipv6=public_ipv6,
             extra_backend_data=json.dumps(backend, separators=(",", ":")) if backend else "",
         )
-    vni = backend.get("VNI")
-    mac = _canonical_mac(str(backend.get("VtepMAC") or "").lower())
-    if type(vni) is not int or mac is None:
-        raise LeaseError(
-            f"lease {key}: vxlan BackendData needs an integer VNI and a VtepMAC", "bad_backend_data"
-        )
-    return LeaseAttrs(public_ip=public_ip, vni=vni, vtep_mac=mac, public_ipv6=public_ipv6)
+    # One construction: on a cold start every peer's lease is decoded here.
+    return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **codec.decode(key, backend))
 
 
-def _canonical_mac(text: str) -> str | None:
+def canonical_mac(text: str) -> str | None:
     """``text`` (lower case) as ``aa:bb:cc:dd:ee:ff`` if it is a MAC in a spelling flanneld reads."""
     if _MAC_RE.fullmatch(text):
         return text

@@ -7,7 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlayd.subnet.config import BackendConfig, ConfigError, parse_network_config
+from overlayd.backend.vxlan.config import VxlanConfig as BackendConfig
+from overlayd.subnet.config import ConfigError, parse_network_config
 
 WHERE = "network config at /coreos.com/network/config"
 

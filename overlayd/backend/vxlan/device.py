@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
 from typing import Any
 
+from overlayd.backend.api import DeviceState
 from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 from overlayd.backend.rtnl.codec import (
     IFF_UP,
@@ -50,7 +51,7 @@ from overlayd.backend.rtnl.codec import (
     set_link_request,
 )
 from overlayd.backend.rtnl.socket import RtnlSocket
-from overlayd.subnet.config import DEFAULT_VXLAN_PORT
+from overlayd.backend.vxlan.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,6 @@ class DeviceSpec:
     def dstport(self) -> int:
         """The UDP port the kernel reports for this spec (0 means the kernel default)."""
         return self.port or DEFAULT_VXLAN_PORT
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """The device as left by ``ensure_device``."""
-
-    ifindex: int
-    mac: str
-    mtu: int
-    underlay: int | None = None  # the underlay device's index (``dev`` of the VXLAN device)
 
 
 @dataclass(frozen=True)
@@ -173,6 +164,24 @@ class VxlanBackend:
             link = self._get_link(index=link.index)
         underlay = link.vxlan.link if link.vxlan is not None else None
         return DeviceState(link.index, link.mac, link.mtu, underlay), actions
+
+    def find_device(self, name: str) -> tuple[int, int | None] | None:
+        """The index of the VXLAN device ``name`` and of its underlay; None if there is none."""
+        link = self._find_link(name)
+        if link is None or link.vxlan is None:
+            return None
+        return link.index, link.vxlan.link or None
+
+    def delete_device(self, name: str) -> bool:
+        """Delete the VXLAN device ``name``; False if there is none (a device of another kind is
+        left alone: it is not ours)."""
+        link = self._find_link(name)
+        if link is None or link.vxlan is None:
+            return False
+        with _device_errors(name, "delete the device"):
+            self._write(lambda seq: delete_link_request(seq, link.index))
+        log.info("%s: deleted", name)
+        return True
 
     def _write(self, build: Callable[[int], bytes]) -> None:
         """One acknowledged request, built for the next sequence number."""

@@ -1,0 +1,34 @@
+"""Which leases a VXLAN host programs, and which of them it reaches without VXLAN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.backend.vxlan.config import TYPE
+from overlayd.subnet.lease import Lease, lease_vni
+
+
+def reached_directly(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
+    """DirectRouting's test: a peer whose PublicIP is on one of this host's underlay segments
+    (``segments``, the external interface's connected prefixes) needs no VXLAN to reach it.
+    flanneld asks the routing table whether the route to the PublicIP has no gateway; on the
+    external interface, that is this test."""
+    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
+
+
+def is_vxlan_peer(
+    lease: Lease, own_subnet: IPv4Network | None, vni: int, own_ip: IPv4Address | None = None
+) -> bool:
+    """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it).
+
+    One carrying our own PublicIP is this host's too, under another subnet: a dual-stack one
+    flanneld left, say. Programmed, its route would replace the local bridge's to that subnet."""
+    return (
+        lease.subnet != own_subnet
+        and lease.attrs.public_ip != own_ip
+        and lease.attrs.backend_type == TYPE
+        and lease.attrs.vni is not None
+        and lease_vni(lease.attrs.vni) == lease_vni(vni)
+        and bool(lease.attrs.vtep_mac)
+    )
