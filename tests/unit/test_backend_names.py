@@ -18,8 +18,9 @@ WORD = re.compile("vxlan", re.IGNORECASE)
 # (file relative to overlayd/, the identifier or string) -> why it stays.
 USER_VISIBLE: dict[tuple[str, str], str] = {
     ("options.py", "vxlan_ingress_allowlist"): "flanneld's flag --vxlan-ingress-allowlist",
-    ("options.py", "IPv4 address peers send VXLAN traffic to"): "--help text (docs/configuration.md)",
-    ("options.py", "drop VXLAN packets from addresses that hold no peer lease"): "--help text",
+    ("option_specs.py", "vxlan_ingress_allowlist"): "flanneld's flag --vxlan-ingress-allowlist",
+    ("option_specs.py", "IPv4 address peers send VXLAN traffic to"): "--help text (docs/configuration.md)",
+    ("option_specs.py", "drop VXLAN packets from addresses that hold no peer lease"): "--help text",
     ("ops/status.py", "overlayd_vxlan_ingress_dropped_sources"): "the metric's name",
     ("ops/status.py", "vxlan_dropped_sources"): "the metric's figure in `overlayd status --json`",
     ("ops/status.py", "VXLAN DROPPED from "): "`overlayd status` output",
@@ -31,7 +32,7 @@ USER_VISIBLE: dict[tuple[str, str], str] = {
         "or a NAT), its pods cannot reach this host's: give that node --public-ip of the address it sends "
         "from, or run this agent with --vxlan-ingress-allowlist=false",
     ): "the same log line, naming the flag",
-    ("lab/namespaces.py", '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'): "the lab's config",
+    ("lab/hosts.py", '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'): "the lab's config",
     ("bench/peers.py", "vxlan"): "the bench's config",
     (
         "bench/kernel.py",
