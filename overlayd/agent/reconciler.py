@@ -167,6 +167,7 @@ class Reconciler:
     def hold_ended(self, held: HeldPeer, end: HoldEnd, lease: Lease | None, now: float) -> None:
         """Count and log how a hold ended."""
         self.metrics.peer_holds.labels(outcome=end.value).inc()
+        self.metrics.peers_held.set(len(self.state.holds))
         after = f"{(now - held.deleted_at) * 1000:.0f} ms after its lease was deleted"
         subnet, ip = held.lease.subnet, held.lease.attrs.public_ip
         if end is HoldEnd.RETURNED:
