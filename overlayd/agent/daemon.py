@@ -56,8 +56,6 @@ from overlayd.subnet.lease import Lease
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay
 from overlayd.subnet.subnetenv import previous_subnet
 
-__all__ = ["Agent", "StartError"]
-
 log = logging.getLogger(__name__)
 # Seconds from a change on our device that someone else made to the full pass that repairs it:
 # one pass covers a burst. Peer events are applied meanwhile; only the pass waits.
