@@ -52,3 +52,31 @@ def remember(history: list[IPv4Network], subnet: IPv4Network) -> list[IPv4Networ
 def save_history(state_dir: Path, history: list[IPv4Network]) -> None:
     """Write ``history`` atomically; raises OSError."""
     write_atomic(history_path(state_dir), "".join(f"{subnet}\n" for subnet in history))
+
+
+class SubnetMemory:
+    """The history of one state directory, loaded once and updated with each lease we get."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.history = load_history(state_dir)
+
+    def earlier(self, latest: IPv4Network | None) -> list[IPv4Network]:
+        """The subnets to take back if free, newest first: ``latest`` (ours a moment ago, or
+        subnet.env's), then those the state directory remembers from before a renumbering."""
+        return [latest, *self.history] if latest is not None else list(self.history)
+
+    def keep(self, subnet: IPv4Network) -> None:
+        """Keep ``subnet`` first; a failure only costs the preference for it after a later
+        renumbering, so it is logged and not fatal."""
+        history = remember(self.history, subnet)
+        if history == self.history:
+            return
+        try:
+            save_history(self.state_dir, history)
+        except OSError as exc:
+            log.warning(
+                "cannot remember subnet %s in --state-dir %s (%s); after a renumbering this node may "
+                "not take it back", subnet, self.state_dir, exc.strerror,
+            )  # fmt: skip
+        self.history = history

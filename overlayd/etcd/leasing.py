@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.etcd.api import SubnetRegistry
@@ -46,12 +46,14 @@ class LeaseManager:
         ttl: int = DEFAULT_TTL,
         renew_margin: float = DEFAULT_RENEW_MARGIN,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.public_ip = public_ip
         self.ttl = ttl
         self.renew_margin = renew_margin
         self.rng = rng or random.Random()
+        self.clock = clock  # monotonic seconds; tests pass one they move
         # monotonic expiry per (key, etcd lease id) we were granted; math.inf for a reservation.
         self._expiry: dict[tuple[str, int], float] = {}
         self._listing: tuple[list[Lease], int] | None = None
@@ -130,17 +132,17 @@ class LeaseManager:
 
     def _granted(self, lease: Lease) -> None:
         """Remember when ``lease`` expires, to schedule its renewal without asking etcd."""
-        expiry = time.monotonic() + self.ttl if lease.etcd_lease_id else math.inf
+        expiry = self.clock() + self.ttl if lease.etcd_lease_id else math.inf
         self._expiry = {(lease.key, lease.etcd_lease_id): expiry}
 
     def renew_at(self, lease: Lease) -> float:
-        """The ``time.monotonic()`` deadline to renew ``lease``: expiry minus the renew margin.
+        """The ``clock()`` deadline to renew ``lease``: expiry minus the renew margin.
 
         At least half the remaining time from now, so a margin as long as the TTL does not turn
         into constant renewal. A reservation never expires: check it again after one TTL. A lease
         this manager did not grant is due now.
         """
-        now = time.monotonic()
+        now = self.clock()
         expiry = self._expiry.get((lease.key, lease.etcd_lease_id))
         if expiry is None:
             return now
@@ -154,7 +156,7 @@ class LeaseManager:
 
         etcd then deletes our key and peers drop our routes, whether or not we can reach etcd.
         """
-        return time.monotonic() >= self._expiry.get((lease.key, lease.etcd_lease_id), math.inf)
+        return self.clock() >= self._expiry.get((lease.key, lease.etcd_lease_id), math.inf)
 
     def renew(self, lease: Lease) -> Lease | None:
         """Extend ``lease`` by one TTL; None if our key is gone (then ``acquire`` again)."""

@@ -13,6 +13,7 @@ import pytest
 from nsutil import SPEC, in_netns
 
 from overlayd.agent.daemon import Agent
+from overlayd.agent.events import Trigger
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.backend.desired import Plane
 from overlayd.backend.iface import ExternalInterface
@@ -38,21 +39,21 @@ def key(n: int) -> str:
 def agent_on_device() -> Agent:
     """An agent with its device and peers 2 and 3 programmed, as after its first listing."""
     agent = Agent(AgentOptions(vxlan_ingress_allowlist=False))
-    agent.backend = VxlanBackend()
-    agent.device, _ = agent.backend.ensure_device(SPEC)
-    agent.external = ExternalInterface("u0", 0, IPv4Address("192.0.2.1"), 1500)
-    agent.public_ip = agent.external.ip
+    external = ExternalInterface("u0", 0, IPv4Address("192.0.2.1"), 1500)
+    agent.attach(external, external.ip, VxlanBackend())
+    assert agent.reconciler.backend is not None
+    agent.reconciler.device, _ = agent.reconciler.backend.ensure_device(SPEC)
     agent.config = parse_network_config(CONFIG.encode(), where="test")
     agent.lease = lease(1)
     agent._handle([PeerSnapshot({key(1): agent.lease, key(2): lease(2), key(3): lease(3)}, 1)])
-    agent._reconcile_entries("resync")
+    agent.reconciler.reconcile_entries(Trigger.RESYNC)
     return agent
 
 
 def kernel_gateways(agent: Agent) -> set[str]:
     """The gateways of the routes on the device, read back from the kernel."""
-    assert agent.backend is not None and agent.device is not None
-    plane: Plane = agent.backend.read_plane(agent.device.ifindex)
+    assert agent.reconciler.backend is not None and agent.reconciler.device is not None
+    plane: Plane = agent.reconciler.backend.read_plane(agent.reconciler.device.ifindex)
     return {str(route.gateway) for route in plane.routes}
 
 
@@ -63,17 +64,21 @@ def event(kind: str, n: int, lease_: Lease | None, at: float) -> PeerEvents:
 def held_through_passes_then_removed() -> dict[str, object]:
     agent = agent_on_device()
     seen: dict[str, object] = {"start": kernel_gateways(agent)}
-    agent._apply_events(event("delete", 2, None, at=100.0))
-    agent._reconcile_entries("timer")  # a full pass during the hold-down keeps the held entries
+    agent._handle([event("delete", 2, None, at=100.0)])
+    agent.reconciler.reconcile_entries(
+        Trigger.TIMER
+    )  # a full pass during the hold-down keeps the held entries
     # So does a re-list without it.
     agent._handle([PeerSnapshot({key(1): agent.lease, key(3): lease(3)}, 2, "error")])
-    agent._reconcile_entries("resync")
+    agent.reconciler.reconcile_entries(Trigger.RESYNC)
     seen["held"] = kernel_gateways(agent)
     seen["held gauge"] = agent.metrics.peers_held._value.get()
-    seen["released early"] = agent._release_holds(100.0 + agent.holds.seconds - 0.01) or len(agent.holds)
-    agent._release_holds(100.0 + agent.holds.seconds)
+    seen["released early"] = agent.reconciler.release_holds(100.0 + agent.state.holds.seconds - 0.01) or len(
+        agent.state.holds
+    )
+    agent.reconciler.release_holds(100.0 + agent.state.holds.seconds)
     seen["due"] = kernel_gateways(agent)
-    agent._reconcile_entries("timer")  # and a full pass after it keeps them removed
+    agent.reconciler.reconcile_entries(Trigger.TIMER)  # and a full pass after it keeps them removed
     seen["after pass"] = kernel_gateways(agent)
     seen["removed"] = agent.metrics.peer_holds.labels(outcome="removed")._value.get()
     return seen
@@ -82,20 +87,20 @@ def held_through_passes_then_removed() -> dict[str, object]:
 def returned_in_place_or_replaced() -> dict[str, object]:
     agent = agent_on_device()
     writes: list[object] = []
-    apply = agent.backend.apply  # type: ignore[union-attr]
-    agent.backend.apply = lambda ifindex, diff: (writes.append(diff), apply(ifindex, diff))  # type: ignore
-    agent._apply_events(event("delete", 2, None, at=100.0))
-    agent._apply_events(event("put", 2, lease(2, revision=7), at=100.01))  # its owner re-created it
+    apply = agent.reconciler.backend.apply  # type: ignore[union-attr]
+    agent.reconciler.backend.apply = lambda ifindex, diff: (writes.append(diff), apply(ifindex, diff))  # type: ignore
+    agent._handle([event("delete", 2, None, at=100.0)])
+    agent._handle([event("put", 2, lease(2, revision=7), at=100.01)])  # its owner re-created it
     seen: dict[str, object] = {"returned writes": len(writes), "returned": kernel_gateways(agent)}
     seen["returned count"] = agent.metrics.peer_holds.labels(outcome="returned")._value.get()
-    agent._apply_events(event("delete", 3, None, at=101.0))
-    agent._apply_events(event("put", 3, lease(3, mac="0a:00:00:00:09:03", revision=8), at=101.01))
-    assert agent.backend is not None and agent.device is not None
-    neighs = agent.backend.read_plane(agent.device.ifindex).neighs
+    agent._handle([event("delete", 3, None, at=101.0)])
+    agent._handle([event("put", 3, lease(3, mac="0a:00:00:00:09:03", revision=8), at=101.01)])
+    assert agent.reconciler.backend is not None and agent.reconciler.device is not None
+    neighs = agent.reconciler.backend.read_plane(agent.reconciler.device.ifindex).neighs
     seen["replaced mac"] = sorted(n.mac for n in neighs if str(n.ip) == "198.18.3.0")
     seen["replaced count"] = agent.metrics.peer_holds.labels(outcome="replaced")._value.get()
-    seen["still held"] = len(agent.holds)
-    agent._release_holds(1000.0)  # nothing held any more: nothing removed
+    seen["still held"] = len(agent.state.holds)
+    agent.reconciler.release_holds(1000.0)  # nothing held any more: nothing removed
     seen["later"] = kernel_gateways(agent)
     return seen
 
@@ -121,17 +126,17 @@ def test_a_returning_lease_is_applied_in_place_and_another_one_replaces_at_once(
 
 def flood_logged() -> list[str]:
     agent = agent_on_device()
-    agent.peer_log = PeerLogBudget(burst=3, rate=0.001, interval=10)  # no refill within the test
+    agent.reconciler.peer_log = PeerLogBudget(burst=3, rate=0.001, interval=10)  # no refill within the test
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("overlayd.agent.daemon").addHandler(handler)
-    logging.getLogger("overlayd.agent.daemon").setLevel(logging.INFO)
+    logging.getLogger("overlayd.agent.reconciler").addHandler(handler)
+    logging.getLogger("overlayd.agent.reconciler").setLevel(logging.INFO)
     for n in range(10, 20):
-        agent._apply_events(event("put", n, lease(n), at=time.monotonic()))
-    agent._apply_events(event("delete", 10, None, at=time.monotonic()))
-    agent._release_holds(time.monotonic() + 2)
-    agent._log_summary(time.monotonic() + 11)
+        agent._handle([event("put", n, lease(n), at=time.monotonic())])
+    agent._handle([event("delete", 10, None, at=time.monotonic())])
+    agent.reconciler.release_holds(time.monotonic() + 2)
+    agent.reconciler.log_summary(time.monotonic() + 11)
     return lines
 
 

@@ -1,0 +1,244 @@
+"""Keeping this host's lease and network config: when to renew, when the lease is lost, what a
+changed config means. Decisions come back as values; the agent writes the kernel, the metrics
+and the log lines that follow from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Network
+
+from overlayd.base.outage import Outage
+from overlayd.etcd.api import RegistryError, SubnetRegistry
+from overlayd.etcd.leasing import AcquireError, LeaseManager
+from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message
+from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+# Seconds between etcd lease time-to-live checks on the timer. The peer watch already reports our
+# key's deletion (an expired or revoked etcd lease deletes it); this only backs the watch up, so
+# it need not cost an etcd round trip on every pass.
+LEASE_CHECK_INTERVAL = 60.0
+
+
+class LeaseAction(Enum):
+    """What a lease check found."""
+
+    WAIT = "wait"  # nothing due (or a reservation, which never expires)
+    RENEWED = "renewed"  # extended by one TTL: ``lease`` is the renewed one
+    ALIVE = "alive"  # the time-to-live check found our etcd lease live
+    LOST = "lost"  # our key or its etcd lease is gone: re-acquire (``why``)
+    UNREACHABLE = "unreachable"  # etcd did not answer; ``why`` is set once our TTL ran out meanwhile
+
+
+@dataclass(frozen=True)
+class LeaseCheck:
+    action: LeaseAction
+    lease: Lease | None = None
+    why: str = ""
+    renewal_failed: bool = False  # a renewal was tried and failed: count it
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """A re-read of the stored config: the verdict (None: nothing changed, or it could not be
+    read); ``valid`` False: the stored config is broken, None: etcd did not answer."""
+
+    decision: ConfigDecision | None = None
+    valid: bool | None = True
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """A lease granted; ``moved_from``: the subnet we held before, if it is another one."""
+
+    lease: Lease
+    moved_from: IPv4Network | None
+
+
+# What a failed acquisition raises; each is counted by its ``failure_reason`` and retried.
+ACQUIRE_ERRORS = (OutOfSubnets, AcquireError, RegistryError)
+
+
+def failure_reason(exc: Exception) -> str:
+    """The ``reason`` label of a failed acquisition."""
+    if isinstance(exc, OutOfSubnets):
+        return "out_of_subnets"
+    if isinstance(exc, AcquireError):
+        return "contention"
+    return "etcd"
+
+
+class LeaseKeeper:
+    """Our lease (acquire, renew, lost) and the network config in force (read, changed, held)."""
+
+    def __init__(
+        self,
+        manager: LeaseManager,
+        registry: SubnetRegistry,
+        prefix: str,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = LEASE_CHECK_INTERVAL,
+    ) -> None:
+        self.manager, self.registry, self.prefix = manager, registry, prefix
+        self.clock, self.check_interval = clock, check_interval
+        self.lease: Lease | None = None
+        self.renew_at = 0.0
+        self.checked_at = 0.0  # clock time of the last time-to-live check
+        self.config: NetworkConfig | None = None  # the config in force
+        self.config_raw: bytes | None = None  # the config in force, as stored
+        self.stored_raw: bytes | None = None  # the config last read, as stored
+        # While the stored config would renumber live leases: the verdict that keeps ours in force.
+        self.hold: ConfigDecision | None = None
+        # While etcd is down, log when each starts and stops failing, once.
+        self.lease_check = Outage(log, "could not check our lease")
+        self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
+
+    # ---- the lease -----------------------------------------------------------------------------
+
+    def acquire(self, config: NetworkConfig, attrs: LeaseAttrs, previous: list[IPv4Network]) -> Acquired:
+        """Hold a lease; raises OutOfSubnets, AcquireError or RegistryError (``failure_reason``)."""
+        lease = self.manager.acquire(config, attrs, previous)
+        before = self.lease
+        self.lease = lease
+        self.renew_at = self.manager.renew_at(lease)
+        moved = before.subnet if before is not None and before.subnet != lease.subnet else None
+        return Acquired(lease, moved)
+
+    def check(self) -> LeaseCheck:
+        """Renew when due; else, once per check interval, ask etcd whether our lease lives. The
+        peer watch reports our key's deletion at once; this backs it up."""
+        lease = self.lease
+        assert lease is not None
+        if lease.etcd_lease_id == 0:
+            return LeaseCheck(LeaseAction.WAIT)  # a reservation: no expiry to manage
+        renewing = self.clock() >= self.renew_at
+        try:
+            checked = self._check(lease, renewing)
+        except RegistryError as exc:
+            self.lease_check.failed(exc, f"; will retry (lease {lease.key})")
+            why = ""
+            if self.manager.expired(lease):  # served from memory no longer: peers dropped our routes
+                why = (
+                    f"lease {lease.key} expired while etcd was unreachable ({exc}): peers no longer "
+                    "route to this host; it is re-acquired once etcd answers"
+                )
+            return LeaseCheck(LeaseAction.UNREACHABLE, why=why, renewal_failed=renewing)
+        if not checked.renewal_failed:
+            self.lease_check.succeeded()
+        return checked
+
+    def _check(self, lease: Lease, renewing: bool) -> LeaseCheck:
+        if renewing:
+            renewed = self.manager.renew(lease)
+            if renewed is None:
+                return LeaseCheck(LeaseAction.LOST, why="renewal found our key gone", renewal_failed=True)
+            self.lease, self.renew_at = renewed, self.manager.renew_at(renewed)
+            return LeaseCheck(LeaseAction.RENEWED, renewed)
+        if self.clock() - self.checked_at < self.check_interval:
+            return LeaseCheck(LeaseAction.WAIT)
+        remaining = self.registry.lease_remaining(lease)
+        self.checked_at = self.clock()
+        if remaining is None:
+            return LeaseCheck(LeaseAction.LOST, why="its etcd lease expired or was revoked")
+        return LeaseCheck(LeaseAction.ALIVE)
+
+    def remaining(self) -> float | None:
+        """Seconds our etcd lease has left, as etcd says; None for a reservation or no answer."""
+        if self.lease is None or not self.lease.etcd_lease_id:
+            return None
+        try:
+            return self.registry.lease_remaining(self.lease)
+        except RegistryError:
+            return None
+
+    # ---- the network config --------------------------------------------------------------------
+
+    def where(self) -> str:
+        return f"network config at {self.prefix}/config"
+
+    def restore_command(self) -> str:
+        """The etcdctl command that puts the config in force back."""
+        assert self.config_raw is not None
+        return f"etcdctl put {self.prefix}/config '{json.dumps(json.loads(self.config_raw))}'"
+
+    def read_config(self) -> NetworkConfig:
+        """The stored config, parsed; ConfigError names what is wrong and the fix."""
+        raw, _revision = self.registry.get_config()
+        if raw is None and self.config_raw is not None:
+            # Running: the config in use is the one to put back. An example network here would
+            # renumber every node whose subnet it does not hold.
+            raise ConfigError(
+                f"{self.where()} is missing; hosts that start now wait for it (restore the one in use "
+                f"with: {self.restore_command()})"
+            )
+        if raw is None:
+            raise ConfigError(
+                f"{self.where()} is missing; waiting for it (create it with: etcdctl put "
+                f'{self.prefix}/config \'{{"Network": "198.18.0.0/16"}}\')'
+            )
+        config = parse_network_config(raw, where=self.where())
+        self.stored_raw = raw
+        if self.config is None:  # starting: this is the config that goes in force
+            self.config, self.config_raw = config, raw
+        return config
+
+    def judge(self, stored: NetworkConfig, peers: Iterable[Lease]) -> ConfigDecision | None:
+        """The verdict on a re-read config (None: the one in force, and no hold to clear). A hold
+        is kept while the stored config would renumber live leases; APPLY and RESTART put the
+        stored config in force here."""
+        assert self.config is not None and self.lease is not None
+        if stored == self.config and self.hold is None:
+            return None
+        decision = decide(self.config, stored, self.lease, peers, self.hold)
+        if decision.action is ConfigAction.HOLD:
+            self.hold = decision
+            return decision
+        if decision.cleared:
+            self.hold = None
+        if decision.action in (ConfigAction.APPLY, ConfigAction.RESTART):
+            self.config_raw = self.stored_raw
+            if decision.action is ConfigAction.APPLY:
+                self.config = stored
+        return decision
+
+    def recheck(self, peers: Iterable[Lease]) -> ConfigCheck:
+        """Re-read the stored config and judge it against the live ``peers`` (ours may be among
+        them); a broken one is logged and the one in force kept, as is one that would renumber
+        live leases, until it is put back or fits."""
+        try:
+            stored = self.read_config()
+        except (ConfigError, RegistryError) as exc:
+            self.config_check.failed(exc, "; keeping the current config")
+            # A ConfigError is the stored config itself, not an unreachable etcd.
+            return ConfigCheck(valid=False if isinstance(exc, ConfigError) else None)
+        self.config_check.succeeded()
+        in_force = self.config
+        decision = self.judge(stored, peers)
+        if decision is None:
+            return ConfigCheck()
+        if decision.action is ConfigAction.HOLD:
+            if decision.announce:
+                log.error("%s", hold_message(decision, self.where(), self.restore_command()))
+            return ConfigCheck(decision)
+        if decision.cleared:
+            log.warning("%s", clear_message(decision, self.where()))
+        if decision.action is ConfigAction.RESTART:
+            # A new VNI is a new device, MAC and lease value: a clean restart is the safe path.
+            # Every live lease fits the new config (else it is held), so the restart renumbers none.
+            assert in_force is not None
+            log.warning(
+                "network config changed VNI %d -> %d; restarting to rebuild the device",
+                in_force.backend.vni, stored.backend.vni,
+            )  # fmt: skip
+        elif decision.action is ConfigAction.APPLY:
+            log.warning("network config changed: %s", stored)
+        return ConfigCheck(decision)

@@ -1,0 +1,179 @@
+"""What the agent must have before it starts: its state directory to itself, this network to
+itself on the host, its HTTP listeners, and the steps retried until etcd, the config or the
+interface are there; errors that name the option and the fix."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TypeVar
+
+from overlayd.agent.health import HealthReporter
+from overlayd.agent.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
+from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
+from overlayd.agent.leasekeeper import LeaseKeeper
+from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
+from overlayd.agent.sdnotify import Notifier
+from overlayd.backend.iface import InterfaceError
+from overlayd.base.backoff import Backoff
+from overlayd.etcd.api import RegistryError
+from overlayd.etcd.leasing import AcquireError, LeaseManager
+from overlayd.etcd.registry import Registry
+from overlayd.options import AgentOptions
+from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.config import ConfigError
+from overlayd.subnet.leasecheck import BadLeaseLog
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_BACKOFF = 30.0
+
+
+class StartError(RuntimeError):
+    """A start-up step that retrying cannot fix; the message names the option and the fix.
+
+    Exit code 2 (a configuration error, which the unit does not restart) unless the cause may
+    pass by itself, such as a full disk.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# Errors of a path that a restart cannot fix: the option must change (or the directory's mode).
+_PATH_CONFIG_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
+
+
+def state_dir_error(state_dir: Path, exc: OSError) -> StartError:
+    return StartError(
+        f"--state-dir {state_dir}: cannot keep state there ({exc.strerror}: {exc.filename}); "
+        "give a writable directory (the systemd unit allows /var/lib/overlayd)",
+        2 if exc.errno in _PATH_CONFIG_ERRNOS else 1,
+    )
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Be the only agent for this state directory: the lock's descriptor, held while running."""
+    try:
+        return hold_instance_lock(state_dir)
+    except InstanceLocked as exc:
+        raise StartError(
+            f"another overlayd (pid {exc.pid or 'unknown'}) runs with --state-dir {state_dir}: two "
+            "agents would rewrite each other's firewall and subnet.env; stop that one first "
+            "(systemctl stop overlayd)"
+        ) from None
+    except UnsafeStateDir as exc:
+        raise StartError(f"--state-dir {state_dir}: {exc}") from None
+    except OSError as exc:
+        raise state_dir_error(state_dir, exc) from None
+
+
+def claim_this_network(prefix: str) -> NetworkClaim:
+    """Be the only agent for this network (etcd prefix) in this network namespace."""
+    try:
+        claim = claim_network(prefix, os.geteuid())
+    except NetworkClaimed as exc:
+        raise StartError(
+            f"another overlayd (pid {exc.holder.pid or 'unknown'}) serves --etcd-prefix {prefix} on this "
+            f"host (in this network namespace), with another --state-dir: two agents would lease two "
+            "subnets for one host and take each other's routes and firewall; stop that one first "
+            "(systemctl stop overlayd), or give this one the --etcd-prefix of another network"
+        ) from None
+    except OSError as exc:
+        raise StartError(
+            f"cannot claim --etcd-prefix {prefix} for this host (abstract unix socket "
+            f"@{claim_name(prefix)}): {exc.strerror}; the agent needs AF_UNIX sockets",
+            1,
+        ) from None
+    if squatter := claim.squatter:
+        log.warning(
+            "pid %d (uid %d), not an overlayd agent, holds the abstract socket @%s that keeps a second "
+            "agent for --etcd-prefix %s off this host; running without that guard: stop that process",
+            squatter.pid, squatter.uid, claim.name, prefix,
+        )  # fmt: skip
+    return claim
+
+
+def start_http(metrics: Metrics, opts: AgentOptions) -> list[MetricsServer] | None:
+    """Start the /metrics listeners; None (logged with the address and the fix) if one cannot bind."""
+    stale_after = max(60.0, 3 * opts.reconcile_interval)
+    servers: list[MetricsServer] = []
+    for address in listen_addresses(opts.metrics_address, opts.healthz_ip, opts.healthz_port):
+        try:
+            server = MetricsServer(metrics, address, stale_after)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s port %d: %s; choose a free port with --metrics-address "
+                "(or --metrics-address=off) and --healthz-port",
+                *address,
+                exc.strerror,
+            )
+            for started in servers:
+                started.stop()
+            return None
+        servers.append(server)
+        server.start()
+    return servers
+
+
+def connect(
+    opts: AgentOptions, public_ip: IPv4Address, metrics: Metrics, bad_leases: BadLeaseLog
+) -> tuple[Registry, LeaseKeeper]:
+    """The etcd registry (its errors counted, its undecodable leases reported) and our lease's keeper."""
+    registry = Registry(
+        opts.etcd_settings(), on_error=lambda operation: metrics.etcd_errors.labels(operation=operation).inc()
+    )
+    registry.on_bad_lease = lambda key, revision, exc: bad_leases.report(key, revision, exc.reason, str(exc))
+    ttl, margin = opts.subnet_lease_ttl, opts.subnet_lease_renew_margin * 60.0
+    manager = LeaseManager(registry, public_ip, ttl=ttl, renew_margin=margin)
+    return registry, LeaseKeeper(manager, registry, opts.etcd_prefix)
+
+
+class Retrier:
+    """Start-up steps retried with backoff until they succeed or the agent is asked to stop."""
+
+    def __init__(self, stopping: threading.Event, notifier: Notifier, health: HealthReporter) -> None:
+        self.stopping, self.notifier, self.health = stopping, notifier, health
+
+    def wait(self, seconds: float) -> None:
+        """Sleep unless asked to stop, still pinging the systemd watchdog: waiting is not hanging."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            self.notifier.watchdog()
+            self.stopping.wait(min(remaining, self.notifier.watchdog_interval or remaining))
+
+    def retry(self, what: str, attempt: Callable[[], T | None], cap: float = MAX_BACKOFF) -> T | None:
+        """Call attempt() until it returns non-None, logging each new error once, with backoff.
+
+        Returns None only when asked to stop meanwhile.
+        """
+        backoff = Backoff(cap=cap)
+        last_error = ""
+        self.health.set(False, what)
+        while not self.stopping.is_set():
+            try:
+                result = attempt()
+                if result is not None:
+                    return result
+            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
+                # Logged once per distinct error; retried quietly (an interface can appear late
+                # at boot, etcd can come back, an operator can fix the config). /readyz and the
+                # systemd status show each attempt's own wording.
+                error = "unreachable" if isinstance(exc, RegistryError) and exc.unreachable else str(exc)
+                if error != last_error:
+                    log.error("%s: %s; retrying with backoff", what, exc)
+                    last_error = error
+                self.notifier.status(f"{what}: {exc}")
+                self.health.set(False, f"{what}: {exc}")  # /readyz says why, not only what
+            delay = backoff.next()
+            self.notifier.extend_start(delay + 30.0)  # waiting for etcd or the config is not a hang
+            self.wait(delay)
+        return None
