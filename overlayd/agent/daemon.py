@@ -21,6 +21,7 @@ import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.agent.backendswitch import switch_backend
 from overlayd.agent.events import AgentEvent, Recheck, Trigger, Wake, drain
 from overlayd.agent.health import HealthReporter
 from overlayd.agent.heap import HeapKeeper
@@ -175,10 +176,10 @@ class Agent:
         self.config = config
         self.metrics.pool_size.set(config.subnet_count)
         self.metrics.config_ok.set(1)
-        # Built once: a config naming another backend restarts the agent (its restart_key).
-        backend = backend_for(config.backend.type, self.keeper.where())
+        backend = backend_for(config.backend.type, self.keeper.where())  # another type: a restart
         host = self.attach(external, public_ip, backend)
-        try:
+        try:  # what a previous run's other backend left goes first
+            switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
             self.own_attrs = backend.lease_data(config, host)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
@@ -201,13 +202,12 @@ class Agent:
 
     def _shutdown(self) -> None:
         """Stop threads and sockets; the kernel state and the etcd lease are deliberately kept."""
-        backend = self.reconciler.backend
         for closer in (
             self.monitor.stop if self.monitor else None,
             self.watcher.stop if self.watcher else None,
             *(server.stop for server in self.http),
             self.registry.close if self.registry else None,
-            backend.close if backend else None,
+            self.reconciler.backend.close if self.reconciler.backend else None,
             self.notifier.close,
             (lambda: os.close(self.lock_fd)) if self.lock_fd is not None else None,
             self.network_claim.close if self.network_claim else None,
