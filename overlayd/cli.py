@@ -50,8 +50,8 @@ def _options(args: argparse.Namespace, default_level: str = "info") -> AgentOpti
 
 
 def _install_backends() -> None:
-    """Hand the backends' config parsers and lease codecs down to ``overlayd.subnet``, which
-    reads the network config and leases but cannot import a backend."""
+    """Hand the backends' lease codecs down to ``overlayd.subnet``, which decodes leases (for
+    ``overlayd.etcd``) but cannot import a backend."""
     from overlayd.backend.select import install
 
     install()

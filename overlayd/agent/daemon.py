@@ -21,6 +21,7 @@ import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.agent.backendswitch import switch_backend
 from overlayd.agent.events import AgentEvent, Recheck, Trigger, Wake, drain
 from overlayd.agent.health import HealthReporter
 from overlayd.agent.heap import HeapKeeper
@@ -42,17 +43,17 @@ from overlayd.agent.startup import (
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
-from overlayd.agent.vtep import device_name, lease_attrs, vtep_mac
+from overlayd.backend.api import Backend, HostFacts
 from overlayd.backend.iface import ExternalInterface, select_interface
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
-from overlayd.backend.vxlan.device import VxlanBackend
+from overlayd.backend.select import backend_for
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry
 from overlayd.netfilter.firewall import Firewall
 from overlayd.options import AgentOptions
 from overlayd.subnet.confchange import ConfigAction
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay
 from overlayd.subnet.subnetenv import previous_subnet
 
@@ -76,6 +77,7 @@ class Agent:
         self.keeper: LeaseKeeper | None = None
         self.external: ExternalInterface | None = None
         self.public_ip: IPv4Address | None = None
+        self.own_attrs: LeaseAttrs | None = None  # what our lease publishes (the backend says)
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.state = PeerState(self.bad_leases)
         self.reconciler = Reconciler(options, self.metrics, self.state, Firewall())
@@ -110,11 +112,15 @@ class Agent:
     def lease(self, lease: Lease | None) -> None:
         self.state.lease = lease
 
-    def attach(self, external: ExternalInterface, public_ip: IPv4Address, backend: VxlanBackend) -> None:
+    def attach(self, external: ExternalInterface, public_ip: IPv4Address, backend: Backend) -> HostFacts:
         """Use ``external`` (published as ``public_ip``) as the underlay, through ``backend``."""
-        self.external, self.public_ip, self.reconciler.backend = external, public_ip, backend
-        self.reconciler.external = external
-        self.state.underlay = Underlay(frozenset({public_ip, external.ip}), external.segments)
+        self.external, self.public_ip = external, public_ip
+        segments, state_dir = external.segments, self.options.state_dir
+        host = HostFacts(public_ip, external.name, external.ip, external.mtu, segments, state_dir)
+        self.reconciler.backend = self.state.backend = backend
+        self.reconciler.host = self.state.host = host
+        self.state.underlay = Underlay(frozenset({public_ip, external.ip}), segments)
+        return host
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -160,10 +166,9 @@ class Agent:
         external = self.retrier.retry("choosing the external interface", lambda: select_interface(choice))
         if external is None:
             return False
-        self.attach(external, opts.public_ip or external.ip, VxlanBackend())
-        log.info("using interface %s (%s), public IP %s", external.name, external.ip, self.public_ip)
-        assert self.public_ip is not None and self.reconciler.backend is not None
-        self.registry, self.keeper = connect(opts, self.public_ip, self.metrics, self.bad_leases)
+        public_ip = opts.public_ip or external.ip
+        log.info("using interface %s (%s), public IP %s", external.name, external.ip, public_ip)
+        self.registry, self.keeper = connect(opts, public_ip, self.metrics, self.bad_leases)
         # Poll the config often (as flanneld does, every second or two): an operator is waiting.
         config = self.retrier.retry("reading the network config", self.keeper.read_config, cap=2.0)
         if config is None:
@@ -171,8 +176,11 @@ class Agent:
         self.config = config
         self.metrics.pool_size.set(config.subnet_count)
         self.metrics.config_ok.set(1)
-        try:
-            self.reconciler.vtep_mac = vtep_mac(self.reconciler.backend, opts.state_dir, config, external)
+        backend = backend_for(config.backend.type, self.keeper.where())  # another type: a restart
+        host = self.attach(external, public_ip, backend)
+        try:  # what a previous run's other backend left goes first
+            switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
+            self.own_attrs = backend.lease_data(config, host)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
         self.subnets = SubnetMemory(opts.state_dir)
@@ -182,7 +190,7 @@ class Agent:
         self.watcher.start()
         reconciler = self.reconciler
         monitor = self.monitor = NetlinkMonitor(
-            device_name(config),
+            backend.device_names(config)[0],
             lambda: reconciler.device.ifindex if reconciler.device else 0,
             self.events.put,
             self._is_echo,
@@ -194,13 +202,12 @@ class Agent:
 
     def _shutdown(self) -> None:
         """Stop threads and sockets; the kernel state and the etcd lease are deliberately kept."""
-        backend = self.reconciler.backend
         for closer in (
             self.monitor.stop if self.monitor else None,
             self.watcher.stop if self.watcher else None,
             *(server.stop for server in self.http),
             self.registry.close if self.registry else None,
-            backend.close if backend else None,
+            self.reconciler.backend.close if self.reconciler.backend else None,
             self.notifier.close,
             (lambda: os.close(self.lock_fd)) if self.lock_fd is not None else None,
             self.network_claim.close if self.network_claim else None,
@@ -219,9 +226,8 @@ class Agent:
 
     def _acquire(self, previous: list[IPv4Network]) -> bool:
         """Get a lease (retrying etcd errors and exhaustion), then program everything for it."""
-        assert self.keeper is not None and self.config is not None and self.public_ip is not None
-        keeper, config = self.keeper, self.config
-        attrs = lease_attrs(config, self.public_ip, self.reconciler.vtep_mac)
+        assert self.keeper is not None and self.config is not None and self.own_attrs is not None
+        keeper, config, attrs = self.keeper, self.config, self.own_attrs
         failures = self.metrics.lease_acquire_failures
 
         def attempt() -> Acquired:

@@ -42,15 +42,10 @@ class HeldPeer:
 
 
 def same_entries(held: Lease, new: Lease) -> bool:
-    """Whether ``new`` needs exactly the entries ``held`` has: the same subnet, PublicIP, VTEP MAC
-    and backend. Its revision and etcd lease may differ: a re-created key has new ones."""
-    return (
-        held.subnet == new.subnet
-        and held.attrs.public_ip == new.attrs.public_ip
-        and held.attrs.vtep_mac == new.attrs.vtep_mac
-        and held.attrs.backend_type == new.attrs.backend_type
-        and held.attrs.vni == new.attrs.vni
-    )
+    """Whether ``new`` needs exactly the entries ``held`` has: the same subnet and attributes
+    (PublicIP, backend and its data, whatever the backend). Its revision and etcd lease may
+    differ: a re-created key has new ones."""
+    return held.subnet == new.subnet and held.attrs == new.attrs
 
 
 class HoldDown:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.base.outage import Outage
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -185,7 +186,7 @@ class LeaseKeeper:
                 f"{self.where()} is missing; waiting for it (create it with: etcdctl put "
                 f'{self.prefix}/config \'{{"Network": "198.18.0.0/16"}}\')'
             )
-        config = parse_network_config(raw, where=self.where())
+        config = parse_network_config(raw, where=self.where(), backends=CONFIG_PARSERS)
         self.stored_raw = raw
         if self.config is None:  # starting: this is the config that goes in force
             self.config, self.config_raw = config, raw

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from overlayd.agent.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
-from overlayd.agent.vtep import direct_test, is_peer
+from overlayd.backend.api import Backend, HostFacts
 from overlayd.backend.desired import DesiredEntries, Plane, PlaneDiff, Rivalry
 from overlayd.etcd.api import LeaseEvent
 from overlayd.subnet.config import NetworkConfig
@@ -24,7 +24,7 @@ from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
 @dataclass(frozen=True)
 class PeerVerdict:
     """What a lease is to us: ``safe`` (inside the Network, not claiming our subnet) and ``peer``
-    (a safe VXLAN peer on our VNI, whose entries we program)."""
+    (a safe lease the backend programs: ``Backend.wants_peer``)."""
 
     lease: Lease
     safe: bool
@@ -115,16 +115,19 @@ PeerUpdate = PeerChange | OwnKeyLost | Held | Unchanged
 
 
 class PeerState:
-    """The peers of one agent; ``config``, ``lease`` and ``underlay`` are set by the agent."""
+    """The peers of one agent; ``config``, ``lease``, ``underlay``, ``backend`` and ``host`` are set
+    by the agent."""
 
     def __init__(self, bad_leases: BadLeaseLog, holds: HoldDown | None = None) -> None:
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None  # our own
         self.underlay: Underlay | None = None  # our addresses, which no peer's PublicIP may be
+        self.backend: Backend | None = None  # which leases are peers, which reached directly
+        self.host: HostFacts | None = None
         self.bad_leases = bad_leases
         self.peers: dict[str, Lease] = {}
         self.programmed: set[str] = set()  # keys of peers whose entries are in the kernel
-        self.listed = False  # a first listing arrived: the VXLAN allowlist is known
+        self.listed = False  # a first listing arrived: the ingress allowlist is known
         # Deleted peers whose entries stay a moment, in case the lease returns; never in
         # ``peers``, always in ``desired``.
         self.holds = holds if holds is not None else HoldDown()
@@ -141,15 +144,15 @@ class PeerState:
         """The verdict on ``lease`` at ``key``; a bad lease is reported once. Callers pass the
         key they hold; ``lease.key`` formats it anew."""
         assert self.config is not None and self.lease is not None and self.underlay is not None
+        assert self.backend is not None
         known = self.verdicts.get(key, lease, self.config, self.lease)
         if known is not None:
             return known
         problem = lease_problem(lease, self.config, self.lease, self.underlay)
         if problem is not None:
             self.bad_leases.report(key, lease.mod_revision, problem.reason, problem.message)
-        known = PeerVerdict(
-            lease, problem is None, problem is None and is_peer(lease, self.config, self.lease)
-        )
+        peer = problem is None and self.backend.wants_peer(lease, self.lease, self.config)
+        known = PeerVerdict(lease, problem is None, peer)
         self.verdicts.put(key, known)
         return known
 
@@ -168,7 +171,8 @@ class PeerState:
             desired = self.desired
             if rebuild:  # rivals' subnets are compared in blocks of the shortest length accepted
                 claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
-                direct = direct_test(self.config, self.underlay.segments)
+                assert self.backend is not None and self.host is not None
+                direct = self.backend.reached_directly(self.config, self.host)
                 desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry)
             held = {held.key: held.lease for held in self.holds}  # their entries stay until due
             for key in desired.keys() - self.peers.keys() - held.keys():
@@ -185,7 +189,7 @@ class PeerState:
         return self.wanted().plane()
 
     def peer_ips(self) -> frozenset[IPv4Address]:
-        """PublicIPs of the peers we program: the sources allowed to send us VXLAN."""
+        """PublicIPs of the peers we program: the sources allowed to send us overlay traffic."""
         return self.wanted().public_ips()
 
     def _report_rivalry(self, rivalry: Rivalry) -> None:
@@ -209,7 +213,7 @@ class PeerState:
 
     def first_listing(self, listing: tuple[list[Lease], int] | None) -> None:
         """Know the peers before the first pass, from the listing our lease was chosen from: the
-        firewall's allowlist is then exact before the device is created (no VXLAN from a non-peer
+        firewall's allowlist is then exact before the device is created (nothing from a non-peer
         is accepted on a fresh start), and on a restart it replaces the live one without dropping
         a peer."""
         if listing is not None:

@@ -3,7 +3,7 @@
 A peer change (``PeerChange``, from ``peerstate``) is three netlink writes in one batch, with the
 firewall's allowlist opened before and closed after, so no first packet is dropped. The full
 pass dumps, diffs and repairs in steps that each run whatever another did: firewall first (on a
-fresh start its VXLAN allowlist exists before the device does), device, entries, then subnet.env
+fresh start its ingress allowlist exists before the device does), device, entries, then subnet.env
 and the diagnostics. A failed step is counted, logged when it starts and stops failing, and
 retried on the next pass.
 """
@@ -26,13 +26,11 @@ from overlayd.agent.passtimer import EntryDumps
 from overlayd.agent.peerlog import PeerChange as Logged
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
-from overlayd.agent.vtep import device_spec, direct_routes
+from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
 from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
-from overlayd.backend.iface import ExternalInterface
-from overlayd.backend.vxlan.device import ApplyError, DeviceSpec, DeviceState, VxlanBackend
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
-from overlayd.netfilter.firewall import Firewall, FirewallSpec
+from overlayd.netfilter.firewall import Firewall, FirewallSpec, IngressGuard
 from overlayd.options import AgentOptions
 from overlayd.subnet.lease import Lease
 from overlayd.subnet.subnetenv import SubnetEnv
@@ -58,14 +56,13 @@ def _public_ips(plane: Plane) -> set[IPv4Address]:
 
 
 class Reconciler:
-    """Writes what ``state`` wants into the kernel; ``backend``, ``external``, ``vtep_mac`` and
-    ``monitor_alive`` are set by the agent once known."""
+    """Writes what ``state`` wants into the kernel through the backend seam; ``backend``,
+    ``host`` and ``monitor_alive`` are set by the agent once known."""
 
     def __init__(self, options: AgentOptions, metrics: Metrics, state: PeerState, firewall: Firewall) -> None:
         self.options, self.metrics, self.state, self.firewall = options, metrics, state, firewall
-        self.backend: VxlanBackend | None = None
-        self.external: ExternalInterface | None = None
-        self.vtep_mac = ""
+        self.backend: Backend | None = None
+        self.host: HostFacts | None = None
         self.device: DeviceState | None = None
         self.monitor_alive: Callable[[], bool] = lambda: False
         self.writing = threading.Lock()  # held while writing entries; the monitor reads after
@@ -132,12 +129,12 @@ class Reconciler:
         diff, allowlist = change.diff, self.options.vxlan_ingress_allowlist
         if not diff.empty:
             # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
-            # send VXLAN, and the one that takes over from a departed rival may.
+            # send us overlay traffic, and the one that takes over from a departed rival may.
             if allowlist:  # before its entries: no first packet dropped
                 for ip in _public_ips(diff.add):
                     self.firewall.allow_peer(ip)
             with self.writing:
-                self.backend.apply(self.device.ifindex, without_overwritten(diff))
+                self.backend.apply(self.device, without_overwritten(diff))
         # Logged once the kernel has the entries: formatting and writing the line is a tenth
         # of a millisecond that the event's latency need not include.
         self._log_change(change)
@@ -199,23 +196,24 @@ class Reconciler:
         """Dump, diff and repair firewall, device, entries and subnet.env; never raises."""
         state = self.state
         config, lease = state.config, state.lease
-        assert self.backend is not None and self.external is not None
+        backend, host = self.backend, self.host
+        assert backend is not None and host is not None
         assert config is not None and lease is not None
         started = time.monotonic()
         self.metrics.reconciles.labels(trigger=trigger.value).inc()
         try:
-            spec = device_spec(config, self.external, lease.subnet, self.vtep_mac)
-            fw_spec = self._firewall_spec()
+            fw_spec = self._firewall_spec(backend.underlay_ingress(config))
             failed = tuple(step for step, run in (
                 ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
-                ("device", lambda: self._ensure_device(trigger, spec)),
+                ("device", lambda: self._ensure_device(trigger, backend, host)),
                 ("entries", lambda: self._ensure_entries(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
-            env = SubnetEnv(config.network, lease.subnet, spec.mtu, self.options.ip_masq)
-            if self.subnet_file.write(env):
+            mtu = backend.container_mtu(config, host.external_mtu)
+            if self.subnet_file.write(SubnetEnv(config.network, lease.subnet, mtu, self.options.ip_masq)):
                 self._count_repair(trigger, "subnet_env", "fix")
-            if "firewall" not in failed and fw_spec.ingress_allowlist and fw_spec.vxlan_peers is not None:
-                self.drops.notice_drops(fw_spec.vxlan_peers, config.backend.port)
+            guarded, sources = fw_spec.guarded, fw_spec.ingress_sources
+            if "firewall" not in failed and guarded is not None and sources is not None:
+                self.drops.notice_drops(sources, guarded.port)
             if failed:
                 self.metrics.reconcile_errors.inc()
             else:
@@ -247,20 +245,21 @@ class Reconciler:
         check.succeeded()
         return True
 
-    def _firewall_spec(self) -> FirewallSpec:
+    def _firewall_spec(self, ingress: UnderlayIngress | None) -> FirewallSpec:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None
         allowlist = self.options.vxlan_ingress_allowlist
+        # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
+        # Without an allowlist the set is not rendered: no pass over every lease for it.
+        sources = (self.state.peer_ips() if self.state.listed else None) if allowlist else frozenset()
         return FirewallSpec(
             network=config.network,
             own_subnet=lease.subnet,
             ip_masq=self.options.ip_masq,
             forward_rules=self.options.iptables_forward_rules,
             ingress_allowlist=allowlist,
-            vxlan_port=config.backend.port,
-            # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
-            # Without an allowlist the set is not rendered: no pass over every lease for it.
-            vxlan_peers=(self.state.peer_ips() if self.state.listed else None) if allowlist else frozenset(),
+            ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
+            ingress_sources=sources,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
@@ -268,9 +267,10 @@ class Reconciler:
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
 
-    def _ensure_device(self, trigger: Trigger, spec: DeviceSpec) -> None:
-        assert self.backend is not None
-        self.device, actions = self.backend.ensure_device(spec)  # the backend logs each action
+    def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
+        config, lease = self.state.config, self.state.lease
+        assert config is not None and lease is not None
+        self.device, actions = backend.ensure(config, lease, host)  # the backend logs each action
         self._count_repair(trigger, "device", "fix", len(actions))
 
     def _ensure_entries(self, trigger: Trigger) -> None:
@@ -307,7 +307,7 @@ class Reconciler:
         assert self.backend is not None and self.device is not None and config is not None
         desired = self.state.wanted()
         wanted = desired.plane()  # the same object while no peer's entries changed
-        actual = self.backend.read_plane(self.device.ifindex, direct_routes(config, self.device))
+        actual = self.backend.read_entries(self.device, config.network)
         synced = self.in_sync
         if synced is None or synced[0] is not wanted or synced[1] is not actual:
             diff = diff_planes(wanted, actual)
@@ -317,7 +317,7 @@ class Reconciler:
                 self._log_diff(diff, trigger)
                 self.state.programmed = set(desired.programmed_keys())
                 with self.writing:
-                    self.backend.apply(self.device.ifindex, diff)
+                    self.backend.apply(self.device, diff)
         self.state.programmed = set(desired.programmed_keys())
 
     def _drift_reported(self) -> bool:
@@ -326,8 +326,8 @@ class Reconciler:
         changed since (a config change rebuilds what we want), and no direct route is kept: the
         kernel drops those with an underlay flap without a message, and they live off our device."""
         config = self.state.config
-        assert config is not None
-        if not self.monitor_alive() or config.backend.direct_routing:
+        assert config is not None and self.backend is not None and self.host is not None
+        if not self.monitor_alive() or self.backend.reached_directly(config, self.host) is not None:
             return False
         return self.in_sync is not None and self.in_sync[0] is self.state.plane()
 

@@ -23,6 +23,18 @@ from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
 
+class BackendError(Exception):
+    """A device could not be set up as asked; the message names the device and the cause."""
+
+
+class ApplyError(BackendError):
+    """Some entries of a diff failed; the others were applied."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__(f"{len(failures)} netlink operation(s) failed: " + "; ".join(failures))
+        self.failures = failures
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What a backend needs to know about this host to set itself up."""

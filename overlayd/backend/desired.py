@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-# Re-exported until every caller asks the backend seam (``overlayd.backend.api``) instead.
-from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly  # noqa: F401
 from overlayd.subnet.lease import Lease
 
 # Entries are compared and hashed by a tuple of plain ints and strings made once, at creation.

@@ -1,8 +1,9 @@
 """The backends overlayd has, by the ``Type`` a network config names them with.
 
 A new backend is a folder under ``overlayd/backend/`` whose class satisfies
-``overlayd.backend.api.Backend``, added to ``BACKENDS`` here. ``install`` hands the backends'
-config parsers and lease codecs down to ``overlayd.subnet``, which cannot import them; the command
+``overlayd.backend.api.Backend``, added to ``BACKENDS`` here. Whoever parses a network config
+passes ``CONFIG_PARSERS``; ``install`` hands the backends' lease codecs down to ``overlayd.subnet``,
+which decodes leases below this layer (for ``overlayd.etcd``) and cannot import them; the command
 line calls it at start.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from overlayd.backend.api import Backend
 from overlayd.backend.vxlan.backend import Vxlan
-from overlayd.subnet.config import BackendParsers, ConfigError, install_backend_parsers
+from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
 BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan}
@@ -33,7 +34,6 @@ def backend_for(backend_type: str, where: str = "network config") -> Backend:
 
 
 def install() -> None:
-    """Hand the backends' parsers and codecs down to ``overlayd.subnet``."""
-    install_backend_parsers(CONFIG_PARSERS)
+    """Hand the backends' lease codecs down to ``overlayd.subnet``."""
     for name, backend in BACKENDS.items():
         install_backend_data(name, backend.data_codec)

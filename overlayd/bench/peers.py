@@ -65,7 +65,8 @@ def peer_kv(i: int, mac: str | None = None, public_ip: IPv4Address | None = None
     """The etcd key and flannel JSON value of peer ``i`` (with another MAC or PublicIP if given)."""
     if not 1 <= i <= MAX_PEER_INDEX:
         raise ValueError(f"peer index {i} outside 1..{MAX_PEER_INDEX}")
-    attrs = LeaseAttrs(public_ip=public_ip or peer_ip(i), vni=VNI, vtep_mac=mac or peer_mac(i))
+    ip, mac = public_ip or peer_ip(i), mac or peer_mac(i)
+    attrs = LeaseAttrs(public_ip=ip, backend_type="vxlan", vni=VNI, vtep_mac=mac)
     return PREFIX + subnet_to_key(peer_subnet(i)), encode_attrs(attrs)
 
 

@@ -44,7 +44,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.netfilter.nftnl import NftNetlink
@@ -110,12 +109,7 @@ class IngressGuard:
         return self.name + DROPPED_SUFFIX
 
 
-# The guard the old ``FirewallSpec`` keywords meant, until every caller passes ``ingress``.
-_LEGACY_NAME, _LEGACY_PORT = "vxlan", 8472
-_UNSET: Any = object()
-
-
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class FirewallSpec:
     """Inputs of the overlay's rules."""
 
@@ -129,40 +123,6 @@ class FirewallSpec:
     # listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop
     # every peer's traffic meanwhile.
     ingress_sources: frozenset[IPv4Address] | None = frozenset()
-
-    def __init__(
-        self,
-        network: IPv4Network,
-        own_subnet: IPv4Network,
-        ip_masq: bool,
-        forward_rules: bool,
-        ingress_allowlist: bool = False,
-        ingress: IngressGuard | None = None,
-        ingress_sources: frozenset[IPv4Address] | None = frozenset(),
-        *,
-        vxlan_port: int | None = None,
-        vxlan_peers: frozenset[IPv4Address] | None = _UNSET,
-    ) -> None:
-        if vxlan_port is not None or (ingress is None and vxlan_peers is not _UNSET):
-            ingress = IngressGuard("udp", vxlan_port or _LEGACY_PORT, _LEGACY_NAME)
-        if vxlan_peers is not _UNSET:
-            ingress_sources = vxlan_peers
-        for name, value in (
-            ("network", network), ("own_subnet", own_subnet), ("ip_masq", ip_masq),
-            ("forward_rules", forward_rules), ("ingress_allowlist", ingress_allowlist),
-            ("ingress", ingress), ("ingress_sources", ingress_sources),
-        ):
-            object.__setattr__(self, name, value)
-
-    @property
-    def vxlan_peers(self) -> frozenset[IPv4Address] | None:
-        """The old name of ``ingress_sources``."""
-        return self.ingress_sources
-
-    @property
-    def vxlan_port(self) -> int:
-        """The old name of ``ingress.port``."""
-        return self.ingress.port if self.ingress is not None else _LEGACY_PORT
 
     @property
     def guarded(self) -> IngressGuard | None:

@@ -136,16 +136,6 @@ class BackendParsers:
         return parser(fields)
 
 
-# The parsers ``parse_network_config`` uses when its caller names none: the command line installs
-# them at start (``overlayd.backend.select.install``).
-_installed: BackendParsers | None = None
-
-
-def install_backend_parsers(parsers: BackendParsers) -> None:
-    global _installed
-    _installed = parsers
-
-
 def _parse_network(fields: ConfigFields) -> IPv4Network:
     raw = fields.value.get("network")
     if raw is not None and raw != "" and not isinstance(raw, str):
@@ -187,14 +177,11 @@ def _bound(
 
 
 def parse_network_config(
-    raw: str | bytes, where: str = "network config", backends: BackendParsers | None = None
+    raw: str | bytes, where: str = "network config", *, backends: BackendParsers
 ) -> NetworkConfig:
     """Parse and validate the JSON at ``<prefix>/config``; raises ConfigError for the operator.
 
-    ``backends`` parse the ``Backend`` section; None: those the backend package installed."""
-    backends = backends or _installed
-    if backends is None:
-        raise RuntimeError("no backend parsers installed: import overlayd.backend first")
+    ``backends`` parse the ``Backend`` section (``overlayd.backend.select.CONFIG_PARSERS``)."""
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

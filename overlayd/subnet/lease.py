@@ -52,7 +52,7 @@ class LeaseAttrs:
     """What a host publishes about itself: where to send its traffic and how."""
 
     public_ip: IPv4Address
-    backend_type: str = "vxlan"
+    backend_type: str = ""  # BackendType, as the backend names itself
     vni: int | None = None
     vtep_mac: str | None = None
     public_ipv6: IPv6Address | None = None

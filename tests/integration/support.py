@@ -9,6 +9,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.etcd.peerwatch import PeerEvents, PeerItem, PeerSnapshot, PeerWatchDown
 from overlayd.subnet.config import NetworkConfig, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -16,13 +17,14 @@ from overlayd.subnet.lease import Lease, LeaseAttrs
 
 def host_attrs(n: int) -> LeaseAttrs:
     """The attributes host ``n`` publishes: PublicIP 192.0.2.n and a MAC derived from n."""
-    return LeaseAttrs(public_ip=IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=f"02:42:c0:00:02:{n:02x}")
+    mac = f"02:42:c0:00:02:{n:02x}"
+    return LeaseAttrs(public_ip=IPv4Address(f"192.0.2.{n}"), backend_type="vxlan", vni=1, vtep_mac=mac)
 
 
 def network_config(subnet_min: str = "198.18.1.0", subnet_max: str = "198.18.254.0") -> NetworkConfig:
     return parse_network_config(
         f'{{"Network": "198.18.0.0/16", "SubnetLen": 24, "SubnetMin": "{subnet_min}", '
-        f'"SubnetMax": "{subnet_max}", "Backend": {{"Type": "vxlan", "VNI": 1}}}}'
+        f'"SubnetMax": "{subnet_max}", "Backend": {{"Type": "vxlan", "VNI": 1}}}}', backends=CONFIG_PARSERS
     )
 
 

@@ -34,7 +34,9 @@ def etcd_ttl(server: EtcdServer, lease_id: int) -> tuple[int, int]:
 
 
 def test_value_is_flannels_json_byte_for_byte(registry: Registry, etcd_server: EtcdServer, prefix: str):
-    attrs = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"), vni=1, vtep_mac="8a:da:7f:e8:8a:5f")
+    attrs = LeaseAttrs(
+        public_ip=IPv4Address("192.0.2.11"), backend_type="vxlan", vni=1, vtep_mac="8a:da:7f:e8:8a:5f"
+    )
     lease = registry.create_lease(SUBNET, attrs, ttl=600)
 
     assert lease is not None
@@ -97,7 +99,9 @@ def test_take_over_republishes_attrs_on_a_fresh_lease(registry: Registry, etcd_s
     first = registry.create_lease(SUBNET, host_attrs(1), ttl=600)
     assert first is not None
     [listed], _ = registry.list_leases()
-    new_attrs = LeaseAttrs(public_ip=IPv4Address("192.0.2.1"), vni=1, vtep_mac="02:00:00:00:00:99")
+    new_attrs = LeaseAttrs(
+        public_ip=IPv4Address("192.0.2.1"), backend_type="vxlan", vni=1, vtep_mac="02:00:00:00:00:99"
+    )
 
     taken = registry.take_over(listed, new_attrs, ttl=900)
 

@@ -16,6 +16,7 @@ from nsutil import in_netns
 from overlayd.netfilter.firewall import (
     Firewall,
     FirewallSpec,
+    IngressGuard,
     NftFeatures,
     _listed_peers,
     _normalise,
@@ -212,9 +213,11 @@ def test_warns_about_a_foreign_nftables_forward_drop(netns: str) -> None:
     assert any("inet hostfw guard" in message for message in messages), messages
 
 
+GUARD = IngressGuard("udp", 4789, "vxlan")  # what the vxlan backend names, on port 4789
 ALLOW = FirewallSpec(
     SPEC.network, SPEC.own_subnet, ip_masq=False, forward_rules=False, ingress_allowlist=True,
-    vxlan_port=4789, vxlan_peers=frozenset(IPv4Address(f"192.0.2.{n}") for n in range(20, 3, -1)),
+    ingress=GUARD,
+    ingress_sources=frozenset(IPv4Address(f"192.0.2.{n}") for n in range(20, 3, -1)),
 )  # fmt: skip
 
 
@@ -225,7 +228,7 @@ def test_render_allowlist_set_and_drop_rule() -> None:
     # Recording a dropped source is a rule of its own: an update on a full set ends its rule.
     assert "\t\tudp dport 4789 ip saddr != @vxlan_peers update @vxlan_dropped { ip saddr }\n" in table
     assert "flags dynamic,timeout" in table and "size 256" in table
-    assert "elements" not in render_table(replace(ALLOW, vxlan_peers=frozenset()))
+    assert "elements" not in render_table(replace(ALLOW, ingress_sources=frozenset()))
     assert "vxlan_peers" not in render_table(SPEC)
 
 
@@ -248,7 +251,7 @@ def kernel_listing(dropped: str, size_line: str = "size 256") -> str:
 )
 def test_recorded_sources_and_nft_comments_do_not_count_as_drift(listing: str) -> None:
     assert _normalise(listing) == _normalise(render_table(ALLOW))
-    assert _listed_peers(_normalise(listing)) == ALLOW.vxlan_peers
+    assert _listed_peers(_normalise(listing)) == ALLOW.ingress_sources
 
 
 def test_a_listing_in_an_unknown_format_differs_instead_of_failing() -> None:
@@ -268,13 +271,14 @@ def allowlist_steps() -> dict[str, object]:
     steps["after counters"] = Firewall().ensure(ALLOW)
     newcomer = IPv4Address("192.0.2.77")
     firewall.allow_peer(newcomer)
-    with_newcomer = replace(ALLOW, vxlan_peers=(ALLOW.vxlan_peers or frozenset()) | {newcomer})
+    with_newcomer = replace(ALLOW, ingress_sources=(ALLOW.ingress_sources or frozenset()) | {newcomer})
     steps["fast add then full pass"] = firewall.ensure(with_newcomer)
     firewall.disallow_peer(newcomer)
     firewall.disallow_peer(newcomer)  # already gone: fine
     steps["fast delete then full pass"] = firewall.ensure(ALLOW)
-    steps["unknown peers keep the live set"] = Firewall().ensure(replace(ALLOW, vxlan_peers=None))
-    steps["peer gone"] = firewall.ensure(replace(ALLOW, vxlan_peers=frozenset({IPv4Address("192.0.2.5")})))
+    steps["unknown peers keep the live set"] = Firewall().ensure(replace(ALLOW, ingress_sources=None))
+    one_left = frozenset({IPv4Address("192.0.2.5")})
+    steps["peer gone"] = firewall.ensure(replace(ALLOW, ingress_sources=one_left))
     steps["set"] = subprocess.run(["nft", "list", "set", "ip", "overlayd", "vxlan_peers"],
                                   capture_output=True, text=True, check=True).stdout
     steps["off"] = firewall.ensure(replace(ALLOW, ingress_allowlist=False))
@@ -303,7 +307,7 @@ def send_vxlan_from(*sources: str) -> None:
         subprocess.run(["ip", "addr", "replace", f"{source}/32", "dev", "lo"], check=True)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((source, 0))
-            sock.sendto(b"not a peer", (source, ALLOW.vxlan_port))
+            sock.sendto(b"not a peer", (source, GUARD.port))
 
 
 def dropped_sources_steps() -> dict[str, object]:
@@ -315,7 +319,7 @@ def dropped_sources_steps() -> dict[str, object]:
     steps["listing"] = nft_list()
     steps["ensure again"] = firewall.ensure(ALLOW)
     steps["a restart's ensure"] = Firewall().ensure(ALLOW)
-    steps["peers kept from the listing"] = RecordingNft().ensure(replace(ALLOW, vxlan_peers=None))
+    steps["peers kept from the listing"] = RecordingNft().ensure(replace(ALLOW, ingress_sources=None))
     steps["set"] = subprocess.run(["nft", "list", "set", "ip", "overlayd", "vxlan_peers"],
                                   capture_output=True, text=True, check=True).stdout
     return steps
@@ -396,7 +400,7 @@ def test_without_dynamic_sets_the_allowlist_still_drops_without_recording(netns:
 
 def first_ensure_calls() -> list[list[str]]:
     firewall = RecordingNft()
-    firewall.ensure(replace(ALLOW, vxlan_peers=None))
+    firewall.ensure(replace(ALLOW, ingress_sources=None))
     return firewall.calls
 
 
@@ -409,7 +413,7 @@ def test_a_start_with_unknown_peers_lists_the_table_once_and_does_not_probe(netn
 
 def unknown_peers_without_a_live_set_steps() -> dict[str, object]:
     firewall = Firewall()
-    steps: dict[str, object] = {"first": firewall.ensure(replace(ALLOW, vxlan_peers=None))}
+    steps: dict[str, object] = {"first": firewall.ensure(replace(ALLOW, ingress_sources=None))}
     steps["before the listing"] = nft_list()
     steps["listed"] = firewall.ensure(ALLOW)
     steps["after the listing"] = nft_list()

@@ -17,7 +17,8 @@ from overlayd.agent.events import Trigger
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.backend.desired import Plane
 from overlayd.backend.iface import ExternalInterface
-from overlayd.backend.vxlan.device import VxlanBackend
+from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot
 from overlayd.etcd.registry import LeaseEvent
 from overlayd.options import AgentOptions
@@ -28,7 +29,7 @@ CONFIG = json.dumps({"Network": "198.18.0.0/16", "SubnetLen": 24, "Backend": {"T
 
 
 def lease(n: int, mac: str | None = None, revision: int = 1) -> Lease:
-    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
+    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
     return Lease(IPv4Network(f"198.18.{n}.0/24"), attrs, mod_revision=revision)
 
 
@@ -40,10 +41,10 @@ def agent_on_device() -> Agent:
     """An agent with its device and peers 2 and 3 programmed, as after its first listing."""
     agent = Agent(AgentOptions(vxlan_ingress_allowlist=False))
     external = ExternalInterface("u0", 0, IPv4Address("192.0.2.1"), 1500)
-    agent.attach(external, external.ip, VxlanBackend())
-    assert agent.reconciler.backend is not None
-    agent.reconciler.device, _ = agent.reconciler.backend.ensure_device(SPEC)
-    agent.config = parse_network_config(CONFIG.encode(), where="test")
+    backend = Vxlan()
+    agent.attach(external, external.ip, backend)
+    agent.reconciler.device, _ = backend.kernel.ensure_device(SPEC)
+    agent.config = parse_network_config(CONFIG.encode(), where="test", backends=CONFIG_PARSERS)
     agent.lease = lease(1)
     agent._handle([PeerSnapshot({key(1): agent.lease, key(2): lease(2), key(3): lease(3)}, 1)])
     agent.reconciler.reconcile_entries(Trigger.RESYNC)
@@ -53,7 +54,7 @@ def agent_on_device() -> Agent:
 def kernel_gateways(agent: Agent) -> set[str]:
     """The gateways of the routes on the device, read back from the kernel."""
     assert agent.reconciler.backend is not None and agent.reconciler.device is not None
-    plane: Plane = agent.reconciler.backend.read_plane(agent.reconciler.device.ifindex)
+    plane: Plane = agent.reconciler.backend.read_entries(agent.reconciler.device, None)
     return {str(route.gateway) for route in plane.routes}
 
 
@@ -88,7 +89,7 @@ def returned_in_place_or_replaced() -> dict[str, object]:
     agent = agent_on_device()
     writes: list[object] = []
     apply = agent.reconciler.backend.apply  # type: ignore[union-attr]
-    agent.reconciler.backend.apply = lambda ifindex, diff: (writes.append(diff), apply(ifindex, diff))  # type: ignore
+    agent.reconciler.backend.apply = lambda device, diff: (writes.append(diff), apply(device, diff))  # type: ignore
     agent._handle([event("delete", 2, None, at=100.0)])
     agent._handle([event("put", 2, lease(2, revision=7), at=100.01)])  # its owner re-created it
     seen: dict[str, object] = {"returned writes": len(writes), "returned": kernel_gateways(agent)}
@@ -96,7 +97,7 @@ def returned_in_place_or_replaced() -> dict[str, object]:
     agent._handle([event("delete", 3, None, at=101.0)])
     agent._handle([event("put", 3, lease(3, mac="0a:00:00:00:09:03", revision=8), at=101.01)])
     assert agent.reconciler.backend is not None and agent.reconciler.device is not None
-    neighs = agent.reconciler.backend.read_plane(agent.reconciler.device.ifindex).neighs
+    neighs = agent.reconciler.backend.read_entries(agent.reconciler.device, None).neighs
     seen["replaced mac"] = sorted(n.mac for n in neighs if str(n.ip) == "198.18.3.0")
     seen["replaced count"] = agent.metrics.peer_holds.labels(outcome="replaced")._value.get()
     seen["still held"] = len(agent.state.holds)

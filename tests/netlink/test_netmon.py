@@ -145,7 +145,7 @@ def test_echoes_of_our_writes_are_dropped_hand_changes_are_not(netns: str) -> No
 
 def lease_of_peer(n: int, mac: str | None = None) -> Lease:
     """The lease whose entries are ``peer(n, mac)``."""
-    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
+    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
     return Lease(IPv4Network(f"198.18.{n}.0/24"), attrs)
 
 

@@ -9,10 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 from overlayd.agent.daemon import Agent
 from overlayd.agent.events import Recheck, Trigger, Wake
 from overlayd.agent.leasekeeper import LeaseKeeper
+from overlayd.backend.api import DeviceState
 from overlayd.backend.desired import PlaneDiff
 from overlayd.backend.iface import ExternalInterface
 from overlayd.backend.monitor import DeviceChange
-from overlayd.backend.vxlan.device import DeviceState
+from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.etcd.api import LeaseEvent
 from overlayd.etcd.leasing import LeaseManager
 from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
@@ -22,21 +23,23 @@ from overlayd.subnet.lease import Lease, LeaseAttrs
 from tests.integration.support import host_attrs, network_config
 
 
-class FakeBackend:
-    """Records the entry writes; ``refuse`` makes them fail as a netlink error would."""
+class FakeBackend(Vxlan):
+    """VXLAN's decisions; records the entry writes instead of making them. ``refuse`` makes
+    them fail as a netlink error would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.writes: list[PlaneDiff] = []
         self.refuse = False
 
-    def apply(self, ifindex: int, diff: PlaneDiff) -> None:
+    def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         if self.refuse:
             raise OSError("netlink: EINVAL")
         self.writes.append(diff)
 
 
 def lease(n: int) -> Lease:
-    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=f"0a:00:00:00:00:{n:02x}")
+    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", vni=1, vtep_mac=f"0a:00:00:00:00:{n:02x}")
     return Lease(IPv4Network(f"198.18.{n}.0/24"), attrs, mod_revision=1)
 
 
@@ -48,7 +51,7 @@ def agent_with_peers(*peers: int) -> tuple[Agent, FakeBackend]:
     agent = Agent(AgentOptions(vxlan_ingress_allowlist=False))
     backend = FakeBackend()
     external = ExternalInterface("u0", 2, IPv4Address("192.0.2.1"), 1500)
-    agent.attach(external, external.ip, backend)  # type: ignore[arg-type]
+    agent.attach(external, external.ip, backend)
     agent.reconciler.device = DeviceState(ifindex=7, mac="0a:00:00:00:00:01", mtu=1450)
     agent.config, agent.lease = network_config(), lease(1)
     assert (

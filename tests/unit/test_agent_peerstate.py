@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 from overlayd.agent.holddown import HoldEnd
 from overlayd.agent.peerstate import Held, OwnKeyLost, PeerChange, PeerState, Unchanged
+from overlayd.backend.api import HostFacts
+from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.etcd.api import LeaseEvent
 from overlayd.subnet.lease import Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay
@@ -13,7 +16,7 @@ from tests.integration.support import network_config
 
 
 def lease(n: int, mac: str | None = None, revision: int = 1, subnet: str | None = None) -> Lease:
-    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
+    attrs = LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", vni=1, vtep_mac=mac or f"0a:00:00:00:00:{n:02x}")
     return Lease(IPv4Network(subnet or f"198.18.{n}.0/24"), attrs, mod_revision=revision)
 
 
@@ -27,6 +30,9 @@ def state_with(*peers: int) -> tuple[PeerState, list[str]]:
     state = PeerState(BadLeaseLog(reported.append))
     state.config, state.lease = network_config(), lease(1)
     state.underlay = Underlay(frozenset({IPv4Address("192.0.2.1")}))
+    state.backend = Vxlan()
+    ip = IPv4Address("192.0.2.1")
+    state.host = HostFacts(ip, "u0", ip, 1500, (), Path("/nonexistent"))
     state.snapshot({key(1): state.lease, **{key(n): lease(n) for n in peers}}, 0.0)
     state.wanted()  # as the agent's first pass does; events then change it peer by peer
     return state, reported

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.subnet.allocate import (
     RANDOM_POOL,
     OutOfSubnets,
@@ -24,7 +25,7 @@ from overlayd.subnet.config import NetworkConfig, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs, decode_lease
 
 OUR_IP = IPv4Address("192.0.2.10")
-CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
+CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS)
 
 
 def net(cidr: str) -> IPv4Network:
@@ -32,11 +33,11 @@ def net(cidr: str) -> IPv4Network:
 
 
 def lease(cidr: str, public_ip: str = "192.0.2.20", mac: str = "02:00:00:00:00:01") -> Lease:
-    return Lease(IPv4Network(cidr), LeaseAttrs(IPv4Address(public_ip), vni=1, vtep_mac=mac))
+    return Lease(IPv4Network(cidr), LeaseAttrs(IPv4Address(public_ip), "vxlan", vni=1, vtep_mac=mac))
 
 
 def config(**keys: object) -> NetworkConfig:
-    return parse_network_config(json.dumps(keys))
+    return parse_network_config(json.dumps(keys), backends=CONFIG_PARSERS)
 
 
 def chosen(choices: list[SubnetChoice]) -> list[IPv4Network]:
@@ -294,7 +295,7 @@ def test_large_network_with_a_thousand_leases_is_fast() -> None:
     leases = [
         Lease(
             IPv4Network((base + i * 64, 26)),
-            LeaseAttrs(IPv4Address("192.0.2.20"), vni=1, vtep_mac="02:00:00:00:00:01"),
+            LeaseAttrs(IPv4Address("192.0.2.20"), "vxlan", vni=1, vtep_mac="02:00:00:00:00:01"),
         )
         for i in range(1, 1001)
     ]

@@ -119,10 +119,10 @@ def test_the_firewall_guards_what_the_backend_names_as_before() -> None:
     new = FirewallSpec(
         net, own, False, False, True, IngressGuard(ingress.protocol, ingress.port, ingress.name), peers
     )
-    old = FirewallSpec(net, own, False, False, True, vxlan_port=4789, vxlan_peers=peers)
+    old = FirewallSpec(net, own, False, False, True, IngressGuard("udp", 4789, "vxlan"), peers)
     assert new == old and render_table(new) == render_table(old)
     assert "udp dport 4789 ip saddr != @vxlan_peers update @vxlan_dropped { ip saddr }" in render_table(new)
-    assert (old.vxlan_port, old.vxlan_peers) == (4789, peers)
+    assert (new.guarded, new.ingress_sources) == (IngressGuard("udp", 4789, "vxlan"), peers)
 
 
 def test_the_vxlan_backend_refuses_another_backends_config() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.subnet.confchange import (
     ConfigAction,
     clear_message,
@@ -23,7 +24,7 @@ RESTORE = "etcdctl put /coreos.com/network/config '{\"Network\": \"198.18.0.0/16
 
 
 def config(**keys: object) -> NetworkConfig:
-    return parse_network_config(json.dumps(keys))
+    return parse_network_config(json.dumps(keys), backends=CONFIG_PARSERS)
 
 
 OLD = config(Network="198.18.0.0/16")
@@ -33,7 +34,7 @@ HALF = config(Network="198.18.0.0/17")  # holds OLD's lower half only
 
 def lease(cidr: str, host: int = 20) -> Lease:
     mac = f"02:00:00:00:00:{host:02x}"
-    return Lease(IPv4Network(cidr), LeaseAttrs(IPv4Address(f"192.0.2.{host}"), vni=1, vtep_mac=mac))
+    return Lease(IPv4Network(cidr), LeaseAttrs(IPv4Address(f"192.0.2.{host}"), "vxlan", vni=1, vtep_mac=mac))
 
 
 OWN = lease("198.18.5.0/24", 11)

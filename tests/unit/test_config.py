@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.backend.vxlan.config import VxlanConfig as BackendConfig
 from overlayd.subnet.config import ConfigError, parse_network_config
 
@@ -14,12 +15,12 @@ WHERE = "network config at /coreos.com/network/config"
 
 
 def parse(value: dict[str, object]):
-    return parse_network_config(json.dumps(value), where=WHERE)
+    return parse_network_config(json.dumps(value), where=WHERE, backends=CONFIG_PARSERS)
 
 
 def error_of(raw: str | bytes) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_network_config(raw, where=WHERE)
+        parse_network_config(raw, where=WHERE, backends=CONFIG_PARSERS)
     return str(info.value)
 
 
@@ -204,12 +205,12 @@ def test_host_bits_in_network_are_masked() -> None:
 
 
 def test_bytes_input_is_accepted() -> None:
-    assert parse_network_config(b'{"Network": "198.18.0.0/16"}').subnet_len == 24
+    assert parse_network_config(b'{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS).subnet_len == 24
 
 
 def test_default_where_is_used_in_messages() -> None:
     with pytest.raises(ConfigError, match=r"^network config: "):
-        parse_network_config("[]")
+        parse_network_config("[]", backends=CONFIG_PARSERS)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ def test_error_messages(raw: str | bytes, fragments: list[str]) -> None:
 
 def test_not_json_error_has_no_chained_cause() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_network_config("{", where=WHERE)
+        parse_network_config("{", where=WHERE, backends=CONFIG_PARSERS)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
 
@@ -417,7 +418,7 @@ def test_not_json_error_has_no_chained_cause() -> None:
 def test_an_ipv6_only_network_is_refused_naming_enable_ipv4() -> None:
     raw = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
     with pytest.raises(ConfigError, match=r"EnableIPv4 false .* not supported.*set it to true"):
-        parse_network_config(raw)
+        parse_network_config(raw, backends=CONFIG_PARSERS)
 
 
 def test_a_dual_stack_network_is_refused_naming_enable_ipv6_and_why() -> None:
@@ -426,7 +427,7 @@ def test_a_dual_stack_network_is_refused_naming_enable_ipv6_and_why() -> None:
         ' "Backend": {"Type": "vxlan"}}'
     )
     with pytest.raises(ConfigError) as info:
-        parse_network_config(raw, where=WHERE)
+        parse_network_config(raw, where=WHERE, backends=CONFIG_PARSERS)
     message = str(info.value)
     assert message.startswith(f"{WHERE}: EnableIPv6 true")
     assert "dual-stack flanneld nodes crash" in message and "remove EnableIPv6" in message
@@ -438,4 +439,4 @@ def test_enable_ipv6_false_and_a_lone_ipv6_network_are_fine() -> None:
         '{"Network": "198.18.0.0/16", "EnableIPv6": false}',
         '{"Network": "198.18.0.0/16", "IPv6Network": "2001:db8::/48"}',
     ):
-        assert parse_network_config(raw).network == IPv4Network("198.18.0.0/16")
+        assert parse_network_config(raw, backends=CONFIG_PARSERS).network == IPv4Network("198.18.0.0/16")

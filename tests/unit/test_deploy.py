@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from overlayd.agent.metrics import Metrics
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.cli import make_parser
 from overlayd.options import AgentOptions, resolve_options
 from overlayd.subnet.config import parse_network_config
@@ -55,7 +56,7 @@ def test_alerts_cover_the_operator_cases() -> None:
 
 
 def test_example_network_config_is_valid() -> None:
-    config = parse_network_config((DEPLOY / "network-config.json").read_text())
+    config = parse_network_config((DEPLOY / "network-config.json").read_text(), backends=CONFIG_PARSERS)
     assert str(config.network) == "198.18.0.0/16" and config.backend.type == "vxlan"
 
 

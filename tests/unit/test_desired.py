@@ -21,10 +21,9 @@ from overlayd.backend.desired import (
     Rivalry,
     Route,
     diff_planes,
-    is_vxlan_peer,
-    reached_directly,
     without_overwritten,
 )
+from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
 from overlayd.subnet.lease import Lease, LeaseAttrs, key_to_subnets
 
 OWN = IPv4Network("198.18.46.0/24")

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.subnet.config import ConfigError, parse_network_config
 from overlayd.subnet.lease import LeaseAttrs, LeaseError, decode_attrs, decode_lease, encode_attrs
 
@@ -41,14 +42,14 @@ plausible_configs = st.fixed_dictionaries(
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_config_bytes_raise_only_config_error(raw: bytes) -> None:
     with contextlib.suppress(ConfigError):
-        parse_network_config(raw)
+        parse_network_config(raw, backends=CONFIG_PARSERS)
 
 
 @FUZZ
 @given(st.one_of(plausible_configs, st.dictionaries(st.sampled_from(CONFIG_KEYS), json_values, max_size=5)))
 def test_config_objects_raise_only_config_error(value: dict[str, object]) -> None:
     try:
-        config = parse_network_config(json.dumps(value))
+        config = parse_network_config(json.dumps(value), backends=CONFIG_PARSERS)
     except ConfigError:
         return
     assert config.subnet_min <= config.subnet_max
@@ -84,5 +85,5 @@ macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(lambda o: ":".j
 @FUZZ
 @given(st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 24) - 1), macs)
 def test_lease_encode_decode_round_trips(ip: int, vni: int, mac: str) -> None:
-    attrs = LeaseAttrs(public_ip=IPv4Address(ip), vni=vni, vtep_mac=mac)
+    attrs = LeaseAttrs(public_ip=IPv4Address(ip), backend_type="vxlan", vni=vni, vtep_mac=mac)
     assert decode_attrs("198.18.1.0-24", encode_attrs(attrs)) == attrs

@@ -12,7 +12,7 @@ from overlayd.subnet.lease import Lease, LeaseAttrs
 
 
 def lease(n: int, public_ip: str = "192.0.2.2", mac: str = "02:00:00:00:00:02", revision: int = 5) -> Lease:
-    attrs = LeaseAttrs(IPv4Address(public_ip), vni=1, vtep_mac=mac)
+    attrs = LeaseAttrs(IPv4Address(public_ip), "vxlan", vni=1, vtep_mac=mac)
     return Lease(IPv4Network(f"198.18.{n}.0/24"), attrs, etcd_lease_id=7, mod_revision=revision)
 
 

@@ -24,7 +24,9 @@ FLANNELD_VALUE = (
     '{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan",'
     '"BackendData":{"VNI":1,"VtepMAC":"8a:da:7f:e8:8a:5f"}}'
 )
-ATTRS = LeaseAttrs(public_ip=IPv4Address("192.0.2.11"), vni=1, vtep_mac="8a:da:7f:e8:8a:5f")
+ATTRS = LeaseAttrs(
+    public_ip=IPv4Address("192.0.2.11"), backend_type="vxlan", vni=1, vtep_mac="8a:da:7f:e8:8a:5f"
+)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -37,6 +39,7 @@ def test_encode_is_byte_for_byte_what_flanneld_writes() -> None:
 def test_encode_keeps_the_vni_and_public_ipv6() -> None:
     attrs = LeaseAttrs(
         public_ip=IPv4Address("192.0.2.12"),
+        backend_type="vxlan",
         vni=4096,
         vtep_mac="02:00:00:00:00:01",
         public_ipv6=IPv6Address("2001:db8::12"),

@@ -10,18 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
 
-CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}')
+CONFIG = parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS)
 OWN = Lease(
-    IPv4Network("198.18.5.0/24"), LeaseAttrs(IPv4Address("192.0.2.11"), vni=1, vtep_mac="02:00:00:00:00:01")
+    IPv4Network("198.18.5.0/24"),
+    LeaseAttrs(IPv4Address("192.0.2.11"), "vxlan", vni=1, vtep_mac="02:00:00:00:00:01"),
 )
 
 
 def peer(subnet: str, ip: str = "192.0.2.12") -> Lease:
-    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), vni=1, vtep_mac="02:00:00:00:00:02"))
+    attrs = LeaseAttrs(IPv4Address(ip), "vxlan", vni=1, vtep_mac="02:00:00:00:00:02")
+    return Lease(IPv4Network(subnet), attrs)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +113,7 @@ UNDERLAY = Underlay(
 
 
 def peer_with(mac: str = "02:00:00:00:00:02", ip: str = "192.0.2.12", subnet: str = "198.18.6.0/24") -> Lease:
-    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), vni=1, vtep_mac=mac))
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), "vxlan", vni=1, vtep_mac=mac))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import io
 import json
 
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.ops import netconfig as netconfig_cmd
 
 
@@ -52,12 +53,12 @@ def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() ->
     from overlayd.subnet.lease import Lease, LeaseAttrs
 
     def lease(cidr: str, host: int) -> Lease:
-        attrs = LeaseAttrs(IPv4Address(f"192.0.2.{host}"), vni=1, vtep_mac="02:00:00:00:00:01")
+        attrs = LeaseAttrs(IPv4Address(f"192.0.2.{host}"), "vxlan", vni=1, vtep_mac="02:00:00:00:00:01")
         return Lease(IPv4Network(cidr), attrs)
 
-    current = parse_network_config('{"Network": "198.18.0.0/16"}')
+    current = parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS)
     leases = [lease(f"198.18.{n}.0/24", n) for n in (200, 5, 201, 202, 203)]
-    half = parse_network_config('{"Network": "198.18.0.0/17"}')
+    half = parse_network_config('{"Network": "198.18.0.0/17"}', backends=CONFIG_PARSERS)
     warning = netconfig_cmd._renumber_warning(current, half, leases)
     assert warning.startswith(
         "this change (from Network 198.18.0.0/16 to Network 198.18.0.0/17) does not hand out 4 of 5 live "
@@ -65,7 +66,7 @@ def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() ->
         "198.18.202.0/24 (192.0.2.202) and 1 more."
     )
     assert warning.endswith("Add --force to write it anyway")
-    wider = parse_network_config('{"Network": "198.16.0.0/14"}')
+    wider = parse_network_config('{"Network": "198.16.0.0/14"}', backends=CONFIG_PARSERS)
     assert netconfig_cmd._renumber_warning(current, wider, leases) == ""
     assert netconfig_cmd._renumber_warning(None, half, leases).startswith(
         "this change (Network 198.18.0.0/17) does not hand out 4 of 5"

@@ -12,6 +12,7 @@ import pytest
 
 from overlayd.agent.metrics import Health
 from overlayd.agent.statedump import AgentState, StraySignals, describe
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -25,11 +26,11 @@ def state(**changes: object) -> AgentState:
         etcd_certfile="/etc/overlayd/client.pem", etcd_keyfile=SECRETS[2],
         etcd_username=SECRETS[1], etcd_password=SECRETS[0], state_dir=Path("/var/lib/overlayd"),
     )  # fmt: skip
-    attrs = LeaseAttrs(IPv4Address("192.0.2.11"), vni=1, vtep_mac="02:00:00:00:00:05")
+    attrs = LeaseAttrs(IPv4Address("192.0.2.11"), "vxlan", vni=1, vtep_mac="02:00:00:00:00:05")
     lease = Lease(IPv4Network("198.18.5.0/24"), attrs)
     fields: dict[str, object] = {
         "options": options,
-        "config": parse_network_config('{"Network": "198.18.0.0/16"}'),
+        "config": parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS),
         "lease": lease,
         "lease_expires_in": 86000.4,
         "subnet_leases": 3,

@@ -28,7 +28,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
 from typing import Any
 
-from overlayd.backend.api import DeviceState
+from overlayd.backend.api import ApplyError, BackendError, DeviceState
 from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 from overlayd.backend.rtnl.codec import (
     IFF_UP,
@@ -56,18 +56,6 @@ from overlayd.backend.vxlan.config import DEFAULT_VXLAN_PORT
 log = logging.getLogger(__name__)
 
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
-
-
-class BackendError(Exception):
-    """A device could not be set up as asked; the message names the device and the cause."""
-
-
-class ApplyError(BackendError):
-    """Some entries of a diff failed; the others were applied."""
-
-    def __init__(self, failures: list[str]) -> None:
-        super().__init__(f"{len(failures)} netlink operation(s) failed: " + "; ".join(failures))
-        self.failures = failures
 
 
 @dataclass(frozen=True)
