@@ -1,6 +1,6 @@
 """What the CNI plugin costs per container: ADD and DEL, each beside its floors.
 
-``exec_times`` is shared with ``cni-shim/bench_startup.py``. ``cni_add_del`` runs the installed
+``exec_times`` is shared with ``overlayd.bench.cni_startup``. ``cni_add_del`` runs the installed
 shim (``overlayd install-cni``) delegating to the reference bridge plugin, against the bridge
 plugin alone with the very config the shim delegated (read back from the shim's ``dataDir``),
 and two floors of the same interpreter: ``python -IS -c pass`` (start and normal exit) and

@@ -1,6 +1,6 @@
 """Start-up cost of the installed shim, side by side with its interpreter and host-local.
 
-    sudo .venv/bin/python cni-shim/bench_startup.py [--runs 300]
+    sudo .venv/bin/python -m overlayd.bench.cni_startup [--runs 300]
 
 Installs the shim into a temporary CNI bin dir (as ``overlayd install-cni`` does), then times
 ``CNI_COMMAND=VERSION`` calls (fork + exec + answer) against a bare ``python -IS -c pass`` of the
