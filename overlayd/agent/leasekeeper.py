@@ -233,13 +233,14 @@ class LeaseKeeper:
         if decision.cleared:
             log.warning("%s", clear_message(decision, self.where()))
         if decision.action is ConfigAction.RESTART:
-            # A new VNI is a new device, MAC and lease value: a clean restart is the safe path.
-            # Every live lease fits the new config (else it is held), so the restart renumbers none.
+            # What the data path cannot follow in place (a new VNI is a new device, MAC and lease
+            # value): a clean restart is the safe path. Every live lease fits the new config (else
+            # it is held), so the restart renumbers none.
             assert in_force is not None
             log.warning(
-                "network config changed VNI %d -> %d; restarting to rebuild the device",
-                in_force.backend.vni, stored.backend.vni,
-            )  # fmt: skip
+                "network config changed %s; restarting to rebuild the device",
+                stored.backend.restart_reason(in_force.backend),
+            )
         elif decision.action is ConfigAction.APPLY:
             log.warning("network config changed: %s", stored)
         return ConfigCheck(decision)

@@ -58,8 +58,7 @@ def describe(state: AgentState) -> str:
     else:
         c = state.config
         config = (
-            f"Network {c.network}, SubnetLen {c.subnet_len}, backend {c.backend.type} VNI {c.backend.vni} "
-            f"port {c.backend.port}{', DirectRouting' if c.backend.direct_routing else ''}"
+            f"Network {c.network}, SubnetLen {c.subnet_len}, backend {c.backend.type} {c.backend.summary}"
         )
     o = state.options
     security = "TLS" if o.etcd_cafile or any(e.startswith("https://") for e in o.etcd_endpoints) else "plain"

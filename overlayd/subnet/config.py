@@ -105,6 +105,15 @@ class BackendSettings(Protocol):
         """What the running data path cannot follow in place: a change restarts the agent."""
         ...
 
+    @property
+    def summary(self) -> str:
+        """The settings an operator checks first, for a log line (e.g. ``VNI 1 port 8472``)."""
+        ...
+
+    def restart_reason(self, previous: BackendSettings) -> str:
+        """What changed from ``previous`` that makes the agent restart (``VNI 1 -> 2``)."""
+        ...
+
 
 # Parses a backend's section (read through ConfigFields, whose errors name the key); raises ConfigError.
 BackendParser = Callable[[ConfigFields], BackendSettings]

@@ -128,7 +128,7 @@ def test_config_unchanged_and_broken_are_kept(etcd: MemoryEtcd, clock: ManualClo
 
 
 def test_a_new_vni_means_a_restart_and_another_change_is_applied(
-    etcd: MemoryEtcd, clock: ManualClock
+    etcd: MemoryEtcd, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     keeper, acquired = started(etcd, clock)
     in_force = keeper.config
@@ -140,6 +140,7 @@ def test_a_new_vni_means_a_restart_and_another_change_is_applied(
     restart = keeper.recheck([acquired.lease]).decision
     assert restart is not None and restart.action is ConfigAction.RESTART
     assert keeper.config is not None and keeper.config.backend.vni == 1  # in force until the restart
+    assert "network config changed VNI 1 -> 2; restarting to rebuild the device" in caplog.text
 
 
 def test_a_renumbering_network_is_held_once_announced_and_cleared_on_revert(

@@ -201,3 +201,13 @@ def test_direct_routing_reaches_the_peers_on_our_segment() -> None:
     direct = Vxlan().reached_directly(config({"DirectRouting": True}), host)
     assert direct is not None
     assert direct(lease("198.18.7.0/24", "192.0.2.7")) and not direct(lease("198.18.7.0/24", "192.0.2.200"))
+
+
+def test_vxlan_settings_say_themselves_in_the_words_the_logs_used() -> None:
+    """The SIGUSR1 state line and the restart warning read the backend's own words, unchanged."""
+    from overlayd.backend.vxlan.config import VxlanConfig
+
+    old, new = VxlanConfig(vni=1), VxlanConfig(vni=2, port=4789, direct_routing=True)
+    assert old.summary == "VNI 1 port 8472"
+    assert new.summary == "VNI 2 port 4789, DirectRouting"
+    assert new.restart_reason(old) == "VNI 1 -> 2"

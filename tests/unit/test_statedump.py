@@ -48,6 +48,7 @@ def test_the_line_names_lease_peers_health_and_config() -> None:
         "3 subnet leases, 2 peers programmed; ready: ready; etcd unreachable (connection refused); "
         "Network 198.18.0.0/16, SubnetLen 24"
     )
+    assert "Network 198.18.0.0/16, SubnetLen 24, backend vxlan VNI 1 port 8472;" in line
     assert "(TLS, password auth) prefix /coreos.com/network" in line
     assert "\n" not in line
 

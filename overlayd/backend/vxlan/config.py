@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from overlayd.subnet.config import ConfigFields, is_unset
+from overlayd.subnet.config import BackendSettings, ConfigFields, is_unset
 
 TYPE = "vxlan"
 # The kernel's VXLAN port, and what flannel's Port 0 means.
@@ -30,6 +30,15 @@ class VxlanConfig:
     def restart_key(self) -> tuple[object, ...]:
         """A new VNI is a new device, and peers on the old one: the agent restarts for it."""
         return (self.type, self.vni)
+
+    @property
+    def summary(self) -> str:
+        return f"VNI {self.vni} port {self.port}{', DirectRouting' if self.direct_routing else ''}"
+
+    def restart_reason(self, previous: BackendSettings) -> str:
+        if isinstance(previous, VxlanConfig):
+            return f"VNI {previous.vni} -> {self.vni}"
+        return f"Backend {previous.type} -> {self.type}"
 
     @property
     def device_name(self) -> str:
