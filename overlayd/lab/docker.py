@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.lab.shell import LabError
+from overlayd.lab.shell import LabError, stop_pid
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: runs without any library in the image
@@ -149,7 +149,7 @@ class LabDocker:
             ids = self._client("ps", "-aq", check=False).stdout.split()
             if ids:
                 self._client("rm", "-f", *ids, check=False)
-        _terminate(self.pid, timeout)
+        stop_pid(self.pid, signal.SIGTERM, timeout)
         self.pid = 0
 
     def destroy(self) -> None:
@@ -211,22 +211,3 @@ class LabDocker:
         except OSError:
             return "(no log)"
         return " | ".join(lines[-5:])
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM ``pid`` (our child or not), SIGKILL once ``timeout`` passes."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, ChildProcessError):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
