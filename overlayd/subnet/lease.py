@@ -56,7 +56,8 @@ class LeaseAttrs:
     vni: int | None = None
     vtep_mac: str | None = None
     public_ipv6: IPv6Address | None = None
-    # Backend data of backends we do not program, as compact JSON text: kept whole (and hashable).
+    # BackendData of a backend without a codec (any JSON value: extension's is a string), as compact
+    # JSON text: kept whole (and hashable); "" when the lease has none.
     extra_backend_data: str = ""
 
 
@@ -152,18 +153,23 @@ def _json_value(raw: bytes | str) -> object:
 
 
 def encode_attrs(attrs: LeaseAttrs) -> str:
-    """Render attrs exactly as flanneld does (Go struct field order, compact separators)."""
+    """Render attrs exactly as flanneld does (Go struct field order, compact separators).
+
+    Go omits an empty ``BackendType`` and ``BackendData`` (``omitempty``), never ``PublicIPv6``:
+    flanneld's udp and alloc leases are ``{"PublicIP":…,"PublicIPv6":null}`` and nothing more."""
     value: dict[str, object] = {
         "PublicIP": str(attrs.public_ip),
         "PublicIPv6": str(attrs.public_ipv6) if attrs.public_ipv6 else None,
-        "BackendType": attrs.backend_type,
     }
+    if attrs.backend_type:
+        value["BackendType"] = attrs.backend_type
     codec = _codecs.get(attrs.backend_type)
     if codec is not None:
         backend = codec.encode(attrs)
     else:
         backend = json.loads(attrs.extra_backend_data) if attrs.extra_backend_data else None
-    value["BackendData"] = backend
+    if backend is not None:
+        value["BackendData"] = backend
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -199,17 +205,19 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     backend_type = value.get("BackendType") or ""
     if not isinstance(backend_type, str):
         raise LeaseError(f"lease {key}: BackendType {backend_type!r} is not a string", "bad_backend_data")
-    backend = value.get("BackendData") or {}
-    if not isinstance(backend, dict):
-        raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
+    backend = value.get("BackendData")
     codec = _codecs.get(backend_type)
     if codec is None:
+        # Go's RawMessage keeps any JSON value; null is what an omitted one reads back as.
         return LeaseAttrs(
             public_ip=public_ip,
             backend_type=backend_type,
             public_ipv6=public_ipv6,
-            extra_backend_data=json.dumps(backend, separators=(",", ":")) if backend else "",
+            extra_backend_data="" if backend is None else json.dumps(backend, separators=(",", ":")),
         )
+    backend = backend or {}
+    if not isinstance(backend, dict):
+        raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
     # One construction: on a cold start every peer's lease is decoded here.
     return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **codec.decode(key, backend))
 

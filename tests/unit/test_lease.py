@@ -115,14 +115,30 @@ def test_vtep_mac_in_every_spelling_flanneld_reads(mac: str) -> None:
     assert decode_attrs(KEY, raw).vtep_mac == "8a:da:7f:e8:8a:5f"
 
 
-def test_host_gw_lease_with_null_backend_data_round_trips() -> None:
+def test_host_gw_lease_with_null_backend_data_reads_as_none() -> None:
     raw = '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}'
     attrs = decode_attrs(KEY, raw)
     assert attrs.backend_type == "host-gw"
     assert attrs.vni is None
     assert attrs.vtep_mac is None
+    assert attrs.extra_backend_data == ""
     assert attrs.public_ip == IPv4Address("192.0.2.13")
-    assert encode_attrs(attrs) == raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # flanneld's host-gw lease: Go omits the empty BackendData.
+        '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"host-gw"}',
+        # flanneld's udp and alloc leases: no BackendType and no BackendData at all.
+        '{"PublicIP":"192.0.2.13","PublicIPv6":null}',
+        # flanneld's extension lease: BackendData is PreStartupCommand's output, a JSON string.
+        '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"extension","BackendData":"a b\\n"}',
+        '{"PublicIP":"192.0.2.13","PublicIPv6":null,"BackendType":"other","BackendData":[1,{"k":null}]}',
+    ],
+)
+def test_leases_without_a_codec_round_trip_byte_for_byte(raw: str) -> None:
+    assert encode_attrs(decode_attrs(KEY, raw)) == raw
 
 
 def test_foreign_backend_data_is_kept_on_reencode() -> None:
