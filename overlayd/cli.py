@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from overlayd.lab.hosts import DEFAULT_BACKEND
 from overlayd.logsetup import configure_logging
 from overlayd.option_sources import build_parser, normalize_argv
 from overlayd.options import AgentOptions, OptionsError, resolve_options
@@ -70,6 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    from overlayd.lab.hosts import lab_network_config
     from overlayd.lab.namespaces import DEFAULT_ROOT, Lab, LabError, lab_namespaces
 
     if os.geteuid() != 0:
@@ -96,7 +98,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
                 leftover.down()
                 print(f"lab {args.name}: removed what an earlier run left behind (none of its processes ran)")
             lab = Lab(name=args.name, root=str(root))
-            lab.up(args.hosts)
+            lab.up(args.hosts, network_config=args.network_config or lab_network_config(args.backend))
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
             print(lab.status())
@@ -344,6 +346,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="containers attached per host by the CNI plugin, for `up` (default 2)",
     )  # fmt: skip
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
+    lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
+                     help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
+    lab.add_argument("--network-config", metavar="JSON",
+                     help="`up`: the whole network config to put in etcd (overrides --backend)")
     lab.set_defaults(func=_cmd_lab)
 
     status = sub.add_parser("status", help="this host's lease, device, peers and repairs (--cluster: all)")

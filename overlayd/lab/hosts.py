@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 from overlayd.subnet.subnetenv import parse_keys
 
 DEFAULT_ROOT = Path("/run/overlayd-lab")
-DEFAULT_NETWORK_CONFIG = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
+LAB_NETWORK = "198.18.0.0/16"
+DEFAULT_BACKEND = "vxlan"
+
+
+def lab_network_config(backend_type: str = DEFAULT_BACKEND) -> str:
+    """The lab's network config for a backend with its defaults."""
+    return json.dumps({"Network": LAB_NETWORK, "Backend": {"Type": backend_type}})
+
+
+DEFAULT_NETWORK_CONFIG = lab_network_config()
 ETCD_PREFIX = "/coreos.com/network"
 UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
 ETCD_IP = IPv4Address("192.0.2.2")

@@ -345,21 +345,27 @@ class Lab:
         raise LabError(f"lab {self.name} not converged after {timeout:.0f}s: " + "; ".join(missing))
 
     def unconverged(self) -> list[str]:
-        """What is still missing: hosts without subnet.env, or without a route to some peer."""
+        """What is still missing: hosts without subnet.env, or without a route (other than the
+        default) covering some peer's subnet, whatever device the backend routes it through."""
         running = [host for host in self.hosts if host.pid]
         subnets = {host.name: host.subnet_env().get("FLANNEL_SUBNET") for host in running}
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
         if missing:
             return missing
         for host in running:
-            routes = sh("ip", "-4", "route", "show", "dev", "flannel.1", netns=host.netns, check=False)
             for peer in running:
-                if peer is host:
-                    continue
-                peer_net = str(IPv4Address(subnets[peer.name].split("/")[0]) - 1)
-                if f"{peer_net}/" not in routes:
+                if peer is not host and not self._routed(host, str(subnets[peer.name]).split("/")[0]):
                     missing.append(f"{host.name} lacks a route to {peer.name}")
         return missing
+
+    @staticmethod
+    def _routed(host: LabHost, address: str) -> bool:
+        out = sh("ip", "-4", "-j", "route", "show", "match", address, netns=host.netns, check=False)
+        try:
+            routes = json.loads(out or "[]")
+        except ValueError:
+            return False
+        return any(route.get("dst") not in (None, "default") for route in routes)
 
     def ping(self, source: LabHost, target: str, count: int = 1, wait: float = 1.0) -> bool:
         argv = checks.ping_argv(source.netns, target, count, wait)

@@ -32,7 +32,7 @@ USER_VISIBLE: dict[tuple[str, str], str] = {
         "or a NAT), its pods cannot reach this host's: give that node --public-ip of the address it sends "
         "from, or run this agent with --vxlan-ingress-allowlist=false",
     ): "the same log line, naming the flag",
-    ("lab/hosts.py", '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'): "the lab's config",
+    ("lab/hosts.py", "vxlan"): "the lab's default backend (`overlayd lab up --backend`)",
     ("bench/peers.py", "vxlan"): "the bench's config",
     (
         "bench/kernel.py",
