@@ -31,13 +31,21 @@ def defaulted_view(config: NetworkConfig) -> dict[str, Any]:
         section = backend.config_fields(config.backend)
     finally:
         backend.close()
-    return {
+    view: dict[str, Any] = {
         "Network": str(config.network),
         "SubnetLen": config.subnet_len,
         "SubnetMin": str(config.subnet_min),
         "SubnetMax": str(config.subnet_max),
-        "Backend": section,
     }
+    if config.ipv6 is not None:
+        view |= {
+            "EnableIPv6": True,
+            "IPv6Network": str(config.ipv6.network),
+            "IPv6SubnetLen": config.ipv6.subnet_len,
+            "IPv6SubnetMin": str(config.ipv6.subnet_min),
+            "IPv6SubnetMax": str(config.ipv6.subnet_max),
+        }
+    return view | {"Backend": section}
 
 
 def _normalized_lines(raw: bytes | str | None) -> list[str]:

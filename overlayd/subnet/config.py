@@ -10,12 +10,77 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol
 
 
 class ConfigError(ValueError):
     """An invalid network config; str() is a complete message for the operator."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One address family's rules for a pool of subnets, as flanneld applies them to IPv4 (the
+    ``Network`` keys) and to IPv6 (the ``IPv6Network`` keys): one parser serves both."""
+
+    version: int  # 4 or 6
+    key_prefix: str  # "" for Network, SubnetLen, ...; "IPv6" for IPv6Network, IPv6SubnetLen, ...
+    bits: int
+    max_subnet_len: int  # room for a gateway and a container: /30, /126
+    default_subnet_len: int  # for a Network of ``default_len_up_to`` or larger
+    default_len_up_to: int
+    example_network: str
+    example_subnet: str
+
+    @property
+    def smallest_network(self) -> int:
+        """The longest prefix a Network may have: four subnets of ``max_subnet_len``."""
+        return self.max_subnet_len - 2
+
+    def network(self, text: str) -> IPv4Network | IPv6Network:
+        """``text`` as a network of this family, host bits dropped; raises ValueError."""
+        net = ip_network(text, strict=False)
+        if net.version != self.version:
+            raise ValueError(f"not an IPv{self.version} network")
+        return net
+
+    def address(self, text: str) -> IPv4Address | IPv6Address:
+        """``text`` as an address of this family; raises ValueError."""
+        addr = ip_address(text)
+        if addr.version != self.version:
+            raise ValueError(f"not an IPv{self.version} address")
+        return addr
+
+
+IPV4 = Family(4, "", 32, 30, 24, 22, "198.18.0.0/16", "198.18.1.0")
+IPV6 = Family(6, "IPv6", 128, 126, 64, 62, "2001:db8:1000::/48", "2001:db8:1000:1::")
+
+
+@dataclass(frozen=True)
+class SubnetPool:
+    """One family's Network and the subnets handed out of it (SubnetMin..SubnetMax, each a
+    /subnet_len); the IPv4 pool of a config is its top-level fields, the IPv6 one ``ipv6``."""
+
+    network: IPv4Network | IPv6Network
+    subnet_len: int
+    subnet_min: IPv4Address | IPv6Address
+    subnet_max: IPv4Address | IPv6Address
+
+    @property
+    def subnet_size(self) -> int:
+        return 1 << (self.network.max_prefixlen - self.subnet_len)
+
+    @property
+    def subnet_count(self) -> int:
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
+    def contains_subnet(self, subnet: IPv4Network | IPv6Network) -> bool:
+        """True if subnet is one flannel would hand out from this pool."""
+        return (
+            subnet.version == self.network.version
+            and subnet.prefixlen == self.subnet_len
+            and self.subnet_min <= subnet.network_address <= self.subnet_max  # type: ignore[operator]
+        )
 
 
 @dataclass(frozen=True)
@@ -25,6 +90,18 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendSettings
+    # EnableIPv6: the IPv6 pool; every lease then carries an IPv6 subnet too (None: IPv4 only).
+    ipv6: SubnetPool | None = None
+
+    @property
+    def ipv4(self) -> SubnetPool:
+        """The IPv4 pool, the same rules as ``ipv6``'s."""
+        return SubnetPool(self.network, self.subnet_len, self.subnet_min, self.subnet_max)
+
+    @property
+    def families(self) -> tuple[SubnetPool, ...]:
+        """Each enabled family's pool, IPv4 first."""
+        return (self.ipv4,) if self.ipv6 is None else (self.ipv4, self.ipv6)
 
     @property
     def subnet_size(self) -> int:
@@ -81,15 +158,15 @@ class ConfigFields:
             raise self.fail(key, raw, "use true or false")
         return raw
 
-    def get_address(self, key: str) -> IPv4Address | None:
+    def get_address(self, key: str, family: Family = IPV4) -> IPv4Address | IPv6Address | None:
         raw = self.value.get(key.lower())
         if raw is None or raw == "":
             return None
-        fix = "use an IPv4 address such as 198.18.1.0"
+        fix = f"use an IPv{family.version} address such as {family.example_subnet}"
         if not isinstance(raw, str):
             raise self.fail(key, raw, fix)
         try:
-            return IPv4Address(raw)
+            return family.address(raw)
         except ValueError:
             raise self.fail(key, raw, fix) from None
 
@@ -145,44 +222,87 @@ class BackendParsers:
         return parser(fields)
 
 
-def _parse_network(fields: ConfigFields) -> IPv4Network:
-    raw = fields.value.get("network")
+def _parse_network(fields: ConfigFields, family: Family) -> IPv4Network | IPv6Network:
+    key = f"{family.key_prefix}Network"
+    example = f'such as "{family.example_network}"'
+    cidr = f"IPv{family.version} CIDR {example}"
+    raw = fields.value.get(key.lower())
     if raw is not None and raw != "" and not isinstance(raw, str):
-        raise fields.fail("Network", raw, 'use an IPv4 CIDR string such as "198.18.0.0/16"')
+        raise fields.fail(key, raw, f"use an IPv{family.version} CIDR string {example}")
     if not isinstance(raw, str) or not raw:
-        raise ConfigError(
-            f'{fields.where}: Network is missing; set it to an IPv4 CIDR such as "198.18.0.0/16"'
-        )
+        raise ConfigError(f"{fields.where}: {key} is missing; set it to an {cidr}")
     try:
         # Host bits are dropped, as flanneld does ("198.18.3.4/16" means 198.18.0.0/16).
-        return IPv4Network(raw, strict=False)
+        return family.network(raw)
     except ValueError:
-        raise fields.fail("Network", raw, 'use an IPv4 CIDR such as "198.18.0.0/16"') from None
+        raise fields.fail(key, raw, f"use an {cidr}") from None
 
 
-def _default_subnet_len(where: str, network: IPv4Network) -> int:
-    if network.prefixlen > 28:
+def _too_small(where: str, key: str, network: IPv4Network | IPv6Network, family: Family) -> ConfigError:
+    return ConfigError(
+        f"{where}: {key} {network} is too small (/{network.prefixlen}); use a {key} of "
+        f"/{family.smallest_network} or larger, such as {family.example_network}"
+    )
+
+
+def _subnet_len(fields: ConfigFields, network: IPv4Network | IPv6Network, family: Family) -> int:
+    key, net_key = f"{family.key_prefix}SubnetLen", f"{family.key_prefix}Network"
+    lo, hi = network.prefixlen + 2, family.max_subnet_len
+    if lo > hi:
+        raise _too_small(fields.where, net_key, network, family)
+    raw_len = fields.value.get(key.lower())
+    if is_unset(raw_len):
+        if network.prefixlen <= family.default_len_up_to:
+            return family.default_subnet_len
+        return network.prefixlen + 2
+    fix = f"use a {key} between {lo} and {hi} for {net_key} {network}"
+    if isinstance(raw_len, bool) or not isinstance(raw_len, int):
+        raise fields.fail(key, raw_len, fix)
+    if raw_len > hi:
+        raise ConfigError(f"{fields.where}: {key} {raw_len} is larger than {hi}; {fix}")
+    if raw_len < lo:
         raise ConfigError(
-            f"{where}: Network {network} is too small (/{network.prefixlen}); "
-            "use a Network of /28 or larger, such as 198.18.0.0/16"
+            f"{fields.where}: {key} {raw_len} leaves {net_key} {network} fewer than four subnets; {fix}"
         )
-    return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+    return raw_len
 
 
 def _bound(
-    fields: ConfigFields, key: str, network: IPv4Network, subnet_len: int, default: IPv4Address
-) -> IPv4Address:
-    value = fields.get_address(key)
-    if value is None or value == IPv4Address(0):  # flanneld reads 0.0.0.0 as unset too
+    fields: ConfigFields,
+    key: str,
+    network: IPv4Network | IPv6Network,
+    subnet_len: int,
+    default: IPv4Address | IPv6Address,
+    family: Family,
+) -> IPv4Address | IPv6Address:
+    value = fields.get_address(key, family)
+    if value is None or int(value) == 0:  # flanneld reads 0.0.0.0 (and ::) as unset too
         return default
     if value not in network:
-        raise fields.fail(key, str(value), f"use an address inside Network {network}")
-    aligned = IPv4Network(f"{value}/{subnet_len}", strict=False).network_address
+        raise fields.fail(key, str(value), f"use an address inside {family.key_prefix}Network {network}")
+    aligned = ip_network(f"{value}/{subnet_len}", strict=False).network_address
     if aligned != value:
-        raise fields.fail(
-            key, str(value), f"it must start a /{subnet_len} subnet, such as {aligned}"
-        )
+        raise fields.fail(key, str(value), f"it must start a /{subnet_len} subnet, such as {aligned}")
     return value
+
+
+def parse_pool(fields: ConfigFields, family: Family) -> SubnetPool:
+    """One family's Network, SubnetLen, SubnetMin and SubnetMax (``IPv6``-prefixed keys for
+    IPv6), with flanneld's defaults; raises ConfigError naming the key and the bad value."""
+    network = _parse_network(fields, family)
+    subnet_len = _subnet_len(fields, network, family)
+    size = 1 << (family.bits - subnet_len)
+    first = network.network_address + size
+    last = network.broadcast_address + 1 - size
+    prefix = family.key_prefix
+    subnet_min = _bound(fields, f"{prefix}SubnetMin", network, subnet_len, first, family)
+    subnet_max = _bound(fields, f"{prefix}SubnetMax", network, subnet_len, last, family)
+    if subnet_min > subnet_max:  # type: ignore[operator]
+        raise ConfigError(
+            f"{fields.where}: {prefix}SubnetMin {subnet_min} is above {prefix}SubnetMax "
+            f"{subnet_max}; swap them or widen the range"
+        )
+    return SubnetPool(network, subnet_len, subnet_min, subnet_max)
 
 
 def parse_network_config(
@@ -198,57 +318,27 @@ def parse_network_config(
     if not isinstance(value, dict):
         raise ConfigError(f'{where}: must be a JSON object such as {{"Network": "198.18.0.0/16"}}')
     fields = ConfigFields(where, value)
-    if not fields.get_bool("EnableIPv4", default=True):
-        raise ConfigError(
-            f"{where}: EnableIPv4 false (an IPv6-only network) is not supported, overlayd serves "
-            "IPv4 only; remove EnableIPv4 or set it to true, with an IPv4 Network"
-        )
-    # Refused rather than run IPv4-only: flanneld (v0.20-v0.28) with EnableIPv6 crashes choosing
-    # a subnet while any lease key lacks an IPv6 part (nil IPv6 subnet in its overlap test), so
-    # our IPv4-only lease would stop every new dual-stack flanneld node from starting.
-    if fields.get_bool("EnableIPv6"):
-        raise ConfigError(
-            f"{where}: EnableIPv6 true (a dual-stack network) is not supported, overlayd serves "
-            "IPv4 only, and its IPv4-only lease would make dual-stack flanneld nodes crash when "
-            "they choose a subnet; remove EnableIPv6 (and IPv6Network) from the config, or keep "
-            "this node on flanneld"
-        )
-    network = _parse_network(fields)
-    lo, hi = network.prefixlen + 2, 30
-    if lo > hi:
-        raise ConfigError(
-            f"{where}: Network {network} is too small (/{network.prefixlen}); "
-            "use a Network of /28 or larger, such as 198.18.0.0/16"
-        )
-    raw_len = fields.value.get("subnetlen")
-    if is_unset(raw_len):
-        subnet_len = _default_subnet_len(where, network)
-    else:
-        fix = f"use a SubnetLen between {lo} and {hi} for Network {network}"
-        if isinstance(raw_len, bool) or not isinstance(raw_len, int):
-            raise fields.fail("SubnetLen", raw_len, fix)
-        if raw_len > hi:
-            raise ConfigError(f"{where}: SubnetLen {raw_len} is larger than {hi}; {fix}")
-        if raw_len < lo:
+    enable_ipv4 = fields.get_bool("EnableIPv4", default=True)
+    # flanneld reads the IPv6 keys only with EnableIPv6, and ignores them otherwise.
+    ipv6 = parse_pool(fields, IPV6) if fields.get_bool("EnableIPv6") else None
+    if not enable_ipv4:
+        if ipv6 is None:
             raise ConfigError(
-                f"{where}: SubnetLen {raw_len} leaves Network {network} fewer than four "
-                f"subnets; {fix}"
+                f"{where}: EnableIPv4 false without EnableIPv6 true leaves the network no "
+                "addresses; set EnableIPv6 true with an IPv6Network such as "
+                f'"{IPV6.example_network}", or remove EnableIPv4'
             )
-        subnet_len = raw_len
-    size = 1 << (32 - subnet_len)
-    first = network.network_address + size
-    last = network.broadcast_address + 1 - size
-    subnet_min = _bound(fields, "SubnetMin", network, subnet_len, first)
-    subnet_max = _bound(fields, "SubnetMax", network, subnet_len, last)
-    if subnet_min > subnet_max:
         raise ConfigError(
-            f"{where}: SubnetMin {subnet_min} is above SubnetMax {subnet_max}; "
-            "swap them or widen the range"
+            f"{where}: EnableIPv4 false (an IPv6-only network) is not supported yet, overlayd "
+            "serves IPv4 and dual-stack networks; remove EnableIPv4 or set it to true, with an "
+            "IPv4 Network beside IPv6Network"
         )
+    ipv4 = parse_pool(fields, IPV4)
     return NetworkConfig(
-        network=network,
-        subnet_len=subnet_len,
-        subnet_min=subnet_min,
-        subnet_max=subnet_max,
+        network=ipv4.network,  # type: ignore[arg-type]
+        subnet_len=ipv4.subnet_len,
+        subnet_min=ipv4.subnet_min,  # type: ignore[arg-type]
+        subnet_max=ipv4.subnet_max,  # type: ignore[arg-type]
         backend=backends.parse(where, fields.value.get("backend")),
+        ipv6=ipv6,
     )

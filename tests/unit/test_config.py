@@ -415,24 +415,6 @@ def test_not_json_error_has_no_chained_cause() -> None:
     assert info.value.__suppress_context__
 
 
-def test_an_ipv6_only_network_is_refused_naming_enable_ipv4() -> None:
-    raw = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
-    with pytest.raises(ConfigError, match=r"EnableIPv4 false .* not supported.*set it to true"):
-        parse_network_config(raw, backends=CONFIG_PARSERS)
-
-
-def test_a_dual_stack_network_is_refused_naming_enable_ipv6_and_why() -> None:
-    raw = (
-        '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48",'
-        ' "Backend": {"Type": "vxlan"}}'
-    )
-    with pytest.raises(ConfigError) as info:
-        parse_network_config(raw, where=WHERE, backends=CONFIG_PARSERS)
-    message = str(info.value)
-    assert message.startswith(f"{WHERE}: EnableIPv6 true")
-    assert "dual-stack flanneld nodes crash" in message and "remove EnableIPv6" in message
-
-
 def test_enable_ipv6_false_and_a_lone_ipv6_network_are_fine() -> None:
     """flanneld reads IPv6Network only with EnableIPv6."""
     for raw in (

@@ -38,12 +38,17 @@ def test_validate_prints_the_defaulted_view_or_the_agents_error() -> None:
     )
 
 
-def test_validate_refuses_a_dual_stack_network() -> None:
+def test_validate_shows_a_dual_stack_network_with_its_ipv6_defaults() -> None:
     out, err = io.StringIO(), io.StringIO()
-    text = '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
-    assert netconfig_cmd.validate(text, "network config", out, err) == 1
-    assert out.getvalue() == ""
-    assert err.getvalue().startswith("network config: EnableIPv6 true (a dual-stack network) is not")
+    text = '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:1000::/48"}'
+    assert netconfig_cmd.validate(text, "network config", out, err) == 0
+    view = json.loads(out.getvalue())
+    assert (view["EnableIPv6"], view["IPv6Network"], view["IPv6SubnetLen"]) == (True, "2001:db8:1000::/48", 64)
+    assert (view["IPv6SubnetMin"], view["IPv6SubnetMax"]) == ("2001:db8:1000:1::", "2001:db8:1000:ffff::")
+    assert list(view)[-1] == "Backend"
+    bad = '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8::/126"}'
+    assert netconfig_cmd.validate(bad, "network config", out, err) == 1
+    assert "IPv6Network 2001:db8::/126 is too small" in err.getvalue()
 
 
 def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() -> None:
