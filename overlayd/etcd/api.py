@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, Protocol
 
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError
@@ -77,8 +77,11 @@ class SubnetRegistry(Protocol):
         """All decodable leases and the revision of the read."""
         ...
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
-        """Create the subnet's key if absent, bound to a new lease of ``ttl`` seconds; None if taken."""
+    def create_lease(
+        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, ipv6_subnet: IPv6Network | None = None
+    ) -> Lease | None:
+        """Create the subnet's key if absent, bound to a new lease of ``ttl`` seconds; None if taken.
+        ``ipv6_subnet``: its IPv6 half, in one dual-stack key."""
         ...
 
     def take_over(self, existing: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.allocate import SubnetChoice, choose_subnets, stale_own_leases
@@ -69,7 +69,11 @@ class LeaseManager:
         return listing
 
     def acquire(
-        self, config: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | Sequence[IPv4Network] | None
+        self,
+        config: NetworkConfig,
+        attrs: LeaseAttrs,
+        previous: IPv4Network | Sequence[IPv4Network] | None,
+        previous_ipv6: IPv6Network | None = None,
     ) -> Lease:
         """Hold a lease on a subnet of ``config`` carrying ``attrs``; keeps trying past lost races.
 
@@ -81,7 +85,7 @@ class LeaseManager:
         for listing in range(1, MAX_LISTINGS + 1):
             leases, revision = self.registry.list_leases()
             leases = self._drop_stale(config, leases)
-            choices = choose_subnets(config, leases, self.public_ip, previous, self.rng)
+            choices = choose_subnets(config, leases, self.public_ip, previous, self.rng, previous_ipv6)
             for choice in choices[:CHOICES_PER_LISTING]:
                 lease = self._try(choice, attrs)
                 if lease is not None:
@@ -91,7 +95,7 @@ class LeaseManager:
                     ours = [known for known in leases if known.key != lease.key]
                     self._listing = ([*ours, lease], revision)
                     return lease
-                log.info("lost the race for subnet %s; trying the next one", choice.subnet)
+                log.info("lost the race for subnet %s; trying the next one", choice.label)
             lo, hi = RETRY_SLEEP
             time.sleep(self.rng.uniform(lo, hi) * listing)
         raise AcquireError(
@@ -106,7 +110,12 @@ class LeaseManager:
         for lease in stale_own_leases(config, leases, self.public_ip):
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
-                if lease.ipv6_subnet is not None:
+                if config.ipv6 is not None and lease.ipv6_subnet is None:
+                    why = (
+                        "it has no IPv6 subnet and the config is dual-stack (EnableIPv6); "
+                        "this node takes a dual-stack lease, its IPv4 subnet again when free"
+                    )
+                elif lease.ipv6_subnet is not None and config.contains_subnet(lease.subnet):
                     why = f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
                 else:
                     # A renumbering: say so, since containers made before keep the old addresses.
@@ -125,7 +134,9 @@ class LeaseManager:
         if choice.existing is not None:
             lease = self.registry.take_over(choice.existing, attrs, self.ttl)
         else:
-            lease = self.registry.create_lease(choice.subnet, attrs, self.ttl)
+            # The IPv6 half only when there is one: an IPv4-only network calls the registry as before.
+            halves = {"ipv6_subnet": choice.ipv6_subnet} if choice.ipv6_subnet else {}
+            lease = self.registry.create_lease(choice.subnet, attrs, self.ttl, **halves)
         if lease is not None:
             self._granted(lease)
         return lease

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
 from overlayd.etcd.api import Cancel, LeaseEvent, RegistryError, WatchCompacted
@@ -329,9 +329,11 @@ class MemoryRegistry:
 
         return self._call(operation, f"{operation.replace('_', ' ')} {key}", transact)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
-        lease, ours = self._guarded_put("create_lease", Lease(subnet=subnet, attrs=attrs),
-                                        lambda current: current is None, ttl)
+    def create_lease(
+        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, ipv6_subnet: IPv6Network | None = None
+    ) -> Lease | None:
+        template = Lease(subnet=subnet, attrs=attrs, ipv6_subnet=ipv6_subnet)
+        lease, ours = self._guarded_put("create_lease", template, lambda current: current is None, ttl)
         if ours is not None:
             return self.take_over(ours, attrs, ttl)
         return lease

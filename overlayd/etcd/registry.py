@@ -27,7 +27,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 # etcd3 0.12 ships protobuf code generated for old protobuf releases; the pure-Python protobuf
@@ -273,14 +273,19 @@ class Registry:
         except (etcd3.exceptions.Etcd3Exception, grpc.RpcError) as exc:
             log.debug("could not revoke unused etcd lease %x: %r", lease_id, exc)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+    def create_lease(
+        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, ipv6_subnet: IPv6Network | None = None
+    ) -> Lease | None:
         """Create ``<prefix>/subnets/<subnet>`` if absent, bound to a new etcd lease; None if taken.
 
         Found holding our very value, the key is ours: a create whose answer was lost (committed,
         then a timeout) and retried. It is taken over, for a fresh etcd lease of known expiry.
         """
         lease, ours = self._guarded_put(
-            "create_lease", Lease(subnet=subnet, attrs=attrs), lambda txn, key: txn.version(key) == 0, ttl
+            "create_lease",
+            Lease(subnet=subnet, attrs=attrs, ipv6_subnet=ipv6_subnet),
+            lambda txn, key: txn.version(key) == 0,
+            ttl,
         )
         if ours is not None:
             return self.take_over(ours, attrs, ttl)

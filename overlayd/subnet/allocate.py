@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.config import NetworkConfig, SubnetPool
 from overlayd.subnet.lease import Lease
 
 # flanneld picks among the first 100 free subnets; enough spread to avoid racing peers.
@@ -29,26 +29,42 @@ class SubnetChoice:
 
     subnet: IPv4Network
     existing: Lease | None = None
+    ipv6_subnet: IPv6Network | None = None  # its IPv6 half, in a dual-stack network
+
+    @property
+    def label(self) -> str:
+        """The subnet(s) for a log line: ``198.18.46.0/24`` or ``198.18.46.0/24 & 2001:db8:0:2e::/64``."""
+        return f"{self.subnet} & {self.ipv6_subnet}" if self.ipv6_subnet else str(self.subnet)
+
+
+def fits_config(config: NetworkConfig, lease: Lease) -> bool:
+    """Whether ``lease`` is one the config hands out: its IPv4 subnet, and an IPv6 subnet of the
+    IPv6 pool exactly when the config has one (flanneld's two compatibility tests)."""
+    if not config.contains_subnet(lease.subnet):
+        return False
+    if config.ipv6 is None or lease.ipv6_subnet is None:
+        return config.ipv6 is None and lease.ipv6_subnet is None
+    return config.ipv6.contains_subnet(lease.ipv6_subnet)
 
 
 def own_lease(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> Lease | None:
     """The lease that carries our PublicIP and still fits the config, if any (the lowest subnet if
     several do). Filtered before ordering: sorting every lease by its network cost ~8 ms at 1000.
 
-    A dual-stack lease (flanneld's, from when the config had EnableIPv6) does not fit: the config
-    has no IPv6 now (overlayd refuses EnableIPv6), and flanneld too deletes an own lease whose
-    IPv6 half the config does not ask for (``stale_own_leases``)."""
+    A lease whose IPv6 half the config does not ask for (or which lacks the half it asks for)
+    does not fit: flanneld too deletes such an own lease and takes a new one
+    (``stale_own_leases``)."""
     ours = [
         lease for lease in leases
-        if lease.attrs.public_ip == public_ip and config.contains_subnet(lease.subnet)
-        and lease.ipv6_subnet is None
+        if lease.attrs.public_ip == public_ip and fits_config(config, lease)
     ]  # fmt: skip
     return min(ours, key=lambda lease: lease.subnet, default=None)
 
 
 def stale_own_leases(config: NetworkConfig, leases: Iterable[Lease], public_ip: IPv4Address) -> list[Lease]:
-    """Leases carrying our PublicIP that the config no longer hands out, or dual-stack ones:
-    flanneld deletes such a lease before choosing a subnet. Left alone it would keep peers
+    """Leases carrying our PublicIP that the config no longer hands out, in either family (an
+    IPv4-only one in a dual-stack network too): flanneld deletes such a lease before choosing a
+    subnet. Left alone it would keep peers
     routing a subnet we no longer serve to us, and hold that subnet, until its etcd lease expired
     (up to a day). A dual-stack one also shares our VTEP MAC: when it expired, flanneld peers
     would delete that MAC's FDB entry, the one our new lease's traffic needs. Deleted first, its
@@ -56,21 +72,24 @@ def stale_own_leases(config: NetworkConfig, leases: Iterable[Lease], public_ip: 
     lease) are an operator's and stay."""
     return [
         lease for lease in leases
-        if lease.attrs.public_ip == public_ip and lease.etcd_lease_id
-        and (lease.ipv6_subnet is not None or not config.contains_subnet(lease.subnet))
+        if lease.attrs.public_ip == public_ip and lease.etcd_lease_id and not fits_config(config, lease)
     ]  # fmt: skip
 
 
-def all_subnets(config: NetworkConfig) -> Iterator[IPv4Network]:
-    """Every subnet the config hands out, SubnetMin to SubnetMax in order (lazily)."""
+def all_subnets(config: NetworkConfig | SubnetPool) -> Iterator[IPv4Network]:
+    """Every subnet the config (or one family's pool) hands out, SubnetMin to SubnetMax in order
+    (lazily)."""
     size = config.subnet_size
     address = int(config.subnet_min)
+    make = type(config.network)
     while address <= int(config.subnet_max):
-        yield IPv4Network((address, config.subnet_len))
+        yield make((address, config.subnet_len))
         address += size
 
 
-def free_subnets(config: NetworkConfig, taken: Iterable[IPv4Network], limit: int) -> list[IPv4Network]:
+def free_subnets(
+    config: NetworkConfig | SubnetPool, taken: Iterable[IPv4Network], limit: int
+) -> list[IPv4Network]:
     """Up to ``limit`` subnets in SubnetMin..SubnetMax that overlap no taken one, in order."""
     # Same-length leases (the usual case) are a set lookup; only odd-sized ones need overlap tests.
     taken_list = list(taken)
@@ -101,12 +120,14 @@ def choose_subnets(
     public_ip: IPv4Address,
     previous: IPv4Network | Sequence[IPv4Network] | None = None,
     rng: random.Random | None = None,
+    previous_ipv6: IPv6Network | None = None,
 ) -> list[SubnetChoice]:
     """Options in the order to try them; raises OutOfSubnets when there are none.
 
     ``previous`` is the subnet (or subnets, newest first) this host held before: each one the
     config hands out and no lease overlaps comes before the random ones, so a node whose Network
-    was changed and changed back takes its first subnet again."""
+    was changed and changed back takes its first subnet again. In a dual-stack network each
+    option carries an IPv6 subnet too (``previous_ipv6`` first when free)."""
     lease_list = list(leases)
     mine = own_lease(config, lease_list, public_ip)
     if mine is not None:
@@ -126,4 +147,35 @@ def choose_subnets(
             f"SubnetMin {config.subnet_min} and SubnetMax {config.subnet_max} "
             f"({len(lease_list)} leases held); remove stale leases or widen the Network"
         )
+    if config.ipv6 is not None:
+        return _with_ipv6_halves(config.ipv6, choices, lease_list, previous_ipv6, rng or random.Random())
     return choices
+
+
+def _with_ipv6_halves(
+    pool: SubnetPool,
+    choices: list[SubnetChoice],
+    leases: list[Lease],
+    previous: IPv6Network | None,
+    rng: random.Random,
+) -> list[SubnetChoice]:
+    """``choices`` each paired with a free IPv6 subnet (the previous one first, else one at random
+    from the first free ones), so that both halves are leased as one key."""
+    # An IPv4-only lease has no IPv6 half to avoid: it is skipped, where flanneld crashes.
+    taken = [lease.ipv6_subnet for lease in leases if lease.ipv6_subnet is not None]
+    free = free_subnets(pool, taken, RANDOM_POOL + len(choices))  # type: ignore[arg-type]
+    if not free:
+        raise OutOfSubnets(
+            f"out of subnets: IPv6Network {pool.network} has no free /{pool.subnet_len} between "
+            f"IPv6SubnetMin {pool.subnet_min} and IPv6SubnetMax {pool.subnet_max} "
+            f"({len(taken)} dual-stack leases held); remove stale leases or widen the IPv6Network"
+        )
+    rng.shuffle(free)
+    if previous is not None and previous in free:
+        free.remove(previous)  # type: ignore[arg-type]
+        free.insert(0, previous)  # type: ignore[arg-type]
+    # Paired in turn: two options that lose a race move on to other IPv6 subnets too.
+    return [
+        replace(choice, ipv6_subnet=free[i % len(free)])  # type: ignore[arg-type]
+        for i, choice in enumerate(choices)
+    ]

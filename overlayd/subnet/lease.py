@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import inet_aton
 from typing import Protocol
@@ -59,6 +59,10 @@ class LeaseAttrs:
     # BackendData of a backend without a codec (any JSON value: extension's is a string), as compact
     # JSON text: kept whole (and hashable); "" when the lease has none.
     extra_backend_data: str = ""
+    # BackendV6Data (a dual-stack lease): the same backend's data for the IPv6 device. Its codec
+    # reads it like BackendData; only its VtepMAC differs (the MAC of ``flannel-v6.<VNI>``).
+    vtep_mac_v6: str | None = None
+    extra_backend_v6_data: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,9 @@ def _json_value(raw: bytes | str) -> object:
 def encode_attrs(attrs: LeaseAttrs) -> str:
     """Render attrs exactly as flanneld does (Go struct field order, compact separators).
 
-    Go omits an empty ``BackendType`` and ``BackendData`` (``omitempty``), never ``PublicIPv6``:
-    flanneld's udp and alloc leases are ``{"PublicIP":…,"PublicIPv6":null}`` and nothing more."""
+    Go omits an empty ``BackendType``, ``BackendData`` and ``BackendV6Data`` (``omitempty``),
+    never ``PublicIPv6``: flanneld's udp and alloc leases are ``{"PublicIP":…,"PublicIPv6":null}``
+    and nothing more."""
     value: dict[str, object] = {
         "PublicIP": str(attrs.public_ip),
         "PublicIPv6": str(attrs.public_ipv6) if attrs.public_ipv6 else None,
@@ -166,10 +171,14 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
     codec = _codecs.get(attrs.backend_type)
     if codec is not None:
         backend = codec.encode(attrs)
+        v6 = codec.encode(replace(attrs, vtep_mac=attrs.vtep_mac_v6)) if attrs.vtep_mac_v6 else None
     else:
         backend = json.loads(attrs.extra_backend_data) if attrs.extra_backend_data else None
+        v6 = json.loads(attrs.extra_backend_v6_data) if attrs.extra_backend_v6_data else None
     if backend is not None:
         value["BackendData"] = backend
+    if v6 is not None:
+        value["BackendV6Data"] = v6
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -206,6 +215,7 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     if not isinstance(backend_type, str):
         raise LeaseError(f"lease {key}: BackendType {backend_type!r} is not a string", "bad_backend_data")
     backend = value.get("BackendData")
+    backend_v6 = value.get("BackendV6Data")
     codec = _codecs.get(backend_type)
     if codec is None:
         # Go's RawMessage keeps any JSON value; null is what an omitted one reads back as.
@@ -214,12 +224,20 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             backend_type=backend_type,
             public_ipv6=public_ipv6,
             extra_backend_data="" if backend is None else json.dumps(backend, separators=(",", ":")),
+            extra_backend_v6_data="" if backend_v6 is None else json.dumps(backend_v6, separators=(",", ":")),
         )
     backend = backend or {}
     if not isinstance(backend, dict):
         raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
+    fields = codec.decode(key, backend)
+    if backend_v6 is not None:
+        if not isinstance(backend_v6, dict):
+            raise LeaseError(f"lease {key}: BackendV6Data is not a JSON object", "bad_backend_data")
+        v6_mac = codec.decode(key, backend_v6).get("vtep_mac")
+        if v6_mac:
+            fields = {**fields, "vtep_mac_v6": v6_mac}
     # One construction: on a cold start every peer's lease is decoded here.
-    return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **codec.decode(key, backend))
+    return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **fields)
 
 
 def canonical_mac(text: str) -> str | None:
