@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 
@@ -71,6 +71,16 @@ def _port(raw: str) -> int:
 def _optional_ipv4(raw: str) -> IPv4Address | None:
     """An IPv4 address; empty is unset, as flanneld reads ``--public-ip=`` (an unset variable)."""
     return IPv4Address(raw) if raw else None
+
+
+def _optional_ipv6(raw: str) -> IPv6Address | None:
+    """An IPv6 address; empty is unset, like ``--public-ip=``."""
+    return IPv6Address(raw) if raw else None
+
+
+def _optional_ip(raw: str) -> IPv4Address | IPv6Address | None:
+    """An IPv4 or IPv6 address; empty is unset."""
+    return ip_address(raw) if raw else None
 
 
 def _healthz_ip(raw: str) -> str:
@@ -146,8 +156,9 @@ SPECS: dict[str, _Spec] = {
     "iface": _Spec(str, "interface name or IP to use for the overlay (repeatable)", repeat=True, split=True),
     # Not split: a comma belongs to a regex ("{1,2}"), and flanneld reads the variable whole.
     "iface_regex": _Spec(str, "regex matching interface names or IPs (repeatable)", repeat=True),
-    "iface_can_reach": _Spec(_optional_ipv4, "pick the interface that routes to this IPv4 address"),
+    "iface_can_reach": _Spec(_optional_ip, "pick the interface that routes to this IPv4 or IPv6 address"),
     "public_ip": _Spec(_optional_ipv4, "IPv4 address peers send VXLAN traffic to"),
+    "public_ipv6": _Spec(_optional_ipv6, "IPv6 address peers send IPv6 overlay traffic to (dual-stack)"),
     "subnet_file": _Spec(Path, "where to write subnet.env"),
     "subnet_lease_renew_margin": _Spec(
         _renew_margin, "renew the lease this many minutes before expiry, but not before half its time is up"
@@ -187,7 +198,6 @@ FLANNELD_IGNORED: dict[str, str] = {
     "set-node-network-unavailable": _ONLY_KUBE,
     "use-multi-cluster-cidr": _ONLY_KUBE,
     "persistent-mac": "the VTEP MAC is always kept, in --state-dir",
-    "public-ipv6": "overlayd serves IPv4 only",
     "vmodule": "a klog setting; use -v or --log-level",
     "log_backtrace_at": "a klog setting; use -v or --log-level",
 }

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +34,9 @@ class AgentOptions:
     etcd_password: str | None = None
     iface: tuple[str, ...] = ()
     iface_regex: tuple[str, ...] = ()
-    iface_can_reach: IPv4Address | None = None
+    iface_can_reach: IPv4Address | IPv6Address | None = None
     public_ip: IPv4Address | None = None
+    public_ipv6: IPv6Address | None = None  # dual-stack: else the interface's global IPv6 address
     subnet_file: Path = Path("/run/flannel/subnet.env")
     subnet_lease_renew_margin: int = 60  # minutes, as flanneld
     subnet_lease_ttl: int = 86400  # seconds
@@ -63,6 +64,7 @@ class AgentOptions:
             patterns=self.iface_regex,
             can_reach=self.iface_can_reach,
             public_ip=self.public_ip,
+            public_ipv6=self.public_ipv6,
         )
 
     def etcd_settings(self) -> EtcdSettings:

@@ -37,6 +37,7 @@ from overlayd.agent.startup import (
     StartError,
     claim_this_network,
     connect,
+    host_facts,
     lock_state_dir,
     start_http,
     state_dir_error,
@@ -115,11 +116,10 @@ class Agent:
     def attach(self, external: ExternalInterface, public_ip: IPv4Address, backend: Backend) -> HostFacts:
         """Use ``external`` (published as ``public_ip``) as the underlay, through ``backend``."""
         self.external, self.public_ip = external, public_ip
-        segments, state_dir = external.segments, self.options.state_dir
-        host = HostFacts(public_ip, external.name, external.ip, external.mtu, segments, state_dir)
+        host = host_facts(self.options, external, public_ip, self.config)
         self.reconciler.backend = self.state.backend = backend
         self.reconciler.host = self.state.host = host
-        self.state.underlay = Underlay(frozenset({public_ip, external.ip}), segments)
+        self.state.underlay = Underlay(frozenset({public_ip, external.ip}), external.segments)
         return host
 
     # ---- lifecycle ---------------------------------------------------------------------------

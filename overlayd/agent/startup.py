@@ -20,20 +20,40 @@ from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_ins
 from overlayd.agent.leasekeeper import LeaseKeeper
 from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.agent.sdnotify import Notifier
-from overlayd.backend.iface import InterfaceError
+from overlayd.backend.api import HostFacts
+from overlayd.backend.iface import ExternalInterface, InterfaceError
 from overlayd.base.backoff import Backoff
 from overlayd.etcd.api import RegistryError
 from overlayd.etcd.leasing import AcquireError, LeaseManager
 from overlayd.etcd.registry import Registry
 from overlayd.options import AgentOptions
 from overlayd.subnet.allocate import OutOfSubnets
-from overlayd.subnet.config import ConfigError
+from overlayd.subnet.config import ConfigError, NetworkConfig
 from overlayd.subnet.leasecheck import BadLeaseLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
+
+
+def host_facts(
+    options: AgentOptions, external: ExternalInterface, public_ip: IPv4Address, config: NetworkConfig | None
+) -> HostFacts:
+    """This host as the backend sees it: ``external`` published as ``public_ip`` (and as
+    ``--public-ipv6``, else its own IPv6 address, for a dual-stack network). Raises StartError
+    when ``config`` is dual-stack and there is no IPv6 address to publish."""
+    public_ipv6 = options.public_ipv6 or external.ipv6
+    if config is not None and config.ipv6 is not None and public_ipv6 is None:
+        raise StartError(
+            f"the network config is dual-stack (EnableIPv6, IPv6Network {config.ipv6.network}) but "
+            f"interface {external.name} has no global IPv6 address; add one, choose another "
+            "interface with --iface, or give --public-ipv6"
+        )
+    return HostFacts(
+        public_ip, external.name, external.ip, external.mtu, external.segments, options.state_dir,
+        public_ipv6, external.ipv6, external.ipv6_segments,
+    )  # fmt: skip
 
 
 class StartError(RuntimeError):

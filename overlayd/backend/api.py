@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
@@ -45,6 +45,11 @@ class HostFacts:
     external_mtu: int
     segments: tuple[IPv4Network, ...]  # the external interface's connected prefixes
     state_dir: Path  # for what must survive a restart (the VTEP MAC)
+    # The IPv6 side of the same underlay, for a dual-stack network (None: the interface has no
+    # global IPv6 address): published as PublicIPv6, and sent from (behind NAT they differ).
+    public_ipv6: IPv6Address | None = None
+    external_ipv6: IPv6Address | None = None
+    ipv6_segments: tuple[IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)

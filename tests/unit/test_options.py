@@ -1,7 +1,7 @@
 """Agent options: flanneld spellings, environment, YAML file, precedence and clear errors."""
 
 import argparse
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -136,7 +136,7 @@ def test_flanneld_options_without_effect_are_accepted_and_reported() -> None:
     """A flanneld unit's options start the agent; each is reported with why it does nothing."""
     options = resolve(
         ["-iptables-resync=5", "--kube-subnet-mgr=false", "-net-config-path",
-         "/etc/kube-flannel/net-conf.json", "-vmodule=vxlan=3", "-public-ipv6=2001:db8::1",
+         "/etc/kube-flannel/net-conf.json", "-vmodule=vxlan=3",
          "-persistent-mac", "-ip-masq"]
     )  # fmt: skip
     assert options.ip_masq is True
@@ -146,7 +146,6 @@ def test_flanneld_options_without_effect_are_accepted_and_reported() -> None:
         "--net-config-path=/etc/kube-flannel/net-conf.json: it only applies with --kube-subnet-mgr; "
         "overlayd takes subnets from etcd",
         "--persistent-mac=true: the VTEP MAC is always kept, in --state-dir",
-        "--public-ipv6=2001:db8::1: overlayd serves IPv4 only",
         "--vmodule=vxlan=3: a klog setting; use -v or --log-level",
     )
     assert resolve([]).ignored == ()
@@ -193,6 +192,15 @@ def test_an_iface_regex_from_the_environment_or_file_is_one_regex_commas_and_all
     config.write_text(f'iface-regex: "{regex}"\n')
     assert resolve([f"--config={config}"]).iface_regex == (regex,)
     assert resolve([], {"FLANNELD_IFACE": "eth1,eth2"}).iface == ("eth1", "eth2")  # names have no commas
+
+
+def test_public_ipv6_and_an_ipv6_iface_can_reach_are_read() -> None:
+    options = resolve(["-public-ipv6=2001:db8::1", "--iface-can-reach=2001:db8::9"])
+    assert options.public_ipv6 == IPv6Address("2001:db8::1")
+    assert options.interface_choice().can_reach == IPv6Address("2001:db8::9")
+    assert resolve(["--public-ipv6="]).public_ipv6 is None
+    with pytest.raises(OptionsError, match="--public-ipv6"):
+        resolve(["--public-ipv6=192.0.2.1"])
 
 
 def test_an_empty_public_ip_or_iface_can_reach_is_unset_as_in_flanneld() -> None:

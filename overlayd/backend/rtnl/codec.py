@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from overlayd.backend.desired import DirectRoute, Entry, Fdb, Neigh, Route
 from overlayd.base.netlink import (
@@ -132,6 +132,13 @@ def route_dump_request(ifindex: int, seq: int) -> bytes:
 
 def _ip(value: bytes | None) -> IPv4Address | None:
     return IPv4Address(value) if value is not None and len(value) == 4 else None
+
+
+def _ip_any(value: bytes | None) -> IPv4Address | IPv6Address | None:
+    """An address attribute of either family, by its length."""
+    if value is not None and len(value) == 16:
+        return IPv6Address(value)
+    return _ip(value)
 
 
 def decode_entry(message: Message, ifindex: int) -> Entry | None:
@@ -306,10 +313,10 @@ class VxlanInfo:
 
 @dataclass(frozen=True)
 class Address:
-    """One IPv4 address message: the interface, the address with its prefix, and its scope."""
+    """One address message (IPv4 or IPv6): the interface, the address with its prefix, its scope."""
 
     index: int
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     prefixlen: int
     scope: int
 
@@ -342,11 +349,11 @@ def decode_link(message: Message) -> Link:
 
 
 def decode_address(message: Message) -> Address | None:
-    """An IPv4 address message; None for other families."""
+    """An IPv4 or IPv6 address message (as dumped for its family); None for other families."""
     family, prefixlen, _, scope, index = _IFADDR.unpack_from(message.body)
     attrs = _attrs(message.body, _IFADDR.size)
-    ip = _ip(attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS)))
-    if family != socket.AF_INET or ip is None:
+    ip = _ip_any(attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS)))
+    if family not in (socket.AF_INET, socket.AF_INET6) or ip is None:
         return None
     return Address(index, ip, prefixlen, scope)
 
@@ -390,9 +397,9 @@ def delete_link_request(seq: int, index: int) -> bytes:
     return _message(RTM_DELLINK, DELETE, seq, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0))
 
 
-def dump_addresses_request(seq: int, index: int = 0) -> bytes:
-    """IPv4 addresses of ``index`` (all interfaces for 0), filtered in the kernel."""
-    body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, index)
+def dump_addresses_request(seq: int, index: int = 0, family: int = socket.AF_INET) -> bytes:
+    """IPv4 (or ``family``'s) addresses of ``index`` (all interfaces for 0), filtered in the kernel."""
+    body = _IFADDR.pack(family, 0, 0, 0, index)
     return _message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
@@ -403,20 +410,21 @@ def address_request(seq: int, index: int, ip: IPv4Address, prefixlen: int, add: 
     return _message(RTM_NEWADDR if add else RTM_DELADDR, CREATE if add else DELETE, seq, body)
 
 
-def dump_routes_request(seq: int) -> bytes:
-    """Main-table IPv4 routes (for the default route)."""
-    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0)
+def dump_routes_request(seq: int, family: int = socket.AF_INET) -> bytes:
+    """Main-table IPv4 (or ``family``'s) routes (for the default route)."""
+    body = _RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0)
     return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
-def route_get_request(seq: int, dst: IPv4Address) -> bytes:
-    """``ip route get <dst>``."""
-    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst.packed)
+def route_get_request(seq: int, dst: IPv4Address | IPv6Address) -> bytes:
+    """``ip route get <dst>``, of either family."""
+    family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+    body = _RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst.packed)
     return _message(RTM_GETROUTE, NLM_F_REQUEST, seq, body)
 
 
-def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | None]:
-    """(dst_len, output interface, preferred source) of an IPv4 route message."""
+def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | IPv6Address | None]:
+    """(dst_len, output interface, preferred source) of a route message of either family."""
     dst_len = _RTMSG.unpack_from(message.body)[1]
     attrs = _attrs(message.body, _RTMSG.size)
-    return dst_len, _u32(attrs.get(RTA_OIF)), _ip(attrs.get(RTA_PREFSRC))
+    return dst_len, _u32(attrs.get(RTA_OIF)), _ip_any(attrs.get(RTA_PREFSRC))
