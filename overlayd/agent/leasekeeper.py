@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.base.outage import Outage
@@ -92,6 +92,8 @@ class LeaseKeeper:
         self.manager, self.registry, self.prefix = manager, registry, prefix
         self.clock, self.check_interval = clock, check_interval
         self.lease: Lease | None = None
+        # The IPv6 subnet to take back first in a dual-stack network (subnet.env's at start).
+        self.previous_ipv6: IPv6Network | None = None
         self.renew_at = 0.0
         self.checked_at = 0.0  # clock time of the last time-to-live check
         self.config: NetworkConfig | None = None  # the config in force
@@ -107,8 +109,11 @@ class LeaseKeeper:
 
     def acquire(self, config: NetworkConfig, attrs: LeaseAttrs, previous: list[IPv4Network]) -> Acquired:
         """Hold a lease; raises OutOfSubnets, AcquireError or RegistryError (``failure_reason``)."""
-        lease = self.manager.acquire(config, attrs, previous)
         before = self.lease
+        previous_ipv6 = (before.ipv6_subnet if before is not None else None) or self.previous_ipv6
+        # Only in a dual-stack network: an IPv4-only one calls the manager as before.
+        halves = {"previous_ipv6": previous_ipv6} if config.ipv6 is not None and previous_ipv6 else {}
+        lease = self.manager.acquire(config, attrs, previous, **halves)
         self.lease = lease
         self.renew_at = self.manager.renew_at(lease)
         moved = before.subnet if before is not None and before.subnet != lease.subnet else None

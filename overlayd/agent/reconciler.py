@@ -209,7 +209,7 @@ class Reconciler:
                 ("entries", lambda: self._ensure_entries(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
             mtu = backend.container_mtu(config, host.external_mtu)
-            if self.subnet_file.write(SubnetEnv(config.network, lease.subnet, mtu, self.options.ip_masq)):
+            if self.subnet_file.write(SubnetEnv.of(config, lease, mtu, self.options.ip_masq)):
                 self._count_repair(trigger, "subnet_env", "fix")
             guarded, sources = fw_spec.guarded, fw_spec.ingress_sources
             if "firewall" not in failed and guarded is not None and sources is not None:

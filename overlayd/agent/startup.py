@@ -30,6 +30,7 @@ from overlayd.options import AgentOptions
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.config import ConfigError, NetworkConfig
 from overlayd.subnet.leasecheck import BadLeaseLog
+from overlayd.subnet.subnetenv import previous_ipv6_subnet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,7 +155,9 @@ def connect(
     registry.on_bad_lease = lambda key, revision, exc: bad_leases.report(key, revision, exc.reason, str(exc))
     ttl, margin = opts.subnet_lease_ttl, opts.subnet_lease_renew_margin * 60.0
     manager = LeaseManager(registry, public_ip, ttl=ttl, renew_margin=margin)
-    return registry, LeaseKeeper(manager, registry, opts.etcd_prefix)
+    keeper = LeaseKeeper(manager, registry, opts.etcd_prefix)
+    keeper.previous_ipv6 = previous_ipv6_subnet(opts.subnet_file)
+    return registry, keeper
 
 
 class Retrier:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from pathlib import Path
+
+from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +23,31 @@ class SubnetEnv:
     subnet: IPv4Network
     mtu: int
     ip_masq: bool
+    ipv6_network: IPv6Network | None = None  # a dual-stack network's IPv6 half
+    ipv6_subnet: IPv6Network | None = None
+
+    @classmethod
+    def of(cls, config: NetworkConfig, lease: Lease, mtu: int, ip_masq: bool) -> SubnetEnv:
+        """The file for ``lease`` under ``config``: the IPv6 lines when both are dual-stack."""
+        dual = config.ipv6 is not None and lease.ipv6_subnet is not None
+        return cls(
+            config.network, lease.subnet, mtu, ip_masq,
+            config.ipv6.network if dual else None, lease.ipv6_subnet if dual else None,  # type: ignore[union-attr]
+        )  # fmt: skip
 
     def render(self) -> str:
-        """The file's text, in flanneld's key order and format."""
-        gateway = IPv4Interface((self.subnet.network_address + 1, self.subnet.prefixlen))
-        return (
-            f"FLANNEL_NETWORK={self.network}\n"
-            f"FLANNEL_SUBNET={gateway}\n"
-            f"FLANNEL_MTU={self.mtu}\n"
-            f"FLANNEL_IPMASQ={'true' if self.ip_masq else 'false'}\n"
-        )
+        """The file's text, in flanneld's key order and format: each family's network and first
+        address (the bridge's), IPv4 then IPv6, then the MTU and IPMASQ."""
+        lines = [f"FLANNEL_NETWORK={self.network}", f"FLANNEL_SUBNET={_gateway(self.subnet)}"]
+        if self.ipv6_network is not None and self.ipv6_subnet is not None:
+            lines.append(f"FLANNEL_IPV6_NETWORK={self.ipv6_network}")
+            lines.append(f"FLANNEL_IPV6_SUBNET={_gateway(self.ipv6_subnet)}")
+        lines += [f"FLANNEL_MTU={self.mtu}", f"FLANNEL_IPMASQ={'true' if self.ip_masq else 'false'}"]
+        return "".join(f"{line}\n" for line in lines)
+
+
+def _gateway(subnet: IPv4Network | IPv6Network) -> IPv4Interface | IPv6Interface:
+    return ip_interface((subnet.network_address + 1, subnet.prefixlen))  # type: ignore[return-value]
 
 
 def parse_keys(text: str) -> dict[str, str]:
@@ -56,4 +74,17 @@ def previous_subnet(path: Path) -> IPv4Network | None:
         return IPv4Interface(raw).network
     except ValueError:
         log.warning("ignoring FLANNEL_SUBNET %r in %s: not an IPv4 CIDR", raw, path)
+        return None
+
+
+def previous_ipv6_subnet(path: Path) -> IPv6Network | None:
+    """FLANNEL_IPV6_SUBNET from an existing file as a network, or None if absent or unreadable."""
+    try:
+        raw = parse_keys(path.read_text()).get("FLANNEL_IPV6_SUBNET")
+    except OSError:
+        return None
+    try:
+        return IPv6Interface(raw).network if raw else None
+    except ValueError:
+        log.warning("ignoring FLANNEL_IPV6_SUBNET %r in %s: not an IPv6 CIDR", raw, path)
         return None
