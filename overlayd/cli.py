@@ -97,8 +97,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             if lab is not None or lab_namespaces(args.name):
                 leftover.down()
                 print(f"lab {args.name}: removed what an earlier run left behind (none of its processes ran)")
-            lab = Lab(name=args.name, root=str(root))
-            lab.up(args.hosts, network_config=args.network_config or lab_network_config(args.backend))
+            lab = Lab(name=args.name, root=str(root), ipv6=args.ipv6)
+            network_config = args.network_config or lab_network_config(args.backend, ipv6=args.ipv6)
+            lab.up(args.hosts, network_config=network_config)
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
             print(lab.status())
@@ -348,6 +349,9 @@ def make_parser() -> argparse.ArgumentParser:
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
     lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
                      help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
+    lab.add_argument("--ipv6", action="store_true",
+                     help="`up`: IPv6 on the underlay (2001:db8::/64) and a dual-stack network "
+                          "(IPv6Network 2001:db8:1000::/48)")
     lab.add_argument("--network-config", metavar="JSON",
                      help="`up`: the whole network config to put in etcd (overrides --backend)")
     lab.set_defaults(func=_cmd_lab)

@@ -45,7 +45,7 @@ def same_entries(held: Lease, new: Lease) -> bool:
     """Whether ``new`` needs exactly the entries ``held`` has: the same subnet and attributes
     (PublicIP, backend and its data, whatever the backend). Its revision and etcd lease may
     differ: a re-created key has new ones."""
-    return held.subnet == new.subnet and held.attrs == new.attrs
+    return held.subnet == new.subnet and held.ipv6_subnet == new.ipv6_subnet and held.attrs == new.attrs
 
 
 class HoldDown:

@@ -260,6 +260,8 @@ class Reconciler:
             ingress_allowlist=allowlist,
             ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
             ingress_sources=sources,
+            ipv6_network=config.ipv6.network if config.ipv6 and lease.ipv6_subnet else None,  # type: ignore[arg-type]
+            ipv6_own_subnet=lease.ipv6_subnet if config.ipv6 else None,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:

@@ -71,6 +71,9 @@ class DeviceState:
     mac: str
     mtu: int
     underlay: int | None = None  # the underlay device's index, where direct routes live
+    # A dual-stack network's IPv6 device, where the IPv6 entries live (0: none); a backend
+    # with one device for both families leaves it 0 and takes both there.
+    ipv6_ifindex: int = 0
 
 
 class Backend(Protocol):

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlayd.subnet.lease import Lease
 
-# Entries are compared and hashed by a tuple of plain ints and strings made once, at creation.
+Ip = IPv4Address | IPv6Address
+Net = IPv4Network | IPv6Network
+
+# Entries are compared and hashed by a tuple of plain ints and strings made once, at creation
+# (the address's version first: an IPv4 and an IPv6 entry are never equal).
 # The generated methods compared ``ipaddress`` objects, whose ``__eq__`` and ``__hash__`` are
 # Python code: at 1000 peers a full pass's set operations spent ~6 ms in them (py-spy). Each
 # class assigns these in its body, which the dataclass decorator then leaves alone.
@@ -32,14 +36,15 @@ def _key_hash(self: Neigh | Fdb | Route) -> int:
 
 @dataclass(frozen=True, order=True, slots=True)
 class Neigh:
-    """Permanent ARP entry on the VXLAN device: peer's ``<subnet>.0`` → its VTEP MAC."""
+    """Permanent ARP (IPv6: neighbour) entry on the VXLAN device: peer's ``<subnet>.0`` (IPv6:
+    its subnet's network address) → its VTEP MAC."""
 
-    ip: IPv4Address
+    ip: Ip
     mac: str
-    _key: tuple[int, str] = field(init=False, repr=False, compare=False)
+    _key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (int(self.ip), self.mac))
+        object.__setattr__(self, "_key", (self.ip.version, int(self.ip), self.mac))
 
     __eq__ = _key_eq
     __hash__ = _key_hash
@@ -47,14 +52,15 @@ class Neigh:
 
 @dataclass(frozen=True, order=True, slots=True)
 class Fdb:
-    """Permanent FDB entry on the VXLAN device: a VTEP MAC lives behind an underlay IP."""
+    """Permanent FDB entry on the VXLAN device: a VTEP MAC lives behind an underlay IP (an
+    IPv6 one on the IPv6 device)."""
 
     mac: str
-    dst: IPv4Address
-    _key: tuple[str, int] = field(init=False, repr=False, compare=False)
+    dst: Ip
+    _key: tuple[int, str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.mac, int(self.dst)))
+        object.__setattr__(self, "_key", (self.dst.version, self.mac, int(self.dst)))
 
     __eq__ = _key_eq
     __hash__ = _key_hash
@@ -62,14 +68,15 @@ class Fdb:
 
 @dataclass(frozen=True, order=True, slots=True)
 class Route:
-    """Route to a peer's subnet via its ``<subnet>.0`` address, onlink, on the VXLAN device."""
+    """Route to a peer's subnet via its ``<subnet>.0`` address, onlink, on the VXLAN device (of
+    the subnet's family)."""
 
-    dst: IPv4Network
-    gateway: IPv4Address
-    _key: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    dst: Net
+    gateway: Ip
+    _key: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        key = (int(self.dst.network_address), self.dst.prefixlen, int(self.gateway))
+        key = (self.dst.version, int(self.dst.network_address), self.dst.prefixlen, int(self.gateway))
         object.__setattr__(self, "_key", key)
 
     __eq__ = _key_eq
@@ -89,7 +96,7 @@ class DirectRoute(Route):
 @dataclass(frozen=True)
 class Plane:
     """The peer entries of one host: what we want, or what the kernel holds. The first three
-    kinds live on the VXLAN device, direct routes on the underlay."""
+    kinds live on the VXLAN device of their family, direct routes on the underlay."""
 
     neighs: frozenset[Neigh] = frozenset()
     fdbs: frozenset[Fdb] = frozenset()
@@ -115,13 +122,27 @@ class PlaneDiff:
 Entry = Neigh | Fdb | Route | DirectRoute
 
 
-def entries_for(lease: Lease, direct: bool) -> tuple[Entry, ...]:
-    """The entries one peer needs: three over VXLAN, or one route when it is reached directly."""
+def entries_for(lease: Lease, direct: bool, ipv6: bool = False) -> tuple[Entry, ...]:
+    """The entries one peer needs: three over VXLAN, or one route when it is reached directly;
+    with ``ipv6`` (a dual-stack network) three more for its IPv6 half, when it has one."""
     if direct:
-        return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
-    gateway = lease.subnet.network_address
-    mac = lease.attrs.vtep_mac or ""
-    return Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
+        entries: tuple[Entry, ...] = (DirectRoute(lease.subnet, lease.attrs.public_ip),)
+    else:
+        gateway = lease.subnet.network_address
+        mac = lease.attrs.vtep_mac or ""
+        entries = Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
+    return entries + ipv6_entries_for(lease) if ipv6 else entries
+
+
+def ipv6_entries_for(lease: Lease) -> tuple[Entry, ...]:
+    """The IPv6 half's three entries, on the IPv6 device, as flanneld programs them: neighbour
+    at the subnet's network address, FDB to the PublicIPv6, onlink route via the neighbour. None
+    for a lease without a complete IPv6 half."""
+    subnet, attrs = lease.ipv6_subnet, lease.attrs
+    if subnet is None or attrs.public_ipv6 is None or not attrs.vtep_mac_v6:
+        return ()
+    gateway, mac = subnet.network_address, attrs.vtep_mac_v6
+    return Neigh(gateway, mac), Fdb(mac, attrs.public_ipv6), Route(subnet, gateway)
 
 
 @dataclass(frozen=True)
@@ -173,22 +194,25 @@ class DesiredEntries:
         direct: Callable[[Lease], bool] | None = None,
         claim_prefixlen: int | None = None,
         report: Callable[[Rivalry], None] | None = None,
+        ipv6: bool = False,
     ) -> None:
         """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are.
         ``claim_prefixlen``: overlapping subnets are found in blocks of this length (the shortest
-        subnet length accepted); None: only equal subnets are rivals."""
+        subnet length accepted); None: only equal subnets are rivals. ``ipv6``: peers' IPv6
+        halves are programmed too (a dual-stack network)."""
         self._direct = direct
+        self._ipv6 = ipv6
         self._claim_prefixlen = claim_prefixlen
         self._report = report
         self._candidates: dict[str, _Candidate] = {}  # every lease offered, winner or not
         self._peers: dict[str, tuple[Entry, ...]] = {}  # the winners' entries, by lease key
         self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
-        self._public_ips: dict[IPv4Address, int] = {}  # the winners' PublicIPs, counted by entry
+        self._public_ips: dict[Ip, int] = {}  # the winners' PublicIPs (and PublicIPv6s), counted by entry
         self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
         # VTEP MAC -> {lease key: (age, its PublicIP)}, of the leases that won their subnet.
         self._mac_claims: dict[str, dict[str, tuple[tuple[int, str], IPv4Address]]] = {}
-        self._neigh_ips: dict[IPv4Address, int] = {}  # wanted neighbours' addresses, counted
+        self._neigh_ips: dict[Ip, int] = {}  # wanted neighbours' addresses, counted
 
     def __len__(self) -> int:
         """How many peers want entries (rivals that lost do not)."""
@@ -205,16 +229,16 @@ class DesiredEntries:
     def wants(self, entry: Neigh | Fdb | Route) -> bool:
         return entry in self._counts[_KIND[type(entry)]]
 
-    def public_ips(self) -> frozenset[IPv4Address]:
+    def public_ips(self) -> frozenset[Ip]:
         """Every programmed peer's PublicIP, counted as peers come and go: cheaper than asking
         every lease whether it is a peer again on each pass. The direct peers' too (one without
         DirectRouting, an older node, still sends us VXLAN)."""
         return frozenset(self._public_ips)
 
-    def wants_public_ip(self, ip: IPv4Address) -> bool:
+    def wants_public_ip(self, ip: Ip) -> bool:
         return ip in self._public_ips
 
-    def wants_neigh_at(self, ip: IPv4Address) -> bool:
+    def wants_neigh_at(self, ip: Ip) -> bool:
         """Whether any wanted neighbour has address ``ip``, whatever its MAC: the kernel reports
         a deleted neighbour without one."""
         return ip in self._neigh_ips
@@ -304,7 +328,8 @@ class DesiredEntries:
         for key in keys:
             candidate = self._candidates.get(key)
             rivalry = self._rivalry(key, candidate) if candidate is not None else None
-            entries = entries_for(candidate.lease, candidate.direct) if candidate and not rivalry else ()
+            wins = candidate is not None and not rivalry
+            entries = entries_for(candidate.lease, candidate.direct, self._ipv6) if wins else ()  # type: ignore[union-attr]
             held = self._peers.get(key, ())
             if entries != held:
                 changes.append((held, entries))
@@ -341,7 +366,7 @@ class DesiredEntries:
                 else:
                     counts[entry] = count - 1
 
-    def _uncount_neigh(self, ip: IPv4Address) -> None:
+    def _uncount_neigh(self, ip: Ip) -> None:
         if (held := self._neigh_ips[ip] - 1) > 0:
             self._neigh_ips[ip] = held
         else:

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from overlayd.subnet.subnetenv import parse_keys
 
 DEFAULT_ROOT = Path("/run/overlayd-lab")
 LAB_NETWORK = "198.18.0.0/16"
+LAB_IPV6_NETWORK = "2001:db8:1000::/48"  # the overlay's IPv6 half, inside 2001:db8::/32
 DEFAULT_BACKEND = "vxlan"
 
 
-def lab_network_config(backend_type: str = DEFAULT_BACKEND) -> str:
-    """The lab's network config for a backend with its defaults."""
-    return json.dumps({"Network": LAB_NETWORK, "Backend": {"Type": backend_type}})
+def lab_network_config(backend_type: str = DEFAULT_BACKEND, ipv6: bool = False) -> str:
+    """The lab's network config for a backend with its defaults (``ipv6``: dual-stack)."""
+    config: dict[str, object] = {"Network": LAB_NETWORK}
+    if ipv6:
+        config |= {"EnableIPv6": True, "IPv6Network": LAB_IPV6_NETWORK}
+    return json.dumps(config | {"Backend": {"Type": backend_type}})
 
 
 DEFAULT_NETWORK_CONFIG = lab_network_config()
 ETCD_PREFIX = "/coreos.com/network"
 UNDERLAY_GATEWAY = IPv4Address("192.0.2.1")
+IPV6_UNDERLAY_PREFIX = 64  # the underlay's IPv6 segment, 2001:db8::/64
+IPV6_UNDERLAY_GATEWAY = IPv6Address("2001:db8::1")
+
+
+def underlay_ipv6(ip: IPv4Address) -> IPv6Address:
+    """A lab node's IPv6 underlay address beside its IPv4 one: 192.0.2.11 -> 2001:db8::b."""
+    return IPv6Address("2001:db8::") + (int(ip) & 0xFF)
 ETCD_IP = IPv4Address("192.0.2.2")
 FIRST_HOST_IP = IPv4Address("192.0.2.11")
 MAX_HOSTS = 200
@@ -39,6 +50,8 @@ class LabHost:
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+    ipv6: str = ""  # its IPv6 underlay address, in a lab with IPv6
+    containers6: dict[str, str] = field(default_factory=dict)  # name -> IPv6 address, dual-stack
 
     @property
     def subnet_file(self) -> Path:
@@ -58,3 +71,8 @@ class LabHost:
         """The host's flannel.1 address (``<subnet>.0``) from its subnet.env, if written."""
         subnet = self.subnet_env().get("FLANNEL_SUBNET")
         return str(IPv4Address(subnet.split("/")[0]) - 1) if subnet else None
+
+    def flannel_ipv6_address(self) -> str | None:
+        """The host's flannel-v6.1 address (its IPv6 subnet's network address), if written."""
+        subnet = self.subnet_env().get("FLANNEL_IPV6_SUBNET")
+        return str(IPv6Address(subnet.split("/")[0]) - 1) if subnet else None

@@ -37,12 +37,15 @@ from overlayd.lab.hosts import (
     ETCD_IP,
     ETCD_PREFIX,
     FIRST_HOST_IP,
+    IPV6_UNDERLAY_GATEWAY,
+    IPV6_UNDERLAY_PREFIX,
     MAX_ETCD_MEMBERS,
     MAX_HOSTS,
     METRICS_PORT,
     SHIPPED_CONFLIST,
     UNDERLAY_GATEWAY,
     LabHost,
+    underlay_ipv6,
 )
 from overlayd.lab.shell import (
     LabError,
@@ -68,6 +71,7 @@ class Lab:
     etcd_pids: list[int] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
     etcd_members: int = 1
+    ipv6: bool = False  # the underlay has IPv6 too (2001:db8::/64): for dual-stack networks
 
     # ---- naming and persistence -------------------------------------------------------------
 
@@ -194,6 +198,9 @@ class Lab:
         sh("ip", "addr", "add", f"{UNDERLAY_GATEWAY}/24", "dev", "br0", netns=ul)
         sh("ip", "link", "set", "br0", "up", netns=ul)
         sh("ip", "link", "set", "lo", "up", netns=ul)
+        if self.ipv6:  # no DAD: the lab's addresses are unique by construction
+            sh("ip", "-6", "addr", "add", f"{IPV6_UNDERLAY_GATEWAY}/{IPV6_UNDERLAY_PREFIX}", "dev", "br0",
+               "nodad", netns=ul)  # fmt: skip
 
     def _make_node(self, netns: str, port_name: str, ip: IPv4Address) -> None:
         """A namespace whose eth0 is plugged into the underlay bridge, default route via it."""
@@ -205,6 +212,10 @@ class Lab:
         sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", netns=netns)
         sh("ip", "link", "set", "eth0", "up", netns=netns)
         sh("ip", "route", "add", "default", "via", str(UNDERLAY_GATEWAY), netns=netns)
+        if self.ipv6:
+            address = f"{underlay_ipv6(ip)}/{IPV6_UNDERLAY_PREFIX}"
+            sh("ip", "-6", "addr", "add", address, "dev", "eth0", "nodad", netns=netns)
+            sh("ip", "-6", "route", "add", "default", "via", str(IPV6_UNDERLAY_GATEWAY), netns=netns)
 
     def add_host(self, start_agent: bool = True, agent_args: list[str] | None = None) -> LabHost:
         """Add one more host (h<N+1>) and, unless told not to, start its agent.
@@ -219,12 +230,15 @@ class Lab:
             ip=str(FIRST_HOST_IP + index - 1),
             dir=str(self.dir / name),
             agent_args=list(agent_args or []),
+            ipv6=str(underlay_ipv6(FIRST_HOST_IP + index - 1)) if self.ipv6 else "",
         )
         self.hosts.append(host)
         self.save()
         self._make_node(host.netns, name, IPv4Address(host.ip))
         # Containers behind the agent's bridge need forwarding, as on any flannel node.
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=host.netns)
+        if self.ipv6:
+            sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", netns=host.netns)
         Path(host.dir).mkdir(parents=True, exist_ok=True)
         if start_agent:
             self.start_agent(host)
@@ -272,8 +286,11 @@ class Lab:
         netns = self.container_ns(name)
         sh("ip", "netns", "add", netns)
         result = json.loads(self.cni(host, "add", netns))
-        address = str(result["ips"][0]["address"].split("/")[0])
+        addresses = [str(ip["address"].split("/")[0]) for ip in result["ips"]]
+        address = next(a for a in addresses if ":" not in a)
         host.containers[name] = address
+        if ipv6 := next((a for a in addresses if ":" in a), None):
+            host.containers6[name] = ipv6  # a dual-stack network's container has both
         self.save()
         return address
 
@@ -289,6 +306,7 @@ class Lab:
         self.cni(host, "del", netns)
         sh("ip", "netns", "del", netns)
         host.containers.pop(name, None)
+        host.containers6.pop(name, None)
         self.save()
 
     def cni(self, host: LabHost, command: str, container_ns: str) -> str:
@@ -352,15 +370,22 @@ class Lab:
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
         if missing:
             return missing
+        subnets6 = {host.name: host.subnet_env().get("FLANNEL_IPV6_SUBNET") for host in running}
         for host in running:
             for peer in running:
                 if peer is not host and not self._routed(host, str(subnets[peer.name]).split("/")[0]):
                     missing.append(f"{host.name} lacks a route to {peer.name}")
+                # IPv6 between the hosts that both serve it (a dual-stack network's).
+                peer6 = subnets6[peer.name]
+                if peer is not host and peer6 and subnets6[host.name] and not self._routed(
+                    host, peer6.split("/")[0], "-6"
+                ):
+                    missing.append(f"{host.name} lacks an IPv6 route to {peer.name}")
         return missing
 
     @staticmethod
-    def _routed(host: LabHost, address: str) -> bool:
-        out = sh("ip", "-4", "-j", "route", "show", "match", address, netns=host.netns, check=False)
+    def _routed(host: LabHost, address: str, family: str = "-4") -> bool:
+        out = sh("ip", family, "-j", "route", "show", "match", address, netns=host.netns, check=False)
         try:
             routes = json.loads(out or "[]")
         except ValueError:
@@ -377,7 +402,12 @@ class Lab:
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
                            for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
-        return f"{table}\n\n{legend}", ok
+        endpoints6 = [(h.name, h.netns, h.flannel_ipv6_address() or "") for h in self.hosts]
+        if not any(address for _, _, address in endpoints6):
+            return f"{table}\n\n{legend}", ok
+        table6, ok6 = checks.ping_table(endpoints6)
+        legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
+        return f"{table}\n\n{legend}\n\nIPv6, flannel-v6.1 addresses:\n{table6}\n\n{legend6}", ok and ok6
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
@@ -391,7 +421,13 @@ class Lab:
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
                            for name, address in host.containers.items())
-        return f"{table}\n\n{legend}", ok
+        endpoints6 = [(name, self.container_ns(name), address) for host in self.hosts
+                      for name, address in host.containers6.items()]  # fmt: skip
+        if not endpoints6:
+            return f"{table}\n\n{legend}", ok
+        table6, ok6 = checks.ping_table(endpoints6)
+        legend6 = ", ".join(f"{name}={address}" for name, _, address in endpoints6)
+        return f"{table}\n\n{legend}\n\nIPv6:\n{table6}\n\n{legend6}", ok and ok6
 
     def running_pids(self) -> set[int]:
         """Every process inside the lab's namespaces: its agents and etcd, and anything else.
@@ -412,8 +448,11 @@ class Lab:
                 f"  {host.name:<4} {host.netns:<16} {host.ip:<12} subnet {subnet:<18} "
                 f"agent {pid_state(host.pid, running)}  log {host.log_file}"
             )
+            if subnet6 := host.subnet_env().get("FLANNEL_IPV6_SUBNET"):
+                lines.append(f"       {host.ipv6:<28} IPv6 subnet {subnet6}")
             for name, address in host.containers.items():
-                lines.append(f"       container {self.container_ns(name):<16} {address}")
+                also = f" {host.containers6[name]}" if name in host.containers6 else ""
+                lines.append(f"       container {self.container_ns(name):<16} {address}{also}")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------

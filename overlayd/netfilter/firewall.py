@@ -43,14 +43,15 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
+from overlayd.netfilter.family import IP, IP6, NftFamily, of_family
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.netfilter.nftnl import NftNetlink
 
 log = logging.getLogger(__name__)
 
-MULTICAST = IPv4Network("224.0.0.0/4")
+MULTICAST = IP.multicast
 PEER_SUFFIX = "_peers"  # the allowlist's sets are <name>_peers and <name>_dropped
 DROPPED_SUFFIX = "_dropped"
 DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
@@ -119,10 +120,21 @@ class FirewallSpec:
     forward_rules: bool
     ingress_allowlist: bool = False
     ingress: IngressGuard | None = None  # None: the allowlist guards nothing
-    # PublicIPs allowed to send us overlay traffic; None: not known yet (before the first peer
-    # listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop
-    # every peer's traffic meanwhile.
-    ingress_sources: frozenset[IPv4Address] | None = frozenset()
+    # PublicIPs (and PublicIPv6s) allowed to send us overlay traffic; None: not known yet (before
+    # the first peer listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather
+    # than drop every peer's traffic meanwhile.
+    ingress_sources: frozenset[IPv4Address | IPv6Address] | None = frozenset()
+    # A dual-stack network's IPv6 half: the same rules in a ``table ip6`` (None: IPv4 only).
+    ipv6_network: IPv6Network | None = None
+    ipv6_own_subnet: IPv6Network | None = None
+
+    def family_part(self, family: NftFamily) -> FirewallSpec:
+        """The spec of ``family``'s table: its network, subnet and allowlist sources."""
+        if family is IP6:
+            assert self.ipv6_network is not None and self.ipv6_own_subnet is not None
+            return replace(self, network=self.ipv6_network, own_subnet=self.ipv6_own_subnet,  # type: ignore[arg-type]
+                           ingress_sources=of_family(self.ingress_sources, IP6))
+        return replace(self, ingress_sources=of_family(self.ingress_sources, IP))
 
     @property
     def guarded(self) -> IngressGuard | None:
@@ -130,43 +142,50 @@ class FirewallSpec:
         return self.ingress if self.ingress_allowlist else None
 
 
-def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
-    """The table definition, laid out as ``nft list table`` prints it."""
-    net, sub = spec.network, spec.own_subnet
+def render_table(
+    spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures(), family: NftFamily = IP
+) -> str:
+    """The table definition of ``family`` (``spec`` projected onto it: ``family_part``), laid
+    out as ``nft list table`` prints it."""
+    net, sub, ip = spec.network, spec.own_subnet, family.name
     masquerade = "masquerade fully-random" if features.fully_random else "masquerade"
     chains = []
     if (guard := spec.guarded) is not None:
         peers = sorted(spec.ingress_sources or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
-        chains.append("\n".join([f"\tset {guard.peer_set} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
-        not_a_peer = f"{guard.protocol} dport {guard.port} ip saddr != @{guard.peer_set}"
+        header = [f"\tset {guard.peer_set} {{", f"\t\ttype {family.set_type}"]
+        chains.append("\n".join([*header, *elements, "\t}\n"]))
+        not_a_peer = f"{guard.protocol} dport {guard.port} {ip} saddr != @{guard.peer_set}"
         rules = [f"{not_a_peer} counter drop"]
         if features.record_drops:
-            chains.append(_dropped_set(guard.dropped_set))
-            rules.insert(0, f"{not_a_peer} update @{guard.dropped_set} {{ ip saddr }}")
+            chains.append(_dropped_set(guard.dropped_set, family.set_type))
+            rules.insert(0, f"{not_a_peer} update @{guard.dropped_set} {{ {ip} saddr }}")
         chains.append(_chain("input", "filter hook input priority filter", rules))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
-            f"ip saddr {net} ip daddr {net} return",
-            f"ip saddr {net} ip daddr != {MULTICAST} {masquerade}",
-            f"ip saddr != {net} ip daddr {sub} return",
-            f"ip saddr != {net} ip daddr {net} {masquerade}",
+            f"{ip} saddr {net} {ip} daddr {net} return",
+            f"{ip} saddr {net} {ip} daddr != {family.multicast} {masquerade}",
+            f"{ip} saddr != {net} {ip} daddr {sub} return",
+            f"{ip} saddr != {net} {ip} daddr {net} {masquerade}",
         ]))
     if spec.forward_rules:
         chains.append(_chain("forward", "filter hook forward priority filter", [
-            f"ip saddr {net} accept",
-            f"ip daddr {net} accept",
+            f"{ip} saddr {net} accept",
+            f"{ip} daddr {net} accept",
         ]))
-    return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
+    return f"table {ip} {table} {{\n" + "\n".join(chains) + "}\n"
 
 
-def render_ruleset(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
-    """The nft script that atomically replaces our table (creating it if absent)."""
-    return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, features)
+def render_ruleset(
+    spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures(), family: NftFamily = IP
+) -> str:
+    """The nft script that atomically replaces our table of ``family`` (creating it if absent)."""
+    ip = family.name
+    return f"table {ip} {table}\ndelete table {ip} {table}\n" + render_table(spec, table, features, family)
 
 
-def _dropped_set(name: str) -> str:
-    return (f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tsize {DROPPED_MAX}\n"
+def _dropped_set(name: str, set_type: str = IP.set_type) -> str:
+    return (f"\tset {name} {{\n\t\ttype {set_type}\n\t\tsize {DROPPED_MAX}\n"
             f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
 
 
@@ -176,9 +195,9 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
     return "\n".join(lines) + "\n\t}\n"
 
 
-def _addresses(elements: str) -> list[IPv4Address]:
+def _addresses(elements: str) -> list[IPv4Address | IPv6Address]:
     """The addresses of an ``elements = { ... }`` list's inside; ValueError for anything else."""
-    return [IPv4Address(item.strip()) for item in elements.split(",") if item.strip()]
+    return [ip_address(item.strip()) for item in elements.split(",") if item.strip()]
 
 
 def _sorted_elements(match: re.Match[str]) -> str:
@@ -191,7 +210,7 @@ def _sorted_elements(match: re.Match[str]) -> str:
     return f"elements = {{ {', '.join(map(str, peers))} }}"
 
 
-def _listed_peers(listing: str | None) -> frozenset[IPv4Address]:
+def _listed_peers(listing: str | None) -> frozenset[IPv4Address | IPv6Address]:
     """The allowlist's elements in a normalised listing of our table (none if it has no set)."""
     match = _PEER_ELEMENTS.search(listing or "")
     return frozenset(_addresses(match[1])) if match else frozenset()
@@ -206,10 +225,14 @@ def _normalise(listing: str) -> str:
 
 
 class Firewall:
-    """Keeps our nftables table equal to the rules of a ``FirewallSpec``."""
+    """Keeps our nftables table equal to the rules of a ``FirewallSpec``; in a dual-stack
+    network, the ``ip6`` table too (kept by a second instance of this class, of family ``IP6``)."""
 
-    def __init__(self, table: str = "overlayd") -> None:
+    def __init__(self, table: str = "overlayd", family: NftFamily = IP) -> None:
         self._table = table
+        self._family = family
+        self._ipv6: Firewall | None = None  # the ip6 table's keeper, while the network is dual-stack
+        self._ipv6_cleared = False  # an ip6 table of an earlier dual-stack run removed (once)
         self._features = NftFeatures()  # assumed until nft refuses a table with them
         self._probed: set[str] = set()
         # The script we last applied and the kernel's listing right after: recognises our own
@@ -226,9 +249,10 @@ class Firewall:
         self._guard: IngressGuard | None = None  # the allowlist of the last spec ensured
 
     def ensure(self, spec: FirewallSpec) -> bool:
-        """Make our nftables table and, with forward rules, our iptables forward chain what ``spec``
-        says; True if either changed."""
-        changed = self._ensure_table(spec)
+        """Make our nftables table(s) and, with forward rules, our iptables forward chain what
+        ``spec`` says; True if any changed."""
+        changed = self._ensure_table(spec.family_part(IP))
+        changed = self._ensure_ipv6(spec) or changed
         if spec.forward_rules:
             changed = self.forward.ensure(spec.network) or changed
             self._forward_off_cleared = False
@@ -247,6 +271,31 @@ class Firewall:
             self._warn_about_foreign_drops(spec.forward_rules)
         return changed
 
+    @property
+    def _name(self) -> str:
+        """The table as nft names it: ``table ip overlayd``."""
+        return f"table {self._family.name} {self._table}"
+
+    def _ensure_ipv6(self, spec: FirewallSpec) -> bool:
+        """The ``ip6`` table of a dual-stack ``spec``; removed (once) when it is IPv4-only."""
+        if spec.ipv6_network is not None:
+            self._ipv6 = self._ipv6 or Firewall(self._table, IP6)
+            self._ipv6_cleared = False
+            return self._ipv6._ensure_table(spec.family_part(IP6))
+        if self._ipv6_cleared:
+            return False
+        self._ipv6_cleared = True
+        return self._remove_ipv6_table("the network is IPv4-only")
+
+    def _remove_ipv6_table(self, why: str) -> bool:
+        """Delete the ``ip6`` table if there is one; True if there was."""
+        keeper, self._ipv6 = self._ipv6 or Firewall(self._table, IP6), None
+        if keeper._live_listing() is None:
+            return False
+        keeper._nft(["-f", "-"], f"table ip6 {self._table}\ndelete table ip6 {self._table}\n")
+        log.info("deleted nftables table ip6 %s: %s", self._table, why)
+        return True
+
     def _ensure_table(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
 
@@ -264,13 +313,13 @@ class Firewall:
                 spec = replace(spec, ingress_sources=_listed_peers(live))
             else:  # none yet (a first start, or flanneld's host taken over): an empty one would
                 spec = replace(spec, ingress_allowlist=False)  # drop every peer until the listing
-        script = render_ruleset(spec, self._table, self._features)
+        script = render_ruleset(spec, self._table, self._features, self._family)
         if generation is not None and self._verified == (generation, script):
             return False
         if not listed:
             live = self._live_listing()
         unchanged = live is not None and (
-            live == _normalise(render_table(spec, self._table, self._features))
+            live == _normalise(render_table(spec, self._table, self._features, self._family))
             or self._applied == (script, live)
         )
         self._verified = (generation, script) if unchanged and generation is not None else None
@@ -280,49 +329,64 @@ class Firewall:
             allowlist = f"{len(spec.ingress_sources or ())} peers" if spec.guarded else "off"
             # Named after what it guards, as operators read it ("VXLAN allowlist 3 peers").
             guarded = spec.ingress.name.upper() if spec.ingress is not None else "ingress"
-            log.info("%s nftables table ip %s for %s (masquerade %s, forward rules %s, "
-                     "%s allowlist %s)", "created" if live is None else "replaced", self._table,
+            log.info("%s nftables %s for %s (masquerade %s, forward rules %s, "
+                     "%s allowlist %s)", "created" if live is None else "replaced", self._name,
                      spec.network, "on" if spec.ip_masq else "off",
                      "on" if spec.forward_rules else "off", guarded, allowlist)
         return not unchanged
 
-    def allow_peer(self, public_ip: IPv4Address) -> None:
-        """Add one PublicIP to the ingress allowlist (the table must exist; a full pass creates it)."""
+    def allow_peer(self, public_ip: IPv4Address | IPv6Address) -> None:
+        """Add one PublicIP (or PublicIPv6) to the ingress allowlist of its family's table (the
+        table must exist; a full pass creates it)."""
+        if public_ip.version != self._family.version:
+            if self._ipv6 is not None:
+                self._ipv6.allow_peer(public_ip)
+            return
         peer_set = self._peer_set()
         try:
             self._netlink.set_element(self._table, peer_set, public_ip, add=True)
         except OSError as exc:
-            raise FirewallError(f"cannot add {public_ip} to set {peer_set} of table ip {self._table}: "
+            raise FirewallError(f"cannot add {public_ip} to set {peer_set} of {self._name}: "
                                 f"{exc.strerror}") from exc
 
-    def disallow_peer(self, public_ip: IPv4Address) -> None:
+    def disallow_peer(self, public_ip: IPv4Address | IPv6Address) -> None:
         """Remove one PublicIP from the ingress allowlist; already absent is fine."""
+        if public_ip.version != self._family.version:
+            if self._ipv6 is not None:
+                self._ipv6.disallow_peer(public_ip)
+            return
         peer_set = self._peer_set()
         try:
             self._netlink.set_element(self._table, peer_set, public_ip, add=False)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
-                raise FirewallError(f"cannot delete {public_ip} from set {peer_set} of table ip "
-                                    f"{self._table}: {exc.strerror}") from exc
+                raise FirewallError(f"cannot delete {public_ip} from set {peer_set} of {self._name}: "
+                                    f"{exc.strerror}") from exc
 
     def _peer_set(self) -> str:
         if self._guard is None:
-            raise FirewallError(f"table ip {self._table} has no ingress allowlist to change; a full "
+            raise FirewallError(f"{self._name} has no ingress allowlist to change; a full "
                                 "pass with the allowlist on creates it")
         return self._guard.peer_set
 
-    def dropped_sources(self) -> frozenset[IPv4Address]:
+    def dropped_sources(self) -> frozenset[IPv4Address | IPv6Address]:
         """Sources whose packets the allowlist dropped in the last ``DROPPED_FOR`` (none while our
-        table has no allowlist)."""
+        table has no allowlist), of both families."""
+        if self._ipv6 is not None:
+            return self._dropped_sources() | self._ipv6._dropped_sources()
+        return self._dropped_sources()
+
+    def _dropped_sources(self) -> frozenset[IPv4Address | IPv6Address]:
         if self._guard is None:
             return frozenset()
         try:
-            return frozenset(self._netlink.set_elements(self._table, self._guard.dropped_set))
+            dropped = self._netlink.set_elements(self._table, self._guard.dropped_set, self._family.version)
+            return frozenset(dropped)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return frozenset()
             self._netlink.close()
-            raise FirewallError(f"cannot list set {self._guard.dropped_set} of table ip {self._table}: "
+            raise FirewallError(f"cannot list set {self._guard.dropped_set} of {self._name}: "
                                 f"{exc.strerror}") from exc
 
     def remove(self) -> None:
@@ -332,6 +396,7 @@ class Firewall:
         self._applied = None
         self._verified = None
         log.info("deleted nftables table ip %s", self._table)
+        self._remove_ipv6_table("removing the rules")
         try:
             if self.forward.remove():
                 log.info("deleted iptables chain OVERLAYD-FWD and its jump from filter FORWARD")
@@ -339,11 +404,11 @@ class Firewall:
             raise FirewallError(f"cannot remove the iptables forward rules: {exc}") from exc
 
     def _live_listing(self) -> str | None:
-        proc = self._run_nft(["list", "table", "ip", self._table])
+        proc = self._run_nft(["list", "table", self._family.name, self._table])
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr:
                 return None
-            raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
+            raise FirewallError(f"nft list {self._name} failed: {proc.stderr.strip()}")
         return _normalise(proc.stdout)
 
     def _write(self, spec: FirewallSpec, script: str) -> str:
@@ -358,7 +423,7 @@ class Firewall:
                 if refused is None:
                     raise
                 self._features = replace(self._features, **{refused: False})
-                script = render_ruleset(spec, self._table, self._features)
+                script = render_ruleset(spec, self._table, self._features, self._family)
 
     def _refused_feature(self) -> str | None:
         """The first feature still assumed that nft refuses (each probed once), or None."""

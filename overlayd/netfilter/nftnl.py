@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from overlayd.base.netlink import (
     NLA_F_NESTED,
@@ -55,13 +55,17 @@ def _message(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: 
     return _netlink_message(kind, flags, seq, _NFGENMSG.pack(family, 0, socket.htons(res_id)) + body)
 
 
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}  # NFPROTO_IPV4/IPV6 equal these
+
+
 def generation_request(seq: int) -> bytes:
     """An ``NFT_MSG_GETGEN`` request (family unspecified)."""
     return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, b"")
 
 
-def set_element_batch(table: str, set_name: str, ip: IPv4Address, add: bool, seq: int) -> bytes:
-    """One transaction adding (or deleting) ``ip`` in ``ip <table>``'s set; the element is ``seq + 1``."""
+def set_element_batch(table: str, set_name: str, ip: IPv4Address | IPv6Address, add: bool, seq: int) -> bytes:
+    """One transaction adding (or deleting) ``ip`` in ``ip <table>``'s set (``ip6 <table>``'s
+    for an IPv6 address); the element is ``seq + 1``."""
     key = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, ip.packed))
     body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
             + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
@@ -69,7 +73,7 @@ def set_element_batch(table: str, set_name: str, ip: IPv4Address, add: bool, seq
     kind, flags = ((NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE) if add
                    else (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK))
     return (_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)
-            + _message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq + 1, socket.AF_INET, body)
+            + _message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq + 1, _FAMILY[ip.version], body)
             + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, socket.AF_UNSPEC, b"",
                        NFNL_SUBSYS_NFTABLES))
 
@@ -88,16 +92,16 @@ def parse_answer(data: bytes, seq: int) -> tuple[int | None, int | None]:
     return None, None
 
 
-def set_elements_request(table: str, set_name: str, seq: int) -> bytes:
-    """An ``NFT_MSG_GETSETELEM`` dump of ``ip <table>``'s set."""
+def set_elements_request(table: str, set_name: str, seq: int, version: int = 4) -> bytes:
+    """An ``NFT_MSG_GETSETELEM`` dump of ``ip <table>``'s set (``ip6 <table>``'s for version 6)."""
     body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
             + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0"))
     return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                    socket.AF_INET, body)
+                    _FAMILY[version], body)
 
 
-def parse_elements(data: bytes, seq: int, found: list[IPv4Address]) -> tuple[bool, int | None]:
-    """Append the IPv4 keys of ``seq``'s dump messages in ``data`` to ``found``; (dump done, errno)."""
+def parse_elements(data: bytes, seq: int, found: list[IPv4Address | IPv6Address]) -> tuple[bool, int | None]:
+    """Append the address keys of ``seq``'s dump messages in ``data`` to ``found``; (dump done, errno)."""
     for msg in split_messages(data):
         if msg.seq != seq:
             continue
@@ -105,8 +109,8 @@ def parse_elements(data: bytes, seq: int, found: list[IPv4Address]) -> tuple[boo
             return True, error_code(msg) or None
         if msg.type != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
             continue
-        found.extend(IPv4Address(value) for value in nested(msg.body[_NFGENMSG.size:], _ELEMENT_KEY)
-                     if len(value) == 4)
+        found.extend(ip_address(value) for value in nested(msg.body[_NFGENMSG.size:], _ELEMENT_KEY)
+                     if len(value) in (4, 16))
     return False, None
 
 
@@ -126,18 +130,19 @@ class NftNetlink:
             return None
         return generation
 
-    def set_element(self, table: str, set_name: str, ip: IPv4Address, add: bool) -> None:
+    def set_element(self, table: str, set_name: str, ip: IPv4Address | IPv6Address, add: bool) -> None:
         """Add or delete ``ip`` in the set; OSError with the kernel's errno if it refuses."""
         first = self._next_seq(3)
         _, code = self._ask(set_element_batch(table, set_name, ip, add, first), first + 1)
         if code:
             raise OSError(code, os.strerror(code))
 
-    def set_elements(self, table: str, set_name: str) -> list[IPv4Address]:
-        """The set's IPv4 elements; OSError with the kernel's errno if it refuses (ENOENT: no set)."""
+    def set_elements(self, table: str, set_name: str, version: int = 4) -> list[IPv4Address | IPv6Address]:
+        """The set's elements (of the ``ip`` table, or the ``ip6`` one for version 6); OSError
+        with the kernel's errno if it refuses (ENOENT: no set)."""
         seq = self._next_seq(1)
-        self._send(set_elements_request(table, set_name, seq))
-        found: list[IPv4Address] = []
+        self._send(set_elements_request(table, set_name, seq, version))
+        found: list[IPv4Address | IPv6Address] = []
         while True:
             assert self._sock is not None
             done, code = parse_elements(self._sock.recv(65536), seq, found)

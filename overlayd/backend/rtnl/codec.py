@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlayd.backend.desired import DirectRoute, Entry, Fdb, Neigh, Route
 from overlayd.base.netlink import (
@@ -84,7 +84,7 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
     """A request that replaces (creates) or deletes ``entry`` on device ``ifindex``."""
     flags, state = (REPLACE, NUD_PERMANENT) if replace else (DELETE, 0)
     if isinstance(entry, Neigh):
-        body = _NDMSG.pack(socket.AF_INET, ifindex, state, 0, 0)
+        body = _NDMSG.pack(_FAMILY[entry.ip.version], ifindex, state, 0, 0)
         body += _attr(NDA_DST, entry.ip.packed) + _attr(NDA_LLADDR, _mac(entry.mac))
         return _message(RTM_NEWNEIGH if replace else RTM_DELNEIGH, flags, seq, body)
     if isinstance(entry, Fdb):
@@ -99,8 +99,8 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
         (RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, onlink) if replace
         else (0, RT_SCOPE_NOWHERE, 0, 0)
     )
-    body = _RTMSG.pack(socket.AF_INET, entry.dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind,
-                       rt_flags)
+    body = _RTMSG.pack(_FAMILY[entry.dst.version], entry.dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope,
+                       kind, rt_flags)
     body += _attr(RTA_DST, entry.dst.network_address.packed) + _attr(RTA_GATEWAY, entry.gateway.packed)
     if vxlan_route:
         body += _attr(RTA_OIF, _U32.pack(ifindex))
@@ -108,26 +108,32 @@ def encode_entry(entry: Entry, ifindex: int, replace: bool, seq: int) -> bytes:
     return _message(RTM_NEWROUTE if replace else RTM_DELROUTE, flags, seq, body)
 
 
-def dump_requests(ifindex: int, seq: int) -> list[bytes]:
-    """Dumps of the neighbours, FDB and main-table IPv4 routes of ``ifindex``, filtered in the kernel.
+def dump_requests(ifindex: int, seq: int, family: int = socket.AF_INET) -> list[bytes]:
+    """Dumps of the neighbours, FDB and main-table routes of ``ifindex`` (IPv4 ones, or
+    ``family``'s: a VXLAN device carries one family), filtered in the kernel.
 
     Needs ``NETLINK_GET_STRICT_CHK`` on the socket; without it the kernel ignores the filters and
     ``decode_entry`` still drops what belongs elsewhere.
     """
     flags = NLM_F_REQUEST | NLM_F_DUMP
-    neigh = _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0) + _attr(NDA_IFINDEX, _U32.pack(ifindex))
+    neigh = _NDMSG.pack(family, 0, 0, 0, 0) + _attr(NDA_IFINDEX, _U32.pack(ifindex))
     fdb = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, 0, 0)
     return [
         _message(RTM_GETNEIGH, flags, seq, neigh),
         _message(RTM_GETNEIGH, flags, seq + 1, fdb),
-        route_dump_request(ifindex, seq + 2),
+        route_dump_request(ifindex, seq + 2, family),
     ]
 
 
-def route_dump_request(ifindex: int, seq: int) -> bytes:
-    """A dump of the main-table IPv4 routes of ``ifindex``, filtered in the kernel."""
-    route = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0) + _attr(RTA_OIF, _U32.pack(ifindex))
+def route_dump_request(ifindex: int, seq: int, family: int = socket.AF_INET) -> bytes:
+    """A dump of the main-table IPv4 (or ``family``'s) routes of ``ifindex``, filtered in the kernel."""
+    route = _RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, 0, 0, 0, 0) + _attr(RTA_OIF, _U32.pack(ifindex))
     return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, route)
+
+
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}  # an address's version -> its AF_ constant
+Ip = IPv4Address | IPv6Address
+Net = IPv4Network | IPv6Network
 
 
 def _ip(value: bytes | None) -> IPv4Address | None:
@@ -153,10 +159,10 @@ def decode_entry(message: Message, ifindex: int) -> Entry | None:
         if index != ifindex or not state & NUD_PERMANENT:
             return None
         attrs = _attrs(message.body, _NDMSG.size)
-        dst, mac = _ip(attrs.get(NDA_DST)), attrs.get(NDA_LLADDR)
+        dst, mac = _ip_any(attrs.get(NDA_DST)), attrs.get(NDA_LLADDR)
         if dst is None or mac is None or len(mac) != 6:
             return None
-        if family == socket.AF_INET:
+        if family == _FAMILY[dst.version]:
             return Neigh(dst, mac.hex(":"))
         if family == socket.AF_BRIDGE and flags & NTF_SELF and mac != ZERO_MAC:
             return Fdb(mac.hex(":"), dst)
@@ -167,20 +173,23 @@ def decode_entry(message: Message, ifindex: int) -> Entry | None:
     return None
 
 
-def _routed(message: Message, ifindex: int) -> tuple[IPv4Network, IPv4Address] | None:
-    """(destination, gateway) of a main-table IPv4 route message via a gateway on ``ifindex``."""
+def _routed(message: Message, ifindex: int) -> tuple[Net, Ip] | None:
+    """(destination, gateway) of a main-table route message (IPv4 or IPv6) via a gateway on
+    ``ifindex``."""
     family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(message.body)
     attrs = _attrs(message.body, _RTMSG.size)
     oif, table_attr = attrs.get(RTA_OIF), attrs.get(RTA_TABLE)
     if table_attr is not None:
         table = _U32.unpack(table_attr)[0]
-    gateway = _ip(attrs.get(RTA_GATEWAY))
-    if family != socket.AF_INET or table != MAIN_TABLE or gateway is None or oif is None:
+    gateway = _ip_any(attrs.get(RTA_GATEWAY))
+    if gateway is None or family != _FAMILY[gateway.version] or table != MAIN_TABLE or oif is None:
         return None
     if _U32.unpack(oif)[0] != ifindex:
         return None
-    dst = attrs.get(RTA_DST, b"\0\0\0\0")
-    return IPv4Network((int.from_bytes(dst, "big"), dst_len)), gateway
+    dst = int.from_bytes(attrs.get(RTA_DST, b""), "big")
+    if gateway.version == 6:
+        return IPv6Network((dst, dst_len)), gateway
+    return IPv4Network((dst, dst_len)), gateway
 
 
 def decode_direct_route(message: Message, underlay: int, network: IPv4Network) -> DirectRoute | None:
@@ -259,17 +268,17 @@ def neigh_summary(message: Message) -> str:
     return f"{kind} {_ip(attrs.get(NDA_DST))} {mac.hex(':') if mac is not None else None}"
 
 
-def neigh_address(message: Message) -> IPv4Address | None:
-    """``NDA_DST`` of an IPv4 neighbour message (not an FDB entry's), whatever its state: the
-    kernel reports a deleted permanent neighbour as failed and without its MAC."""
-    if _NDMSG.unpack_from(message.body)[0] != socket.AF_INET:
+def neigh_address(message: Message) -> IPv4Address | IPv6Address | None:
+    """``NDA_DST`` of an IPv4 or IPv6 neighbour message (not an FDB entry's), whatever its state:
+    the kernel reports a deleted permanent neighbour as failed and without its MAC."""
+    if _NDMSG.unpack_from(message.body)[0] not in (socket.AF_INET, socket.AF_INET6):
         return None
-    return _ip(_attrs(message.body, _NDMSG.size).get(NDA_DST))
+    return _ip_any(_attrs(message.body, _NDMSG.size).get(NDA_DST))
 
 
-def address_of(message: Message) -> IPv4Address | None:
-    """``IFA_ADDRESS`` of an IPv4 address message."""
-    return _ip(_attrs(message.body, _IFADDR.size).get(IFA_ADDRESS))
+def address_of(message: Message) -> IPv4Address | IPv6Address | None:
+    """``IFA_ADDRESS`` of an address message."""
+    return _ip_any(_attrs(message.body, _IFADDR.size).get(IFA_ADDRESS))
 
 
 # -- links, addresses and route lookups: the device and the external interface -------------------
@@ -279,8 +288,9 @@ IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_MTU, IFLA_LINKINFO = 1, 4, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
-IFLA_VXLAN_PORT, IFLA_VXLAN_GBP = 15, 23
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
 IFA_LOCAL = 2
+IFA_F_NODAD = 0x02
 RTA_PREFSRC = 7
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 _BE16 = struct.Struct("!H")
@@ -305,7 +315,7 @@ class VxlanInfo:
 
     vni: int | None
     link: int | None
-    local: IPv4Address | None
+    local: IPv4Address | IPv6Address | None
     port: int | None
     gbp: bool
     learning: bool
@@ -338,7 +348,7 @@ def decode_link(message: Message) -> Link:
         vxlan = VxlanInfo(
             vni=_u32(data.get(IFLA_VXLAN_ID)),
             link=_u32(data.get(IFLA_VXLAN_LINK)),
-            local=_ip(data.get(IFLA_VXLAN_LOCAL)),
+            local=_ip(data.get(IFLA_VXLAN_LOCAL)) or _ip_any(data.get(IFLA_VXLAN_LOCAL6)),
             port=_BE16.unpack(port[:2])[0] if port is not None and len(port) >= 2 else None,
             gbp=IFLA_VXLAN_GBP in data,
             learning=bool(learning and learning[0]),
@@ -367,11 +377,12 @@ def get_link_request(seq: int, *, index: int = 0, name: str | None = None) -> by
     return _message(RTM_GETLINK, flags, seq, body)
 
 
-def create_vxlan_request(seq: int, name: str, vni: int, local: IPv4Address, link: int, port: int,
+def create_vxlan_request(seq: int, name: str, vni: int, local: Ip, link: int, port: int,
                          learning: bool, gbp: bool, mtu: int, mac: str) -> bytes:
     """``RTM_NEWLINK`` creating a VXLAN device with flanneld's attributes (fails if it exists)."""
     data = (_attr(IFLA_VXLAN_ID, _U32.pack(vni)) + _attr(IFLA_VXLAN_LINK, _U32.pack(link))
-            + _attr(IFLA_VXLAN_LOCAL, local.packed) + _attr(IFLA_VXLAN_PORT, _BE16.pack(port))
+            + _attr(IFLA_VXLAN_LOCAL6 if local.version == 6 else IFLA_VXLAN_LOCAL, local.packed)
+            + _attr(IFLA_VXLAN_PORT, _BE16.pack(port))
             + _attr(IFLA_VXLAN_LEARNING, bytes([int(learning)])))
     if gbp:
         data += _attr(IFLA_VXLAN_GBP, b"")
@@ -403,9 +414,12 @@ def dump_addresses_request(seq: int, index: int = 0, family: int = socket.AF_INE
     return _message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
-def address_request(seq: int, index: int, ip: IPv4Address, prefixlen: int, add: bool) -> bytes:
-    """``RTM_NEWADDR`` / ``RTM_DELADDR`` of ``ip/prefixlen`` on ``index`` (local = address)."""
-    body = (_IFADDR.pack(socket.AF_INET, prefixlen, 0, 0, index)
+def address_request(seq: int, index: int, ip: IPv4Address | IPv6Address, prefixlen: int, add: bool) -> bytes:
+    """``RTM_NEWADDR`` / ``RTM_DELADDR`` of ``ip/prefixlen`` (either family) on ``index``."""
+    # An IPv6 address without duplicate detection: the device's is unique by construction (our
+    # subnet's), and a tentative one cannot be used for the second or so DAD takes.
+    nodad = IFA_F_NODAD if ip.version == 6 else 0
+    body = (_IFADDR.pack(_FAMILY[ip.version], prefixlen, nodad, 0, index)
             + _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed))
     return _message(RTM_NEWADDR if add else RTM_DELADDR, CREATE if add else DELETE, seq, body)
 

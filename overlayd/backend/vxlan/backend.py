@@ -8,14 +8,17 @@ the device and its entries (``device``), the VTEP MAC (``mac``) and which leases
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
-from ipaddress import IPv4Interface, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import ApplyError, DeviceState, HostFacts, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
-from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
+from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend, device_name
+from overlayd.backend.vxlan.family import split_diff, union_planes
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 # operators know them.
 INGRESS_NAME = TYPE
 DEVICE_PREFIX = "flannel."
+DEVICE_PREFIX_V6 = "flannel-v6."
+IPV6_EXTRA_OVERHEAD = 20  # an IPv6 outer header is 40 bytes, IPv4's 20
 
 
 def settings(config: NetworkConfig) -> VxlanConfig:
@@ -56,6 +61,27 @@ def device_spec(config: NetworkConfig, host: HostFacts, subnet: IPv4Network | No
     )
 
 
+def ipv6_device_spec(
+    config: NetworkConfig, host: HostFacts, subnet: IPv6Network | None, mac: str
+) -> DeviceSpec:
+    """What ``flannel-v6.<VNI>`` should look like: the same VNI and port, sending from the
+    interface's IPv6 address, holding ``subnet``'s network address as a /128 (as flanneld)."""
+    spec = device_spec(config, host, None, mac)
+    local = host.external_ipv6 or host.public_ipv6
+    assert local is not None, "a dual-stack network on a host without IPv6 (checked at start)"
+    return replace(
+        spec,
+        local_ip=local,
+        mtu=spec.mtu - IPV6_EXTRA_OVERHEAD,
+        address=IPv6Interface((subnet.network_address if subnet else 0, 128)),
+    )
+
+
+def wants_ipv6(config: NetworkConfig, own: Lease | None = None) -> bool:
+    """Whether the IPv6 half is served: a dual-stack config (and, given, our lease has an IPv6 subnet)."""
+    return config.ipv6 is not None and (own is None or own.ipv6_subnet is not None)
+
+
 class Vxlan:
     """The vxlan backend; owns a raw rtnetlink socket in the current network namespace, opened
     when first needed."""
@@ -67,7 +93,12 @@ class Vxlan:
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
+        self._device6: VxlanBackend | None = None  # the IPv6 device's, in a dual-stack network
         self._mac = ""
+        self._mac6 = ""
+        self._ipv6_cleared = False  # no IPv6 device left behind (checked in an IPv4-only network)
+        # The last two planes read (IPv4, IPv6) and their union: the same object while both are.
+        self._union: tuple[Plane, Plane, Plane] | None = None
 
     @property
     def kernel(self) -> VxlanBackend:
@@ -75,10 +106,17 @@ class Vxlan:
             self._device = VxlanBackend()
         return self._device
 
+    @property
+    def kernel6(self) -> VxlanBackend:
+        if self._device6 is None:
+            self._device6 = VxlanBackend(socket.AF_INET6)
+        return self._device6
+
     def close(self) -> None:
-        if self._device is not None:
-            self._device.close()
-            self._device = None
+        for device in (self._device, self._device6):
+            if device is not None:
+                device.close()
+        self._device = self._device6 = None
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         assert isinstance(config, VxlanConfig)
@@ -93,23 +131,51 @@ class Vxlan:
         if adopt:
             log.info("adopting MAC %s of the existing compatible %s", adopt, spec.name)
         self._mac = load_or_create_mac(host.state_dir, section.vni, adopt=adopt)
-        return vxlan_lease_attrs(section, host.public_ip, self._mac)
+        attrs = vxlan_lease_attrs(section, host.public_ip, self._mac)
+        if not wants_ipv6(config) or host.public_ipv6 is None:
+            return attrs
+        spec6 = ipv6_device_spec(config, host, None, "")
+        adopt6 = self.kernel6.find_compatible_mac(spec6)
+        if adopt6:
+            log.info("adopting MAC %s of the existing compatible %s", adopt6, spec6.name)
+        self._mac6 = load_or_create_mac(host.state_dir, section.vni, adopt=adopt6, ipv6=True)
+        return replace(attrs, public_ipv6=host.public_ipv6, vtep_mac_v6=self._mac6)
 
     def container_mtu(self, config: NetworkConfig, underlay_mtu: int) -> int:
-        return settings(config).device_mtu(underlay_mtu)
+        """The IPv4 device's MTU; in a dual-stack network the IPv6 device's (20 bytes less),
+        so that a container's packet fits either device."""
+        mtu = settings(config).device_mtu(underlay_mtu)
+        return mtu - IPV6_EXTRA_OVERHEAD if wants_ipv6(config) else mtu
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
+        """``flannel.<VNI>``, and in a dual-stack network ``flannel-v6.<VNI>`` too (removed
+        when the network is IPv4-only again)."""
         mac = own.attrs.vtep_mac or self._mac
         spec = device_spec(config, host, own.subnet, mac)
-        return self.kernel.ensure_device(spec)
+        state, actions = self.kernel.ensure_device(spec)
+        name6 = device_name(settings(config).vni, ipv6=True)
+        if not wants_ipv6(config, own):
+            # Once per IPv4-only spell, not every pass: one left by a dual-stack run goes.
+            if not self._ipv6_cleared and self.kernel6.delete_device(name6):
+                actions.append(f"deleted {name6} (the network is IPv4-only)")
+            if self._device6 is not None:
+                self._device6.close()
+                self._device6 = None
+            self._ipv6_cleared = True
+            return state, actions
+        self._ipv6_cleared = False
+        mac6 = own.attrs.vtep_mac_v6 or self._mac6
+        state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
+        return replace(state, ipv6_ifindex=state6.ifindex), actions + actions6
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
-        return (settings(config).device_name,)
+        vni = settings(config).vni
+        return (device_name(vni), device_name(vni, ipv6=True)) if wants_ipv6(config) else (device_name(vni),)
 
     def owns_device(self, name: str, config: NetworkConfig | None) -> bool:
         if config is not None:
             return name in self.device_names(config)
-        return name.startswith(DEVICE_PREFIX)
+        return name.startswith((DEVICE_PREFIX, DEVICE_PREFIX_V6))
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
         return is_vxlan_peer(lease, own.subnet, settings(config).vni, own.attrs.public_ip)
@@ -127,10 +193,28 @@ class Vxlan:
         if underlay is None:
             underlay = self.kernel.underlay_index(device.ifindex)
         direct = DirectRoutes(underlay, network) if underlay and network else None
-        return self.kernel.read_plane(device.ifindex, direct)
+        plane = self.kernel.read_plane(device.ifindex, direct)
+        if not device.ipv6_ifindex:
+            return plane
+        plane6 = self.kernel6.read_plane(device.ipv6_ifindex)
+        if self._union is None or self._union[0] is not plane or self._union[1] is not plane6:
+            self._union = (plane, plane6, union_planes(plane, plane6))
+        return self._union[2]
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
-        self.kernel.apply(device.ifindex, diff)
+        """Each family's entries on its device; the failures of both raised together."""
+        diff4, diff6 = split_diff(diff) if device.ipv6_ifindex else (diff, PlaneDiff())
+        failures: list[str] = []
+        for kernel, ifindex, part in ((self.kernel, device.ifindex, diff4),
+                                      (self._device6, device.ipv6_ifindex, diff6)):  # fmt: skip
+            if kernel is None or part.empty:
+                continue
+            try:
+                kernel.apply(ifindex, part)
+            except ApplyError as exc:
+                failures.extend(exc.failures)
+        if failures:
+            raise ApplyError(failures)
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
@@ -150,4 +234,6 @@ class Vxlan:
                 actions.append(f"removed {len(plane.direct)} direct route(s) into {config.network}")
         if self.kernel.delete_device(section.device_name):
             actions.append(f"deleted {section.device_name}")
+        if self.kernel6.delete_device(device_name(section.vni, ipv6=True)):
+            actions.append(f"deleted {device_name(section.vni, ipv6=True)}")
         return actions

@@ -20,11 +20,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, ip_interface
 from operator import attrgetter
 from typing import Any
 
@@ -60,26 +61,32 @@ GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """What ``flannel.<VNI>`` should look like."""
+    """What ``flannel.<VNI>`` (or, for the IPv6 half of a dual-stack network, ``flannel-v6.<VNI>``,
+    sending from an IPv6 ``local_ip``) should look like."""
 
     vni: int
-    local_ip: IPv4Address
+    local_ip: IPv4Address | IPv6Address
     underlay_ifname: str
     port: int
     gbp: bool
     mtu: int
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
     mac: str
     learning: bool = False
 
     @property
     def name(self) -> str:
-        return f"flannel.{self.vni}"
+        return device_name(self.vni, self.local_ip.version == 6)
 
     @property
     def dstport(self) -> int:
         """The UDP port the kernel reports for this spec (0 means the kernel default)."""
         return self.port or DEFAULT_VXLAN_PORT
+
+
+def device_name(vni: int, ipv6: bool = False) -> str:
+    """The device of a VNI for one family, as flanneld names it."""
+    return f"flannel-v6.{vni}" if ipv6 else f"flannel.{vni}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,11 @@ class DirectRoutes:
 
 
 class VxlanBackend:
-    """Owns a raw rtnetlink socket in the current network namespace."""
+    """Owns a raw rtnetlink socket in the current network namespace; reads the entries and
+    addresses of one family (``socket.AF_INET6``: the IPv6 device's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: int = socket.AF_INET) -> None:
+        self.family = family
         self._rtnl = RtnlSocket()
         self._basis: tuple[int, DirectRoutes | None] = (0, None)  # what the last dump was decoded against
         self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
@@ -233,14 +242,16 @@ class VxlanBackend:
             _record(spec, action, actions)
 
     def _fix_addresses(self, index: int, spec: DeviceSpec, actions: list[str]) -> None:
-        """Leave exactly ``spec.address`` as the device's IPv4 address."""
+        """Leave exactly ``spec.address`` as the device's address of its family (the kernel's own
+        IPv6 link-local address stays)."""
         present = False
         seq = self._rtnl.next_seq()
-        found = [decode_address(m) for m in self._rtnl.dump(dump_addresses_request(seq, index), seq)]
+        request = dump_addresses_request(seq, index, family=self.family)
+        found = [decode_address(m) for m in self._rtnl.dump(request, seq)]
         for item in found:
-            if item is None or item.index != index:
+            if item is None or item.index != index or (self.family == socket.AF_INET6 and item.scope):
                 continue
-            address = IPv4Interface((item.ip, item.prefixlen))
+            address = ip_interface((item.ip, item.prefixlen))
             if address == spec.address:
                 present = True
                 continue
@@ -271,7 +282,8 @@ class VxlanBackend:
         decoded: dict[bytes, Entry | None] = {}
         seq = self._rtnl.next_seq(4 if direct else 3)
         dumps: list[tuple[bytes, Callable[[Message], Entry | None]]] = [
-            (request, partial(decode_entry, ifindex=ifindex)) for request in dump_requests(ifindex, seq)
+            (request, partial(decode_entry, ifindex=ifindex))
+            for request in dump_requests(ifindex, seq, self.family)
         ]
         if direct is not None:
             decode = partial(decode_direct_route, underlay=direct.underlay, network=direct.network)

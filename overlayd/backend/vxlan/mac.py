@@ -34,19 +34,20 @@ def random_vtep_mac() -> str:
     return ":".join(f"{octet:02x}" for octet in octets)
 
 
-def mac_path(state_dir: Path, vni: int) -> Path:
-    """Where the VTEP MAC of one VNI is kept."""
-    return state_dir / f"vtep-mac-{vni}"
+def mac_path(state_dir: Path, vni: int, ipv6: bool = False) -> Path:
+    """Where the VTEP MAC of one VNI is kept (``ipv6``: the IPv6 device's, a MAC of its own)."""
+    return state_dir / (f"vtep-mac-v6-{vni}" if ipv6 else f"vtep-mac-{vni}")
 
 
-def load_or_create_mac(state_dir: Path, vni: int, adopt: str | None = None) -> str:
-    """Return the VTEP MAC for ``vni``, persisted in ``<state_dir>/vtep-mac-<vni>``.
+def load_or_create_mac(state_dir: Path, vni: int, adopt: str | None = None, ipv6: bool = False) -> str:
+    """Return the VTEP MAC for ``vni``, persisted in ``<state_dir>/vtep-mac-<vni>`` (``ipv6``:
+    ``vtep-mac-v6-<vni>``, for ``flannel-v6.<VNI>``).
 
     ``adopt`` (the MAC of a compatible device left by flanneld or an earlier run) wins over the
     file, so peers that already know that MAC keep working; otherwise the file's MAC is used, and
     a missing or corrupt file gets a fresh random MAC.
     """
-    path = mac_path(state_dir, vni)
+    path = mac_path(state_dir, vni, ipv6)
     stored = _read_mac(path)
     if adopt is not None:
         mac = adopt.lower()
