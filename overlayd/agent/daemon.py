@@ -119,7 +119,7 @@ class Agent:
         host = host_facts(self.options, external, public_ip, self.config)
         self.reconciler.backend = self.state.backend = backend
         self.reconciler.host = self.state.host = host
-        self.state.underlay = Underlay(frozenset({public_ip, external.ip}), external.segments)
+        self.state.underlay = Underlay(host.own_ips, external.segments)
         return host
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from overlayd.backend.desired import DesiredEntries, Plane, PlaneDiff, Rivalry
 from overlayd.etcd.api import LeaseEvent
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
-from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem
+from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem, missing_ipv6
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,8 @@ class PeerState:
         if problem is not None:
             self.bad_leases.report(key, lease.mod_revision, problem.reason, problem.message)
         peer = problem is None and self.backend.wants_peer(lease, self.lease, self.config)
+        if peer and (why := missing_ipv6(lease, self.config)):
+            self.bad_leases.report_partial(key, lease.mod_revision, "no_ipv6", why)
         known = PeerVerdict(lease, problem is None, peer)
         self.verdicts.put(key, known)
         return known

@@ -51,6 +51,12 @@ class HostFacts:
     external_ipv6: IPv6Address | None = None
     ipv6_segments: tuple[IPv6Network, ...] = ()
 
+    @property
+    def own_ips(self) -> frozenset[IPv4Address | IPv6Address]:
+        """This host's underlay addresses, which no peer's PublicIP (or PublicIPv6) may be."""
+        return frozenset(ip for ip in (self.public_ip, self.external_ip, self.public_ipv6, self.external_ipv6)
+                         if ip is not None)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class UnderlayIngress:

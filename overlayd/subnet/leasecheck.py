@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease, unicast_mac_problem
@@ -45,7 +45,7 @@ class Underlay:
     """This host's side of the underlay: the addresses that are ours (the PublicIP and the
     external interface's), and the external interface's connected segments."""
 
-    own_ips: frozenset[IPv4Address]
+    own_ips: frozenset[IPv4Address | IPv6Address]  # IPv6 ones too, in a dual-stack network
     segments: tuple[IPv4Network, ...] = ()
 
 
@@ -109,7 +109,51 @@ def lease_problem(
         )
     if underlay is not None and (why := public_ip_problem(lease.attrs.public_ip, underlay)):
         return LeaseProblem("bad_public_ip", f"PublicIP {lease.attrs.public_ip} {why}")
+    return ipv6_problem(lease, config, own, underlay)
+
+
+def ipv6_problem(
+    lease: Lease, config: NetworkConfig, own: Lease | None, underlay: Underlay | None = None
+) -> LeaseProblem | None:
+    """What makes the IPv6 half of ``lease`` unsafe in a dual-stack ``config`` (the same checks
+    as the IPv4 half's); None if fine, or if there is no IPv6 half to program."""
+    pool, subnet = config.ipv6, lease.ipv6_subnet
+    if pool is None or subnet is None:
+        return None
+    if not subnet.subnet_of(pool.network):  # type: ignore[arg-type]
+        return LeaseProblem("outside_network", f"IPv6 subnet {subnet} is outside IPv6Network {pool.network}")
+    own6 = own.ipv6_subnet if own is not None else None
+    if own6 is not None and subnet.overlaps(own6) and lease.key != own.key:  # type: ignore[union-attr]
+        return LeaseProblem("own_subnet", f"IPv6 subnet {subnet} overlaps our IPv6 subnet {own6}")
+    if subnet.prefixlen != pool.subnet_len and (own6 is None or subnet.prefixlen != own6.prefixlen):
+        return LeaseProblem(
+            "subnet_size", f"IPv6 subnet {subnet} is not a /{pool.subnet_len} (IPv6SubnetLen of IPv6Network "
+            f"{pool.network})",
+        )  # fmt: skip
+    mac = lease.attrs.vtep_mac_v6
+    if mac and (why := unicast_mac_problem(mac)):
+        return LeaseProblem("bad_vtep_mac", f"BackendV6Data VtepMAC {mac} is {why}")
+    ip6 = lease.attrs.public_ipv6
+    if ip6 is not None and (ip6.is_loopback or ip6.is_unspecified or ip6.is_multicast or ip6.is_link_local):
+        return LeaseProblem("bad_public_ip", f"PublicIPv6 {ip6} is a loopback, unspecified, multicast or "
+                            "link-local address")  # fmt: skip
+    if ip6 is not None and underlay is not None and ip6 in underlay.own_ips and own is not None \
+            and lease.key != own.key:  # fmt: skip
+        return LeaseProblem("own_public_ip", f"PublicIPv6 {ip6} is this host's own address")
     return None
+
+
+def missing_ipv6(lease: Lease, config: NetworkConfig) -> str | None:
+    """Why a peer lease in a dual-stack ``config`` has no IPv6 half to program (an IPv4-only
+    one: a node not yet on the dual-stack config), or None."""
+    if config.ipv6 is None or (lease.ipv6_subnet is not None and lease.attrs.public_ipv6 is not None):
+        return None
+    what = "IPv6 subnet" if lease.ipv6_subnet is None else "PublicIPv6"
+    return (
+        f"it has no {what} in a dual-stack network: only its IPv4 subnet is programmed, and "
+        "dual-stack flanneld nodes crash choosing a subnet while it exists; restart that node's "
+        "agent on the dual-stack config"
+    )
 
 
 class BadLeaseLog:
@@ -129,4 +173,14 @@ class BadLeaseLog:
                 self._seen.clear()
             self._seen.add((key, revision))
         log.warning("skipping peer lease %s (revision %d, %s): %s", key, revision, reason, message)
+        self._count(reason)
+
+    def report_partial(self, key: str, revision: int, reason: str, message: str) -> None:
+        """Record that only part of the lease at ``key`` is programmed (its IPv4 half), once."""
+        with self._lock:
+            if (key, revision) in self._seen:
+                return
+            self._seen.add((key, revision))
+        log.warning("programming only the IPv4 half of peer lease %s (revision %d, %s): %s",
+                    key, revision, reason, message)  # fmt: skip
         self._count(reason)
