@@ -180,7 +180,7 @@ class Agent:
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
             switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
-            self.own_attrs = backend.lease_data(config, host)
+            self.own_attrs = self.keeper.publish(lambda in_force: backend.lease_data(in_force, host), config)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
         self.subnets = SubnetMemory(opts.state_dir)
@@ -194,7 +194,7 @@ class Agent:
             lambda: reconciler.device.ifindex if reconciler.device else 0,
             self.events.put,
             self._is_echo,
-            reconciler.writing,
+            reconciler.writing, reconciler.ipv6_device,
         )
         reconciler.monitor_alive = lambda: monitor.alive
         monitor.start()

@@ -17,7 +17,7 @@ from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.base.outage import Outage
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.etcd.leasing import AcquireError, LeaseManager
-from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.allocate import OutOfSubnets, fits_config
 from overlayd.subnet.confchange import ConfigAction, ConfigDecision, clear_message, decide, hold_message
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -94,6 +94,10 @@ class LeaseKeeper:
         self.lease: Lease | None = None
         # The IPv6 subnet to take back first in a dual-stack network (subnet.env's at start).
         self.previous_ipv6: IPv6Network | None = None
+        # What our lease publishes under a config (the backend's ``lease_data``), and the config
+        # it was last asked for: a config that turns IPv6 on or off publishes anew.
+        self._lease_data: Callable[[NetworkConfig], LeaseAttrs] | None = None
+        self._published: tuple[NetworkConfig, LeaseAttrs] | None = None
         self.renew_at = 0.0
         self.checked_at = 0.0  # clock time of the last time-to-live check
         self.config: NetworkConfig | None = None  # the config in force
@@ -107,8 +111,21 @@ class LeaseKeeper:
 
     # ---- the lease -----------------------------------------------------------------------------
 
+    def publish(self, lease_data: Callable[[NetworkConfig], LeaseAttrs], config: NetworkConfig) -> LeaseAttrs:
+        """What our lease publishes under ``config``, from ``lease_data``, which is asked again
+        when a later config adds or drops the IPv6 half (may raise OSError: the state directory)."""
+        self._lease_data = lease_data
+        self._published = (config, lease_data(config))
+        return self._published[1]
+
     def acquire(self, config: NetworkConfig, attrs: LeaseAttrs, previous: list[IPv4Network]) -> Acquired:
-        """Hold a lease; raises OutOfSubnets, AcquireError or RegistryError (``failure_reason``)."""
+        """Hold a lease; raises OutOfSubnets, AcquireError or RegistryError (``failure_reason``).
+        ``attrs`` are published, unless ``config`` differs in its IPv6 half from the one they
+        were made for: then the backend is asked again (``publish``)."""
+        published = self._published
+        if self._lease_data is not None and published is not None and published[0].ipv6 != config.ipv6:
+            self._published = (config, self._lease_data(config))
+            attrs = self._published[1]
         before = self.lease
         previous_ipv6 = (before.ipv6_subnet if before is not None else None) or self.previous_ipv6
         # Only in a dual-stack network: an IPv4-only one calls the manager as before.
@@ -126,6 +143,12 @@ class LeaseKeeper:
         assert lease is not None
         if lease.etcd_lease_id == 0:
             return LeaseCheck(LeaseAction.WAIT)  # a reservation: no expiry to manage
+        if self.config is not None and self.hold is None and not fits_config(self.config, lease):
+            # The config in force turned IPv6 on (or off): flanneld leases both halves as one key,
+            # so the lease is taken again, its IPv4 subnet kept, while the data path stays.
+            wanted = "with" if self.config.ipv6 is not None else "without"
+            return LeaseCheck(LeaseAction.LOST, why=f"the network config in force wants a lease {wanted} "
+                              f"an IPv6 subnet; taking one, keeping subnet {lease.subnet}")  # fmt: skip
         renewing = self.clock() >= self.renew_at
         try:
             checked = self._check(lease, renewing)

@@ -269,6 +269,15 @@ class Reconciler:
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
 
+    def ipv6_device(self) -> tuple[str, int] | None:
+        """The IPv6 device of a dual-stack network and its index, once ensured (the monitor's
+        thread asks; the names come from the config in force)."""
+        device, backend, config = self.device, self.backend, self.state.config
+        if device is None or not device.ipv6_ifindex or backend is None or config is None:
+            return None
+        names = backend.device_names(config)
+        return (names[1], device.ipv6_ifindex) if len(names) > 1 else None
+
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None

@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from overlayd.backend.desired import DesiredEntries, Route
 from overlayd.backend.rtnl.codec import (
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 # <linux/rtnetlink.h> multicast groups: links, neighbours, IPv4 routes, IPv4 addresses
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR
+# Joined once a dual-stack network's IPv6 device exists (an IPv4-only host need not wake for them).
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE = 9, 11
 RECV_BUFFER = 1 << 16
 SOCKET_BUFFER = 1 << 22  # room for a burst (e.g. a flush of thousands of FDB entries)
 
@@ -63,7 +66,7 @@ class DeviceChange:
     added: bool = False  # a NEW message (a deletion, a link or an address change otherwise)
     # For a neighbour message that describes no entry of ours (a deleted permanent neighbour is
     # reported as failed, without its MAC): the address it concerns.
-    neigh_ip: IPv4Address | None = None
+    neigh_ip: IPv4Address | IPv6Address | None = None
 
 
 def is_echo(desired: DesiredEntries, change: DeviceChange) -> bool:
@@ -122,10 +125,14 @@ class NetlinkMonitor:
         on_change: Callable[[DeviceChange], None],
         is_echo: Callable[[DeviceChange], bool] = lambda change: False,
         writing: threading.Lock | None = None,
+        ipv6: Callable[[], tuple[str, int] | None] = lambda: None,
     ) -> None:
         """``writing``, if given, is held by the writer while it sends a batch: the monitor
-        waits for it to be free before reading (see ``_run``)."""
+        waits for it to be free before reading (see ``_run``). ``ipv6`` names the IPv6 device of
+        a dual-stack network and its index, when there is one: it is watched the same way."""
         self._device_name = device_name
+        self._ipv6 = ipv6
+        self._ipv6_groups = False  # the IPv6 address and route groups joined
         self._writing = writing
         self._current_ifindex = current_ifindex
         self._on_change = on_change
@@ -196,9 +203,15 @@ class NetlinkMonitor:
                 log.warning("netlink monitor overflowed; messages lost, asking for a resync")
                 self._signal(DeviceChange("netlink overflow"))
                 continue
-            ifindex = self._current_ifindex()
+            ifindex, device6 = self._current_ifindex(), self._ipv6()
+            if device6 is not None and not self._ipv6_groups:
+                for group in (RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE):
+                    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+                self._ipv6_groups = True
             for message in split_messages(data):
                 change = change_reason(message, self._device_name, ifindex)
+                if change is None and device6 is not None:
+                    change = change_reason(message, *device6)
                 if change is not None and not self._is_echo(change):
                     self._signal(change)
 

@@ -32,12 +32,14 @@ def running_lab(
     agent_args: tuple[str, ...] = (),
     etcd_members: int = 1,
     converge: bool = True,
+    ipv6: bool = False,
     **up: Any,
 ) -> Iterator[Lab]:
-    """A fresh lab (random prefix, fast agents) that is always torn down, leaving no namespace."""
+    """A fresh lab (random prefix, fast agents) that is always torn down, leaving no namespace.
+    ``ipv6``: the underlay has IPv6 too (pass a dual-stack ``network_config`` to use it)."""
     name = random_lab_name()
     root = str(tmp_path_factory.mktemp("lab"))
-    lab = Lab(name, root, agent_args=[*FAST_AGENT_ARGS, *agent_args], etcd_members=etcd_members)
+    lab = Lab(name, root, agent_args=[*FAST_AGENT_ARGS, *agent_args], etcd_members=etcd_members, ipv6=ipv6)
     try:
         lab.up(hosts=hosts, **up)
         if converge:
