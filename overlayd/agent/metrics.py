@@ -77,6 +77,12 @@ class Metrics:
             ["subnet", "public_ip", "vtep_mac", "network"],
             registry=r,
         )
+        self.lease_ipv6_info = Gauge(
+            "overlayd_lease_ipv6_info",
+            "This host's lease's IPv6 half, in a dual-stack network (no sample otherwise)",
+            ["subnet", "public_ipv6", "vtep_mac", "network"],
+            registry=r,
+        )
         self.lease_expiry = Gauge(
             "overlayd_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires", registry=r
         )
@@ -215,6 +221,13 @@ class Metrics:
     def set_lease_info(self, subnet: str, public_ip: str, vtep_mac: str, network: str) -> None:
         self.lease_info.clear()
         self.lease_info.labels(subnet=subnet, public_ip=public_ip, vtep_mac=vtep_mac, network=network).set(1)
+
+    def set_lease_ipv6_info(self, subnet: str, public_ipv6: str, vtep_mac: str, network: str) -> None:
+        """The IPv6 half of our lease; an empty ``subnet``: there is none (IPv4 only)."""
+        self.lease_ipv6_info.clear()
+        if subnet:
+            self.lease_ipv6_info.labels(subnet=subnet, public_ipv6=public_ipv6, vtep_mac=vtep_mac,
+                                        network=network).set(1)  # fmt: skip
 
 
 def listen_addresses(metrics_address: Address | None, healthz_ip: str, healthz_port: int) -> list[Address]:

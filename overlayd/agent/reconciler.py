@@ -32,6 +32,7 @@ from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
 from overlayd.netfilter.firewall import Firewall, FirewallSpec, IngressGuard
 from overlayd.options import AgentOptions
+from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
 from overlayd.subnet.subnetenv import SubnetEnv
 
@@ -65,6 +66,7 @@ class Reconciler:
         self.host: HostFacts | None = None
         self.device: DeviceState | None = None
         self.monitor_alive: Callable[[], bool] = lambda: False
+        self._ipv6_noted: Lease | None = None  # the lease whose IPv6 half the metrics show
         self.writing = threading.Lock()  # held while writing entries; the monitor reads after
         self.in_sync: tuple[Plane, Plane] | None = None  # a (desired, kernel) pair last found equal
         self.entry_dumps = EntryDumps()  # which full passes dump every entry
@@ -211,6 +213,7 @@ class Reconciler:
             mtu = backend.container_mtu(config, host.external_mtu)
             if self.subnet_file.write(SubnetEnv.of(config, lease, mtu, self.options.ip_masq)):
                 self._count_repair(trigger, "subnet_env", "fix")
+            self._note_ipv6_half(config, lease)
             guarded, sources = fw_spec.guarded, fw_spec.ingress_sources
             if "firewall" not in failed and guarded is not None and sources is not None:
                 self.drops.notice_drops(sources, guarded.port)
@@ -268,6 +271,16 @@ class Reconciler:
         if self.firewall.ensure(fw_spec):
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
+
+    def _note_ipv6_half(self, config: NetworkConfig, lease: Lease) -> None:
+        """Export our lease's IPv6 half (none: IPv4 only) when the lease changed."""
+        if lease is self._ipv6_noted:
+            return
+        self._ipv6_noted = lease
+        subnet, attrs = lease.ipv6_subnet, lease.attrs
+        network = str(config.ipv6.network) if config.ipv6 else ""
+        self.metrics.set_lease_ipv6_info(str(subnet or ""), str(attrs.public_ipv6 or ""),
+                                         attrs.vtep_mac_v6 or "", network if subnet else "")  # fmt: skip
 
     def ipv6_device(self) -> tuple[str, int] | None:
         """The IPv6 device of a dual-stack network and its index, once ensured (the monitor's

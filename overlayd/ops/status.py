@@ -33,9 +33,10 @@ class DeviceView:
     name: str
     mtu: int
     mac: str
-    routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24"
+    routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24" (IPv6 ones too)
     neighbours: int
     fdb_entries: int
+    ipv6_name: str | None = None  # a dual-stack network's IPv6 device, whose entries are counted in
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class LeaseView:
     public_ip: str
     vtep_mac: str | None
     ttl: float | None  # seconds left; None: unknown, inf: a reservation
-    programmed: bool | None = None  # route present here; None for our own subnet
+    programmed: bool | None = None  # route present here (both families'); None for our own subnet
+    ipv6_subnet: str | None = None  # a dual-stack lease's IPv6 half
+    public_ipv6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,8 @@ def _agent_line(agent: AgentView, now: float) -> str:
 
 def _lease_line(lease: LeaseView) -> str:
     ttl = "ttl ?" if lease.ttl is None else f"ttl {_duration(lease.ttl)}"
-    return f"{lease.subnet} public {lease.public_ip} vtep {lease.vtep_mac or '-'} {ttl}"
+    ipv6 = f" ipv6 {lease.ipv6_subnet} public {lease.public_ipv6 or '-'}" if lease.ipv6_subnet else ""
+    return f"{lease.subnet} public {lease.public_ip} vtep {lease.vtep_mac or '-'}{ipv6} {ttl}"
 
 
 def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
@@ -250,8 +254,9 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  subnet.env  {status.subnet_env_error}")
     if status.device is not None:
         dev = status.device
+        also = f" and {dev.ipv6_name}" if dev.ipv6_name else ""
         lines.append(
-            f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}: {len(dev.routes)} routes, "
+            f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}{also}: {len(dev.routes)} routes, "
             f"{dev.neighbours} neighbours, {dev.fdb_entries} fdb entries"
         )
     else:
@@ -267,10 +272,12 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  etcd lease  {status.etcd_error or 'none found for this host'}")
     if status.leases is not None:
         lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
-        header = ("SUBNET", "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
+        dual = any(lease.ipv6_subnet for lease in status.leases)
+        header = ("SUBNET", *(("IPV6 SUBNET",) if dual else ()), "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
         rows = [
             (
                 lease.subnet,
+                *((lease.ipv6_subnet or "-",) if dual else ()),
                 lease.public_ip,
                 lease.vtep_mac or "-",
                 "?" if lease.ttl is None else _duration(lease.ttl),
@@ -310,10 +317,15 @@ def read_device(
         if not links:
             wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
             return None, f"no {wanted} device in this network namespace; the agent has not set it up"
-        link = links[0]
+        by_name = {str(found.get("IFLA_IFNAME")): found for found in links}
+        names = backend.device_names(config) if config is not None else ()
+        link = by_name.get(names[0], links[0]) if names else links[0]
+        # A dual-stack network's second device: its IPv6 entries are read with the first's.
+        link6 = by_name.get(names[1]) if len(names) > 1 else None
         mac = str(link.get("IFLA_ADDRESS")).lower()
         mtu = int(link.get("IFLA_MTU"))
-        plane = backend.read_entries(DeviceState(link["index"], mac, mtu), network)
+        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=link6["index"] if link6 else 0)
+        plane = backend.read_entries(state, network)
     finally:
         backend.close()
     return DeviceView(
@@ -323,6 +335,7 @@ def read_device(
         routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
+        ipv6_name=str(link6.get("IFLA_IFNAME")) if link6 else None,
     ), None
 
 
@@ -339,12 +352,18 @@ def scrape_metrics(address: str, timeout: float = 3.0) -> tuple[AgentView | None
 
 
 def _lease_view(lease: Any, ttl: float | None, routes: frozenset[str] | None, own: bool) -> LeaseView:
+    subnet6 = str(lease.ipv6_subnet) if lease.ipv6_subnet is not None else None
+    # Its IPv6 route is looked for where this host routes IPv6 peers at all (a dual-stack host).
+    dual_here = routes is not None and any(":" in route for route in routes)
+    wanted = {str(lease.subnet), subnet6} if subnet6 and dual_here else {str(lease.subnet)}
     return LeaseView(
         subnet=str(lease.subnet),
         public_ip=str(lease.attrs.public_ip),
         vtep_mac=lease.attrs.vtep_mac,
         ttl=ttl,
-        programmed=None if own or routes is None else str(lease.subnet) in routes,
+        programmed=None if own or routes is None else wanted <= routes,
+        ipv6_subnet=subnet6,
+        public_ipv6=str(lease.attrs.public_ipv6) if lease.attrs.public_ipv6 else None,
     )
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, metric, needs_lab, running_lab, wait_for
+from labtools import log_mark, log_since, metric, needs_lab, running_lab, status_json, wait_for
 
 from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, sh
@@ -86,6 +87,21 @@ def test_leases_are_flanneld_dual_stack_keys_with_public_ipv6_and_backend_v6_dat
         assert value["PublicIPv6"] == host.ipv6
         mac6 = (Path(host.dir) / "state" / "vtep-mac-v6-1").read_text().strip()
         assert value["BackendV6Data"] == {"VNI": 1, "VtepMAC": mac6} != value["BackendData"]
+
+
+def test_status_and_metrics_show_both_families(dual: Lab) -> None:
+    h1 = dual.hosts[0]
+    status = status_json(dual, h1, "--cluster")
+    own = status["own_lease"]
+    assert own["ipv6_subnet"] == f"{h1.flannel_ipv6_address()}/64" and own["public_ipv6"] == h1.ipv6
+    assert status["device"]["name"] == "flannel.1" and status["device"]["ipv6_name"] == "flannel-v6.1"
+    assert len(status["device"]["routes"]) == 4  # two peers, two families
+    assert [lease["programmed"] for lease in status["leases"]].count(True) == 2
+    text = sh(sys.executable, "-m", "overlayd", "status", "--cluster",
+              f"--etcd-endpoints={dual.etcd_endpoint}", f"--subnet-file={h1.subnet_file}", netns=h1.netns)  # fmt: skip
+    assert "and flannel-v6.1" in text and "IPV6 SUBNET" in text and f"public {h1.ipv6}" in text
+    assert metric(h1, "overlayd_lease_ipv6_info", subnet=own["ipv6_subnet"], public_ipv6=h1.ipv6,
+                  network="2001:db8:1000::/48") == 1  # fmt: skip
 
 
 def test_deleted_ipv6_route_neighbour_and_fdb_entry_are_repaired(dual: Lab) -> None:
