@@ -97,8 +97,8 @@ def test_status_and_metrics_show_both_families(dual: Lab) -> None:
     assert status["device"]["name"] == "flannel.1" and status["device"]["ipv6_name"] == "flannel-v6.1"
     assert len(status["device"]["routes"]) == 4  # two peers, two families
     assert [lease["programmed"] for lease in status["leases"]].count(True) == 2
-    text = sh(sys.executable, "-m", "overlayd", "status", "--cluster",
-              f"--etcd-endpoints={dual.etcd_endpoint}", f"--subnet-file={h1.subnet_file}", netns=h1.netns)  # fmt: skip
+    options = (f"--etcd-endpoints={dual.etcd_endpoint}", f"--subnet-file={h1.subnet_file}")
+    text = sh(sys.executable, "-m", "overlayd", "status", "--cluster", *options, netns=h1.netns)
     assert "and flannel-v6.1" in text and "IPV6 SUBNET" in text and f"public {h1.ipv6}" in text
     assert metric(h1, "overlayd_lease_ipv6_info", subnet=own["ipv6_subnet"], public_ipv6=h1.ipv6,
                   network="2001:db8:1000::/48") == 1  # fmt: skip
