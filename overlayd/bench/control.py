@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overlayd.bench.kernel import DEVICE, EntryWatcher, counts, run
+from overlayd.bench.kernel import DEVICE, DEVICE6, EntryWatcher, counts, run
 from overlayd.bench.peers import moved_ip, moved_mac, peer_ip, peer_kv, peer_subnet
 from overlayd.lab.hosts import LabHost
 from overlayd.lab.namespaces import Lab
@@ -30,23 +30,27 @@ class ColdStart:
     programmed: float
 
 
-def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float) -> ColdStart:
+def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float, ipv6: bool = False) -> ColdStart:
     """Start the agent from nothing (device, subnet.env and state gone) and time it to converge.
 
     The agent's etcd lease is kept, as after a reboot. "Programmed" is when the last of the
     peers' entries appeared, stamped by the netlink watcher as its notification arrived; polling
     with ``ip`` instead spawned a dump every 10 ms beside the agent on two cores and stamped the
     end of the dump that saw the last entry (30-60 ms late on a slow machine). The counts are
-    checked with ``ip`` afterwards, untimed.
+    checked with ``ip`` afterwards, untimed. ``ipv6``: a dual-stack network, whose peers' IPv6
+    entries on ``flannel-v6.1`` are waited for too.
     """
     lab.stop_agent(host)
     run("ip", "link", "del", DEVICE)
+    if ipv6:
+        run("ip", "link", "del", DEVICE6)
     host.subnet_file.unlink(missing_ok=True)
     shutil.rmtree(Path(host.dir) / "state", ignore_errors=True)
     indices = range(1, peers + 1)
-    watcher = EntryWatcher()
+    tokens = [*indices, *(-i for i in indices)] if ipv6 else indices
+    watcher = EntryWatcher(ipv6)
     try:
-        watcher.expect(indices)
+        watcher.expect(indices, ipv6)
         started = time.perf_counter()
         lab.start_agent(host)
         deadline = started + timeout
@@ -56,7 +60,7 @@ def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float) -> ColdStart
             if env_at is None and host.subnet_file.exists():
                 env_at = now - started
             if env_at is not None and watcher.quiet_for(QUIET):
-                programmed_at = watcher.last_done(indices)
+                programmed_at = watcher.last_done(tokens)
             if now > deadline:
                 raise RuntimeError(f"cold start with {peers} peers: only {counts()} after {timeout:.0f}s")
             time.sleep(0.005)
@@ -64,6 +68,8 @@ def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float) -> ColdStart
         watcher.close()
     if (got := counts()) != (peers, peers, peers):
         raise RuntimeError(f"cold start with {peers} peers: (routes, neighbours, FDB) {got} on {DEVICE}")
+    if ipv6 and (got := counts(DEVICE6, "-6")) != (peers, peers, peers):
+        raise RuntimeError(f"cold start with {peers} peers: (routes, neighbours, FDB) {got} on {DEVICE6}")
     return ColdStart(subnet_env=env_at, programmed=programmed_at - started)
 
 
@@ -78,19 +84,24 @@ class EventTimes:
     realtime_observer: bool  # the netlink reader ran at SCHED_FIFO (EntryWatcher)
 
 
-def event_latency(client: Any, indices: list[int], gap: float, timeout: float = 10.0) -> EventTimes:
-    """Put new peer leases one at a time, each after the previous one is programmed, ``gap`` apart."""
-    watcher = EntryWatcher()
-    watcher.expect(indices)
+def event_latency(
+    client: Any, indices: list[int], gap: float, timeout: float = 10.0, ipv6: bool = False
+) -> EventTimes:
+    """Put new peer leases one at a time, each after the previous one is programmed, ``gap`` apart.
+    ``ipv6``: dual-stack leases, timed to their IPv6 half's entries (the IPv4 half waited for too)."""
+    watcher = EntryWatcher(ipv6)
+    watcher.expect(indices, ipv6)
     put, reaction, sent_at, missed = [], [], [], 0
     first = time.perf_counter()
     try:
         for i in indices:
-            key, value = peer_kv(i)
+            key, value = peer_kv(i, ipv6=ipv6)
             before = time.perf_counter()
             client.put(key, value)
             returned = time.perf_counter()
-            done = watcher.wait(i, timeout)
+            done = watcher.wait(-i if ipv6 else i, timeout)
+            if ipv6 and watcher.wait(i, timeout) is None:
+                done = None
             if done is None:
                 missed += 1
                 continue

@@ -17,12 +17,14 @@ import time
 from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
-from overlayd.bench.peers import peer_ip, peer_mac, peer_subnet
+from overlayd.bench.peers import peer_ip, peer_mac, peer_mac6, peer_subnet, peer_subnet6
 
 DEVICE = "flannel.1"
+DEVICE6 = "flannel-v6.1"  # a dual-stack network's IPv6 device
 CLONE_NEWNET = 0x40000000
 RTMGRP_NEIGH = 0x4  # RTM_NEWNEIGH of both families: AF_INET neighbours and AF_BRIDGE FDB entries
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
 AF_BRIDGE = 7
 SO_RCVBUFFORCE = 33  # not in Python's socket module
 
@@ -59,11 +61,13 @@ def route_count(dev: str = DEVICE) -> int:
     return run("ip", "-4", "-o", "route", "show", "dev", dev).stdout.count("\n")
 
 
-def counts(dev: str = DEVICE) -> tuple[int, int, int]:
-    """(routes, permanent neighbours, FDB entries with a dst) on ``dev`` in this thread's netns."""
-    neighs = run("ip", "-4", "neigh", "show", "dev", dev, "nud", "permanent").stdout.count("\n")
+def counts(dev: str = DEVICE, family: str = "-4") -> tuple[int, int, int]:
+    """(routes, permanent neighbours, FDB entries with a dst) on ``dev`` in this thread's netns
+    (``family`` "-6": the IPv6 device's)."""
+    neighs = run("ip", family, "neigh", "show", "dev", dev, "nud", "permanent").stdout.count("\n")
     fdbs = sum(" dst " in line for line in run("bridge", "fdb", "show", "dev", dev).stdout.splitlines())
-    return route_count(dev), neighs, fdbs
+    routes = run("ip", family, "-o", "route", "show", "dev", dev).stdout.splitlines()
+    return sum(" via " in route for route in routes) if family == "-6" else len(routes), neighs, fdbs
 
 
 def iproute_floor(indices: list[int], runs: int) -> list[float]:
@@ -122,14 +126,15 @@ class EntryWatcher:
     by the thread that asks, so the reader preempts the agent for a ``recv`` and no more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
+        """``ipv6``: IPv6 routes are watched too (``expect(..., ipv6=True)``)."""
         from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         self._marshal = MarshalRtnl()
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         # Forced past rmem_max: a cold start at 5000 peers queues 15000 notifications at once.
         self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 25)
-        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
+        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH | (RTMGRP_IPV6_ROUTE if ipv6 else 0)))
         self._by_key: dict[tuple[str, str], Hashable] = {}
         self._pending: dict[Hashable, set[tuple[str, str]]] = {}
         self._complete: dict[Hashable, float] = {}
@@ -144,14 +149,19 @@ class EntryWatcher:
         self._thread.start()
         started.wait()
 
-    def expect(self, indices: Iterable[int]) -> None:
-        """Wait for peer ``i``'s three entries to appear (its token is ``i``)."""
+    def expect(self, indices: Iterable[int], ipv6: bool = False) -> None:
+        """Wait for peer ``i``'s three entries to appear (its token is ``i``); with ``ipv6`` also
+        for its IPv6 half's three (token ``-i``)."""
         for i in indices:
             net = peer_subnet(i)
             self.expect_changes(
                 i, [("route", f"{net.network_address}/{net.prefixlen}"), ("neigh", str(net.network_address)),
                     ("fdb", peer_mac(i))],
             )  # fmt: skip
+            if ipv6:
+                net6 = peer_subnet6(i)
+                self.expect_changes(-i, [("route", str(net6)), ("neigh", str(net6.network_address)),
+                                         ("fdb", peer_mac6(i))])  # fmt: skip
 
     def expect_changes(self, token: Hashable, keys: Iterable[tuple[str, str]]) -> None:
         """Wait for every change in ``keys`` (``_change_keys``' form); ``done(token)`` then says when

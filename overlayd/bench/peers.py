@@ -9,13 +9,16 @@ lands on the agent's subnet however many are written.
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from overlayd.subnet.lease import LeaseAttrs, encode_attrs, subnet_to_key
 
 NETWORK = IPv4Network("198.18.0.0/15")
 SUBNET_LEN = 28
+# A dual-stack run's IPv6 half: peer i owns the i-th /64 of the /48, its own lease the same index
+# range above every peer's as in IPv4.
+IPV6_NETWORK = IPv6Network("2001:db8:1000::/48")
 VNI = 1
 PREFIX = "/coreos.com/network/subnets/"
 SUBNETS = 1 << (SUBNET_LEN - NETWORK.prefixlen)
@@ -30,17 +33,21 @@ def peer_subnet(i: int) -> IPv4Network:
     return IPv4Network((int(NETWORK.network_address) + i * size, SUBNET_LEN))
 
 
-def network_config() -> str:
-    """The flannel network config the benchmark lab runs with (JSON)."""
+def peer_subnet6(i: int) -> IPv6Network:
+    """The i-th /64 of the IPv6 network (i >= 1)."""
+    return IPv6Network((int(IPV6_NETWORK.network_address) + (i << 64), 64))
+
+
+def network_config(ipv6: bool = False) -> str:
+    """The flannel network config the benchmark lab runs with (JSON; ``ipv6``: dual-stack)."""
     subnet_min = peer_subnet(SUBNETS - OWN_POOL).network_address
-    return json.dumps(
-        {
-            "Network": str(NETWORK),
-            "SubnetLen": SUBNET_LEN,
-            "SubnetMin": str(subnet_min),
-            "Backend": {"Type": "vxlan"},
-        }
-    )
+    config: dict[str, object] = {
+        "Network": str(NETWORK), "SubnetLen": SUBNET_LEN, "SubnetMin": str(subnet_min)
+    }  # fmt: skip
+    if ipv6:
+        ipv6_min = peer_subnet6(SUBNETS - OWN_POOL).network_address
+        config |= {"EnableIPv6": True, "IPv6Network": str(IPV6_NETWORK), "IPv6SubnetMin": str(ipv6_min)}
+    return json.dumps(config | {"Backend": {"Type": "vxlan"}})
 
 
 def peer_mac(i: int) -> str:
@@ -49,6 +56,15 @@ def peer_mac(i: int) -> str:
 
 def peer_ip(i: int) -> IPv4Address:
     return IPv4Address("192.0.2.100") + i % 150
+
+
+def peer_mac6(i: int) -> str:
+    """Peer ``i``'s IPv6 device's VTEP MAC."""
+    return f"0e:b6:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def peer_ip6(i: int) -> IPv6Address:
+    return IPv6Address("2001:db8::100") + i % 150
 
 
 def moved_mac(i: int) -> str:
@@ -61,18 +77,24 @@ def moved_ip(i: int) -> IPv4Address:
     return peer_ip(i + 1)
 
 
-def peer_kv(i: int, mac: str | None = None, public_ip: IPv4Address | None = None) -> tuple[str, str]:
-    """The etcd key and flannel JSON value of peer ``i`` (with another MAC or PublicIP if given)."""
+def peer_kv(
+    i: int, mac: str | None = None, public_ip: IPv4Address | None = None, ipv6: bool = False
+) -> tuple[str, str]:
+    """The etcd key and flannel JSON value of peer ``i`` (with another MAC or PublicIP if given;
+    ``ipv6``: a dual-stack lease, with its IPv6 half)."""
     if not 1 <= i <= MAX_PEER_INDEX:
         raise ValueError(f"peer index {i} outside 1..{MAX_PEER_INDEX}")
     ip, mac = public_ip or peer_ip(i), mac or peer_mac(i)
     attrs = LeaseAttrs(public_ip=ip, backend_type="vxlan", vni=VNI, vtep_mac=mac)
-    return PREFIX + subnet_to_key(peer_subnet(i)), encode_attrs(attrs)
+    if ipv6:
+        attrs = LeaseAttrs(ip, "vxlan", VNI, mac, public_ipv6=peer_ip6(i), vtep_mac_v6=peer_mac6(i))
+    subnet6 = peer_subnet6(i) if ipv6 else None
+    return PREFIX + subnet_to_key(peer_subnet(i), subnet6), encode_attrs(attrs)
 
 
-def put_peers(client: Any, indices: range | list[int]) -> None:
+def put_peers(client: Any, indices: range | list[int], ipv6: bool = False) -> None:
     """Write the peers' leases (no TTL), ``TXN_OPS`` puts per transaction."""
-    kvs = [peer_kv(i) for i in indices]
+    kvs = [peer_kv(i, ipv6=ipv6) for i in indices]
     for start in range(0, len(kvs), TXN_OPS):
         puts = [client.transactions.put(k, v) for k, v in kvs[start : start + TXN_OPS]]
         client.transaction(compare=[], success=puts, failure=[])

@@ -31,6 +31,7 @@ from overlayd.agent.holddown import HOLD_DOWN
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
 from overlayd.bench.datapath import throughput
+from overlayd.bench.families import family_rows, measure_family
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
@@ -91,9 +92,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
-        choices=["cni", "tcp", "events"],
+        choices=["cni", "tcp", "events", "families"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
-        "path, --tcp-rounds pairs, events: lease events at --peers); not with --docs",
+        "path, --tcp-rounds pairs, events: lease events at --peers, families: a dual-stack network's "
+        "cold start and IPv6 event latency at --peers against an IPv4-only one's); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
@@ -330,6 +332,9 @@ def main(argv: list[str]) -> int:
             data_path(args, root, raw)
         elif args.only == "events":
             events_only(args, root, raw)
+        elif args.only == "families":
+            for name, dual in (("ipv4", False), ("dual", True)):
+                raw[name] = measure_family(args, root, raw, AGENT_ARGS, etcd_client, dual)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -345,6 +350,8 @@ def main(argv: list[str]) -> int:
         print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
         if args.only == "events":
             only = event_rows(args.peers, raw["events"], raw["changes"])
+        elif args.only == "families":
+            only = family_rows(args.peers, raw["ipv4"], raw["dual"])
         else:
             only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
         print(render_table(only))

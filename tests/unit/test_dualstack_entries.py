@@ -14,14 +14,13 @@ from overlayd.backend.desired import (
     Fdb,
     Neigh,
     Plane,
-    PlaneDiff,
     Route,
     diff_planes,
     entries_for,
 )
 from overlayd.backend.rtnl.codec import RTM_NEWNEIGH, RTM_NEWROUTE, Message, decode_entry, encode_entry
 from overlayd.backend.select import CONFIG_PARSERS
-from overlayd.backend.vxlan.family import split_diff, union_planes
+from overlayd.backend.vxlan.family import union_planes
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import Underlay, lease_problem, missing_ipv6
@@ -76,14 +75,17 @@ def test_entries_of_two_families_never_collide_and_diff_as_one_plane() -> None:
     assert diff.add.routes == {V6_ENTRIES[2]} and not diff.remove
 
 
-def test_split_and_union_give_each_device_its_family() -> None:
+def test_union_reads_both_devices_as_one_plane() -> None:
     desired = DesiredEntries(ipv6=True)
     plane = desired.set_peer("k", peer()).add
-    v4, v6 = split_diff(PlaneDiff(add=plane))
-    assert set(v6.add.neighs | v6.add.fdbs | v6.add.routes) == set(V6_ENTRIES)
-    assert all(e.ip.version == 4 for e in v4.add.neighs) and len(v4.add) == 3
-    assert union_planes(v4.add, v6.add) == plane
-    assert union_planes(v4.add, Plane()) is v4.add
+    v4 = Plane(*(frozenset(e for e in kind if getattr(e, "ip", getattr(e, "dst", None)).version == 4)
+                 for kind in (plane.neighs, plane.fdbs, plane.routes, plane.direct)))  # fmt: skip
+    v6 = Plane(*(kind - v4_kind for kind, v4_kind in zip(
+        (plane.neighs, plane.fdbs, plane.routes, plane.direct), (v4.neighs, v4.fdbs, v4.routes, v4.direct),
+        strict=True)))  # fmt: skip
+    assert len(v4) == len(v6) == 3
+    assert union_planes(v4, v6) == plane
+    assert union_planes(v4, Plane()) is v4
 
 
 @pytest.mark.parametrize("entry", V6_ENTRIES)

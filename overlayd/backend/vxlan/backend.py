@@ -14,11 +14,11 @@ from dataclasses import replace
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import ClassVar
 
-from overlayd.backend.api import ApplyError, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend, device_name
-from overlayd.backend.vxlan.family import split_diff, union_planes
+from overlayd.backend.vxlan.family import union_planes
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
@@ -202,19 +202,8 @@ class Vxlan:
         return self._union[2]
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
-        """Each family's entries on its device; the failures of both raised together."""
-        diff4, diff6 = split_diff(diff) if device.ipv6_ifindex else (diff, PlaneDiff())
-        failures: list[str] = []
-        for kernel, ifindex, part in ((self.kernel, device.ifindex, diff4),
-                                      (self._device6, device.ipv6_ifindex, diff6)):  # fmt: skip
-            if kernel is None or part.empty:
-                continue
-            try:
-                kernel.apply(ifindex, part)
-            except ApplyError as exc:
-                failures.extend(exc.failures)
-        if failures:
-            raise ApplyError(failures)
+        """Each family's entries on its device, in one batch."""
+        self.kernel.apply(device.ifindex, diff, device.ipv6_ifindex)
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)

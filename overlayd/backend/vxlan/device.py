@@ -302,8 +302,10 @@ class VxlanBackend:
         self._plane = Plane(*(frozenset(entries[kind]) for kind in (Neigh, Fdb, Route, DirectRoute)))
         return self._plane
 
-    def apply(self, ifindex: int, diff: PlaneDiff) -> None:
+    def apply(self, ifindex: int, diff: PlaneDiff, ipv6_ifindex: int = 0) -> None:
         """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
+        With ``ipv6_ifindex`` (a dual-stack host), IPv6 entries go to that device, in the same
+        batch: a peer's IPv6 half waits for no round trip of its own.
 
         The requests go out in batches (see ``rtnl.socket``); the kernel handles them in order, so
         the removals still precede the additions. Each entry is attempted even if another failed,
@@ -320,7 +322,8 @@ class VxlanBackend:
         for verb, entry, replace in operations:
             seq = self._rtnl.next_seq()
             try:
-                requests.append((seq, encode_entry(entry, ifindex, replace, seq)))
+                index = ipv6_ifindex if ipv6_ifindex and _family_of(entry) == 6 else ifindex
+                requests.append((seq, encode_entry(entry, index, replace, seq)))
             except ValueError as err:  # a malformed value from a lease
                 failures.append(f"{verb} {_describe(entry)}: {err}")
                 continue
@@ -353,6 +356,13 @@ def _removal_order(plane: Plane) -> list[Entry]:
 def _addition_order(plane: Plane) -> list[Entry]:
     """Neighbour, FDB, then route: a route is only usable once both entries exist."""
     return _in_order(plane.neighs, plane.fdbs, plane.routes, plane.direct)
+
+
+def _family_of(entry: Entry) -> int:
+    """4 or 6: the family of the address an entry carries (and so the device it lives on)."""
+    if isinstance(entry, Neigh):
+        return entry.ip.version
+    return entry.dst.version
 
 
 def _describe(entry: Entry) -> str:
