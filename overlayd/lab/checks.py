@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from overlayd.lab.hosts import METRICS_PORT, LabHost
 from overlayd.lab.shell import LabError, sh
@@ -66,3 +67,12 @@ def ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
     """``ping`` of ``address`` from inside ``netns``: quiet, numeric, probes 0.2 s apart."""
     return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
             "-W", str(wait), address]  # fmt: skip
+
+
+def wait_untentative(netns: str, timeout: float = 5.0) -> None:
+    """Wait until no IPv6 address in ``netns`` is still tentative (in duplicate detection)."""
+    deadline = time.monotonic() + timeout
+    while sh("ip", "-6", "addr", "show", "tentative", netns=netns, check=False).strip():
+        if time.monotonic() > deadline:
+            raise LabError(f"{netns}: IPv6 addresses still tentative after {timeout:.0f}s")
+        time.sleep(0.1)

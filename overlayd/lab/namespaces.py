@@ -291,6 +291,8 @@ class Lab:
         host.containers[name] = address
         if ipv6 := next((a for a in addresses if ":" in a), None):
             host.containers6[name] = ipv6  # a dual-stack network's container has both
+            # Usable once the kernel's duplicate address detection is over (about a second).
+            checks.wait_untentative(netns)
         self.save()
         return address
 
