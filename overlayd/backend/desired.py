@@ -124,13 +124,16 @@ Entry = Neigh | Fdb | Route | DirectRoute
 
 def entries_for(lease: Lease, direct: bool, ipv6: bool = False) -> tuple[Entry, ...]:
     """The entries one peer needs: three over VXLAN, or one route when it is reached directly;
-    with ``ipv6`` (a dual-stack network) three more for its IPv6 half, when it has one."""
+    with ``ipv6`` (a dual-stack network) as many more for its IPv6 half, when it has one."""
     if direct:
-        entries: tuple[Entry, ...] = (DirectRoute(lease.subnet, lease.attrs.public_ip),)
-    else:
-        gateway = lease.subnet.network_address
-        mac = lease.attrs.vtep_mac or ""
-        entries = Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
+        # Both halves routed on the underlay, each via the peer's address of its family (the
+        # routes of host-gw, and of vxlan's DirectRouting for a peer on both segments).
+        route = DirectRoute(lease.subnet, lease.attrs.public_ip)
+        subnet6, ip6 = lease.ipv6_subnet, lease.attrs.public_ipv6
+        return (route, DirectRoute(subnet6, ip6)) if ipv6 and subnet6 and ip6 else (route,)
+    gateway = lease.subnet.network_address
+    mac = lease.attrs.vtep_mac or ""
+    entries = Neigh(gateway, mac), Fdb(mac, lease.attrs.public_ip), Route(lease.subnet, gateway)
     return entries + ipv6_entries_for(lease) if ipv6 else entries
 
 

@@ -157,3 +157,41 @@ def test_the_ip6_table_has_the_same_rules_for_the_ipv6_half(netns: str) -> None:
     assert "elements = { 192.0.2.7 }" in steps["ip"] and "2001:db8" not in steps["ip"]
     assert "2001:db8::8" in steps["after allow"]
     assert steps["repaired"] and steps["ipv4 only"] and steps["ip6 after"] == ""
+
+
+DIRECT = parse_network_config(
+    json.dumps({"Network": "198.18.0.0/16", "EnableIPv6": True, "IPv6Network": "2001:db8:1000::/48",
+                "Backend": {"Type": "vxlan", "VNI": 3, "DirectRouting": True}}),
+    backends=CONFIG_PARSERS,
+)  # fmt: skip
+NEAR = Lease(
+    IPv4Network("198.18.8.0/24"),
+    LeaseAttrs(IPv4Address("192.0.2.8"), "vxlan", 3, "0a:00:00:00:00:08",
+               public_ipv6=IPv6Address("2001:db8::8"), vtep_mac_v6="0a:00:00:00:06:08"),
+    ipv6_subnet=IPv6Network("2001:db8:1000:8::/64"),
+)
+
+
+def direct_routing_steps(state_dir: Path) -> dict[str, object]:
+    run("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "u0", "nodad")
+    backend = backend_for("vxlan")
+    try:
+        attrs = backend.lease_data(DIRECT, host(state_dir))
+        own = Lease(IPv4Network("198.18.1.0/24"), attrs, ipv6_subnet=IPv6Network("2001:db8:1000:1::/64"))
+        device, _ = backend.ensure(DIRECT, own, host(state_dir))
+        desired = DesiredEntries(backend.reached_directly(DIRECT, host(state_dir)), ipv6=True)
+        desired.set_peer(NEAR.key, NEAR)
+        backend.apply(device, PlaneDiff(add=desired.plane()))
+        read = backend.read_entries(device, DIRECT.network)
+        return {"wanted": desired.plane(), "read": read,
+                "routes6": run("ip", "-6", "route", "show", "dev", "u0").stdout}  # fmt: skip
+    finally:
+        backend.close()
+
+
+def test_direct_routing_routes_both_halves_of_a_peer_on_both_segments(netns: str, tmp_path: Path) -> None:
+    steps = in_netns(netns, direct_routing_steps, tmp_path)
+    wanted = steps["wanted"]
+    assert {str(route.dst) for route in wanted.direct} == {"198.18.8.0/24", "2001:db8:1000:8::/64"}
+    assert steps["read"] == wanted  # the IPv6 direct route is read back: no rewrite on every pass
+    assert "2001:db8:1000:8::/64 via 2001:db8::8" in steps["routes6"]

@@ -11,6 +11,7 @@ import pytest
 
 from overlayd.backend.desired import (
     DesiredEntries,
+    DirectRoute,
     Fdb,
     Neigh,
     Plane,
@@ -21,6 +22,7 @@ from overlayd.backend.desired import (
 from overlayd.backend.rtnl.codec import RTM_NEWNEIGH, RTM_NEWROUTE, Message, decode_entry, encode_entry
 from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.backend.vxlan.family import union_planes
+from overlayd.backend.vxlan.peers import reached_directly
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import Underlay, lease_problem, missing_ipv6
@@ -128,3 +130,23 @@ def test_an_ipv4_only_peer_in_a_dual_stack_network_is_named_not_skipped() -> Non
         missing_ipv6(peer(), DUAL) is None and missing_ipv6(peer(v6=None), replace(DUAL, ipv6=None)) is None
     )
     assert lease_problem(peer(v6=None), DUAL, OWN) is None
+
+
+def test_a_directly_reached_peer_gets_a_direct_route_per_family() -> None:
+    """The hook of backends that route on the underlay (host-gw, vxlan's DirectRouting): the IPv6
+    half is routed via the peer's PublicIPv6 as the IPv4 one via its PublicIP."""
+    got = entries_for(peer(), direct=True, ipv6=True)
+    assert got == (
+        DirectRoute(IPv4Network("198.18.47.0/24"), IPv4Address("192.0.2.12")),
+        DirectRoute(IPv6Network("2001:db8:1000:2f::/64"), IPv6Address("2001:db8::c")),
+    )
+    assert entries_for(peer(ip6=None), direct=True, ipv6=True) == got[:1]
+    assert entries_for(peer(), direct=True) == got[:1]
+
+
+def test_direct_routing_needs_both_public_addresses_on_this_hosts_segments() -> None:
+    v4, v6 = (IPv4Network("192.0.2.0/24"),), (IPv6Network("2001:db8::/64"),)
+    assert reached_directly(v4, v6)(peer())
+    assert not reached_directly(v4, (IPv6Network("2001:db8:9::/64"),))(peer())  # IPv6 via VXLAN: both
+    assert reached_directly(v4, v6)(peer(ip6=None))  # no IPv6 half to route
+    assert reached_directly(v4)(peer())  # an IPv4-only network looks at the PublicIP alone

@@ -97,6 +97,7 @@ class Vxlan:
         self._mac = ""
         self._mac6 = ""
         self._ipv6_cleared = False  # no IPv6 device left behind (checked in an IPv4-only network)
+        self._ipv6_network: IPv6Network | None = None  # where the IPv6 direct routes lead (DirectRouting)
         # The last two planes read (IPv4, IPv6) and their union: the same object while both are.
         self._union: tuple[Plane, Plane, Plane] | None = None
 
@@ -164,6 +165,7 @@ class Vxlan:
             self._ipv6_cleared = True
             return state, actions
         self._ipv6_cleared = False
+        self._ipv6_network = config.ipv6.network  # type: ignore[union-attr]
         mac6 = own.attrs.vtep_mac_v6 or self._mac6
         state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
         return replace(state, ipv6_ifindex=state6.ifindex), actions + actions6
@@ -181,7 +183,9 @@ class Vxlan:
         return is_vxlan_peer(lease, own.subnet, settings(config).vni, own.attrs.public_ip)
 
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
-        return reached_directly(host.segments) if settings(config).direct_routing else None
+        if not settings(config).direct_routing:
+            return None
+        return reached_directly(host.segments, host.ipv6_segments if wants_ipv6(config) else None)
 
     def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
         return entries_for(lease, direct)
@@ -196,7 +200,9 @@ class Vxlan:
         plane = self.kernel.read_plane(device.ifindex, direct)
         if not device.ipv6_ifindex:
             return plane
-        plane6 = self.kernel6.read_plane(device.ipv6_ifindex)
+        network6 = self._ipv6_network
+        direct6 = DirectRoutes(underlay, network6) if underlay and network6 else None
+        plane6 = self.kernel6.read_plane(device.ipv6_ifindex, direct6)
         if self._union is None or self._union[0] is not plane or self._union[1] is not plane6:
             self._union = (plane, plane6, union_planes(plane, plane6))
         return self._union[2]

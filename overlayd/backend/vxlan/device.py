@@ -25,7 +25,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, ip_interface
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+)
 from operator import attrgetter
 from typing import Any
 
@@ -95,7 +103,7 @@ class DirectRoutes:
     routes via a gateway on it are peers' direct routes."""
 
     underlay: int
-    network: IPv4Network
+    network: IPv4Network | IPv6Network
 
 
 class VxlanBackend:
@@ -287,7 +295,7 @@ class VxlanBackend:
         ]
         if direct is not None:
             decode = partial(decode_direct_route, underlay=direct.underlay, network=direct.network)
-            dumps.append((route_dump_request(direct.underlay, seq + 3), decode))
+            dumps.append((route_dump_request(direct.underlay, seq + 3, self.family), decode))
         for offset, (request, decode_message) in enumerate(dumps):
             for message in self._rtnl.dump(request, seq + offset):
                 key = entry_key(message)

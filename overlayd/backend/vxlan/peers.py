@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.backend.vxlan.config import TYPE
 from overlayd.subnet.lease import Lease, lease_vni
 
 
-def reached_directly(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
+def reached_directly(
+    segments: tuple[IPv4Network, ...], ipv6_segments: tuple[IPv6Network, ...] | None = None
+) -> Callable[[Lease], bool]:
     """DirectRouting's test: a peer whose PublicIP is on one of this host's underlay segments
     (``segments``, the external interface's connected prefixes) needs no VXLAN to reach it.
     flanneld asks the routing table whether the route to the PublicIP has no gateway; on the
-    external interface, that is this test."""
-    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
+    external interface, that is this test. In a dual-stack network (``ipv6_segments`` given) a
+    peer with an IPv6 half is reached directly only if its PublicIPv6 is on one of them too."""
+
+    def direct(lease: Lease) -> bool:
+        if not any(lease.attrs.public_ip in segment for segment in segments):
+            return False
+        ip6 = lease.attrs.public_ipv6
+        if ipv6_segments is None or lease.ipv6_subnet is None or ip6 is None:
+            return True
+        return any(ip6 in segment for segment in ipv6_segments)
+
+    return direct
 
 
 def is_vxlan_peer(
