@@ -57,13 +57,21 @@ def leases_outside(
     not, by subnet. Leases already outside ``current`` are skipped by every agent, so a change
     does not harm them."""
     return sorted(
-        (
-            lease for lease in leases
-            if (current is None or current.contains_subnet(lease.subnet))
-            and not proposed.contains_subnet(lease.subnet)
-        ),
+        (lease for lease in leases if renumbers(current, proposed, lease)),
         key=lambda lease: lease.subnet,
-    )  # fmt: skip
+    )
+
+
+def renumbers(current: NetworkConfig | None, proposed: NetworkConfig, lease: Lease) -> bool:
+    """Whether ``proposed`` no longer hands out ``lease``'s IPv4 subnet, or its IPv6 one while
+    both configs are dual-stack (turning IPv6 on or off adds or drops a half: no renumbering)."""
+    handed_out = current is None or current.contains_subnet(lease.subnet)
+    if handed_out and not proposed.contains_subnet(lease.subnet):
+        return True
+    subnet6, old6, new6 = lease.ipv6_subnet, current.ipv6 if current else None, proposed.ipv6
+    if subnet6 is None or new6 is None or (current is not None and old6 is None):
+        return False
+    return (old6 is None or old6.contains_subnet(subnet6)) and not new6.contains_subnet(subnet6)
 
 
 def decide(
@@ -80,7 +88,7 @@ def decide(
             ConfigAction.UNCHANGED, in_force, stored, own.subnet, False, (), cleared=held is not None
         )
     others = [lease for lease in peers if lease.subnet != own.subnet]
-    own_outside = in_force.contains_subnet(own.subnet) and not stored.contains_subnet(own.subnet)
+    own_outside = renumbers(in_force, stored, own)
     others_outside = tuple(leases_outside(in_force, stored, others))
     if own_outside or others_outside:
         announce = held is None or held.stored != stored
@@ -96,6 +104,8 @@ def describe(config: NetworkConfig, other: NetworkConfig) -> str:
     """``config``'s Network, with its SubnetLen where it differs from ``other``'s and SubnetMin and
     SubnetMax where they are not the Network's defaults: what tells the two configs apart."""
     parts = [f"Network {config.network}"]
+    if config.ipv6 is not None and other.ipv6 is not None and config.ipv6 != other.ipv6:
+        parts.append(f"IPv6Network {config.ipv6.network} IPv6SubnetLen {config.ipv6.subnet_len}")
     if config.subnet_len != other.subnet_len:
         parts.append(f"SubnetLen {config.subnet_len}")
     first = config.network.network_address + config.subnet_size
