@@ -47,6 +47,10 @@ def describe(state: AgentState) -> str:
     else:
         lease = f"lease {state.lease.subnet} (public IP {state.lease.attrs.public_ip}"
         lease += f", VTEP MAC {state.lease.attrs.vtep_mac or '-'}"
+        if state.lease.ipv6_subnet is not None:
+            attrs = state.lease.attrs
+            lease += (f"; IPv6 {state.lease.ipv6_subnet}, public IPv6 {attrs.public_ipv6 or '-'}, "
+                      f"VTEP MAC {attrs.vtep_mac_v6 or '-'}")  # fmt: skip
         if state.lease_expires_in is not None:
             lease += f", expires in {state.lease_expires_in:.0f}s"
         lease += ")"
@@ -57,9 +61,9 @@ def describe(state: AgentState) -> str:
         config = "no network config yet"
     else:
         c = state.config
-        config = (
-            f"Network {c.network}, SubnetLen {c.subnet_len}, backend {c.backend.type} {c.backend.summary}"
-        )
+        ipv6 = f", IPv6Network {c.ipv6.network}, IPv6SubnetLen {c.ipv6.subnet_len}" if c.ipv6 else ""
+        backend = f"backend {c.backend.type} {c.backend.summary}"
+        config = f"Network {c.network}, SubnetLen {c.subnet_len}{ipv6}, {backend}"
     o = state.options
     security = "TLS" if o.etcd_cafile or any(e.startswith("https://") for e in o.etcd_endpoints) else "plain"
     if o.etcd_username:

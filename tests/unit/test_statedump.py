@@ -53,6 +53,23 @@ def test_the_line_names_lease_peers_health_and_config() -> None:
     assert "\n" not in line
 
 
+def test_a_dual_stack_line_names_both_halves() -> None:
+    from dataclasses import replace
+    from ipaddress import IPv6Address, IPv6Network
+
+    dual = parse_network_config(
+        '{"Network": "198.18.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:1000::/48"}',
+        backends=CONFIG_PARSERS,
+    )
+    lease = state().lease
+    assert lease is not None
+    attrs = replace(lease.attrs, public_ipv6=IPv6Address("2001:db8::b"), vtep_mac_v6="02:00:00:00:06:05")
+    dual_lease = replace(lease, attrs=attrs, ipv6_subnet=IPv6Network("2001:db8:1000:5::/64"))
+    line = describe(state(config=dual, lease=dual_lease))
+    assert "; IPv6 2001:db8:1000:5::/64, public IPv6 2001:db8::b, VTEP MAC 02:00:00:00:06:05" in line
+    assert "SubnetLen 24, IPv6Network 2001:db8:1000::/48, IPv6SubnetLen 64, backend vxlan" in line
+
+
 def test_the_line_holds_no_secret() -> None:
     line = describe(state())
     assert not [secret for secret in SECRETS if secret in line], line
