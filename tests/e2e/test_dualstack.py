@@ -215,3 +215,14 @@ def test_an_ipv4_only_network_turns_dual_stack_live_without_losing_ipv4(
         assert lab.ping(h1, h2.flannel_ipv6_address() or "", count=2)
         # The new containers' IPv6 addresses are usable once the kernel's duplicate detection ends.
         wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+
+
+def test_a_deleted_own_dual_stack_key_is_taken_again_with_both_subnets(dual: Lab) -> None:
+    h3 = dual.hosts[2]
+    key = next(k for k, v in lease_values(dual).items() if v["PublicIP"] == h3.ip)
+    mark = log_mark(h3)
+    dual.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
+    wait_for(lambda: key in lease_values(dual) and "holding subnet" in log_since(h3, mark), 20,
+             "h3 to lease its two subnets again")  # fmt: skip
+    assert lease_values(dual)[key]["PublicIPv6"] == h3.ipv6
+    wait_for(lambda: dual.container_ping_table()[1], 15, "every pair of containers to ping, both families")
