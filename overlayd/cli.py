@@ -247,8 +247,9 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
     print(
-        "removed nftables table ip overlayd and iptables chain OVERLAYD-FWD (if there were "
-        "any); flannel.<VNI>, its entries, "
+        "removed nftables table ip overlayd (and ip6 overlayd, of a dual-stack network) and "
+        "iptables chain OVERLAYD-FWD (if there were any); flannel.<VNI> (and flannel-v6.<VNI>), "
+        "its entries, "
         "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
         "stopped: a running agent writes the table again."
     )
