@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network
 
-from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
 from overlayd.base.outage import Outage
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -190,6 +190,8 @@ class LeaseKeeper:
         self.stored_raw = raw
         if self.config is None:  # starting: this is the config that goes in force
             self.config, self.config_raw = config, raw
+            if not config.backend_type_given:
+                log.warning("%s", default_type_notice(self.where()))
         return config
 
     def judge(self, stored: NetworkConfig, peers: Iterable[Lease]) -> ConfigDecision | None:

@@ -9,17 +9,32 @@ line calls it at start.
 
 from __future__ import annotations
 
+import json
+
 from overlayd.backend.api import Backend
+from overlayd.backend.udp.backend import Udp
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
-BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan}
-# What a config without Backend.Type means: overlayd's one backend, before there were others.
-DEFAULT_TYPE = Vxlan.type
+BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan, Udp.type: Udp}
+# What a config without Backend.Type means: udp, exactly as in flanneld, so a flanneld cluster's
+# config means the same data path to both.
+DEFAULT_TYPE = Udp.type
 CONFIG_PARSERS = BackendParsers(
     parsers={name: backend.parse_config for name, backend in BACKENDS.items()}, default_type=DEFAULT_TYPE
 )
+
+
+def default_type_notice(where: str) -> str:
+    """What the agent says once at start when ``where`` names no Backend.Type: which backend runs,
+    and the one-line fix for those who meant VXLAN."""
+    fix = json.dumps({"Backend": {"Type": Vxlan.type}})
+    return (
+        f"{where} names no Backend.Type: running the {DEFAULT_TYPE} backend, as flanneld does "
+        f"(packets forwarded in user space, far slower than {Vxlan.type}); if you meant {Vxlan.type}, "
+        f"add {fix[1:-1]} to the config"
+    )
 
 
 def backend_for(backend_type: str, where: str = "network config") -> Backend:

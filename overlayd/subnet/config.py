@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
@@ -25,6 +25,8 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendSettings
+    # False when the config names no Backend.Type and the default backend runs (the agent says so).
+    backend_type_given: bool = field(default=True, compare=False)
 
     @property
     def subnet_size(self) -> int:
@@ -251,4 +253,9 @@ def parse_network_config(
         subnet_min=subnet_min,
         subnet_max=subnet_max,
         backend=backends.parse(where, fields.value.get("backend")),
+        backend_type_given=_names_backend_type(fields.value.get("backend")),
     )
+
+
+def _names_backend_type(raw: object) -> bool:
+    return isinstance(raw, dict) and "type" in _lower_keys(raw)
