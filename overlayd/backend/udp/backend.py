@@ -82,8 +82,9 @@ class Udp:
         actions: list[str] = []
         wanted = ForwarderSpec(DEVICE_NAME, host.external_ip, settings(config).port)
         hello = self.forwarder.ensure(wanted, actions)
-        if hello.get("subnet") != str(own.subnet):
-            hello = request(DEVICE_NAME, {"op": "subnet", "subnet": str(own.subnet)}) or hello
+        if (hello.get("subnet"), hello.get("network")) != (str(own.subnet), str(config.network)):
+            message = {"op": "subnet", "subnet": str(own.subnet), "network": str(config.network)}
+            hello = request(DEVICE_NAME, message) or hello
             actions.append(f"forwarder: own subnet {own.subnet}")
         spec = TunSpec(
             name=DEVICE_NAME,

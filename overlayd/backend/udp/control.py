@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from overlayd.backend.api import BackendError
-from overlayd.backend.udp.forwarder import CODE_ID, CONTROL_MESSAGE, control_address
+from overlayd.backend.udp.forwarder import CODE_ID, CONTROL_MESSAGE, SO_SNDBUFFORCE, control_address
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def request(device: str, message: dict[str, object], timeout: float = REQUEST_TI
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as conn:
         conn.settimeout(timeout)
         with contextlib.suppress(OSError):
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUFFORCE, CONTROL_MESSAGE)
+            conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, CONTROL_MESSAGE)
         try:
             conn.connect(control_address(device))
             conn.send(json.dumps(message, separators=(",", ":")).encode())

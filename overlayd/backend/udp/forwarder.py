@@ -5,7 +5,8 @@ a UDP socket, as flanneld's C proxy does, with the same wire format.
 
 - TUN to UDP: an IPv4 packet read from the device goes, whole, as the payload of one datagram to
   the PublicIP of the peer whose subnet holds its destination; one for no peer is answered with
-  ICMP "net unreachable", as flanneld's proxy does.
+  ICMP "net unreachable", as flanneld's proxy does, but from the Network's first address:
+  flanneld's comes from flannel0's own address, which the kernel drops as a martian source.
 - UDP to TUN: a datagram's payload is written to the device if it is an IPv4 packet for this
   host's own subnet (flanneld's proxy writes whatever arrives).
 - Both ways the TTL is decremented (a packet reaching 0 is dropped), as flanneld's proxy does.
@@ -37,10 +38,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 TUNSETIFF = 0x400454CA
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 BUFFER = 65536  # any IPv4 packet: the device's MTU may be raised under a running forwarder
 SOCKET_BUFFER = 4 << 20  # room for a burst while the other thread holds the interpreter
 CONTROL_MESSAGE = 16 << 20  # a whole peer table in one reply
+ICMP_QUERIES = frozenset({8, 13, 15, 17})  # echo, timestamp, information, address mask requests
 ICMP_TTL = 8  # flanneld's proxy sends its "net unreachable" with TTL 8
 REOPEN_PAUSE = 0.2
 # What an agent compares to decide whether a running forwarder is the one it would start: the
@@ -81,12 +84,15 @@ def _checksum(data: bytes) -> int:
 
 
 def net_unreachable(offender: bytes, source: int) -> bytes | None:
-    """ICMP "net unreachable" for ``offender`` from ``source``, or None where RFC 792 sends none
-    (about an ICMP packet, about a later fragment) or the packet is malformed."""
+    """ICMP "net unreachable" for ``offender`` from ``source``, or None where RFC 1122 sends none
+    (about an ICMP error, about a later fragment) or the packet is malformed. flanneld's proxy
+    answers no ICMP at all, so a ping to a subnet nobody holds just times out there."""
     header_len = (offender[0] & 0x0F) * 4
     if header_len < 20 or len(offender) < header_len + 8:
         return None
-    if offender[9] == socket.IPPROTO_ICMP or struct.unpack_from("!H", offender, 6)[0] & 0x1FFF:
+    if offender[9] == socket.IPPROTO_ICMP and offender[header_len] not in ICMP_QUERIES:
+        return None
+    if struct.unpack_from("!H", offender, 6)[0] & 0x1FFF:
         return None
     quoted = offender[: header_len + 8]
     icmp = bytearray(struct.pack("!BBHI", 3, 0, 0, 0) + quoted)
@@ -132,13 +138,14 @@ class Forwarder:
         self.device, self.bind, self.port = device, bind, port
         self.tun = open_tun(device)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for option in (socket.SO_RCVBUFFORCE, socket.SO_SNDBUFFORCE):
+        for option in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
             with contextlib.suppress(OSError):  # not privileged: the system's limits stand
                 self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.sock.bind((bind, port))
         self.peers = PeerTable()
         self.own = (0, 1 << 32)  # (subnet >> shift, shift): matches nothing until told
-        self.tun_address = 0
+        self.icmp_source = 0
+        self.network: str | None = None
         self.counters = dict.fromkeys(
             ("to_peers", "from_peers", "unreachable", "not_ours", "ttl_expired", "not_ipv4",
              "send_errors", "device_errors", "reopened"), 0)  # fmt: skip
@@ -219,7 +226,7 @@ class Forwarder:
             counters["from_peers"] += 1
 
     def _unreachable(self, packet: bytes) -> None:
-        reply = net_unreachable(packet, self.tun_address)
+        reply = net_unreachable(packet, self.icmp_source)
         if reply is not None:
             try:
                 os.write(self.tun, reply)
@@ -252,6 +259,7 @@ class Forwarder:
             "pid": os.getpid(), "code": CODE_ID, "device": self.device, "bind": self.bind,
             "port": self.port, "ifindex": ifindex_of(self.device),
             "subnet": str(IPv4Network((own << shift, 32 - shift))) if shift <= 32 else None,
+            "network": self.network,
             "peers": len(self.peers.entries), "counters": dict(self.counters),
         }  # fmt: skip
 
@@ -262,7 +270,8 @@ class Forwarder:
         if op == "subnet":
             subnet = IPv4Network(request["subnet"])
             shift = 32 - subnet.prefixlen
-            self.tun_address = int(subnet.network_address)
+            self.network = str(IPv4Network(request["network"]))
+            self.icmp_source = int(IPv4Network(self.network).network_address)
             self.own = (int(subnet.network_address) >> shift, shift)
             return self.hello()
         if op == "table":
@@ -285,7 +294,7 @@ class Forwarder:
                 if peer_uid not in (0, uid):
                     continue
                 with contextlib.suppress(OSError):
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUFFORCE, CONTROL_MESSAGE)
+                    conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, CONTROL_MESSAGE)
                 try:
                     request = json.loads(conn.recv(CONTROL_MESSAGE))
                     reply = self.handle(request) if isinstance(request, dict) else {"error": "not an object"}
