@@ -65,14 +65,16 @@ def container_ping(lab: Lab, source: LabHost, target: LabHost, count: int = 1) -
 
 
 def flannel0(host: LabHost) -> dict:
-    return json.loads(sh("ip", "-j", "-d", "addr", "show", "flannel0", netns=host.netns, check=False) or "[{}]")[0]
+    listing = sh("ip", "-j", "-d", "addr", "show", "flannel0", netns=host.netns, check=False)
+    return json.loads(listing or "[{}]")[0]
 
 
 def device_ok(host: LabHost) -> bool:
     """flannel0 as flanneld sets it up: up, MTU 1500 - 28, <subnet>.0/32, the Network routed into it."""
     link = flannel0(host)
     addresses = {(a["local"], a["prefixlen"]) for a in link.get("addr_info", []) if a.get("family") == "inet"}
-    routes = json.loads(sh("ip", "-j", "route", "show", "dev", "flannel0", netns=host.netns, check=False) or "[]")
+    listing = sh("ip", "-j", "route", "show", "dev", "flannel0", netns=host.netns, check=False)
+    routes = json.loads(listing or "[]")
     return (
         "UP" in link.get("flags", [])
         and link.get("mtu") == 1472

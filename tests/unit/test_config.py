@@ -401,7 +401,10 @@ def test_error_is_a_value_error() -> None:
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": "1450"}}',
             ["Backend.MTU '1450' is invalid", "use"],
         ),
-        ('{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": false}}', ["Backend.MTU False is invalid", "use"]),
+        (
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": false}}',
+            ["Backend.MTU False is invalid", "use"],
+        ),
     ],
 )
 def test_error_messages(raw: str | bytes, fragments: list[str]) -> None:
