@@ -35,6 +35,7 @@ from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
+from overlayd.bench.udpforward import udp_rounds, udp_rows
 from overlayd.lab.hosts import ETCD_IP, LabHost
 from overlayd.lab.namespaces import Lab, random_lab_name
 from overlayd.lab.shell import lab_namespaces
@@ -91,9 +92,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
-        choices=["cni", "tcp", "events"],
+        choices=["cni", "tcp", "events", "udp"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
-        "path, --tcp-rounds pairs, events: lease events at --peers); not with --docs",
+        "path, --tcp-rounds pairs, events: lease events at --peers, udp: the udp backend against the "
+        "in-kernel one and the forwarders' CPU, --tcp-rounds pairs); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
@@ -330,6 +332,8 @@ def main(argv: list[str]) -> int:
             data_path(args, root, raw)
         elif args.only == "events":
             events_only(args, root, raw)
+        elif args.only == "udp":
+            raw["udp"] = udp_rounds(root, raw["labs"], args.tcp_seconds, args.tcp_rounds)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -345,6 +349,8 @@ def main(argv: list[str]) -> int:
         print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
         if args.only == "events":
             only = event_rows(args.peers, raw["events"], raw["changes"])
+        elif args.only == "udp":
+            only = udp_rows(raw["udp"], args.tcp_seconds)
         else:
             only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
         print(render_table(only))
