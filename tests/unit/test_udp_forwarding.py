@@ -95,15 +95,15 @@ def test_a_config_without_type_is_announced_with_the_one_line_fix() -> None:
 
 
 def test_the_peer_table_finds_the_longest_prefix_and_forgets_removed_peers() -> None:
-    table = PeerTable()
+    table = PeerTable(8285)
     net = int(IPv4Address("198.18.7.0"))
     table.update([[net, 24, "192.0.2.7"], [int(IPv4Address("198.18.0.0")), 20, "192.0.2.9"]], [])
 
     def find(address: str) -> str | None:
         dst = int(IPv4Address(address))
         for shift, peers in table.lookup:
-            if (ip := peers.get(dst >> shift)) is not None:
-                return ip
+            if (peer := peers.get(dst >> shift)) is not None:
+                return peer[0] if peer[1] == 8285 else None
         return None
 
     assert find("198.18.7.20") == "192.0.2.7" and find("198.18.3.1") == "192.0.2.9"

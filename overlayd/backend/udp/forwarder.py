@@ -110,9 +110,10 @@ class PeerTable:
     Readers take ``lookup`` once per packet; an update builds a new one and swaps the reference,
     so the forwarding thread never sees a half-made table and takes no lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.port = port  # where every peer listens: the config's, the same on every host
         self.entries: dict[tuple[int, int], str] = {}  # (network, prefix length) -> PublicIP
-        self.lookup: tuple[tuple[int, dict[int, str]], ...] = ()
+        self.lookup: tuple[tuple[int, dict[int, tuple[str, int]]], ...] = ()
 
     def update(self, add: list[list], remove: list[list]) -> None:
         entries = dict(self.entries)
@@ -120,10 +121,11 @@ class PeerTable:
             entries.pop((network, prefixlen), None)
         for network, prefixlen, ip in add:
             entries[(network, prefixlen)] = str(IPv4Address(ip))
-        by_length: dict[int, dict[int, str]] = {}
+        # The socket address tuples are made here, once, not per packet.
+        by_length: dict[int, dict[int, tuple[str, int]]] = {}
         for (network, prefixlen), ip in entries.items():
             shift = 32 - prefixlen
-            by_length.setdefault(shift, {})[network >> shift] = ip
+            by_length.setdefault(shift, {})[network >> shift] = (ip, self.port)
         self.entries = entries
         self.lookup = tuple(sorted(by_length.items()))  # smallest shift: longest prefix first
 
@@ -142,7 +144,7 @@ class Forwarder:
             with contextlib.suppress(OSError):  # not privileged: the system's limits stand
                 self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.sock.bind((bind, port))
-        self.peers = PeerTable()
+        self.peers = PeerTable(port)
         self.own = (0, 1 << 32)  # (subnet >> shift, shift): matches nothing until told
         self.icmp_source = 0
         self.network: str | None = None
@@ -156,7 +158,6 @@ class Forwarder:
         buffer = bytearray(BUFFER)
         view = memoryview(buffer)
         readv, sendto, peers, counters = os.readv, self.sock.sendto, self.peers, self.counters
-        port = self.port
         while True:
             try:
                 size = readv(self.tun, (buffer,))
@@ -168,12 +169,12 @@ class Forwarder:
                 counters["not_ipv4"] += 1
                 continue
             dst = buffer[16] << 24 | buffer[17] << 16 | buffer[18] << 8 | buffer[19]
-            ip = None
+            peer = None
             for shift, table in peers.lookup:
-                ip = table.get(dst >> shift)
-                if ip is not None:
+                peer = table.get(dst >> shift)
+                if peer is not None:
                     break
-            if ip is None:
+            if peer is None:
                 counters["unreachable"] += 1
                 self._unreachable(bytes(view[:size]))
                 continue
@@ -187,7 +188,7 @@ class Forwarder:
             check = (check & 0xFFFF) + (check >> 16)
             buffer[10], buffer[11] = check >> 8, check & 0xFF
             try:
-                sendto(view[:size], (ip, port))
+                sendto(view[:size], peer)
             except OSError:
                 counters["send_errors"] += 1
                 continue
