@@ -16,7 +16,7 @@ from overlayd.backend.desired import DirectRoute
 from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.udp.config import UdpConfig
-from overlayd.backend.udp.forwarder import PeerTable, _checksum, net_unreachable
+from overlayd.backend.udp.forwarder import PeerTable, _checksum, hop, net_unreachable
 from overlayd.backend.udp.lease import is_udp_peer, udp_lease_attrs
 from overlayd.backend.vxlan.config import VxlanConfig
 from overlayd.subnet.config import ConfigError, parse_network_config
@@ -134,3 +134,18 @@ def test_net_unreachable_answers_a_ping_but_not_an_icmp_error_nor_a_later_fragme
     assert net_unreachable(ipv4(socket.IPPROTO_ICMP, b"\x03\0\0\0\0\0\0\0"), source) is None
     assert net_unreachable(ipv4(socket.IPPROTO_UDP, b"\0" * 8, fragment=185), source) is None
     assert net_unreachable(b"\x45" + b"\0" * 10, source) is None
+
+
+@pytest.mark.parametrize("ttl", [2, 64, 255])
+def test_a_hop_takes_one_from_the_ttl_and_keeps_the_header_checksum_valid(ttl: int) -> None:
+    for identification in range(0, 65536, 997):  # checksums all over the range, carries included
+        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 84, identification, 0, ttl, 1, 0,
+                                       socket.inet_aton("198.18.5.2"), socket.inet_aton("198.18.7.2")))
+        struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+        assert hop(header) and header[8] == ttl - 1 and _checksum(bytes(header)) == 0
+
+
+def test_a_packet_whose_ttl_would_reach_zero_is_not_forwarded() -> None:
+    header = bytearray(ipv4(socket.IPPROTO_UDP, b"\0" * 8))
+    header[8] = 1
+    assert not hop(header) and header[8] == 1

@@ -74,6 +74,20 @@ def ifindex_of(device: str) -> int:
         return 0
 
 
+def hop(packet: bytearray) -> bool:
+    """Count one hop in the IPv4 header at the start of ``packet``: the TTL less one and the
+    header checksum patched (RFC 1624); False, untouched, when the TTL would reach 0."""
+    ttl = packet[8]
+    if ttl <= 1:
+        return False
+    packet[8] = ttl - 1
+    # The TTL is the high byte of its 16-bit word, so the one's-complement sum grows by 0x100.
+    check = (packet[10] << 8 | packet[11]) + 0x100
+    check = (check & 0xFFFF) + (check >> 16)
+    packet[10], packet[11] = check >> 8, check & 0xFF
+    return True
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -178,15 +192,9 @@ class Forwarder:
                 counters["unreachable"] += 1
                 self._unreachable(bytes(view[:size]))
                 continue
-            ttl = buffer[8]
-            if ttl <= 1:
+            if not hop(buffer):
                 counters["ttl_expired"] += 1
                 continue
-            buffer[8] = ttl - 1
-            # RFC 1624: the TTL is the high byte of its 16-bit word, so the sum grows by 0x100.
-            check = (buffer[10] << 8 | buffer[11]) + 0x100
-            check = (check & 0xFFFF) + (check >> 16)
-            buffer[10], buffer[11] = check >> 8, check & 0xFF
             try:
                 sendto(view[:size], peer)
             except OSError:
@@ -211,14 +219,9 @@ class Forwarder:
             if dst >> shift != own:
                 counters["not_ours"] += 1
                 continue
-            ttl = buffer[8]
-            if ttl <= 1:
+            if not hop(buffer):
                 counters["ttl_expired"] += 1
                 continue
-            buffer[8] = ttl - 1
-            check = (buffer[10] << 8 | buffer[11]) + 0x100
-            check = (check & 0xFFFF) + (check >> 16)
-            buffer[10], buffer[11] = check >> 8, check & 0xFF
             try:
                 write(self.tun, view[:size])
             except OSError:
