@@ -31,6 +31,7 @@ class UdpRound:
     udp_bps: float  # bits per second over the udp backend
     kernel_bps: float  # the same over vxlan, right after
     forwarder_cpu: float  # CPU seconds both forwarders spent during the udp run
+    forwarder_user: float  # of which in user space (the interpreter), not in the kernel's stack
 
 
 def forwarder_pid(host: LabHost) -> int:
@@ -44,10 +45,16 @@ def forwarder_pid(host: LabHost) -> int:
     raise RuntimeError(f"no udp forwarder runs in {host.netns}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (all its threads)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user + system, user) CPU time of ``pid`` so far, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[11]) / tick
+
+
+def forwarders_cpu(pids: list[int]) -> tuple[float, float]:
+    times = [cpu_seconds(pid) for pid in pids]
+    return sum(total for total, _ in times), sum(user for _, user in times)
 
 
 def pair_lab(root: str, labs: list[Lab], backend: str) -> tuple[tuple[str, str, str], list[LabHost]]:
@@ -71,11 +78,12 @@ def udp_rounds(root: str, labs: list[Lab], seconds: int, rounds: int) -> list[Ud
     work = Path(root)
     results = []
     for k in range(rounds):
-        before = sum(cpu_seconds(pid) for pid in pids)
+        total, user = forwarders_cpu(pids)
         udp_bps = tcp_rate(*udp, seconds, work)
-        spent = sum(cpu_seconds(pid) for pid in pids) - before
+        total_after, user_after = forwarders_cpu(pids)
+        spent = total_after - total
         kernel_bps = tcp_rate(*kernel, seconds, work)
-        results.append(UdpRound(udp_bps, kernel_bps, spent))
+        results.append(UdpRound(udp_bps, kernel_bps, spent, user_after - user))
         print(f"  round {k + 1}: udp {udp_bps / 1e6:.0f} Mbit/s ({spent:.2f} CPU s in the forwarders), "
               f"{KERNEL_BACKEND} {kernel_bps / 1e6:.0f} Mbit/s", flush=True)  # fmt: skip
     return results
@@ -86,6 +94,7 @@ def udp_rows(rounds: list[UdpRound], seconds: int) -> list[Row]:
     best_udp, best_kernel = max(r.udp_bps for r in rounds), max(r.kernel_bps for r in rounds)
     paired = [r.udp_bps / r.kernel_bps for r in rounds]
     per_gbit = [r.forwarder_cpu / (r.udp_bps * seconds / 1e9) for r in rounds]
+    user_share = [r.forwarder_user / r.forwarder_cpu for r in rounds if r.forwarder_cpu]
     low, high = FLANNELD_UDP_MBIT
     return [
         Row(
@@ -104,5 +113,6 @@ def udp_rows(rounds: list[UdpRound], seconds: int) -> list[Row]:
         Row(
             "udp forwarders' CPU (both hosts) per Gbit moved, median (range)",
             f"{median(per_gbit):.2f} s ({min(per_gbit):.2f} to {max(per_gbit):.2f})",
+            f"in user space {median(user_share):.0%}" if user_share else "",
         ),
     ]
