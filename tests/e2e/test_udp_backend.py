@@ -3,14 +3,17 @@
 Three hosts, a container on each, real agents and forwarders: flanneld's device, route, MTU and
 lease value; all-pairs pings; repair of a deleted flannel0, of drifted kernel state and of a killed
 forwarder; a peer gone is no longer forwarded to; an agent SIGKILL and restart loses no ping;
-a bad lease is named and ignored; a datagram from a non-peer is not injected.
+a bad lease is named and ignored; a datagram from a non-peer is not injected; a taken port and a
+foreign ``flannel0`` are named, and the host joins once they are gone.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
@@ -207,3 +210,38 @@ def test_a_datagram_from_a_non_peer_is_not_injected(lab: Lab) -> None:
     # The same datagram from a peer's address is injected: the check above can fail.
     send_datagram(h2.netns, h1, container_ip(h1))
     wait_for(lambda: forwarder(h1)["counters"]["from_peers"] > before, 5, "a peer's datagram to be injected")
+
+
+def started_alone(lab: Lab) -> LabHost:
+    """One more host, its agent not started yet."""
+    return lab.add_host(start_agent=False)
+
+
+def test_a_taken_port_is_named_and_the_host_joins_once_it_is_free(lab: Lab) -> None:
+    host = started_alone(lab)
+    code = ("import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('{host.ip}', 8285)); time.sleep(600)")  # fmt: skip
+    blocker = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)
+        lab.start_agent(host)
+        wait_for(lambda: f"is UDP port 8285 on {host.ip} taken" in host.log_file.read_text(), 30,
+                 "the agent to name the taken port")  # fmt: skip
+        assert "Address already in use" in host.log_file.read_text()
+    finally:
+        blocker.kill()
+        blocker.wait()
+    wait_for(lambda: device_ok(host), 20, "the host's flannel0 once the port is free")
+    lab.add_container(host, f"{host.name}c1")
+    wait_for(lambda: container_ping(lab, host, lab.hosts[0]), 20, "the new host's container to reach h1c1")
+
+
+def test_a_foreign_flannel0_is_named_and_replaced_once_deleted(lab: Lab) -> None:
+    host = started_alone(lab)
+    sh("ip", "link", "add", "flannel0", "type", "bridge", netns=host.netns)
+    lab.start_agent(host)
+    wait_for(lambda: "flannel0 exists but is a bridge device" in host.log_file.read_text(), 30,
+             "the agent to name the foreign flannel0")  # fmt: skip
+    assert "ip link del flannel0" in host.log_file.read_text()
+    sh("ip", "link", "del", "flannel0", netns=host.netns)
+    wait_for(lambda: device_ok(host), 20, "the agent's own flannel0")

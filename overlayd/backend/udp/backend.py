@@ -80,6 +80,7 @@ class Udp:
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """Start (or re-attach to) the forwarder, tell it our subnet, and set up ``flannel0``."""
         actions: list[str] = []
+        self.kernel.refuse_foreign(DEVICE_NAME)  # before a forwarder fails on it less clearly
         wanted = ForwarderSpec(DEVICE_NAME, host.external_ip, settings(config).port)
         hello = self.forwarder.ensure(wanted, actions)
         if (hello.get("subnet"), hello.get("network")) != (str(own.subnet), str(config.network)):

@@ -59,6 +59,15 @@ class TunDevice:
                 return None
             raise
 
+    def refuse_foreign(self, name: str) -> None:
+        """BackendError if ``name`` exists as another kind of device, which no forwarder could open."""
+        link = self.find(name)
+        if link is not None and link.kind != "tun":
+            raise BackendError(
+                f"{name} exists but is a {link.kind or 'plain'} device, not the udp forwarder's TUN; "
+                f"delete it (ip link del {name}) and the agent makes its own"
+            )
+
     def ensure(self, spec: TunSpec) -> tuple[DeviceState, list[str]]:
         """Make ``spec.name`` look as ``spec`` says; its state and the changes made."""
         actions: list[str] = []
@@ -74,12 +83,8 @@ class TunDevice:
     def _wait_for(self, spec: TunSpec) -> Link:
         deadline = time.monotonic() + APPEAR_TIMEOUT
         while True:
+            self.refuse_foreign(spec.name)
             link = self.find(spec.name)
-            if link is not None and link.kind != "tun":
-                raise BackendError(
-                    f"{spec.name} exists but is a {link.kind} device, not the udp forwarder's TUN; "
-                    f"delete it (ip link del {spec.name}) and the agent makes its own"
-                )
             if link is not None and link.index == spec.ifindex:
                 return link
             if time.monotonic() > deadline:
