@@ -16,7 +16,8 @@ from overlayd.backend.desired import DirectRoute
 from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.udp.config import UdpConfig
-from overlayd.backend.udp.forwarder import PeerTable, _checksum, hop, net_unreachable
+from overlayd.backend.udp.control import ForwarderSpec
+from overlayd.backend.udp.forwarder import PeerTable, _checksum, code_id, hop, net_unreachable
 from overlayd.backend.udp.lease import is_udp_peer, udp_lease_attrs
 from overlayd.backend.vxlan.config import VxlanConfig
 from overlayd.subnet.config import ConfigError, parse_network_config
@@ -149,3 +150,11 @@ def test_a_packet_whose_ttl_would_reach_zero_is_not_forwarded() -> None:
     header = bytearray(ipv4(socket.IPPROTO_UDP, b"\0" * 8))
     header[8] = 1
     assert not hop(header) and header[8] == 1
+
+
+def test_a_running_forwarder_is_kept_only_when_it_is_the_one_the_agent_would_start() -> None:
+    spec = ForwarderSpec("flannel0", IPv4Address("192.0.2.11"), 8285)
+    hello = {"code": code_id(), "device": "flannel0", "bind": "192.0.2.11", "port": 8285, "pid": 7}
+    assert spec.matches(hello)
+    for change in ({"code": "0" * 16}, {"port": 8286}, {"bind": "192.0.2.12"}, {"device": "flannel1"}):
+        assert not spec.matches({**hello, **change}), change

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from overlayd.backend.api import BackendError
-from overlayd.backend.udp.forwarder import CODE_ID, CONTROL_MESSAGE, SO_SNDBUFFORCE, control_address
+from overlayd.backend.udp.forwarder import CONTROL_MESSAGE, SO_SNDBUFFORCE, code_id, control_address
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,11 @@ class ForwarderSpec:
     port: int
 
     def matches(self, hello: dict[str, object]) -> bool:
+        """Whether the forwarder that said ``hello`` is the one this spec would start now: the code
+        on disk (not the agent's, loaded earlier: an agent running on while its package is
+        upgraded would otherwise replace every forwarder it starts), device, address and port."""
         return (hello.get("code"), hello.get("device"), hello.get("bind"), hello.get("port")) == (
-            CODE_ID, self.device, str(self.bind), self.port,
+            code_id(), self.device, str(self.bind), self.port,
         )  # fmt: skip
 
 

@@ -46,9 +46,16 @@ CONTROL_MESSAGE = 16 << 20  # a whole peer table in one reply
 ICMP_QUERIES = frozenset({8, 13, 15, 17})  # echo, timestamp, information, address mask requests
 ICMP_TTL = 8  # flanneld's proxy sends its "net unreachable" with TTL 8
 REOPEN_PAUSE = 0.2
-# What an agent compares to decide whether a running forwarder is the one it would start: the
-# code itself, so an upgrade replaces it and a restart re-attaches.
-CODE_ID = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+SOURCE = Path(__file__)
+
+
+def code_id(source: Path = SOURCE) -> str:
+    """What an agent compares to decide whether a running forwarder is the one it would start:
+    the code itself, so an upgrade replaces it and a restart re-attaches."""
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+
+
+CODE_ID = code_id()
 
 
 def control_address(device: str) -> str:
