@@ -245,3 +245,65 @@ def test_a_foreign_flannel0_is_named_and_replaced_once_deleted(lab: Lab) -> None
     assert "ip link del flannel0" in host.log_file.read_text()
     sh("ip", "link", "del", "flannel0", netns=host.netns)
     wait_for(lambda: device_ok(host), 20, "the agent's own flannel0")
+
+
+# flanneld's udp data path, as far as a takeover sees it: a process named flanneld holding
+# flannel0 and a UDP socket on the port, both non-blocking as its C proxy leaves them,
+# forwarding in flanneld's wire format (our forwarder's loops, which speak it).
+STAND_IN = """
+import ctypes, json, os, sys, threading, time
+from overlayd.backend.udp.forwarder import Forwarder
+ctypes.CDLL(None).prctl(15, b"flanneld", 0, 0, 0)
+ip, subnet, network, table = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+proxy = Forwarder("flannel0", ip, 8285)
+os.set_blocking(proxy.tun, False)
+proxy.sock.setblocking(False)
+proxy.handle({"op": "subnet", "subnet": subnet, "network": network})
+proxy.peers.update(table, [])
+for loop in (proxy.tun_to_udp, proxy.udp_to_tun):
+    threading.Thread(target=loop, daemon=True).start()
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_node_is_taken_over_from_flanneld_without_a_lost_ping(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    host = started_alone(lab)
+    subnet = IPv4Network("198.18.241.0/24")
+    peers = [peer for peer in lab.hosts if peer.pid]
+    table = [[int(subnet_of(p).network_address), 24, p.ip] for p in peers]
+    etcd_lease = lab.etcd().etcdctl("lease", "grant", "600").split()[1]
+    key = f"{ETCD_PREFIX}/subnets/198.18.241.0-24"
+    value = json.dumps({"PublicIP": host.ip, "PublicIPv6": None}, separators=(",", ":"))
+    lab.etcd().etcdctl("put", "--lease", etcd_lease, key, value)
+    flanneld = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-c", STAND_IN, host.ip, str(subnet), LAB_NETWORK,
+         json.dumps(table)], stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert flanneld.stdout is not None and flanneld.stdout.readline() == b"ready\n"
+        for args in (("addr", "add", "198.18.241.0/32", "dev", "flannel0"),
+                     ("link", "set", "flannel0", "mtu", "1472", "up"),
+                     ("route", "add", LAB_NETWORK, "dev", "flannel0")):  # fmt: skip
+            sh("ip", *args, netns=host.netns)
+        wait_for(lambda: subnet in peer_table(h1), 15, "h1 forwarding to the flanneld node")
+        with PingProbe(lab.container_ns("h1c1"), "198.18.241.0", lab.dir / "udp-takeover.ping", 0.05) as ping:
+            wait_for(lambda: ping.stats().received >= 10, 10, "pings reaching the flanneld node")
+            lab.start_agent(host)
+            wait_for(lambda: forwarder(host).get("adopted_from") == flanneld.pid, 30,
+                     "overlayd's forwarder to take flannel0 over from flanneld")  # fmt: skip
+            wait_for(lambda: len(peer_table(host)) == len(peers) and device_ok(host), 30,
+                     "the agent to program its forwarder")  # fmt: skip
+            flanneld.terminate()
+            flanneld.wait(10)
+            seen = ping.stats().received
+            wait_for(lambda: ping.stats().received >= seen + 40, 10, "pings after flanneld stopped")
+            stats = ping.stop()
+        assert stats.lost == 0, f"pings lost in the takeover: {stats}"
+        assert "holding subnet 198.18.241.0/24" in host.log_file.read_text()
+        assert forwarder(host)["counters"]["from_peers"] > 0
+    finally:
+        if flanneld.poll() is None:
+            flanneld.kill()
+            flanneld.wait()

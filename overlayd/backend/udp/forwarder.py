@@ -16,7 +16,8 @@ finds it again by its control socket, an abstract unix socket named after the de
 names are per network namespace) that answers only its own user. The agent keeps the peer table
 in it level-triggered: it reads the table back on each pass and sends what differs.
 
-Standard library only: the process starts in ~50 ms and holds only what it forwards.
+Standard library only (and ``adopt``, which takes a running flanneld's device and socket over):
+the process starts in ~50 ms and holds only what it forwards.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+
+from overlayd.backend.udp.adopt import Adopted, adopt_flanneld
 
 TUNSETIFF = 0x400454CA
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in the socket module
@@ -157,14 +160,17 @@ class PeerTable:
 class Forwarder:
     """The two forwarding loops and the control server of one device."""
 
-    def __init__(self, device: str, bind: str, port: int) -> None:
+    def __init__(self, device: str, bind: str, port: int, adopted: Adopted | None = None) -> None:
+        """Opens ``device`` and binds ``bind:port``, or takes flanneld's (``adopted``)."""
         self.device, self.bind, self.port = device, bind, port
-        self.tun = open_tun(device)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.adopted_from = adopted.pid if adopted else None
+        self.tun = adopted.tun if adopted else open_tun(device)
+        self.sock = adopted.sock if adopted else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for option in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
             with contextlib.suppress(OSError):  # not privileged: the system's limits stand
                 self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        self.sock.bind((bind, port))
+        if adopted is None:
+            self.sock.bind((bind, port))
         self.peers = PeerTable(port)
         self.own = (0, 1 << 32)  # (subnet >> shift, shift): matches nothing until told
         self.icmp_source = 0
@@ -182,6 +188,9 @@ class Forwarder:
         while True:
             try:
                 size = readv(self.tun, (buffer,))
+            except BlockingIOError:  # someone sharing the descriptor made it non-blocking
+                os.set_blocking(self.tun, True)
+                continue
             except OSError as exc:
                 if exc.errno != errno.EINTR:
                     self._reopen(exc)
@@ -216,6 +225,9 @@ class Forwarder:
         while True:
             try:
                 size = recv_into(buffer)
+            except BlockingIOError:
+                self.sock.setblocking(True)
+                continue
             except OSError:
                 continue
             if size < 20 or buffer[0] >> 4 != 4:
@@ -272,6 +284,7 @@ class Forwarder:
             "subnet": str(IPv4Network((own << shift, 32 - shift))) if shift <= 32 else None,
             "network": self.network,
             "peers": len(self.peers.entries), "counters": dict(self.counters),
+            "adopted_from": self.adopted_from,
         }  # fmt: skip
 
     def handle(self, request: dict) -> dict[str, object]:
@@ -315,6 +328,20 @@ class Forwarder:
                     conn.send(json.dumps(reply, separators=(",", ":")).encode())
 
 
+def open_forwarder(device: str, bind: str, port: int) -> Forwarder:
+    """A forwarder with its own device and socket or, when another process holds the device
+    (EBUSY), with flanneld's; OSError if neither can be had."""
+    try:
+        return Forwarder(device, bind, port)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    adopted = adopt_flanneld(device, bind, port)
+    print(f"overlayd udp forwarder: took over {device} and UDP {bind}:{port} from flanneld "
+          f"(pid {adopted.pid}); it can be stopped now", file=sys.stderr, flush=True)
+    return Forwarder(device, bind, port, adopted)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlayd-udp-forwarder")
     parser.add_argument("--device", required=True)
@@ -331,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return 2
     try:
-        forwarder = Forwarder(args.device, args.bind, args.port)
+        forwarder = open_forwarder(args.device, args.bind, args.port)
     except OSError as exc:
         print(f"overlayd udp forwarder: cannot open {args.device} or bind {args.bind}:{args.port}: "
-              f"{exc.strerror}", file=sys.stderr, flush=True)
+              f"{exc.strerror or exc}", file=sys.stderr, flush=True)
         return 2
     server.listen(8)
     for loop in (forwarder.tun_to_udp, forwarder.udp_to_tun):
