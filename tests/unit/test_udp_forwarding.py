@@ -14,6 +14,7 @@ import pytest
 from overlayd.backend.api import HostFacts, UnderlayIngress
 from overlayd.backend.desired import DirectRoute
 from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
+from overlayd.backend.udp.adopt import AdoptError, _udp_inode, adopt_flanneld
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.udp.config import UdpConfig
 from overlayd.backend.udp.control import ForwarderSpec
@@ -158,3 +159,25 @@ def test_a_running_forwarder_is_kept_only_when_it_is_the_one_the_agent_would_sta
     assert spec.matches(hello)
     for change in ({"code": "0" * 16}, {"port": 8286}, {"bind": "192.0.2.12"}, {"device": "flannel1"}):
         assert not spec.matches({**hello, **change}), change
+
+
+UDP_TABLE = """\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref
+  100: 0B0200C0:205D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2
+  101: 00000000:2105 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2
+"""
+
+
+def test_flanneld_s_socket_is_found_by_its_address_and_port(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "udp").write_text(UDP_TABLE)
+    assert _udp_inode("192.0.2.11", 8285, tmp_path) == 4242  # 0B0200C0:205D
+    assert _udp_inode("192.0.2.12", 8453, tmp_path) == 4343  # the wildcard 0.0.0.0
+    assert _udp_inode("192.0.2.12", 8285, tmp_path) is None
+
+
+def test_without_a_flanneld_there_is_nothing_to_take_over(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "udp").write_text(UDP_TABLE)
+    with pytest.raises(AdoptError, match=r"no flanneld in this network namespace holds flannel0 and UDP"):
+        adopt_flanneld("flannel0", "192.0.2.11", 8285, tmp_path)
