@@ -327,11 +327,11 @@ def test_error_is_a_value_error() -> None:
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}',
-            ["Backend.Type 'udp' is invalid", "overlayd supports vxlan"],
+            ["Backend.Type 'udp' is invalid", "overlayd supports vxlan, host-gw"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "host-gw"}}',
-            ["Backend.Type 'host-gw' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
+            ["Backend.Type 'ipip' needs the kernel's ipip module", "use Backend vxlan"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": ""}}',
