@@ -149,6 +149,21 @@ def test_a_bad_peer_lease_is_named_and_the_rest_kept(hostgw_lab: Lab) -> None:
         etcdctl(lab, "del", key)
 
 
+def test_a_host_behind_nat_is_refused_with_the_fix(hostgw_lab: Lab) -> None:
+    """flanneld refuses host-gw when the PublicIP is not the interface's address; so do we, with
+    the fix, before any lease is written."""
+    lab = hostgw_lab
+    host = lab.add_host(agent_args=["--public-ip=192.0.2.99"])
+    try:
+        wait_for(lambda: not _running(host.pid), 60, "the agent behind a NAT to exit")
+        log = host.log_file.read_text()
+        assert f"PublicIP 192.0.2.99 is not eth0's address {host.ip}" in log and "Drop --public-ip" in log
+        assert "Traceback" not in log
+        assert "192.0.2.99" not in etcdctl(lab, "get", "--prefix", f"{ETCD_PREFIX}/subnets/")
+    finally:
+        lab.stop_agent(host)
+
+
 def test_a_peer_whose_lease_is_gone_loses_its_route(hostgw_lab: Lab) -> None:
     """Last: h3 leaves the lab's cluster for good."""
     lab = hostgw_lab
