@@ -8,6 +8,7 @@ with the fix instead of failing a route add on every event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -114,39 +115,42 @@ def test_a_route_of_ours_that_no_lease_wants_is_removed(hostgw_lab: Lab) -> None
     assert any(route["dst"] == "default" for route in routes(h1)), "the underlay's own routes stay"
 
 
-def test_an_off_segment_peer_is_named_with_the_fix_and_gets_no_route(hostgw_lab: Lab) -> None:
-    lab = hostgw_lab
-    h1 = lab.hosts[0]
-    mark = log_mark(h1)
-    key = f"{ETCD_PREFIX}/subnets/198.18.251.0-24"
-    etcdctl(lab, "put", key, '{"PublicIP":"198.19.0.5","PublicIPv6":null,"BackendType":"host-gw"}')
+@contextlib.contextmanager
+def peer_lease(lab: Lab, subnet: str, public_ip: str) -> Iterator[int]:
+    """A host-gw lease for ``subnet`` at ``public_ip`` in etcd meanwhile, written by hand; yields
+    the position in h1's log from before it was written."""
+    key = f"{ETCD_PREFIX}/subnets/{subnet.replace('/', '-')}"
+    mark = log_mark(lab.hosts[0])
+    etcdctl(lab, "put", key, f'{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw"}}')
     try:
+        yield mark
+    finally:
+        etcdctl(lab, "del", key)
+
+
+def test_an_off_segment_peer_is_named_with_the_fix_and_gets_no_route(hostgw_lab: Lab) -> None:
+    lab, far = hostgw_lab, "198.18.251.0/24"
+    h1 = lab.hosts[0]
+    with peer_lease(lab, far, "198.19.0.5") as mark:
         line = wait_for(
-            lambda: next((ln for ln in log_since(h1, mark).splitlines() if "198.18.251.0/24" in ln), None),
+            lambda: next((ln for ln in log_since(h1, mark).splitlines() if far in ln), None),
             REPAIR_BOUND, "the off-segment peer named in h1's log",
         )  # fmt: skip
         assert "198.19.0.5" in str(line) and "not on this host's L2 segment" in str(line)
         assert '"Type": "vxlan"' in str(line) and "DirectRouting" in str(line)
-        assert route_to(h1, "198.18.251.0/24") is None
+        assert route_to(h1, far) is None
         c2 = container_ip(lab, "ch2")
         assert container_ping(lab, "ch1", c2, "-c", "1").returncode == 0, "the other peers are untouched"
-    finally:
-        etcdctl(lab, "del", key)
 
 
 def test_a_bad_peer_lease_is_named_and_the_rest_kept(hostgw_lab: Lab) -> None:
     lab = hostgw_lab
     h1 = lab.hosts[0]
-    mark = log_mark(h1)
-    key = f"{ETCD_PREFIX}/subnets/198.18.252.0-24"
-    etcdctl(lab, "put", key, '{"PublicIP":"192.0.2.300","PublicIPv6":null,"BackendType":"host-gw"}')
-    try:
+    with peer_lease(lab, "198.18.252.0/24", "192.0.2.300") as mark:
         wait_for(lambda: "198.18.252.0-24" in log_since(h1, mark), REPAIR_BOUND, "the bad lease named")
         assert "192.0.2.300" in log_since(h1, mark)
         assert route_to(h1, "198.18.252.0/24") is None
         assert all(route_to(h1, subnet_of(peer)) for peer in lab.hosts[1:])
-    finally:
-        etcdctl(lab, "del", key)
 
 
 def test_a_host_behind_nat_is_refused_with_the_fix(hostgw_lab: Lab) -> None:
