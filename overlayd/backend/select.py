@@ -28,8 +28,8 @@ _CLOUD = (
 # flannel's backends that overlayd refuses, by Type: why, and what to use instead.
 REFUSED: dict[str, str] = {
     "ipip": (
-        "needs the kernel's ipip module, which this kernel lacks (no ipip module or built-in tunl0), "
-        "and overlayd has no ipip backend; use Backend vxlan (the same routes with a UDP header), or "
+        "is not supported: overlayd has no ipip backend, and the kernels it is tested on have no ipip "
+        "module (`ip link add type ipip` fails with \"Unknown device type\"); use Backend vxlan, or "
         "host-gw where the hosts share one L2 segment"
     ),
     "wireguard": "is not yet supported by overlayd; use Backend vxlan until it is",

@@ -153,6 +153,21 @@ def test_a_bad_peer_lease_is_named_and_the_rest_kept(hostgw_lab: Lab) -> None:
         assert all(route_to(h1, subnet_of(peer)) for peer in lab.hosts[1:])
 
 
+def test_a_node_whose_own_lease_is_deleted_takes_it_back_in_place(hostgw_lab: Lab) -> None:
+    """flanneld's host-gw panics when its lease is deleted; the agent re-acquires the same subnet
+    and keeps running, and its containers stay reachable."""
+    lab = hostgw_lab
+    h2 = lab.hosts[1]
+    key = f"{ETCD_PREFIX}/subnets/{subnet_of(h2).replace('/', '-')}"
+    value = etcdctl(lab, "get", "--print-value-only", key).strip()
+    etcdctl(lab, "del", key)
+    wait_for(lambda: etcdctl(lab, "get", "--print-value-only", key).strip() == value, REPAIR_BOUND,
+             "h2's lease written again, the same value")  # fmt: skip
+    assert _running(h2.pid)
+    c2 = container_ip(lab, "ch2")
+    wait_for(lambda: container_ping(lab, "ch1", c2, "-c", "1").returncode == 0, REPAIR_BOUND, "ch1 → ch2")
+
+
 def test_a_host_behind_nat_is_refused_with_the_fix(hostgw_lab: Lab) -> None:
     """flanneld refuses host-gw when the PublicIP is not the interface's address; so do we, with
     the fix, before any lease is written."""

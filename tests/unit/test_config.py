@@ -331,7 +331,7 @@ def test_error_is_a_value_error() -> None:
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
-            ["Backend.Type 'ipip' needs the kernel's ipip module", "use Backend vxlan"],
+            ["Backend.Type 'ipip' is not supported", "no ipip module", "use Backend vxlan"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": ""}}',
