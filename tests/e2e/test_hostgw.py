@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, metric, needs_lab, running_lab, wait_for
+from labtools import log_mark, log_since, metric, needs_lab, running_lab, status_json, wait_for
 
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
@@ -95,6 +95,13 @@ def test_every_container_reaches_every_other_through_flanneld_s_routes(hostgw_la
         if source != target and container_ping(lab, source, addresses[target], "-c", "2").returncode
     ]  # fmt: skip
     assert not failed, f"container pings failed: {failed}"
+
+
+def test_status_shows_the_routes_on_the_external_interface(hostgw_lab: Lab) -> None:
+    h1, h2 = hostgw_lab.hosts[:2]
+    status = status_json(hostgw_lab, h1, "--cluster")
+    assert status["device"]["name"] == "eth0" and subnet_of(h2) in status["device"]["routes"]
+    assert [row["programmed"] for row in status["leases"] if row["subnet"] == subnet_of(h2)] == [True]
 
 
 def test_a_deleted_route_is_put_back(hostgw_lab: Lab) -> None:
