@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -312,3 +313,27 @@ def test_a_live_switch_between_vxlan_and_host_gw_keeps_the_process(
             log = host.log_file.read_text()
             assert "switched backend vxlan -> host-gw" in log and "switched backend host-gw -> vxlan" in log
             assert "Traceback" not in log
+
+
+def test_a_switch_this_host_cannot_make_keeps_the_old_backend(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A node behind a NAT (here: --public-ip not its address) cannot run host-gw: told to switch,
+    it says why once and keeps serving vxlan."""
+    vxlan = json.dumps({"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}})
+    nat = ("--public-ip=192.0.2.99",)
+    with running_lab(tmp_path_factory, hosts=1, agent_args=nat, network_config=vxlan, converge=False) as lab:
+        h1 = lab.hosts[0]
+        wait_for(lambda: _ready(h1), 60, "h1's agent ready on vxlan")
+        mark = log_mark(h1)
+        lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", CONFIG)
+        refusal = "cannot switch to backend host-gw"
+        wait_for(lambda: refusal in log_since(h1, mark), 30, "the refused switch logged")
+        for _ in range(2):  # later config checks say nothing more
+            os.kill(h1.pid, signal.SIGHUP)
+            time.sleep(1)
+        log = log_since(h1, mark)
+        assert log.count(refusal) == 1 and "PublicIP 192.0.2.99 is not eth0's address" in log, log
+        assert _running(h1.pid) and "flannel.1" in sh("ip", "-br", "link", netns=h1.netns)
+        key = f"{ETCD_PREFIX}/subnets/{subnet_of(h1).replace('/', '-')}"
+        assert json.loads(etcdctl(lab, "get", "--print-value-only", key))["BackendType"] == "vxlan"
