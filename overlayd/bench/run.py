@@ -114,8 +114,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--sizes {args.sizes!r}: use peer counts like 100,1000,5000")
     args.backends = [name.strip().lower() for name in args.backends.split(",") if name.strip()]
-    if unknown := [name for name in args.backends if name not in BACKENDS] or not args.backends:
-        parser.error(f"--backends {unknown or 'empty'}: use some of {','.join(BACKENDS)}")
+    unknown = [name for name in args.backends if name not in BACKENDS]
+    if unknown or not args.backends:
+        named = ",".join(unknown) or "(none)"
+        parser.error(f"--backends {named}: overlayd has no such backend; use some of {','.join(BACKENDS)}")
     args.churn = max(1, round(args.churn_rate * args.churn_seconds))
     args.changes = min(args.changes, args.events)
     needed = max([*args.sizes, args.peers]) + args.events + args.churn
