@@ -129,6 +129,15 @@ class BackendParsers:
 
     parsers: Mapping[str, BackendParser]
     default_type: str
+    # Backends a config may name that are refused: type -> why, and what to use instead.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def refusal(self, backend_type: object) -> str:
+        """Why ``backend_type`` cannot be used, as the end of a sentence naming it."""
+        why = self.refused.get(backend_type.lower()) if isinstance(backend_type, str) else None
+        if why is not None:
+            return why
+        return f"is invalid; overlayd supports {', '.join(self.parsers)}"
 
     def parse(self, where: str, raw: object) -> BackendSettings:
         """The ``Backend`` section ``raw`` parsed by the backend it names."""
@@ -143,7 +152,7 @@ class BackendParsers:
             backend_type = backend_type.lower()  # flanneld lower-cases it too
         parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
         if parser is None:
-            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
+            raise ConfigError(f"{where}: Backend.Type {backend_type!r} {self.refusal(backend_type)}")
         return parser(fields)
 
 

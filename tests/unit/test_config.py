@@ -330,12 +330,12 @@ def test_error_is_a_value_error() -> None:
             ["Backend [] is not a JSON object", '"Type": "udp"'],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
-            ["Backend.Type 'ipip' is invalid", "overlayd supports vxlan, udp"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "bogus"}}',
+            ["Backend.Type 'bogus' is invalid", "overlayd supports vxlan, host-gw, udp"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "host-gw"}}',
-            ["Backend.Type 'host-gw' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
+            ["Backend.Type 'ipip' is not supported", "no ipip module", "use Backend vxlan"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": ""}}',
