@@ -40,6 +40,7 @@ from overlayd.agent.startup import (
     lock_state_dir,
     start_http,
     state_dir_error,
+    watch_device,
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
@@ -180,24 +181,20 @@ class Agent:
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
             switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
-            self.own_attrs = backend.lease_data(config, host)
+            # Retried: a backend may run a command for it (extension's PreStartupCommand).
+            prepare = lambda: backend.lease_data(config, host)  # noqa: E731
+            self.own_attrs = self.retrier.retry("preparing this host's lease", prepare)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
+        if self.own_attrs is None:
+            return False
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False
         self.watcher = PeerWatcher(self.registry, self.events, first_listing=self.first_listing)
         self.watcher.start()
-        reconciler = self.reconciler
-        monitor = self.monitor = NetlinkMonitor(
-            backend.device_names(config)[0],
-            lambda: reconciler.device.ifindex if reconciler.device else 0,
-            self.events.put,
-            self._is_echo,
-            reconciler.writing,
-        )
-        reconciler.monitor_alive = lambda: monitor.alive
-        monitor.start()
+        devices = backend.device_names(config)
+        self.monitor = watch_device(devices, self.reconciler, self.events.put, self._is_echo)
         return True
 
     def _shutdown(self) -> None:

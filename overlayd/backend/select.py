@@ -9,12 +9,14 @@ line calls it at start.
 
 from __future__ import annotations
 
+from overlayd.backend.alloc.backend import Alloc
 from overlayd.backend.api import Backend
+from overlayd.backend.extension.backend import Extension
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
-BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan}
+BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan, Alloc.type: Alloc, Extension.type: Extension}
 # What a config without Backend.Type means: overlayd's one backend, before there were others.
 DEFAULT_TYPE = Vxlan.type
 CONFIG_PARSERS = BackendParsers(
@@ -36,4 +38,5 @@ def backend_for(backend_type: str, where: str = "network config") -> Backend:
 def install() -> None:
     """Hand the backends' lease codecs down to ``overlayd.subnet``."""
     for name, backend in BACKENDS.items():
-        install_backend_data(name, backend.data_codec)
+        if backend.data_codec is not None:  # the others' BackendData is kept whole
+            install_backend_data(name, backend.data_codec)

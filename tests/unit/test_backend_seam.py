@@ -22,6 +22,7 @@ from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_attrs, e
 
 WHERE = "network config at /coreos.com/network/config"
 MAC = "0a:58:c6:12:05:01"
+SUPPORTED = ", ".join(BACKENDS)
 
 
 def config(backend: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
@@ -136,7 +137,7 @@ def test_the_vxlan_backend_refuses_another_backends_config() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"Type": "udp"}, f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"),
+        ({"Type": "ipip"}, f"{WHERE}: Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}"),
         ({"VNI": -1}, f"{WHERE}: Backend.VNI -1 is invalid; use a whole number between 0 and 16777215"),
         (
             {"Port": "8472"},
@@ -155,8 +156,8 @@ def test_config_errors_are_worded_as_before(section: dict[str, object], message:
 def test_backend_for_refuses_an_unknown_type_as_the_config_does() -> None:
     assert isinstance(backend_for("VXLAN"), Vxlan) and DEFAULT_TYPE == "vxlan"
     with pytest.raises(ConfigError) as caught:
-        backend_for("udp", WHERE)
-    assert str(caught.value) == f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"
+        backend_for("ipip", WHERE)
+    assert str(caught.value) == f"{WHERE}: Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}"
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,9 @@ def test_a_second_backend_plugs_in_without_touching_the_network_config() -> None
     )
     assert parsed.backend == OtherConfig(colour="green")
     assert parse_network_config('{"Network": "198.18.0.0/16"}', backends=_WITH_OTHER).backend == VxlanConfig()
-    with pytest.raises(ConfigError, match=r"Backend.Type 'udp' is invalid; overlayd supports vxlan, other"):
-        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}', backends=_WITH_OTHER)
+    unknown = '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}'
+    with pytest.raises(ConfigError, match=rf"Type .ipip. is invalid; overlayd supports {SUPPORTED}, other"):
+        parse_network_config(unknown, backends=_WITH_OTHER)
     with pytest.raises(ConfigError, match=r"Backend.Colour 'red' is invalid; use blue or green"):
         parse_network_config(
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "other", "Colour": "red"}}',
