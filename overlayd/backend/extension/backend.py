@@ -21,7 +21,7 @@ from overlayd.backend.api import NO_DEVICE, BackendError, DeviceState, HostFacts
 from overlayd.backend.deviceless import NoDevice
 from overlayd.backend.extension.command import run_command, shown
 from overlayd.backend.extension.config import TYPE, ExtensionConfig, config_fields, parse_extension_config
-from overlayd.backend.extension.runner import CommandRunner, OwnStart
+from overlayd.backend.extension.runner import OWN, CommandRunner, OwnStart
 from overlayd.base.gojson import go_string, go_trimmed_output
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -78,10 +78,13 @@ class Extension(NoDevice):
         return LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE, extra_backend_data=go_string(output))
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
-        """No device: start the runner (once) and have it run ``PostStartupCommand`` for ``own``."""
+        """No device: start the runner (once) and have it run ``PostStartupCommand`` for ``own``;
+        raises BackendError while that command fails, so the pass, and readiness, say so."""
         if self._runner is None:
             self._runner = CommandRunner(settings(config), record_path(host.state_dir))
         self._runner.start(OwnStart(str(config.network), str(own.subnet), str(host.public_ip)))
+        if why := self._runner.failing().get(OWN):
+            raise BackendError(f"PostStartupCommand {why}; it is retried, and peers' commands wait for it")
         return NO_DEVICE, []
 
     def peer_actions(self) -> PeerActions | None:
