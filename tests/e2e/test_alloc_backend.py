@@ -4,6 +4,7 @@ programming, and a live switch to vxlan (and back) through the agent's restart."
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +46,9 @@ def test_subnet_env_has_the_underlays_whole_mtu_and_no_device_is_made(alloc_lab:
         kinds = {link["ifname"]: link.get("linkinfo", {}).get("info_kind") for link in links(host)}
         assert not [name for name in kinds if name.startswith("flannel")], kinds
         assert "vxlan" not in kinds.values()
+        status = sh(sys.executable, "-m", "overlayd", "status", f"--etcd-endpoints={alloc_lab.etcd_endpoint}",
+                    f"--subnet-file={host.subnet_file}", netns=host.netns)  # fmt: skip
+        assert "device      none: the alloc backend makes no device" in status
 
 
 def test_peers_are_not_programmed(alloc_lab: Lab) -> None:
