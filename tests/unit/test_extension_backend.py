@@ -104,6 +104,16 @@ def test_empty_pre_startup_output_is_an_empty_string_not_nothing(tmp_path: Path)
     assert encode_attrs(attrs).endswith('"BackendType":"extension","BackendData":""}')
 
 
+def test_a_pre_startup_output_too_long_for_a_lease_is_an_error_naming_the_fix(tmp_path: Path) -> None:
+    section = {"Type": "extension", "PreStartupCommand": "head -c 5000 /dev/zero | tr '\\0' x"}
+    with pytest.raises(BackendError) as caught:
+        Extension().lease_data(config(section), host(tmp_path))
+    assert str(caught.value).startswith(
+        "PreStartupCommand printed 5000 bytes, a lease of 5086 bytes, and peers read leases of at most 4096; "
+        "have it print only what peers need"
+    )
+
+
 def test_a_failing_pre_startup_is_an_error_with_its_status_and_output(tmp_path: Path) -> None:
     section = {"Type": "extension", "PreStartupCommand": "echo no vxlan module >&2; exit 4"}
     with pytest.raises(BackendError, match="PreStartupCommand failed with exit status 4: no vxlan module"):

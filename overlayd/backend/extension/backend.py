@@ -24,7 +24,7 @@ from overlayd.backend.extension.config import TYPE, ExtensionConfig, config_fiel
 from overlayd.backend.extension.runner import OWN, CommandRunner, OwnStart
 from overlayd.base.gojson import go_string, go_trimmed_output
 from overlayd.subnet.config import BackendSettings, NetworkConfig
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import MAX_VALUE_BYTES, Lease, LeaseAttrs, encode_attrs
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,16 @@ class Extension(NoDevice):
             raise BackendError(
                 f"PreStartupCommand {result.failure(section.timeout)}; the lease waits for it to succeed"
             )
-        output = go_trimmed_output(result.stdout)
+        data = go_string(go_trimmed_output(result.stdout))
+        attrs = LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE, extra_backend_data=data)
+        if (size := len(encode_attrs(attrs).encode())) > MAX_VALUE_BYTES:
+            raise BackendError(
+                f"PreStartupCommand printed {len(result.stdout)} bytes, a lease of {size} bytes, and peers "
+                f"read leases of at most {MAX_VALUE_BYTES}; have it print only what peers need (a MAC, "
+                "an address) and send the rest to a file or /dev/null"
+            )
         log.info("PreStartupCommand done; its output is this lease's BackendData: %s", shown(result.stdout))
-        return LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE, extra_backend_data=go_string(output))
+        return attrs
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """No device: start the runner (once) and have it run ``PostStartupCommand`` for ``own``;
