@@ -61,6 +61,27 @@ def test_peers_are_not_programmed(alloc_lab: Lab) -> None:
     assert not ok  # nothing carries the traffic: alloc leaves routing to something else
 
 
+def test_a_node_takes_over_the_lease_flanneld_left(alloc_lab: Lab) -> None:
+    """A node switched from flanneld keeps its subnet: the lease carrying its PublicIP, as
+    flanneld's alloc backend wrote it, is taken over and written again byte for byte."""
+    etcd = alloc_lab.etcd()
+    lease_id = etcd.etcdctl("lease", "grant", "86400").split()[1]
+    flanneld = '{"PublicIP":"192.0.2.13","PublicIPv6":null}'
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/198.18.200.0-24", flanneld, f"--lease={lease_id}")
+    h3 = alloc_lab.add_host(start_agent=False)
+    assert h3.ip == "192.0.2.13"
+    mark = log_mark(h3) if h3.log_file.exists() else 0
+    alloc_lab.start_agent(h3)
+    try:
+        held = "holding subnet 198.18.200.0/24"
+        wait_for(lambda: held in log_since(h3, mark), 30, "h3 holding its old subnet")
+        wait_for(lambda: h3.subnet_env().get("FLANNEL_SUBNET") == "198.18.200.1/24", 30, "h3's subnet.env")
+        assert lease_value(alloc_lab, h3) == flanneld
+    finally:
+        alloc_lab.stop_agent(h3)
+        h3.pid = 0
+
+
 def restart_for(lab: Lab, host: LabHost, mark: int) -> None:
     """Wait for ``host``'s agent to exit for a new backend, start it again as systemd's
     Restart=on-failure does, and wait for it to hold its lease again."""
@@ -74,15 +95,15 @@ def restart_for(lab: Lab, host: LabHost, mark: int) -> None:
 def test_a_live_switch_to_vxlan_and_back(alloc_lab: Lab) -> None:
     """The agents restart for the new backend (exit 75, as for a new VNI), come back on vxlan with
     a device and pings across hosts, and on the way back to alloc remove the device again."""
-    etcd = alloc_lab.etcd()
+    etcd, running = alloc_lab.etcd(), [host for host in alloc_lab.hosts if host.pid]
     for config, device in ((VXLAN, True), (ALLOC, False)):
-        marks = {host.name: log_mark(host) for host in alloc_lab.hosts}
+        marks = {host.name: log_mark(host) for host in running}
         etcd.etcdctl("put", f"{ETCD_PREFIX}/config", config)
-        for host in alloc_lab.hosts:
+        for host in running:
             restart_for(alloc_lab, host, marks[host.name])
         alloc_lab.network_config = config
         alloc_lab.wait_converged(timeout=60)
-        for host in alloc_lab.hosts:
+        for host in running:
             present = any(link["ifname"] == "flannel.1" for link in links(host))
             assert present is device, f"{host.name}: flannel.1 present {present}"
             backend_type = ',"BackendType":"vxlan"' if device else ""
