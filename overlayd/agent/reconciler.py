@@ -287,9 +287,9 @@ class Reconciler:
     def _ensure_entries(self, trigger: Trigger) -> None:
         # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
         # diffing against an empty peer set would remove them all and drop traffic on restart.
+        self._sync_peer_actions()  # a backend's own work waits for its device itself
         if self.device is None:
             return  # the device step failed: counted there
-        self._sync_peer_actions()
         if self.state.listed and self.entry_dumps.due(trigger is Trigger.TIMER, self._drift_reported()):
             try:
                 self.reconcile_entries(trigger)
