@@ -61,6 +61,33 @@ def test_peers_are_not_programmed(alloc_lab: Lab) -> None:
     assert not ok  # nothing carries the traffic: alloc leaves routing to something else
 
 
+def test_repair_restart_and_bad_input(alloc_lab: Lab) -> None:
+    """What alloc has to keep (subnet.env, the firewall's table) is repaired by the next pass; a
+    restart keeps the subnet and the lease's bytes; a Backend that is not an object is refused,
+    named, and the config in force kept."""
+    h1 = alloc_lab.hosts[0]
+    env, value = h1.subnet_file.read_text(), lease_value(alloc_lab, h1)
+    h1.subnet_file.unlink()
+    sh("nft", "delete", "table", "ip", "overlayd", netns=h1.netns)
+    wait_for(lambda: h1.subnet_file.exists() and h1.subnet_file.read_text() == env, 30, "subnet.env back")
+    table = ("nft", "list", "table", "ip", "overlayd")
+    wait_for(lambda: sh(*table, netns=h1.netns, check=False), 30, "the firewall's table back")
+    alloc_lab.stop_agent(h1)
+    mark = log_mark(h1)
+    alloc_lab.start_agent(h1)
+    wait_for(lambda: "holding subnet" in log_since(h1, mark), 30, "h1 holding its subnet again")
+    assert h1.subnet_file.read_text() == env and lease_value(alloc_lab, h1) == value
+    mark = log_mark(h1)
+    bad = json.dumps({"Network": LAB_NETWORK, "Backend": "alloc"})
+    alloc_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", bad)
+    try:
+        named = "Backend 'alloc' is not a JSON object"
+        wait_for(lambda: named in log_since(h1, mark), 30, "the bad Backend named")
+        assert alloc_lab.http_get(h1, "/readyz")[0] == 200 and h1.subnet_file.read_text() == env
+    finally:
+        alloc_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", ALLOC)
+
+
 def test_a_node_takes_over_the_lease_flanneld_left(alloc_lab: Lab) -> None:
     """A node switched from flanneld keeps its subnet: the lease carrying its PublicIP, as
     flanneld's alloc backend wrote it, is taken over and written again byte for byte."""
