@@ -142,7 +142,8 @@ def runner_for(tmp_path: Path, timeout: int = 60, post: str = "") -> CommandRunn
         subnet_add=f'test -e {out}/fail-"${{SUBNET%/*}}" && {{ echo refused "$SUBNET" >&2; exit 3; }}; '
         f'test -e {out}/hang-"${{SUBNET%/*}}" && sleep 100; '
         f'cat > {out}/add-stdin-"${{SUBNET%/*}}"; echo "add $SUBNET $PUBLIC_IP ${{NETWORK:-}}" >> {out}/log',
-        subnet_remove=f'cat > {out}/remove-stdin-"${{SUBNET%/*}}"; '
+        subnet_remove=f'test -e {out}/fail-remove-"${{SUBNET%/*}}" && {{ echo busy >&2; exit 4; }}; '
+        f'cat > {out}/remove-stdin-"${{SUBNET%/*}}"; '
         f'echo "remove $SUBNET $PUBLIC_IP" >> {out}/log',
         timeout=timeout,
     )
@@ -274,3 +275,44 @@ def test_a_lease_whose_backend_data_is_not_a_string_gets_no_command(
         assert 'lease 198.18.2.0-24: its BackendData {"VNI":1} is not a JSON string' in caplog.text
     finally:
         runner.close()
+
+
+def test_a_peer_back_while_its_removal_fails_is_added_again_without_waiting(tmp_path: Path) -> None:
+    runner = runner_for(tmp_path)
+    try:
+        a = peer("198.18.2.0/24", "192.0.2.12", "aa")
+        (tmp_path / "out/fail-remove-198.18.2.0").touch()
+        runner.start(START)
+        runner.sync({key(a): a})
+        wait_for(lambda: log_lines(tmp_path) == [ADD_A], "the add")
+        runner.sync({})
+        busy = "failed with exit status 4: busy"
+        wait_for(lambda: runner.failing().get(key(a)) == busy, "the failed removal")
+        back = peer("198.18.2.0/24", "192.0.2.12", "aa", revision=8)
+        runner.sync({key(back): back})
+        assert key(a) not in runner.failing()  # its removal no longer decides
+        wait_for(lambda: log_lines(tmp_path) == [ADD_A, ADD_A], "the add for the returned lease")
+    finally:
+        runner.close()
+
+
+def test_with_only_a_remove_command_a_peer_gone_meanwhile_is_still_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    section = ExtensionConfig(subnet_remove=f'echo "remove $SUBNET" >> {out}/log')
+    a, b = peer("198.18.2.0/24", "192.0.2.12", "aa"), peer("198.18.3.0/24", "192.0.2.13", "bb")
+    first = CommandRunner(section, tmp_path / "record.json")
+    try:
+        first.start(START)
+        first.sync({key(a): a, key(b): b})
+        wait_for(lambda: (tmp_path / "record.json").exists() and len(json.loads((tmp_path / "record.json")
+                          .read_text())) == 2, "both kept")  # fmt: skip
+    finally:
+        first.close()
+    second = CommandRunner(section, tmp_path / "record.json")
+    try:
+        second.start(START)
+        second.sync({key(a): a})
+        wait_for(lambda: log_lines(tmp_path) == ["remove 198.18.3.0/24"], "the removal of the one gone")
+    finally:
+        second.close()

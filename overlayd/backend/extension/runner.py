@@ -164,8 +164,9 @@ class CommandRunner:
             wanted[key] = data
         with self._cond:
             for key, failing in list(self._failing.items()):
-                if key != OWN and failing.job is Job.ADD and wanted.get(key) != failing.data:
-                    del self._failing[key]  # its lease changed or went: that decides now
+                stale = wanted.get(key) != failing.data if failing.job is Job.ADD else key in wanted
+                if key != OWN and stale:
+                    del self._failing[key]  # its lease changed, went or came back: that decides now
             if wanted != self._wanted:
                 self._wanted = wanted
                 self._cond.notify_all()
@@ -215,7 +216,10 @@ class CommandRunner:
                 jobs.append((key, Job.ADD, want))
             elif want is None and done is not None:
                 jobs.append((key, Job.REMOVE, done))
-        return [job for job in jobs if not self._skipped(*job)]
+        due = [job for job in jobs if not self._skipped(*job)]
+        if len(due) < len(jobs):
+            self._save()
+        return due
 
     def _ready(self, key: str, now: float) -> bool:
         failing = self._failing.get(key)
@@ -241,7 +245,8 @@ class CommandRunner:
             result = CommandResult(127, b"", str(exc).encode(), 0.0)
         with self._cond:
             self._running.discard(key)
-            if not self._stopping:
+            # A PostStartupCommand for a subnet no longer held says nothing about the current one.
+            if not self._stopping and (job is not Job.POST_STARTUP or data == self._start):
                 self._settle(key, job, data, result)
             self._cond.notify_all()
 
@@ -259,7 +264,7 @@ class CommandRunner:
             self._done[key] = data  # also when it failed: a removal still runs the remove command
         elif job is Job.REMOVE and result.ok and self._done.get(key) == data:
             del self._done[key]
-        elif job is Job.POST_STARTUP and result.ok and data == self._start:
+        elif job is Job.POST_STARTUP and result.ok:
             assert isinstance(data, OwnStart)
             self._started = data
         if job is not Job.POST_STARTUP:
