@@ -1,5 +1,5 @@
-"""The extension and alloc backends without a lab: config, lease bytes, and the command runner with
-a real ``sh`` (commands write what they were given into files)."""
+"""The backends without a device (extension, alloc) without a lab: config, lease bytes, and the
+command runner with a real ``sh`` (commands write what they were given into files)."""
 
 from __future__ import annotations
 
