@@ -1,7 +1,7 @@
 """The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
 
-``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni``, ``cni`` and
-``cleanup``.
+``status``, ``config validate|get|set``, ``docker-opts``, ``docker-plugin``, ``lab``, ``install-cni``,
+``cni`` and ``cleanup``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 LAB_RUNNING = 3
 # `status`: the agent is unreachable or not ready (the rest of the report may still be useful).
 STATUS_AGENT_DOWN = 3
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
+COMMANDS = (
+    "run", "status", "config", "docker-opts", "docker-plugin", "lab", "install-cni", "cni", "cleanup",
+    "bench",
+)  # fmt: skip
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -260,6 +263,12 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     return run_cni_command(args.cni_args)
 
 
+def _cmd_docker_plugin(plugin_args: list[str]) -> int:
+    from overlayd.dockerplugin.server import run_docker_plugin
+
+    return run_docker_plugin(plugin_args)
+
+
 def _cmd_bench(bench_args: list[str]) -> int:
     from overlayd.bench.run import main as bench_main
 
@@ -397,6 +406,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     cleanup.set_defaults(func=_cmd_cleanup)
 
+    plugin = sub.add_parser("docker-plugin", help="serve Docker's network and IPAM plugin API on this host")
+    plugin.add_argument("plugin_args", nargs=argparse.REMAINDER, help="see `overlayd docker-plugin --help`")
+
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")
     return parser
@@ -410,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _install_backends()
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
+    if argv[0] == "docker-plugin":
+        return _cmd_docker_plugin(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
     try:
         return int(args.func(args) or 0)
