@@ -123,7 +123,7 @@ class HostLocalStore:
 
     def holder(self, address: IPv4Address) -> Reservation | None:
         try:
-            text = (self.directory / str(address)).read_text()
+            text = (self.directory / str(address)).read_bytes().decode(errors="replace")
         except FileNotFoundError:
             return None
         owner, _, interface = text.partition("\r\n")

@@ -302,7 +302,7 @@ class Lab:
             "CNI_CACHE_DIR": str(Path(host.dir) / "cni-cache"),
         }
         argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
-        argv += ["--conflist", str(self._conflist(host))]
+        argv += ["--conflist", str(self.cni_conflist(host))]
         done = subprocess.run(
             ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
         )
@@ -310,7 +310,7 @@ class Lab:
             raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
         return done.stdout
 
-    def _conflist(self, host: LabHost) -> Path:
+    def cni_conflist(self, host: LabHost) -> Path:
         """The shipped conflist with this host's subnet.env and CNI state kept under its lab dir."""
         shipped = json.loads(SHIPPED_CONFLIST.read_text())
         flannel = shipped["plugins"][0]
