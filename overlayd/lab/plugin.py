@@ -50,7 +50,8 @@ class LabDockerPlugin:
         self.docker_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             "ip", "netns", "exec", self.netns, sys.executable, "-m", "overlayd", "docker-plugin",
-            "--socket", str(self.socket), "--conflist", str(self.conflist), "--state-file", str(self.state_file),
+            "--socket", str(self.socket), "--conflist", str(self.conflist),
+            "--state-file", str(self.state_file),
         ]  # fmt: skip
         with self.log_file.open("ab") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -60,11 +61,13 @@ class LabDockerPlugin:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self.pid = 0
-                raise LabError(f"docker-plugin in {self.netns} exited with {process.returncode}: {self.log_tail()}")
+                raise LabError(f"docker-plugin in {self.netns} exited with {process.returncode}: "
+                               f"{self.log_tail()}")
             if self.answers():
                 return
             time.sleep(0.05)
-        raise LabError(f"docker-plugin in {self.netns} did not answer within {timeout:.0f}s: {self.log_tail()}")
+        raise LabError(f"docker-plugin in {self.netns} did not answer within {timeout:.0f}s: "
+                       f"{self.log_tail()}")
 
     def answers(self) -> bool:
         try:

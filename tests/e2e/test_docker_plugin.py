@@ -23,7 +23,7 @@ from labtools import needs_lab, running_lab
 
 from overlayd.dockerplugin.hoststore import OWNER
 from overlayd.dockerplugin.server import call
-from overlayd.lab.docker import DockerUnavailable, LabDocker
+from overlayd.lab.docker import IMAGE, DockerUnavailable, LabDocker
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, sh
 from overlayd.lab.plugin import DRIVER, LabDockerPlugin
@@ -49,7 +49,7 @@ class PluginHost:
 
     def run(self, name: str) -> str:
         """A busybox container on the plugin's network; its address."""
-        self.docker.docker("run", "-d", "--name", name, "--network", NETWORK, "busybox-lab", "/bin/sleep", "3600")
+        self.docker.docker("run", "-d", "--name", name, "--network", NETWORK, IMAGE, "/bin/sleep", "3600")
         return self.address(name)
 
     def address(self, name: str) -> str:
@@ -64,7 +64,8 @@ class PluginHost:
         return self.exec(name, "ping", "-c", str(count), "-W", "1", address).returncode == 0
 
     def docker_addresses(self) -> list[str]:
-        return sorted(p.name for p in self.store.iterdir() if p.read_bytes().startswith(OWNER.encode() + b"\r\n"))
+        ours = OWNER.encode() + b"\r\n"
+        return sorted(p.name for p in self.store.iterdir() if p.read_bytes().startswith(ours))
 
     def plugin_veths(self) -> list[str]:
         links = json.loads(sh("ip", "-j", "link", "show", netns=self.host.netns))
@@ -86,7 +87,6 @@ def plugin_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, 
                 except DockerUnavailable as exc:
                     pytest.skip(str(exc))
                 docker.import_busybox()
-                docker.docker("tag", "overlayd-lab-busybox", "busybox-lab")
                 plugin.start()
                 docker.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, NETWORK)
             yield lab, hosts
@@ -98,7 +98,7 @@ def plugin_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, 
 
 
 def test_containers_reach_each_other_across_hosts_with_cni_gateway_and_mtu(plugin_lab) -> None:  # type: ignore[no-untyped-def]
-    lab, (h1, h2) = plugin_lab
+    _, (h1, h2) = plugin_lab
     a1, a2 = h1.run("d1"), h2.run("d2")
     for each, address in ((h1, a1), (h2, a2)):
         subnet = IPv4Interface(each.host.subnet_env()["FLANNEL_SUBNET"])
@@ -176,7 +176,7 @@ def test_no_ping_lost_while_the_plugin_restarts_and_the_next_run_works(plugin_la
         ("NetworkDriver.Nonsense", {}, "unknown method 'NetworkDriver.Nonsense'"),
         ("NetworkDriver.CreateNetwork", [], "must be a JSON object"),
         ("NetworkDriver.CreateNetwork", {"NetworkID": "x/../y"}, "NetworkID 'x/../y' is not a Docker ID"),
-        ("NetworkDriver.Join", {"NetworkID": "a" * 64, "EndpointID": "b" * 64}, "endpoint bbbbbbbbbbbb is unknown"),
+        ("NetworkDriver.Join", {"NetworkID": "a" * 64, "EndpointID": "b" * 64}, "endpoint bbbbbbbbbbbb"),
         ("IpamDriver.RequestPool", {"Pool": "10.0.0.0/8"}, "Pool 10.0.0.0/8 is not this host's subnet"),
         ("IpamDriver.RequestPool", {"V6": True}, "IPv6 pools are not served"),
         ("IpamDriver.RequestAddress", {"PoolID": "nonsense"}, "PoolID 'nonsense' is not an IPv4 network"),
@@ -186,7 +186,8 @@ def test_a_bad_request_gets_an_error_naming_it_and_the_plugin_serves_on(plugin_l
     _, (h1, _) = plugin_lab
     status, reply = call(h1.plugin.socket, method, body)
     assert status != 200 and named in reply["Err"], reply
-    assert call(h1.plugin.socket, "Plugin.Activate", None) == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+    implements = {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert call(h1.plugin.socket, "Plugin.Activate", None) == (200, implements)
 
 
 def test_a_network_without_the_ipam_driver_is_refused_with_the_fix(plugin_lab) -> None:  # type: ignore[no-untyped-def]
