@@ -25,7 +25,7 @@ from overlayd.dockerplugin.hoststore import OWNER
 from overlayd.dockerplugin.server import call
 from overlayd.lab.docker import IMAGE, DockerUnavailable, LabDocker
 from overlayd.lab.hosts import lab_network_config
-from overlayd.lab.namespaces import Lab, LabHost, sh
+from overlayd.lab.namespaces import Lab, LabError, LabHost, sh
 from overlayd.lab.plugin import DRIVER, LabDockerPlugin
 
 pytestmark = [
@@ -198,3 +198,24 @@ def test_a_network_without_the_ipam_driver_is_refused_with_the_fix(plugin_lab) -
     )  # fmt: skip
     assert done.returncode != 0
     assert "--ipam-driver overlayd" in done.stderr, done.stderr
+
+
+def test_cni_add_and_del_take_a_docker_container_name(plugin_lab, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``docker run --net=none`` then ``overlayd cni add NAME``: the container joins the same pool
+    and bridge; DEL after ``docker stop`` still finds ADD's cache by Docker's container ID."""
+    lab, (h1, h2) = plugin_lab
+    h1.docker.docker("run", "-d", "--name", "n1", "--net=none", IMAGE, "/bin/sleep", "3600")
+    container_id = h1.docker.docker("inspect", "-f", "{{.Id}}", "n1").strip()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{h1.docker.socket}")
+    address = json.loads(lab.cni(h1.host, "add", "n1"))["ips"][0]["address"].split("/")[0]
+    cache = Path(h1.host.dir) / "cni-cache" / f"cbr0-{container_id}-eth0"
+    assert cache.exists()
+    assert h1.ping("n1", h2.address("d2")), "a --net=none container attached by name cannot reach h2"
+    assert h2.ping("d2", address)
+    assert h1.ping("n1", h1.address("d1")), "it cannot reach the plugin's container on its own bridge"
+    h1.docker.docker("stop", "-t", "0", "n1")
+    with pytest.raises(LabError, match="Docker container n1 is not running"):
+        lab.cni(h1.host, "add", "n1")
+    lab.cni(h1.host, "del", "n1")
+    assert not cache.exists() and not (h1.store / address).exists()
+    h1.docker.docker("rm", "-f", "n1")
