@@ -120,10 +120,13 @@ def run_docker_plugin(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = read_shared_settings(args.conflist)
-        read_host_pool(settings)  # the agent must have written subnet.env: say so now, not at the first call
     except SettingsError as err:
         print(f"overlayd docker-plugin: {err}", file=sys.stderr)
         return 2
+    try:
+        read_host_pool(settings)
+    except SettingsError as err:  # the agent may still be starting: every call names it until then
+        log.warning("%s", err)
     from overlayd.dockerplugin.links import Links  # pyroute2: only in the serving process
 
     links = Links()
