@@ -99,7 +99,7 @@ class HostLocalStore:
                 return wanted
             for address in candidates(subnet, gateway, self._last_reserved()):
                 if self._create(address, tag):
-                    write_atomic(self.directory / LAST_RESERVED, str(address))
+                    write_atomic(self.directory / LAST_RESERVED, str(address), durable=False)
                     return address
         raise StoreError(
             f"no free address left in {subnet}: every one is held by a Docker or a CNI container "
@@ -147,10 +147,8 @@ class HostLocalStore:
             fd = os.open(self.directory / str(address), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w") as handle:  # no fsync, as host-local: a reboot ends every container
             handle.write(f"{OWNER}\r\n{tag}")
-            handle.flush()
-            os.fsync(handle.fileno())
         return True
 
     def _last_reserved(self) -> IPv4Address | None:

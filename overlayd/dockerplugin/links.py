@@ -73,22 +73,28 @@ class Links:
 
     def add_veth(self, host_end: str, container_end: str, bridge_index: int, mtu: int, hairpin: bool) -> None:
         """A veth pair with ``host_end`` up on the bridge; a leftover of the same name is replaced."""
-        self.remove(host_end)
-        self.remove(container_end)
         try:
-            self.ipr.link(
-                "add", ifname=host_end, kind="veth", mtu=mtu, peer={"ifname": container_end, "mtu": mtu}
-            )
-            index = self._index(host_end)
-            if index is None:
-                raise LinkError(f"veth {host_end} vanished while being set up")
-            self.ipr.link("set", index=index, master=bridge_index)
+            try:
+                self._add_veth(host_end, container_end, bridge_index, mtu)
+            except NetlinkError as err:
+                if err.code != 17:  # EEXIST: a leftover of an earlier try; replace it
+                    raise
+                self.remove(host_end)
+                self.remove(container_end)
+                self._add_veth(host_end, container_end, bridge_index, mtu)
             if hairpin:
+                index = self._index(host_end)
+                if index is None:
+                    raise LinkError(f"veth {host_end} vanished while being set up")
                 self.ipr.brport("set", index=index, mode=1)
-            self.ipr.link("set", index=index, state="up")
         except NetlinkError as err:
             self.remove(host_end)
             raise LinkError(f"cannot create veth {host_end}: {err}") from None
+
+    def _add_veth(self, host_end: str, container_end: str, bridge_index: int, mtu: int) -> None:
+        # One message makes the pair, enslaves the host end and brings it up.
+        self.ipr.link("add", ifname=host_end, kind="veth", mtu=mtu, master=bridge_index, state="up",
+                      peer={"ifname": container_end, "mtu": mtu})  # fmt: skip
 
     def remove(self, name: str) -> bool:
         """Delete link ``name`` (a veth takes its peer along); False when there was none."""
@@ -106,5 +112,10 @@ class Links:
         return self._index(name) is not None
 
     def _index(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        """The link's index by one RTM_GETLINK for its name (not a dump of every link)."""
+        try:
+            return int(self.ipr.link("get", ifname=name)[0]["index"])
+        except NetlinkError as err:
+            if err.code == 19:  # ENODEV
+                return None
+            raise

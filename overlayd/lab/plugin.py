@@ -45,13 +45,13 @@ class LabDockerPlugin:
     def log_file(self) -> Path:
         return self.docker_dir / "overlayd-plugin.log"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, log_level: str = "info") -> None:
         """Start the plugin and wait until it answers ``Plugin.Activate``; LabError with its log if not."""
         self.docker_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             "ip", "netns", "exec", self.netns, sys.executable, "-m", "overlayd", "docker-plugin",
             "--socket", str(self.socket), "--conflist", str(self.conflist),
-            "--state-file", str(self.state_file),
+            "--state-file", str(self.state_file), "--log-level", log_level,
         ]  # fmt: skip
         with self.log_file.open("ab") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

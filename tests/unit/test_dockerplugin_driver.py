@@ -30,6 +30,7 @@ SUBNET_ENV = (
 class RecordedLinks:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     fail: bool = False
+    veth_failures: int = 0
 
     def ensure_bridge(self, name: str, gateway: str, prefixlen: int, mtu: int) -> int:
         self.calls.append(("bridge", name, gateway, prefixlen, mtu))
@@ -39,6 +40,9 @@ class RecordedLinks:
 
     def add_veth(self, host_end: str, container_end: str, bridge_index: int, mtu: int, hairpin: bool) -> None:
         self.calls.append(("veth", host_end, container_end, bridge_index, mtu, hairpin))
+        if self.veth_failures:
+            self.veth_failures -= 1
+            raise OSError("master device gone")
 
     def remove(self, name: str) -> bool:
         self.calls.append(("remove", name))
@@ -207,3 +211,22 @@ def test_an_unreadable_state_file_is_kept_aside_and_the_plugin_starts_empty(
     plugin = plugin_for(settings, links)
     assert plugin.state.networks == {}
     assert state.with_suffix(".bad").read_text() == "{not json"
+
+
+def test_join_checks_the_bridge_again_when_the_veth_cannot_join_it(env: Env) -> None:
+    """The bridge is checked when a network is made, not on every Join; a Join that fails (the
+    bridge deleted meanwhile) checks, re-makes it and tries once more."""
+    settings, links = env
+    plugin = plugin_for(settings, links)
+    ok(plugin, "NetworkDriver.CreateNetwork", {"NetworkID": NID, "IPv4Data": [{"Pool": POOL}]})
+    ok(plugin, "NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                                "Interface": {"Address": "198.18.7.9/28"}})  # fmt: skip
+    links.calls.clear()
+    ok(plugin, "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
+    assert [call[0] for call in links.calls] == ["veth"]
+    links.calls.clear()
+    links.veth_failures = 1
+    ok(plugin, "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
+    assert [call[0] for call in links.calls] == ["veth", "bridge", "veth"]
+    links.veth_failures = 2
+    assert "master device gone" in err(plugin, "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
