@@ -1,7 +1,8 @@
 """The kernel side of an endpoint: the shared bridge and one veth pair per container (pyroute2).
 
 The bridge is made as the CNI ``bridge`` plugin makes it (``isGateway``): named by the conflist,
-MTU from ``subnet.env``, up, holding the gateway address with the subnet's length, forwarding on.
+MTU from ``subnet.env``, a MAC address of its own, up, holding the gateway address with the
+subnet's length, forwarding on.
 A bridge that holds another IPv4 address is refused, not changed, as ``bridge`` refuses it, so the
 two never take turns rewriting it. dockerd moves the container end into the container itself.
 """
@@ -9,6 +10,7 @@ two never take turns rewriting it. dockerd moves the container end into the cont
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -17,6 +19,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger(__name__)
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC. A bridge given one keeps it; without one it takes
+    its lowest port's MAC, which changes as containers come and go and leaves every container's
+    neighbour entry for the gateway stale (lost packets until it is probed again). The CNI bridge
+    plugin sets one too."""
+    first, *rest = os.urandom(6)
+    return ":".join(f"{byte:02x}" for byte in ((first & 0xFE) | 0x02, *rest))
 
 
 class LinkError(Exception):
@@ -37,7 +48,7 @@ class Links:
         index = self._index(name)
         if index is None:
             try:
-                self.ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+                self.ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=random_mac())
             except NetlinkError as err:
                 if err.code != 17:  # EEXIST: a CNI ADD made it a moment ago
                     raise LinkError(f"cannot create bridge {name}: {err}") from None

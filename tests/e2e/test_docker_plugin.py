@@ -67,6 +67,9 @@ class PluginHost:
         ours = OWNER.encode() + b"\r\n"
         return sorted(p.name for p in self.store.iterdir() if p.read_bytes().startswith(ours))
 
+    def bridge_mac(self) -> str:
+        return str(json.loads(sh("ip", "-j", "link", "show", "cni0", netns=self.host.netns))[0]["address"])
+
     def plugin_veths(self) -> list[str]:
         links = json.loads(sh("ip", "-j", "link", "show", netns=self.host.netns))
         return [link["ifname"] for link in links if link["ifname"].startswith(("ovd", "ovc"))]
@@ -89,6 +92,8 @@ def plugin_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, 
                 docker.import_busybox()
                 plugin.start()
                 docker.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, NETWORK)
+            hosts[0].run("d1")
+            hosts[1].run("d2")
             yield lab, hosts
         finally:
             for each in hosts:
@@ -99,7 +104,7 @@ def plugin_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, 
 
 def test_containers_reach_each_other_across_hosts_with_cni_gateway_and_mtu(plugin_lab) -> None:  # type: ignore[no-untyped-def]
     _, (h1, h2) = plugin_lab
-    a1, a2 = h1.run("d1"), h2.run("d2")
+    a1, a2 = h1.address("d1"), h2.address("d2")
     for each, address in ((h1, a1), (h2, a2)):
         subnet = IPv4Interface(each.host.subnet_env()["FLANNEL_SUBNET"])
         assert IPv4Address(address) in subnet.network, f"{address} outside {subnet.network}"
@@ -138,12 +143,14 @@ def test_docker_and_cni_containers_share_the_pool_without_a_duplicate(plugin_lab
 def test_twenty_run_and_rm_cycles_on_a_28_leak_nothing(plugin_lab) -> None:  # type: ignore[no-untyped-def]
     """A /28 holds 13 container addresses: a leak of one per cycle would exhaust it before the 20th."""
     _, (h1, _) = plugin_lab
-    before = (h1.docker_addresses(), h1.plugin_veths())
+    before = (h1.docker_addresses(), h1.plugin_veths(), h1.bridge_mac())
     for cycle in range(20):
         address = h1.run(f"cycle{cycle}")
         assert address, f"cycle {cycle}: no address"
+        assert h1.bridge_mac() == before[2], f"cycle {cycle}: the bridge took a port's MAC"
         h1.docker.docker("rm", "-f", f"cycle{cycle}")
-    assert (h1.docker_addresses(), h1.plugin_veths()) == before
+    # the bridge's MAC too: one that followed its ports would leave containers' gateway entry stale
+    assert (h1.docker_addresses(), h1.plugin_veths(), h1.bridge_mac()) == before
     state = json.loads(h1.plugin.state_file.read_text())
     assert len(state["endpoints"]) == len(before[0]), state
 
