@@ -104,6 +104,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             lab.up(args.hosts, network_config=args.network_config or lab_network_config(args.backend))
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
+            if args.docker:
+                from overlayd.lab.dockerhosts import start_docker_hosts
+
+                try:
+                    start_docker_hosts(lab.hosts, lab.cni_conflist, per_host=1)
+                finally:
+                    lab.save()
             print(lab.status())
             return _print_ping_tables(lab) if args.ping else 0
         if lab is None:
@@ -355,6 +362,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="containers attached per host by the CNI plugin, for `up` (default 2)",
     )  # fmt: skip
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
+    lab.add_argument("--docker", action="store_true",
+                     help="`up`: also a dockerd and `overlayd docker-plugin` per host, with one container "
+                          "each on the plugin's network `overlayd` (in the ping table)")
     lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
                      help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
     lab.add_argument("--network-config", metavar="JSON",

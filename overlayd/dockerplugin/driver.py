@@ -106,6 +106,7 @@ class DockerPlugin:
         self.state: PluginState = state_file.load()
         self.lock = threading.Lock()
         self.bridge_index: int | None = None
+        self.pools_out = 0  # RequestPool answers not yet released (since this start)
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "Plugin.Activate": lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]},
             "NetworkDriver.GetCapabilities": lambda _: {"Scope": "local", "ConnectivityScope": "local"},
@@ -125,7 +126,7 @@ class DockerPlugin:
             "IpamDriver.GetDefaultAddressSpaces": lambda _: {
                 "LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE},
             "IpamDriver.RequestPool": self.request_pool,
-            "IpamDriver.ReleasePool": lambda _: {},
+            "IpamDriver.ReleasePool": self.release_pool,
             "IpamDriver.RequestAddress": self.request_address,
             "IpamDriver.ReleaseAddress": self.release_address,
         }  # fmt: skip
@@ -167,18 +168,33 @@ class DockerPlugin:
         if wanted and _network(wanted, "Pool") != pool.subnet:
             raise RequestError(
                 f"Pool {wanted} is not this host's subnet {pool.subnet} (from "
-                f"{self.settings.subnet_file}); leave --subnet out, the pool is always the subnet"
+                f"{self.settings.subnet_file}); give --subnet {pool.subnet} or leave it out"
             )
         if _text(body, "SubPool", required=False):
             raise RequestError(
                 f"SubPool {body['SubPool']} (--ip-range) is not supported: Docker and CNI "
                 f"containers share the whole of {pool.subnet}; leave --ip-range out"
             )
+        if not wanted and self.pools_out:
+            # dockerd (before moby 27) asks again, holding the first answer, when the pool overlaps a
+            # link route of the host: ours always would, so it would ask for ever.
+            raise RequestError(
+                f"this host's subnet {pool.subnet} is routed here already (the bridge {self.settings.bridge} "
+                f"carries it once a CNI container or another overlayd network runs), which dockerd refuses "
+                f"for a pool it did not name; name it: docker network create -d overlayd --ipam-driver "
+                f"overlayd --subnet {pool.subnet} NAME"
+            )
+        self.pools_out += 1
         return {
             "PoolID": str(pool.subnet),
             "Pool": str(pool.subnet),
             "Data": {GATEWAY_LABEL: pool.gateway_cidr},
         }
+
+    def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        _text(body, "PoolID")
+        self.pools_out = max(0, self.pools_out - 1)
+        return {}
 
     def request_address(self, body: dict[str, Any]) -> dict[str, Any]:
         pool = self._pool_of(_text(body, "PoolID"))

@@ -226,3 +226,19 @@ def test_cni_add_and_del_take_a_docker_container_name(plugin_lab, monkeypatch) -
     lab.cni(h1.host, "del", "n1")
     assert not cache.exists() and not (h1.store / address).exists()
     h1.docker.docker("rm", "-f", "n1")
+
+
+def test_a_second_network_without_subnet_fails_at_once_naming_it_and_works_with_it(plugin_lab) -> None:  # type: ignore[no-untyped-def]
+    """cni0 now routes the subnet, which dockerd's overlap check refuses for a pool it did not
+    name; the plugin says so instead of letting dockerd ask for ever."""
+    _, (h1, _) = plugin_lab
+    create = ["network", "create", "-d", DRIVER, "--ipam-driver", DRIVER]
+    done = subprocess.run(["docker", "-H", f"unix://{h1.docker.socket}", *create, "second"],
+                          capture_output=True, text=True, check=False, timeout=30)  # fmt: skip
+    subnet = IPv4Interface(h1.host.subnet_env()["FLANNEL_SUBNET"]).network
+    assert done.returncode != 0 and f"--subnet {subnet}" in done.stderr, done.stderr
+    h1.docker.docker(*create, "--subnet", str(subnet), "second")
+    h1.docker.docker("run", "-d", "--name", "s1", "--network", "second", IMAGE, "/bin/sleep", "3600")
+    assert h1.ping("s1", h1.address("d1"))
+    h1.docker.docker("rm", "-f", "s1")
+    h1.docker.docker("network", "rm", "second")

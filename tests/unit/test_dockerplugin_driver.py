@@ -230,3 +230,17 @@ def test_join_checks_the_bridge_again_when_the_veth_cannot_join_it(env: Env) -> 
     assert [call[0] for call in links.calls] == ["veth", "bridge", "veth"]
     links.veth_failures = 2
     assert "master device gone" in err(plugin, "NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})
+
+
+def test_a_second_pool_request_without_a_subnet_names_the_fix_instead_of_looping(env: Env) -> None:
+    """dockerd asks again, holding the first pool, when the subnet is routed on the host already
+    (cni0): answering the same pool for ever would hang `docker network create`."""
+    settings, links = env
+    plugin = plugin_for(settings, links)
+    assert ok(plugin, "IpamDriver.RequestPool", {"Pool": ""})["Pool"] == POOL
+    message = err(plugin, "IpamDriver.RequestPool", {"Pool": ""})
+    assert f"--subnet {POOL} NAME" in message and "routed here already" in message
+    assert ok(plugin, "IpamDriver.RequestPool", {"Pool": POOL})["Pool"] == POOL  # named: no check
+    ok(plugin, "IpamDriver.ReleasePool", {"PoolID": POOL})
+    ok(plugin, "IpamDriver.ReleasePool", {"PoolID": POOL})
+    assert ok(plugin, "IpamDriver.RequestPool", {})["Pool"] == POOL
