@@ -17,7 +17,7 @@ from pathlib import Path
 
 from overlayd.dockerplugin.server import call
 from overlayd.lab.docker import LabDocker
-from overlayd.lab.shell import LabError, stop_pid
+from overlayd.lab.shell import LabError, log_tail, stop_pid
 
 DRIVER = "overlayd"  # the socket's name: the driver's and the IPAM driver's name in dockerd
 
@@ -81,7 +81,4 @@ class LabDockerPlugin:
             self.pid = 0
 
     def log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_file.read_text(errors="replace").strip().splitlines()[-5:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_file)

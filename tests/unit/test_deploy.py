@@ -101,15 +101,16 @@ def test_lease_alert_fires_for_a_lease_running_out_not_for_an_agent_without_one(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    unit = (DEPLOY / "overlayd.service").read_text()
+@pytest.mark.parametrize("name", ["overlayd.service", "overlayd-docker-plugin.service"])
+def test_systemd_accepts_the_unit(tmp_path: Path, name: str) -> None:
+    unit = (DEPLOY / name).read_text()
     assert "CAP_NET_ADMIN" in unit and "ProtectSystem=strict" in unit
     # verify checks that ExecStart's binary exists; the unit names the installed path.
-    copy = tmp_path / "overlayd.service"
+    copy = tmp_path / name
     copy.write_text(unit.replace("/opt/overlayd/.venv/bin/overlayd", shutil.which("true") or "/bin/true"))
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 0 and "overlayd.service" not in done.stderr, done.stderr
+    assert done.returncode == 0 and name not in done.stderr, done.stderr
 
 
 def test_the_unit_lets_the_agent_run_iptables() -> None:
@@ -152,16 +153,6 @@ def test_the_unit_raises_the_descriptor_limit() -> None:
     unit = (DEPLOY / "overlayd.service").read_text()
     [limit] = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert int(limit.removeprefix("LimitNOFILE=")) >= 8 * MAX_CONNECTIONS
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_systemd_accepts_the_docker_plugin_unit(tmp_path: Path) -> None:
-    unit = (DEPLOY / "overlayd-docker-plugin.service").read_text()
-    copy = tmp_path / "overlayd-docker-plugin.service"
-    copy.write_text(unit.replace("/opt/overlayd/.venv/bin/overlayd", shutil.which("true") or "/bin/true"))
-    done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 0 and "overlayd-docker-plugin.service" not in done.stderr, done.stderr
 
 
 def test_the_docker_plugin_unit_starts_between_the_agent_and_dockerd_with_its_paths_writable() -> None:
