@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
-from labtools import needs_lab, running_lab
+from labtools import needs_lab, running_lab, wait_for
 
 from overlayd.dockerplugin.hoststore import OWNER
 from overlayd.dockerplugin.server import call
@@ -27,6 +28,7 @@ from overlayd.lab.docker import IMAGE, DockerUnavailable, LabDocker
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import Lab, LabError, LabHost, sh
 from overlayd.lab.plugin import DRIVER, LabDockerPlugin
+from overlayd.lab.shell import stop_pid
 
 pytestmark = [
     needs_lab,
@@ -242,3 +244,22 @@ def test_a_second_network_without_subnet_fails_at_once_naming_it_and_works_with_
     assert h1.ping("s1", h1.address("d1"))
     h1.docker.docker("rm", "-f", "s1")
     h1.docker.docker("network", "rm", "second")
+
+
+def test_a_dockerd_restart_leaves_the_plugin_and_the_store_consistent(plugin_lab) -> None:  # type: ignore[no-untyped-def]
+    """dockerd stops its containers when it stops: their endpoints and addresses go; a container
+    with a restart policy comes back on a new endpoint and reaches the other host again."""
+    _, (h1, h2) = plugin_lab
+    h1.docker.docker("run", "-d", "--name", "r1", "--restart", "always", "--network", NETWORK, IMAGE,
+                     "/bin/sleep", "3600")  # fmt: skip
+    stop_pid(h1.docker.pid, signal.SIGTERM, 60)
+    h1.docker.start(("--bridge=none",))
+    wait_for(lambda: h1.docker.docker("inspect", "-f", "{{.State.Running}}", "r1").strip() == "true", 60,
+             "r1 restarted by dockerd")  # fmt: skip
+    assert h1.docker_addresses() == [h1.address("r1")], "a stopped container kept its address"
+    state = json.loads(h1.plugin.state_file.read_text())
+    assert len(state["endpoints"]) == 1 and len(state["networks"]) == 1, state
+    assert len(h1.plugin_veths()) == 1, h1.plugin_veths()
+    assert h1.ping("r1", h2.address("d2")), "the restarted container cannot reach h2"
+    h1.docker.docker("rm", "-f", "r1")
+    h1.docker.docker("start", "d1")
