@@ -2,7 +2,8 @@
 
 dockerd finds the plugin by its socket's name (``/run/docker/plugins/overlayd.sock`` makes the
 driver ``overlayd``). A plugin restart drops no traffic: the veths and the bridge stay in the
-kernel, and dockerd retries a call while the socket is gone.
+kernel, and dockerd retries a call while the socket is gone. Under systemd the socket may come
+from ``overlayd-docker-plugin.socket`` (socket activation): then it is never gone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
@@ -75,13 +77,28 @@ class _Handler(BaseHTTPRequestHandler):
 class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: Path, plugin: DockerPlugin) -> None:
+    def __init__(self, path: Path, plugin: DockerPlugin, inherited: socket.socket | None = None) -> None:
+        """Listen on ``path``, or serve ``inherited``, a socket systemd already listens on."""
         self.plugin = plugin
+        self.inherited = inherited is not None
+        if inherited is not None:
+            super().__init__(str(path), _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = inherited
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
             path.unlink()  # a previous run's; a live one would still have its listener bound
         super().__init__(str(path), _Handler)
         os.chmod(path, 0o660)
+
+
+def systemd_socket(environ: Mapping[str, str]) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: ``LISTEN_FDS`` 1 for this pid, fd 3),
+    or None. With it, dockerd's calls during a restart of the plugin wait in its backlog."""
+    if environ.get("LISTEN_PID") != str(os.getpid()) or environ.get("LISTEN_FDS") != "1":
+        return None
+    return socket.socket(fileno=3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +155,7 @@ def run_docker_plugin(argv: list[str]) -> int:
         StateFile(args.state_file),
     )
     try:
-        server = PluginServer(args.socket, plugin)
+        server = PluginServer(args.socket, plugin, systemd_socket(os.environ))
     except OSError as err:
         print(f"overlayd docker-plugin: cannot listen on {args.socket}: {err}", file=sys.stderr)
         return 2
@@ -162,8 +179,9 @@ def run_docker_plugin(argv: list[str]) -> int:
     stop.wait()
     server.shutdown()
     server.server_close()
-    with contextlib.suppress(OSError):
-        args.socket.unlink()
+    if not server.inherited:  # systemd's socket stays, and keeps dockerd's calls for the next start
+        with contextlib.suppress(OSError):
+            args.socket.unlink()
     links.close()
     log.info("stopped; containers keep their interfaces and addresses")
     return 0

@@ -170,3 +170,18 @@ def test_the_docker_plugin_unit_starts_between_the_agent_and_dockerd_with_its_pa
     writable = {Path(path) for path in values["ReadWritePaths"].split()}
     assert {DEFAULT_SOCKET.parent, HOST_LOCAL_DATA_DIR, DEFAULT_STATE_FILE.parent} <= writable
     assert {"AF_UNIX", "AF_NETLINK"} <= set(values["RestrictAddressFamilies"].split())
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_accepts_the_docker_plugin_socket_at_the_plugins_default_path(tmp_path: Path) -> None:
+    from overlayd.dockerplugin.server import DEFAULT_SOCKET
+
+    installed = shutil.which("true") or "/bin/true"
+    for name in ("overlayd-docker-plugin.service", "overlayd-docker-plugin.socket"):
+        text = (DEPLOY / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/overlayd/.venv/bin/overlayd", installed))
+    socket_unit = (DEPLOY / "overlayd-docker-plugin.socket").read_text()
+    assert f"ListenStream={DEFAULT_SOCKET}\n" in socket_unit and "Before=docker.service" in socket_unit
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "overlayd-docker-plugin.socket")],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0 and "overlayd-docker-plugin" not in done.stderr, done.stderr

@@ -4,10 +4,12 @@ an ``{"Err": ...}`` (or a plain 400) without taking the server down; the command
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +91,29 @@ def test_the_command_refuses_a_bad_conflist_and_an_unusable_socket_with_exit_2(t
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2 and "cannot listen on /proc/self/no/overlayd.sock" in done.stderr, done.stderr
     assert "is the agent running" not in done.stderr and "start `overlayd run`" in done.stderr  # a warning
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
+def test_under_socket_activation_it_serves_the_socket_it_is_given_and_leaves_it(tmp_path: Path) -> None:
+    """As systemd runs it with overlayd-docker-plugin.socket: the first call starts it on the passed
+    socket, and a stopped plugin leaves the socket (and the calls queued on it) to systemd."""
+    sock = tmp_path / "overlayd.sock"
+    settings, _ = make_env(tmp_path)
+    conflist = tmp_path / "net.conflist"
+    conflist.write_text(json.dumps({"name": "cbr0", "plugins": [
+        {"type": "flannel", "subnetFile": str(settings.subnet_file)}]}))  # fmt: skip
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "-l", str(sock), sys.executable, "-m", "overlayd", "docker-plugin",
+         "--socket", str(sock), "--conflist", str(conflist), "--state-file", str(tmp_path / "state.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(sock, "IpamDriver.RequestPool", {"Pool": ""}, timeout=20)[1]["Pool"] == "198.18.7.0/28"
+    finally:
+        activator.terminate()
+        out, _ = activator.communicate(timeout=20)
+    assert activator.returncode == 0, out
+    assert sock.is_socket(), "the plugin removed the socket it was given"
