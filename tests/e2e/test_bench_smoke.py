@@ -103,7 +103,7 @@ def test_bench_only_docker_prints_docker_run_beside_the_bridge_driver_and_leaves
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    for figure in ("docker run -d p50: overlayd plugin network", "docker run -d p50: added by the plugin",
+    for figure in ("docker run -d p50: overlayd plugin network", "docker run -d: added by the plugin",
                    "docker run: the plugin's own handling p50"):  # fmt: skip
         row = next((line for line in lines if line.startswith(figure)), None)
         assert row is not None and re.search(r"\d+(\.\d+)? (ms|s)", row), done.stdout[-3000:]
