@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -29,6 +30,7 @@ from overlayd.base.atomicfile import write_atomic
 OWNER = "overlayd-docker-plugin"
 LAST_RESERVED = "last_reserved_ip.0"  # range set 0: the shim writes one range per family
 LOCK = "lock"
+LOCK_TIMEOUT = 10.0  # seconds
 
 
 class StoreError(Exception):
@@ -66,12 +68,24 @@ class HostLocalStore:
         self.directory = directory
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold host-local's lock: a concurrent CNI ADD or DEL waits until we are done."""
+    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold host-local's lock: a concurrent CNI ADD or DEL waits until we are done. StoreError
+        when another process holds it for ``timeout`` seconds (a hung plugin must not hang dockerd)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / LOCK, os.O_RDONLY | os.O_CREAT, 0o750)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"{self.directory / LOCK} is held by another process for {timeout:.0f} s "
+                            "(a hung CNI plugin?); `fuser -v` on it names the holder"
+                        ) from None
+                    time.sleep(0.005)
             yield
         finally:
             os.close(fd)  # closing drops the flock

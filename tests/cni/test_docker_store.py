@@ -6,6 +6,7 @@ parallel with the plugin's reservations, on one /28: together they fill it exact
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -73,3 +74,18 @@ def test_in_parallel_no_address_is_given_twice(tmp_path: Path) -> None:
         given = [f.result() for f in cni + docker]
     addresses = [a for a in given if a is not None]
     assert len(addresses) == 13 and len(set(addresses)) == 13, given
+
+
+def test_a_lock_held_too_long_is_an_error_naming_it_and_nothing_is_reserved(tmp_path: Path) -> None:
+    store = HostLocalStore(tmp_path / "cbr0")
+    store.directory.mkdir()
+    holder = os.open(store.directory / "lock", os.O_RDONLY | os.O_CREAT)  # another open file: another holder
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        named = r"cbr0/lock is held by another process for 0 s"
+        with pytest.raises(StoreError, match=named), store.locked(0.2):
+            pass
+    finally:
+        os.close(holder)
+    assert store.reservations() == []
+    assert docker_reserve(store) == IPv4Address("198.18.7.2")
