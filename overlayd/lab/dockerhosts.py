@@ -16,7 +16,7 @@ from pathlib import Path
 from overlayd.lab.docker import IMAGE, LabDocker
 from overlayd.lab.hosts import LabHost
 from overlayd.lab.plugin import DRIVER, LabDockerPlugin
-from overlayd.lab.shell import LabError
+from overlayd.lab.shell import LabError, namespace_pids
 
 NETWORK = "overlayd"
 
@@ -26,7 +26,9 @@ def host_docker(host: LabHost) -> LabDocker:
     containers first), also in a process that did not start it."""
     docker = LabDocker(host.netns, Path(host.dir) / "docker")
     with contextlib.suppress(OSError, ValueError):
-        docker.pid = int((docker.dir / "dockerd.pid").read_text())
+        pid = int((docker.dir / "dockerd.pid").read_text())
+        if pid in namespace_pids(host.netns):  # after a crash the number may be another process's
+            docker.pid = pid
     return docker
 
 
