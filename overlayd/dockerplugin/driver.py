@@ -176,7 +176,7 @@ class DockerPlugin:
                 f"containers share the whole of {pool.subnet}; leave --ip-range out"
             )
         if not wanted and self.pools_out:
-            # dockerd (before moby 27) asks again, holding the first answer, when the pool overlaps a
+            # dockerd (20.10 at least) asks again, holding the first answer, when the pool overlaps a
             # link route of the host: ours always would, so it would ask for ever.
             raise RequestError(
                 f"this host's subnet {pool.subnet} is routed here already (the bridge {self.settings.bridge} "
