@@ -39,6 +39,8 @@ class LabHost:
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+    docker: bool = False  # runs a dockerd and the Docker plugin (`lab up --docker`)
+    docker_containers: dict[str, str] = field(default_factory=dict)  # name -> IP, on the plugin's network
 
     @property
     def subnet_file(self) -> Path:

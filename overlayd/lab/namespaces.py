@@ -9,7 +9,9 @@ collide, and ``down`` finds everything even after a crash, from the state file):
   192.0.2.3 and .4, one cluster; agents get all three endpoints);
 - ``P-h1`` .. ``P-hN``: hosts at 192.0.2.11.., each with ``eth0`` on the underlay and an
   ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory;
-- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin.
+- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin;
+- with ``--docker``, a dockerd and the Docker plugin per host, and Docker containers
+  (``dockerhosts.py``).
 
 Only the namespaces' own interfaces are touched; the root namespace is never changed.
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
+from overlayd.lab.dockerhosts import destroy_docker_hosts, docker_endpoints
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
     DEFAULT_NETWORK_CONFIG,
@@ -306,7 +309,7 @@ class Lab:
             "CNI_CACHE_DIR": str(Path(host.dir) / "cni-cache"),
         }
         argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
-        argv += ["--conflist", str(self._conflist(host))]
+        argv += ["--conflist", str(self.cni_conflist(host))]
         done = subprocess.run(
             ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
         )
@@ -314,7 +317,7 @@ class Lab:
             raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
         return done.stdout
 
-    def _conflist(self, host: LabHost) -> Path:
+    def cni_conflist(self, host: LabHost) -> Path:
         """The shipped conflist with this host's subnet.env and CNI state kept under its lab dir."""
         shipped = json.loads(SHIPPED_CONFLIST.read_text())
         flannel = shipped["plugins"][0]
@@ -404,12 +407,12 @@ class Lab:
             (name, self.container_ns(name), address)
             for host in self.hosts
             for name, address in host.containers.items()
-        ]
+        ] + docker_endpoints(self.hosts)
         if not endpoints:
             return "", True
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
-                           for name, address in host.containers.items())
+                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
         return f"{table}\n\n{legend}", ok
 
     def running_pids(self) -> set[int]:
@@ -433,12 +436,15 @@ class Lab:
             )
             for name, address in host.containers.items():
                 lines.append(f"       container {self.container_ns(name):<16} {address}")
+            for name, address in host.docker_containers.items():
+                lines.append(f"       docker container {name:<9} {address}  (network overlayd)")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------
 
     def down(self) -> None:
         """Stop agents and etcd, delete every namespace of the lab and its directory."""
+        destroy_docker_hosts(self.hosts)  # before the namespaces: containers live outside them
         running = self.running_pids()
         for pid in (*(host.pid for host in self.hosts), *self.etcd_pids):  # agents first, then etcd
             if pid in running:
