@@ -1,7 +1,7 @@
 """The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
 
-``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni``, ``cni`` and
-``cleanup``.
+``status``, ``config validate|get|set``, ``docker-opts``, ``docker-plugin``, ``lab``, ``install-cni``,
+``cni`` and ``cleanup``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 LAB_RUNNING = 3
 # `status`: the agent is unreachable or not ready (the rest of the report may still be useful).
 STATUS_AGENT_DOWN = 3
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
+COMMANDS = (
+    "run", "status", "config", "docker-opts", "docker-plugin", "lab", "install-cni", "cni", "cleanup",
+    "bench",
+)  # fmt: skip
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -102,6 +105,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             lab.up(args.hosts, network_config=network_config)
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
+            if args.docker:
+                from overlayd.lab.dockerhosts import start_docker_hosts
+
+                try:
+                    start_docker_hosts(lab.hosts, lab.cni_conflist, per_host=1)
+                finally:
+                    lab.save()
             print(lab.status())
             return _print_ping_tables(lab) if args.ping else 0
         if lab is None:
@@ -236,8 +246,11 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     drops no traffic; with
     flanneld in its place nobody would keep the table's VXLAN allowlist up to date, and peers
     joining later would be dropped. The device, its entries, subnet.env and the lease are
-    flanneld's too, and stay for it to adopt.
+    flanneld's too, and stay for it to adopt; but the udp backend's forwarder is stopped: it holds
+    flannel0, which flanneld's own forwarder must create.
     """
+    from overlayd.backend.udp.config import DEVICE_NAME
+    from overlayd.backend.udp.control import ForwarderKeeper
     from overlayd.netfilter.firewall import Firewall, FirewallError
 
     configure_logging("warning")
@@ -246,6 +259,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     except FirewallError as exc:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
+    if ForwarderKeeper().stop(DEVICE_NAME):
+        print(f"stopped the udp forwarder, and with it {DEVICE_NAME}: flanneld makes its own")
     print(
         "removed nftables table ip overlayd (and ip6 overlayd, of a dual-stack network) and "
         "iptables chain OVERLAYD-FWD (if there were any); flannel.<VNI> (and flannel-v6.<VNI>), "
@@ -260,6 +275,12 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     from overlayd.ops.cni_tool import run_cni_command
 
     return run_cni_command(args.cni_args)
+
+
+def _cmd_docker_plugin(plugin_args: list[str]) -> int:
+    from overlayd.dockerplugin.server import run_docker_plugin
+
+    return run_docker_plugin(plugin_args)
 
 
 def _cmd_bench(bench_args: list[str]) -> int:
@@ -348,6 +369,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="containers attached per host by the CNI plugin, for `up` (default 2)",
     )  # fmt: skip
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
+    lab.add_argument("--docker", action="store_true",
+                     help="`up`: also a dockerd and `overlayd docker-plugin` per host, with one container "
+                          "each on the plugin's network `overlayd` (in the ping table)")
     lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
                      help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
     lab.add_argument("--ipv6", action="store_true",
@@ -402,6 +426,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     cleanup.set_defaults(func=_cmd_cleanup)
 
+    plugin = sub.add_parser("docker-plugin", help="serve Docker's network and IPAM plugin API on this host")
+    plugin.add_argument("plugin_args", nargs=argparse.REMAINDER, help="see `overlayd docker-plugin --help`")
+
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")
     return parser
@@ -415,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _install_backends()
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
+    if argv[0] == "docker-plugin":
+        return _cmd_docker_plugin(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
     try:
         return int(args.func(args) or 0)

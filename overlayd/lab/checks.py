@@ -64,9 +64,10 @@ def ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
 
 
 def ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
-    """``ping`` of ``address`` from inside ``netns``: quiet, numeric, probes 0.2 s apart."""
-    return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-            "-W", str(wait), address]  # fmt: skip
+    """``ping`` of ``address`` from inside ``netns`` (an ``ip netns`` name, or a path such as a Docker
+    container's ``/proc/<pid>/ns/net``): quiet, numeric, probes 0.2 s apart."""
+    enter = ["nsenter", f"--net={netns}", "--"] if netns.startswith("/") else ["ip", "netns", "exec", netns]
+    return [*enter, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(wait), address]
 
 
 def wait_untentative(netns: str, timeout: float = 5.0) -> None:
@@ -76,3 +77,15 @@ def wait_untentative(netns: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"{netns}: IPv6 addresses still tentative after {timeout:.0f}s")
         time.sleep(0.1)
+
+
+def with_ipv6_table(
+    text: str, ok: bool, endpoints6: list[tuple[str, str, str]], title: str
+) -> tuple[str, bool]:
+    """``text`` (an IPv4 table and its legend) followed by the IPv6 ping table of ``endpoints6``
+    under ``title`` when any has an address (a dual-stack lab); and whether all passed."""
+    if not any(address for _, _, address in endpoints6):
+        return text, ok
+    table6, ok6 = ping_table(endpoints6)
+    legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
+    return f"{text}\n\n{title}:\n{table6}\n\n{legend6}", ok and ok6

@@ -50,6 +50,8 @@ class LabHost:
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+    docker: bool = False  # runs a dockerd and the Docker plugin (`lab up --docker`)
+    docker_containers: dict[str, str] = field(default_factory=dict)  # name -> IP, on the plugin's network
     ipv6: str = ""  # its IPv6 underlay address, in a lab with IPv6
     containers6: dict[str, str] = field(default_factory=dict)  # name -> IPv6 address, dual-stack
 

@@ -9,7 +9,9 @@ collide, and ``down`` finds everything even after a crash, from the state file):
   192.0.2.3 and .4, one cluster; agents get all three endpoints);
 - ``P-h1`` .. ``P-hN``: hosts at 192.0.2.11.., each with ``eth0`` on the underlay and an
   ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory;
-- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin.
+- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin;
+- with ``--docker``, a dockerd and the Docker plugin per host, and Docker containers
+  (``dockerhosts.py``).
 
 Only the namespaces' own interfaces are touched; the root namespace is never changed.
 """
@@ -29,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
+from overlayd.lab.dockerhosts import destroy_docker_hosts, docker_endpoints
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
     DEFAULT_NETWORK_CONFIG,
@@ -57,6 +61,7 @@ from overlayd.lab.shell import (
     stop_pid,
 )
 from overlayd.ops.install_cni import install_cni
+from overlayd.subnet.config import ConfigError, parse_network_config
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class Lab:
     etcd_pids: list[int] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
     etcd_members: int = 1
+    network_config: str = ""  # what ``up`` put in etcd ("": none, or the default)
     ipv6: bool = False  # the underlay has IPv6 too (2001:db8::/64): for dual-stack networks
 
     # ---- naming and persistence -------------------------------------------------------------
@@ -151,6 +157,7 @@ class Lab:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
         if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"etcd_members {self.etcd_members}: use between 1 and {MAX_ETCD_MEMBERS}")
+        self.network_config = network_config or ""
         self.save()
         try:
             self._make_underlay()
@@ -322,7 +329,7 @@ class Lab:
             "CNI_CACHE_DIR": str(Path(host.dir) / "cni-cache"),
         }
         argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
-        argv += ["--conflist", str(self._conflist(host))]
+        argv += ["--conflist", str(self.cni_conflist(host))]
         done = subprocess.run(
             ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
         )
@@ -330,7 +337,7 @@ class Lab:
             raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
         return done.stdout
 
-    def _conflist(self, host: LabHost) -> Path:
+    def cni_conflist(self, host: LabHost) -> Path:
         """The shipped conflist with this host's subnet.env and CNI state kept under its lab dir."""
         shipped = json.loads(SHIPPED_CONFLIST.read_text())
         flannel = shipped["plugins"][0]
@@ -366,22 +373,20 @@ class Lab:
 
     def unconverged(self) -> list[str]:
         """What is still missing: hosts without subnet.env, or without a route (other than the
-        default) covering some peer's subnet, whatever device the backend routes it through."""
+        default) covering some peer's subnet, whatever device the backend routes it through
+        (none for a backend that writes no routes: ``Backend.routes_traffic``)."""
         running = [host for host in self.hosts if host.pid]
         subnets = {host.name: host.subnet_env().get("FLANNEL_SUBNET") for host in running}
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
-        if missing:
+        if missing or not routes_traffic(self.network_config):
             return missing
         subnets6 = {host.name: host.subnet_env().get("FLANNEL_IPV6_SUBNET") for host in running}
         for host in running:
             for peer in running:
                 if peer is not host and not self._routed(host, str(subnets[peer.name]).split("/")[0]):
                     missing.append(f"{host.name} lacks a route to {peer.name}")
-                # IPv6 between the hosts that both serve it (a dual-stack network's).
-                peer6 = subnets6[peer.name]
-                if peer is not host and peer6 and subnets6[host.name] and not self._routed(
-                    host, peer6.split("/")[0], "-6"
-                ):
+                peer6 = subnets6[peer.name] if subnets6[host.name] else None  # both serve IPv6
+                if peer is not host and peer6 and not self._routed(host, peer6.split("/")[0], "-6"):
                     missing.append(f"{host.name} lacks an IPv6 route to {peer.name}")
         return missing
 
@@ -399,17 +404,27 @@ class Lab:
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
-        """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
-        endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
-        table, ok = checks.ping_table(endpoints)
-        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
-                           for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
+        """All-pairs ping of the hosts' overlay addresses (IPv6 too), as text; and whether all passed."""
+        named = [(h, *self.overlay_address(h)) for h in self.hosts]
+        table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
+        legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
         endpoints6 = [(h.name, h.netns, h.flannel_ipv6_address() or "") for h in self.hosts]
-        if not any(address for _, _, address in endpoints6):
-            return f"{table}\n\n{legend}", ok
-        table6, ok6 = checks.ping_table(endpoints6)
-        legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
-        return f"{table}\n\n{legend}\n\nIPv6, flannel-v6.1 addresses:\n{table6}\n\n{legend6}", ok and ok6
+        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6, flannel-v6.1 addresses")
+
+    @staticmethod
+    def overlay_address(host: LabHost) -> tuple[str, str]:
+        """(device, address) of the host's own overlay address: the backend's device's
+        ``<subnet>.0`` where it has one (flannel.1), else the container bridge's ``<subnet>.1``
+        (host-gw has no device; the bridge comes with the first container)."""
+        address = host.flannel_address()
+        if not address:
+            return "", ""
+        held = json.loads(sh("ip", "-j", "-4", "addr", "show", netns=host.netns) or "[]")
+        for link in held:
+            for info in link.get("addr_info", []):
+                if info.get("local") == address:
+                    return link["ifname"], address
+        return "cni0", str(IPv4Address(address) + 1)
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
@@ -417,19 +432,15 @@ class Lab:
             (name, self.container_ns(name), address)
             for host in self.hosts
             for name, address in host.containers.items()
-        ]
+        ] + docker_endpoints(self.hosts)
         if not endpoints:
             return "", True
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
-                           for name, address in host.containers.items())
+                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
         endpoints6 = [(name, self.container_ns(name), address) for host in self.hosts
                       for name, address in host.containers6.items()]  # fmt: skip
-        if not endpoints6:
-            return f"{table}\n\n{legend}", ok
-        table6, ok6 = checks.ping_table(endpoints6)
-        legend6 = ", ".join(f"{name}={address}" for name, _, address in endpoints6)
-        return f"{table}\n\n{legend}\n\nIPv6:\n{table6}\n\n{legend6}", ok and ok6
+        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6")
 
     def running_pids(self) -> set[int]:
         """Every process inside the lab's namespaces: its agents and etcd, and anything else.
@@ -455,12 +466,15 @@ class Lab:
             for name, address in host.containers.items():
                 also = f" {host.containers6[name]}" if name in host.containers6 else ""
                 lines.append(f"       container {self.container_ns(name):<16} {address}{also}")
+            for name, address in host.docker_containers.items():
+                lines.append(f"       docker container {name:<9} {address}  (network overlayd)")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------
 
     def down(self) -> None:
         """Stop agents and etcd, delete every namespace of the lab and its directory."""
+        destroy_docker_hosts(self.hosts)  # before the namespaces: containers live outside them
         running = self.running_pids()
         for pid in (*(host.pid for host in self.hosts), *self.etcd_pids):  # agents first, then etcd
             if pid in running:
@@ -469,6 +483,16 @@ class Lab:
             kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def routes_traffic(network_config: str) -> bool:
+    """Whether the backend ``network_config`` names writes a route to every peer (True when the
+    config cannot be read: its agents then never converge, and the wait says so)."""
+    try:
+        config = parse_network_config(network_config or DEFAULT_NETWORK_CONFIG, backends=CONFIG_PARSERS)
+    except ConfigError:
+        return True
+    return BACKENDS[config.backend.type].routes_traffic
 
 
 def random_lab_name() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol
 
@@ -90,6 +90,8 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendSettings
+    # False when the config names no Backend.Type and the default backend runs (the agent says so).
+    backend_type_given: bool = field(default=True, compare=False)
     # EnableIPv6: the IPv6 pool; every lease then carries an IPv6 subnet too (None: IPv4 only).
     ipv6: SubnetPool | None = None
 
@@ -204,6 +206,15 @@ class BackendParsers:
 
     parsers: Mapping[str, BackendParser]
     default_type: str
+    # Backends a config may name that are refused: type -> why, and what to use instead.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def refusal(self, backend_type: object) -> str:
+        """Why ``backend_type`` cannot be used, as the end of a sentence naming it."""
+        why = self.refused.get(backend_type.lower()) if isinstance(backend_type, str) else None
+        if why is not None:
+            return why
+        return f"is invalid; overlayd supports {', '.join(self.parsers)}"
 
     def parse(self, where: str, raw: object) -> BackendSettings:
         """The ``Backend`` section ``raw`` parsed by the backend it names."""
@@ -218,7 +229,7 @@ class BackendParsers:
             backend_type = backend_type.lower()  # flanneld lower-cases it too
         parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
         if parser is None:
-            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
+            raise ConfigError(f"{where}: Backend.Type {backend_type!r} {self.refusal(backend_type)}")
         return parser(fields)
 
 
@@ -340,5 +351,10 @@ def parse_network_config(
         subnet_min=ipv4.subnet_min,  # type: ignore[arg-type]
         subnet_max=ipv4.subnet_max,  # type: ignore[arg-type]
         backend=backends.parse(where, fields.value.get("backend")),
+        backend_type_given=_names_backend_type(fields.value.get("backend")),
         ipv6=ipv6,
     )
+
+
+def _names_backend_type(raw: object) -> bool:
+    return isinstance(raw, dict) and "type" in _lower_keys(raw)

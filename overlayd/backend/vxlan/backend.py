@@ -14,7 +14,7 @@ from dataclasses import replace
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend, device_name
@@ -90,6 +90,7 @@ class Vxlan:
     data_codec: ClassVar[VxlanLeaseData] = VxlanLeaseData()
     parse_config = staticmethod(parse_vxlan_config)
     device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
@@ -210,6 +211,9 @@ class Vxlan:
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         """Each family's entries on its device, in one batch."""
         self.kernel.apply(device.ifindex, diff, device.ipv6_ifindex)
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
