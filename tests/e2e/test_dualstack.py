@@ -226,3 +226,20 @@ def test_a_deleted_own_dual_stack_key_is_taken_again_with_both_subnets(dual: Lab
              "h3 to lease its two subnets again")  # fmt: skip
     assert lease_values(dual)[key]["PublicIPv6"] == h3.ipv6
     wait_for(lambda: dual.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+
+
+def test_host_gw_routes_both_families_via_the_peers_public_addresses(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = lab_network_config("host-gw", ipv6=True)
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=config) as lab:
+        h1, h2 = lab.hosts
+        lab.add_containers(1)
+        wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+        subnet6 = h2.subnet_env()["FLANNEL_IPV6_SUBNET"]
+        network6 = f"{h2.flannel_ipv6_address()}/{subnet6.split('/')[1]}"
+        assert f"{network6} via {h2.ipv6} dev eth0" in ip6(h1, "route")
+        value = next(v for v in lease_values(lab).values() if v["PublicIP"] == h2.ip)
+        assert value == {"PublicIP": h2.ip, "PublicIPv6": h2.ipv6, "BackendType": "host-gw"}
+        sh("ip", "-6", "route", "del", network6, netns=h1.netns)  # repaired like an IPv4 route
+        wait_for(lambda: f"{network6} via {h2.ipv6}" in ip6(h1, "route"), 15, "h1 to restore the IPv6 route")

@@ -2,16 +2,19 @@
 
 No device and no encapsulation: each peer's subnet is routed via the peer's PublicIP on the
 external interface, so every host must share one L2 segment (a peer elsewhere is named in a
-warning with the fix and gets no route). The lease carries ``"BackendType":"host-gw"`` and no
-BackendData; containers get the interface's whole MTU. The agent's reconciler and netlink
-monitor keep the routes as for any backend: a deleted route is back within the netlink debounce,
-not on flanneld's 10 s check.
+warning with the fix and gets no route). In a dual-stack network its IPv6 subnet is routed via
+its PublicIPv6 the same way (``desired.entries_for`` gives a direct peer both routes). The lease
+carries ``"BackendType":"host-gw"`` and no BackendData; containers get the interface's whole MTU.
+The agent's reconciler and netlink monitor keep the routes as for any backend: a deleted route is
+back within the netlink debounce, not on flanneld's 10 s check.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network
 from typing import ClassVar
 
 from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
@@ -35,6 +38,8 @@ class HostGw:
 
     def __init__(self) -> None:
         self._routes: HostRoutes | None = None
+        self._routes6: HostRoutes | None = None  # a dual-stack network's IPv6 routes
+        self._ipv6_network: IPv6Network | None = None  # where they lead, while dual-stack
         self._host: HostFacts | None = None  # the segments peers must be on, once known
         self._off_segment = OffSegmentLog()
 
@@ -44,10 +49,17 @@ class HostGw:
             self._routes = HostRoutes()
         return self._routes
 
+    @property
+    def kernel6(self) -> HostRoutes:
+        if self._routes6 is None:
+            self._routes6 = HostRoutes(socket.AF_INET6)
+        return self._routes6
+
     def close(self) -> None:
-        if self._routes is not None:
-            self._routes.close()
-            self._routes = None
+        for routes in (self._routes, self._routes6):
+            if routes is not None:
+                routes.close()
+        self._routes = self._routes6 = None
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         assert isinstance(config, HostGwConfig)
@@ -63,7 +75,16 @@ class HostGw:
                 '{"Type": "vxlan"}'
             )
         self._host = host
-        return LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE)
+        attrs = LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE)
+        if config.ipv6 is None or host.public_ipv6 is None:
+            return attrs
+        if host.public_ipv6 != host.external_ipv6:
+            raise HostUnfit(
+                f"host-gw: PublicIPv6 {host.public_ipv6} is not {host.external_ifname}'s address "
+                f"{host.external_ipv6}: peers would route this host's IPv6 subnet to an address it does "
+                'not hold. Drop --public-ipv6, or use Backend {"Type": "vxlan"}'
+            )
+        return replace(attrs, public_ipv6=host.public_ipv6)
 
     def container_mtu(self, config: NetworkConfig, underlay_mtu: int) -> int:
         return underlay_mtu  # nothing is added to a packet
@@ -71,6 +92,7 @@ class HostGw:
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """The external interface, which the routes use; nothing is created."""
         self._host = host
+        self._ipv6_network = config.ipv6.network if config.ipv6 and own.ipv6_subnet else None  # type: ignore[assignment]
         link = self.kernel.interface(host.external_ifname)
         return DeviceState(link.index, link.mac, link.mtu, link.index), []
 
@@ -85,14 +107,18 @@ class HostGw:
         if not is_host_gw_peer(lease, own.subnet, own.attrs.public_ip):
             return False
         host = self._host
-        if host is None or on_segment(host.segments)(lease):
+        if host is None or self._on_segment(host, config)(lease):
             return True
         self._off_segment.name(lease, host.segments, host.external_ifname)
         return False
 
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool]:
         self._host = host
-        return on_segment(host.segments)
+        return self._on_segment(host, config)
+
+    @staticmethod
+    def _on_segment(host: HostFacts, config: NetworkConfig) -> Callable[[Lease], bool]:
+        return on_segment(host.segments, host.ipv6_segments if config.ipv6 is not None else None)
 
     def peer_entries(self, lease: Lease, direct: bool = True) -> tuple[Entry, ...]:
         return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
@@ -100,7 +126,11 @@ class HostGw:
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
         if network is None:
             return Plane()
-        return self.kernel.read(device.ifindex, network)
+        plane = self.kernel.read(device.ifindex, network)
+        if self._ipv6_network is None:
+            return plane
+        plane6 = self.kernel6.read(device.ifindex, self._ipv6_network)
+        return Plane(direct=plane.direct | plane6.direct) if plane6 else plane
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(device.ifindex, diff)
@@ -113,8 +143,11 @@ class HostGw:
 
     def remove(self, config: NetworkConfig) -> list[str]:
         """The routes into the Network via a gateway, on whichever interface they are."""
-        routes = self.kernel.read_anywhere(config.network)
-        if not routes:
-            return []
-        self.kernel.remove_all(routes)
-        return [f"removed {len(routes)} route(s) into {config.network} via peers' PublicIPs"]
+        actions = []
+        networks = (config.network, config.ipv6.network if config.ipv6 else None)
+        for kernel, network in zip((self.kernel, self.kernel6), networks, strict=True):
+            routes = kernel.read_anywhere(network) if network else None
+            if routes:
+                kernel.remove_all(routes)
+                actions.append(f"removed {len(routes)} route(s) into {network} via peers' PublicIPs")
+        return actions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.backend.hostgw.config import TYPE
 from overlayd.subnet.lease import Lease
@@ -17,10 +17,22 @@ def is_host_gw_peer(lease: Lease, own_subnet: IPv4Network | None, own_ip: IPv4Ad
     return lease.subnet != own_subnet and lease.attrs.public_ip != own_ip and lease.attrs.backend_type == TYPE
 
 
-def on_segment(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
+def on_segment(
+    segments: tuple[IPv4Network, ...], ipv6_segments: tuple[IPv6Network, ...] | None = None
+) -> Callable[[Lease], bool]:
     """Whether a peer's PublicIP is on one of this host's underlay segments: a route via it needs
-    no router in between, the one thing host-gw requires."""
-    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
+    no router in between, the one thing host-gw requires. In a dual-stack network
+    (``ipv6_segments`` given) its PublicIPv6 must be on one of those too, when it has an IPv6 half."""
+
+    def reachable(lease: Lease) -> bool:
+        if not any(lease.attrs.public_ip in segment for segment in segments):
+            return False
+        ip6 = lease.attrs.public_ipv6
+        if ipv6_segments is None or lease.ipv6_subnet is None or ip6 is None:
+            return True
+        return any(ip6 in segment for segment in ipv6_segments)
+
+    return reachable
 
 
 def off_segment_message(lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> str:

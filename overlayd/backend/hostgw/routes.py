@@ -9,7 +9,8 @@ touched.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+import socket
+from ipaddress import IPv4Network, IPv6Network
 
 from overlayd.backend.desired import Plane, PlaneDiff
 from overlayd.backend.entrytable import DirectRoutes, EntryTable
@@ -17,22 +18,24 @@ from overlayd.backend.rtnl.codec import Link, decode_direct_route, dump_routes_r
 
 
 class HostRoutes(EntryTable):
-    """Owns a raw rtnetlink socket in the current network namespace."""
+    """Owns a raw rtnetlink socket in the current network namespace; reads the routes of one
+    family (``socket.AF_INET6``: a dual-stack network's IPv6 routes)."""
 
     def interface(self, ifname: str) -> Link:
         """The external interface; BackendError naming it if it is gone."""
         return self._link_by_name(ifname, "external interface")
 
-    def read(self, ifindex: int, network: IPv4Network) -> Plane:
+    def read(self, ifindex: int, network: IPv4Network | IPv6Network) -> Plane:
         """The routes into ``network`` via a gateway on ``ifindex``."""
         return self.read_plane(None, DirectRoutes(ifindex, network))
 
-    def read_anywhere(self, network: IPv4Network) -> Plane:
+    def read_anywhere(self, network: IPv4Network | IPv6Network) -> Plane:
         """The routes into ``network`` via a gateway on any device: what a previous run left,
         whichever interface it used."""
         seq = self._rtnl.next_seq()
         found = set()
-        for message in self._rtnl.dump(dump_routes_request(seq), seq):
+        family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+        for message in self._rtnl.dump(dump_routes_request(seq, family), seq):
             oif = route_summary(message)[1]
             route = decode_direct_route(message, oif, network) if oif else None
             if route is not None:
