@@ -70,13 +70,14 @@ def ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
     return [*enter, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(wait), address]
 
 
-def wait_untentative(netns: str, timeout: float = 5.0) -> None:
-    """Wait until no IPv6 address in ``netns`` is still tentative (in duplicate detection)."""
+def wait_untentative(*namespaces: str, timeout: float = 5.0) -> None:
+    """Wait until no IPv6 address in ``namespaces`` is still tentative (in duplicate detection)."""
     deadline = time.monotonic() + timeout
-    while sh("ip", "-6", "addr", "show", "tentative", netns=netns, check=False).strip():
-        if time.monotonic() > deadline:
-            raise LabError(f"{netns}: IPv6 addresses still tentative after {timeout:.0f}s")
-        time.sleep(0.1)
+    for netns in namespaces:
+        while sh("ip", "-6", "addr", "show", "tentative", netns=netns, check=False).strip():
+            if time.monotonic() > deadline:
+                raise LabError(f"{netns}: IPv6 addresses still tentative after {timeout:.0f}s")
+            time.sleep(0.1)
 
 
 def with_ipv6_table(

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
@@ -298,8 +298,8 @@ class Lab:
         host.containers[name] = address
         if ipv6 := next((a for a in addresses if ":" in a), None):
             host.containers6[name] = ipv6  # a dual-stack network's container has both
-            # Usable once the kernel's duplicate address detection is over (about a second).
-            checks.wait_untentative(netns)
+            # Usable once duplicate address detection is over (a second): the container's and the bridge's.
+            checks.wait_untentative(netns, host.netns)
         self.save()
         return address
 
@@ -408,23 +408,23 @@ class Lab:
         named = [(h, *self.overlay_address(h)) for h in self.hosts]
         table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
         legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
-        endpoints6 = [(h.name, h.netns, h.flannel_ipv6_address() or "") for h in self.hosts]
-        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6, flannel-v6.1 addresses")
+        endpoints6 = [(h.name, h.netns, self.overlay_address(h, ipv6=True)[1]) for h in self.hosts]
+        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6")
 
     @staticmethod
-    def overlay_address(host: LabHost) -> tuple[str, str]:
-        """(device, address) of the host's own overlay address: the backend's device's
-        ``<subnet>.0`` where it has one (flannel.1), else the container bridge's ``<subnet>.1``
-        (host-gw has no device; the bridge comes with the first container)."""
-        address = host.flannel_address()
+    def overlay_address(host: LabHost, ipv6: bool = False) -> tuple[str, str]:
+        """(device, address) of the host's own overlay address (``ipv6``: its IPv6 half's): the
+        backend's device's ``<subnet>.0`` where it has one (flannel.1, flannel-v6.1), else the
+        bridge's ``<subnet>.1`` (host-gw has no device; the bridge comes with the first container)."""
+        address = host.flannel_ipv6_address() if ipv6 else host.flannel_address()
         if not address:
             return "", ""
-        held = json.loads(sh("ip", "-j", "-4", "addr", "show", netns=host.netns) or "[]")
+        held = json.loads(sh("ip", "-j", "-6" if ipv6 else "-4", "addr", "show", netns=host.netns) or "[]")
         for link in held:
             for info in link.get("addr_info", []):
                 if info.get("local") == address:
                     return link["ifname"], address
-        return "cni0", str(IPv4Address(address) + 1)
+        return "cni0", str(ip_address(address) + 1)
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
