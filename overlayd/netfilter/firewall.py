@@ -233,6 +233,7 @@ class Firewall:
         self._family = family
         self._ipv6: Firewall | None = None  # the ip6 table's keeper, while the network is dual-stack
         self._ipv6_cleared = False  # an ip6 table of an earlier dual-stack run removed (once)
+        self._ipv6_pass_seen = False
         self._features = NftFeatures()  # assumed until nft refuses a table with them
         self._probed: set[str] = set()
         # The script we last applied and the kernel's listing right after: recognises our own
@@ -282,7 +283,10 @@ class Firewall:
             self._ipv6 = self._ipv6 or Firewall(self._table, IP6)
             self._ipv6_cleared = False
             return self._ipv6._ensure_table(spec.family_part(IP6))
-        if self._ipv6_cleared:
+        # Looked for once, and not on the first pass: a cold start's time is the data path's,
+        # and the look is one more ``nft`` process.
+        first, self._ipv6_pass_seen = not self._ipv6_pass_seen, True
+        if self._ipv6_cleared or (first and self._ipv6 is None):
             return False
         self._ipv6_cleared = True
         return self._remove_ipv6_table("the network is IPv4-only")
