@@ -7,6 +7,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.backend.hostgw.config import TYPE
+from overlayd.backend.segments import on_segments
 from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -23,16 +24,7 @@ def on_segment(
     """Whether a peer's PublicIP is on one of this host's underlay segments: a route via it needs
     no router in between, the one thing host-gw requires. In a dual-stack network
     (``ipv6_segments`` given) its PublicIPv6 must be on one of those too, when it has an IPv6 half."""
-
-    def reachable(lease: Lease) -> bool:
-        if not any(lease.attrs.public_ip in segment for segment in segments):
-            return False
-        ip6 = lease.attrs.public_ipv6
-        if ipv6_segments is None or lease.ipv6_subnet is None or ip6 is None:
-            return True
-        return any(ip6 in segment for segment in ipv6_segments)
-
-    return reachable
+    return on_segments(segments, ipv6_segments)
 
 
 def off_segment_message(lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> str:

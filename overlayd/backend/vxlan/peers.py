@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
+from overlayd.backend.segments import on_segments
 from overlayd.backend.vxlan.config import TYPE
 from overlayd.subnet.lease import Lease, lease_vni
 
@@ -17,16 +18,7 @@ def reached_directly(
     flanneld asks the routing table whether the route to the PublicIP has no gateway; on the
     external interface, that is this test. In a dual-stack network (``ipv6_segments`` given) a
     peer with an IPv6 half is reached directly only if its PublicIPv6 is on one of them too."""
-
-    def direct(lease: Lease) -> bool:
-        if not any(lease.attrs.public_ip in segment for segment in segments):
-            return False
-        ip6 = lease.attrs.public_ipv6
-        if ipv6_segments is None or lease.ipv6_subnet is None or ip6 is None:
-            return True
-        return any(ip6 in segment for segment in ipv6_segments)
-
-    return direct
+    return on_segments(segments, ipv6_segments)
 
 
 def is_vxlan_peer(
