@@ -238,16 +238,21 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     flanneld's too, and stay for it to adopt.
     """
     from overlayd.netfilter.firewall import Firewall, FirewallError
+    from overlayd.netfilter.names import names_for_prefix
+    from overlayd.option_sources import read_env
 
     configure_logging("warning")
+    from_env = read_env("etcd_prefix", os.environ)
+    prefix = args.etcd_prefix or (from_env[1] if from_env else AgentOptions.etcd_prefix)
+    names = names_for_prefix(prefix)
     try:
-        Firewall().remove()
+        Firewall(names).remove()
     except FirewallError as exc:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
     print(
-        "removed nftables table ip overlayd and iptables chain OVERLAYD-FWD (if there were "
-        "any); flannel.<VNI>, its entries, "
+        f"removed nftables table ip {names.table} and iptables chain {names.forward_chain} of the "
+        f"network under {prefix} (if there were any); flannel.<VNI>, its entries, "
         "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
         "stopped: a running agent writes the table again."
     )
@@ -395,6 +400,9 @@ def make_parser() -> argparse.ArgumentParser:
     cleanup = sub.add_parser(
         "cleanup", help="remove overlayd's nftables table and iptables forward chain (before flanneld starts)"
     )
+    cleanup.add_argument("--etcd-prefix", "-etcd-prefix", dest="etcd_prefix", default=None,
+                         help="the network whose table and chain to remove (default: FLANNELD_ETCD_PREFIX "
+                         "or OVERLAYD_ETCD_PREFIX, else /coreos.com/network)")
     cleanup.set_defaults(func=_cmd_cleanup)
 
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")

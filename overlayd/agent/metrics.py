@@ -42,6 +42,7 @@ REPAIRS = {
     "device": ("fix",),
     "firewall": ("fix",),
     "subnet_env": ("fix",),
+    "blackhole_route": ("fix",),  # --ip-blackhole-route
 }
 Address = tuple[str, int]
 # A scrape or probe sends its request at once and reads a small answer: seconds are plenty, and

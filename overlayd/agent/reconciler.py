@@ -27,6 +27,7 @@ from overlayd.agent.peerlog import PeerChange as Logged
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
 from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.blackhole import BlackholeRoute
 from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
@@ -37,7 +38,7 @@ from overlayd.subnet.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)
 
-STEPS = ("firewall", "device", "entries")
+STEPS = ("firewall", "device", "entries", "blackhole")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Reconciler:
         }
         self.subnet_file = SubnetFile(options.subnet_file)
         self.drops = DropWatch(firewall, metrics)
+        self.blackhole = BlackholeRoute()
+        self.blackhole_cleared = False  # option off: a previous run's route looked for (once)
         self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.peer_log = PeerLogBudget()  # a lease flood is summed up, not logged line by line
 
@@ -207,6 +210,7 @@ class Reconciler:
                 ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
                 ("device", lambda: self._ensure_device(trigger, backend, host)),
                 ("entries", lambda: self._ensure_entries(trigger)),
+                ("blackhole", lambda: self._ensure_blackhole(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
             mtu = backend.container_mtu(config, host.external_mtu)
             if self.subnet_file.write(SubnetEnv(config.network, lease.subnet, mtu, self.options.ip_masq)):
@@ -260,12 +264,21 @@ class Reconciler:
             ingress_allowlist=allowlist,
             ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
             ingress_sources=sources,
+            masq_fully_random=not self.options.ip_masq_fully_random_disable,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
+
+    def _ensure_blackhole(self, trigger: Trigger) -> None:
+        wanted = self.state.lease.subnet if self.options.ip_blackhole_route and self.state.lease else None
+        if wanted is None and self.blackhole_cleared:
+            return
+        if self.blackhole.ensure(wanted):
+            self._count_repair(trigger, "blackhole_route", "fix")
+        self.blackhole_cleared = wanted is None
 
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease

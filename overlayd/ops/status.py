@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.backend.api import DeviceState
 from overlayd.backend.select import CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.netfilter.names import names_for_prefix
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.subnet.subnetenv import parse_keys
@@ -85,6 +86,8 @@ class HostStatus:
     own_lease: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None  # every lease, with --cluster
     etcd_error: str | None = None
+    # This network's firewall objects, named from --etcd-prefix: "ip <table>, iptables <chain>".
+    firewall: str = ""
 
     @property
     def nothing_read(self) -> bool:
@@ -265,6 +268,8 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
     else:
         lines.append(f"  etcd lease  {status.etcd_error or 'none found for this host'}")
+    if status.firewall:
+        lines.append(f"  firewall    nftables table {status.firewall}")
     if status.leases is not None:
         lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
         header = ("SUBNET", "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
@@ -415,4 +420,10 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         own_lease=own,
         leases=leases,
         etcd_error=etcd_error,
+        firewall=_firewall_names(options.etcd_prefix),
     )
+
+
+def _firewall_names(prefix: str) -> str:
+    names = names_for_prefix(prefix)
+    return f"ip {names.table}, iptables chain {names.forward_chain}"
