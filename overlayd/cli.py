@@ -212,7 +212,8 @@ def _cmd_docker_opts(args: argparse.Namespace) -> int:
         ip_masq=not args.no_ip_masq,
     )
     try:
-        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env)
+        existing = os.environ.get(args.combined_key, "")  # prepended, as mk-docker-opts.sh does
+        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env, existing)
     except DockerOptsError as exc:
         print(f"overlayd docker-opts: {exc}", file=sys.stderr)
         return 1
