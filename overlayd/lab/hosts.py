@@ -30,6 +30,18 @@ SHIPPED_CONFLIST = Path(__file__).parents[2] / "deploy" / "10-flannel.conflist"
 METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
 
 
+@dataclass(frozen=True)
+class LabNetwork:
+    """A further network on the lab's hosts (``Lab.add_network``): a second agent on each host with
+    its own etcd prefix, files, container bridge and metrics port, as a node serving two networks has."""
+
+    name: str  # names the agent's files directory on each host, e.g. "blue"
+    prefix: str  # its --etcd-prefix
+    config: str  # its network config (JSON), put at <prefix>/config
+    bridge: str  # the CNI bridge of its containers (the first network's is cni0)
+    metrics_port: int  # on each host's 127.0.0.1, beside METRICS_PORT
+
+
 @dataclass
 class LabHost:
     name: str
@@ -39,18 +51,27 @@ class LabHost:
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+    network_pids: dict[str, int] = field(default_factory=dict)  # further networks' agents, by network
+
+    def files(self, network: str | None = None) -> Path:
+        """Where the agent of ``network`` (None: the lab's first network) keeps its files here."""
+        return Path(self.dir) if network is None else Path(self.dir) / network
 
     @property
     def subnet_file(self) -> Path:
-        return Path(self.dir) / "subnet.env"
+        return self.files() / "subnet.env"
 
     @property
     def log_file(self) -> Path:
-        return Path(self.dir) / "agent.log"
+        return self.files() / "agent.log"
 
-    def subnet_env(self) -> dict[str, str]:
+    def agent_pid(self, network: str | None = None) -> int:
+        """The pid of ``network``'s agent on this host (0: not running)."""
+        return self.pid if network is None else self.network_pids.get(network, 0)
+
+    def subnet_env(self, network: str | None = None) -> dict[str, str]:
         try:
-            return parse_keys(self.subnet_file.read_text())
+            return parse_keys((self.files(network) / "subnet.env").read_text())
         except OSError:
             return {}
 
