@@ -3,10 +3,13 @@ the blackhole route, against the real nft, iptables and kernel in namespaces."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 from nsutil import in_netns
@@ -162,3 +165,40 @@ def test_blackhole_route_for_our_subnet_yields_to_any_container_route(netns: str
         "blackhole 198.18.7.0/24",
     ]
     assert steps["off"] is True and steps["off listing"].strip() == "blackhole 198.18.7.0/24"
+
+
+def overlayd(netns: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = ["ip", "netns", "exec", netns, sys.executable, "-m", "overlayd", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def both_networks() -> None:
+    Firewall(LEGACY).ensure(RED)
+    Firewall(names_for_prefix(BLUE_PREFIX)).ensure(BLUE)
+
+
+@pytest.mark.root
+def test_cleanup_removes_one_network_s_table_named_by_its_prefix(netns: str) -> None:
+    blue = names_for_prefix(BLUE_PREFIX)
+    in_netns(netns, both_networks)
+    done = overlayd(netns, "cleanup", f"--etcd-prefix={BLUE_PREFIX}")
+    assert done.returncode == 0, done.stderr
+    assert f"removed nftables table ip {blue.table} and iptables chain {blue.forward_chain}" in done.stdout
+    tables = in_netns(netns, lambda: sh("nft list tables"))
+    assert blue.table not in tables and "table ip overlayd\n" in tables, "the other network's stays"
+    in_netns(netns, both_networks)
+    done = overlayd(netns, "cleanup", env={"FLANNELD_ETCD_PREFIX": BLUE_PREFIX})  # a flanneld env file's
+    assert done.returncode == 0 and blue.table in done.stdout
+    done = overlayd(netns, "cleanup")
+    assert done.returncode == 0 and "table ip overlayd and iptables chain OVERLAYD-FWD" in done.stdout
+    assert "overlayd" not in in_netns(netns, lambda: sh("nft list tables"))
+
+
+def test_status_names_the_table_of_its_prefix(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "overlayd", "status", "--etcd-endpoints=http://127.0.0.1:9",
+               f"--etcd-prefix={BLUE_PREFIX}", f"--subnet-file={tmp_path}/subnet.env",
+               "--metrics-address=off"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    blue = names_for_prefix(BLUE_PREFIX)
+    assert f"firewall    nftables table ip {blue.table}, iptables chain {blue.forward_chain}" in done.stdout
