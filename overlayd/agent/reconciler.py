@@ -273,10 +273,12 @@ class Reconciler:
             self._count_repair(trigger, "firewall", "fix")
 
     def _ensure_blackhole(self, trigger: Trigger) -> None:
-        wanted = self.state.lease.subnet if self.options.ip_blackhole_route and self.state.lease else None
+        config, lease = self.state.config, self.state.lease
+        assert config is not None and lease is not None
+        wanted = lease.subnet if self.options.ip_blackhole_route else None
         if wanted is None and self.blackhole_cleared:
             return
-        if self.blackhole.ensure(wanted):
+        if self.blackhole.ensure(config.network, wanted):
             self._count_repair(trigger, "blackhole_route", "fix")
         self.blackhole_cleared = wanted is None
 

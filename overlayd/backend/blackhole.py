@@ -8,10 +8,10 @@ packets here.
 flanneld adds the route at metric 0, where it is refused beside a bridge's connected route for the
 same subnet (``cni0``, added first) or, added first itself, hides that route and drops every local
 container's traffic. Ours has the highest metric, so any other route to the subnet wins and the
-blackhole only catches what nothing else takes. That metric is also how our route is recognised:
-a subnet we no longer hold loses its blackhole, and one of an operator's (another metric) is
-never touched. Level-triggered: every full pass compares the kernel's blackhole routes with the
-one wanted.
+blackhole only catches what nothing else takes. That metric and our Network are how our route is
+recognised: a subnet of our Network we no longer hold loses its blackhole, while an operator's
+(another metric) and another network's agent's (outside our Network) are never touched.
+Level-triggered: every full pass compares the kernel's blackhole routes with the one wanted.
 """
 
 from __future__ import annotations
@@ -80,12 +80,15 @@ class BlackholeRoute:
     def __init__(self) -> None:
         self._rtnl: RtnlSocket | None = None
 
-    def ensure(self, subnet: IPv4Network | None) -> bool:
-        """Our blackhole for ``subnet`` (None: for no subnet), and no other of ours; True if it
-        wrote. OSError if the kernel refuses."""
+    def ensure(self, network: IPv4Network, subnet: IPv4Network | None) -> bool:
+        """Our blackhole for ``subnet`` (None: for no subnet), and no other of ours inside
+        ``network``; True if it wrote. OSError if the kernel refuses."""
         rtnl = self._rtnl = self._rtnl or RtnlSocket()
         seq = rtnl.next_seq()
-        found = {net for msg in rtnl.dump(dump_request(seq), seq) if (net := ours(msg.body)) is not None}
+        found = {
+            net for msg in rtnl.dump(dump_request(seq), seq)
+            if (net := ours(msg.body)) is not None and net.subnet_of(network)
+        }  # fmt: skip
         changed = False
         for stale in sorted(found - {subnet}):
             seq = rtnl.next_seq()

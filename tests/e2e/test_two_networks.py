@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from ipaddress import IPv4Interface
 
 import pytest
 from labtools import log_mark, log_since, needs_lab, running_lab
@@ -32,7 +33,9 @@ PING_INTERVAL = 0.05  # 20 Hz
 
 @pytest.fixture(scope="module")
 def two_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(tmp_path_factory, hosts=2, agent_args=("--ip-masq",), network_config=RED) as lab:
+    # With blackhole routes for both subnets, which the containers' bridge routes must win over.
+    args = ("--ip-masq", "--ip-blackhole-route")
+    with running_lab(tmp_path_factory, hosts=2, agent_args=args, network_config=RED) as lab:
         lab.add_network(BLUE)
         lab.wait_converged(timeout=60, network=BLUE.name)
         yield lab
@@ -54,6 +57,10 @@ def test_each_agent_owns_a_table_with_its_own_network(two_networks: Lab) -> None
         assert f"-A {blue.forward_chain} -s 198.19.0.0/16 -j ACCEPT" in forward
         assert host.subnet_env()["FLANNEL_NETWORK"] == "198.18.0.0/16"
         assert host.subnet_env(BLUE.name)["FLANNEL_NETWORK"] == "198.19.0.0/16"
+        blackholes = sh("ip", "route", "show", "type", "blackhole", netns=host.netns).split("\n")
+        subnets = [host.subnet_env(network)["FLANNEL_SUBNET"] for network in (None, BLUE.name)]
+        wanted = {f"blackhole {IPv4Interface(subnet).network} metric 4294967295" for subnet in subnets}
+        assert {line.strip() for line in blackholes if line.strip()} == wanted, host.name
 
 
 def test_both_overlays_carry_20_hz_pings_for_a_minute_without_loss(two_networks: Lab) -> None:

@@ -134,9 +134,12 @@ def test_packets_kube_proxy_marked_are_not_masqueraded(netns_pair: tuple[str, st
 
 
 def blackhole_steps() -> dict[str, object]:
-    route = BlackholeRoute()
-    steps: dict[str, object] = {"add": route.ensure(IPv4Network("198.18.5.0/24"))}
-    steps["again"] = route.ensure(IPv4Network("198.18.5.0/24"))
+    route, network = BlackholeRoute(), IPv4Network("198.18.0.0/16")
+    other_network = BlackholeRoute()  # another network's agent on this host
+    steps: dict[str, object] = {"add": route.ensure(network, IPv4Network("198.18.5.0/24"))}
+    steps["again"] = route.ensure(network, IPv4Network("198.18.5.0/24"))
+    steps["other"] = other_network.ensure(IPv4Network("198.19.0.0/16"), IPv4Network("198.19.9.0/24"))
+    sh("ip route del blackhole 198.19.9.0/24 metric 4294967295")  # only to keep the listings short
     steps["listing"] = sh("ip route show type blackhole")
     steps["unassigned"] = subprocess.run("ip route get 198.18.5.7", shell=True, capture_output=True,
                                          text=True, check=False).returncode  # fmt: skip
@@ -144,18 +147,20 @@ def blackhole_steps() -> dict[str, object]:
        "&& ip addr add 198.18.5.1/24 dev c0")
     steps["bridge wins"] = sh("ip route get 198.18.5.7")
     sh("ip route add blackhole 198.18.7.0/24")  # an operator's: another metric, not ours
-    steps["moved"] = route.ensure(IPv4Network("198.18.6.0/24"))
+    other_network.ensure(IPv4Network("198.19.0.0/16"), IPv4Network("198.19.9.0/24"))
+    steps["moved"] = route.ensure(network, IPv4Network("198.18.6.0/24"))
     steps["moved listing"] = sh("ip route show type blackhole")
-    steps["off"] = route.ensure(None)
+    steps["off"] = route.ensure(network, None)
     steps["off listing"] = sh("ip route show type blackhole")
     route.close()
+    other_network.close()
     return steps
 
 
 @pytest.mark.root
 def test_blackhole_route_for_our_subnet_yields_to_any_container_route(netns: str) -> None:
     steps = in_netns(netns, blackhole_steps)
-    assert (steps["add"], steps["again"]) == (True, False)
+    assert (steps["add"], steps["again"], steps["other"]) == (True, False, True)
     assert steps["listing"].strip() == f"blackhole 198.18.5.0/24 metric {METRIC}"
     assert steps["unassigned"] != 0, "an address of our subnet that no route takes is dropped"
     assert "dev c0" in steps["bridge wins"]
@@ -163,8 +168,12 @@ def test_blackhole_route_for_our_subnet_yields_to_any_container_route(netns: str
     assert [line.strip() for line in steps["moved listing"].splitlines()] == [
         f"blackhole 198.18.6.0/24 metric {METRIC}",
         "blackhole 198.18.7.0/24",
+        f"blackhole 198.19.9.0/24 metric {METRIC}",
+    ], "the operator's and the other network's are left alone"
+    assert steps["off"] is True
+    assert [line.strip() for line in steps["off listing"].splitlines()] == [
+        "blackhole 198.18.7.0/24", f"blackhole 198.19.9.0/24 metric {METRIC}",
     ]
-    assert steps["off"] is True and steps["off listing"].strip() == "blackhole 198.18.7.0/24"
 
 
 def overlayd(netns: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
