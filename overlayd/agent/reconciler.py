@@ -262,7 +262,8 @@ class Reconciler:
             ip_masq=self.options.ip_masq,
             forward_rules=self.options.iptables_forward_rules,
             ingress_allowlist=allowlist,
-            ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
+            ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
+                     if ingress else None),
             ingress_sources=sources,
             masq_fully_random=not self.options.ip_masq_fully_random_disable,
         )

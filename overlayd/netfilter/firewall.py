@@ -51,6 +51,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.base.headerfield import HeaderField
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
 from overlayd.netfilter.names import LEGACY, LEGACY_TABLE, NetfilterNames, names_for_prefix
 from overlayd.netfilter.nftnl import NftNetlink
@@ -107,6 +108,7 @@ class IngressGuard:
     protocol: str  # "udp"
     port: int
     name: str
+    network_field: HeaderField | None = None  # only this network's packets on the port (VXLAN's VNI)
 
     @property
     def peer_set(self) -> str:
@@ -149,7 +151,8 @@ def render_table(spec: FirewallSpec, table: str = LEGACY_TABLE, features: NftFea
         peers = sorted(spec.ingress_sources or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
         chains.append("\n".join([f"\tset {guard.peer_set} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
-        not_a_peer = f"{guard.protocol} dport {guard.port} ip saddr != @{guard.peer_set}"
+        ours = f" {guard.network_field.nft()}" if guard.network_field else ""
+        not_a_peer = f"{guard.protocol} dport {guard.port}{ours} ip saddr != @{guard.peer_set}"
         rules = [f"{not_a_peer} counter drop"]
         if features.record_drops:
             chains.append(_dropped_set(guard.dropped_set))

@@ -8,14 +8,16 @@ import socket
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 from nsutil import in_netns
 
 from overlayd.backend.blackhole import METRIC, BlackholeRoute
-from overlayd.netfilter.firewall import Firewall, FirewallSpec
+from overlayd.base.headerfield import HeaderField
+from overlayd.netfilter.firewall import Firewall, FirewallSpec, IngressGuard
 from overlayd.netfilter.names import LEGACY, names_for_prefix
 
 RED = FirewallSpec(IPv4Network("198.18.0.0/16"), IPv4Network("198.18.5.0/24"), ip_masq=True,
@@ -211,3 +213,33 @@ def test_status_names_the_table_of_its_prefix(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
     blue = names_for_prefix(BLUE_PREFIX)
     assert f"firewall    nftables table ip {blue.table}, iptables chain {blue.forward_chain}" in done.stdout
+
+
+def vxlan_packet(vni: int) -> bytes:
+    """A VXLAN header (flags: VNI present) and a few bytes of inner frame."""
+    return bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + b"\0" * 14
+
+
+def shared_port_steps() -> dict[str, object]:
+    """Red (VNI 1) and blue (VNI 2) share UDP 8472; 192.0.2.60 is a peer of blue only."""
+    guard = {vni: IngressGuard("udp", 8472, "vxlan", HeaderField(96, 24, vni)) for vni in (1, 2)}
+    red, blue = Firewall(LEGACY), Firewall(names_for_prefix(BLUE_PREFIX))
+    red.ensure(replace(RED, ingress_allowlist=True, ingress=guard[1],
+                       ingress_sources=frozenset({IPv4Address("192.0.2.50")})))
+    blue.ensure(replace(BLUE, ingress_allowlist=True, ingress=guard[2],
+                        ingress_sources=frozenset({IPv4Address("192.0.2.60")})))
+    sh("ip link set lo up && ip addr add 192.0.2.60/32 dev lo && ip addr add 192.0.2.70/32 dev lo")
+    steps: dict[str, object] = {}
+    for source, vni in (("192.0.2.60", 2), ("192.0.2.70", 1)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.sendto(vxlan_packet(vni), ("192.0.2.60", 8472))
+    steps["red dropped"], steps["blue dropped"] = red.dropped_sources(), blue.dropped_sources()
+    return steps
+
+
+@pytest.mark.root
+def test_allowlists_sharing_a_port_judge_only_their_own_network_s_packets(netns: str) -> None:
+    steps = in_netns(netns, shared_port_steps)
+    assert steps["blue dropped"] == frozenset(), "blue's peer sending blue's VNI passes both tables"
+    assert steps["red dropped"] == frozenset({IPv4Address("192.0.2.70")}), "a stranger with red's VNI"
