@@ -145,7 +145,7 @@ class Agent:
             log.info("ignoring flanneld option %s", ignored)
         try:
             self.lock_fd = lock_state_dir(self.options.state_dir)
-            self.network_claim = claim_this_network(self.options.etcd_prefix)
+            self.network_claim = claim_this_network(self.options.etcd_prefix, self.options.subnet_file)
             servers = start_http(self.metrics, self.options)
             if servers is None:
                 return 1
