@@ -196,7 +196,7 @@ class Reconciler:
     # ---- the full pass ---------------------------------------------------------------------------
 
     def full_pass(self, trigger: Trigger) -> PassOutcome:
-        """Dump, diff and repair firewall, device, entries and subnet.env; never raises."""
+        """Dump, diff and repair firewall, device, entries, blackhole route and subnet.env; never raises."""
         state = self.state
         config, lease = state.config, state.lease
         backend, host = self.backend, self.host
