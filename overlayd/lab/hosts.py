@@ -40,6 +40,7 @@ class LabNetwork:
     config: str  # its network config (JSON), put at <prefix>/config
     bridge: str  # the CNI bridge of its containers (the first network's is cni0)
     metrics_port: int  # on each host's 127.0.0.1, beside METRICS_PORT
+    agent_args: tuple[str, ...] = ()  # on top of the lab's, for this network's agents only
 
 
 @dataclass

@@ -263,6 +263,7 @@ class Lab:
             f"--metrics-address=127.0.0.1:{extra.metrics_port if extra else METRICS_PORT}",
             *([f"--etcd-prefix={extra.prefix}"] if extra else []),
             *self.agent_args,
+            *(extra.agent_args if extra else ()),
             *host.agent_args,
         ]  # fmt: skip
 

@@ -26,6 +26,7 @@ BLUE = LabNetwork(
     config=json.dumps({"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 2}}),
     bridge="cni1",
     metrics_port=9465,
+    agent_args=("--ip-masq-fully-random-disable",),
 )
 PING_SECONDS = 60
 PING_INTERVAL = 0.05  # 20 Hz
@@ -52,6 +53,8 @@ def test_each_agent_owns_a_table_with_its_own_network(two_networks: Lab) -> None
         blue_table = nft_table(two_networks, index, blue.table)
         assert "198.18.0.0/16" in red_table and "198.19.0.0/16" not in red_table, host.name
         assert "198.19.0.0/16" in blue_table and "198.18.0.0/16" not in blue_table, host.name
+        assert "masquerade fully-random" in red_table and "fully-random" not in blue_table, host.name
+        assert "meta mark & 0x00004000 == 0x00004000 return" in red_table
         forward = sh("iptables", "-S", netns=host.netns)
         assert "-A OVERLAYD-FWD -s 198.18.0.0/16 -j ACCEPT" in forward
         assert f"-A {blue.forward_chain} -s 198.19.0.0/16 -j ACCEPT" in forward
