@@ -74,8 +74,8 @@ def lock_state_dir(state_dir: Path) -> int:
         raise StartError(
             f"another overlayd (pid {exc.pid or 'unknown'}) runs with --state-dir {state_dir}: two "
             "agents would rewrite each other's firewall and subnet.env; stop that one first "
-            "(systemctl stop overlayd), or give this one its own --state-dir if it serves another "
-            "network"
+            "(systemctl stop overlayd), or, if this one serves another network, give it its own "
+            "--state-dir, --subnet-file and --metrics-address"
         ) from None
     except UnsafeStateDir as exc:
         raise StartError(f"--state-dir {state_dir}: {exc}") from None
