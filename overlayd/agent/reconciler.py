@@ -129,7 +129,7 @@ class Reconciler:
     def apply_change(self, change: PeerChange) -> None:
         """Write ``change``; raises on a netlink failure (a full pass then sorts it out)."""
         assert self.backend is not None and self.device is not None
-        diff, allowlist = change.diff, self.options.vxlan_ingress_allowlist
+        diff, allowlist = change.diff, self._allowlist_on()
         if not diff.empty:
             # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
             # send us overlay traffic, and the one that takes over from a departed rival may.
@@ -144,6 +144,12 @@ class Reconciler:
         for gone_ip in _public_ips(diff.remove) if allowlist else ():
             if not self.state.desired.wants_public_ip(gone_ip):
                 self.firewall.disallow_peer(gone_ip)
+
+    def _allowlist_on(self) -> bool:
+        """Whether peers' PublicIPs are let in one by one: asked, and the backend has ingress."""
+        config = self.state.config
+        assert self.backend is not None and config is not None
+        return self.options.vxlan_ingress_allowlist and self.backend.underlay_ingress(config) is not None
 
     def _log_change(self, change: PeerChange) -> None:
         new, old = change.new, change.old

@@ -75,7 +75,7 @@ class Backend(Protocol):
     """One backend; an instance owns its kernel handles (``close`` releases them)."""
 
     type: ClassVar[str]  # BackendType, as leases and the config spell it
-    data_codec: ClassVar[BackendDataCodec]  # its BackendData, both ways
+    data_codec: ClassVar[BackendDataCodec | None]  # its BackendData, both ways; None: it has none
     parse_config: ClassVar[BackendParser]  # its Backend section; raises ConfigError
     device_pattern: ClassVar[str]  # its devices' names for any config, for messages: "flannel.<VNI>"
 

@@ -1,5 +1,6 @@
 """TCP throughput across hosts: container to container over the overlay, and host to host on the
-underlay, with iperf3 (unlimited rate), alternating so machine noise hits both alike."""
+underlay, with iperf3 (unlimited rate), alternating so machine noise hits both alike; once per
+backend, each in a lab of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ from overlayd.lab.traffic import TcpProbe
 class Throughput:
     containers: list[float]  # bits per second, container on h1 → container on h2
     hosts: list[float]  # bits per second, h1 → h2 underlay addresses
+
+
+# The container / host ratio each kind of backend should reach: one that adds no header to a
+# packet leaves containers the underlay's whole MTU, an encapsulating one costs its header.
+PLAIN_GOAL, ENCAPSULATED_GOAL = "≥ 0.95", "≥ 0.85"
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """One backend's figures: its throughput, the MTU containers got and the underlay's."""
+
+    backend: str
+    tcp: Throughput
+    mtu: str  # FLANNEL_MTU as the agent wrote it
+    underlay_mtu: int
+
+    @property
+    def goal(self) -> str:
+        plain = self.mtu.isdigit() and int(self.mtu) >= self.underlay_mtu
+        return PLAIN_GOAL if plain else ENCAPSULATED_GOAL
 
 
 def tcp_rate(client_ns: str, server_ns: str, server_ip: str, seconds: int, work: Path) -> float:

@@ -418,12 +418,26 @@ class Lab:
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
-        """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
-        endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
-        table, ok = checks.ping_table(endpoints)
-        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
-                           for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
+        """All-pairs ping of the hosts' own overlay addresses, as text; and whether all passed."""
+        named = [(h, *self.overlay_address(h)) for h in self.hosts]
+        table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
+        legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
         return f"{table}\n\n{legend}", ok
+
+    @staticmethod
+    def overlay_address(host: LabHost) -> tuple[str, str]:
+        """(device, address) of the host's own overlay address: the backend's device's
+        ``<subnet>.0`` where it has one (flannel.1), else the container bridge's ``<subnet>.1``
+        (host-gw has no device; the bridge comes with the first container)."""
+        address = host.flannel_address()
+        if not address:
+            return "", ""
+        held = json.loads(sh("ip", "-j", "-4", "addr", "show", netns=host.netns) or "[]")
+        for link in held:
+            for info in link.get("addr_info", []):
+                if info.get("local") == address:
+                    return link["ifname"], address
+        return "cni0", str(IPv4Address(address) + 1)
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""

@@ -420,3 +420,31 @@ def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | None
     dst_len = _RTMSG.unpack_from(message.body)[1]
     attrs = _attrs(message.body, _RTMSG.size)
     return dst_len, _u32(attrs.get(RTA_OIF)), _ip(attrs.get(RTA_PREFSRC))
+
+
+# -- a route to a whole network on a device, without a gateway (the udp backend's into flannel0) --
+
+
+def device_route_request(seq: int, ifindex: int, dst: IPv4Network, add: bool) -> bytes:
+    """``ip route add|del <dst> dev <ifindex>`` (scope universe, protocol boot, as flanneld's)."""
+    flags = CREATE if add else DELETE
+    protocol, scope, kind = (RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST) if add else (0, RT_SCOPE_NOWHERE, 0)
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind, 0)
+    body += _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
+    body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
+    return _message(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
+
+
+def decode_device_route(message: Message, ifindex: int) -> IPv4Network | None:
+    """The destination of a main-table IPv4 unicast route on ``ifindex`` without a gateway."""
+    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(message.body)
+    attrs = _attrs(message.body, _RTMSG.size)
+    if RTA_TABLE in attrs:
+        table = _U32.unpack(attrs[RTA_TABLE])[0]
+    oif = attrs.get(RTA_OIF)
+    if family != socket.AF_INET or table != MAIN_TABLE or kind != RTN_UNICAST or RTA_GATEWAY in attrs:
+        return None
+    if oif is None or _U32.unpack(oif)[0] != ifindex:
+        return None
+    dst = attrs.get(RTA_DST, b"\0\0\0\0")
+    return IPv4Network((int.from_bytes(dst, "big"), dst_len))
