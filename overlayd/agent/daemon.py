@@ -179,11 +179,15 @@ class Agent(ConfigFollower):
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
             switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
-            self.own_attrs = backend.lease_data(config, host)
+            # Retried: a backend may run a command for it (extension's PreStartupCommand).
+            prepare = lambda: backend.lease_data(config, host)  # noqa: E731
+            self.own_attrs = self.retrier.retry("preparing this host's lease", prepare)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
         except BackendError as exc:  # this host cannot run the config's backend (host-gw behind NAT)
             raise StartError(str(exc)) from None
+        if self.own_attrs is None:
+            return False
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False

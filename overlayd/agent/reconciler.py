@@ -86,6 +86,7 @@ class Reconciler:
         """Fast path: program each changed peer directly; our own key's loss goes to
         ``own_key_lost`` at once. Returns True if a full pass is needed."""
         needs_full = False
+        peers_changed = False
         for event in item.events:
             match self.state.on_event(event, item.received):
                 case OwnKeyLost(why=why):
@@ -99,10 +100,20 @@ class Reconciler:
                     pass
                 case _:  # our own key, written again
                     continue
+            peers_changed = True
             self.metrics.peer_events.labels(kind=event.kind).inc()
             # From the watch thread's receipt, so time spent queued behind other work counts.
             self.metrics.event_seconds.observe(time.monotonic() - item.received)
+        if peers_changed:
+            self._sync_peer_actions()
         return needs_full
+
+    def _sync_peer_actions(self) -> None:
+        """Hand the backend's per-peer work outside kernel entries, if it has any, every safe
+        peer (it works in the background); not before the first listing, which would be none."""
+        actions = self.backend.peer_actions() if self.backend is not None else None
+        if actions is not None and self.state.listed:
+            actions.sync(self.state.safe_peers())
 
     def release_holds(self, now: float) -> bool:
         """Remove the entries of held peers whose hold-down ran out by ``now`` and whose lease
@@ -298,6 +309,7 @@ class Reconciler:
     def _ensure_entries(self, trigger: Trigger) -> None:
         # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
         # diffing against an empty peer set would remove them all and drop traffic on restart.
+        self._sync_peer_actions()  # a backend's own work waits for its device itself
         if self.device is None:
             return  # the device step failed: counted there
         if self.state.listed and self.entry_dumps.due(trigger is Trigger.TIMER, self._drift_reported()):

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import json
 
+from overlayd.backend.alloc.backend import Alloc
 from overlayd.backend.api import Backend
+from overlayd.backend.extension.backend import Extension
 from overlayd.backend.hostgw.backend import HostGw
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
-BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan, HostGw.type: HostGw, Udp.type: Udp}
+BACKENDS: dict[str, type[Backend]] = {
+    backend.type: backend for backend in (Vxlan, HostGw, Udp, Alloc, Extension)
+}
 # What a config without Backend.Type means: udp, exactly as in flanneld, so a flanneld cluster's
 # config means the same data path to both.
 DEFAULT_TYPE = Udp.type
@@ -76,5 +80,5 @@ def backend_for(backend_type: str, where: str = "network config") -> Backend:
 def install() -> None:
     """Hand the backends' lease codecs down to ``overlayd.subnet``."""
     for name, backend in BACKENDS.items():
-        if backend.data_codec is not None:
+        if backend.data_codec is not None:  # the others' BackendData is kept whole
             install_backend_data(name, backend.data_codec)

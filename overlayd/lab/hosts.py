@@ -70,6 +70,13 @@ class LabHost:
         """The pid of ``network``'s agent on this host (0: not running)."""
         return self.pid if network is None else self.network_pids.get(network, 0)
 
+    def set_agent_pid(self, pid: int, network: str | None = None) -> None:
+        """Record the pid of ``network``'s agent on this host (0: stopped)."""
+        if network is None:
+            self.pid = pid
+        else:
+            self.network_pids[network] = pid
+
     def subnet_env(self, network: str | None = None) -> dict[str, str]:
         try:
             return parse_keys((self.files(network) / "subnet.env").read_text())

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
@@ -56,6 +57,7 @@ from overlayd.lab.shell import (
     stop_pid,
 )
 from overlayd.ops.install_cni import install_cni
+from overlayd.subnet.config import ConfigError, parse_network_config
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Lab:
     agent_args: list[str] = field(default_factory=list)
     etcd_members: int = 1
     networks: list[LabNetwork] = field(default_factory=list)  # beyond the first (add_network)
+    network_config: str = ""  # what ``up`` put in etcd ("": none, or the default)
 
     # ---- naming and persistence -------------------------------------------------------------
 
@@ -151,6 +154,7 @@ class Lab:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
         if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"etcd_members {self.etcd_members}: use between 1 and {MAX_ETCD_MEMBERS}")
+        self.network_config = network_config or ""
         self.save()
         try:
             self._make_underlay()
@@ -235,9 +239,8 @@ class Lab:
         return host
 
     def add_network(self, network: LabNetwork) -> None:
-        """Serve a further network on every host: its config under its own prefix in the lab's etcd,
-        and its agent started beside the first network's on each host (a host added later gets one
-        with ``start_agent(host, network.name)``)."""
+        """Serve a further network: its config under its own prefix in the lab's etcd, its agent beside
+        the first network's on each host (on a host added later: ``start_agent(host, network.name)``)."""
         self.networks.append(network)
         self.save()
         self.etcd().etcdctl("put", f"{network.prefix}/config", network.config)
@@ -246,9 +249,8 @@ class Lab:
 
     def network(self, name: str) -> LabNetwork:
         """The further network ``name``; LabError if the lab has none of that name."""
-        for network in self.networks:
-            if network.name == name:
-                return network
+        if found := [network for network in self.networks if network.name == name]:
+            return found[0]
         raise LabError(f"lab {self.name} has no network {name!r}; add it with add_network")
 
     def agent_command(self, host: LabHost, network: str | None = None) -> list[str]:
@@ -270,33 +272,22 @@ class Lab:
     def start_agent(self, host: LabHost, network: str | None = None) -> None:
         """Start ``overlayd run`` for ``network`` (None: the first) in the host's namespace,
         detached, logging to its agent.log."""
-        files = host.files(network)
+        files, command = host.files(network), self.agent_command(host, network)
         files.mkdir(parents=True, exist_ok=True)
         with (files / "agent.log").open("ab") as out:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *self.agent_command(host, network)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        if network is None:
-            host.pid = process.pid
-        else:
-            host.network_pids[network] = process.pid
+            process = subprocess.Popen(["ip", "netns", "exec", host.netns, *command],
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)  # fmt: skip
+        host.set_agent_pid(process.pid, network)
         self.save()
 
     def stop_agent(
         self, host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0, network: str | None = None
     ) -> None:
-        """Stop the host's agent of ``network`` (None: the first); SIGKILL if it does not exit
-        within ``timeout``."""
+        """Stop ``network``'s agent on the host (None: the first's); SIGKILL after ``timeout``."""
         if pid := host.agent_pid(network):
             stop_pid(pid, sig, timeout)
-        if network is None:
-            host.pid = 0
-        else:
-            host.network_pids[network] = 0
+        host.set_agent_pid(0, network)
         self.save()
 
     # ---- containers ----------------------------------------------------------------------------
@@ -392,11 +383,13 @@ class Lab:
 
     def unconverged(self, network: str | None = None) -> list[str]:
         """What is still missing: hosts without subnet.env, or without a route (other than the
-        default) covering some peer's subnet, whatever device the backend routes it through."""
+        default) covering some peer's subnet, whatever device the backend routes it through
+        (none for a backend that writes no routes: ``Backend.routes_traffic``)."""
         running = [host for host in self.hosts if host.agent_pid(network)]
         subnets = {host.name: host.subnet_env(network).get("FLANNEL_SUBNET") for host in running}
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
-        if missing:
+        config = self.network(network).config if network else self.network_config
+        if missing or not routes_traffic(config):
             return missing
         for host in running:
             for peer in running:
@@ -489,6 +482,16 @@ class Lab:
             kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def routes_traffic(network_config: str) -> bool:
+    """Whether the backend ``network_config`` names writes a route to every peer (True when the
+    config cannot be read: its agents then never converge, and the wait says so)."""
+    try:
+        config = parse_network_config(network_config or DEFAULT_NETWORK_CONFIG, backends=CONFIG_PARSERS)
+    except ConfigError:
+        return True
+    return BACKENDS[config.backend.type].routes_traffic
 
 
 def random_lab_name() -> str:

@@ -310,6 +310,9 @@ def read_device(
     from pyroute2 import IPRoute
 
     backend = backend_for(config.backend.type if config is not None else DEFAULT_TYPE)
+    if config is not None and not backend.routes_traffic:
+        backend.close()
+        return None, f"none: the {config.backend.type} backend makes no device"
     deviceless = config is not None and not backend.device_names(config)
     try:
         with IPRoute() as ipr:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import BackendError, DeviceState, HostFacts
+from overlayd.backend.api import BackendError, DeviceState, HostFacts, PeerActions
 from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
 from overlayd.backend.hostgw.config import TYPE, HostGwConfig, config_fields, parse_host_gw_config
 from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_segment
@@ -31,6 +31,7 @@ class HostGw:
     data_codec: ClassVar[None] = None  # no BackendData: whatever a lease carries there is kept whole
     parse_config = staticmethod(parse_host_gw_config)
     device_pattern: ClassVar[str] = "(none: routes on the external interface)"
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._routes: HostRoutes | None = None
@@ -103,6 +104,9 @@ class HostGw:
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(device.ifindex, diff)
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> None:
         return None  # packets arrive as they are: nothing to tell overlay traffic by

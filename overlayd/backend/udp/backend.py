@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import ApplyError, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import ApplyError, DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
 from overlayd.backend.udp.config import DEVICE_NAME, TYPE, UdpConfig, config_fields, parse_udp_config
 from overlayd.backend.udp.control import ForwarderKeeper, ForwarderSpec, request
@@ -50,6 +50,7 @@ class Udp:
     data_codec: ClassVar[UdpLeaseData] = UdpLeaseData()
     parse_config = staticmethod(parse_udp_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._device: TunDevice | None = None
@@ -131,6 +132,9 @@ class Udp:
         if request(DEVICE_NAME, message) is None:
             count = len(diff.add.direct) + len(diff.remove.direct)
             raise ApplyError([f"{count} peer entries: the udp forwarder of {DEVICE_NAME} does not answer"])
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
