@@ -1,7 +1,7 @@
 """The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
 
-``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni``, ``cni`` and
-``cleanup``.
+``status``, ``config validate|get|set``, ``docker-opts``, ``docker-plugin``, ``lab``, ``install-cni``,
+``cni`` and ``cleanup``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 LAB_RUNNING = 3
 # `status`: the agent is unreachable or not ready (the rest of the report may still be useful).
 STATUS_AGENT_DOWN = 3
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
+COMMANDS = (
+    "run", "status", "config", "docker-opts", "docker-plugin", "lab", "install-cni", "cni", "cleanup",
+    "bench",
+)  # fmt: skip
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -101,6 +104,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             lab.up(args.hosts, network_config=args.network_config or lab_network_config(args.backend))
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
+            if args.docker:
+                from overlayd.lab.dockerhosts import start_docker_hosts
+
+                try:
+                    start_docker_hosts(lab.hosts, lab.cni_conflist, per_host=1)
+                finally:
+                    lab.save()
             print(lab.status())
             return _print_ping_tables(lab) if args.ping else 0
         if lab is None:
@@ -271,6 +281,12 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     return run_cni_command(args.cni_args)
 
 
+def _cmd_docker_plugin(plugin_args: list[str]) -> int:
+    from overlayd.dockerplugin.server import run_docker_plugin
+
+    return run_docker_plugin(plugin_args)
+
+
 def _cmd_bench(bench_args: list[str]) -> int:
     from overlayd.bench.run import main as bench_main
 
@@ -357,6 +373,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="containers attached per host by the CNI plugin, for `up` (default 2)",
     )  # fmt: skip
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
+    lab.add_argument("--docker", action="store_true",
+                     help="`up`: also a dockerd and `overlayd docker-plugin` per host, with one container "
+                          "each on the plugin's network `overlayd` (in the ping table)")
     lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
                      help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
     lab.add_argument("--network-config", metavar="JSON",
@@ -411,6 +430,9 @@ def make_parser() -> argparse.ArgumentParser:
                          "or OVERLAYD_ETCD_PREFIX, else /coreos.com/network)")
     cleanup.set_defaults(func=_cmd_cleanup)
 
+    plugin = sub.add_parser("docker-plugin", help="serve Docker's network and IPAM plugin API on this host")
+    plugin.add_argument("plugin_args", nargs=argparse.REMAINDER, help="see `overlayd docker-plugin --help`")
+
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")
     return parser
@@ -424,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _install_backends()
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
+    if argv[0] == "docker-plugin":
+        return _cmd_docker_plugin(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
     try:
         return int(args.func(args) or 0)

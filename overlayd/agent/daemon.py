@@ -44,7 +44,7 @@ from overlayd.agent.startup import (
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
-from overlayd.backend.api import Backend, BackendError, HostFacts
+from overlayd.backend.api import Backend, HostFacts, HostUnfit
 from overlayd.backend.iface import ExternalInterface, select_interface
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.backend.select import backend_for
@@ -184,7 +184,7 @@ class Agent(ConfigFollower):
             self.own_attrs = self.retrier.retry("preparing this host's lease", prepare)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
-        except BackendError as exc:  # this host cannot run the config's backend (host-gw behind NAT)
+        except HostUnfit as exc:  # this host cannot run the config's backend (host-gw behind NAT)
             raise StartError(str(exc)) from None
         if self.own_attrs is None:
             return False

@@ -27,7 +27,7 @@ from overlayd.agent.leasekeeper import LeaseKeeper
 from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
 from overlayd.agent.reconciler import Reconciler
 from overlayd.agent.sdnotify import Notifier
-from overlayd.backend.api import BackendError
+from overlayd.backend.api import BackendError, HostUnfit
 from overlayd.backend.iface import InterfaceError
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor
 from overlayd.base.backoff import Backoff
@@ -197,6 +197,8 @@ class Retrier:
                 result = attempt()
                 if result is not None:
                     return result
+            except HostUnfit:
+                raise  # no retry makes this host fit; the caller stops with its message
             except RETRIED as exc:
                 # Logged once per distinct error; retried quietly (an interface can appear late
                 # at boot, etcd can come back, an operator can fix the config). /readyz and the

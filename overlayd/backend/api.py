@@ -28,6 +28,10 @@ class BackendError(Exception):
     """A device could not be set up as asked; the message names the device and the cause."""
 
 
+class HostUnfit(BackendError):
+    """This host cannot run the backend at all (host-gw behind a NAT): waiting will not help."""
+
+
 class ApplyError(BackendError):
     """Some entries of a diff failed; the others were applied."""
 

@@ -53,6 +53,8 @@ class LabHost:
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
     network_pids: dict[str, int] = field(default_factory=dict)  # further networks' agents, by network
+    docker: bool = False  # runs a dockerd and the Docker plugin (`lab up --docker`)
+    docker_containers: dict[str, str] = field(default_factory=dict)  # name -> IP, on the plugin's network
 
     def files(self, network: str | None = None) -> Path:
         """Where the agent of ``network`` (None: the lab's first network) keeps its files here."""

@@ -11,6 +11,8 @@ collide, and ``down`` finds everything even after a crash, from the state file):
   ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory;
 - ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin;
 - further networks (``add_network``): a second agent per host, its files under ``<host dir>/<network>``.
+- with ``--docker``, a dockerd and the Docker plugin per host, and Docker containers
+  (``dockerhosts.py``).
 
 Only the namespaces' own interfaces are touched; the root namespace is never changed.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
+from overlayd.lab.dockerhosts import destroy_docker_hosts, docker_endpoints
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
     DEFAULT_NETWORK_CONFIG,
@@ -270,8 +273,7 @@ class Lab:
         ]  # fmt: skip
 
     def start_agent(self, host: LabHost, network: str | None = None) -> None:
-        """Start ``overlayd run`` for ``network`` (None: the first) in the host's namespace,
-        detached, logging to its agent.log."""
+        """Start ``network``'s (None: the first's) agent in the host's namespace, detached, logging."""
         files, command = host.files(network), self.agent_command(host, network)
         files.mkdir(parents=True, exist_ok=True)
         with (files / "agent.log").open("ab") as out:
@@ -296,9 +298,8 @@ class Lab:
         return f"{self.name}-{name}"
 
     def add_container(self, host: LabHost, name: str, network: str | None = None) -> str:
-        """Create container namespace ``<lab>-<name>``, attach it on ``host`` to ``network`` (None:
-        the first) with the installed CNI plugin (flannel + portmap, as deploy/10-flannel.conflist),
-        and return its IP address."""
+        """Create container namespace ``<lab>-<name>``, attach it on ``host`` to ``network`` (None: the
+        first) with the CNI plugin (flannel + portmap, as deploy/10-flannel.conflist); its IP address."""
         netns = self.container_ns(name)
         sh("ip", "netns", "add", netns)
         result = json.loads(self.cni(host, "add", netns, network))
@@ -322,8 +323,7 @@ class Lab:
         self.save()
 
     def cni(self, host: LabHost, command: str, container_ns: str, network: str | None = None) -> str:
-        """`overlayd cni <command>` in the host's namespace, as a runtime on that host would, with
-        ``network``'s conflist (None: the first network's); stdout."""
+        """`overlayd cni <command>` in the host's namespace with ``network``'s conflist; stdout."""
         bin_dir = self.dir / "cni-bin"
         if not (bin_dir / "flannel").exists():
             install_cni(bin_dir)
@@ -333,7 +333,7 @@ class Lab:
             "CNI_CACHE_DIR": str(host.files(network) / "cni-cache"),
         }
         argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
-        argv += ["--conflist", str(self._conflist(host, network))]
+        argv += ["--conflist", str(self.cni_conflist(host, network))]
         done = subprocess.run(
             ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
         )
@@ -341,9 +341,8 @@ class Lab:
             raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
         return done.stdout
 
-    def _conflist(self, host: LabHost, network: str | None = None) -> Path:
-        """The shipped conflist with this host's subnet.env and CNI state of ``network`` kept under
-        its lab dir; a further network's containers get that network's own bridge."""
+    def cni_conflist(self, host: LabHost, network: str | None = None) -> Path:
+        """The shipped conflist with ``network``'s subnet.env, CNI state (and bridge) on this host."""
         files = host.files(network)
         shipped = json.loads(SHIPPED_CONFLIST.read_text())
         flannel = shipped["plugins"][0]
@@ -370,8 +369,7 @@ class Lab:
         return checks.metric(host, name, **labels)
 
     def wait_converged(self, timeout: float = 60.0, network: str | None = None) -> None:
-        """Wait until every running agent (of ``network``; None: the first) has written subnet.env
-        and routes to every other host."""
+        """Wait until every running agent of ``network`` (None: the first) routes to every other host."""
         deadline = time.monotonic() + timeout
         missing: list[str] = []
         while time.monotonic() < deadline:
@@ -438,12 +436,12 @@ class Lab:
             (name, self.container_ns(name), address)
             for host in self.hosts
             for name, address in host.containers.items()
-        ]
+        ] + docker_endpoints(self.hosts)
         if not endpoints:
             return "", True
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
-                           for name, address in host.containers.items())
+                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
         return f"{table}\n\n{legend}", ok
 
     def running_pids(self) -> set[int]:
@@ -467,12 +465,15 @@ class Lab:
             )
             for name, address in host.containers.items():
                 lines.append(f"       container {self.container_ns(name):<16} {address}")
+            for name, address in host.docker_containers.items():
+                lines.append(f"       docker container {name:<9} {address}  (network overlayd)")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------
 
     def down(self) -> None:
         """Stop agents and etcd, delete every namespace of the lab and its directory."""
+        destroy_docker_hosts(self.hosts)  # before the namespaces: containers live outside them
         running = self.running_pids()
         agents = [pid for host in self.hosts for pid in (host.pid, *host.network_pids.values())]
         for pid in (*agents, *self.etcd_pids):  # agents first, then etcd
