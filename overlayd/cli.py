@@ -223,7 +223,8 @@ def _cmd_docker_opts(args: argparse.Namespace) -> int:
         ip_masq=not args.no_ip_masq,
     )
     try:
-        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env)
+        existing = os.environ.get(args.combined_key, "")  # prepended, as mk-docker-opts.sh does
+        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env, existing)
     except DockerOptsError as exc:
         print(f"overlayd docker-opts: {exc}", file=sys.stderr)
         return 1
@@ -252,19 +253,24 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     from overlayd.backend.udp.config import DEVICE_NAME
     from overlayd.backend.udp.control import ForwarderKeeper
     from overlayd.netfilter.firewall import Firewall, FirewallError
+    from overlayd.netfilter.names import names_for_prefix
+    from overlayd.option_sources import read_env
 
     configure_logging("warning")
+    from_env = read_env("etcd_prefix", os.environ)
+    prefix = args.etcd_prefix or (from_env[1] if from_env else AgentOptions.etcd_prefix)
+    names = names_for_prefix(prefix)
     try:
-        Firewall().remove()
+        Firewall(names).remove()
     except FirewallError as exc:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
     if ForwarderKeeper().stop(DEVICE_NAME):
         print(f"stopped the udp forwarder, and with it {DEVICE_NAME}: flanneld makes its own")
     print(
-        "removed nftables table ip overlayd (and ip6 overlayd, of a dual-stack network) and "
-        "iptables chain OVERLAYD-FWD (if there were any); flannel.<VNI> (and flannel-v6.<VNI>), "
-        "its entries, "
+        f"removed nftables table ip {names.table} and iptables chain {names.forward_chain} of the "
+        f"network under {prefix}, and its table ip6 {names.table} of a dual-stack network (if there "
+        "were any); flannel.<VNI> (and flannel-v6.<VNI>), its entries, "
         "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
         "stopped: a running agent writes the table again."
     )
@@ -424,6 +430,9 @@ def make_parser() -> argparse.ArgumentParser:
     cleanup = sub.add_parser(
         "cleanup", help="remove overlayd's nftables table and iptables forward chain (before flanneld starts)"
     )
+    cleanup.add_argument("--etcd-prefix", "-etcd-prefix", dest="etcd_prefix", default=None,
+                         help="the network whose table and chain to remove (default: FLANNELD_ETCD_PREFIX "
+                         "or OVERLAYD_ETCD_PREFIX, else /coreos.com/network)")
     cleanup.set_defaults(func=_cmd_cleanup)
 
     plugin = sub.add_parser("docker-plugin", help="serve Docker's network and IPAM plugin API on this host")

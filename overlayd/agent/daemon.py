@@ -52,7 +52,7 @@ from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.backend.select import backend_for
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry
-from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.firewall import network_firewall
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -81,7 +81,7 @@ class Agent(ConfigFollower):
         self.own_attrs: LeaseAttrs | None = None  # what our lease publishes (the backend says)
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.state = PeerState(self.bad_leases)
-        self.reconciler = Reconciler(options, self.metrics, self.state, Firewall())
+        self.reconciler = Reconciler(options, self.metrics, self.state, network_firewall(options.etcd_prefix))
         self.health = HealthReporter(self.metrics, self.notifier, self.state)
         self.retrier = Retrier(self.stopping, self.notifier, self.health)
         self.first_listing: tuple[list[Lease], int] | None = None  # the lease's; the watch starts there
@@ -145,7 +145,7 @@ class Agent(ConfigFollower):
             log.info("ignoring flanneld option %s", ignored)
         try:
             self.lock_fd = lock_state_dir(self.options.state_dir)
-            self.network_claim = claim_this_network(self.options.etcd_prefix)
+            self.network_claim = claim_this_network(self.options.etcd_prefix, self.options.subnet_file)
             servers = start_http(self.metrics, self.options)
             if servers is None:
                 return 1

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 
 from overlayd.agent.drops import DropWatch, warn_of_flanneld
 from overlayd.agent.events import Trigger
+from overlayd.agent.firewallspec import firewall_spec
 from overlayd.agent.holddown import HeldPeer, HoldEnd
 from overlayd.agent.hostfiles import SubnetFile, SubnetFileError
 from overlayd.agent.metrics import Metrics
@@ -27,10 +28,12 @@ from overlayd.agent.peerlog import PeerChange as Logged
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
 from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.blackhole import BlackholeRoute
 from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
-from overlayd.netfilter.firewall import Firewall, FirewallSpec, IngressGuard
+from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.rules import FirewallSpec
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
@@ -38,7 +41,7 @@ from overlayd.subnet.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)
 
-STEPS = ("firewall", "device", "entries")
+STEPS = ("firewall", "device", "entries", "blackhole")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Reconciler:
         }
         self.subnet_file = SubnetFile(options.subnet_file)
         self.drops = DropWatch(firewall, metrics)
+        self.blackhole = BlackholeRoute()
+        self.blackhole_cleared = False  # option off: a previous run's route looked for (once)
         self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.peer_log = PeerLogBudget()  # a lease flood is summed up, not logged line by line
 
@@ -212,7 +217,7 @@ class Reconciler:
     # ---- the full pass ---------------------------------------------------------------------------
 
     def full_pass(self, trigger: Trigger) -> PassOutcome:
-        """Dump, diff and repair firewall, device, entries and subnet.env; never raises."""
+        """Dump, diff and repair firewall, device, entries, blackhole route and subnet.env; never raises."""
         state = self.state
         config, lease = state.config, state.lease
         backend, host = self.backend, self.host
@@ -226,6 +231,7 @@ class Reconciler:
                 ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
                 ("device", lambda: self._ensure_device(trigger, backend, host)),
                 ("entries", lambda: self._ensure_entries(trigger)),
+                ("blackhole", lambda: self._ensure_blackhole(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
             mtu = backend.container_mtu(config, host.external_mtu)
             if self.subnet_file.write(SubnetEnv.of(config, lease, mtu, self.options.ip_masq)):
@@ -268,21 +274,8 @@ class Reconciler:
     def _firewall_spec(self, ingress: UnderlayIngress | None) -> FirewallSpec:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None
-        allowlist = self.options.vxlan_ingress_allowlist
-        # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
-        # Without an allowlist the set is not rendered: no pass over every lease for it.
-        sources = (self.state.peer_ips() if self.state.listed else None) if allowlist else frozenset()
-        return FirewallSpec(
-            network=config.network,
-            own_subnet=lease.subnet,
-            ip_masq=self.options.ip_masq,
-            forward_rules=self.options.iptables_forward_rules,
-            ingress_allowlist=allowlist,
-            ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
-            ingress_sources=sources,
-            ipv6_network=config.ipv6.network if config.ipv6 and lease.ipv6_subnet else None,  # type: ignore[arg-type]
-            ipv6_own_subnet=lease.ipv6_subnet if config.ipv6 else None,
-        )
+        peer_sources = self.state.peer_ips if self.state.listed else None
+        return firewall_spec(config, lease, self.options, ingress, peer_sources)
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
@@ -307,6 +300,16 @@ class Reconciler:
             return None
         names = backend.device_names(config)
         return (names[1], device.ipv6_ifindex) if len(names) > 1 else None
+
+    def _ensure_blackhole(self, trigger: Trigger) -> None:
+        config, lease = self.state.config, self.state.lease
+        assert config is not None and lease is not None
+        wanted = lease.subnet if self.options.ip_blackhole_route else None
+        if wanted is None and self.blackhole_cleared:
+            return
+        if self.blackhole.ensure(config.network, wanted):
+            self._count_repair(trigger, "blackhole_route", "fix")
+        self.blackhole_cleared = wanted is None
 
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease

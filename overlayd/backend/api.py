@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 from overlayd.backend.desired import Entry, Plane, PlaneDiff
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
@@ -71,6 +72,8 @@ class UnderlayIngress:
     protocol: Literal["udp"]
     port: int
     name: str
+    # This network's packets among others on the same port (VXLAN's VNI); None: every packet there.
+    network_field: HeaderField | None = None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ from overlayd.lab.hosts import ETCD_IP, LabHost, lab_network_config
 from overlayd.lab.namespaces import Lab, random_lab_name, sh
 from overlayd.lab.shell import lab_namespaces
 
+# The backends that carry packets themselves: alloc and extension (whose data path is whatever its
+# commands build) have no data path of their own to measure.
+DATA_PATH_BACKENDS = [name for name, backend in BACKENDS.items() if backend.routes_traffic]
+
 AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default
 IMAGE = "img/benchmarks.png"
 TRIGGERS = ("timer", "netlink", "event")  # full passes counted during the events-only run
@@ -100,9 +104,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path labs")
     add(
         "--backends",
-        default=",".join(BACKENDS),
-        help=f"backends whose data path is measured, a lab each, comma-separated (default: every one, "
-        f"{','.join(BACKENDS)})",
+        default=",".join(DATA_PATH_BACKENDS),
+        help=f"backends whose data path is measured, a lab each, comma-separated (default: every one "
+        f"that has one, {','.join(DATA_PATH_BACKENDS)})",
     )
     add(
         "--only",
@@ -127,7 +131,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [name for name in args.backends if name not in BACKENDS]
     if unknown or not args.backends:
         named = ",".join(unknown) or "(none)"
-        parser.error(f"--backends {named}: overlayd has no such backend; use some of {','.join(BACKENDS)}")
+        choices = ",".join(DATA_PATH_BACKENDS)
+        parser.error(f"--backends {named}: overlayd has no such backend; use some of {choices}")
+    if pathless := [name for name in args.backends if name not in DATA_PATH_BACKENDS]:
+        parser.error(f"--backends {','.join(pathless)}: no data path of its own to measure; use some of "
+                     f"{','.join(DATA_PATH_BACKENDS)}")  # fmt: skip
     args.churn = max(1, round(args.churn_rate * args.churn_seconds))
     args.changes = min(args.changes, args.events)
     needed = max([*args.sizes, args.peers]) + args.events + args.churn

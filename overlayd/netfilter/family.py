@@ -1,7 +1,7 @@
 """The two address families of the overlay's nftables rules: one table each, the same rules.
 
 A dual-stack network gets a ``table ip6`` beside the ``table ip``, rendered by the same code
-(``firewall.render_table``) from the IPv6 half of the ``FirewallSpec``: this module names what
+(``rules.render_table``) from the IPv6 half of the ``FirewallSpec``: this module names what
 differs between the families and projects a spec onto one of them.
 """
 

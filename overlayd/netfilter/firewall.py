@@ -1,20 +1,17 @@
-"""Masquerade and forward rules for the overlay, as one nftables table replaced atomically.
+"""The overlay's rules kept in the kernel: one nftables table per network and family, replaced
+atomically (its text comes from ``rules``).
 
-Semantics are flannel's (``FLANNEL-POSTRTG`` / ``FLANNEL-FWD``): with IP masquerading, traffic
-inside the overlay Network keeps its source address, traffic leaving it is masqueraded (never
-towards multicast), and traffic entering our subnet from outside is left alone; with forward
-rules, forwarding to and from the Network is accepted.
-
-Why our own ``ip overlayd`` table rather than iptables chains: the whole rule set is replaced in
-one ``nft -f`` transaction (declare, delete, recreate), so there is never a moment with half the
-rules, nothing of anyone else's is edited, and comparing the live table with the desired one is a
-text comparison. The limit: an nftables ``accept`` ends evaluation only in its own base chain.
-Every other table hooked at ``forward`` still runs, so a ``drop`` there — for example the
-``FORWARD`` policy DROP that Docker sets — still drops overlay traffic. So with forward rules the
-accept is also written where iptables users drop, as flanneld's ``FLANNEL-FWD`` was: chain
-``OVERLAYD-FWD`` jumped from ``filter FORWARD`` (``iptfwd``). A drop by policy in any other
-nftables table is named in a warning. Our ``return`` in ``postrouting`` likewise cannot stop
-another table's masquerade.
+Why our own table (``ip overlayd`` for the default network; named after the etcd prefix for any
+other, see ``names``; a dual-stack network's ``ip6`` table has the same name) rather than iptables
+chains: the whole rule set is replaced in one ``nft -f`` transaction (declare, delete, recreate),
+so there is never a moment with half the rules, nothing of anyone else's (another network's agent
+included) is edited, and comparing the live table with the desired one is a text comparison. The
+limit: an nftables ``accept`` ends evaluation only in its own base chain. Every other table hooked
+at ``forward`` still runs, so a ``drop`` there — for example the ``FORWARD`` policy DROP that
+Docker sets — still drops overlay traffic. So with forward rules the accept is also written where
+iptables users drop, as flanneld's ``FLANNEL-FWD`` was: chain ``OVERLAYD-FWD`` jumped from
+``filter FORWARD`` (``iptfwd``). A drop by policy in any other nftables table is named in a
+warning. Our ``return`` in ``postrouting`` likewise cannot stop another table's masquerade.
 
 An overlay encapsulation such as VXLAN has no authentication: whoever can send UDP to its port
 injects frames into the overlay. With the ingress allowlist, an ``input`` chain drops packets to
@@ -39,198 +36,54 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
-from overlayd.netfilter.family import IP, IP6, NftFamily, of_family
+from overlayd.netfilter.family import IP, IP6, NftFamily
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
+from overlayd.netfilter.names import LEGACY, LEGACY_TABLE, NetfilterNames, names_for_prefix
 from overlayd.netfilter.nftnl import NftNetlink
+from overlayd.netfilter.rules import (
+    FirewallSpec,
+    IngressGuard,
+    NftFeatures,
+    delete_script,
+    listed_peers,
+    mentions,
+    normalise,
+    probe_table,
+    render_ruleset,
+    render_table,
+)
 
 log = logging.getLogger(__name__)
 
-MULTICAST = IP.multicast
-PEER_SUFFIX = "_peers"  # the allowlist's sets are <name>_peers and <name>_dropped
-DROPPED_SUFFIX = "_dropped"
-DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
-DROPPED_MAX = 256
 _FEATURE_NAMES = {
     "fully_random": "'masquerade fully-random'",
     "record_drops": "a dynamic set (dropped sources will not be named)",
 }
-# Our table holds at most one allowlist, so its sets are found by their suffix.
-_DROPPED_ELEMENTS = re.compile(rf"(set \w+{DROPPED_SUFFIX} {{[^{{}}]*?)\s*elements = {{[^}}]*}}")
-_PEER_ELEMENTS = re.compile(rf"set \w+{PEER_SUFFIX} {{[^{{}}]*?elements = {{([^}}]*)}}")
-_COUNTER_VALUES = re.compile(r"counter packets \d+ bytes \d+")
-_COMMENTS = re.compile(r"[ \t]*#[^\n]*")  # newer nft prints "size 256 # count 3"
-_ELEMENTS = re.compile(r"elements = \{([^}]*)\}")
 
 
 class FirewallError(Exception):
     """nft is missing or refused our rules; the message names the command and the fix."""
 
 
-@dataclass(frozen=True)
-class NftFeatures:
-    """Parts of the table an older nft or kernel may refuse; each is dropped (once probed and
-    found refused) rather than leave the node without masquerading and forward rules."""
-
-    fully_random: bool = True  # ``masquerade fully-random``
-    record_drops: bool = True  # the dynamic set of dropped sources
-
-
-def _probe_table(name: str, table: str) -> str:
-    """A throw-away table that uses only the ``NftFeatures`` field ``name``, for ``nft --check``."""
-    if name == "fully_random":
-        body = _chain("p", "nat hook postrouting priority srcnat", ["masquerade fully-random"])
-    else:
-        probe_set = f"probe{DROPPED_SUFFIX}"
-        rule = f"udp dport 1 update @{probe_set} {{ ip saddr }}"
-        body = _dropped_set(probe_set) + _chain("p", "filter hook input priority filter", [rule])
-    return f"table ip {table}_probe {{\n{body}}}\n"
-
-
-@dataclass(frozen=True)
-class IngressGuard:
-    """What the ingress allowlist guards, as the backend says: the underlay packets that carry
-    overlay traffic to this host. ``name`` names the sets ``<name>_peers`` and ``<name>_dropped``."""
-
-    protocol: str  # "udp"
-    port: int
-    name: str
-
-    @property
-    def peer_set(self) -> str:
-        return self.name + PEER_SUFFIX
-
-    @property
-    def dropped_set(self) -> str:
-        return self.name + DROPPED_SUFFIX
-
-
-@dataclass(frozen=True)
-class FirewallSpec:
-    """Inputs of the overlay's rules."""
-
-    network: IPv4Network
-    own_subnet: IPv4Network
-    ip_masq: bool
-    forward_rules: bool
-    ingress_allowlist: bool = False
-    ingress: IngressGuard | None = None  # None: the allowlist guards nothing
-    # PublicIPs (and PublicIPv6s) allowed to send us overlay traffic; None: not known yet (before
-    # the first peer listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather
-    # than drop every peer's traffic meanwhile.
-    ingress_sources: frozenset[IPv4Address | IPv6Address] | None = frozenset()
-    # A dual-stack network's IPv6 half: the same rules in a ``table ip6`` (None: IPv4 only).
-    ipv6_network: IPv6Network | None = None
-    ipv6_own_subnet: IPv6Network | None = None
-
-    def family_part(self, family: NftFamily) -> FirewallSpec:
-        """The spec of ``family``'s table: its network, subnet and allowlist sources."""
-        if family is IP6:
-            assert self.ipv6_network is not None and self.ipv6_own_subnet is not None
-            return replace(self, network=self.ipv6_network, own_subnet=self.ipv6_own_subnet,  # type: ignore[arg-type]
-                           ingress_sources=of_family(self.ingress_sources, IP6))
-        return replace(self, ingress_sources=of_family(self.ingress_sources, IP))
-
-    @property
-    def guarded(self) -> IngressGuard | None:
-        """The guard in force: the allowlist on and something to guard."""
-        return self.ingress if self.ingress_allowlist else None
-
-
-def render_table(
-    spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures(), family: NftFamily = IP
-) -> str:
-    """The table definition of ``family`` (``spec`` projected onto it: ``family_part``), laid
-    out as ``nft list table`` prints it."""
-    net, sub, ip = spec.network, spec.own_subnet, family.name
-    masquerade = "masquerade fully-random" if features.fully_random else "masquerade"
-    chains = []
-    if (guard := spec.guarded) is not None:
-        peers = sorted(spec.ingress_sources or ())
-        elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
-        header = [f"\tset {guard.peer_set} {{", f"\t\ttype {family.set_type}"]
-        chains.append("\n".join([*header, *elements, "\t}\n"]))
-        not_a_peer = f"{guard.protocol} dport {guard.port} {ip} saddr != @{guard.peer_set}"
-        rules = [f"{not_a_peer} counter drop"]
-        if features.record_drops:
-            chains.append(_dropped_set(guard.dropped_set, family.set_type))
-            rules.insert(0, f"{not_a_peer} update @{guard.dropped_set} {{ {ip} saddr }}")
-        chains.append(_chain("input", "filter hook input priority filter", rules))
-    if spec.ip_masq:
-        chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
-            f"{ip} saddr {net} {ip} daddr {net} return",
-            f"{ip} saddr {net} {ip} daddr != {family.multicast} {masquerade}",
-            f"{ip} saddr != {net} {ip} daddr {sub} return",
-            f"{ip} saddr != {net} {ip} daddr {net} {masquerade}",
-        ]))
-    if spec.forward_rules:
-        chains.append(_chain("forward", "filter hook forward priority filter", [
-            f"{ip} saddr {net} accept",
-            f"{ip} daddr {net} accept",
-        ]))
-    return f"table {ip} {table} {{\n" + "\n".join(chains) + "}\n"
-
-
-def render_ruleset(
-    spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures(), family: NftFamily = IP
-) -> str:
-    """The nft script that atomically replaces our table of ``family`` (creating it if absent)."""
-    ip = family.name
-    return f"table {ip} {table}\ndelete table {ip} {table}\n" + render_table(spec, table, features, family)
-
-
-def _dropped_set(name: str, set_type: str = IP.set_type) -> str:
-    return (f"\tset {name} {{\n\t\ttype {set_type}\n\t\tsize {DROPPED_MAX}\n"
-            f"\t\tflags dynamic,timeout\n\t\ttimeout {DROPPED_FOR}\n\t}}\n")
-
-
-def _chain(name: str, hook: str, rules: list[str]) -> str:
-    lines = [f"\tchain {name} {{", f"\t\ttype {hook}; policy accept;"]
-    lines += [f"\t\t{rule}" for rule in rules]
-    return "\n".join(lines) + "\n\t}\n"
-
-
-def _addresses(elements: str) -> list[IPv4Address | IPv6Address]:
-    """The addresses of an ``elements = { ... }`` list's inside; ValueError for anything else."""
-    return [ip_address(item.strip()) for item in elements.split(",") if item.strip()]
-
-
-def _sorted_elements(match: re.Match[str]) -> str:
-    """Elements in address order; a list of anything but plain addresses is left as it is (it
-    then differs from ours, and the pass rewrites the table instead of failing)."""
-    try:
-        peers = sorted(_addresses(match[1]))
-    except ValueError:
-        return match[0]
-    return f"elements = {{ {', '.join(map(str, peers))} }}"
-
-
-def _listed_peers(listing: str | None) -> frozenset[IPv4Address | IPv6Address]:
-    """The allowlist's elements in a normalised listing of our table (none if it has no set)."""
-    match = _PEER_ELEMENTS.search(listing or "")
-    return frozenset(_addresses(match[1])) if match else frozenset()
-
-
-def _normalise(listing: str) -> str:
-    """Comparable form of a table listing: whitespace, counter values, element order and the
-    dropped sources (the kernel's to add) ignored."""
-    listing = _DROPPED_ELEMENTS.sub(r"\1", _COUNTER_VALUES.sub("counter", _COMMENTS.sub("", listing)))
-    listing = _ELEMENTS.sub(_sorted_elements, listing)
-    return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
+def network_firewall(prefix: str) -> Firewall:
+    """The firewall of the network under etcd ``prefix``: its own table and chain on this host."""
+    return Firewall(names_for_prefix(prefix))
 
 
 class Firewall:
     """Keeps our nftables table equal to the rules of a ``FirewallSpec``; in a dual-stack
     network, the ``ip6`` table too (kept by a second instance of this class, of family ``IP6``)."""
 
-    def __init__(self, table: str = "overlayd", family: NftFamily = IP) -> None:
-        self._table = table
+    def __init__(self, names: NetfilterNames = LEGACY, family: NftFamily = IP) -> None:
+        self._names = names
+        self._table = names.table
         self._family = family
+        self._legacy_checked = names.legacy  # another network's agent looks once for its old table
         self._ipv6: Firewall | None = None  # the ip6 table's keeper, while the network is dual-stack
         self._ipv6_cleared = False  # an ip6 table of an earlier dual-stack run removed (once)
         self._ipv6_pass_seen = False
@@ -244,7 +97,7 @@ class Firewall:
         # (ruleset generation, script) of the last pass that found the table as wanted.
         self._verified: tuple[int, str] | None = None
         self._generation: int | None = None  # read at the start of the last pass
-        self.forward = IptablesForwardRules()
+        self.forward = IptablesForwardRules(names.forward_chain)
         self._forward_off_cleared = False  # forward rules off: a previous run's removed (once)
         self._foreign_checked: int | None = -1  # the generation the foreign drops were looked at in
         self._guard: IngressGuard | None = None  # the allowlist of the last spec ensured
@@ -254,6 +107,9 @@ class Firewall:
         ``spec`` says; True if any changed."""
         changed = self._ensure_table(spec.family_part(IP))
         changed = self._ensure_ipv6(spec) or changed
+        if not self._legacy_checked:
+            self._legacy_checked = True
+            changed = self._remove_legacy(spec.network) or changed
         if spec.forward_rules:
             changed = self.forward.ensure(spec.network) or changed
             self._forward_off_cleared = False
@@ -262,7 +118,7 @@ class Firewall:
             try:
                 if self.forward.remove():
                     log.info("removed iptables chain %s: forward rules are off, the forward "
-                             "policy is the host's own", "OVERLAYD-FWD")
+                             "policy is the host's own", self.forward.chain)
                     changed = True
             except IptablesError as exc:
                 log.warning("cannot remove iptables forward rules of an earlier run: %s", exc)
@@ -280,7 +136,7 @@ class Firewall:
     def _ensure_ipv6(self, spec: FirewallSpec) -> bool:
         """The ``ip6`` table of a dual-stack ``spec``; removed (once) when it is IPv4-only."""
         if spec.ipv6_network is not None:
-            self._ipv6 = self._ipv6 or Firewall(self._table, IP6)
+            self._ipv6 = self._ipv6 or Firewall(self._names, IP6)
             self._ipv6_cleared = False
             return self._ipv6._ensure_table(spec.family_part(IP6))
         # Looked for once, and not on the first pass: a cold start's time is the data path's,
@@ -293,12 +149,32 @@ class Firewall:
 
     def _remove_ipv6_table(self, why: str) -> bool:
         """Delete the ``ip6`` table if there is one; True if there was."""
-        keeper, self._ipv6 = self._ipv6 or Firewall(self._table, IP6), None
+        keeper, self._ipv6 = self._ipv6 or Firewall(self._names, IP6), None
         if keeper._live_listing() is None:
             return False
-        keeper._nft(["-f", "-"], f"table ip6 {self._table}\ndelete table ip6 {self._table}\n")
+        keeper._nft(["-f", "-"], delete_script(self._table, IP6))
         log.info("deleted nftables table ip6 %s: %s", self._table, why)
         return True
+
+    def _remove_legacy(self, network: IPv4Network) -> bool:
+        """Delete the single ``ip overlayd`` table and ``OVERLAYD-FWD`` chain that this network's
+        agent wrote before names came from the prefix: only where they hold our Network (another
+        network's, the default prefix's, stay). True if anything was removed."""
+        removed = False
+        live = self._live_listing(LEGACY_TABLE)
+        if live is not None and mentions(live, network):
+            self._nft(["-f", "-"], delete_script(LEGACY_TABLE))
+            log.info("deleted nftables table ip %s for %s, written by an earlier release; this "
+                     "network's rules are in table ip %s now", LEGACY_TABLE, network, self._table)
+            removed = True
+        try:
+            if self.forward.remove_legacy(network):
+                log.info("deleted iptables chain %s for %s, written by an earlier release; this "
+                         "network's is %s now", "OVERLAYD-FWD", network, self.forward.chain)
+                removed = True
+        except IptablesError as exc:
+            log.warning("cannot remove the iptables chain of an earlier release: %s", exc)
+        return removed
 
     def _ensure_table(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
@@ -314,7 +190,7 @@ class Firewall:
         if spec.guarded is not None and spec.ingress_sources is None:
             live, listed = self._live_listing(), True
             if live is not None and f"set {spec.guarded.peer_set} " in live:
-                spec = replace(spec, ingress_sources=_listed_peers(live))
+                spec = replace(spec, ingress_sources=listed_peers(live))
             else:  # none yet (a first start, or flanneld's host taken over): an empty one would
                 spec = replace(spec, ingress_allowlist=False)  # drop every peer until the listing
         script = render_ruleset(spec, self._table, self._features, self._family)
@@ -323,7 +199,7 @@ class Firewall:
         if not listed:
             live = self._live_listing()
         unchanged = live is not None and (
-            live == _normalise(render_table(spec, self._table, self._features, self._family))
+            live == normalise(render_table(spec, self._table, self._features, self._family))
             or self._applied == (script, live)
         )
         self._verified = (generation, script) if unchanged and generation is not None else None
@@ -396,24 +272,26 @@ class Firewall:
     def remove(self) -> None:
         """Delete our table and iptables forward chain if present (the agent leaves rules in place
         on SIGTERM)."""
-        self._nft(["-f", "-"], f"table ip {self._table}\ndelete table ip {self._table}\n")
+        self._nft(["-f", "-"], delete_script(self._table))
         self._applied = None
         self._verified = None
         log.info("deleted nftables table ip %s", self._table)
         self._remove_ipv6_table("removing the rules")
         try:
             if self.forward.remove():
-                log.info("deleted iptables chain OVERLAYD-FWD and its jump from filter FORWARD")
+                log.info("deleted iptables chain %s and its jump from filter FORWARD", self.forward.chain)
         except IptablesError as exc:
             raise FirewallError(f"cannot remove the iptables forward rules: {exc}") from exc
 
-    def _live_listing(self) -> str | None:
-        proc = self._run_nft(["list", "table", self._family.name, self._table])
+    def _live_listing(self, table: str | None = None) -> str | None:
+        """Our table of our family (or ``table`` of it) as ``normalise`` returns it; None if absent."""
+        table = table or self._table
+        proc = self._run_nft(["list", "table", self._family.name, table])
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr:
                 return None
-            raise FirewallError(f"nft list {self._name} failed: {proc.stderr.strip()}")
-        return _normalise(proc.stdout)
+            raise FirewallError(f"nft list table {self._family.name} {table} failed: {proc.stderr.strip()}")
+        return normalise(proc.stdout)
 
     def _write(self, spec: FirewallSpec, script: str) -> str:
         """Apply ``script``; where nft refuses it, drop the features it does not support and
@@ -435,7 +313,7 @@ class Firewall:
             if name in self._probed or not getattr(self._features, name):
                 continue
             self._probed.add(name)
-            probe = _probe_table(name, self._table)
+            probe = probe_table(name, self._table)
             if self._run_nft(["--check", "-f", "-"], probe).returncode != 0:
                 log.warning("nftables refuses %s; writing the table without it", _FEATURE_NAMES[name])
                 return name

@@ -16,7 +16,8 @@ from nsutil import in_netns, run
 from overlayd.backend.api import HostFacts
 from overlayd.backend.desired import DesiredEntries, PlaneDiff, diff_planes
 from overlayd.backend.select import CONFIG_PARSERS, backend_for
-from overlayd.netfilter.firewall import Firewall, FirewallSpec, IngressGuard
+from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.rules import FirewallSpec, IngressGuard
 from overlayd.subnet.config import parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs
 

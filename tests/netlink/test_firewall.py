@@ -13,13 +13,13 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns
 
-from overlayd.netfilter.firewall import (
-    Firewall,
+from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.rules import (
     FirewallSpec,
     IngressGuard,
     NftFeatures,
-    _listed_peers,
-    _normalise,
+    listed_peers,
+    normalise,
     render_ruleset,
     render_table,
 )
@@ -38,6 +38,7 @@ def test_render_has_flannel_masquerade_and_forward_rules() -> None:
     rules = [line.strip() for line in script.splitlines() if line.startswith("\t\t")]
     assert rules == [
         "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return",  # kube-proxy's: it masquerades those itself
         "ip saddr 198.18.0.0/16 ip daddr 198.18.0.0/16 return",
         "ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
         "ip saddr != 198.18.0.0/16 ip daddr 198.18.5.0/24 return",
@@ -250,8 +251,8 @@ def kernel_listing(dropped: str, size_line: str = "size 256") -> str:
     ],
 )
 def test_recorded_sources_and_nft_comments_do_not_count_as_drift(listing: str) -> None:
-    assert _normalise(listing) == _normalise(render_table(ALLOW))
-    assert _listed_peers(_normalise(listing)) == ALLOW.ingress_sources
+    assert normalise(listing) == normalise(render_table(ALLOW))
+    assert listed_peers(normalise(listing)) == ALLOW.ingress_sources
 
 
 def test_a_listing_in_an_unknown_format_differs_instead_of_failing() -> None:
@@ -259,7 +260,7 @@ def test_a_listing_in_an_unknown_format_differs_instead_of_failing() -> None:
     write subnet.env. A difference only rewrites the table."""
     odd = render_table(ALLOW).replace("set vxlan_dropped {", "meter vxlan_dropped {")
     odd = odd.replace("\t\ttimeout 10m\n", "\t\ttimeout 10m\n\t\telements = { 192.0.2.200 expires 9m }\n")
-    assert _normalise(odd) != _normalise(render_table(ALLOW))
+    assert normalise(odd) != normalise(render_table(ALLOW))
 
 
 def allowlist_steps() -> dict[str, object]:

@@ -40,6 +40,7 @@ USER_VISIBLE: dict[tuple[str, str], str] = {
         " type vxlan id 4242 dev eth0 local 192.0.2.11 dstport 4799 nolearning",
     ): "benchmarks the kernel's own device with ip(8), as a baseline",
     ("agent/reconciler.py", "vxlan_ingress_allowlist"): "flanneld's flag --vxlan-ingress-allowlist",
+    ("agent/firewallspec.py", "vxlan_ingress_allowlist"): "flanneld's flag --vxlan-ingress-allowlist",
     ("agent/daemon.py", "stopped; the VXLAN device, routes, rules and lease are left in place"): (
         "the log line operators grep at shutdown"
     ),

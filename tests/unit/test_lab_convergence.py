@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from overlayd.lab.namespaces import routes_traffic
+from overlayd.lab.convergence import routes_traffic
 
 
 def config(backend_type: str) -> str:

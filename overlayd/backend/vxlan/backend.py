@@ -22,6 +22,7 @@ from overlayd.backend.vxlan.family import union_planes
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # The allowlist's nftables sets are named after it (``vxlan_peers``, ``vxlan_dropped``), as
 # operators know them.
 INGRESS_NAME = TYPE
+# The VNI in the VXLAN header: after the 8-byte UDP header, a flags byte and 3 reserved bytes.
+VNI_OFFSET, VNI_BITS = 96, 24
 DEVICE_PREFIX = "flannel."
 DEVICE_PREFIX_V6 = "flannel-v6."
 IPV6_EXTRA_OVERHEAD = 20  # an IPv6 outer header is 40 bytes, IPv4's 20
@@ -216,7 +219,9 @@ class Vxlan:
         return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
-        return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
+        section = settings(config)
+        return UnderlayIngress(protocol="udp", port=section.port, name=INGRESS_NAME,
+                               network_field=HeaderField(VNI_OFFSET, VNI_BITS, section.vni))
 
     def remove(self, config: NetworkConfig) -> list[str]:
         """The device ``flannel.<VNI>`` and the direct routes on its underlay into the Network."""
