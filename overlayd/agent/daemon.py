@@ -191,10 +191,8 @@ class Agent:
         reconciler = self.reconciler
         monitor = self.monitor = NetlinkMonitor(
             backend.device_names(config)[0],
-            lambda: reconciler.device.ifindex if reconciler.device else 0,
-            self.events.put,
-            self._is_echo,
-            reconciler.writing,
+            lambda: reconciler.device.ifindex if reconciler.device else 0, self.events.put,
+            self._is_echo, reconciler.writing, backend.drift_probe(config),
         )
         reconciler.monitor_alive = lambda: monitor.alive
         monitor.start()

@@ -51,8 +51,9 @@ class PassOutcome:
 
 
 def _public_ips(plane: Plane) -> set[IPv4Address]:
-    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
-    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    """The PublicIPs that ``plane``'s FDB entries, direct routes and WireGuard peers send to."""
+    sent = {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    return sent | {peer.dst for peer in plane.peers}
 
 
 class Reconciler:
@@ -339,7 +340,7 @@ class Reconciler:
     def _log_diff(self, diff: PlaneDiff, trigger: Trigger) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
             kinds = (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes),
-                     ("direct_route", plane.direct))  # fmt: skip
+                     ("direct_route", plane.direct), ("wireguard_peer", plane.peers))  # fmt: skip
             for kind, entries in kinds:
                 if entries:
                     self._count_repair(trigger, kind, action, len(entries))

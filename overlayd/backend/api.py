@@ -22,6 +22,9 @@ from overlayd.backend.desired import Entry, Plane, PlaneDiff
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
+# (seconds between checks, the check): the check returns why a full pass is needed, or None.
+DriftProbe = tuple[float, Callable[[], str | None]]
+
 
 class BackendError(Exception):
     """A device could not be set up as asked; the message names the device and the cause."""
@@ -124,6 +127,11 @@ class Backend(Protocol):
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress | None:
         """What the ingress allowlist guards; None: nothing arrives on the underlay to guard."""
+        ...
+
+    def drift_probe(self, config: NetworkConfig) -> DriftProbe | None:
+        """A check the netlink monitor runs between messages, for state no message reports;
+        None: every change of the backend's state is a netlink message."""
         ...
 
     def remove(self, config: NetworkConfig) -> list[str]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from overlayd.backend.api import Backend
 from overlayd.backend.vxlan.backend import Vxlan
+from overlayd.backend.wireguard.backend import Wireguard
 from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
-BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan}
+BACKENDS: dict[str, type[Backend]] = {Vxlan.type: Vxlan, Wireguard.type: Wireguard}
 # What a config without Backend.Type means: overlayd's one backend, before there were others.
 DEFAULT_TYPE = Vxlan.type
 CONFIG_PARSERS = BackendParsers(

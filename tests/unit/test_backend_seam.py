@@ -20,6 +20,8 @@ from overlayd.netfilter.firewall import FirewallSpec, IngressGuard, render_table
 from overlayd.subnet.config import BackendParsers, ConfigError, ConfigFields, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_attrs, encode_attrs
 
+SUPPORTED = ", ".join(BACKENDS)  # as the config's error lists them
+
 WHERE = "network config at /coreos.com/network/config"
 MAC = "0a:58:c6:12:05:01"
 
@@ -136,7 +138,7 @@ def test_the_vxlan_backend_refuses_another_backends_config() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"Type": "udp"}, f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"),
+        ({"Type": "ipip"}, f"{WHERE}: Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}"),
         ({"VNI": -1}, f"{WHERE}: Backend.VNI -1 is invalid; use a whole number between 0 and 16777215"),
         (
             {"Port": "8472"},
@@ -155,8 +157,8 @@ def test_config_errors_are_worded_as_before(section: dict[str, object], message:
 def test_backend_for_refuses_an_unknown_type_as_the_config_does() -> None:
     assert isinstance(backend_for("VXLAN"), Vxlan) and DEFAULT_TYPE == "vxlan"
     with pytest.raises(ConfigError) as caught:
-        backend_for("udp", WHERE)
-    assert str(caught.value) == f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"
+        backend_for("ipip", WHERE)
+    assert str(caught.value) == f"{WHERE}: Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}"
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,9 @@ def test_a_second_backend_plugs_in_without_touching_the_network_config() -> None
     )
     assert parsed.backend == OtherConfig(colour="green")
     assert parse_network_config('{"Network": "198.18.0.0/16"}', backends=_WITH_OTHER).backend == VxlanConfig()
-    with pytest.raises(ConfigError, match=r"Backend.Type 'udp' is invalid; overlayd supports vxlan, other"):
-        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}', backends=_WITH_OTHER)
+    unknown = rf"Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}, other"
+    with pytest.raises(ConfigError, match=unknown):
+        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}', backends=_WITH_OTHER)
     with pytest.raises(ConfigError, match=r"Backend.Colour 'red' is invalid; use blue or green"):
         parse_network_config(
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "other", "Colour": "red"}}',

@@ -326,12 +326,12 @@ def test_error_is_a_value_error() -> None:
             ["Backend [] is not a JSON object", '"Type": "vxlan"'],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}',
-            ["Backend.Type 'udp' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
+            ["Backend.Type 'ipip' is invalid", "overlayd supports vxlan"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "host-gw"}}',
-            ["Backend.Type 'host-gw' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "gre"}}',
+            ["Backend.Type 'gre' is invalid", "overlayd supports vxlan"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": ""}}',

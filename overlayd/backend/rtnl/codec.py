@@ -51,7 +51,7 @@ NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
 RTPROT_BOOT = 3  # `ip route add`'s default, and flanneld's (its netlink library's default)
 RTPROT_STATIC = 4  # "proto static": pyroute2's default, and overlayd's routes before
-RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 MAIN_TABLE = 254
 ZERO_MAC = b"\0" * 6
@@ -420,3 +420,33 @@ def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | None
     dst_len = _RTMSG.unpack_from(message.body)[1]
     attrs = _attrs(message.body, _RTMSG.size)
     return dst_len, _u32(attrs.get(RTA_OIF)), _ip(attrs.get(RTA_PREFSRC))
+
+
+def create_link_request(seq: int, name: str, kind: str, mtu: int) -> bytes:
+    """``RTM_NEWLINK`` creating a device of ``kind`` with no settings of its own (``wireguard``)."""
+    info = _attr(IFLA_INFO_KIND, kind.encode())
+    body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_MTU, _U32.pack(mtu)) + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+    return _message(RTM_NEWLINK, CREATE, seq, body)
+
+
+def link_route_request(seq: int, ifindex: int, dst: IPv4Network) -> bytes:
+    """``ip route replace <dst> dev <ifindex> scope link``: a whole network onto one device."""
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT, RT_SCOPE_LINK,
+                       RTN_UNICAST, 0)
+    body += (_attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
+             + _attr(RTA_TABLE, _U32.pack(MAIN_TABLE)))
+    return _message(RTM_NEWROUTE, REPLACE, seq, body)
+
+
+def link_routes(message: Message, ifindex: int) -> IPv4Network | None:
+    """The destination of a main-table IPv4 route without a gateway on ``ifindex``, else None."""
+    family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(message.body)
+    attrs = _attrs(message.body, _RTMSG.size)
+    oif = _u32(attrs.get(RTA_OIF))
+    if family != socket.AF_INET or oif != ifindex or RTA_GATEWAY in attrs:
+        return None
+    if _u32(attrs.get(RTA_TABLE)) not in (None, MAIN_TABLE) or table != MAIN_TABLE:
+        return None
+    dst = attrs.get(RTA_DST, b"\0\0\0\0")
+    return IPv4Network((int.from_bytes(dst, "big"), dst_len))

@@ -135,6 +135,9 @@ class Vxlan:
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
 
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # the device's every entry is reported by netlink
+
     def remove(self, config: NetworkConfig) -> list[str]:
         """The device ``flannel.<VNI>`` and the direct routes on its underlay into the Network."""
         section = settings(config)

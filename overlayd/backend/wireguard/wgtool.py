@@ -1,0 +1,109 @@
+"""The WireGuard device's keys, port and peers, through the ``wg`` tool.
+
+``wg`` is the one interface both implementations share: it speaks generic netlink to the kernel's
+WireGuard and the UAPI socket (``/var/run/wireguard/<dev>.sock``) to wireguard-go, trying the
+socket first. Speaking either ourselves would mean two codecs (the kernel's is generic netlink,
+whose family must be resolved first); a ``wg`` call costs a fork and ~2 ms. Secrets (the private
+key, the PSK) go to ``wg`` as file paths, never as arguments, and ``dump`` output, whose first
+line holds the private key, is parsed here and never logged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from overlayd.backend.api import BackendError
+from overlayd.backend.desired import WgPeer
+
+WG = "wg"
+TIMEOUT = 10.0
+# What a peer without an endpoint or allowed IPs reads as: never wanted, so it is replaced.
+NOWHERE = IPv4Address(0)
+NOTHING = IPv4Network("0.0.0.0/32")
+
+
+@dataclass(frozen=True)
+class DeviceDump:
+    """What ``wg show <dev> dump`` says, without the private key."""
+
+    public_key: str  # "" when no private key is set
+    listen_port: int
+    peers: frozenset[WgPeer]
+    fingerprint: str  # keys, endpoints and allowed IPs only: what changes when configuration does
+
+
+def run_wg(args: list[str], what: str) -> str:
+    """Run ``wg`` with ``args``; BackendError naming ``what`` (never the output) if it fails."""
+    try:
+        done = subprocess.run([WG, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise BackendError(f"cannot {what}: {err}; install wireguard-tools") from None
+    if done.returncode != 0:
+        raise BackendError(f"cannot {what}: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+def parse_dump(text: str) -> DeviceDump:
+    """``wg show <dev> dump``: the interface line, then one line per peer (tab-separated)."""
+    lines = text.splitlines()
+    if not lines:
+        return DeviceDump("", 0, frozenset(), "")
+    head = lines[0].split("\t")
+    public_key = head[1] if len(head) > 1 and head[1] != "(none)" else ""
+    listen_port = int(head[2]) if len(head) > 2 and head[2].isdigit() else 0
+    peers: set[WgPeer] = set()
+    shape = [public_key, str(listen_port)]
+    for line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) < 4:
+            continue
+        key, endpoint, allowed = fields[0], fields[2], fields[3]
+        shape.append(f"{key} {endpoint} {allowed}")
+        host = endpoint.rpartition(":")[0]
+        try:
+            dst = IPv4Address(host) if host else NOWHERE
+        except ValueError:
+            dst = NOWHERE  # an IPv6 endpoint: not one we set
+        nets = [IPv4Network(net) for net in allowed.split(",") if net and net != "(none)" and ":" not in net]
+
+        peers.update(WgPeer(key, dst, net) for net in nets or [NOTHING])
+    return DeviceDump(public_key, listen_port, frozenset(peers), "\n".join(shape))
+
+
+def show(device: str) -> DeviceDump:
+    return parse_dump(run_wg(["show", device, "dump"], f"read WireGuard device {device}"))
+
+
+def set_interface(device: str, private_key_file: Path, listen_port: int) -> None:
+    run_wg(["set", device, "listen-port", str(listen_port), "private-key", str(private_key_file)],
+           f"set the private key and listen port {listen_port} of {device}")
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """What every peer gets besides its key, endpoint and allowed IPs."""
+
+    port: int  # the peers' listen port: the network's, as flanneld assumes
+    psk_file: Path | None
+    keepalive: int
+
+
+def set_peers(device: str, wanted: dict[str, tuple[IPv4Address, Iterable[IPv4Network]]],
+              gone: set[str], settings: PeerSettings) -> None:
+    """Configure ``wanted`` peers (key -> endpoint, all its allowed IPs) and remove ``gone`` ones,
+    in one ``wg set``."""
+    args = ["set", device]
+    for key in sorted(gone):
+        args += ["peer", key, "remove"]
+    for key, (dst, nets) in sorted(wanted.items()):
+        args += ["peer", key, "endpoint", f"{dst}:{settings.port}",
+                 "allowed-ips", ",".join(str(net) for net in sorted(nets)),
+                 "persistent-keepalive", str(settings.keepalive) if settings.keepalive else "off"]
+        if settings.psk_file is not None:
+            args += ["preshared-key", str(settings.psk_file)]
+    if len(args) > 2:
+        run_wg(args, f"configure {len(wanted)} and remove {len(gone)} peer(s) on {device}")
