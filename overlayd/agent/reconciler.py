@@ -151,9 +151,8 @@ class Reconciler:
             return
         elif new is not None and change.is_peer:
             kind = Logged.CHANGED if old is not None and change.was_peer else Logged.ADDED
-            self._log_peer(
-                kind, "peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac
-            )
+            mac = f" (MAC {new.attrs.vtep_mac})" if new.attrs.vtep_mac else ""
+            self._log_peer(kind, "peer %s at %s%s", new.subnet, new.attrs.public_ip, mac)
         elif old is not None:
             self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
 

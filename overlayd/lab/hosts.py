@@ -48,6 +48,18 @@ class LabHost:
     def log_file(self) -> Path:
         return Path(self.dir) / "agent.log"
 
+    @property
+    def run_wireguard(self) -> Path:
+        """The host's own ``/run/wireguard`` (wireguard-go's UAPI sockets), bind-mounted there
+        for its agent and its commands: every host's device has the same name."""
+        return Path(self.dir) / "run-wireguard"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the host: its network namespace, and a mount namespace of its own
+        (``ip netns exec`` makes one) where ``/run/wireguard`` is the host's."""
+        bind = 'mkdir -p "$1" /run/wireguard && mount --bind "$1" /run/wireguard && shift && exec "$@"'
+        return ["ip", "netns", "exec", self.netns, "sh", "-c", bind, "sh", str(self.run_wireguard), *argv]
+
     def subnet_env(self) -> dict[str, str]:
         try:
             return parse_keys(self.subnet_file.read_text())

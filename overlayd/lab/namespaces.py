@@ -245,7 +245,7 @@ class Lab:
         """Start ``overlayd run`` in the host's namespace, detached, logging to its agent.log."""
         with host.log_file.open("ab") as out:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *self.agent_command(host)],
+                host.command(self.agent_command(host)),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -189,7 +189,8 @@ def test_a_second_backend_plugs_in_without_touching_the_network_config() -> None
     assert parse_network_config('{"Network": "198.18.0.0/16"}', backends=_WITH_OTHER).backend == VxlanConfig()
     unknown = rf"Backend.Type 'ipip' is invalid; overlayd supports {SUPPORTED}, other"
     with pytest.raises(ConfigError, match=unknown):
-        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}', backends=_WITH_OTHER)
+        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
+                             backends=_WITH_OTHER)
     with pytest.raises(ConfigError, match=r"Backend.Colour 'red' is invalid; use blue or green"):
         parse_network_config(
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "other", "Colour": "red"}}',

@@ -71,9 +71,8 @@ def load_or_create_key(path: Path) -> KeyPair:
         raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, base64.b64encode(raw).decode("ascii") + "\n", mode=0o600)
-        pair = KeyPair(path, _public(private))
-        log.info("generated a WireGuard key pair, public key %s (private key in %s)", pair.public_key, path)
-        return pair
+        log.info("generated a new WireGuard key pair (private key in %s)", path)
+        return KeyPair(path, _public(private))
     except (OSError, UnicodeDecodeError) as err:
         raise BadKey(f"WireGuard private key file {path} is unreadable ({err}); fix its "
                         f"permissions, or remove it to have a new key generated") from None
