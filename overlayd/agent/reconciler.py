@@ -260,6 +260,7 @@ class Reconciler:
             ingress_allowlist=allowlist,
             ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
             ingress_sources=sources,
+            sealed_underlay=self.host.external_ifname if ingress and ingress.sealed and self.host else None,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:

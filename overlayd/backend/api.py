@@ -59,6 +59,9 @@ class UnderlayIngress:
     protocol: Literal["udp"]
     port: int
     name: str
+    # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
+    # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)

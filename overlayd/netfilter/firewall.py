@@ -123,6 +123,9 @@ class FirewallSpec:
     # listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop
     # every peer's traffic meanwhile.
     ingress_sources: frozenset[IPv4Address] | None = frozenset()
+    # The underlay interface on which new connections into the Network are dropped (the backend's
+    # tunnel is the only way in); DNAT'd ones (hostPort, NodePort) and replies pass. None: none.
+    sealed_underlay: str | None = None
 
     @property
     def guarded(self) -> IngressGuard | None:
@@ -152,11 +155,12 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatu
             f"ip saddr != {net} ip daddr {sub} return",
             f"ip saddr != {net} ip daddr {net} {masquerade}",
         ]))
-    if spec.forward_rules:
-        chains.append(_chain("forward", "filter hook forward priority filter", [
-            f"ip saddr {net} accept",
-            f"ip daddr {net} accept",
-        ]))
+    forward = [f"ip saddr {net} accept", f"ip daddr {net} accept"] if spec.forward_rules else []
+    if spec.sealed_underlay is not None:
+        forward.insert(0, f'iifname "{spec.sealed_underlay}" ip daddr {net} '
+                          "ct state != { established, related } ct status != dnat counter drop")
+    if forward:
+        chains.append(_chain("forward", "filter hook forward priority filter", forward))
     return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
 
 

@@ -128,22 +128,33 @@ def test_the_underlay_carries_only_wireguard_udp_between_hosts(lab: Lab) -> None
 
 
 def test_a_stranger_on_the_underlay_reaches_no_container(lab: Lab) -> None:
-    """A namespace on the underlay with its own WireGuard key, aimed at h1 as a peer would be:
-    h1 does not know its key and drops its handshakes (and the allowlist counts them)."""
+    """A namespace on the underlay that routes the Network through h1 in clear, from its own
+    address and from a peer's subnet, then with its own WireGuard key aimed at h1 as a peer's:
+    h1 forwards none of it to a container, and does not know the key."""
     h1 = lab.hosts[0]
     stranger = f"{lab.name}-stranger"
     lab._make_node(stranger, "stranger", IPv4Address(STRANGER_IP))
     stranger_host = LabHost("stranger", stranger, STRANGER_IP, str(Path(lab.dir) / "stranger"))
     key_file = Path(lab.dir) / "stranger.key"
     key_file.write_text(subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout)
+    target = container(h1)[1]
     try:
+        sh("ip", "route", "add", "198.18.0.0/16", "via", h1.ip, netns=stranger)
+        spoofed = f"{lab.hosts[1].flannel_address()}"  # h2's subnet, as if from h2's tunnel
+        sh("ip", "addr", "add", f"{spoofed}/32", "dev", "lo", netns=stranger)
+        for source in (STRANGER_IP, spoofed):
+            out = sh("ping", "-c", "2", "-i", "0.3", "-W", "1", "-I", source, target, netns=stranger,
+                     check=False)  # fmt: skip
+            assert " 0 received" in out, out
+        forward = sh("nft", "list", "chain", "ip", "overlayd", "forward", netns=h1.netns)
+        assert re.search(r'iifname "eth0" .* counter packets [1-9]\d* bytes \d+ drop', forward), forward
+        sh("ip", "route", "del", "198.18.0.0/16", netns=stranger)
         subprocess.run(stranger_host.command(["wireguard-go", "wg0"]), check=True, capture_output=True)
         wg(stranger_host, "set", "wg0", "private-key", str(key_file), "listen-port", str(PORT),
            "peer", public_key(h1), "endpoint", f"{h1.ip}:{PORT}", "allowed-ips", "198.18.0.0/16")  # fmt: skip
         sh("ip", "addr", "add", "198.19.250.1/32", "dev", "wg0", netns=stranger)
         sh("ip", "link", "set", "wg0", "up", netns=stranger)
         sh("ip", "route", "add", "198.18.0.0/16", "dev", "wg0", netns=stranger)
-        target = container(h1)[1]
         out = sh("ping", "-c", "3", "-i", "0.3", "-W", "1", target, netns=stranger, check=False)
         assert " 0 received" in out, out
         assert "latest handshake" not in wg(stranger_host, "show", "wg0")

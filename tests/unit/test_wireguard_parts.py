@@ -18,6 +18,7 @@ from overlayd.backend.wireguard.config import Mode, WireguardConfig, config_fiel
 from overlayd.backend.wireguard.keys import KEY_FILE_ENV, BadKey, key_file, load_or_create_key, parse_key
 from overlayd.backend.wireguard.lease import public_key_of, wireguard_lease_attrs
 from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, parse_dump
+from overlayd.netfilter.firewall import FirewallSpec, render_table
 from overlayd.subnet.config import ConfigError, ConfigFields
 from overlayd.subnet.lease import Lease, LeaseError, decode_attrs, encode_attrs
 
@@ -157,3 +158,12 @@ def test_a_key_claimed_at_a_second_address_loses_to_the_older_lease() -> None:
     assert [peer.dst for peer in desired.plane().peers] == [IPv4Address("192.0.2.11")]
     assert [(r.key, r.reason) for r in rivalries] == [("b", "public_key_taken")]
     assert f"PublicKey {KEY_A} at PublicIP 192.0.2.77" in rivalries[0].message
+
+
+def test_a_sealed_underlay_drops_new_clear_connections_into_the_network_only() -> None:
+    net, own = IPv4Network("198.18.0.0/16"), IPv4Network("198.18.1.0/24")
+    rule = 'iifname "eth0" ip daddr 198.18.0.0/16 ct state != { established, related } ct status != dnat'
+    sealed = render_table(FirewallSpec(net, own, False, True, sealed_underlay="eth0"))
+    assert sealed.index(rule) < sealed.index("ip saddr 198.18.0.0/16 accept")  # before the accepts
+    assert rule in render_table(FirewallSpec(net, own, False, False, sealed_underlay="eth0"))
+    assert "iifname" not in render_table(FirewallSpec(net, own, False, True))

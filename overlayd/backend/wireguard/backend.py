@@ -151,7 +151,8 @@ class Wireguard:
         self.kernel.apply(DEVICE_NAME, device.ifindex, diff, self._peer_settings)
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
-        return UnderlayIngress(protocol="udp", port=settings(config).listen_port, name=INGRESS_NAME)
+        port = settings(config).listen_port
+        return UnderlayIngress(protocol="udp", port=port, name=INGRESS_NAME, sealed=True)
 
     def drift_probe(self, config: NetworkConfig) -> tuple[float, Callable[[], str | None]] | None:
         """Every ``PROBE_INTERVAL``: whether the device's keys, port or peers changed since the
