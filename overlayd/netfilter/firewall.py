@@ -158,7 +158,7 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatu
     forward = [f"ip saddr {net} accept", f"ip daddr {net} accept"] if spec.forward_rules else []
     if spec.sealed_underlay is not None:
         forward.insert(0, f'iifname "{spec.sealed_underlay}" ip daddr {net} '
-                          "ct state != { established, related } ct status != dnat counter drop")
+                          "ct state != { established, related } ct status ! dnat counter drop")
     if forward:
         chains.append(_chain("forward", "filter hook forward priority filter", forward))
     return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"

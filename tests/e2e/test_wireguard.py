@@ -149,6 +149,7 @@ def test_a_stranger_on_the_underlay_reaches_no_container(lab: Lab) -> None:
         forward = sh("nft", "list", "chain", "ip", "overlayd", "forward", netns=h1.netns)
         assert re.search(r'iifname "eth0" .* counter packets [1-9]\d* bytes \d+ drop', forward), forward
         sh("ip", "route", "del", "198.18.0.0/16", netns=stranger)
+        assert published_port_answers(lab, h1, stranger), "a DNAT'd port (hostPort, NodePort) must still work"
         subprocess.run(stranger_host.command(["wireguard-go", "wg0"]), check=True, capture_output=True)
         wg(stranger_host, "set", "wg0", "private-key", str(key_file), "listen-port", str(PORT),
            "peer", public_key(h1), "endpoint", f"{h1.ip}:{PORT}", "allowed-ips", "198.18.0.0/16")  # fmt: skip
@@ -163,6 +164,30 @@ def test_a_stranger_on_the_underlay_reaches_no_container(lab: Lab) -> None:
     finally:
         kill_namespace_processes(stranger)
         sh("ip", "netns", "del", stranger, check=False)
+
+
+def published_port_answers(lab: Lab, host: LabHost, client_ns: str) -> bool:
+    """A container's port published on the host's address by DNAT, as hostPort and NodePort do,
+    answers ``client_ns`` on the underlay."""
+    name, address = container(host)
+    www = Path(lab.dir) / "www"
+    www.mkdir(exist_ok=True)
+    (www / "index.html").write_text("published\n")
+    server = subprocess.Popen(["ip", "netns", "exec", lab.container_ns(name), "busybox", "httpd", "-f",
+                               "-p", "8080", "-h", str(www)])  # fmt: skip
+    nat = ("table ip publish {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat;\n"
+           f"\t\tip daddr {host.ip} tcp dport 8080 dnat to {address}:8080\n\t}}\n}}\n")
+    rules = Path(lab.dir) / "publish.nft"
+    rules.write_text(nat)
+    try:
+        sh("nft", "-f", str(rules), netns=host.netns)
+        out = sh("curl", "-s", "-m", "3", "--retry", "3", "--retry-connrefused", f"http://{host.ip}:8080/",
+                 netns=client_ns, check=False)  # fmt: skip
+        return out.strip() == "published"
+    finally:
+        sh("nft", "delete", "table", "ip", "publish", netns=host.netns, check=False)
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_a_peer_removed_by_hand_is_back_within_a_second_or_so(lab: Lab) -> None:

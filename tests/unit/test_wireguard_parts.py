@@ -162,7 +162,7 @@ def test_a_key_claimed_at_a_second_address_loses_to_the_older_lease() -> None:
 
 def test_a_sealed_underlay_drops_new_clear_connections_into_the_network_only() -> None:
     net, own = IPv4Network("198.18.0.0/16"), IPv4Network("198.18.1.0/24")
-    rule = 'iifname "eth0" ip daddr 198.18.0.0/16 ct state != { established, related } ct status != dnat'
+    rule = 'iifname "eth0" ip daddr 198.18.0.0/16 ct state != { established, related } ct status ! dnat'
     sealed = render_table(FirewallSpec(net, own, False, True, sealed_underlay="eth0"))
     assert sealed.index(rule) < sealed.index("ip saddr 198.18.0.0/16 accept")  # before the accepts
     assert rule in render_table(FirewallSpec(net, own, False, False, sealed_underlay="eth0"))
