@@ -257,6 +257,27 @@ def test_a_lease_with_a_bad_key_is_skipped_named_and_never_reached_in_clear(lab:
         lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
 
 
+def test_a_psk_and_keepalive_put_in_the_config_reach_every_peer_in_place(lab: Lab) -> None:
+    psk = subprocess.run(["wg", "genpsk"], capture_output=True, text=True, check=True).stdout.strip()
+    config = {"Network": "198.18.0.0/16",
+              "Backend": {"Type": "wireguard", "PSK": psk, "PersistentKeepaliveInterval": 25}}  # fmt: skip
+    pids = [host.pid for host in lab.hosts]
+    lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", json.dumps(config))
+
+    def every_peer_has_them() -> bool:
+        for host in lab.hosts:
+            lines = wg(host, "show", DEVICE, "dump", check=False).splitlines()[1:]
+            fields = [line.split("\t") for line in lines]
+            if len(fields) != 2 or any(f[1] != psk or f[7] != "25" for f in fields):
+                return False
+        return True
+
+    wait_for(every_peer_has_them, 20, "the PSK and keepalive on every peer")
+    assert [host.pid for host in lab.hosts] == pids  # applied in place, no restart
+    wait_for(lambda: lab.container_ping_table()[1], 15, "containers to reach each other with the PSK")
+    assert not any(psk in host.log_file.read_text() for host in lab.hosts), "the PSK was logged"
+
+
 def test_a_rotated_key_is_picked_up_by_every_peer(lab: Lab) -> None:
     """The documented procedure: write a new private key into the key file, restart the agent."""
     h3 = lab.hosts[2]

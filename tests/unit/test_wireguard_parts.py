@@ -59,6 +59,7 @@ def test_the_psk_is_never_shown() -> None:
     parsed = section(PSK=KEY_B)
     assert parsed.psk == KEY_B
     assert KEY_B not in parsed.summary and KEY_B not in json.dumps(config_fields(parsed))
+    assert KEY_B not in repr(parsed)  # a log line of the whole config shows no secret
 
 
 def test_a_key_pair_is_made_once_kept_0600_and_derived_as_wg_does(tmp_path: Path) -> None:
@@ -133,6 +134,16 @@ def test_the_dump_is_read_without_the_private_key() -> None:
         WgPeer(KEY_A, NOWHERE, NOTHING),  # a peer without endpoint or subnet: never wanted
     }
     assert private not in dump.fingerprint and private not in repr(dump)
+
+
+def test_a_peer_whose_psk_or_keepalive_differs_reads_as_reached_nowhere() -> None:
+    psk = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+    line = f"{KEY_B}\t{psk}\t192.0.2.12:51820\t198.18.2.0/24\t0\t0\t0\t25\n"
+    text = f"(none)\t{KEY_A}\t51820\toff\n{line}"
+    assert {p.dst for p in parse_dump(text, psk, 25).peers} == {IPv4Address("192.0.2.12")}
+    assert {p.dst for p in parse_dump(text, "", 25).peers} == {NOWHERE}
+    assert {p.dst for p in parse_dump(text, psk, 0).peers} == {NOWHERE}
+    assert psk not in parse_dump(text, psk, 25).fingerprint
 
 
 def wg_lease(subnet: str, public_ip: str, key: str, revision: int) -> Lease:

@@ -100,7 +100,7 @@ class Wireguard:
         keys = self._keys or load_or_create_key(key_file(host.state_dir))
         self._keys = keys
         self._peer_settings = PeerSettings(section.listen_port, self._psk_file(section, host.state_dir),
-                                           section.keepalive)
+                                           section.keepalive, section.psk)
         spec = WgDeviceSpec(
             name=DEVICE_NAME,
             mtu=section.device_mtu(host.external_mtu),
@@ -145,7 +145,7 @@ class Wireguard:
         return wireguard_entries(lease)
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
-        return self.kernel.read_plane(DEVICE_NAME, device.ifindex)
+        return self.kernel.read_plane(DEVICE_NAME, device.ifindex, self._peer_settings)
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(DEVICE_NAME, device.ifindex, diff, self._peer_settings)
@@ -164,7 +164,7 @@ class Wireguard:
         if kernel is None or not kernel.fingerprint:
             return None
         try:
-            dump = wgtool.show(DEVICE_NAME)
+            dump = wgtool.show(DEVICE_NAME, self._peer_settings.psk, self._peer_settings.keepalive)
         except Exception as err:  # the device is gone: the netlink monitor reports that
             log.debug("drift probe: %s", err)
             return None

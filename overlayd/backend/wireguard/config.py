@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from overlayd.backend.wireguard.keys import BadKey, parse_key
 from overlayd.subnet.config import BackendSettings, ConfigFields
@@ -32,7 +32,7 @@ class WireguardConfig:
     type: str = TYPE
     listen_port: int = DEFAULT_PORT
     listen_port_v6: int = DEFAULT_PORT_V6
-    psk: str = ""  # base64, as `wg genpsk` writes it; "" for none
+    psk: str = field(default="", repr=False)  # base64, as `wg genpsk` writes it; "" for none; a secret
     keepalive: int = 0  # PersistentKeepaliveInterval, seconds; 0: off
     mode: Mode = Mode.SEPARATE
 

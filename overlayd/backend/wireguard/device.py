@@ -201,11 +201,11 @@ class WgKernel:
 
     # -- per-peer entries -------------------------------------------------------------------------
 
-    def read_plane(self, name: str, ifindex: int) -> Plane:
+    def read_plane(self, name: str, ifindex: int, settings: PeerSettings) -> Plane:
         """The device's routes via a gateway, and its WireGuard peers."""
         seq = self._rtnl.next_seq()
         routes = {decode_entry(m, ifindex) for m in self._rtnl.dump(route_dump_request(ifindex, seq), seq)}
-        dump = wgtool.show(name)
+        dump = wgtool.show(name, settings.psk, settings.keepalive)
         self._remember(dump)
         return Plane(routes=frozenset(r for r in routes if type(r) is Route), peers=dump.peers)
 

@@ -21,6 +21,7 @@ from overlayd.backend.desired import WgPeer
 
 WG = "wg"
 TIMEOUT = 10.0
+EMPTY_FILE = Path("/dev/null")
 # What a peer without an endpoint or allowed IPs reads as: never wanted, so it is replaced.
 NOWHERE = IPv4Address(0)
 NOTHING = IPv4Network("0.0.0.0/32")
@@ -47,8 +48,10 @@ def run_wg(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def parse_dump(text: str) -> DeviceDump:
-    """``wg show <dev> dump``: the interface line, then one line per peer (tab-separated)."""
+def parse_dump(text: str, psk: str = "", keepalive: int = 0) -> DeviceDump:
+    """``wg show <dev> dump``: the interface line, then one line per peer (tab-separated). A peer
+    whose preshared key or keepalive is not ``psk`` and ``keepalive`` reads as reached nowhere, so
+    that it is configured again."""
     lines = text.splitlines()
     if not lines:
         return DeviceDump("", 0, frozenset(), "")
@@ -62,20 +65,24 @@ def parse_dump(text: str) -> DeviceDump:
         if len(fields) < 4:
             continue
         key, endpoint, allowed = fields[0], fields[2], fields[3]
-        shape.append(f"{key} {endpoint} {allowed}")
+        peer_psk = "" if fields[1] == "(none)" else fields[1]
+        peer_keepalive = fields[7] if len(fields) > 7 else "off"
+        shape.append(f"{key} {endpoint} {allowed} {peer_keepalive} {bool(peer_psk)}")  # never the PSK
         host = endpoint.rpartition(":")[0]
         try:
             dst = IPv4Address(host) if host else NOWHERE
         except ValueError:
             dst = NOWHERE  # an IPv6 endpoint: not one we set
+        if peer_psk != psk or peer_keepalive != (str(keepalive) if keepalive else "off"):
+            dst = NOWHERE
         nets = [IPv4Network(net) for net in allowed.split(",") if net and net != "(none)" and ":" not in net]
 
         peers.update(WgPeer(key, dst, net) for net in nets or [NOTHING])
     return DeviceDump(public_key, listen_port, frozenset(peers), "\n".join(shape))
 
 
-def show(device: str) -> DeviceDump:
-    return parse_dump(run_wg(["show", device, "dump"], f"read WireGuard device {device}"))
+def show(device: str, psk: str = "", keepalive: int = 0) -> DeviceDump:
+    return parse_dump(run_wg(["show", device, "dump"], f"read WireGuard device {device}"), psk, keepalive)
 
 
 def set_interface(device: str, private_key_file: Path, listen_port: int) -> None:
@@ -90,6 +97,7 @@ class PeerSettings:
     port: int  # the peers' listen port: the network's, as flanneld assumes
     psk_file: Path | None
     keepalive: int
+    psk: str = ""  # what ``psk_file`` holds, to compare with what the device has
 
 
 def set_peers(device: str, wanted: dict[str, tuple[IPv4Address, Iterable[IPv4Network]]],
@@ -103,7 +111,7 @@ def set_peers(device: str, wanted: dict[str, tuple[IPv4Address, Iterable[IPv4Net
         args += ["peer", key, "endpoint", f"{dst}:{settings.port}",
                  "allowed-ips", ",".join(str(net) for net in sorted(nets)),
                  "persistent-keepalive", str(settings.keepalive) if settings.keepalive else "off"]
-        if settings.psk_file is not None:
-            args += ["preshared-key", str(settings.psk_file)]
+        # An empty file clears a preshared key the network no longer has.
+        args += ["preshared-key", str(settings.psk_file or EMPTY_FILE)]
     if len(args) > 2:
         run_wg(args, f"configure {len(wanted)} and remove {len(gone)} peer(s) on {device}")
