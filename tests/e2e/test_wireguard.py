@@ -292,3 +292,15 @@ def test_a_rotated_key_is_picked_up_by_every_peer(lab: Lab) -> None:
     assert lease_value(lab, h3)["BackendData"] == {"PublicKey": public_key(h3)}
     assert key_file.stat().st_mode & 0o777 == 0o600
     wait_for(lambda: lab.container_ping_table()[1], 15, "containers to reach each other again")
+
+
+def test_a_host_joining_with_a_foreign_tun_device_of_that_name_replaces_it(lab: Lab) -> None:
+    """A TUN device called flannel-wg that no wireguard-go serves (left by someone else) is
+    deleted and made again, and the new host becomes every other host's peer."""
+    h4 = lab.add_host(start_agent=False)
+    sh("ip", "tuntap", "add", DEVICE, "mode", "tun", netns=h4.netns)
+    lab.start_agent(h4)
+    wait_for(lambda: h4.subnet_env(), 30, "h4's subnet.env")
+    wait_for(lambda: all_peers_know(lab), 20, "every host's peers, h4 among them")
+    assert "which no wireguard-go serves" in h4.log_file.read_text()
+    assert lab.ping(h4, str(lab.hosts[0].flannel_address()), count=2)

@@ -18,7 +18,8 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
@@ -53,6 +54,21 @@ KERNEL_KIND = "wireguard"
 USERSPACE_KIND = "tun"  # what wireguard-go's device reports
 WIREGUARD_GO = "wireguard-go"
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+UAPI_DIR = Path("/var/run/wireguard")  # wireguard-go's sockets, where `wg` looks for them
+SERVED_WITHIN = 5.0  # seconds a started wireguard-go gets to open its socket
+SYSTEMD_UNIT = "overlayd-wireguard-go"
+
+
+def wireguard_go_command(binary: str, name: str, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """How to start wireguard-go so that it outlives the agent. Under systemd (``INVOCATION_ID``
+    set) in a transient unit of its own: in the agent's unit, a restart of it would stop
+    wireguard-go with it, and that unit's sandbox has no /dev/net/tun. Elsewhere, wireguard-go
+    daemonizes itself (its first process exits once the device is up)."""
+    systemd_run = shutil.which("systemd-run")
+    if environ.get("INVOCATION_ID") and systemd_run:
+        return [systemd_run, f"--unit={SYSTEMD_UNIT}-{name}", "--collect", "--quiet",
+                "--setenv=WG_PROCESS_FOREGROUND=1", "--setenv=LOG_LEVEL=error", binary, "-f", name]
+    return [binary, name]
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,16 @@ class WgKernel:
         if link is None:
             link = self._create(spec, actions)
         self._set_implementation(link)
-        dump = wgtool.show(spec.name)
+        try:
+            dump = wgtool.show(spec.name)
+        except BackendError as err:
+            if link.kind != USERSPACE_KIND:
+                raise
+            # A TUN device nobody answers for (a wedged or foreign process): ours to replace.
+            self._write_link(spec.name, "delete the unserved device", delete_link_request, link.index)
+            _record(spec.name, f"deleted {spec.name}, which no wireguard-go serves ({err})", actions)
+            link = self._create(spec, actions)
+            dump = wgtool.show(spec.name)
         if dump.public_key != spec.public_key or dump.listen_port != spec.listen_port:
             wgtool.set_interface(spec.name, spec.private_key_file, spec.listen_port)
             change = f"set public key {spec.public_key} and listen port {spec.listen_port}"
@@ -147,13 +172,23 @@ class WgKernel:
                                "installed; install the wireguard-go package (or the kernel module)")
         spec.log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with spec.log_file.open("ab") as out:
-            done = subprocess.run([binary, spec.name], stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True, timeout=30,
+            done = subprocess.run(wireguard_go_command(binary, spec.name), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, timeout=30,
                                   check=False, env={**os.environ, "LOG_LEVEL": "error"})
         if done.returncode != 0:
             raise BackendError(
                 f"{spec.name}: {WIREGUARD_GO} exited with {done.returncode}; see {spec.log_file}"
             )
+        self._wait_served(spec.name)
+
+    def _wait_served(self, name: str) -> None:
+        """Wait up to ``SERVED_WITHIN`` for wireguard-go's device and UAPI socket (a transient
+        systemd unit returns before they are there)."""
+        deadline = time.monotonic() + SERVED_WITHIN
+        while time.monotonic() < deadline:
+            if (UAPI_DIR / f"{name}.sock").exists() and self.find(name) is not None:
+                return
+            time.sleep(0.02)
 
     def _write_link(self, name: str, what: str, build: Callable[..., bytes], index: int,
                     **attrs: object) -> None:
