@@ -43,7 +43,7 @@ from overlayd.agent.startup import (
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
-from overlayd.backend.api import Backend, HostFacts
+from overlayd.backend.api import Backend, BackendError, HostFacts
 from overlayd.backend.iface import ExternalInterface, select_interface
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.backend.select import backend_for
@@ -183,6 +183,8 @@ class Agent:
             self.own_attrs = backend.lease_data(config, host)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
+        except BackendError as exc:  # what the backend keeps for this host (a key file) is unusable
+            raise StartError(str(exc)) from None
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False

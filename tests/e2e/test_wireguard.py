@@ -8,6 +8,7 @@ each leaves the lab converged for the next.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -304,3 +305,18 @@ def test_a_host_joining_with_a_foreign_tun_device_of_that_name_replaces_it(lab: 
     wait_for(lambda: all_peers_know(lab), 20, "every host's peers, h4 among them")
     assert "which no wireguard-go serves" in h4.log_file.read_text()
     assert lab.ping(h4, str(lab.hosts[0].flannel_address()), count=2)
+
+
+def test_a_key_file_holding_no_key_stops_the_agent_naming_it_and_is_kept(lab: Lab) -> None:
+    host = lab.add_host(start_agent=False)
+    key_file = Path(host.dir) / "state" / "wireguard-key"
+    key_file.parent.mkdir(mode=0o700, parents=True)
+    key_file.write_text("not a key\n")
+    lab.start_agent(host)
+    _, status = os.waitpid(host.pid, 0)
+    host.pid = 0
+    assert os.waitstatus_to_exitcode(status) == 2  # a configuration error: not restarted
+    log = host.log_file.read_text()
+    assert f"WireGuard private key file {key_file} holds no key" in log and "wg genkey" in log, log[-800:]
+    assert "not a key" not in log and "Traceback" not in log
+    assert key_file.read_text() == "not a key\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from overlayd.backend.api import BackendError
 from overlayd.base.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ KEY_FILE_NAME = "wireguard-key"
 KEY_BYTES = 32
 
 
-class BadKey(ValueError):
+class BadKey(BackendError):
     """A WireGuard key that is not 32 bytes of base64; the message never holds the value."""
 
 
