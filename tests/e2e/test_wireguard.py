@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -90,6 +91,12 @@ def test_containers_reach_each_other_through_wireguard_go(lab: Lab) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600
     private = key_file.read_text().strip()
     assert private not in log and private not in Lab.http_get(h1, "/metrics")[1]
+    status = subprocess.run(h1.command([sys.executable, "-m", "overlayd", "status",
+                                        f"--etcd-endpoints={lab.etcd_endpoint}",
+                                        f"--subnet-file={h1.subnet_file}"]),
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "device      flannel-wg mtu 1420" in status and "2 tunnel peers" in status, status
+    assert private not in status
     # A packet for a subnet nobody holds goes to the device (which drops it), not to the underlay.
     assert "dev flannel-wg" in sh("ip", "route", "get", "198.18.250.9", netns=h1.netns)
 
