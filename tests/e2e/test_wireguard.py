@@ -238,8 +238,10 @@ def test_a_restarted_wireguard_go_is_replaced_with_its_peers(lab: Lab) -> None:
     pids = [pid for pid in sh("ip", "netns", "pids", h1.netns).split()
             if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go"]  # fmt: skip
     assert len(pids) == 1, pids
+    started = time.monotonic()
     subprocess.run(["kill", "-KILL", pids[0]], check=True)
     wait_for(lambda: all_peers_know(lab), 10, "h1's device and peers back")
+    print(f"device and peers back after {time.monotonic() - started:.2f} s")
     assert public_key(h1) == key
     table, ok = lab.container_ping_table()
     assert ok, table
@@ -265,10 +267,11 @@ def test_a_lease_with_a_bad_key_is_skipped_named_and_never_reached_in_clear(lab:
         lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
 
 
-def test_a_psk_and_keepalive_put_in_the_config_reach_every_peer_in_place(lab: Lab) -> None:
+def test_a_psk_keepalive_and_port_put_in_the_config_reach_every_peer_in_place(lab: Lab) -> None:
+    """And taken back: the PSK cleared, the port as before."""
     psk = subprocess.run(["wg", "genpsk"], capture_output=True, text=True, check=True).stdout.strip()
-    config = {"Network": "198.18.0.0/16",
-              "Backend": {"Type": "wireguard", "PSK": psk, "PersistentKeepaliveInterval": 25}}  # fmt: skip
+    config = {"Network": "198.18.0.0/16", "Backend": {
+        "Type": "wireguard", "PSK": psk, "PersistentKeepaliveInterval": 25, "ListenPort": 51900}}  # fmt: skip
     pids = [host.pid for host in lab.hosts]
     lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", json.dumps(config))
 
@@ -276,7 +279,8 @@ def test_a_psk_and_keepalive_put_in_the_config_reach_every_peer_in_place(lab: La
         for host in lab.hosts:
             lines = wg(host, "show", DEVICE, "dump", check=False).splitlines()[1:]
             fields = [line.split("\t") for line in lines]
-            if len(fields) != 2 or any(f[1] != psk or f[7] != "25" for f in fields):
+            if len(fields) != 2 or any(f[1] != psk or f[7] != "25" or not f[2].endswith(":51900")
+                                       for f in fields):  # fmt: skip
                 return False
         return True
 
@@ -284,6 +288,10 @@ def test_a_psk_and_keepalive_put_in_the_config_reach_every_peer_in_place(lab: La
     assert [host.pid for host in lab.hosts] == pids  # applied in place, no restart
     wait_for(lambda: lab.container_ping_table()[1], 15, "containers to reach each other with the PSK")
     assert not any(psk in host.log_file.read_text() for host in lab.hosts), "the PSK was logged"
+    lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", lab_network_config("wireguard"))
+    wait_for(lambda: all_peers_know(lab) and "(none)" in wg(lab.hosts[0], "show", DEVICE, "dump"), 20,
+             "the PSK cleared and the port back on every peer")  # fmt: skip
+    wait_for(lambda: lab.container_ping_table()[1], 15, "containers to reach each other again")
 
 
 def test_a_rotated_key_is_picked_up_by_every_peer(lab: Lab) -> None:

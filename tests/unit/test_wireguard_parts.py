@@ -144,6 +144,7 @@ def test_a_peer_whose_psk_or_keepalive_differs_reads_as_reached_nowhere() -> Non
     assert {p.dst for p in parse_dump(text, psk, 25).peers} == {IPv4Address("192.0.2.12")}
     assert {p.dst for p in parse_dump(text, "", 25).peers} == {NOWHERE}
     assert {p.dst for p in parse_dump(text, psk, 0).peers} == {NOWHERE}
+    assert {p.dst for p in parse_dump(text, psk, 25, 51000).peers} == {NOWHERE}  # ListenPort changed
     assert psk not in parse_dump(text, psk, 25).fingerprint
 
 

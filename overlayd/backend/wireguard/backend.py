@@ -164,7 +164,7 @@ class Wireguard:
         if kernel is None or not kernel.fingerprint:
             return None
         try:
-            dump = wgtool.show(DEVICE_NAME, self._peer_settings.psk, self._peer_settings.keepalive)
+            dump = wgtool.show(DEVICE_NAME, self._peer_settings)
         except Exception as err:  # the device is gone: the netlink monitor reports that
             log.debug("drift probe: %s", err)
             return None

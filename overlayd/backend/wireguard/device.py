@@ -240,7 +240,7 @@ class WgKernel:
         """The device's routes via a gateway, and its WireGuard peers."""
         seq = self._rtnl.next_seq()
         routes = {decode_entry(m, ifindex) for m in self._rtnl.dump(route_dump_request(ifindex, seq), seq)}
-        dump = wgtool.show(name, settings.psk, settings.keepalive)
+        dump = wgtool.show(name, settings)
         self._remember(dump)
         return Plane(routes=frozenset(r for r in routes if type(r) is Route), peers=dump.peers)
 

@@ -48,10 +48,10 @@ def run_wg(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def parse_dump(text: str, psk: str = "", keepalive: int = 0) -> DeviceDump:
+def parse_dump(text: str, psk: str = "", keepalive: int = 0, port: int = 0) -> DeviceDump:
     """``wg show <dev> dump``: the interface line, then one line per peer (tab-separated). A peer
-    whose preshared key or keepalive is not ``psk`` and ``keepalive`` reads as reached nowhere, so
-    that it is configured again."""
+    whose preshared key, keepalive or endpoint port is not ``psk``, ``keepalive`` and ``port`` (0:
+    any) reads as reached nowhere, so that it is configured again."""
     lines = text.splitlines()
     if not lines:
         return DeviceDump("", 0, frozenset(), "")
@@ -68,21 +68,25 @@ def parse_dump(text: str, psk: str = "", keepalive: int = 0) -> DeviceDump:
         peer_psk = "" if fields[1] == "(none)" else fields[1]
         peer_keepalive = fields[7] if len(fields) > 7 else "off"
         shape.append(f"{key} {endpoint} {allowed} {peer_keepalive} {bool(peer_psk)}")  # never the PSK
-        host = endpoint.rpartition(":")[0]
+        host, _, peer_port = endpoint.rpartition(":")
         try:
             dst = IPv4Address(host) if host else NOWHERE
         except ValueError:
             dst = NOWHERE  # an IPv6 endpoint: not one we set
-        if peer_psk != psk or peer_keepalive != (str(keepalive) if keepalive else "off"):
+        wanted_keepalive = str(keepalive) if keepalive else "off"
+        if peer_psk != psk or peer_keepalive != wanted_keepalive or (port and peer_port != str(port)):
             dst = NOWHERE
         nets = [IPv4Network(net) for net in allowed.split(",") if net and net != "(none)" and ":" not in net]
-
         peers.update(WgPeer(key, dst, net) for net in nets or [NOTHING])
     return DeviceDump(public_key, listen_port, frozenset(peers), "\n".join(shape))
 
 
-def show(device: str, psk: str = "", keepalive: int = 0) -> DeviceDump:
-    return parse_dump(run_wg(["show", device, "dump"], f"read WireGuard device {device}"), psk, keepalive)
+def show(device: str, expected: PeerSettings | None = None) -> DeviceDump:
+    """The device's configuration; peers that differ from ``expected`` read as reached nowhere."""
+    text = run_wg(["show", device, "dump"], f"read WireGuard device {device}")
+    if expected is None:
+        return parse_dump(text)
+    return parse_dump(text, expected.psk, expected.keepalive, expected.port)
 
 
 def set_interface(device: str, private_key_file: Path, listen_port: int) -> None:
