@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.backend.desired import DesiredEntries, Route, WgPeer
+from overlayd.backend.desired import DesiredEntries, Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.select import install
 from overlayd.backend.wireguard.backend import wireguard_entries
 from overlayd.backend.wireguard.config import Mode, WireguardConfig, config_fields, parse_wireguard_config
-from overlayd.backend.wireguard.device import SYSTEMD_UNIT, wireguard_go_command
+from overlayd.backend.wireguard.device import SYSTEMD_UNIT, peer_changes, wireguard_go_command
 from overlayd.backend.wireguard.keys import KEY_FILE_ENV, BadKey, key_file, load_or_create_key, parse_key
 from overlayd.backend.wireguard.lease import public_key_of, wireguard_lease_attrs
 from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, parse_dump
@@ -192,3 +192,24 @@ def test_wireguard_go_gets_a_unit_of_its_own_under_systemd_and_daemonizes_elsewh
         assert under_systemd[-3:] == ["/usr/bin/wireguard-go", "-f", "flannel-wg"]
     else:  # no systemd-run to ask: wireguard-go daemonizes as elsewhere
         assert under_systemd == ["/usr/bin/wireguard-go", "flannel-wg"]
+
+
+def test_peer_changes_give_wg_each_touched_peer_whole_and_remove_only_the_emptied() -> None:
+    ip, other_ip = IPv4Address("192.0.2.12"), IPv4Address("192.0.2.13")
+    one, two = IPv4Network("198.18.2.0/24"), IPv4Network("198.18.3.0/24")
+    known = {KEY_A: (ip, {one, two}), KEY_B: (other_ip, {IPv4Network("198.18.9.0/24")})}
+    # One of KEY_A's two subnets goes: KEY_A keeps the other, at its known endpoint.
+    wanted, gone = peer_changes(known, PlaneDiff(remove=Plane(peers=frozenset({WgPeer(KEY_A, ip, two)}))))
+    assert (wanted, gone) == ({KEY_A: (ip, {one})}, set())
+    # KEY_B's only subnet goes, and KEY_A moves to another endpoint with its subnets.
+    diff = PlaneDiff(
+        add=Plane(peers=frozenset({WgPeer(KEY_A, other_ip, one), WgPeer(KEY_A, other_ip, two)})),
+        remove=Plane(peers=frozenset({WgPeer(KEY_B, other_ip, IPv4Network("198.18.9.0/24")),
+                                      WgPeer(KEY_A, ip, one), WgPeer(KEY_A, ip, two)})),
+    )  # fmt: skip
+    assert peer_changes(known, diff) == ({KEY_A: (other_ip, {one, two})}, {KEY_B})
+    # A peer the device holds with no endpoint or subnet (NOTHING) gets its subnet set.
+    stale = {KEY_A: (NOWHERE, {NOTHING})}
+    diff = PlaneDiff(add=Plane(peers=frozenset({WgPeer(KEY_A, ip, one)})),
+                     remove=Plane(peers=frozenset({WgPeer(KEY_A, NOWHERE, NOTHING)})))  # fmt: skip
+    assert peer_changes(stale, diff) == ({KEY_A: (ip, {one})}, set())

@@ -46,7 +46,9 @@ from overlayd.backend.rtnl.codec import (
 )
 from overlayd.backend.rtnl.socket import RtnlSocket
 from overlayd.backend.wireguard import wgtool
-from overlayd.backend.wireguard.wgtool import DeviceDump, PeerSettings
+from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, DeviceDump, PeerSettings
+
+PeerConfig = tuple[IPv4Address, set[IPv4Network]]  # a peer's endpoint address and allowed IPs
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class WgKernel:
     def __init__(self) -> None:
         self._rtnl = RtnlSocket()
         self.implementation = ""  # "kernel" or "wireguard-go", once the device exists
-        self.peer_nets: dict[str, set[IPv4Network]] = {}  # each peer's allowed IPs, last known
+        self.peers: dict[str, PeerConfig] = {}  # each peer's endpoint and allowed IPs, last known
         self.fingerprint = ""  # the device's configuration as last read (``wgtool.DeviceDump``)
 
     def close(self) -> None:
@@ -245,29 +247,20 @@ class WgKernel:
         return Plane(routes=frozenset(r for r in routes if type(r) is Route), peers=dump.peers)
 
     def _remember(self, dump: DeviceDump) -> None:
-        nets: dict[str, set[IPv4Network]] = {}
+        peers: dict[str, PeerConfig] = {}
         for peer in dump.peers:
-            nets.setdefault(peer.public_key, set()).add(peer.allowed)
-        self.peer_nets, self.fingerprint = nets, dump.fingerprint
+            peers.setdefault(peer.public_key, (peer.dst, set()))[1].add(peer.allowed)
+        self.peers, self.fingerprint = peers, dump.fingerprint
 
     def apply(self, name: str, ifindex: int, diff: PlaneDiff, settings: PeerSettings) -> None:
         """Routes removed, peers changed in one ``wg set``, routes added; ApplyError on failures."""
         failures = self._routes(ifindex, diff.remove.routes, replace=False)
-        removed: dict[str, set[IPv4Network]] = {}
-        for peer in diff.remove.peers:
-            removed.setdefault(peer.public_key, set()).add(peer.allowed)
-        wanted: dict[str, tuple[IPv4Address, set[IPv4Network]]] = {}
-        for peer in diff.add.peers:
-            kept = self.peer_nets.get(peer.public_key, set()) - removed.get(peer.public_key, set())
-            nets = wanted.setdefault(peer.public_key, (peer.dst, kept - {wgtool.NOTHING}))[1]
-            nets.add(peer.allowed)
-        gone = {key for key, nets in removed.items()
-                if key not in wanted and not self.peer_nets.get(key, set()) - nets}
+        wanted, gone = peer_changes(self.peers, diff)
         try:
             wgtool.set_peers(name, wanted, gone, settings)
             for key in gone:
-                self.peer_nets.pop(key, None)
-            self.peer_nets.update({key: nets for key, (_, nets) in wanted.items()})
+                self.peers.pop(key, None)
+            self.peers.update(wanted)
         except BackendError as err:
             failures.append(str(err))
         failures += self._routes(ifindex, diff.add.routes, replace=True)
@@ -284,6 +277,31 @@ class WgKernel:
         return [f"{verb} route {route.dst} via {route.gateway}: {os.strerror(results[seq])}"
                 for seq, _, route in requests
                 if results.get(seq) and not (not replace and results[seq] in GONE_ERRNOS)]
+
+
+def peer_changes(
+    known: Mapping[str, PeerConfig], diff: PlaneDiff
+) -> tuple[dict[str, PeerConfig], set[str]]:
+    """What ``wg set`` must do for ``diff``, given each peer's configuration ``known`` to the
+    device: the peers to configure (key -> endpoint and *all* its allowed IPs, which ``wg``
+    replaces as a whole) and the keys to remove (no allowed IPs left)."""
+    removed: dict[str, set[IPv4Network]] = {}
+    for peer in diff.remove.peers:
+        removed.setdefault(peer.public_key, set()).add(peer.allowed)
+    added: dict[str, PeerConfig] = {}
+    for peer in diff.add.peers:
+        added.setdefault(peer.public_key, (peer.dst, set()))[1].add(peer.allowed)
+    wanted: dict[str, PeerConfig] = {}
+    gone: set[str] = set()
+    for key in removed.keys() | added.keys():
+        dst, nets = known.get(key, (NOWHERE, set()))
+        dst = added[key][0] if key in added else dst
+        nets = (nets - removed.get(key, set()) - {NOTHING}) | added.get(key, (dst, set()))[1]
+        if nets:
+            wanted[key] = (dst, nets)
+        else:
+            gone.add(key)
+    return wanted, gone
 
 
 def _record(name: str, action: str, actions: list[str]) -> None:
