@@ -210,6 +210,25 @@ def test_a_peer_removed_by_hand_is_back_within_a_second_or_so(lab: Lab) -> None:
     assert lab.ping(h1, str(h2.flannel_address()), count=2)
 
 
+def test_the_device_s_drift_is_repaired(lab: Lab) -> None:
+    """MTU, address, the Network's route and a peer's route changed by hand come back."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    peer_subnet = f"{h2.flannel_address()}/24"
+    sh("ip", "link", "set", DEVICE, "mtu", "1300", netns=h1.netns)
+    sh("ip", "route", "del", peer_subnet, netns=h1.netns)
+    sh("ip", "route", "del", "198.18.0.0/16", "dev", DEVICE, netns=h1.netns)
+    sh("ip", "addr", "flush", "dev", DEVICE, netns=h1.netns)
+
+    def repaired() -> bool:
+        link = sh("ip", "addr", "show", DEVICE, netns=h1.netns)
+        routes = sh("ip", "route", "show", "dev", DEVICE, netns=h1.netns)
+        return ("mtu 1420" in link and f"inet {h1.flannel_address()}/32" in link
+                and "198.18.0.0/16 scope link" in routes and f"{peer_subnet} via" in routes)  # fmt: skip
+
+    wait_for(repaired, 5, "h1's flannel-wg as it was")
+    assert lab.ping(h1, str(h2.flannel_address()), count=2)
+
+
 def test_sigkill_and_restart_of_an_agent_loses_no_ping_and_keeps_the_key(lab: Lab) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     key = public_key(h1)
