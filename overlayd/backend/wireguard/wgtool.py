@@ -22,6 +22,7 @@ from overlayd.backend.desired import WgPeer
 WG = "wg"
 TIMEOUT = 10.0
 EMPTY_FILE = Path("/dev/null")
+PEERS_PER_CALL = 500  # ~80 kB of arguments
 # What a peer without an endpoint or allowed IPs reads as: never wanted, so it is replaced.
 NOWHERE = IPv4Address(0)
 NOTHING = IPv4Network("0.0.0.0/32")
@@ -106,16 +107,16 @@ class PeerSettings:
 
 def set_peers(device: str, wanted: dict[str, tuple[IPv4Address, Iterable[IPv4Network]]],
               gone: set[str], settings: PeerSettings) -> None:
-    """Configure ``wanted`` peers (key -> endpoint, all its allowed IPs) and remove ``gone`` ones,
-    in one ``wg set``."""
-    args = ["set", device]
-    for key in sorted(gone):
-        args += ["peer", key, "remove"]
+    """Configure ``wanted`` peers (key -> endpoint, all its allowed IPs) and remove ``gone`` ones:
+    one ``wg set`` per ``PEERS_PER_CALL``, so that thousands of peers stay within the kernel's
+    limit on a command line."""
+    peers = [["peer", key, "remove"] for key in sorted(gone)]
     for key, (dst, nets) in sorted(wanted.items()):
-        args += ["peer", key, "endpoint", f"{dst}:{settings.port}",
-                 "allowed-ips", ",".join(str(net) for net in sorted(nets)),
-                 "persistent-keepalive", str(settings.keepalive) if settings.keepalive else "off"]
-        # An empty file clears a preshared key the network no longer has.
-        args += ["preshared-key", str(settings.psk_file or EMPTY_FILE)]
-    if len(args) > 2:
+        peers.append(["peer", key, "endpoint", f"{dst}:{settings.port}",
+                      "allowed-ips", ",".join(str(net) for net in sorted(nets)),
+                      "persistent-keepalive", str(settings.keepalive) if settings.keepalive else "off",
+                      # An empty file clears a preshared key the network no longer has.
+                      "preshared-key", str(settings.psk_file or EMPTY_FILE)])  # fmt: skip
+    for start in range(0, len(peers), PEERS_PER_CALL):
+        args = ["set", device, *(word for peer in peers[start:start + PEERS_PER_CALL] for word in peer)]
         run_wg(args, f"configure {len(wanted)} and remove {len(gone)} peer(s) on {device}")
