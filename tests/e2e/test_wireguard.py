@@ -354,3 +354,32 @@ def test_a_key_file_holding_no_key_stops_the_agent_naming_it_and_is_kept(lab: La
     assert f"WireGuard private key file {key_file} holds no key" in log and "wg genkey" in log, log[-800:]
     assert "not a key" not in log and "Traceback" not in log
     assert key_file.read_text() == "not a key\n"
+
+
+def exited(pid: int) -> bool:
+    """Whether the agent ``pid`` (a child of this process, or reaped already by subprocess) ended."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return not Path(f"/proc/{pid}").exists()
+
+
+def test_switching_the_network_to_vxlan_removes_flannel_wg_and_wireguard_go(lab: Lab) -> None:
+    """Last: the lab leaves wireguard. An agent restarts for a new backend (or switches in
+    place); either way flannel-wg and its wireguard-go go, and the containers meet over VXLAN."""
+    running = [host for host in lab.hosts if host.pid]
+    lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", lab_network_config("vxlan"))
+
+    def switched(host: LabHost) -> bool:
+        if exited(host.pid):  # to be restarted, as systemd would
+            lab.start_agent(host)
+        return "flannel.1" in sh("ip", "-o", "link", "show", netns=host.netns)
+
+    wait_for(lambda: all(switched(host) for host in running), 60, "every host on vxlan")
+    lab.wait_converged(timeout=60)
+    for host in running:
+        assert DEVICE not in sh("ip", "-o", "link", "show", netns=host.netns)
+        names = [Path(f"/proc/{pid}/comm").read_text().strip()
+                 for pid in sh("ip", "netns", "pids", host.netns).split()]  # fmt: skip
+        assert "wireguard-go" not in names
+    wait_for(lambda: lab.container_ping_table()[1], 20, "containers to reach each other over VXLAN")
