@@ -430,13 +430,14 @@ def create_link_request(seq: int, name: str, kind: str, mtu: int) -> bytes:
     return _message(RTM_NEWLINK, CREATE, seq, body)
 
 
-def link_route_request(seq: int, ifindex: int, dst: IPv4Network) -> bytes:
-    """``ip route replace <dst> dev <ifindex> scope link``: a whole network onto one device."""
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT, RT_SCOPE_LINK,
-                       RTN_UNICAST, 0)
+def link_route_request(seq: int, ifindex: int, dst: IPv4Network, add: bool = True) -> bytes:
+    """``ip route replace <dst> dev <ifindex> scope link`` (a whole network onto one device), or
+    ``ip route del`` of it."""
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT if add else 0,
+                       RT_SCOPE_LINK if add else RT_SCOPE_NOWHERE, RTN_UNICAST if add else 0, 0)
     body += (_attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
              + _attr(RTA_TABLE, _U32.pack(MAIN_TABLE)))
-    return _message(RTM_NEWROUTE, REPLACE, seq, body)
+    return _message(RTM_NEWROUTE if add else RTM_DELROUTE, REPLACE if add else DELETE, seq, body)
 
 
 def link_routes(message: Message, ifindex: int) -> IPv4Network | None:

@@ -220,8 +220,13 @@ class WgKernel:
             _record(spec.name, f"added address {address}/32", actions)
 
     def _fix_network_route(self, index: int, spec: WgDeviceSpec, actions: list[str]) -> None:
+        """Route exactly the Network onto the device (a changed Network's old route goes)."""
         seq = self._rtnl.next_seq()
         routed = {link_routes(m, index) for m in self._rtnl.dump(route_dump_request(index, seq), seq)}
+        for stale in sorted(net for net in routed if net is not None and net != spec.network):
+            self._write_link(spec.name, f"remove the route of {stale}",
+                             lambda s, i, stale=stale: link_route_request(s, i, stale, add=False), index)
+            _record(spec.name, f"removed the route of {stale} from {spec.name}", actions)
         if spec.network not in routed:
             self._write_link(spec.name, f"route {spec.network} onto it",
                              lambda s, i: link_route_request(s, i, spec.network), index)
