@@ -235,8 +235,11 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     drops no traffic; with
     flanneld in its place nobody would keep the table's VXLAN allowlist up to date, and peers
     joining later would be dropped. The device, its entries, subnet.env and the lease are
-    flanneld's too, and stay for it to adopt.
+    flanneld's too, and stay for it to adopt; but the udp backend's forwarder is stopped: it holds
+    flannel0, which flanneld's own forwarder must create.
     """
+    from overlayd.backend.udp.config import DEVICE_NAME
+    from overlayd.backend.udp.control import ForwarderKeeper
     from overlayd.netfilter.firewall import Firewall, FirewallError
 
     configure_logging("warning")
@@ -245,6 +248,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     except FirewallError as exc:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
+    if ForwarderKeeper().stop(DEVICE_NAME):
+        print(f"stopped the udp forwarder, and with it {DEVICE_NAME}: flanneld makes its own")
     print(
         "removed nftables table ip overlayd and iptables chain OVERLAYD-FWD (if there were "
         "any); flannel.<VNI>, its entries, "

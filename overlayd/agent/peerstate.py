@@ -273,6 +273,14 @@ class PeerState:
         if change.new is None:
             self.verdicts.forget(change.key)
 
+    def safe_peers(self) -> dict[str, Lease]:
+        """Every live lease but ours that is safe to act on, by key: what a backend's per-peer
+        work outside kernel entries is handed (``Backend.peer_actions``)."""
+        assert self.lease is not None
+        own = self.lease.key
+        peers = self.peers.items()
+        return {key: lease for key, lease in peers if key != own and self.verdict(key, lease).safe}
+
     def others(self) -> list[Lease]:
         """Every live lease but ours."""
         assert self.lease is not None

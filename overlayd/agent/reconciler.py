@@ -84,6 +84,7 @@ class Reconciler:
         """Fast path: program each changed peer directly; our own key's loss goes to
         ``own_key_lost`` at once. Returns True if a full pass is needed."""
         needs_full = False
+        peers_changed = False
         for event in item.events:
             match self.state.on_event(event, item.received):
                 case OwnKeyLost(why=why):
@@ -97,10 +98,20 @@ class Reconciler:
                     pass
                 case _:  # our own key, written again
                     continue
+            peers_changed = True
             self.metrics.peer_events.labels(kind=event.kind).inc()
             # From the watch thread's receipt, so time spent queued behind other work counts.
             self.metrics.event_seconds.observe(time.monotonic() - item.received)
+        if peers_changed:
+            self._sync_peer_actions()
         return needs_full
+
+    def _sync_peer_actions(self) -> None:
+        """Hand the backend's per-peer work outside kernel entries, if it has any, every safe
+        peer (it works in the background); not before the first listing, which would be none."""
+        actions = self.backend.peer_actions() if self.backend is not None else None
+        if actions is not None and self.state.listed:
+            actions.sync(self.state.safe_peers())
 
     def release_holds(self, now: float) -> bool:
         """Remove the entries of held peers whose hold-down ran out by ``now`` and whose lease
@@ -127,7 +138,7 @@ class Reconciler:
     def apply_change(self, change: PeerChange) -> None:
         """Write ``change``; raises on a netlink failure (a full pass then sorts it out)."""
         assert self.backend is not None and self.device is not None
-        diff, allowlist = change.diff, self.options.vxlan_ingress_allowlist
+        diff, allowlist = change.diff, self._allowlist_on()
         if not diff.empty:
             # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
             # send us overlay traffic, and the one that takes over from a departed rival may.
@@ -142,6 +153,12 @@ class Reconciler:
         for gone_ip in _public_ips(diff.remove) if allowlist else ():
             if not self.state.desired.wants_public_ip(gone_ip):
                 self.firewall.disallow_peer(gone_ip)
+
+    def _allowlist_on(self) -> bool:
+        """Whether peers' PublicIPs are let in one by one: asked, and the backend has ingress."""
+        config = self.state.config
+        assert self.backend is not None and config is not None
+        return self.options.vxlan_ingress_allowlist and self.backend.underlay_ingress(config) is not None
 
     def _log_change(self, change: PeerChange) -> None:
         new, old = change.new, change.old
@@ -277,6 +294,7 @@ class Reconciler:
     def _ensure_entries(self, trigger: Trigger) -> None:
         # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
         # diffing against an empty peer set would remove them all and drop traffic on restart.
+        self._sync_peer_actions()  # a backend's own work waits for its device itself
         if self.device is None:
             return  # the device step failed: counted there
         if self.state.listed and self.entry_dumps.due(trigger is Trigger.TIMER, self._drift_reported()):

@@ -19,8 +19,11 @@ from overlayd.agent.hostguard import NetworkClaim, NetworkClaimed, claim_name, c
 from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
 from overlayd.agent.leasekeeper import LeaseKeeper
 from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
+from overlayd.agent.reconciler import Reconciler
 from overlayd.agent.sdnotify import Notifier
+from overlayd.backend.api import BackendError
 from overlayd.backend.iface import InterfaceError
+from overlayd.backend.monitor import DeviceChange, NetlinkMonitor
 from overlayd.base.backoff import Backoff
 from overlayd.etcd.api import RegistryError
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -137,6 +140,10 @@ def connect(
     return registry, LeaseKeeper(manager, registry, opts.etcd_prefix)
 
 
+# What start-up waits out (etcd, the config, the interface, a free subnet, a backend's command).
+RETRIED = (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError, BackendError)
+
+
 class Retrier:
     """Start-up steps retried with backoff until they succeed or the agent is asked to stop."""
 
@@ -163,7 +170,7 @@ class Retrier:
                 result = attempt()
                 if result is not None:
                     return result
-            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
+            except RETRIED as exc:
                 # Logged once per distinct error; retried quietly (an interface can appear late
                 # at boot, etcd can come back, an operator can fix the config). /readyz and the
                 # systemd status show each attempt's own wording.
@@ -177,3 +184,25 @@ class Retrier:
             self.notifier.extend_start(delay + 30.0)  # waiting for etcd or the config is not a hang
             self.wait(delay)
         return None
+
+
+def watch_device(
+    devices: tuple[str, ...],
+    reconciler: Reconciler,
+    put: Callable[[DeviceChange], None],
+    is_echo: Callable[[DeviceChange], bool],
+) -> NetlinkMonitor | None:
+    """Start the netlink monitor on the backend's device, which tells the reconciler about the
+    changes others make to it; None for a backend without a device: nothing of ours to watch."""
+    if not devices:
+        return None
+    monitor = NetlinkMonitor(
+        devices[0],
+        lambda: reconciler.device.ifindex if reconciler.device else 0,
+        put,
+        is_echo,
+        reconciler.writing,
+    )
+    reconciler.monitor_alive = lambda: monitor.alive
+    monitor.start()
+    return monitor

@@ -12,7 +12,7 @@ registered in ``overlayd.backend.select``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -74,13 +74,28 @@ class DeviceState:
     underlay: int | None = None  # the underlay device's index, where direct routes live
 
 
+# What ``ensure`` returns for a backend without a device (alloc, extension): its entries are none.
+NO_DEVICE = DeviceState(ifindex=0, mac="", mtu=0)
+
+
+class PeerActions(Protocol):
+    """A backend's per-peer work that is not kernel entries (extension's commands), kept
+    level-triggered: each ``sync`` hands it every safe peer lease (ours left out), and it brings
+    what it did in line with them in the background, never blocking the caller."""
+
+    def sync(self, peers: Mapping[str, Lease]) -> None: ...
+
+
 class Backend(Protocol):
     """One backend; an instance owns its kernel handles (``close`` releases them)."""
 
     type: ClassVar[str]  # BackendType, as leases and the config spell it
-    data_codec: ClassVar[BackendDataCodec]  # its BackendData, both ways
+    data_codec: ClassVar[BackendDataCodec | None]  # its BackendData, both ways; None: kept whole
     parse_config: ClassVar[BackendParser]  # its Backend section; raises ConfigError
     device_pattern: ClassVar[str]  # its devices' names for any config, for messages: "flannel.<VNI>"
+    # Whether it writes a route to every peer's subnet (what the lab waits for); alloc writes
+    # none, and extension's routes are whatever its commands make.
+    routes_traffic: ClassVar[bool]
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         """The parsed section in flannel's key spelling, defaults filled in."""
@@ -95,7 +110,8 @@ class Backend(Protocol):
         ...
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
-        """Create or repair the device(s) for ``own``; returns them and the changes made."""
+        """Create or repair the device(s) for ``own``; returns them (``NO_DEVICE``: it has none)
+        and the changes made."""
         ...
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
@@ -126,6 +142,10 @@ class Backend(Protocol):
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         """Apply ``diff``; raises ApplyError naming the entries that failed."""
+        ...
+
+    def peer_actions(self) -> PeerActions | None:
+        """Its per-peer work outside kernel entries, once ``ensure`` ran; None: it has none."""
         ...
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from overlayd.backend.api import DriftProbe
-from overlayd.backend.desired import DesiredEntries, Route
+from overlayd.backend.desired import DesiredEntries, DirectRoute, Route
 from overlayd.backend.rtnl.codec import (
     MESSAGE_NAMES,
     NEW_MESSAGES,
@@ -73,9 +73,13 @@ def is_echo(desired: DesiredEntries, change: DeviceChange) -> bool:
     one removed, or a neighbour reported without its MAC (removed, or no longer permanent) at an
     address where none is wanted. Anything else — a wanted entry deleted, an unexpected one
     added, link and address changes — is someone else's doing."""
-    if change.entry is None:
+    entry = change.entry
+    if entry is None:
         return change.neigh_ip is not None and not desired.wants_neigh_at(change.neigh_ip)
-    return desired.wants(change.entry) == change.added
+    wanted = desired.wants(entry)
+    if type(entry) is Route and not wanted:  # on an underlay we watch (host-gw's), a direct route
+        wanted = desired.wants(DirectRoute(entry.dst, entry.gateway))
+    return wanted == change.added
 
 
 def change_reason(message: Message, device_name: str, ifindex: int | None) -> DeviceChange | None:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
@@ -54,6 +55,7 @@ from overlayd.lab.shell import (
     stop_pid,
 )
 from overlayd.ops.install_cni import install_cni
+from overlayd.subnet.config import ConfigError, parse_network_config
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Lab:
     etcd_pids: list[int] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
     etcd_members: int = 1
+    network_config: str = ""  # what ``up`` put in etcd ("": none, or the default)
 
     # ---- naming and persistence -------------------------------------------------------------
 
@@ -147,6 +150,7 @@ class Lab:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
         if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"etcd_members {self.etcd_members}: use between 1 and {MAX_ETCD_MEMBERS}")
+        self.network_config = network_config or ""
         self.save()
         try:
             self._make_underlay()
@@ -346,11 +350,12 @@ class Lab:
 
     def unconverged(self) -> list[str]:
         """What is still missing: hosts without subnet.env, or without a route (other than the
-        default) covering some peer's subnet, whatever device the backend routes it through."""
+        default) covering some peer's subnet, whatever device the backend routes it through
+        (none for a backend that writes no routes: ``Backend.routes_traffic``)."""
         running = [host for host in self.hosts if host.pid]
         subnets = {host.name: host.subnet_env().get("FLANNEL_SUBNET") for host in running}
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
-        if missing:
+        if missing or not routes_traffic(self.network_config):
             return missing
         for host in running:
             for peer in running:
@@ -372,12 +377,26 @@ class Lab:
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
-        """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
-        endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
-        table, ok = checks.ping_table(endpoints)
-        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
-                           for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
+        """All-pairs ping of the hosts' own overlay addresses, as text; and whether all passed."""
+        named = [(h, *self.overlay_address(h)) for h in self.hosts]
+        table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
+        legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
         return f"{table}\n\n{legend}", ok
+
+    @staticmethod
+    def overlay_address(host: LabHost) -> tuple[str, str]:
+        """(device, address) of the host's own overlay address: the backend's device's
+        ``<subnet>.0`` where it has one (flannel.1), else the container bridge's ``<subnet>.1``
+        (host-gw has no device; the bridge comes with the first container)."""
+        address = host.flannel_address()
+        if not address:
+            return "", ""
+        held = json.loads(sh("ip", "-j", "-4", "addr", "show", netns=host.netns) or "[]")
+        for link in held:
+            for info in link.get("addr_info", []):
+                if info.get("local") == address:
+                    return link["ifname"], address
+        return "cni0", str(IPv4Address(address) + 1)
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
@@ -428,6 +447,16 @@ class Lab:
             kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def routes_traffic(network_config: str) -> bool:
+    """Whether the backend ``network_config`` names writes a route to every peer (True when the
+    config cannot be read: its agents then never converge, and the wait says so)."""
+    try:
+        config = parse_network_config(network_config or DEFAULT_NETWORK_CONFIG, backends=CONFIG_PARSERS)
+    except ConfigError:
+        return True
+    return BACKENDS[config.backend.type].routes_traffic
 
 
 def random_lab_name() -> str:

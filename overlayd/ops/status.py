@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
+from socket import AF_INET
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -295,21 +296,33 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
 
 
 def read_device(
-    config: NetworkConfig | None, network: IPv4Network | None
+    config: NetworkConfig | None, network: IPv4Network | None, public_ip: str | None = None
 ) -> tuple[DeviceView | None, str | None]:
     """The backend's device for ``config`` (when it is unknown: any device of the default
-    backend) in this namespace.
+    backend) in this namespace; for a backend without one (host-gw), the interface holding our
+    lease's ``public_ip``, where its routes are.
 
     Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
     a peer reached directly is programmed too."""
     from pyroute2 import IPRoute
 
     backend = backend_for(config.backend.type if config is not None else DEFAULT_TYPE)
+    if config is not None and not backend.routes_traffic:
+        backend.close()
+        return None, f"none: the {config.backend.type} backend makes no device"
+    deviceless = config is not None and not backend.device_names(config)
     try:
         with IPRoute() as ipr:
-            links = [link for link in ipr.get_links()
-                     if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]
+            if deviceless:
+                held = {addr["index"] for addr in ipr.get_addr(family=AF_INET)
+                        if addr.get_attr("IFA_LOCAL") == public_ip}  # fmt: skip
+                links = [link for link in ipr.get_links() if link["index"] in held]
+            else:
+                links = [link for link in ipr.get_links()
+                         if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]  # fmt: skip
         if not links:
+            if deviceless:
+                return None, f"no interface holds this host's PublicIP {public_ip or '(no lease found)'}"
             wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
             return None, f"no {wanted} device in this network namespace; the agent has not set it up"
         link = links[0]
@@ -396,7 +409,9 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             found: list[Any] | None = registry.list_leases()[0]
         except RegistryError as exc:
             config, found, etcd_error = None, None, str(exc)
-        device, device_error = read_device(config, overlay_network(subnet_env))
+        mine = [lease for lease in found or () if lease.subnet == subnet]
+        public_ip = str(mine[0].attrs.public_ip) if mine else None
+        device, device_error = read_device(config, overlay_network(subnet_env), public_ip)
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,4 +72,24 @@ def test_bench_only_events_prints_additions_updates_removals_and_the_hold_down()
         assert row is not None and re.search(r"\d+(\.\d+)? (ms|s) / \d", row), done.stdout[-3000:]
     assert "full passes meanwhile, by trigger: timer" in done.stdout
     for name in re.findall(r"^lab (\w+):", done.stdout, re.MULTILINE):
+        assert not lab_namespaces(name), f"lab {name} left namespaces behind"
+
+
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3 (deploy/setup.sh)")
+def test_bench_only_udp_prints_both_backends_and_the_forwarders_cpu() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "overlayd", "bench", "--only", "udp", "--tcp-seconds", "1",
+         "--tcp-rounds", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for figure, unit in (("TCP container → container over udp", "Mbit/s"),
+                         ("TCP container → container over vxlan", "Mbit/s"),
+                         ("udp forwarders' CPU (both hosts) per Gbit", "s")):  # fmt: skip
+        row = next((line for line in lines if line.startswith(figure)), None)
+        assert row is not None and re.search(rf"\d+(\.\d+)? {unit}", row), done.stdout[-3000:]
+    labs = re.findall(r"^lab (\w+):", done.stdout, re.MULTILINE)
+    assert len(labs) == 2, done.stdout[-3000:]
+    for name in labs:
         assert not lab_namespaces(name), f"lab {name} left namespaces behind"

@@ -280,8 +280,8 @@ def test_a_lease_with_a_bad_key_is_skipped_named_and_never_reached_in_clear(lab:
         assert "PublicKey" in line and "not-a-key" in line, line
         assert all(endpoint != f"{STRANGER_IP}:{PORT}" for endpoint, _ in peers(h1).values())
         assert "dev flannel-wg" in sh("ip", "route", "get", "198.18.251.7", netns=h1.netns)
-        table, ok = lab.container_ping_table()
-        assert ok, table
+        # Retried: once a pair missed its three probes here, on a loaded machine, and met at the next.
+        wait_for(lambda: lab.container_ping_table()[1], 15, "the other containers still reaching each other")
     finally:
         lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
 
@@ -341,19 +341,22 @@ def test_a_host_joining_with_a_foreign_tun_device_of_that_name_replaces_it(lab: 
     assert lab.ping(h4, str(lab.hosts[0].flannel_address()), count=2)
 
 
-def test_a_key_file_holding_no_key_stops_the_agent_naming_it_and_is_kept(lab: Lab) -> None:
+def test_a_key_file_holding_no_key_holds_the_agent_back_naming_it_until_fixed(lab: Lab) -> None:
     host = lab.add_host(start_agent=False)
     key_file = Path(host.dir) / "state" / "wireguard-key"
     key_file.parent.mkdir(mode=0o700, parents=True)
     key_file.write_text("not a key\n")
     lab.start_agent(host)
-    _, status = os.waitpid(host.pid, 0)
-    host.pid = 0
-    assert os.waitstatus_to_exitcode(status) == 2  # a configuration error: not restarted
+    named = f"WireGuard private key file {key_file} holds no key"
+    wait_for(lambda: named in host.log_file.read_text(), 20, "the key file named in the log")
     log = host.log_file.read_text()
-    assert f"WireGuard private key file {key_file} holds no key" in log and "wg genkey" in log, log[-800:]
-    assert "not a key" not in log and "Traceback" not in log
-    assert key_file.read_text() == "not a key\n"
+    assert "wg genkey" in log and "not a key" not in log and "Traceback" not in log, log[-800:]
+    status, body = Lab.http_get(host, "/readyz")
+    assert status == 503 and named in body
+    assert key_file.read_text() == "not a key\n"  # nothing replaced behind the operator's back
+    key_file.unlink()  # the documented fix: a new key is generated at the next attempt
+    wait_for(lambda: host.subnet_env(), 60, "the host to go on once the file is gone")
+    assert log.count(named) == 1
 
 
 def exited(pid: int) -> bool:

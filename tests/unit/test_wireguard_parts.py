@@ -15,7 +15,7 @@ from overlayd.backend.desired import DesiredEntries, Plane, PlaneDiff, Route, Wg
 from overlayd.backend.select import install
 from overlayd.backend.wireguard.backend import wireguard_entries
 from overlayd.backend.wireguard.config import Mode, WireguardConfig, config_fields, parse_wireguard_config
-from overlayd.backend.wireguard.device import SYSTEMD_UNIT, peer_changes, wireguard_go_command
+from overlayd.backend.wireguard.device import peer_changes
 from overlayd.backend.wireguard.keys import KEY_FILE_ENV, BadKey, key_file, load_or_create_key, parse_key
 from overlayd.backend.wireguard.lease import public_key_of, wireguard_lease_attrs
 from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, parse_dump
@@ -180,18 +180,6 @@ def test_a_sealed_underlay_drops_new_clear_connections_into_the_network_only() -
     assert sealed.index(rule) < sealed.index("ip saddr 198.18.0.0/16 accept")  # before the accepts
     assert rule in render_table(FirewallSpec(net, own, False, False, sealed_underlay="eth0"))
     assert "iifname" not in render_table(FirewallSpec(net, own, False, True))
-
-
-def test_wireguard_go_gets_a_unit_of_its_own_under_systemd_and_daemonizes_elsewhere() -> None:
-    binary = "/usr/bin/wireguard-go"
-    assert wireguard_go_command(binary, "flannel-wg", {}) == [binary, "flannel-wg"]
-    under_systemd = wireguard_go_command("/usr/bin/wireguard-go", "flannel-wg", {"INVOCATION_ID": "x"})
-    if shutil.which("systemd-run"):
-        assert under_systemd[0].endswith("systemd-run")
-        assert f"--unit={SYSTEMD_UNIT}-flannel-wg" in under_systemd
-        assert under_systemd[-3:] == ["/usr/bin/wireguard-go", "-f", "flannel-wg"]
-    else:  # no systemd-run to ask: wireguard-go daemonizes as elsewhere
-        assert under_systemd == ["/usr/bin/wireguard-go", "flannel-wg"]
 
 
 def test_peer_changes_give_wg_each_touched_peer_whole_and_remove_only_the_emptied() -> None:

@@ -430,24 +430,34 @@ def create_link_request(seq: int, name: str, kind: str, mtu: int) -> bytes:
     return _message(RTM_NEWLINK, CREATE, seq, body)
 
 
-def link_route_request(seq: int, ifindex: int, dst: IPv4Network, add: bool = True) -> bytes:
-    """``ip route replace <dst> dev <ifindex> scope link`` (a whole network onto one device), or
-    ``ip route del`` of it."""
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT if add else 0,
-                       RT_SCOPE_LINK if add else RT_SCOPE_NOWHERE, RTN_UNICAST if add else 0, 0)
-    body += (_attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
-             + _attr(RTA_TABLE, _U32.pack(MAIN_TABLE)))
-    return _message(RTM_NEWROUTE if add else RTM_DELROUTE, REPLACE if add else DELETE, seq, body)
+# -- a route to a whole network on a device, without a gateway (the udp backend's into flannel0,
+# -- the wireguard backend's Network onto flannel-wg) --
 
 
-def link_routes(message: Message, ifindex: int) -> IPv4Network | None:
-    """The destination of a main-table IPv4 route without a gateway on ``ifindex``, else None."""
-    family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(message.body)
+def device_route_request(
+    seq: int, ifindex: int, dst: IPv4Network, add: bool, scope_link: bool = False
+) -> bytes:
+    """``ip route add|del <dst> dev <ifindex>`` (scope universe, protocol boot, as flanneld's udp;
+    ``scope_link``: scope link, as flanneld's wireguard)."""
+    flags = CREATE if add else DELETE
+    scope = RT_SCOPE_LINK if scope_link else RT_SCOPE_UNIVERSE
+    protocol, scope, kind = (RTPROT_BOOT, scope, RTN_UNICAST) if add else (0, RT_SCOPE_NOWHERE, 0)
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind, 0)
+    body += _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
+    body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
+    return _message(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
+
+
+def decode_device_route(message: Message, ifindex: int) -> IPv4Network | None:
+    """The destination of a main-table IPv4 unicast route on ``ifindex`` without a gateway."""
+    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(message.body)
     attrs = _attrs(message.body, _RTMSG.size)
-    oif = _u32(attrs.get(RTA_OIF))
-    if family != socket.AF_INET or oif != ifindex or RTA_GATEWAY in attrs:
+    if RTA_TABLE in attrs:
+        table = _U32.unpack(attrs[RTA_TABLE])[0]
+    oif = attrs.get(RTA_OIF)
+    if family != socket.AF_INET or table != MAIN_TABLE or kind != RTN_UNICAST or RTA_GATEWAY in attrs:
         return None
-    if _u32(attrs.get(RTA_TABLE)) not in (None, MAIN_TABLE) or table != MAIN_TABLE:
+    if oif is None or _U32.unpack(oif)[0] != ifindex:
         return None
     dst = attrs.get(RTA_DST, b"\0\0\0\0")
     return IPv4Network((int.from_bytes(dst, "big"), dst_len))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
@@ -64,6 +64,7 @@ class Vxlan:
     data_codec: ClassVar[VxlanLeaseData] = VxlanLeaseData()
     parse_config = staticmethod(parse_vxlan_config)
     device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
@@ -131,6 +132,9 @@ class Vxlan:
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(device.ifindex, diff)
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)

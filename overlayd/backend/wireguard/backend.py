@@ -16,7 +16,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.wireguard import wgtool
 from overlayd.backend.wireguard.config import (
@@ -63,6 +63,7 @@ class Wireguard:
     data_codec: ClassVar[WireguardLeaseData] = WireguardLeaseData()
     parse_config = staticmethod(parse_wireguard_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._kernel: WgKernel | None = None
@@ -149,6 +150,9 @@ class Wireguard:
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(DEVICE_NAME, device.ifindex, diff, self._peer_settings)
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is a WireGuard peer and a route
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         port = settings(config).listen_port

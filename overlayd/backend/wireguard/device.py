@@ -33,14 +33,14 @@ from overlayd.backend.rtnl.codec import (
     address_request,
     create_link_request,
     decode_address,
+    decode_device_route,
     decode_entry,
     decode_link,
     delete_link_request,
+    device_route_request,
     dump_addresses_request,
     encode_entry,
     get_link_request,
-    link_route_request,
-    link_routes,
     route_dump_request,
     set_link_request,
 )
@@ -58,18 +58,13 @@ WIREGUARD_GO = "wireguard-go"
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 UAPI_DIR = Path("/var/run/wireguard")  # wireguard-go's sockets, where `wg` looks for them
 SERVED_WITHIN = 5.0  # seconds a started wireguard-go gets to open its socket
-SYSTEMD_UNIT = "overlayd-wireguard-go"
 
 
-def wireguard_go_command(binary: str, name: str, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """How to start wireguard-go so that it outlives the agent. Under systemd (``INVOCATION_ID``
-    set) in a transient unit of its own: in the agent's unit, a restart of it would stop
-    wireguard-go with it, and that unit's sandbox has no /dev/net/tun. Elsewhere, wireguard-go
-    daemonizes itself (its first process exits once the device is up)."""
-    systemd_run = shutil.which("systemd-run")
-    if environ.get("INVOCATION_ID") and systemd_run:
-        return [systemd_run, f"--unit={SYSTEMD_UNIT}-{name}", "--collect", "--quiet",
-                "--setenv=WG_PROCESS_FOREGROUND=1", "--setenv=LOG_LEVEL=error", binary, "-f", name]
+def wireguard_go_command(binary: str, name: str) -> list[str]:
+    """How to start wireguard-go so that it outlives the agent: it daemonizes itself (its first
+    process exits once the device is up), here in a session of its own. Under the shipped systemd
+    unit it stays in the agent's unit, whose ``KillMode=process`` leaves it running when the agent
+    stops or restarts, as the udp backend's forwarder."""
     return [binary, name]
 
 
@@ -222,14 +217,15 @@ class WgKernel:
     def _fix_network_route(self, index: int, spec: WgDeviceSpec, actions: list[str]) -> None:
         """Route exactly the Network onto the device (a changed Network's old route goes)."""
         seq = self._rtnl.next_seq()
-        routed = {link_routes(m, index) for m in self._rtnl.dump(route_dump_request(index, seq), seq)}
+        dump = self._rtnl.dump(route_dump_request(index, seq), seq)
+        routed = {decode_device_route(message, index) for message in dump}
         for stale in sorted(net for net in routed if net is not None and net != spec.network):
             self._write_link(spec.name, f"remove the route of {stale}",
-                             lambda s, i, stale=stale: link_route_request(s, i, stale, add=False), index)
+                             lambda s, i, stale=stale: device_route_request(s, i, stale, add=False), index)
             _record(spec.name, f"removed the route of {stale} from {spec.name}", actions)
         if spec.network not in routed:
-            self._write_link(spec.name, f"route {spec.network} onto it",
-                             lambda s, i: link_route_request(s, i, spec.network), index)
+            route = partial(device_route_request, dst=spec.network, add=True, scope_link=True)
+            self._write_link(spec.name, f"route {spec.network} onto it", route, index)
             _record(spec.name, f"routed {spec.network} onto {spec.name}", actions)
 
     def delete(self, name: str) -> bool:
