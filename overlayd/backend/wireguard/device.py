@@ -17,9 +17,10 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
@@ -58,6 +59,7 @@ WIREGUARD_GO = "wireguard-go"
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 UAPI_DIR = Path("/var/run/wireguard")  # wireguard-go's sockets, where `wg` looks for them
 SERVED_WITHIN = 5.0  # seconds a started wireguard-go gets to open its socket
+DISCARD_PORT = 9  # where the datagrams that start handshakes go
 
 
 def wireguard_go_command(binary: str, name: str) -> list[str]:
@@ -267,6 +269,7 @@ class WgKernel:
         failures += self._routes(ifindex, diff.add.routes, replace=True)
         if failures:
             raise ApplyError(failures)
+        start_handshakes(min(nets).network_address for _, nets in wanted.values() if nets)
 
     def _routes(self, ifindex: int, routes: frozenset[Route], replace: bool) -> list[str]:
         requests = []
@@ -303,6 +306,20 @@ def peer_changes(
         else:
             gone.add(key)
     return wanted, gone
+
+
+def start_handshakes(addresses: Iterable[IPv4Address]) -> None:
+    """Send one empty datagram through the tunnel to each of ``addresses`` (peers' device
+    addresses), so WireGuard starts their handshakes now. The side that adds the other as a peer
+    first has its handshake dropped (the other does not know its key yet) and tries again only
+    after 5 s; the side that adds it second gets through at once, and the first pings pass."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for address in addresses:
+            try:
+                sock.sendto(b"", (str(address), DISCARD_PORT))
+            except OSError as err:  # no route yet, a full queue: the first real packet starts it
+                log.debug("no handshake started towards %s: %s", address, err)
 
 
 def _record(name: str, action: str, actions: list[str]) -> None:
