@@ -36,12 +36,10 @@ from overlayd.backend.rtnl.codec import (
     decode_address,
     decode_device_route,
     decode_entry,
-    decode_link,
     delete_link_request,
     device_route_request,
     dump_addresses_request,
     encode_entry,
-    get_link_request,
     route_dump_request,
     set_link_request,
 )
@@ -97,13 +95,7 @@ class WgKernel:
     # -- the device -----------------------------------------------------------------------------
 
     def find(self, name: str) -> Link | None:
-        seq = self._rtnl.next_seq()
-        try:
-            return decode_link(self._rtnl.get(get_link_request(seq, name=name), seq))
-        except OSError as err:
-            if err.errno == errno.ENODEV:
-                return None
-            raise
+        return self._rtnl.find_link(name)
 
     def ensure(self, spec: WgDeviceSpec) -> tuple[DeviceState, list[str]]:
         """Make the device match ``spec`` (creating it, or starting wireguard-go); the changes."""
