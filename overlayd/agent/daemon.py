@@ -44,13 +44,13 @@ from overlayd.agent.startup import (
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
-from overlayd.backend.api import Backend, BackendError, HostFacts
+from overlayd.backend.api import Backend, HostFacts, HostUnfit
 from overlayd.backend.iface import ExternalInterface, select_interface
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.backend.select import backend_for
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry
-from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.firewall import network_firewall
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
@@ -79,7 +79,7 @@ class Agent(ConfigFollower):
         self.own_attrs: LeaseAttrs | None = None  # what our lease publishes (the backend says)
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.state = PeerState(self.bad_leases)
-        self.reconciler = Reconciler(options, self.metrics, self.state, Firewall())
+        self.reconciler = Reconciler(options, self.metrics, self.state, network_firewall(options.etcd_prefix))
         self.health = HealthReporter(self.metrics, self.notifier, self.state)
         self.retrier = Retrier(self.stopping, self.notifier, self.health)
         self.first_listing: tuple[list[Lease], int] | None = None  # the lease's; the watch starts there
@@ -144,7 +144,7 @@ class Agent(ConfigFollower):
             log.info("ignoring flanneld option %s", ignored)
         try:
             self.lock_fd = lock_state_dir(self.options.state_dir)
-            self.network_claim = claim_this_network(self.options.etcd_prefix)
+            self.network_claim = claim_this_network(self.options.etcd_prefix, self.options.subnet_file)
             servers = start_http(self.metrics, self.options)
             if servers is None:
                 return 1
@@ -184,7 +184,7 @@ class Agent(ConfigFollower):
             self.own_attrs = self.retrier.retry("preparing this host's lease", prepare)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
-        except BackendError as exc:  # this host cannot run the config's backend (host-gw behind NAT)
+        except HostUnfit as exc:  # this host cannot run the config's backend (host-gw behind NAT)
             raise StartError(str(exc)) from None
         if self.own_attrs is None:
             return False

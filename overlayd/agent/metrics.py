@@ -42,6 +42,7 @@ REPAIRS = {
     "device": ("fix",),
     "firewall": ("fix",),
     "subnet_env": ("fix",),
+    "blackhole_route": ("fix",),  # --ip-blackhole-route
 }
 Address = tuple[str, int]
 # A scrape or probe sends its request at once and reads a small answer: seconds are plenty, and
@@ -173,7 +174,7 @@ class Metrics:
         # A full pass's steps fail alone: one refused entry leaves the firewall and subnet.env repaired.
         self.pass_step_failures = Counter(
             "overlayd_reconcile_step_failures",
-            "Full-pass steps that failed (firewall, device, entries), retried on the next pass",
+            "Full-pass steps that failed (firewall, device, entries, blackhole), retried on the next pass",
             ["step"],
             registry=r,
         )

@@ -27,6 +27,7 @@ from overlayd.agent.peerlog import PeerChange as Logged
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
 from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.blackhole import BlackholeRoute
 from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
@@ -37,7 +38,7 @@ from overlayd.subnet.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)
 
-STEPS = ("firewall", "device", "entries")
+STEPS = ("firewall", "device", "entries", "blackhole")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Reconciler:
         }
         self.subnet_file = SubnetFile(options.subnet_file)
         self.drops = DropWatch(firewall, metrics)
+        self.blackhole = BlackholeRoute()
+        self.blackhole_cleared = False  # option off: a previous run's route looked for (once)
         self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.peer_log = PeerLogBudget()  # a lease flood is summed up, not logged line by line
 
@@ -210,7 +213,7 @@ class Reconciler:
     # ---- the full pass ---------------------------------------------------------------------------
 
     def full_pass(self, trigger: Trigger) -> PassOutcome:
-        """Dump, diff and repair firewall, device, entries and subnet.env; never raises."""
+        """Dump, diff and repair firewall, device, entries, blackhole route and subnet.env; never raises."""
         state = self.state
         config, lease = state.config, state.lease
         backend, host = self.backend, self.host
@@ -224,6 +227,7 @@ class Reconciler:
                 ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
                 ("device", lambda: self._ensure_device(trigger, backend, host)),
                 ("entries", lambda: self._ensure_entries(trigger)),
+                ("blackhole", lambda: self._ensure_blackhole(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
             mtu = backend.container_mtu(config, host.external_mtu)
             if self.subnet_file.write(SubnetEnv(config.network, lease.subnet, mtu, self.options.ip_masq)):
@@ -275,15 +279,27 @@ class Reconciler:
             ip_masq=self.options.ip_masq,
             forward_rules=self.options.iptables_forward_rules,
             ingress_allowlist=allowlist,
-            ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
+            ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
+                     if ingress else None),
             ingress_sources=sources,
             sealed_underlay=self.host.external_ifname if ingress and ingress.sealed and self.host else None,
+            masq_fully_random=not self.options.ip_masq_fully_random_disable,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
+
+    def _ensure_blackhole(self, trigger: Trigger) -> None:
+        config, lease = self.state.config, self.state.lease
+        assert config is not None and lease is not None
+        wanted = lease.subnet if self.options.ip_blackhole_route else None
+        if wanted is None and self.blackhole_cleared:
+            return
+        if self.blackhole.ensure(config.network, wanted):
+            self._count_repair(trigger, "blackhole_route", "fix")
+        self.blackhole_cleared = wanted is None
 
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 from overlayd.backend.desired import Entry, Plane, PlaneDiff
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
@@ -28,6 +29,10 @@ DriftProbe = tuple[float, Callable[[], str | None]]
 
 class BackendError(Exception):
     """A device could not be set up as asked; the message names the device and the cause."""
+
+
+class HostUnfit(BackendError):
+    """This host cannot run the backend at all (host-gw behind a NAT): waiting will not help."""
 
 
 class ApplyError(BackendError):
@@ -59,6 +64,8 @@ class UnderlayIngress:
     protocol: Literal["udp"]
     port: int
     name: str
+    # This network's packets among others on the same port (VXLAN's VNI); None: every packet there.
+    network_field: HeaderField | None = None
     # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
     # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
     sealed: bool = False

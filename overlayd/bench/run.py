@@ -7,6 +7,9 @@ Two labs under random prefixes, torn down in ``finally`` (also on Ctrl-C and SIG
   cost, event latency and churn are measured, and the CNI plugin's ADD and DEL on that host;
 - data path (unless ``--no-tcp``), for each of ``--backends``: two hosts with one container each
   (the installed CNI plugin), iperf3 container → container against host → host.
+
+``--only docker`` (a lab of its own, not part of the full run): ``docker run`` through the Docker
+plugin beside Docker's bridge driver (``docker.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from overlayd.backend.select import BACKENDS
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
 from overlayd.bench.datapath import DataPath, device_made, throughput
+from overlayd.bench.docker import docker_rows, docker_run_times
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
@@ -89,6 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--idle", type=float, default=30, help="seconds of idle measurement (default 30; the goal is over 60)"
     )
     add("--cni-runs", type=int, default=30, help="CNI ADD+DEL rounds per variant (default 30)")
+    add("--docker-runs", type=int, default=20, help="docker run -d per network in --only docker (default 20)")
     add("--tcp-seconds", type=int, default=5, help="iperf3 -t per run (default 5)")
     add("--tcp-rounds", type=int, default=2, help="alternating host/container iperf3 runs (default 2)")
     add("--no-tcp", action="store_true", help="skip the data-path labs")
@@ -100,10 +105,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add(
         "--only",
-        choices=["cni", "tcp", "events", "udp"],
+        choices=["cni", "tcp", "events", "udp", "docker"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
         "path, --tcp-rounds pairs, events: lease events at --peers, udp: the udp backend against the "
-        "in-kernel one and the forwarders' CPU, --tcp-rounds pairs); not with --docs",
+        "in-kernel one and the forwarders' CPU, --tcp-rounds pairs, docker: `docker run` through the "
+        "docker plugin beside Docker's bridge driver, --docker-runs each); not with --docs",
     )
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
@@ -131,7 +137,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only in ("cni", "events") else ["iperf3"])
+    without_tcp = args.no_tcp or args.only in ("cni", "events", "docker")
+    needs = ["etcd", "ip", "bridge"] + ([] if without_tcp else ["iperf3"])
+    needs += ["dockerd", "docker"] if args.only == "docker" else []
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
@@ -249,6 +257,13 @@ def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
         results["cni"] = cni_add_del(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
 
 
+def docker_only(args: argparse.Namespace, root: str, results: dict) -> None:
+    """``docker run`` on one lab host: the plugin's network beside Docker's bridge driver."""
+    lab = converged_lab(root, results, 1, "one host with dockerd and the docker plugin")
+    print(f"docker run -d: plugin and bridge networks, {args.docker_runs} runs each ...", flush=True)
+    results["docker"] = docker_run_times(lab, lab.hosts[0], args.docker_runs)
+
+
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
     """The data path of each of ``--backends`` in turn, each lab down before the next is built."""
     for backend in args.backends:
@@ -359,6 +374,8 @@ def main(argv: list[str]) -> int:
             events_only(args, root, raw)
         elif args.only == "udp":
             raw["udp"] = udp_rounds(root, raw["labs"], args.tcp_seconds, args.tcp_rounds)
+        elif args.only == "docker":
+            docker_only(args, root, raw)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -376,6 +393,8 @@ def main(argv: list[str]) -> int:
             only = event_rows(args.peers, raw["events"], raw["changes"])
         elif args.only == "udp":
             only = udp_rows(raw["udp"], args.tcp_seconds)
+        elif args.only == "docker":
+            only = docker_rows(raw["docker"])
         else:
             tcp = [row for path in raw.get("tcp", []) for row in tcp_rows(path)]
             only = cni_rows(raw["cni"]) if args.only == "cni" else tcp

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.backend.api import DeviceState
-from overlayd.backend.select import CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.netfilter.names import names_for_prefix
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.subnet.subnetenv import parse_keys
@@ -87,6 +88,8 @@ class HostStatus:
     own_lease: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None  # every lease, with --cluster
     etcd_error: str | None = None
+    # This network's firewall objects, named from --etcd-prefix: "ip <table>, iptables <chain>".
+    firewall: str = ""
 
     @property
     def nothing_read(self) -> bool:
@@ -268,6 +271,8 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
     else:
         lines.append(f"  etcd lease  {status.etcd_error or 'none found for this host'}")
+    if status.firewall:
+        lines.append(f"  firewall    nftables table {status.firewall}")
     if status.leases is not None:
         lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
         header = ("SUBNET", "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
@@ -295,18 +300,34 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
         return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
 
 
+def _present_type() -> str:
+    """The type of the first backend owning a device here (the config, and so the type, unknown)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = [str(link.get("IFLA_IFNAME")) for link in ipr.get_links()]
+    for backend_type, backend in BACKENDS.items():
+        owner = backend()
+        try:
+            if any(owner.owns_device(name, None) for name in names):
+                return backend_type
+        finally:
+            owner.close()
+    return DEFAULT_TYPE
+
+
 def read_device(
     config: NetworkConfig | None, network: IPv4Network | None, public_ip: str | None = None
 ) -> tuple[DeviceView | None, str | None]:
-    """The backend's device for ``config`` (when it is unknown: any device of the default
-    backend) in this namespace; for a backend without one (host-gw), the interface holding our
-    lease's ``public_ip``, where its routes are.
+    """The backend's device for ``config`` in this namespace (the config unknown: the first
+    device some backend owns, else the default backend's); for a backend without one (host-gw),
+    the interface holding our lease's ``public_ip``, where its routes are.
 
     Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
     a peer reached directly is programmed too."""
     from pyroute2 import IPRoute
 
-    backend = backend_for(config.backend.type if config is not None else DEFAULT_TYPE)
+    backend = backend_for(config.backend.type if config is not None else _present_type())
     if config is not None and not backend.routes_traffic:
         backend.close()
         return None, f"none: the {config.backend.type} backend makes no device"
@@ -433,4 +454,10 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         own_lease=own,
         leases=leases,
         etcd_error=etcd_error,
+        firewall=_firewall_names(options.etcd_prefix),
     )
+
+
+def _firewall_names(prefix: str) -> str:
+    names = names_for_prefix(prefix)
+    return f"ip {names.table}, iptables chain {names.forward_chain}"

@@ -16,6 +16,7 @@ from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, back
 from overlayd.backend.udp.config import UdpConfig
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.backend.vxlan.lease import vxlan_lease_attrs
+from overlayd.base.headerfield import HeaderField
 from overlayd.netfilter.firewall import FirewallSpec, IngressGuard, render_table
 from overlayd.subnet.config import BackendParsers, ConfigError, ConfigFields, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_attrs, encode_attrs
@@ -109,7 +110,9 @@ def test_peer_entries_over_vxlan_or_direct() -> None:
 
 
 def test_underlay_ingress_is_udp_to_the_vxlan_port_with_the_sets_operators_know() -> None:
-    assert Vxlan().underlay_ingress(config()) == UnderlayIngress("udp", 8472, "vxlan")
+    vni_1 = HeaderField(96, 24, 1)  # the VNI: another network's VXLAN on the same port is not ours to judge
+    assert Vxlan().underlay_ingress(config()) == UnderlayIngress("udp", 8472, "vxlan", vni_1)
+    assert Vxlan().underlay_ingress(config({"VNI": 7})).network_field == HeaderField(96, 24, 7)
     assert Vxlan().underlay_ingress(config({"Port": 4789})).port == 4789
     assert Vxlan().device_names(config({"VNI": 7})) == ("flannel.7",)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import BackendError, DeviceState, HostFacts, PeerActions
+from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
 from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
 from overlayd.backend.hostgw.config import TYPE, HostGwConfig, config_fields, parse_host_gw_config
 from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_segment
@@ -56,7 +56,7 @@ class HostGw:
     def lease_data(self, config: NetworkConfig, host: HostFacts) -> LeaseAttrs:
         """Our PublicIP, which must be the external interface's own address: peers route to it."""
         if host.public_ip != host.external_ip:
-            raise BackendError(
+            raise HostUnfit(
                 f"host-gw: PublicIP {host.public_ip} is not {host.external_ifname}'s address "
                 f"{host.external_ip} (a NAT, or --public-ip set to another address): peers would route "
                 f"this host's subnet to an address it does not hold. Drop --public-ip, or use Backend "

@@ -19,6 +19,7 @@ from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # The allowlist's nftables sets are named after it (``vxlan_peers``, ``vxlan_dropped``), as
 # operators know them.
 INGRESS_NAME = TYPE
+# The VNI in the VXLAN header: after the 8-byte UDP header, a flags byte and 3 reserved bytes.
+VNI_OFFSET, VNI_BITS = 96, 24
 DEVICE_PREFIX = "flannel."
 
 
@@ -137,7 +140,9 @@ class Vxlan:
         return None  # every peer is kernel entries
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
-        return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
+        section = settings(config)
+        return UnderlayIngress(protocol="udp", port=section.port, name=INGRESS_NAME,
+                               network_field=HeaderField(VNI_OFFSET, VNI_BITS, section.vni))
 
     def drift_probe(self, config: NetworkConfig) -> None:
         return None  # the device's every entry is reported by netlink
