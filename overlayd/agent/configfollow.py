@@ -77,7 +77,7 @@ class ConfigFollower:
         self.monitor = monitor = NetlinkMonitor(
             (*backend.device_names(config), external)[0],
             lambda: reconciler.device.ifindex if reconciler.device else 0,
-            self.events.put, self._is_echo, reconciler.writing,
+            self.events.put, self._is_echo, reconciler.writing, backend.drift_probe(config),
         )  # fmt: skip
         reconciler.monitor_alive = lambda: monitor.alive
         monitor.start()

@@ -173,7 +173,8 @@ class PeerState:
                 claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
                 assert self.backend is not None and self.host is not None
                 direct = self.backend.reached_directly(self.config, self.host)
-                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry)
+                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry,
+                                         self.backend.peer_entries)
             held = {held.key: held.lease for held in self.holds}  # their entries stay until due
             for key in desired.keys() - self.peers.keys() - held.keys():
                 desired.load(key, None)

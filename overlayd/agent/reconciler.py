@@ -52,8 +52,9 @@ class PassOutcome:
 
 
 def _public_ips(plane: Plane) -> set[IPv4Address]:
-    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
-    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    """The PublicIPs that ``plane``'s FDB entries, direct routes and WireGuard peers send to."""
+    sent = {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    return sent | {peer.dst for peer in plane.peers}
 
 
 class Reconciler:
@@ -170,9 +171,8 @@ class Reconciler:
             return
         elif new is not None and change.is_peer:
             kind = Logged.CHANGED if old is not None and change.was_peer else Logged.ADDED
-            self._log_peer(
-                kind, "peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac
-            )
+            mac = f" (MAC {new.attrs.vtep_mac})" if new.attrs.vtep_mac else ""
+            self._log_peer(kind, "peer %s at %s%s", new.subnet, new.attrs.public_ip, mac)
         elif old is not None:
             self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
 
@@ -282,6 +282,7 @@ class Reconciler:
             ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
                      if ingress else None),
             ingress_sources=sources,
+            sealed_underlay=self.host.external_ifname if ingress and ingress.sealed and self.host else None,
             masq_fully_random=not self.options.ip_masq_fully_random_disable,
         )
 
@@ -373,7 +374,7 @@ class Reconciler:
     def _log_diff(self, diff: PlaneDiff, trigger: Trigger) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
             kinds = (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes),
-                     ("direct_route", plane.direct))  # fmt: skip
+                     ("direct_route", plane.direct), ("wireguard_peer", plane.peers))  # fmt: skip
             for kind, entries in kinds:
                 if entries:
                     self._count_repair(trigger, kind, action, len(entries))

@@ -23,6 +23,9 @@ from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
+# (seconds between checks, the check): the check returns why a full pass is needed, or None.
+DriftProbe = tuple[float, Callable[[], str | None]]
+
 
 class BackendError(Exception):
     """A device could not be set up as asked; the message names the device and the cause."""
@@ -63,6 +66,9 @@ class UnderlayIngress:
     name: str
     # This network's packets among others on the same port (VXLAN's VNI); None: every packet there.
     network_field: HeaderField | None = None
+    # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
+    # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,11 @@ class Backend(Protocol):
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress | None:
         """What the ingress allowlist guards; None: nothing arrives on the underlay to guard."""
+        ...
+
+    def drift_probe(self, config: NetworkConfig) -> DriftProbe | None:
+        """A check the netlink monitor runs between messages, for state no message reports;
+        None: every change of the backend's state is a netlink message."""
         ...
 
     def remove(self, config: NetworkConfig) -> list[str]:

@@ -134,6 +134,9 @@ class FirewallSpec:
     # every peer's traffic meanwhile.
     ingress_sources: frozenset[IPv4Address] | None = frozenset()
     masq_fully_random: bool = True  # False: --ip-masq-fully-random-disable
+    # The underlay interface on which new connections into the Network are dropped (the backend's
+    # tunnel is the only way in); DNAT'd ones (hostPort, NodePort) and replies pass. None: none.
+    sealed_underlay: str | None = None
 
     @property
     def guarded(self) -> IngressGuard | None:
@@ -166,11 +169,12 @@ def render_table(spec: FirewallSpec, table: str = LEGACY_TABLE, features: NftFea
             f"ip saddr != {net} ip daddr {sub} return",
             f"ip saddr != {net} ip daddr {net} {masquerade}",
         ]))
-    if spec.forward_rules:
-        chains.append(_chain("forward", "filter hook forward priority filter", [
-            f"ip saddr {net} accept",
-            f"ip daddr {net} accept",
-        ]))
+    forward = [f"ip saddr {net} accept", f"ip daddr {net} accept"] if spec.forward_rules else []
+    if spec.sealed_underlay is not None:
+        forward.insert(0, f'iifname "{spec.sealed_underlay}" ip daddr {net} '
+                          "ct state != { established, related } ct status ! dnat counter drop")
+    if forward:
+        chains.append(_chain("forward", "filter hook forward priority filter", forward))
     return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
 
 

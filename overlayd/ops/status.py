@@ -38,6 +38,7 @@ class DeviceView:
     routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24"
     neighbours: int
     fdb_entries: int
+    tunnel_peers: int = 0  # a WireGuard device's peers
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(
             f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}: {len(dev.routes)} routes, "
             f"{dev.neighbours} neighbours, {dev.fdb_entries} fdb entries"
+            + (f", {dev.tunnel_peers} tunnel peers" if dev.tunnel_peers else "")
         )
     else:
         lines.append(f"  device      {status.device_error}")
@@ -357,6 +359,7 @@ def read_device(
         routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
+        tunnel_peers=len({peer.public_key for peer in plane.peers}),
     ), None
 
 

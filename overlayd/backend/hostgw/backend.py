@@ -108,6 +108,9 @@ class HostGw:
     def peer_actions(self) -> PeerActions | None:
         return None  # every peer is kernel entries
 
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
+
     def underlay_ingress(self, config: NetworkConfig) -> None:
         return None  # packets arrive as they are: nothing to tell overlay traffic by
 

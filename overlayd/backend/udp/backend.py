@@ -136,6 +136,9 @@ class Udp:
     def peer_actions(self) -> PeerActions | None:
         return None  # every peer is kernel entries
 
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
+
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
 

@@ -144,6 +144,9 @@ class Vxlan:
         return UnderlayIngress(protocol="udp", port=section.port, name=INGRESS_NAME,
                                network_field=HeaderField(VNI_OFFSET, VNI_BITS, section.vni))
 
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # the device's every entry is reported by netlink
+
     def remove(self, config: NetworkConfig) -> list[str]:
         """The device ``flannel.<VNI>`` and the direct routes on its underlay into the Network."""
         section = settings(config)
