@@ -78,6 +78,7 @@ class ConfigFollower:
             (*backend.device_names(config), external)[0],
             lambda: reconciler.device.ifindex if reconciler.device else 0,
             self.events.put, self._is_echo, reconciler.writing, reconciler.ipv6_device,
+            backend.drift_probe(config),
         )  # fmt: skip
         reconciler.monitor_alive = lambda: monitor.alive
         monitor.start()

@@ -21,9 +21,11 @@ def firewall_spec(
     options: AgentOptions,
     ingress: UnderlayIngress | None,
     peer_sources: PeerSources | None,
+    sealed_underlay: str | None = None,
 ) -> FirewallSpec:
     """The ``FirewallSpec`` of ``config`` for our ``lease``; ``peer_sources`` (None before the first
-    peer listing) gives the PublicIPs the ingress allowlist admits."""
+    peer listing) gives the PublicIPs the ingress allowlist admits; ``sealed_underlay``: the
+    interface new connections into the Network may not arrive on (the backend's tunnel seals it)."""
     allowlist = options.vxlan_ingress_allowlist
     # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
     # Without an allowlist the set is not rendered: no pass over every lease for it.
@@ -38,6 +40,7 @@ def firewall_spec(
         ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
                  if ingress else None),
         ingress_sources=sources,
+        sealed_underlay=sealed_underlay,
         ipv6_network=config.ipv6.network if dual else None,  # type: ignore[union-attr,arg-type]
         ipv6_own_subnet=lease.ipv6_subnet if dual else None,
         masq_fully_random=not options.ip_masq_fully_random_disable,

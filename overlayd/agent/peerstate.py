@@ -14,7 +14,8 @@ from ipaddress import IPv4Address
 
 from overlayd.agent.holddown import HeldPeer, HoldDown, HoldEnd, same_entries
 from overlayd.backend.api import Backend, HostFacts
-from overlayd.backend.desired import DesiredEntries, Plane, PlaneDiff, Rivalry
+from overlayd.backend.desired import DesiredEntries, Rivalry
+from overlayd.backend.plane import Plane, PlaneDiff
 from overlayd.etcd.api import LeaseEvent
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
@@ -176,7 +177,8 @@ class PeerState:
                 assert self.backend is not None and self.host is not None
                 direct = self.backend.reached_directly(self.config, self.host)
                 dual_stack = self.config.ipv6 is not None and self.lease.ipv6_subnet is not None
-                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry, dual_stack)
+                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry, dual_stack,
+                                         self.backend.peer_entries)
             held = {held.key: held.lease for held in self.holds}  # their entries stay until due
             for key in desired.keys() - self.peers.keys() - held.keys():
                 desired.load(key, None)

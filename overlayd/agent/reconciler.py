@@ -29,7 +29,7 @@ from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
 from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
 from overlayd.backend.blackhole import BlackholeRoute
-from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
+from overlayd.backend.plane import Plane, PlaneDiff, diff_planes, without_overwritten
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
 from overlayd.netfilter.firewall import Firewall
@@ -55,8 +55,9 @@ class PassOutcome:
 
 
 def _public_ips(plane: Plane) -> set[IPv4Address]:
-    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
-    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    """The PublicIPs that ``plane``'s FDB entries, direct routes and WireGuard peers send to."""
+    sent = {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    return sent | {peer.dst for peer in plane.peers}
 
 
 class Reconciler:
@@ -174,9 +175,8 @@ class Reconciler:
             return
         elif new is not None and change.is_peer:
             kind = Logged.CHANGED if old is not None and change.was_peer else Logged.ADDED
-            self._log_peer(
-                kind, "peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac
-            )
+            mac = f" (MAC {new.attrs.vtep_mac})" if new.attrs.vtep_mac else ""
+            self._log_peer(kind, "peer %s at %s%s", new.subnet, new.attrs.public_ip, mac)
         elif old is not None:
             self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
 
@@ -275,7 +275,8 @@ class Reconciler:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None
         peer_sources = self.state.peer_ips if self.state.listed else None
-        return firewall_spec(config, lease, self.options, ingress, peer_sources)
+        sealed = self.host.external_ifname if ingress and ingress.sealed and self.host else None
+        return firewall_spec(config, lease, self.options, ingress, peer_sources, sealed)
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
@@ -384,7 +385,7 @@ class Reconciler:
     def _log_diff(self, diff: PlaneDiff, trigger: Trigger) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
             kinds = (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes),
-                     ("direct_route", plane.direct))  # fmt: skip
+                     ("direct_route", plane.direct), ("wireguard_peer", plane.peers))  # fmt: skip
             for kind, entries in kinds:
                 if entries:
                     self._count_repair(trigger, kind, action, len(entries))

@@ -18,10 +18,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
-from overlayd.backend.desired import Entry, Plane, PlaneDiff
+from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
+
+# (seconds between checks, the check): the check returns why a full pass is needed, or None.
+DriftProbe = tuple[float, Callable[[], str | None]]
 
 
 class BackendError(Exception):
@@ -74,6 +77,9 @@ class UnderlayIngress:
     name: str
     # This network's packets among others on the same port (VXLAN's VNI); None: every packet there.
     network_field: HeaderField | None = None
+    # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
+    # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,9 @@ class Backend(Protocol):
         none do, and nothing off the device needs reading on every pass."""
         ...
 
-    def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
-        """The kernel entries one peer needs (``direct``: it is on this host's segment)."""
+    def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
+        """The kernel entries one peer needs (``direct``: it is on this host's segment; ``ipv6``: the
+        network is dual-stack, and a backend that carries IPv6 adds the peer's IPv6 half's)."""
         ...
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
@@ -165,6 +172,11 @@ class Backend(Protocol):
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress | None:
         """What the ingress allowlist guards; None: nothing arrives on the underlay to guard."""
+        ...
+
+    def drift_probe(self, config: NetworkConfig) -> DriftProbe | None:
+        """A check the netlink monitor runs between messages, for state no message reports;
+        None: every change of the backend's state is a netlink message."""
         ...
 
     def remove(self, config: NetworkConfig) -> list[str]:

@@ -1,125 +1,19 @@
-"""Desired kernel state for the VXLAN backend, computed from leases, and its diff against actual.
+"""Desired kernel state, computed from leases (the entries are ``plane``'s).
 
 No I/O here: the reconciler feeds in the peer leases (``DesiredEntries``, kept peer by peer) and
-what netlink reports, and applies the returned difference. Whole entries are compared (a
-neighbour is its IP *and* MAC), so a peer whose VTEP MAC changed yields a removal of the stale
-entry and an addition of the new one.
+what netlink reports, and applies the difference (``plane.diff_planes``). Whole entries are
+compared (a neighbour is its IP *and* MAC), so a peer whose VTEP MAC changed yields a removal of
+the stale entry and an addition of the new one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, KeysView
-from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 
+from overlayd.backend.plane import DirectRoute, Entry, Fdb, Ip, Neigh, Plane, PlaneDiff, Route, WgPeer
 from overlayd.subnet.lease import Lease
-
-Ip = IPv4Address | IPv6Address
-Net = IPv4Network | IPv6Network
-
-# Entries are compared and hashed by a tuple of plain ints and strings made once, at creation
-# (the address's version first: an IPv4 and an IPv6 entry are never equal).
-# The generated methods compared ``ipaddress`` objects, whose ``__eq__`` and ``__hash__`` are
-# Python code: at 1000 peers a full pass's set operations spent ~6 ms in them (py-spy). Each
-# class assigns these in its body, which the dataclass decorator then leaves alone.
-
-
-def _key_eq(self: Neigh | Fdb | Route, other: object) -> bool:
-    if other.__class__ is not self.__class__:
-        return NotImplemented
-    return self._key == other._key  # type: ignore[union-attr]
-
-
-def _key_hash(self: Neigh | Fdb | Route) -> int:
-    return hash(self._key)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Neigh:
-    """Permanent ARP (IPv6: neighbour) entry on the VXLAN device: peer's ``<subnet>.0`` (IPv6:
-    its subnet's network address) → its VTEP MAC."""
-
-    ip: Ip
-    mac: str
-    _key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.ip.version, int(self.ip), self.mac))
-
-    __eq__ = _key_eq
-    __hash__ = _key_hash
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Fdb:
-    """Permanent FDB entry on the VXLAN device: a VTEP MAC lives behind an underlay IP (an
-    IPv6 one on the IPv6 device)."""
-
-    mac: str
-    dst: Ip
-    _key: tuple[int, str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.dst.version, self.mac, int(self.dst)))
-
-    __eq__ = _key_eq
-    __hash__ = _key_hash
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Route:
-    """Route to a peer's subnet via its ``<subnet>.0`` address, onlink, on the VXLAN device (of
-    the subnet's family)."""
-
-    dst: Net
-    gateway: Ip
-    _key: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        key = (self.dst.version, int(self.dst.network_address), self.dst.prefixlen, int(self.gateway))
-        object.__setattr__(self, "_key", key)
-
-    __eq__ = _key_eq
-    __hash__ = _key_hash
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class DirectRoute(Route):
-    """DirectRouting: a route to a peer's subnet via its PublicIP, which is on this host's segment
-    (``ip route replace <subnet> via <PublicIP>``); the kernel picks the underlay device. Never
-    equal to a Route with the same fields: it lives on another device."""
-
-    __eq__ = _key_eq
-    __hash__ = _key_hash
-
-
-@dataclass(frozen=True)
-class Plane:
-    """The peer entries of one host: what we want, or what the kernel holds. The first three
-    kinds live on the VXLAN device of their family, direct routes on the underlay."""
-
-    neighs: frozenset[Neigh] = frozenset()
-    fdbs: frozenset[Fdb] = frozenset()
-    routes: frozenset[Route] = frozenset()
-    direct: frozenset[DirectRoute] = frozenset()
-
-    def __len__(self) -> int:
-        return len(self.neighs) + len(self.fdbs) + len(self.routes) + len(self.direct)
-
-
-@dataclass(frozen=True)
-class PlaneDiff:
-    """What to add and what to remove so that actual becomes desired."""
-
-    add: Plane = field(default_factory=Plane)
-    remove: Plane = field(default_factory=Plane)
-
-    @property
-    def empty(self) -> bool:
-        return not self.add and not self.remove
-
-
-Entry = Neigh | Fdb | Route | DirectRoute
 
 
 def entries_for(lease: Lease, direct: bool, ipv6: bool = False) -> tuple[Entry, ...]:
@@ -148,6 +42,10 @@ def ipv6_entries_for(lease: Lease) -> tuple[Entry, ...]:
     return Neigh(gateway, mac), Fdb(mac, attrs.public_ipv6), Route(subnet, gateway)
 
 
+# A peer's entries: (lease, reached directly, the network is dual-stack).
+EntriesFor = Callable[[Lease, bool, bool], tuple[Entry, ...]]
+
+
 @dataclass(frozen=True)
 class Rivalry:
     """A lease that lost a claim to an older one: a subnet (or part of one) or a VTEP MAC.
@@ -155,7 +53,7 @@ class Rivalry:
 
     key: str
     lease: Lease
-    reason: str  # subnet_taken or vtep_mac_taken
+    reason: str  # subnet_taken, vtep_mac_taken or public_key_taken
     message: str
 
 
@@ -165,6 +63,8 @@ class _Candidate:
 
     lease: Lease
     direct: bool
+    entries: tuple[Entry, ...]  # what it needs if it wins its claims
+    sender: str  # what identifies its host to the device: VTEP MAC or public key ("" if direct)
     age: tuple[int, str]  # (etcd create revision, key): the smallest is the oldest
     block: tuple[int, int]  # the address block it claims: (prefix length, network >> host bits)
 
@@ -198,18 +98,21 @@ class DesiredEntries:
         claim_prefixlen: int | None = None,
         report: Callable[[Rivalry], None] | None = None,
         ipv6: bool = False,
+        entries: EntriesFor = entries_for,
     ) -> None:
         """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are.
         ``claim_prefixlen``: overlapping subnets are found in blocks of this length (the shortest
         subnet length accepted); None: only equal subnets are rivals. ``ipv6``: peers' IPv6
-        halves are programmed too (a dual-stack network)."""
+        halves are programmed too (a dual-stack network). ``entries``: the backend's entries for
+        one peer."""
+        self._entries = entries
         self._direct = direct
         self._ipv6 = ipv6
         self._claim_prefixlen = claim_prefixlen
         self._report = report
         self._candidates: dict[str, _Candidate] = {}  # every lease offered, winner or not
         self._peers: dict[str, tuple[Entry, ...]] = {}  # the winners' entries, by lease key
-        self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
+        self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
         self._public_ips: dict[Ip, int] = {}  # the winners' PublicIPs (and PublicIPv6s), counted by entry
         self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
@@ -267,13 +170,16 @@ class DesiredEntries:
         )
         block = (prefixlen, int(subnet.network_address) >> (32 - prefixlen))
         direct = self._direct is not None and self._direct(lease)
-        return _Candidate(lease, direct, (lease.create_revision or lease.mod_revision, key), block)
+        entries = self._entries(lease, direct, self._ipv6)
+        sender = next((_sender(entry) for entry in entries if type(entry) in _SENDERS), "")
+        age = (lease.create_revision or lease.mod_revision, key)
+        return _Candidate(lease, direct, entries, sender, age, block)
 
     def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, ...], tuple[list, ...]]:
         """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind
         (in Plane's order)."""
-        gained: tuple[list, ...] = ([], [], [], [])
-        lost: tuple[list, ...] = ([], [], [], [])
+        gained: tuple[list, ...] = ([], [], [], [], [])
+        lost: tuple[list, ...] = ([], [], [], [], [])
         known = self._candidates.get(key)
         if (
             known is not None
@@ -289,7 +195,7 @@ class DesiredEntries:
             return gained, lost
         new = self._candidate(key, lease) if lease is not None else None
         if known is None and new is not None and new.block not in self._subnet_claims:
-            mac = new.lease.attrs.vtep_mac or ""
+            mac = new.sender
             if new.direct or mac not in self._mac_claims:
                 # The usual case, every peer at start-up: a subnet and a MAC nobody else claims.
                 self._subnet_claims[new.block] = {key: new.age}
@@ -331,8 +237,7 @@ class DesiredEntries:
         for key in keys:
             candidate = self._candidates.get(key)
             rivalry = self._rivalry(key, candidate) if candidate is not None else None
-            wins = candidate is not None and not rivalry
-            entries = entries_for(candidate.lease, candidate.direct, self._ipv6) if wins else ()  # type: ignore[union-attr]
+            entries = candidate.entries if candidate and not rivalry else ()
             held = self._peers.get(key, ())
             if entries != held:
                 changes.append((held, entries))
@@ -392,11 +297,13 @@ class DesiredEntries:
             ))  # fmt: skip
         if candidate.direct:
             return None
-        mac = lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         first_age, first_ip = min(self._mac_claims[mac].values())
         if first_ip != lease.attrs.public_ip:
-            return Rivalry(key, lease, "vtep_mac_taken", (
-                f"VtepMAC {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
+            what, reason = ("PublicKey", "public_key_taken") if any(
+                type(entry) is WgPeer for entry in candidate.entries) else ("VtepMAC", "vtep_mac_taken")
+            return Rivalry(key, lease, reason, (
+                f"{what} {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
                 f"lease {first_age[1]} at {first_ip}, which keeps it; if that is this host's own old "
                 "lease (its address changed), delete the old key"
             ))  # fmt: skip
@@ -406,7 +313,7 @@ class DesiredEntries:
         """Enter a subnet winner's claim on its MAC; returns the MAC's claimants."""
         if candidate.direct:
             return set()
-        mac = candidate.lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         claims = self._mac_claims.setdefault(mac, {})
         claims[key] = (candidate.age, candidate.lease.attrs.public_ip)
         return set(claims)
@@ -416,7 +323,7 @@ class DesiredEntries:
         candidate = self._candidates.get(key)
         if candidate is None or candidate.direct:
             return None
-        mac = candidate.lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         claims = self._mac_claims.get(mac)
         if claims is not None and key in claims:
             self._unclaim(self._mac_claims, mac, key)
@@ -429,9 +336,9 @@ class DesiredEntries:
         if not holders:
             del claims[claim]
 
-    def _count_ip(self, entry: Fdb | DirectRoute, change: int) -> None:
-        """Count the PublicIP an FDB entry or direct route sends to."""
-        ip = entry.dst if isinstance(entry, Fdb) else entry.gateway
+    def _count_ip(self, entry: Fdb | DirectRoute | WgPeer, change: int) -> None:
+        """Count the PublicIP an FDB entry, direct route or WireGuard peer sends to."""
+        ip = entry.gateway if isinstance(entry, DirectRoute) else entry.dst
         held = self._public_ips.get(ip, 0) + change
         if held:
             self._public_ips[ip] = held
@@ -445,42 +352,11 @@ class DesiredEntries:
         return self._plane
 
 
-_KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
-_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute]})  # the kinds that send to a peer's PublicIP
+_KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3, WgPeer: 4}
+_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute], _KIND[WgPeer]})  # the kinds that send to a PublicIP
+_SENDERS = (Fdb, WgPeer)  # the kinds that name a peer's host: one per host, claimed by the oldest lease
+
+
+def _sender(entry: Entry) -> str:
+    return entry.mac if isinstance(entry, Fdb) else entry.public_key  # type: ignore[union-attr]
 _NEIGH = _KIND[Neigh]
-
-
-def without_overwritten(diff: PlaneDiff) -> PlaneDiff:
-    """``diff`` without the removals its additions overwrite in place: a neighbour whose address
-    is added with another MAC, an FDB entry whose MAC is added with another destination. The
-    kernel's replace swaps them at once; removing first would leave a gap in between, and a
-    removed neighbour's notification carries no MAC to tell it from someone else's deletion."""
-    if not diff.remove.neighs and not diff.remove.fdbs:
-        return diff
-    added_ips = {neigh.ip for neigh in diff.add.neighs}
-    added_macs = {fdb.mac for fdb in diff.add.fdbs}
-    remove = Plane(
-        frozenset(n for n in diff.remove.neighs if n.ip not in added_ips),
-        frozenset(f for f in diff.remove.fdbs if f.mac not in added_macs),
-        diff.remove.routes,
-        diff.remove.direct,
-    )
-    return PlaneDiff(add=diff.add, remove=remove)
-
-
-def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
-    """Entries to add (desired, not actual) and to remove (actual, not desired)."""
-    return PlaneDiff(
-        add=Plane(
-            desired.neighs - actual.neighs,
-            desired.fdbs - actual.fdbs,
-            desired.routes - actual.routes,
-            desired.direct - actual.direct,
-        ),
-        remove=Plane(
-            actual.neighs - desired.neighs,
-            actual.fdbs - desired.fdbs,
-            actual.routes - desired.routes,
-            actual.direct - desired.direct,
-        ),
-    )

@@ -9,7 +9,7 @@ from ipaddress import IPv4Network
 from typing import ClassVar
 
 from overlayd.backend.api import NO_DEVICE, DeviceState, HostFacts, UnderlayIngress
-from overlayd.backend.desired import Entry, Plane, PlaneDiff
+from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
 
@@ -37,7 +37,7 @@ class NoDevice:
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
         return None
 
-    def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
+    def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
         return ()
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:

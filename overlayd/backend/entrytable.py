@@ -18,7 +18,7 @@ from ipaddress import IPv4Network, IPv6Network
 from operator import attrgetter
 
 from overlayd.backend.api import ApplyError, BackendError
-from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.backend.plane import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 from overlayd.backend.rtnl.codec import (
     Entry,
     Link,

@@ -21,11 +21,14 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from overlayd.backend.desired import DesiredEntries, DirectRoute, Route
+from overlayd.backend.api import DriftProbe
+from overlayd.backend.desired import DesiredEntries
+from overlayd.backend.plane import DirectRoute, Route
 from overlayd.backend.rtnl.codec import (
     MESSAGE_NAMES,
     NEW_MESSAGES,
@@ -130,6 +133,7 @@ class NetlinkMonitor:
         is_echo: Callable[[DeviceChange], bool] = lambda change: False,
         writing: threading.Lock | None = None,
         ipv6: Callable[[], tuple[str, int] | None] = lambda: None,
+        probe: DriftProbe | None = None,
     ) -> None:
         """``writing``, if given, is held by the writer while it sends a batch: the monitor
         waits for it to be free before reading (see ``_run``). ``ipv6`` names the IPv6 device of
@@ -141,6 +145,7 @@ class NetlinkMonitor:
         self._current_ifindex = current_ifindex
         self._on_change = on_change
         self._is_echo = is_echo
+        self._probe = probe  # run when no message came for its interval
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -176,10 +181,20 @@ class NetlinkMonitor:
 
     def _run(self) -> None:
         assert self._sock is not None
+        next_probe = time.monotonic()
         while True:
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+            timeout = None
+            if self._probe is not None:
+                timeout = max(0.0, next_probe - time.monotonic())
+            ready, _, _ = select.select([self._sock, self._wake_r], [], [], timeout)
             if self._wake_r in ready:
                 return
+            if self._probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self._probe[0]
+                if (reason := self._probe[1]()) is not None:
+                    self._signal(DeviceChange(reason))
+                if not ready:
+                    continue
             # Our own writes come back as a burst of echoes while the writer is still sending
             # and reading acknowledgements. Parsing them then would take the GIL from the writer
             # again and again (at 3000 entries, most of a cold start's apply was the writer

@@ -19,11 +19,12 @@ from overlayd.backend.extension.backend import Extension
 from overlayd.backend.hostgw.backend import HostGw
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.vxlan.backend import Vxlan
+from overlayd.backend.wireguard.backend import Wireguard
 from overlayd.subnet.config import BackendParsers, ConfigError
 from overlayd.subnet.lease import install_backend_data
 
 BACKENDS: dict[str, type[Backend]] = {
-    backend.type: backend for backend in (Vxlan, HostGw, Udp, Alloc, Extension)
+    backend.type: backend for backend in (Vxlan, HostGw, Udp, Alloc, Extension, Wireguard)
 }
 # What a config without Backend.Type means: udp, exactly as in flanneld, so a flanneld cluster's
 # config means the same data path to both.
@@ -40,7 +41,6 @@ REFUSED: dict[str, str] = {
         "module (`ip link add type ipip` fails with \"Unknown device type\"); use Backend vxlan, or "
         "host-gw where the hosts share one L2 segment"
     ),
-    "wireguard": "is not yet supported by overlayd; use Backend vxlan until it is",
     "ipsec": (
         "needs strongSwan's charon, which overlayd does not drive; use Backend vxlan, and encrypt "
         "the underlay if the traffic must be"

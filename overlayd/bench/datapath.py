@@ -4,6 +4,7 @@ backend, each in a lab of its own."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,22 @@ class DataPath:
     tcp: Throughput
     mtu: str  # FLANNEL_MTU as the agent wrote it
     underlay_mtu: int
+    device: str = ""  # how the agent made its device, in its log's words ("" if it did not say)
 
     @property
     def goal(self) -> str:
         plain = self.mtu.isdigit() and int(self.mtu) >= self.underlay_mtu
         return PLAIN_GOAL if plain else ENCAPSULATED_GOAL
+
+
+# The agent's line on making its device: "flannel-wg: created flannel-wg by starting wireguard-go".
+_CREATED = re.compile(r" overlayd\.backend\.[\w.]+: \S+: (created .*)$", re.MULTILINE)
+
+
+def device_made(agent_log: str) -> str:
+    """How the agent made its device, as its log says (the kernel's WireGuard or wireguard-go)."""
+    match = _CREATED.search(agent_log)
+    return match[1] if match else ""
 
 
 def tcp_rate(client_ns: str, server_ns: str, server_ip: str, seconds: int, work: Path) -> float:

@@ -131,8 +131,8 @@ def tcp_rows(path: DataPath) -> list[Row]:
     paired = [c / h for c, h in zip(tcp.containers, tcp.hosts, strict=True)]  # tcp_rate: h > 0
     return [
         Row(
-            f"TCP across hosts, {path.backend}: container → container (MTU {path.mtu}, best of "
-            f"{len(tcp.hosts)})",
+            f"TCP across hosts, {path.backend}: container → container (MTU {path.mtu}, "
+            f"{path.device + ', ' if path.device else ''}best of {len(tcp.hosts)})",
             _gbit(over),
             f"host → host {_gbit(under)}",
             f"{over / under:.2f}",

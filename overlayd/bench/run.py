@@ -35,7 +35,7 @@ from overlayd.agent.holddown import HOLD_DOWN
 from overlayd.backend.select import BACKENDS
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
-from overlayd.bench.datapath import DataPath, throughput
+from overlayd.bench.datapath import DataPath, device_made, throughput
 from overlayd.bench.docker import docker_rows, docker_run_times
 from overlayd.bench.families import family_rows, measure_family
 from overlayd.bench.kernel import in_netns, iproute_floor
@@ -291,7 +291,8 @@ def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
             Path(h1.dir),
         )
         mtu = h1.subnet_env().get("FLANNEL_MTU", "?")
-        results.setdefault("tcp", []).append(DataPath(backend, tcp, mtu, underlay_mtu(h1)))
+        device = device_made(h1.log_file.read_text(errors="replace"))
+        results.setdefault("tcp", []).append(DataPath(backend, tcp, mtu, underlay_mtu(h1), device))
         lab.down()
 
 

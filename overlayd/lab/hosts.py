@@ -81,6 +81,18 @@ class LabHost:
     def log_file(self) -> Path:
         return self.files() / "agent.log"
 
+    @property
+    def run_wireguard(self) -> Path:
+        """The host's own ``/run/wireguard`` (wireguard-go's UAPI sockets), bind-mounted there
+        for its agent and its commands: every host's device has the same name."""
+        return Path(self.dir) / "run-wireguard"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the host: its network namespace, and a mount namespace of its own
+        (``ip netns exec`` makes one) where ``/run/wireguard`` is the host's."""
+        bind = 'mkdir -p "$1" /run/wireguard && mount --bind "$1" /run/wireguard && shift && exec "$@"'
+        return ["ip", "netns", "exec", self.netns, "sh", "-c", bind, "sh", str(self.run_wireguard), *argv]
+
     def agent_pid(self, network: str | None = None) -> int:
         """The pid of ``network``'s agent on this host (0: not running)."""
         return self.pid if network is None else self.network_pids.get(network, 0)

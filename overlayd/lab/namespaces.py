@@ -290,7 +290,7 @@ class Lab:
         files, command = host.files(network), self.agent_command(host, network)
         files.mkdir(parents=True, exist_ok=True)
         with (files / "agent.log").open("ab") as out:
-            process = subprocess.Popen(["ip", "netns", "exec", host.netns, *command],
+            process = subprocess.Popen(host.command(command),
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)  # fmt: skip
         host.set_agent_pid(process.pid, network)

@@ -80,6 +80,9 @@ class FirewallSpec:
     # than drop every peer's traffic meanwhile.
     ingress_sources: frozenset[IPv4Address | IPv6Address] | None = frozenset()
     masq_fully_random: bool = True  # False: --ip-masq-fully-random-disable
+    # The underlay interface on which new connections into the Network are dropped (the backend's
+    # tunnel is the only way in); DNAT'd ones (hostPort, NodePort) and replies pass. None: none.
+    sealed_underlay: str | None = None
     # A dual-stack network's IPv6 half: the same rules in a ``table ip6`` (None: IPv4 only).
     ipv6_network: IPv6Network | None = None
     ipv6_own_subnet: IPv6Network | None = None
@@ -130,11 +133,12 @@ def render_table(
             f"{ip} saddr != {net} {ip} daddr {sub} return",
             f"{ip} saddr != {net} {ip} daddr {net} {masquerade}",
         ]))
-    if spec.forward_rules:
-        chains.append(chain("forward", "filter hook forward priority filter", [
-            f"{ip} saddr {net} accept",
-            f"{ip} daddr {net} accept",
-        ]))
+    forward = [f"{ip} saddr {net} accept", f"{ip} daddr {net} accept"] if spec.forward_rules else []
+    if spec.sealed_underlay is not None:
+        forward.insert(0, f'iifname "{spec.sealed_underlay}" {ip} daddr {net} '
+                          "ct state != { established, related } ct status ! dnat counter drop")
+    if forward:
+        chains.append(chain("forward", "filter hook forward priority filter", forward))
     return f"table {ip} {table} {{\n" + "\n".join(chains) + "}\n"
 
 

@@ -39,6 +39,7 @@ class DeviceView:
     neighbours: int
     fdb_entries: int
     ipv6_name: str | None = None  # a dual-stack network's IPv6 device, whose entries are counted in
+    tunnel_peers: int = 0  # a WireGuard device's peers
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(
             f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}{also}: {len(dev.routes)} routes, "
             f"{dev.neighbours} neighbours, {dev.fdb_entries} fdb entries"
+            + (f", {dev.tunnel_peers} tunnel peers" if dev.tunnel_peers else "")
         )
     else:
         lines.append(f"  device      {status.device_error}")
@@ -371,6 +373,7 @@ def read_device(
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
         ipv6_name=str(link6.get("IFLA_IFNAME")) if link6 else None,
+        tunnel_peers=len({peer.public_key for peer in plane.peers}),
     ), None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pyroute2.netns import setns
 
-from overlayd.backend.desired import Fdb, Neigh, Plane, Route
+from overlayd.backend.plane import Fdb, Neigh, Plane, Route
 from overlayd.backend.vxlan.device import DeviceSpec
 
 RUN_PREFIX = f"ovn{secrets.token_hex(2)}"

@@ -10,7 +10,7 @@ import pytest
 from nsutil import in_netns, ip_json, run
 
 from overlayd.backend.api import HostFacts
-from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.backend.plane import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
 from overlayd.backend.select import CONFIG_PARSERS, backend_for
 from overlayd.subnet.config import NetworkConfig, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs

@@ -14,7 +14,8 @@ import pytest
 from nsutil import in_netns, run
 
 from overlayd.backend.api import HostFacts
-from overlayd.backend.desired import DesiredEntries, PlaneDiff, diff_planes
+from overlayd.backend.desired import DesiredEntries
+from overlayd.backend.plane import PlaneDiff, diff_planes
 from overlayd.backend.select import CONFIG_PARSERS, backend_for
 from overlayd.netfilter.firewall import Firewall
 from overlayd.netfilter.rules import FirewallSpec, IngressGuard

@@ -15,8 +15,8 @@ from nsutil import SPEC, in_netns
 from overlayd.agent.daemon import Agent
 from overlayd.agent.events import Trigger
 from overlayd.agent.peerlog import PeerLogBudget
-from overlayd.backend.desired import Plane
 from overlayd.backend.iface import ExternalInterface
+from overlayd.backend.plane import Plane
 from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot

@@ -8,8 +8,8 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import in_netns, ip_json, run
 
-from overlayd.backend.desired import DirectRoute, Plane, PlaneDiff
 from overlayd.backend.hostgw.routes import HostRoutes
+from overlayd.backend.plane import DirectRoute, Plane, PlaneDiff
 
 pytestmark = pytest.mark.root
 

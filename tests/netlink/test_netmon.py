@@ -13,8 +13,9 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from nsutil import SPEC, in_netns, peer
 
-from overlayd.backend.desired import DesiredEntries, PlaneDiff, Route, without_overwritten
+from overlayd.backend.desired import DesiredEntries
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, change_reason, is_echo
+from overlayd.backend.plane import PlaneDiff, Route, without_overwritten
 from overlayd.backend.rtnl.codec import RTM_NEWLINK, RTM_NEWROUTE, Message, encode_entry
 from overlayd.backend.vxlan.device import VxlanBackend
 from overlayd.subnet.lease import Lease, LeaseAttrs

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 from nsutil import SPEC, in_netns
 
-from overlayd.backend.desired import Neigh
+from overlayd.backend.plane import Neigh
 from overlayd.backend.rtnl.codec import encode_entry
 from overlayd.backend.rtnl.socket import BATCH, RtnlSocket
 from overlayd.backend.vxlan.device import VxlanBackend

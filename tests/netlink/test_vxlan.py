@@ -10,7 +10,7 @@ import pytest
 from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
 from overlayd.backend.api import ApplyError, BackendError, DeviceState
-from overlayd.backend.desired import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
+from overlayd.backend.plane import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 
 pytestmark = pytest.mark.root

@@ -10,9 +10,9 @@ from overlayd.agent.daemon import Agent
 from overlayd.agent.events import Recheck, Trigger, Wake
 from overlayd.agent.leasekeeper import LeaseKeeper
 from overlayd.backend.api import DeviceState
-from overlayd.backend.desired import PlaneDiff
 from overlayd.backend.iface import ExternalInterface
 from overlayd.backend.monitor import DeviceChange
+from overlayd.backend.plane import PlaneDiff
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.etcd.api import LeaseEvent
 from overlayd.etcd.leasing import LeaseManager

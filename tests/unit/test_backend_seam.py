@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.backend.api import Backend, HostFacts, UnderlayIngress
-from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Route
+from overlayd.backend.plane import DirectRoute, Fdb, Neigh, Route
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, backend_for
 from overlayd.backend.udp.config import UdpConfig
 from overlayd.backend.vxlan.backend import Vxlan

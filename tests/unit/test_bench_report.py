@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from overlayd.bench.datapath import DataPath, Throughput
+from overlayd.bench.datapath import DataPath, Throughput, device_made
 from overlayd.bench.report import BEGIN, END, splice, tcp_rows
 from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, percentile, render_markdown_table, render_table
 
@@ -67,3 +67,15 @@ def test_a_backend_that_adds_no_header_is_held_to_the_higher_goal() -> None:
     [best, _] = tcp_rows(DataPath("host-gw", tcp, "1500", 1500))
     assert best.goal == "≥ 0.95" and "host-gw" in best.figure and best.ratio == "0.90"
     assert DataPath("x", tcp, "?", 1500).goal == "≥ 0.85"
+
+
+def test_the_device_the_agent_made_is_read_from_its_log_and_named_in_the_row() -> None:
+    log = (
+        "2026-12-06 03:41:31,614 INFO overlayd.backend.wireguard.device: flannel-wg: created flannel-wg "
+        "by starting wireguard-go\n2026-12-06 03:41:31,615 INFO overlayd.agent.reconciler: other\n"
+    )
+    assert device_made(log) == "created flannel-wg by starting wireguard-go"
+    assert device_made("nothing of the kind\n") == ""
+    tcp = Throughput(containers=[1e8], hosts=[1e10])
+    [best, _] = tcp_rows(DataPath("wireguard", tcp, "1420", 1500, device_made(log)))
+    assert "(MTU 1420, created flannel-wg by starting wireguard-go, best of 1)" in best.figure

@@ -11,14 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.backend.desired import (
-    DesiredEntries,
+from overlayd.backend.desired import DesiredEntries, Rivalry
+from overlayd.backend.plane import (
     DirectRoute,
     Fdb,
     Neigh,
     Plane,
     PlaneDiff,
-    Rivalry,
     Route,
     diff_planes,
     without_overwritten,

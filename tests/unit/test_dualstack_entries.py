@@ -9,16 +9,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from overlayd.backend.desired import (
-    DesiredEntries,
-    DirectRoute,
-    Fdb,
-    Neigh,
-    Plane,
-    Route,
-    diff_planes,
-    entries_for,
-)
+from overlayd.backend.desired import DesiredEntries, entries_for
+from overlayd.backend.plane import DirectRoute, Fdb, Neigh, Plane, Route, diff_planes
 from overlayd.backend.rtnl.codec import RTM_NEWNEIGH, RTM_NEWROUTE, Message, decode_entry, encode_entry
 from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.backend.vxlan.family import union_planes

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from overlayd.backend.api import BackendError, HostFacts
-from overlayd.backend.desired import DesiredEntries, DirectRoute, Route
+from overlayd.backend.desired import DesiredEntries
 from overlayd.backend.hostgw.backend import HostGw
 from overlayd.backend.hostgw.config import HostGwConfig
 from overlayd.backend.monitor import DeviceChange, is_echo
+from overlayd.backend.plane import DirectRoute, Route
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, REFUSED, backend_for
 from overlayd.subnet.confchange import ConfigAction, decide
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.backend.desired import Neigh
+from overlayd.backend.plane import Neigh
 from overlayd.backend.rtnl.codec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,

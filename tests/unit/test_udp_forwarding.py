@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from overlayd.backend.api import HostFacts, UnderlayIngress
-from overlayd.backend.desired import DirectRoute
+from overlayd.backend.plane import DirectRoute
 from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
 from overlayd.backend.udp.adopt import AdoptError, _udp_inode, adopt_flanneld
 from overlayd.backend.udp.backend import Udp

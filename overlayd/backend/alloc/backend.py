@@ -57,3 +57,6 @@ class Alloc(NoDevice):
 
     def peer_actions(self) -> PeerActions | None:
         return None
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none

@@ -97,6 +97,9 @@ class Extension(NoDevice):
     def peer_actions(self) -> PeerActions | None:
         return self._runner
 
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()

@@ -18,10 +18,11 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import ClassVar
 
 from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
-from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
+from overlayd.backend.desired import entries_for
 from overlayd.backend.hostgw.config import TYPE, HostGwConfig, config_fields, parse_host_gw_config
 from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_segment
 from overlayd.backend.hostgw.routes import HostRoutes
+from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -120,8 +121,8 @@ class HostGw:
     def _on_segment(host: HostFacts, config: NetworkConfig) -> Callable[[Lease], bool]:
         return on_segment(host.segments, host.ipv6_segments if config.ipv6 is not None else None)
 
-    def peer_entries(self, lease: Lease, direct: bool = True) -> tuple[Entry, ...]:
-        return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
+    def peer_entries(self, lease: Lease, direct: bool = True, ipv6: bool = False) -> tuple[Entry, ...]:
+        return entries_for(lease, True, ipv6)  # a route per family, via the peer's address of each
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
         if network is None:
@@ -137,6 +138,9 @@ class HostGw:
 
     def peer_actions(self) -> PeerActions | None:
         return None  # every peer is kernel entries
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
 
     def underlay_ingress(self, config: NetworkConfig) -> None:
         return None  # packets arrive as they are: nothing to tell overlay traffic by

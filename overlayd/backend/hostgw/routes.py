@@ -12,8 +12,8 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Network, IPv6Network
 
-from overlayd.backend.desired import Plane, PlaneDiff
 from overlayd.backend.entrytable import DirectRoutes, EntryTable
+from overlayd.backend.plane import Plane, PlaneDiff
 from overlayd.backend.rtnl.codec import Link, decode_direct_route, dump_routes_request, route_summary
 
 

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import ClassVar
 
 from overlayd.backend.api import ApplyError, DeviceState, HostFacts, PeerActions, UnderlayIngress
-from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
+from overlayd.backend.plane import DirectRoute, Entry, Plane, PlaneDiff
 from overlayd.backend.udp.config import DEVICE_NAME, TYPE, UdpConfig, config_fields, parse_udp_config
 from overlayd.backend.udp.control import ForwarderKeeper, ForwarderSpec, request
 from overlayd.backend.udp.device import TunDevice, TunSpec
@@ -111,7 +111,7 @@ class Udp:
         """Every peer: its entry is a route via its PublicIP, in the forwarder."""
         return _every_peer
 
-    def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
+    def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
         return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
@@ -135,6 +135,9 @@ class Udp:
 
     def peer_actions(self) -> PeerActions | None:
         return None  # every peer is kernel entries
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
         return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)

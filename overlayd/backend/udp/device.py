@@ -20,10 +20,8 @@ from overlayd.backend.rtnl.codec import (
     address_request,
     decode_address,
     decode_device_route,
-    decode_link,
     device_route_request,
     dump_addresses_request,
-    get_link_request,
     route_dump_request,
     set_link_request,
 )
@@ -51,13 +49,7 @@ class TunDevice:
         self._rtnl.close()
 
     def find(self, name: str) -> Link | None:
-        seq = self._rtnl.next_seq()
-        try:
-            return decode_link(self._rtnl.get(get_link_request(seq, name=name), seq))
-        except OSError as err:
-            if err.errno == errno.ENODEV:
-                return None
-            raise
+        return self._rtnl.find_link(name)
 
     def refuse_foreign(self, name: str) -> None:
         """BackendError if ``name`` exists as another kind of device, which no forwarder could open."""

@@ -15,7 +15,8 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import ClassVar
 
 from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
-from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
+from overlayd.backend.desired import entries_for
+from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend, device_name
 from overlayd.backend.vxlan.family import union_planes
@@ -191,8 +192,8 @@ class Vxlan:
             return None
         return reached_directly(host.segments, host.ipv6_segments if wants_ipv6(config) else None)
 
-    def peer_entries(self, lease: Lease, direct: bool = False) -> tuple[Entry, ...]:
-        return entries_for(lease, direct)
+    def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
+        return entries_for(lease, direct, ipv6)
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
         """The device's entries, and the direct routes on its underlay into ``network`` (also
@@ -222,6 +223,9 @@ class Vxlan:
         section = settings(config)
         return UnderlayIngress(protocol="udp", port=section.port, name=INGRESS_NAME,
                                network_field=HeaderField(VNI_OFFSET, VNI_BITS, section.vni))
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # the device's every entry is reported by netlink
 
     def remove(self, config: NetworkConfig) -> list[str]:
         """The device ``flannel.<VNI>`` and the direct routes on its underlay into the Network."""

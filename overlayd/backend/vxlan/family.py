@@ -7,7 +7,7 @@ two devices' entries are read back together here.
 
 from __future__ import annotations
 
-from overlayd.backend.desired import Plane
+from overlayd.backend.plane import Plane
 
 
 def union_planes(v4: Plane, v6: Plane) -> Plane:
