@@ -134,7 +134,9 @@ def connect(
     registry.on_bad_lease = lambda key, revision, exc: bad_leases.report(key, revision, exc.reason, str(exc))
     ttl, margin = opts.subnet_lease_ttl, opts.subnet_lease_renew_margin * 60.0
     manager = LeaseManager(registry, public_ip, ttl=ttl, renew_margin=margin)
-    return registry, LeaseKeeper(manager, registry, opts.etcd_prefix)
+    keeper = LeaseKeeper(manager, registry, opts.etcd_prefix)
+    keeper.on_config_read = lambda valid: metrics.config_ok.set(1 if valid else 0)
+    return registry, keeper
 
 
 class Retrier:
@@ -177,3 +179,4 @@ class Retrier:
             self.notifier.extend_start(delay + 30.0)  # waiting for etcd or the config is not a hang
             self.wait(delay)
         return None
+

@@ -132,3 +132,16 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+
+
+def probe_target(backend: Backend, peer: Lease) -> IPv4Address | None:
+    """The address of ``peer`` that answers a ping through the overlay, as containers' packets go
+    (None: this backend carries no traffic to probe).
+
+    A backend may say it with a method ``probe_target(lease)``; without one it is the first address
+    of the peer's subnet, which flannel's VXLAN puts on the peer's device (flanneld's hosts as well
+    as ours), so a mixed cluster needs nothing new on the peer."""
+    own_answer = getattr(backend, "probe_target", None)
+    if own_answer is not None:
+        return own_answer(peer)
+    return peer.subnet.network_address

@@ -418,7 +418,7 @@ def test_unreachable_every_call_fails_alike_and_watches_end_then_all_works_again
 # -- data path views ------------------------------------------------------------------------------
 
 
-def test_health_views_live_beside_the_prefix_expire_with_their_ttl_and_leave_leases_alone(store: Store) -> None:
+def test_health_views_live_beside_the_prefix_expire_with_their_ttl_and_leave_leases_be(store: Store) -> None:
     registry = store.client()
     assert registry.list_health() == {}
     registry.put_health("198.18.46.0-24", b'{"unreachable":[]}', ttl=2)
