@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.backend.api import DeviceState
 from overlayd.backend.select import CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.ops.reachview import Reachability, fetch_peers, read_views, render_cluster, render_peers
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.healthview import NodeView, broken_pairs
 from overlayd.subnet.subnetenv import parse_keys
 
 
@@ -85,6 +87,10 @@ class HostStatus:
     own_lease: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None  # every lease, with --cluster
     etcd_error: str | None = None
+    reach: Reachability | None = None  # this node's probes of its peers (the agent's /peers)
+    reach_error: str | None = None
+    views: dict[str, NodeView] | None = None  # every node's stored data path view, with --cluster
+    view_problems: tuple[str, ...] = ()
 
     @property
     def nothing_read(self) -> bool:
@@ -184,6 +190,9 @@ def to_json(status: HostStatus) -> dict[str, Any]:
             lease["reservation"] = lease["ttl"] is not None and math.isinf(lease["ttl"])
             lease["ttl"] = _json_number(lease["ttl"])
     data["etcd_endpoints"] = list(status.etcd_endpoints)
+    if status.views is not None:
+        pairs = broken_pairs(status.views)
+        data["broken_pairs"] = [{"source": pair.source, "target": pair.target} for pair in pairs]
     return data
 
 
@@ -261,6 +270,10 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  agent       {status.metrics_address}{version}: {_agent_line(status.agent, now)}")
     else:
         lines.append(f"  agent       {status.agent_error}")
+    if status.reach is not None:
+        lines += render_peers(status.reach, now)
+    elif status.reach_error:
+        lines.append(f"  data path   {status.reach_error}")
     if status.own_lease is not None:
         lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
     else:
@@ -279,6 +292,8 @@ def render_text(status: HostStatus, now: float) -> str:
             for lease in status.leases
         ]
         lines += _table([header, *rows])
+    if status.views is not None:
+        lines += render_cluster(status.views, list(status.view_problems), now)
     return "\n".join(lines)
 
 
@@ -379,10 +394,16 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
 
     subnet_env, subnet_env_error = read_subnet_env(options.subnet_file)
     subnet = own_subnet(subnet_env)
+    reach: Reachability | None = None
+    reach_error: str | None = None
     if metrics_address:
         agent, agent_error = scrape_metrics(metrics_address)
+        if agent is not None:
+            reach, reach_error = fetch_peers(metrics_address)
     else:
         agent, agent_error = None, "metrics server is off (--metrics-address=off); no agent figures"
+    views: dict[str, NodeView] | None = None
+    view_problems: list[str] = []
     registry = Registry(replace(options.etcd_settings(), timeout=3.0))
     own: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None
@@ -398,6 +419,8 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             routes = frozenset(device.routes) if device else None
             try:
                 own, leases = _lease_views(registry, found, subnet, routes, cluster)
+                if cluster:
+                    views, view_problems = read_views(registry)
             except RegistryError as exc:
                 etcd_error = str(exc)
     finally:
@@ -415,4 +438,8 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         own_lease=own,
         leases=leases,
         etcd_error=etcd_error,
+        reach=reach,
+        reach_error=reach_error,
+        views=views,
+        view_problems=tuple(view_problems),
     )
