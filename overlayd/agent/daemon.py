@@ -265,6 +265,7 @@ class Agent:
         assert self.keeper is not None
         if (remaining := self.keeper.remaining()) is not None:
             self.metrics.lease_expiry.set(time.time() + remaining)
+            self.metrics.lease_renew.set(time.time() + self.keeper.renew_at - self.keeper.clock())
 
     def _check_lease(self) -> None:
         """Renew when due; re-acquire if our key or its etcd lease is gone (see ``LeaseKeeper``)."""

@@ -95,6 +95,10 @@ class Metrics:
         self.lease_expiry = Gauge(
             "overlayd_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires", registry=r
         )
+        self.lease_renew = Gauge(
+            "overlayd_lease_renew_timestamp_seconds", "Unix time the agent means to renew our subnet lease",
+            registry=r,
+        )
         self.lease_acquisitions = Counter(
             "overlayd_lease_acquisitions", "Subnet leases acquired (start and re-acquire)", registry=r
         )
