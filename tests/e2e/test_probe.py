@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from faults import subnet_key
+from faults import subnet_key, udp_dropped
 from labtools import log_mark, log_since, needs_lab, running_lab, status_json, wait_for
 
 from overlayd.lab.namespaces import Lab, LabHost, sh
@@ -30,15 +30,6 @@ def peers(lab: Lab, host: LabHost) -> dict[str, str]:
     return {peer["key"]: peer["state"] for peer in json.loads(body)["peers"]}
 
 
-def drop_udp_from(host: LabHost, source: LabHost) -> None:
-    """Drop every UDP packet from ``source``'s underlay address arriving at ``host``."""
-    sh("nft", "add", "table", "inet", "probe_fault", netns=host.netns)
-    hook = "{ type filter hook input priority -400 ; }"
-    sh("nft", "add", "chain", "inet", "probe_fault", "input", hook, netns=host.netns)
-    match = ("ip", "saddr", source.ip, "meta", "l4proto", "udp")
-    sh("nft", "add", "rule", "inet", "probe_fault", "input", *match, "drop", netns=host.netns)
-
-
 def test_every_peer_answers_and_nothing_is_unreachable(probe_lab: Lab) -> None:
     lab = probe_lab
     h1 = lab.hosts[0]
@@ -55,8 +46,7 @@ def test_a_peers_udp_dropped_is_reported_then_its_recovery(probe_lab: Lab) -> No
     k1, k2, k3 = (subnet_key(host) for host in lab.hosts)
     wait_for(lambda: set(peers(lab, h1).values()) == {"reachable"}, GOAL, "every peer reachable first")
     mark = log_mark(h1)
-    drop_udp_from(h2, h1)  # h1's overlay packets never reach h2; the kernel entries stay right
-    try:
+    with udp_dropped(h2, h1):  # h1's overlay packets never reach h2; the kernel entries stay right
         wait_for(lambda: lab.metric(h1, "overlayd_peers_unreachable") == 1, GOAL, "h1 to see h2 unreachable")
         assert peers(lab, h1) == {k2: "unreachable", k3: "reachable"}
         line = "unreachable through the overlay"
@@ -78,8 +68,6 @@ def test_a_peers_udp_dropped_is_reported_then_its_recovery(probe_lab: Lab) -> No
         )  # fmt: skip
         assert f"{k1} cannot reach {k2}" in text and "UNREACHABLE" in text, text
         assert lab.metric(h3, "overlayd_peers_unreachable") == 0
-    finally:
-        sh("nft", "delete", "table", "inet", "probe_fault", netns=h2.netns)
     wait_for(lambda: lab.metric(h1, "overlayd_peers_unreachable") == 0, GOAL, "h1 to report h2 back")
     assert peers(lab, h1) == {k2: "reachable", k3: "reachable"}
     assert "answers through the overlay again" in log_since(h1, mark)
