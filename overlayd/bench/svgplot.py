@@ -65,7 +65,8 @@ def step_chart(title: str, series: list[Series], marks: list[Mark], y_label: str
     for index, mark in enumerate(marks):  # labels stepped down, so close marks stay readable
         out.append(f'<line x1="{x(mark.at):.1f}" y1="{TOP}" x2="{x(mark.at):.1f}" y2="{TOP + plot_h}" '
                    'stroke="#888" stroke-dasharray="4 3"/>')  # fmt: skip
-        out.append(f'<text x="{x(mark.at) + 3:.1f}" y="{TOP + 10 + 12 * index}" fill="#555">{escape(mark.label)}</text>')
+        label_y = TOP + 10 + 12 * index
+        out.append(f'<text x="{x(mark.at) + 3:.1f}" y="{label_y}" fill="#555">{escape(mark.label)}</text>')
     for index, line in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         path = [  # a step line: the value holds until the next point
