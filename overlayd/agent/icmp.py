@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
+# The kernel stamps each packet as it arrives, so a round trip is exact however late the probe
+# thread reads it (it wakes a few times a second, not once a packet). Linux's number, by name
+# where Python has it.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 PAYLOAD = b"overlayd-probe\x00\x00"  # 16 bytes: a reply is recognisable in a capture
 
 
@@ -36,7 +40,7 @@ class EchoReply:
     source: IPv4Address
     ident: int
     sequence: int
-
+    received: float | None = None  # unix time the kernel received it
 
 def parse_reply(packet: bytes) -> EchoReply | None:
     """The echo reply in an IPv4 packet as a raw socket returns it; None for anything else."""
@@ -49,12 +53,21 @@ def parse_reply(packet: bytes) -> EchoReply | None:
     return EchoReply(IPv4Address(packet[12:16]), ident, sequence)
 
 
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack_from("qq", data)
+            return seconds + nanoseconds / 1e9
+    return None
+
+
 class EchoSocket:
     """A non-blocking raw ICMP socket (needs CAP_NET_RAW, which the agent has as root)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -72,13 +85,11 @@ class EchoSocket:
         found: list[EchoReply] = []
         while True:
             try:
-                packet = self.sock.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return found
-            except OSError:
+                packet, ancillary, _, _ = self.sock.recvmsg(2048, 64)
+            except OSError:  # nothing waiting (BlockingIOError) or a transient error: next turn
                 return found
             if (reply := parse_reply(packet)) is not None:
-                found.append(reply)
+                found.append(replace(reply, received=_stamp(ancillary)))
 
     def close(self) -> None:
         self.sock.close()

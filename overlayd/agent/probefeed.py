@@ -36,6 +36,7 @@ class ProbeFeed:
         self.prober, self.state, self.backend = prober, state, backend
         self._basis: tuple[object, ...] = ()
         self._next = 0.0
+        self._fed: ProbeTargets | None = None
 
     def __call__(self) -> None:
         state, now = self.state, time.monotonic()
@@ -52,7 +53,10 @@ class ProbeFeed:
             if lease is not None and (target := probe_target(self.backend, lease)) is not None:
                 targets[key] = target
         causes = likely_causes(self.backend, state.config)
-        self.prober.feed(ProbeTargets(state.lease.key, targets, frozenset(state.programmed), causes))
+        fed = ProbeTargets(state.lease.key, targets, frozenset(state.programmed), causes)
+        if fed != self._fed:  # the same peers again: the probe thread need not look
+            self._fed = fed
+            self.prober.feed(fed)
 
 
 def snapshot_json(snapshot: ReachSnapshot) -> bytes:

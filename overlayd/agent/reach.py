@@ -84,12 +84,13 @@ class ProbeSchedule:
         self._queue: list[tuple[float, str]] = []  # (due, key); stale entries skipped on pop
         self._tokens = 0.0
         self._refilled: float | None = None
+        self.unreachable_count = 0  # kept as verdicts change: counting would walk every peer
 
     def set_targets(self, targets: Mapping[str, IPv4Address], now: float, wall: float) -> None:
         """Probe exactly ``targets`` (lease key -> overlay address) from now on; new peers are
         spread over the first cycle so a large cluster's start is no burst."""
         for key in self.peers.keys() - targets.keys():
-            del self.peers[key]
+            self._forget(key)
         spread = self.budget.period(len(targets))
         new = [key for key in targets if key not in self.peers]
         for index, key in enumerate(sorted(new)):
@@ -99,11 +100,16 @@ class ProbeSchedule:
         for key, target in targets.items():
             peer = self.peers[key]
             if peer.target != target:  # a new address is a new peer: its history says nothing
+                self._forget(key)
                 self.peers[key] = _Peer(target, now, wall)
                 heapq.heappush(self._queue, (now, key))
         if len(self._queue) > 4 * len(self.peers) + 64:  # drop stale entries, bounding memory
             self._queue = [(p.due, k) for k, p in self.peers.items()]
             heapq.heapify(self._queue)
+
+    def _forget(self, key: str) -> None:
+        if self.peers.pop(key).state is Reach.UNREACHABLE:
+            self.unreachable_count -= 1
 
     def due(self, now: float) -> list[tuple[str, IPv4Address]]:
         """The peers to probe now, within the budget; each is rescheduled a cycle on (an answer
@@ -141,6 +147,7 @@ class ProbeSchedule:
         peer.since = wall
         if previous is not Reach.UNREACHABLE:
             return None  # a first answer is no news
+        self.unreachable_count -= 1
         return Transition(key, target, Reach.REACHABLE, previous, 0)
 
     def lost(self, key: str, target: IPv4Address, now: float, wall: float) -> Transition | None:
@@ -153,6 +160,7 @@ class ProbeSchedule:
         if peer.misses < self.budget.misses or peer.state is Reach.UNREACHABLE:
             return None
         previous, peer.state, peer.since = peer.state, Reach.UNREACHABLE, wall
+        self.unreachable_count += 1
         return Transition(key, target, Reach.UNREACHABLE, previous, peer.misses)
 
     def unreachable(self) -> list[str]:

@@ -33,6 +33,7 @@ from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
 from overlayd.bench.datapath import throughput
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
+from overlayd.bench.probe import probe_cost, probe_rows
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
 from overlayd.lab.hosts import ETCD_IP, LabHost
@@ -91,10 +92,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-tcp", action="store_true", help="skip the data-path lab")
     add(
         "--only",
-        choices=["cni", "tcp", "events"],
+        choices=["cni", "tcp", "events", "probe"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
-        "path, --tcp-rounds pairs, events: lease events at --peers); not with --docs",
+        "path, --tcp-rounds pairs, events: lease events at --peers, probe: the data path probes' CPU at "
+        "--peers for --probe-seconds); not with --docs",
     )
+    add("--probe-seconds", type=float, default=30.0, help="CPU measurement of the probe thread (default 30)")
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
     add("--cold-timeout", type=float, default=120.0, help="give up on a cold start after this many seconds")
@@ -116,7 +119,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    needs = ["etcd", "ip", "bridge"] + ([] if args.no_tcp or args.only in ("cni", "events") else ["iperf3"])
+    no_tcp = args.no_tcp or args.only in ("cni", "events", "probe")
+    needs = ["etcd", "ip", "bridge"] + ([] if no_tcp else ["iperf3"])
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
@@ -330,6 +334,8 @@ def main(argv: list[str]) -> int:
             data_path(args, root, raw)
         elif args.only == "events":
             events_only(args, root, raw)
+        elif args.only == "probe":
+            raw["probe"] = probe_cost(args.peers, args.probe_seconds)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -345,6 +351,8 @@ def main(argv: list[str]) -> int:
         print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
         if args.only == "events":
             only = event_rows(args.peers, raw["events"], raw["changes"])
+        elif args.only == "probe":
+            only = probe_rows(raw["probe"])
         else:
             only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
         print(render_table(only))
