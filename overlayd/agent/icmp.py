@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
@@ -42,7 +42,7 @@ class EchoReply:
     sequence: int
     received: float | None = None  # unix time the kernel received it
 
-def parse_reply(packet: bytes) -> EchoReply | None:
+def parse_reply(packet: bytes, received: float | None = None) -> EchoReply | None:
     """The echo reply in an IPv4 packet as a raw socket returns it; None for anything else."""
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
@@ -50,7 +50,7 @@ def parse_reply(packet: bytes) -> EchoReply | None:
     if len(packet) < start + 8 or packet[start] != ECHO_REPLY:
         return None
     ident, sequence = struct.unpack_from("!HH", packet, start + 4)
-    return EchoReply(IPv4Address(packet[12:16]), ident, sequence)
+    return EchoReply(IPv4Address(int.from_bytes(packet[12:16])), ident, sequence, received)
 
 
 def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
@@ -88,8 +88,10 @@ class EchoSocket:
                 packet, ancillary, _, _ = self.sock.recvmsg(2048, 64)
             except OSError:  # nothing waiting (BlockingIOError) or a transient error: next turn
                 return found
-            if (reply := parse_reply(packet)) is not None:
-                found.append(replace(reply, received=_stamp(ancillary)))
+            if len(packet) <= 20 or packet[(packet[0] & 0x0F) * 4] != ECHO_REPLY:
+                continue  # a request (a peer probing us), or other ICMP: no stamp to decode
+            if (reply := parse_reply(packet, _stamp(ancillary))) is not None:
+                found.append(reply)
 
     def close(self) -> None:
         self.sock.close()

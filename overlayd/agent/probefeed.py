@@ -76,7 +76,7 @@ def start_prober(
         metrics.reach = lambda: b'{"peers":[],"problem":"probing is off (--probe-rate=0)"}\n'
         return None
     prober = Prober(metrics, ProbeBudget(rate=rate), ViewPublisher(registry))
-    metrics.reach = lambda: snapshot_json(prober.snapshot)
+    metrics.reach = lambda: snapshot_json(prober.snapshot())
     prober.start()
     health.on_peers = ProbeFeed(prober, state, backend)
     return prober

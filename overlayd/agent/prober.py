@@ -2,8 +2,9 @@
 reports them (metrics, the ``/peers`` snapshot, the log) and stores this node's view in etcd.
 
 It runs beside the loop, never in it: the loop hands in the peers to probe (``feed``, an atomic
-reference, at most every ``FEED_INTERVAL`` unless they changed), the HTTP thread reads ``snapshot``
-(replaced whole). The probe's path is the containers' path: the backend names the address each
+reference), and the HTTP thread asks for a ``snapshot``, built on request under a lock that this
+thread holds only while it updates verdicts (building one walks every peer: too dear to do on
+every turn at 1000 peers). The probe's path is the containers' path: the backend names the address each
 peer answers on through the overlay (``backend.api.probe_target``).
 """
 
@@ -25,11 +26,11 @@ from overlayd.subnet.healthview import NodeView, encode_view
 
 log = logging.getLogger(__name__)
 # Seconds between two turns: probes due are sent and answers read in batches (the kernel stamps
-# each answer's arrival), so the thread wakes 10 times a second whatever the traffic.
-TICK = 0.1
-# Seconds between two snapshots for /peers (round trips, misses) when no peer changed state: a
-# snapshot walks every peer, the costliest step of the thread at 1000 peers.
-SNAPSHOT_INTERVAL = 5.0
+# each answer's arrival), so the thread wakes 5 times a second whatever the traffic.
+TICK = 0.2
+# Seconds between two looks at whether this node's view in etcd needs rewriting, when no peer
+# changed state (a change is looked at at once).
+PUBLISH_INTERVAL = 5.0
 # Each node's view in etcd lives this long unless rewritten; it is rewritten when it changes and
 # halfway through its TTL, so 5000 nodes write about 8 times a second in all when nothing changes.
 VIEW_TTL = 1200
@@ -92,7 +93,8 @@ class Prober:
         self.budget = budget
         self.publisher = publisher
         self.schedule = ProbeSchedule(budget)
-        self.snapshot = ReachSnapshot(rate=budget.rate)
+        self._problem = ""
+        self._lock = threading.Lock()
         self.tid = 0  # the thread's id in /proc/self/task, for measuring its CPU
         self._targets = ProbeTargets(None, {}, frozenset(), "")
         self._stopping = threading.Event()
@@ -111,7 +113,7 @@ class Prober:
         except OSError as exc:
             problem = f"cannot open a raw ICMP socket ({exc.strerror}): the data path is not probed"
             log.warning("%s; run the agent as root or with CAP_NET_RAW", problem)
-            self.snapshot = ReachSnapshot(rate=self.budget.rate, problem=problem)
+            self._problem = problem
             return
         self._ident = (os.getpid() ^ id(self)) & 0xFFFF
         self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
@@ -123,24 +125,35 @@ class Prober:
             self._thread.join(timeout=2.0)
             self._socket.close()
 
+    def snapshot(self) -> ReachSnapshot:
+        """Every peer's verdict now (called from the HTTP thread)."""
+        if self._problem:
+            return ReachSnapshot(rate=self.budget.rate, problem=self._problem)
+        with self._lock:
+            peers = self.schedule.snapshot()
+            unreachable = self.schedule.unreachable_count
+        return ReachSnapshot(peers, unreachable, self.budget.rate, self.budget.period(len(peers)))
+
     def _run(self) -> None:
         self.tid = threading.get_native_id()
         applied: ProbeTargets | None = None
-        last_snapshot = 0.0
+        last_publish = 0.0
         while not self._stopping.is_set():
             now, wall = time.monotonic(), time.time()
             targets = self._targets
             fed = targets is not applied
-            if fed:
-                self.schedule.set_targets(targets.targets, now, wall)
-                applied = targets
-            self._send(now, wall)
+            with self._lock:
+                if fed:
+                    self.schedule.set_targets(targets.targets, now, wall)
+                    applied = targets
+                self._send(now, wall)
             self._stopping.wait(TICK)
-            changed = self._receive(time.time(), targets)
-            changed = self._expire(time.monotonic(), time.time(), targets) or changed
-            if changed or fed or now - last_snapshot >= SNAPSHOT_INTERVAL:
+            with self._lock:
+                changed = self._receive(time.time(), targets)
+                changed = self._expire(time.monotonic(), time.time(), targets) or changed
+            if changed or fed or now - last_publish >= PUBLISH_INTERVAL:
                 self._publish(targets, now)
-                last_snapshot = now
+                last_publish = now
 
     def _send(self, now: float, wall: float) -> None:
         for key, target in self.schedule.due(now):
@@ -182,10 +195,9 @@ class Prober:
         return True
 
     def _publish(self, targets: ProbeTargets, now: float) -> None:
-        unreachable = self.schedule.unreachable()
-        self.metrics.peers_unreachable.set(self.schedule.unreachable_count)
-        period = self.budget.period(len(self.schedule.peers))
-        self.snapshot = ReachSnapshot(self.schedule.snapshot(), len(unreachable), self.budget.rate, period)
+        with self._lock:
+            unreachable = self.schedule.unreachable()
+        self.metrics.peers_unreachable.set(len(unreachable))
         if self.publisher is not None:
             self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now)
 
