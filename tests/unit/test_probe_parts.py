@@ -80,3 +80,13 @@ def test_the_chart_is_an_svg_with_a_line_per_series_and_the_marks() -> None:
     assert svg.startswith("<svg") and svg.count("<path") == 2 and "fault" in svg
     with pytest.raises(ValueError):
         step_chart("t", [], [], "count")
+
+
+@pytest.mark.parametrize("raw", ["-1", "5000", "fast"])
+def test_a_bad_probe_rate_names_the_value_and_the_range(raw: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from overlayd.cli import main
+
+    assert main(["run", f"--probe-rate={raw}", "--etcd-endpoints=http://192.0.2.2:2379"]) == 2
+    err = capsys.readouterr().err
+    assert "--probe-rate" in err and raw in err, err
+    assert raw == "fast" or "between 0 (probing off) and 1000" in err, err
