@@ -72,3 +72,26 @@ def test_a_peers_udp_dropped_is_reported_then_its_recovery(probe_lab: Lab) -> No
     assert peers(lab, h1) == {k2: "reachable", k3: "reachable"}
     assert "answers through the overlay again" in log_since(h1, mark)
     wait_for(lambda: status_json(lab, h1, "--cluster")["broken_pairs"] == [], GOAL, "the views to clear")
+
+
+def test_an_agent_started_while_etcd_is_down_does_not_blame_the_config(probe_lab: Lab) -> None:
+    lab = probe_lab
+    lab.stop_etcd()
+    try:
+        h4 = lab.add_host()
+
+        def metrics() -> str:
+            try:
+                status, text = lab.http_get(h4, "/metrics")
+            except Exception:  # the agent is not serving yet
+                return ""
+            return text if status == 200 else ""
+
+        failed = 'overlayd_etcd_errors_total{operation="get_config"} 0.0'
+        wait_for(lambda: failed.rsplit(" ", 1)[0] in metrics() and failed not in metrics(), 30,
+                 "h4 to count a failed read of the config")  # fmt: skip
+        assert "overlayd_network_config_ok NaN" in metrics(), "unknown, not 0: etcd never answered"
+    finally:
+        lab.start_etcd()
+    wait_for(lambda: lab.metric(h4, "overlayd_network_config_ok") == 1, 60, "h4 to read the config")
+    lab.wait_converged(timeout=60)
