@@ -208,7 +208,7 @@ def log_transition(transition: Transition, targets: ProbeTargets, budget: ProbeB
     if transition.state is Reach.REACHABLE:
         log.warning("peer %s answers through the overlay again (probe to %s)", key, target)
         return
-    lost = f"{transition.misses} probes in a row to {target} lost ({budget.timeout:g}s each)"
+    lost = f"{transition.misses} probes in a row to {target} unanswered ({budget.timeout:g}s timeout)"
     if key in targets.programmed:
         log.warning(
             "peer %s unreachable through the overlay: %s while its kernel entries here are right "

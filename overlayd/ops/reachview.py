@@ -106,7 +106,7 @@ def render_cluster(views: dict[str, NodeView], problems: list[str], now: float) 
     nodes = sorted(views)
     if len(nodes) <= MATRIX_MAX_NODES:
         width = max(len(node) for node in nodes)
-        lines.append(f"  {'':<{width}}    " + " ".join(f"{i + 1:>3}" for i in range(len(nodes))))
+        lines.append(f"  {'':<{width}}     " + " ".join(f"{i + 1:>3}" for i in range(len(nodes))))
         for i, node in enumerate(nodes):
             unreachable = set(views[node].unreachable)
             cells = ["-" if other == node else "X" if other in unreachable else "." for other in nodes]
