@@ -70,8 +70,11 @@ def test_peers_json_and_status_lines_name_the_unreachable_peer() -> None:
     assert "1 of 2 peers answer" in text and "198.18.3.0-24" in text and "UNREACHABLE for 50s" in text
     views = {"198.18.1.0-24": NodeView("198.18.1.0-24", 2, ("198.18.3.0-24",), 990.0),
              "198.18.3.0-24": NodeView("198.18.3.0-24", 2, (), 990.0)}  # fmt: skip
-    matrix = "\n".join(render_cluster(views, [], 1000.0))
+    lines = render_cluster(views, [], 1000.0)
+    matrix = "\n".join(lines)
     assert "198.18.1.0-24 cannot reach 198.18.3.0-24" in matrix and " X" in matrix
+    header, first = lines[2], lines[3]
+    assert header.index("2") == first.index("X"), "column 2 of row 1 is under its number"
 
 
 def test_the_chart_is_an_svg_with_a_line_per_series_and_the_marks() -> None:
