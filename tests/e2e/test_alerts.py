@@ -78,10 +78,12 @@ class Prometheus:
         out = sh("curl", "-sf", "--max-time", "5", url, netns=self.lab.etcd_ns, check=False)
         return json.loads(out) if out else {}
 
-    def firing(self) -> set[tuple[str, str]]:
-        """(alert name, instance) of every firing alert."""
-        alerts = self.get("/api/v1/alerts").get("data", {}).get("alerts", [])
-        firing = [alert["labels"] for alert in alerts if alert["state"] == "firing"]
+    def firing(self) -> set[tuple[str, str]] | None:
+        """(alert name, instance) of every firing alert; None when Prometheus did not answer."""
+        answer = self.get("/api/v1/alerts")
+        if answer.get("status") != "success":
+            return None
+        firing = [alert["labels"] for alert in answer["data"]["alerts"] if alert["state"] == "firing"]
         return {(labels["alertname"], labels.get("instance", "")) for labels in firing}
 
     def up(self) -> int:
@@ -91,7 +93,7 @@ class Prometheus:
     def stop(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=20)  # our own child, by its pid
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -117,6 +119,8 @@ def instance(host: LabHost) -> str:
 def await_alerts(prometheus: Prometheus, expected: set[tuple[str, str]], firing: bool, what: str) -> None:
     def check() -> bool:
         now = prometheus.firing()
+        if now is None:  # no answer proves nothing either way
+            return False
         return expected <= now if firing else not (expected & now)
 
     wait_for(check, FIRE if firing else RESOLVE, f"{what} (firing now: {sorted(prometheus.firing())})")
