@@ -61,28 +61,44 @@ class ReachSnapshot:
 
 
 class ViewPublisher:
-    """Stores this node's unreachable peers in etcd when they change, and before its TTL runs out."""
+    """Stores this node's unreachable peers in etcd when they change, and before its TTL runs out.
 
-    def __init__(self, registry: SubnetRegistry, ttl: int = VIEW_TTL) -> None:
-        self.registry, self.ttl = registry, ttl
+    Each write runs on a short-lived thread of its own (``background``), one at a time: an etcd
+    that does not answer must not hold up the probes."""
+
+    def __init__(self, registry: SubnetRegistry, ttl: int = VIEW_TTL, background: bool = True) -> None:
+        self.registry, self.ttl, self.background = registry, ttl, background
         self._written: tuple[str, tuple[str, ...]] | None = None
         self._refresh_at = 0.0  # monotonic time the stored view needs rewriting, changed or not
         self._not_before = 0.0  # no write before this (after a failure, or a write just done)
+        self._writing = threading.Event()
 
     def step(self, node: str | None, probed: int, unreachable: list[str], now: float) -> None:
-        if node is None or now < self._not_before:
+        if node is None or now < self._not_before or self._writing.is_set():
             return
         current = (node, tuple(unreachable))
         if current == self._written and now < self._refresh_at:
             return
+        self._writing.set()
+        if self.background:
+            args = (current, probed, now)
+            threading.Thread(target=self._write, args=args, name="view", daemon=True).start()
+        else:
+            self._write(current, probed, now)
+
+    def _write(self, current: tuple[str, tuple[str, ...]], probed: int, now: float) -> None:
+        node, unreachable = current
         try:
-            view = encode_view(NodeView(node, probed, current[1], time.time()))
+            view = encode_view(NodeView(node, probed, unreachable, time.time()))
             self.registry.put_health(node, view, self.ttl)
         except RegistryError as exc:
             log.debug("could not store the data path view of %s: %s", node, exc)
             self._not_before = now + VIEW_RETRY
-            return
-        self._written, self._refresh_at, self._not_before = current, now + self.ttl / 2, now + VIEW_MIN_GAP
+        else:
+            self._written, self._refresh_at = current, now + self.ttl / 2
+            self._not_before = now + VIEW_MIN_GAP
+        finally:
+            self._writing.clear()
 
 
 class Prober:

@@ -43,7 +43,7 @@ def test_a_view_round_trips_and_a_bad_one_names_the_node() -> None:
 def test_the_view_is_written_when_it_changes_and_before_its_ttl_not_on_every_step() -> None:
     store = MemoryEtcd(ManualClock())
     registry = MemoryRegistry(store, "/net")
-    publisher = ViewPublisher(registry, ttl=100)
+    publisher = ViewPublisher(registry, ttl=100, background=False)
     publisher.step("198.18.1.0-24", 2, [], 0.0)
     first = store.revision
     publisher.step("198.18.1.0-24", 2, [], 10.0)
