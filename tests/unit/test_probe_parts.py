@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -93,3 +93,27 @@ def test_a_bad_probe_rate_names_the_value_and_the_range(raw: str, capsys: pytest
     err = capsys.readouterr().err
     assert "--probe-rate" in err and raw in err, err
     assert raw == "fast" or "between 0 (probing off) and 1000" in err, err
+
+
+def test_the_probe_target_is_the_peers_first_address_unless_the_backend_names_another() -> None:
+    from overlayd.backend.api import probe_target
+    from overlayd.backend.select import DEFAULT_TYPE, backend_for
+    from overlayd.subnet.lease import Lease, LeaseAttrs
+
+    peer = Lease(subnet=IPv4Network("198.18.7.0/24"), attrs=LeaseAttrs(public_ip=IPv4Address("192.0.2.12")))
+    default = backend_for(DEFAULT_TYPE)
+    try:
+        assert probe_target(default, peer) == IPv4Address("198.18.7.0")  # on the peer's VXLAN device
+    finally:
+        default.close()
+
+    class Quiet:  # a backend that carries no traffic says so
+        def probe_target(self, lease: Lease) -> IPv4Address | None:
+            return None
+
+    class Gateway:  # one whose peers answer on their bridge gateway
+        def probe_target(self, lease: Lease) -> IPv4Address | None:
+            return lease.subnet.network_address + 1
+
+    assert probe_target(Quiet(), peer) is None  # type: ignore[arg-type]
+    assert probe_target(Gateway(), peer) == IPv4Address("198.18.7.1")  # type: ignore[arg-type]
