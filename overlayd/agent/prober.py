@@ -26,8 +26,8 @@ from overlayd.subnet.healthview import NodeView, encode_view
 
 log = logging.getLogger(__name__)
 # Seconds between two turns: probes due are sent and answers read in batches (the kernel stamps
-# each answer's arrival), so the thread wakes 5 times a second whatever the traffic.
-TICK = 0.2
+# each answer's arrival), so the thread wakes twice a second whatever the traffic.
+TICK = 0.5
 # Seconds between two looks at whether this node's view in etcd needs rewriting, when no peer
 # changed state (a change is looked at at once).
 PUBLISH_INTERVAL = 5.0
@@ -211,8 +211,8 @@ class Prober:
         return True
 
     def _publish(self, targets: ProbeTargets, now: float) -> None:
-        with self._lock:
-            unreachable = self.schedule.unreachable()
+        with self._lock:  # a healthy node walks no peer list here
+            unreachable = self.schedule.unreachable() if self.schedule.unreachable_count else []
         self.metrics.peers_unreachable.set(len(unreachable))
         if self.publisher is not None:
             self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now)
