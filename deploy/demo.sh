@@ -13,7 +13,11 @@ lab_running=3  # `overlayd lab up`: a lab of that name runs (kept, or another de
 # Ctrl-C stops `lab up`; the demo itself goes on to remove what was built.
 trap 'interrupted=1' INT TERM
 interrupted=0
-up() { .venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping && status=0 || status=$?; }
+# With Docker installed, each host also runs a dockerd and the Docker plugin, with a container in
+# the ping table beside the CNI ones.
+docker=()
+if command -v dockerd >/dev/null && command -v docker >/dev/null; then docker=(--docker); fi
+up() { .venv/bin/overlayd lab up --name "$name" --hosts "$hosts" --ping "${docker[@]}" && status=0 || status=$?; }
 up
 if [ "$status" = "$lab_running" ] && [ -z "${OVERLAYD_LAB:-}" ] && [ "$interrupted" = 0 ]; then
   name=ovlab$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')

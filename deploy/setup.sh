@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(etcd-server etcd-client containernetworking-plugins iproute2 iptables nftables
           iperf3 iputils-ping procps openssl  # openssl: certificates for the etcd TLS tests
-          docker.io busybox-static)  # a real dockerd per lab host, and its offline image
+          docker.io busybox-static  # a real dockerd per lab host, and its offline image
+          wireguard-go wireguard-tools tcpdump)  # WireGuard where the kernel lacks it; wg; captures
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,7 +1,7 @@
 """The ``overlayd`` command: ``run`` (the agent) and the operator commands around it.
 
-``status``, ``config validate|get|set``, ``docker-opts``, ``lab``, ``install-cni``, ``cni`` and
-``cleanup``.
+``status``, ``config validate|get|set``, ``docker-opts``, ``docker-plugin``, ``lab``, ``install-cni``,
+``cni`` and ``cleanup``.
 
 ``overlayd`` with flanneld-style options and no subcommand means ``run``, so a flanneld unit
 file's ExecStart only needs the binary's name changed.
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 LAB_RUNNING = 3
 # `status`: the agent is unreachable or not ready (the rest of the report may still be useful).
 STATUS_AGENT_DOWN = 3
-COMMANDS = ("run", "status", "config", "docker-opts", "lab", "install-cni", "cni", "cleanup", "bench")
+COMMANDS = (
+    "run", "status", "config", "docker-opts", "docker-plugin", "lab", "install-cni", "cni", "cleanup",
+    "bench",
+)  # fmt: skip
 # The agent options that commands talking to etcd or reading this host's files accept.
 ETCD_OPTIONS = (
     "etcd_endpoints", "etcd_prefix", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
@@ -101,6 +104,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             lab.up(args.hosts, network_config=args.network_config or lab_network_config(args.backend))
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
+            if args.docker:
+                from overlayd.lab.dockerhosts import start_docker_hosts
+
+                try:
+                    start_docker_hosts(lab.hosts, lab.cni_conflist, per_host=1)
+                finally:
+                    lab.save()
             print(lab.status())
             return _print_ping_tables(lab) if args.ping else 0
         if lab is None:
@@ -212,7 +222,8 @@ def _cmd_docker_opts(args: argparse.Namespace) -> int:
         ip_masq=not args.no_ip_masq,
     )
     try:
-        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env)
+        existing = os.environ.get(args.combined_key, "")  # prepended, as mk-docker-opts.sh does
+        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env, existing)
     except DockerOptsError as exc:
         print(f"overlayd docker-opts: {exc}", file=sys.stderr)
         return 1
@@ -235,19 +246,29 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     drops no traffic; with
     flanneld in its place nobody would keep the table's VXLAN allowlist up to date, and peers
     joining later would be dropped. The device, its entries, subnet.env and the lease are
-    flanneld's too, and stay for it to adopt.
+    flanneld's too, and stay for it to adopt; but the udp backend's forwarder is stopped: it holds
+    flannel0, which flanneld's own forwarder must create.
     """
+    from overlayd.backend.udp.config import DEVICE_NAME
+    from overlayd.backend.udp.control import ForwarderKeeper
     from overlayd.netfilter.firewall import Firewall, FirewallError
+    from overlayd.netfilter.names import names_for_prefix
+    from overlayd.option_sources import read_env
 
     configure_logging("warning")
+    from_env = read_env("etcd_prefix", os.environ)
+    prefix = args.etcd_prefix or (from_env[1] if from_env else AgentOptions.etcd_prefix)
+    names = names_for_prefix(prefix)
     try:
-        Firewall().remove()
+        Firewall(names).remove()
     except FirewallError as exc:
         print(f"overlayd cleanup: {exc}", file=sys.stderr)
         return 1
+    if ForwarderKeeper().stop(DEVICE_NAME):
+        print(f"stopped the udp forwarder, and with it {DEVICE_NAME}: flanneld makes its own")
     print(
-        "removed nftables table ip overlayd and iptables chain OVERLAYD-FWD (if there were "
-        "any); flannel.<VNI>, its entries, "
+        f"removed nftables table ip {names.table} and iptables chain {names.forward_chain} of the "
+        f"network under {prefix} (if there were any); flannel.<VNI>, its entries, "
         "subnet.env and the lease are kept for flanneld to adopt. Run this with the agent "
         "stopped: a running agent writes the table again."
     )
@@ -258,6 +279,12 @@ def _cmd_cni(args: argparse.Namespace) -> int:
     from overlayd.ops.cni_tool import run_cni_command
 
     return run_cni_command(args.cni_args)
+
+
+def _cmd_docker_plugin(plugin_args: list[str]) -> int:
+    from overlayd.dockerplugin.server import run_docker_plugin
+
+    return run_docker_plugin(plugin_args)
 
 
 def _cmd_bench(bench_args: list[str]) -> int:
@@ -346,6 +373,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="containers attached per host by the CNI plugin, for `up` (default 2)",
     )  # fmt: skip
     lab.add_argument("--ping", action="store_true", help="after `up`, print all-pairs ping tables")
+    lab.add_argument("--docker", action="store_true",
+                     help="`up`: also a dockerd and `overlayd docker-plugin` per host, with one container "
+                          "each on the plugin's network `overlayd` (in the ping table)")
     lab.add_argument("--backend", default=DEFAULT_BACKEND, metavar="TYPE",
                      help="`up`: the network config's Backend.Type, with its defaults (default %(default)s)")
     lab.add_argument("--network-config", metavar="JSON",
@@ -397,7 +427,13 @@ def make_parser() -> argparse.ArgumentParser:
     cleanup = sub.add_parser(
         "cleanup", help="remove overlayd's nftables table and iptables forward chain (before flanneld starts)"
     )
+    cleanup.add_argument("--etcd-prefix", "-etcd-prefix", dest="etcd_prefix", default=None,
+                         help="the network whose table and chain to remove (default: FLANNELD_ETCD_PREFIX "
+                         "or OVERLAYD_ETCD_PREFIX, else /coreos.com/network)")
     cleanup.set_defaults(func=_cmd_cleanup)
+
+    plugin = sub.add_parser("docker-plugin", help="serve Docker's network and IPAM plugin API on this host")
+    plugin.add_argument("plugin_args", nargs=argparse.REMAINDER, help="see `overlayd docker-plugin --help`")
 
     bench = sub.add_parser("bench", help="measure the agent, the CNI plugin and the data path in a lab")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `overlayd bench --help`")
@@ -412,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _install_backends()
     if argv[0] == "bench":  # options of its own, which argparse.REMAINDER would not take first
         return _cmd_bench(argv[1:])
+    if argv[0] == "docker-plugin":
+        return _cmd_docker_plugin(argv[1:])
     args = make_parser().parse_args(normalize_argv(argv) if argv[0] == "run" else argv)
     try:
         return int(args.func(args) or 0)

@@ -10,6 +10,10 @@ from pathlib import Path
 from overlayd.option_specs import FLANNELD_IGNORED, SPECS, OptionsError, flag_name, parse_bool
 
 _KLOG_LEVEL = re.compile(r"^--?v(?:=(\d+))?$")
+# flanneld's klog verbosity as a variable (its flag is -v): any level from 1 is our -v.
+KLOG_LEVEL_VARIABLE = "FLANNELD_V"
+# Variables flanneld reads that name no option of either program's table.
+_FLANNELD_OTHER_VARIABLES = {"FLANNELD_VERSION": "flanneld checks -version before it reads variables"}
 
 
 def build_parser(
@@ -72,6 +76,10 @@ def read_env(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
         var = prefix + name.upper()
         if env.get(var, "") != "":
             return var, env[var]
+    if name == "verbose" and (level := env.get(KLOG_LEVEL_VARIABLE, "").strip()):
+        if level.isdigit():
+            level = "1" if int(level) > 0 else "0"
+        return KLOG_LEVEL_VARIABLE, level
     return None
 
 
@@ -147,4 +155,17 @@ def ignored_flanneld_options(args: argparse.Namespace, env: Mapping[str, str]) -
                     "from the Kubernetes API; remove it and give --etcd-endpoints"
                 )
         ignored.append(f"--{name}={value}: {why}")
-    return tuple(ignored)
+    return tuple(ignored) + unknown_flanneld_variables(env)
+
+
+def unknown_flanneld_variables(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``NAME: why`` for each ``FLANNELD_*`` variable set that no option reads (a typo, or one
+    flanneld itself ignores), so that a unit's silently dropped setting shows in the log."""
+    read = {"FLANNELD_" + name.upper() for name in SPECS}
+    read |= {"FLANNELD_" + name.upper().replace("-", "_") for name in FLANNELD_IGNORED}
+    read.add(KLOG_LEVEL_VARIABLE)
+    notes = []
+    for var in sorted(name for name in env if name.startswith("FLANNELD_") and name not in read):
+        why = _FLANNELD_OTHER_VARIABLES.get(var, "no flanneld or overlayd option reads this variable")
+        notes.append(f"{var}: {why}")
+    return tuple(notes)

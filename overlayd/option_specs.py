@@ -161,6 +161,13 @@ SPECS: dict[str, _Spec] = {
     ),
     "subnet_lease_ttl": _Spec(_positive_int, "TTL in seconds of the etcd lease bound to our subnet key"),
     "ip_masq": _Spec(parse_bool, "masquerade traffic leaving the overlay", flag=True),
+    "ip_masq_fully_random_disable": _Spec(
+        parse_bool, "masquerade without fully-random source ports (flanneld v0.28)", flag=True
+    ),
+    "ip_blackhole_route": _Spec(
+        parse_bool, "drop traffic to this host's subnet that no container route takes (a blackhole "
+        "route; flanneld v0.28)", flag=True,
+    ),
     "iptables_forward_rules": _Spec(parse_bool, "accept forwarded overlay traffic", flag=True),
     "vxlan_ingress_allowlist": _Spec(
         parse_bool, "drop VXLAN packets from addresses that hold no peer lease", flag=True

@@ -22,10 +22,13 @@ from overlayd.option_specs import SPECS, OptionsError, flag_name
 if TYPE_CHECKING:
     from overlayd.backend.iface import InterfaceChoice
 
+# flanneld's default: etcd's legacy client port first, then the current one (fail-over to the second).
+DEFAULT_ENDPOINTS = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
+
 
 @dataclass(frozen=True)
 class AgentOptions:
-    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     etcd_prefix: str = "/coreos.com/network"
     etcd_cafile: str | None = None
     etcd_certfile: str | None = None
@@ -40,6 +43,8 @@ class AgentOptions:
     subnet_lease_renew_margin: int = 60  # minutes, as flanneld
     subnet_lease_ttl: int = 86400  # seconds
     ip_masq: bool = False
+    ip_masq_fully_random_disable: bool = False  # masquerade fully-random unless set, as flanneld v0.28
+    ip_blackhole_route: bool = False
     iptables_forward_rules: bool = True
     vxlan_ingress_allowlist: bool = True  # accept VXLAN only from peers' PublicIPs
     healthz_ip: str = "0.0.0.0"

@@ -1,21 +1,24 @@
 """The network config the previous run programmed, kept in the state directory, so that a switch
 to another backend removes what the old one left on this host (its device, its routes).
 
-A running agent restarts when the config names another backend (its ``restart_key``); the new
-run reads the config kept here and, when its backend differs, asks that backend to ``remove``
-what it set up for it. Then the config in force is kept for the next run.
+A running agent switches in place when the config names another backend (``switch_live``); one
+that was stopped meanwhile reads the config kept here at its next start and, when its backend
+differs, asks that backend to ``remove`` what it set up for it (``switch_backend``). Either way
+the config in force is then kept for the next run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.backend.api import Backend
+from overlayd.backend.api import Backend, BackendError, HostFacts
 from overlayd.backend.select import CONFIG_PARSERS, backend_for
 from overlayd.base.atomicfile import write_atomic
 from overlayd.subnet.config import BackendParsers, ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.lease import LeaseAttrs
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +70,47 @@ def switch_backend(
             log.info("backend %s: %s", previous.backend.type, action)
     write_atomic(path, raw.decode(), 0o600)
     return actions
+
+
+@dataclass(frozen=True)
+class Switched:
+    """The backend a live switch brought in, and what this host's lease publishes under it."""
+
+    backend: Backend
+    attrs: LeaseAttrs
+
+
+def switch_live(
+    old: Backend,
+    old_config: NetworkConfig,
+    config: NetworkConfig,
+    raw: bytes,
+    host: HostFacts,
+    make: Callable[[str, str], Backend] = backend_for,
+) -> Switched | None:
+    """Bring in ``config``'s backend while running: asked first whether this host can run it
+    (None, logged, if not: the old one keeps serving), then the old backend's kernel state is
+    removed and ``raw`` kept as the config in force for the next start. The caller programs the
+    new backend (device, entries, firewall) with a fresh lease value and a full pass."""
+    new = make(config.backend.type, str(record_path(host.state_dir)))
+    try:
+        attrs = new.lease_data(config, host)
+    except (BackendError, OSError) as exc:
+        new.close()
+        log.error("cannot switch to backend %s (%s); backend %s keeps running", config.backend.type, exc,
+                  old_config.backend.type)  # fmt: skip
+        return None
+    try:
+        for action in old.remove(old_config):
+            log.info("backend %s: %s", old_config.backend.type, action)
+    except Exception as exc:  # the new backend can still run; a later start retries the removal
+        log.error("could not remove what backend %s left (%s)", old_config.backend.type, exc)
+    else:
+        try:
+            write_atomic(record_path(host.state_dir), raw.decode(), 0o600)
+        except OSError as exc:
+            log.error("cannot keep the network config in force in %s (%s); a restart removes what "
+                      "backend %s left again", host.state_dir, exc, old_config.backend.type)  # fmt: skip
+    old.close()
+    log.info("switched backend %s -> %s", old_config.backend.type, config.backend.type)
+    return Switched(new, attrs)

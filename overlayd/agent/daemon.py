@@ -22,6 +22,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 
 from overlayd.agent.backendswitch import switch_backend
+from overlayd.agent.configfollow import ConfigFollower
 from overlayd.agent.events import AgentEvent, Recheck, Trigger, Wake, drain
 from overlayd.agent.health import HealthReporter
 from overlayd.agent.heap import HeapKeeper
@@ -44,15 +45,14 @@ from overlayd.agent.startup import (
 )
 from overlayd.agent.statedump import install_signal_handlers
 from overlayd.agent.subnethistory import SubnetMemory
-from overlayd.backend.api import Backend, HostFacts
+from overlayd.backend.api import Backend, HostFacts, HostUnfit
 from overlayd.backend.iface import ExternalInterface, select_interface
 from overlayd.backend.monitor import DeviceChange, NetlinkMonitor, is_echo
 from overlayd.backend.select import backend_for
 from overlayd.etcd.peerwatch import PeerEvents, PeerSnapshot, PeerWatchDown, PeerWatcher
 from overlayd.etcd.registry import Registry
-from overlayd.netfilter.firewall import Firewall
+from overlayd.netfilter.firewall import network_firewall
 from overlayd.options import AgentOptions
-from overlayd.subnet.confchange import ConfigAction
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay
@@ -62,10 +62,9 @@ log = logging.getLogger(__name__)
 # Seconds from a change on our device that someone else made to the full pass that repairs it:
 # one pass covers a burst. Peer events are applied meanwhile; only the pass waits.
 NETLINK_DEBOUNCE = 0.2
-RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure brings us back with the new VNI
 
 
-class Agent:
+class Agent(ConfigFollower):
     """One host's overlay agent; see the module docstring for the threading model."""
 
     def __init__(self, options: AgentOptions) -> None:
@@ -81,7 +80,7 @@ class Agent:
         self.own_attrs: LeaseAttrs | None = None  # what our lease publishes (the backend says)
         self.bad_leases = BadLeaseLog(lambda reason: self.metrics.bad_leases.labels(reason=reason).inc())
         self.state = PeerState(self.bad_leases)
-        self.reconciler = Reconciler(options, self.metrics, self.state, Firewall())
+        self.reconciler = Reconciler(options, self.metrics, self.state, network_firewall(options.etcd_prefix))
         self.health = HealthReporter(self.metrics, self.notifier, self.state)
         self.retrier = Retrier(self.stopping, self.notifier, self.health)
         self.first_listing: tuple[list[Lease], int] | None = None  # the lease's; the watch starts there
@@ -147,7 +146,7 @@ class Agent:
             log.info("ignoring flanneld option %s", ignored)
         try:
             self.lock_fd = lock_state_dir(self.options.state_dir)
-            self.network_claim = claim_this_network(self.options.etcd_prefix)
+            self.network_claim = claim_this_network(self.options.etcd_prefix, self.options.subnet_file)
             servers = start_http(self.metrics, self.options)
             if servers is None:
                 return 1
@@ -181,25 +180,22 @@ class Agent:
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
             switch_backend(opts.state_dir, config, self.keeper.config_raw or b"")
-            self.own_attrs = backend.lease_data(config, host)
+            # Retried: a backend may run a command for it (extension's PreStartupCommand).
+            prepare = lambda: backend.lease_data(config, host)  # noqa: E731
+            self.own_attrs = self.retrier.retry("preparing this host's lease", prepare)
         except OSError as exc:
             raise state_dir_error(opts.state_dir, exc) from None
+        except HostUnfit as exc:  # this host cannot run the config's backend (host-gw behind NAT)
+            raise StartError(str(exc)) from None
+        if self.own_attrs is None:
+            return False
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False
         self.prober = start_prober(opts.probe_rate, self.health, self.registry, self.state, backend)
         self.watcher = PeerWatcher(self.registry, self.events, first_listing=self.first_listing)
         self.watcher.start()
-        reconciler = self.reconciler
-        monitor = self.monitor = NetlinkMonitor(
-            backend.device_names(config)[0],
-            lambda: reconciler.device.ifindex if reconciler.device else 0,
-            self.events.put,
-            self._is_echo,
-            reconciler.writing,
-        )
-        reconciler.monitor_alive = lambda: monitor.alive
-        monitor.start()
+        self._watch_kernel(backend, config, external.name)
         return True
 
     def _shutdown(self) -> None:
@@ -378,23 +374,3 @@ class Agent:
             if trigger is Trigger.RESYNC:
                 self.heap.settle()  # the new listing's leases and entries are long-lived
         self.health.count_peers()
-
-    # ---- the network config -------------------------------------------------------------------
-
-    def _recheck_config(self) -> None:
-        """Pick up a changed network config (``LeaseKeeper.recheck`` judges and logs it)."""
-        assert self.keeper is not None
-        check = self.keeper.recheck(self.state.others())
-        if check.valid is not None:
-            self.metrics.config_ok.set(1 if check.valid else 0)
-        decision = check.decision
-        if decision is None:
-            return
-        if decision.action is ConfigAction.HOLD or decision.cleared:
-            self.health.config_hold(decision if decision.action is ConfigAction.HOLD else None)
-        if decision.action is ConfigAction.RESTART:
-            self.exit_code = RESTART_EXIT_CODE
-            self.request_stop()
-        elif decision.action is ConfigAction.APPLY:
-            self.config = decision.stored
-            self.metrics.pool_size.set(decision.stored.subnet_count)

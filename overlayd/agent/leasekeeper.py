@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network
 
-from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
 from overlayd.base.outage import Outage
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -99,6 +99,7 @@ class LeaseKeeper:
         self.stored_raw: bytes | None = None  # the config last read, as stored
         # While the stored config would renumber live leases: the verdict that keeps ours in force.
         self.hold: ConfigDecision | None = None
+        self.refused_switch: NetworkConfig | None = None  # a backend this host could not switch to
         # While etcd is down, log when each starts and stops failing, once.
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
@@ -201,12 +202,14 @@ class LeaseKeeper:
         self.stored_raw = raw
         if self.config is None:  # starting: this is the config that goes in force
             self.config, self.config_raw = config, raw
+            if not config.backend_type_given:
+                log.warning("%s", default_type_notice(self.where()))
         return config
 
     def judge(self, stored: NetworkConfig, peers: Iterable[Lease]) -> ConfigDecision | None:
         """The verdict on a re-read config (None: the one in force, and no hold to clear). A hold
         is kept while the stored config would renumber live leases; APPLY and RESTART put the
-        stored config in force here."""
+        stored config in force here, SWITCH once the agent has switched (``switched``)."""
         assert self.config is not None and self.lease is not None
         if stored == self.config and self.hold is None:
             return None
@@ -254,4 +257,14 @@ class LeaseKeeper:
             )
         elif decision.action is ConfigAction.APPLY:
             log.warning("network config changed: %s", stored)
+        elif decision.action is ConfigAction.SWITCH:
+            if stored == self.refused_switch:
+                return ConfigCheck()  # said when it failed; the next change is judged anew
+            assert in_force is not None
+            log.warning("network config changed Backend %s -> %s; switching backend in place",
+                        in_force.backend.type, stored.backend.type)  # fmt: skip
         return ConfigCheck(decision)
+
+    def switched(self, stored: NetworkConfig, raw: bytes | None) -> None:
+        """Put ``stored`` (``raw`` as stored) in force: the agent runs its backend now."""
+        self.config, self.config_raw, self.refused_switch = stored, raw, None

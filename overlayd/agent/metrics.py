@@ -42,6 +42,7 @@ REPAIRS = {
     "device": ("fix",),
     "firewall": ("fix",),
     "subnet_env": ("fix",),
+    "blackhole_route": ("fix",),  # --ip-blackhole-route
 }
 # The label values each labelled counter can take, exported at 0 from the start: a counter without
 # a series until its first increment shows "No data" on a healthy node, and rate() misses a burst.
@@ -192,7 +193,7 @@ class Metrics:
         # A full pass's steps fail alone: one refused entry leaves the firewall and subnet.env repaired.
         self.pass_step_failures = Counter(
             "overlayd_reconcile_step_failures",
-            "Full-pass steps that failed (firewall, device, entries), retried on the next pass",
+            "Full-pass steps that failed (firewall, device, entries, blackhole), retried on the next pass",
             ["step"],
             registry=r,
         )

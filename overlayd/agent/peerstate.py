@@ -173,7 +173,8 @@ class PeerState:
                 claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
                 assert self.backend is not None and self.host is not None
                 direct = self.backend.reached_directly(self.config, self.host)
-                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry)
+                desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry,
+                                         self.backend.peer_entries)
             held = {held.key: held.lease for held in self.holds}  # their entries stay until due
             for key in desired.keys() - self.peers.keys() - held.keys():
                 desired.load(key, None)
@@ -271,6 +272,14 @@ class PeerState:
             self.programmed.add(change.key)
         if change.new is None:
             self.verdicts.forget(change.key)
+
+    def safe_peers(self) -> dict[str, Lease]:
+        """Every live lease but ours that is safe to act on, by key: what a backend's per-peer
+        work outside kernel entries is handed (``Backend.peer_actions``)."""
+        assert self.lease is not None
+        own = self.lease.key
+        peers = self.peers.items()
+        return {key: lease for key, lease in peers if key != own and self.verdict(key, lease).safe}
 
     def others(self) -> list[Lease]:
         """Every live lease but ours."""

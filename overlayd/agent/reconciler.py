@@ -27,6 +27,7 @@ from overlayd.agent.peerlog import PeerChange as Logged
 from overlayd.agent.peerlog import PeerLogBudget
 from overlayd.agent.peerstate import Held, HoldEnded, OwnKeyLost, PeerChange, PeerState
 from overlayd.backend.api import ApplyError, Backend, DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.blackhole import BlackholeRoute
 from overlayd.backend.desired import Plane, PlaneDiff, diff_planes, without_overwritten
 from overlayd.base.outage import Outage
 from overlayd.etcd.peerwatch import PeerEvents
@@ -37,7 +38,7 @@ from overlayd.subnet.subnetenv import SubnetEnv
 
 log = logging.getLogger(__name__)
 
-STEPS = ("firewall", "device", "entries")
+STEPS = ("firewall", "device", "entries", "blackhole")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class PassOutcome:
 
 
 def _public_ips(plane: Plane) -> set[IPv4Address]:
-    """The PublicIPs that ``plane``'s FDB entries and direct routes send to."""
-    return {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    """The PublicIPs that ``plane``'s FDB entries, direct routes and WireGuard peers send to."""
+    sent = {fdb.dst for fdb in plane.fdbs} | {route.gateway for route in plane.direct}
+    return sent | {peer.dst for peer in plane.peers}
 
 
 class Reconciler:
@@ -74,6 +76,8 @@ class Reconciler:
         }
         self.subnet_file = SubnetFile(options.subnet_file)
         self.drops = DropWatch(firewall, metrics)
+        self.blackhole = BlackholeRoute()
+        self.blackhole_cleared = False  # option off: a previous run's route looked for (once)
         self.flanneld_checked = False  # looked once, after the first programming, for a flanneld
         self.peer_log = PeerLogBudget()  # a lease flood is summed up, not logged line by line
 
@@ -83,6 +87,7 @@ class Reconciler:
         """Fast path: program each changed peer directly; our own key's loss goes to
         ``own_key_lost`` at once. Returns True if a full pass is needed."""
         needs_full = False
+        peers_changed = False
         for event in item.events:
             match self.state.on_event(event, item.received):
                 case OwnKeyLost(why=why):
@@ -96,10 +101,20 @@ class Reconciler:
                     pass
                 case _:  # our own key, written again
                     continue
+            peers_changed = True
             self.metrics.peer_events.labels(kind=event.kind).inc()
             # From the watch thread's receipt, so time spent queued behind other work counts.
             self.metrics.event_seconds.observe(time.monotonic() - item.received)
+        if peers_changed:
+            self._sync_peer_actions()
         return needs_full
+
+    def _sync_peer_actions(self) -> None:
+        """Hand the backend's per-peer work outside kernel entries, if it has any, every safe
+        peer (it works in the background); not before the first listing, which would be none."""
+        actions = self.backend.peer_actions() if self.backend is not None else None
+        if actions is not None and self.state.listed:
+            actions.sync(self.state.safe_peers())
 
     def release_holds(self, now: float) -> bool:
         """Remove the entries of held peers whose hold-down ran out by ``now`` and whose lease
@@ -126,7 +141,7 @@ class Reconciler:
     def apply_change(self, change: PeerChange) -> None:
         """Write ``change``; raises on a netlink failure (a full pass then sorts it out)."""
         assert self.backend is not None and self.device is not None
-        diff, allowlist = change.diff, self.options.vxlan_ingress_allowlist
+        diff, allowlist = change.diff, self._allowlist_on()
         if not diff.empty:
             # By the diff, not the lease: a lease that lost a rivalry gets no entries and may not
             # send us overlay traffic, and the one that takes over from a departed rival may.
@@ -142,6 +157,12 @@ class Reconciler:
             if not self.state.desired.wants_public_ip(gone_ip):
                 self.firewall.disallow_peer(gone_ip)
 
+    def _allowlist_on(self) -> bool:
+        """Whether peers' PublicIPs are let in one by one: asked, and the backend has ingress."""
+        config = self.state.config
+        assert self.backend is not None and config is not None
+        return self.options.vxlan_ingress_allowlist and self.backend.underlay_ingress(config) is not None
+
     def _log_change(self, change: PeerChange) -> None:
         new, old = change.new, change.old
         if change.held is not None and change.hold_end is not None:
@@ -150,9 +171,8 @@ class Reconciler:
             return
         elif new is not None and change.is_peer:
             kind = Logged.CHANGED if old is not None and change.was_peer else Logged.ADDED
-            self._log_peer(
-                kind, "peer %s at %s (MAC %s)", new.subnet, new.attrs.public_ip, new.attrs.vtep_mac
-            )
+            mac = f" (MAC {new.attrs.vtep_mac})" if new.attrs.vtep_mac else ""
+            self._log_peer(kind, "peer %s at %s%s", new.subnet, new.attrs.public_ip, mac)
         elif old is not None:
             self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
 
@@ -193,7 +213,7 @@ class Reconciler:
     # ---- the full pass ---------------------------------------------------------------------------
 
     def full_pass(self, trigger: Trigger) -> PassOutcome:
-        """Dump, diff and repair firewall, device, entries and subnet.env; never raises."""
+        """Dump, diff and repair firewall, device, entries, blackhole route and subnet.env; never raises."""
         state = self.state
         config, lease = state.config, state.lease
         backend, host = self.backend, self.host
@@ -207,6 +227,7 @@ class Reconciler:
                 ("firewall", lambda: self._ensure_firewall(trigger, fw_spec)),
                 ("device", lambda: self._ensure_device(trigger, backend, host)),
                 ("entries", lambda: self._ensure_entries(trigger)),
+                ("blackhole", lambda: self._ensure_blackhole(trigger)),
             ) if not self._run_step(step, run))  # fmt: skip
             mtu = backend.container_mtu(config, host.external_mtu)
             if self.subnet_file.write(SubnetEnv(config.network, lease.subnet, mtu, self.options.ip_masq)):
@@ -258,14 +279,27 @@ class Reconciler:
             ip_masq=self.options.ip_masq,
             forward_rules=self.options.iptables_forward_rules,
             ingress_allowlist=allowlist,
-            ingress=IngressGuard(ingress.protocol, ingress.port, ingress.name) if ingress else None,
+            ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
+                     if ingress else None),
             ingress_sources=sources,
+            sealed_underlay=self.host.external_ifname if ingress and ingress.sealed and self.host else None,
+            masq_fully_random=not self.options.ip_masq_fully_random_disable,
         )
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
             log.info("firewall rules written for %s", fw_spec.network)
             self._count_repair(trigger, "firewall", "fix")
+
+    def _ensure_blackhole(self, trigger: Trigger) -> None:
+        config, lease = self.state.config, self.state.lease
+        assert config is not None and lease is not None
+        wanted = lease.subnet if self.options.ip_blackhole_route else None
+        if wanted is None and self.blackhole_cleared:
+            return
+        if self.blackhole.ensure(config.network, wanted):
+            self._count_repair(trigger, "blackhole_route", "fix")
+        self.blackhole_cleared = wanted is None
 
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease
@@ -276,6 +310,7 @@ class Reconciler:
     def _ensure_entries(self, trigger: Trigger) -> None:
         # Until the first peer listing the kernel's entries (a previous run's) stay as they are:
         # diffing against an empty peer set would remove them all and drop traffic on restart.
+        self._sync_peer_actions()  # a backend's own work waits for its device itself
         if self.device is None:
             return  # the device step failed: counted there
         if self.state.listed and self.entry_dumps.due(trigger is Trigger.TIMER, self._drift_reported()):
@@ -339,7 +374,7 @@ class Reconciler:
     def _log_diff(self, diff: PlaneDiff, trigger: Trigger) -> None:
         for action, plane in (("add", diff.add), ("remove", diff.remove)):
             kinds = (("neigh", plane.neighs), ("fdb", plane.fdbs), ("route", plane.routes),
-                     ("direct_route", plane.direct))  # fmt: skip
+                     ("direct_route", plane.direct), ("wireguard_peer", plane.peers))  # fmt: skip
             for kind, entries in kinds:
                 if entries:
                     self._count_repair(trigger, kind, action, len(entries))

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import TypeVar
 
 from overlayd.agent.health import HealthReporter
-from overlayd.agent.hostguard import NetworkClaim, NetworkClaimed, claim_name, claim_network
+from overlayd.agent.hostguard import (
+    SUBNET_FILE_PREFIX,
+    NetworkClaim,
+    NetworkClaimed,
+    claim_name,
+    claim_network,
+)
 from overlayd.agent.instancelock import InstanceLocked, UnsafeStateDir, hold_instance_lock
 from overlayd.agent.leasekeeper import LeaseKeeper
 from overlayd.agent.metrics import Metrics, MetricsServer, listen_addresses
+from overlayd.agent.reconciler import Reconciler
 from overlayd.agent.sdnotify import Notifier
+from overlayd.backend.api import BackendError, HostUnfit
 from overlayd.backend.iface import InterfaceError
+from overlayd.backend.monitor import DeviceChange, NetlinkMonitor
 from overlayd.base.backoff import Backoff
 from overlayd.etcd.api import RegistryError
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -68,7 +77,8 @@ def lock_state_dir(state_dir: Path) -> int:
         raise StartError(
             f"another overlayd (pid {exc.pid or 'unknown'}) runs with --state-dir {state_dir}: two "
             "agents would rewrite each other's firewall and subnet.env; stop that one first "
-            "(systemctl stop overlayd)"
+            "(systemctl stop overlayd), or, if this one serves another network, give it its own "
+            "--state-dir, --subnet-file and --metrics-address"
         ) from None
     except UnsafeStateDir as exc:
         raise StartError(f"--state-dir {state_dir}: {exc}") from None
@@ -76,8 +86,28 @@ def lock_state_dir(state_dir: Path) -> int:
         raise state_dir_error(state_dir, exc) from None
 
 
-def claim_this_network(prefix: str) -> NetworkClaim:
-    """Be the only agent for this network (etcd prefix) in this network namespace."""
+def claim_this_network(prefix: str, subnet_file: Path) -> NetworkClaim:
+    """Be the only agent for this network (etcd prefix), and the only writer of ``subnet_file``,
+    in this network namespace."""
+    claim = _claim_prefix(prefix)
+    path = str(subnet_file.absolute())
+    try:
+        claim.companion = claim_network(path, os.geteuid(), SUBNET_FILE_PREFIX)
+    except NetworkClaimed as exc:
+        claim.close()
+        raise StartError(
+            f"another overlayd (pid {exc.holder.pid or 'unknown'}) on this host writes --subnet-file "
+            f"{path}, for another network (--etcd-prefix): each would overwrite the other's and "
+            "containers would get the other network's subnet; give each network's agent its own "
+            "--subnet-file (and --state-dir, --metrics-address)"
+        ) from None
+    except OSError as exc:  # the guard only: the agent runs without it, as for a squatter
+        log.warning("cannot claim --subnet-file %s for this host (%s); running without the guard "
+                    "against a second agent writing it", path, exc.strerror)
+    return claim
+
+
+def _claim_prefix(prefix: str) -> NetworkClaim:
     try:
         claim = claim_network(prefix, os.geteuid())
     except NetworkClaimed as exc:
@@ -139,6 +169,10 @@ def connect(
     return registry, keeper
 
 
+# What start-up waits out (etcd, the config, the interface, a free subnet, a backend's command).
+RETRIED = (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError, BackendError)
+
+
 class Retrier:
     """Start-up steps retried with backoff until they succeed or the agent is asked to stop."""
 
@@ -165,7 +199,9 @@ class Retrier:
                 result = attempt()
                 if result is not None:
                     return result
-            except (RegistryError, ConfigError, InterfaceError, OutOfSubnets, AcquireError) as exc:
+            except HostUnfit:
+                raise  # no retry makes this host fit; the caller stops with its message
+            except RETRIED as exc:
                 # Logged once per distinct error; retried quietly (an interface can appear late
                 # at boot, etcd can come back, an operator can fix the config). /readyz and the
                 # systemd status show each attempt's own wording.
@@ -180,3 +216,24 @@ class Retrier:
             self.wait(delay)
         return None
 
+
+def watch_device(
+    devices: tuple[str, ...],
+    reconciler: Reconciler,
+    put: Callable[[DeviceChange], None],
+    is_echo: Callable[[DeviceChange], bool],
+) -> NetlinkMonitor | None:
+    """Start the netlink monitor on the backend's device, which tells the reconciler about the
+    changes others make to it; None for a backend without a device: nothing of ours to watch."""
+    if not devices:
+        return None
+    monitor = NetlinkMonitor(
+        devices[0],
+        lambda: reconciler.device.ifindex if reconciler.device else 0,
+        put,
+        is_echo,
+        reconciler.writing,
+    )
+    reconciler.monitor_alive = lambda: monitor.alive
+    monitor.start()
+    return monitor

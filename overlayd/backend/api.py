@@ -12,19 +12,27 @@ registered in ``overlayd.backend.select``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 from overlayd.backend.desired import Entry, Plane, PlaneDiff
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
+
+# (seconds between checks, the check): the check returns why a full pass is needed, or None.
+DriftProbe = tuple[float, Callable[[], str | None]]
 
 
 class BackendError(Exception):
     """A device could not be set up as asked; the message names the device and the cause."""
+
+
+class HostUnfit(BackendError):
+    """This host cannot run the backend at all (host-gw behind a NAT): waiting will not help."""
 
 
 class ApplyError(BackendError):
@@ -56,6 +64,11 @@ class UnderlayIngress:
     protocol: Literal["udp"]
     port: int
     name: str
+    # This network's packets among others on the same port (VXLAN's VNI); None: every packet there.
+    network_field: HeaderField | None = None
+    # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
+    # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,13 +81,28 @@ class DeviceState:
     underlay: int | None = None  # the underlay device's index, where direct routes live
 
 
+# What ``ensure`` returns for a backend without a device (alloc, extension): its entries are none.
+NO_DEVICE = DeviceState(ifindex=0, mac="", mtu=0)
+
+
+class PeerActions(Protocol):
+    """A backend's per-peer work that is not kernel entries (extension's commands), kept
+    level-triggered: each ``sync`` hands it every safe peer lease (ours left out), and it brings
+    what it did in line with them in the background, never blocking the caller."""
+
+    def sync(self, peers: Mapping[str, Lease]) -> None: ...
+
+
 class Backend(Protocol):
     """One backend; an instance owns its kernel handles (``close`` releases them)."""
 
     type: ClassVar[str]  # BackendType, as leases and the config spell it
-    data_codec: ClassVar[BackendDataCodec]  # its BackendData, both ways
+    data_codec: ClassVar[BackendDataCodec | None]  # its BackendData, both ways; None: kept whole
     parse_config: ClassVar[BackendParser]  # its Backend section; raises ConfigError
     device_pattern: ClassVar[str]  # its devices' names for any config, for messages: "flannel.<VNI>"
+    # Whether it writes a route to every peer's subnet (what the lab waits for); alloc writes
+    # none, and extension's routes are whatever its commands make.
+    routes_traffic: ClassVar[bool]
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         """The parsed section in flannel's key spelling, defaults filled in."""
@@ -89,7 +117,8 @@ class Backend(Protocol):
         ...
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
-        """Create or repair the device(s) for ``own``; returns them and the changes made."""
+        """Create or repair the device(s) for ``own``; returns them (``NO_DEVICE``: it has none)
+        and the changes made."""
         ...
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
@@ -122,8 +151,17 @@ class Backend(Protocol):
         """Apply ``diff``; raises ApplyError naming the entries that failed."""
         ...
 
+    def peer_actions(self) -> PeerActions | None:
+        """Its per-peer work outside kernel entries, once ``ensure`` ran; None: it has none."""
+        ...
+
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress | None:
         """What the ingress allowlist guards; None: nothing arrives on the underlay to guard."""
+        ...
+
+    def drift_probe(self, config: NetworkConfig) -> DriftProbe | None:
+        """A check the netlink monitor runs between messages, for state no message reports;
+        None: every change of the backend's state is a netlink message."""
         ...
 
     def remove(self, config: NetworkConfig) -> list[str]:
@@ -136,11 +174,13 @@ class Backend(Protocol):
 
 def probe_target(backend: Backend, peer: Lease) -> IPv4Address | None:
     """The address of ``peer`` that answers a ping through the overlay, as containers' packets go
-    (None: this backend carries no traffic to probe).
+    (None: nothing to probe, as for a backend that routes no traffic).
 
     A backend may say it with a method ``probe_target(lease)``; without one it is the first address
-    of the peer's subnet, which flannel's VXLAN puts on the peer's device (flanneld's hosts as well
-    as ours), so a mixed cluster needs nothing new on the peer."""
+    of the peer's subnet, which the backends with a device of their own put on it (flannel's VXLAN,
+    udp and WireGuard alike: flanneld's hosts as well as ours), so a mixed cluster needs nothing new."""
+    if not backend.routes_traffic:
+        return None
     own_answer = getattr(backend, "probe_target", None)
     if own_answer is not None:
         return own_answer(peer)

@@ -86,6 +86,24 @@ class DirectRoute(Route):
     __hash__ = _key_hash
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class WgPeer:
+    """A WireGuard peer on the WireGuard device: its public key, reached at ``dst`` (its
+    PublicIP; the port is the network's), allowed to send from ``allowed`` (its subnet)."""
+
+    public_key: str
+    dst: IPv4Address
+    allowed: IPv4Network
+    _key: tuple[str, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.public_key, int(self.dst), int(self.allowed.network_address), self.allowed.prefixlen)
+        object.__setattr__(self, "_key", key)
+
+    __eq__ = _key_eq
+    __hash__ = _key_hash
+
+
 @dataclass(frozen=True)
 class Plane:
     """The peer entries of one host: what we want, or what the kernel holds. The first three
@@ -95,9 +113,10 @@ class Plane:
     fdbs: frozenset[Fdb] = frozenset()
     routes: frozenset[Route] = frozenset()
     direct: frozenset[DirectRoute] = frozenset()
+    peers: frozenset[WgPeer] = frozenset()  # on a WireGuard device, instead of neighbours and FDB
 
     def __len__(self) -> int:
-        return len(self.neighs) + len(self.fdbs) + len(self.routes) + len(self.direct)
+        return len(self.neighs) + len(self.fdbs) + len(self.routes) + len(self.direct) + len(self.peers)
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,8 @@ class PlaneDiff:
         return not self.add and not self.remove
 
 
-Entry = Neigh | Fdb | Route | DirectRoute
+Entry = Neigh | Fdb | Route | DirectRoute | WgPeer
+EntriesFor = Callable[[Lease, bool], tuple[Entry, ...]]  # a peer's entries (True: reached directly)
 
 
 def entries_for(lease: Lease, direct: bool) -> tuple[Entry, ...]:
@@ -131,7 +151,7 @@ class Rivalry:
 
     key: str
     lease: Lease
-    reason: str  # subnet_taken or vtep_mac_taken
+    reason: str  # subnet_taken, vtep_mac_taken or public_key_taken
     message: str
 
 
@@ -141,6 +161,8 @@ class _Candidate:
 
     lease: Lease
     direct: bool
+    entries: tuple[Entry, ...]  # what it needs if it wins its claims
+    sender: str  # what identifies its host to the device: VTEP MAC or public key ("" if direct)
     age: tuple[int, str]  # (etcd create revision, key): the smallest is the oldest
     block: tuple[int, int]  # the address block it claims: (prefix length, network >> host bits)
 
@@ -173,16 +195,19 @@ class DesiredEntries:
         direct: Callable[[Lease], bool] | None = None,
         claim_prefixlen: int | None = None,
         report: Callable[[Rivalry], None] | None = None,
+        entries: EntriesFor = entries_for,
     ) -> None:
         """``direct`` tells the peers reached without VXLAN (DirectRouting); None: none are.
         ``claim_prefixlen``: overlapping subnets are found in blocks of this length (the shortest
-        subnet length accepted); None: only equal subnets are rivals."""
+        subnet length accepted); None: only equal subnets are rivals. ``entries``: the backend's
+        entries for one peer."""
+        self._entries = entries
         self._direct = direct
         self._claim_prefixlen = claim_prefixlen
         self._report = report
         self._candidates: dict[str, _Candidate] = {}  # every lease offered, winner or not
         self._peers: dict[str, tuple[Entry, ...]] = {}  # the winners' entries, by lease key
-        self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {})  # by kind, in Plane's order
+        self._counts: tuple[dict[Entry, int], ...] = ({}, {}, {}, {}, {})  # by kind, in Plane's order
         self._plane: Plane | None = Plane()
         self._public_ips: dict[IPv4Address, int] = {}  # the winners' PublicIPs, counted by entry
         self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
@@ -240,13 +265,16 @@ class DesiredEntries:
         )
         block = (prefixlen, int(subnet.network_address) >> (32 - prefixlen))
         direct = self._direct is not None and self._direct(lease)
-        return _Candidate(lease, direct, (lease.create_revision or lease.mod_revision, key), block)
+        entries = self._entries(lease, direct)
+        sender = next((_sender(entry) for entry in entries if type(entry) in _SENDERS), "")
+        age = (lease.create_revision or lease.mod_revision, key)
+        return _Candidate(lease, direct, entries, sender, age, block)
 
     def _set(self, key: str, lease: Lease | None) -> tuple[tuple[list, ...], tuple[list, ...]]:
         """The entries ``key``'s new ``lease`` makes wanted, and those no longer wanted, by kind
         (in Plane's order)."""
-        gained: tuple[list, ...] = ([], [], [], [])
-        lost: tuple[list, ...] = ([], [], [], [])
+        gained: tuple[list, ...] = ([], [], [], [], [])
+        lost: tuple[list, ...] = ([], [], [], [], [])
         known = self._candidates.get(key)
         if (
             known is not None
@@ -262,7 +290,7 @@ class DesiredEntries:
             return gained, lost
         new = self._candidate(key, lease) if lease is not None else None
         if known is None and new is not None and new.block not in self._subnet_claims:
-            mac = new.lease.attrs.vtep_mac or ""
+            mac = new.sender
             if new.direct or mac not in self._mac_claims:
                 # The usual case, every peer at start-up: a subnet and a MAC nobody else claims.
                 self._subnet_claims[new.block] = {key: new.age}
@@ -304,7 +332,7 @@ class DesiredEntries:
         for key in keys:
             candidate = self._candidates.get(key)
             rivalry = self._rivalry(key, candidate) if candidate is not None else None
-            entries = entries_for(candidate.lease, candidate.direct) if candidate and not rivalry else ()
+            entries = candidate.entries if candidate and not rivalry else ()
             held = self._peers.get(key, ())
             if entries != held:
                 changes.append((held, entries))
@@ -364,11 +392,13 @@ class DesiredEntries:
             ))  # fmt: skip
         if candidate.direct:
             return None
-        mac = lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         first_age, first_ip = min(self._mac_claims[mac].values())
         if first_ip != lease.attrs.public_ip:
-            return Rivalry(key, lease, "vtep_mac_taken", (
-                f"VtepMAC {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
+            what, reason = ("PublicKey", "public_key_taken") if any(
+                type(entry) is WgPeer for entry in candidate.entries) else ("VtepMAC", "vtep_mac_taken")
+            return Rivalry(key, lease, reason, (
+                f"{what} {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
                 f"lease {first_age[1]} at {first_ip}, which keeps it; if that is this host's own old "
                 "lease (its address changed), delete the old key"
             ))  # fmt: skip
@@ -378,7 +408,7 @@ class DesiredEntries:
         """Enter a subnet winner's claim on its MAC; returns the MAC's claimants."""
         if candidate.direct:
             return set()
-        mac = candidate.lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         claims = self._mac_claims.setdefault(mac, {})
         claims[key] = (candidate.age, candidate.lease.attrs.public_ip)
         return set(claims)
@@ -388,7 +418,7 @@ class DesiredEntries:
         candidate = self._candidates.get(key)
         if candidate is None or candidate.direct:
             return None
-        mac = candidate.lease.attrs.vtep_mac or ""
+        mac = candidate.sender
         claims = self._mac_claims.get(mac)
         if claims is not None and key in claims:
             self._unclaim(self._mac_claims, mac, key)
@@ -401,9 +431,9 @@ class DesiredEntries:
         if not holders:
             del claims[claim]
 
-    def _count_ip(self, entry: Fdb | DirectRoute, change: int) -> None:
-        """Count the PublicIP an FDB entry or direct route sends to."""
-        ip = entry.dst if isinstance(entry, Fdb) else entry.gateway
+    def _count_ip(self, entry: Fdb | DirectRoute | WgPeer, change: int) -> None:
+        """Count the PublicIP an FDB entry, direct route or WireGuard peer sends to."""
+        ip = entry.gateway if isinstance(entry, DirectRoute) else entry.dst
         held = self._public_ips.get(ip, 0) + change
         if held:
             self._public_ips[ip] = held
@@ -417,8 +447,13 @@ class DesiredEntries:
         return self._plane
 
 
-_KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3}
-_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute]})  # the kinds that send to a peer's PublicIP
+_KIND = {Neigh: 0, Fdb: 1, Route: 2, DirectRoute: 3, WgPeer: 4}
+_SENDS = frozenset({_KIND[Fdb], _KIND[DirectRoute], _KIND[WgPeer]})  # the kinds that send to a PublicIP
+_SENDERS = (Fdb, WgPeer)  # the kinds that name a peer's host: one per host, claimed by the oldest lease
+
+
+def _sender(entry: Entry) -> str:
+    return entry.mac if isinstance(entry, Fdb) else entry.public_key  # type: ignore[union-attr]
 _NEIGH = _KIND[Neigh]
 
 
@@ -436,6 +471,7 @@ def without_overwritten(diff: PlaneDiff) -> PlaneDiff:
         frozenset(f for f in diff.remove.fdbs if f.mac not in added_macs),
         diff.remove.routes,
         diff.remove.direct,
+        diff.remove.peers,
     )
     return PlaneDiff(add=diff.add, remove=remove)
 
@@ -448,11 +484,13 @@ def diff_planes(desired: Plane, actual: Plane) -> PlaneDiff:
             desired.fdbs - actual.fdbs,
             desired.routes - actual.routes,
             desired.direct - actual.direct,
+            desired.peers - actual.peers,
         ),
         remove=Plane(
             actual.neighs - desired.neighs,
             actual.fdbs - desired.fdbs,
             actual.routes - desired.routes,
             actual.direct - desired.direct,
+            actual.peers - desired.peers,
         ),
     )

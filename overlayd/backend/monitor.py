@@ -21,11 +21,13 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from overlayd.backend.desired import DesiredEntries, Route
+from overlayd.backend.api import DriftProbe
+from overlayd.backend.desired import DesiredEntries, DirectRoute, Route
 from overlayd.backend.rtnl.codec import (
     MESSAGE_NAMES,
     NEW_MESSAGES,
@@ -71,9 +73,13 @@ def is_echo(desired: DesiredEntries, change: DeviceChange) -> bool:
     one removed, or a neighbour reported without its MAC (removed, or no longer permanent) at an
     address where none is wanted. Anything else — a wanted entry deleted, an unexpected one
     added, link and address changes — is someone else's doing."""
-    if change.entry is None:
+    entry = change.entry
+    if entry is None:
         return change.neigh_ip is not None and not desired.wants_neigh_at(change.neigh_ip)
-    return desired.wants(change.entry) == change.added
+    wanted = desired.wants(entry)
+    if type(entry) is Route and not wanted:  # on an underlay we watch (host-gw's), a direct route
+        wanted = desired.wants(DirectRoute(entry.dst, entry.gateway))
+    return wanted == change.added
 
 
 def change_reason(message: Message, device_name: str, ifindex: int | None) -> DeviceChange | None:
@@ -122,6 +128,7 @@ class NetlinkMonitor:
         on_change: Callable[[DeviceChange], None],
         is_echo: Callable[[DeviceChange], bool] = lambda change: False,
         writing: threading.Lock | None = None,
+        probe: DriftProbe | None = None,
     ) -> None:
         """``writing``, if given, is held by the writer while it sends a batch: the monitor
         waits for it to be free before reading (see ``_run``)."""
@@ -130,6 +137,7 @@ class NetlinkMonitor:
         self._current_ifindex = current_ifindex
         self._on_change = on_change
         self._is_echo = is_echo
+        self._probe = probe  # run when no message came for its interval
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -165,10 +173,20 @@ class NetlinkMonitor:
 
     def _run(self) -> None:
         assert self._sock is not None
+        next_probe = time.monotonic()
         while True:
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+            timeout = None
+            if self._probe is not None:
+                timeout = max(0.0, next_probe - time.monotonic())
+            ready, _, _ = select.select([self._sock, self._wake_r], [], [], timeout)
             if self._wake_r in ready:
                 return
+            if self._probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self._probe[0]
+                if (reason := self._probe[1]()) is not None:
+                    self._signal(DeviceChange(reason))
+                if not ready:
+                    continue
             # Our own writes come back as a burst of echoes while the writer is still sending
             # and reading acknowledgements. Parsing them then would take the GIL from the writer
             # again and again (at 3000 entries, most of a cold start's apply was the writer

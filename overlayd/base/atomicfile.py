@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
+def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> bool:
     """Replace path's content with text (UTF-8) atomically; returns False when it already held text.
+
+    ``durable=False`` skips the fsync: still atomic for readers and across a crash of the process,
+    not across one of the machine (for state that dies with the machine's containers anyway).
 
     A symlink planted at ``path`` is replaced by the new file, never followed (rename does not
     follow links, and the unchanged-content shortcut is skipped for links). Whatever ``path``
@@ -27,7 +30,8 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

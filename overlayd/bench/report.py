@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from overlayd.bench.cni import CniTimes
 from overlayd.bench.control import ChangeTimes, ChurnTimes, ColdStart, EventTimes, IdleCost
-from overlayd.bench.datapath import Throughput
+from overlayd.bench.datapath import DataPath
 from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, median, percentile, render_markdown_table
 
 COLD_GOALS = {1000: "< 0.5 s", 5000: "< 2 s"}
@@ -23,8 +23,7 @@ class Results:
     cold: dict[int, list[ColdStart]] = field(default_factory=dict)
     floor: dict[int, list[float]] = field(default_factory=dict)
     cni: CniTimes | None = None
-    tcp: Throughput | None = None
-    mtu: str = "?"
+    tcp: list[DataPath] = field(default_factory=list)  # one per backend measured
     changes: ChangeTimes | None = None
 
 
@@ -84,8 +83,8 @@ def rows(r: Results) -> list[Row]:
     out.append(Row(f"resident memory, {r.peers} peers", f"{r.idle.rss_mb:.1f} MB", goal="< 55 MB"))
     if r.cni:
         out.extend(cni_rows(r.cni))
-    if r.tcp:
-        out.extend(tcp_rows(r.tcp, r.mtu))
+    for path in r.tcp:
+        out.extend(tcp_rows(path))
     return out
 
 
@@ -124,21 +123,24 @@ def event_rows(peers: int, ev: EventTimes, changes: ChangeTimes | None) -> list[
     ]
 
 
-def tcp_rows(tcp: Throughput, mtu: str) -> list[Row]:
+def tcp_rows(path: DataPath) -> list[Row]:
     """Best of each kind, and the ratio within each round's pair (the two runs next to each other
-    saw the most similar machine noise), as a median and a range."""
+    saw the most similar machine noise), as a median and a range; for one backend."""
+    tcp = path.tcp
     over, under = max(tcp.containers), max(tcp.hosts)
     paired = [c / h for c, h in zip(tcp.containers, tcp.hosts, strict=True)]  # tcp_rate: h > 0
     return [
         Row(
-            f"TCP across hosts, container → container (MTU {mtu}, best of {len(tcp.hosts)})",
+            f"TCP across hosts, {path.backend}: container → container (MTU {path.mtu}, "
+            f"{path.device + ', ' if path.device else ''}best of {len(tcp.hosts)})",
             _gbit(over),
             f"host → host {_gbit(under)}",
             f"{over / under:.2f}",
-            "≥ 0.85",
+            path.goal,
         ),
         Row(
-            f"TCP: container / host ratio of each round's pair, median (range), {len(paired)} rounds",
+            f"TCP, {path.backend}: container / host ratio of each round's pair, median (range), "
+            f"{len(paired)} rounds",
             f"{median(paired):.2f} ({min(paired):.2f} to {max(paired):.2f})",
         ),
     ]

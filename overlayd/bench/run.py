@@ -5,14 +5,18 @@ Two labs under random prefixes, torn down in ``finally`` (also on Ctrl-C and SIG
 - control plane: one host, a real etcd, the real ``overlayd run --ip-masq``; fake peer leases
   (``peers.py``) are written in steps up to each cold-start size; at ``--peers`` the agent's idle
   cost, event latency and churn are measured, and the CNI plugin's ADD and DEL on that host;
-- data path (unless ``--no-tcp``): two hosts with one container each (the installed CNI plugin),
-  iperf3 container → container against host → host.
+- data path (unless ``--no-tcp``), for each of ``--backends``: two hosts with one container each
+  (the installed CNI plugin), iperf3 container → container against host → host.
+
+``--only docker`` (a lab of its own, not part of the full run): ``docker run`` through the Docker
+plugin beside Docker's bridge driver (``docker.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -28,17 +32,24 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.agent.holddown import HOLD_DOWN
+from overlayd.backend.select import BACKENDS
 from overlayd.bench import control
 from overlayd.bench.cni import REFERENCE_PLUGINS, cni_add_del
-from overlayd.bench.datapath import throughput
+from overlayd.bench.datapath import DataPath, device_made, throughput
+from overlayd.bench.docker import docker_rows, docker_run_times
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
 from overlayd.bench.probe import probe_cost, probe_rows
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
-from overlayd.lab.hosts import ETCD_IP, LabHost
-from overlayd.lab.namespaces import Lab, random_lab_name
+from overlayd.bench.udpforward import udp_rounds, udp_rows
+from overlayd.lab.hosts import ETCD_IP, LabHost, lab_network_config
+from overlayd.lab.namespaces import Lab, random_lab_name, sh
 from overlayd.lab.shell import lab_namespaces
+
+# The backends that carry packets themselves: alloc and extension (whose data path is whatever its
+# commands build) have no data path of their own to measure.
+DATA_PATH_BACKENDS = [name for name, backend in BACKENDS.items() if backend.routes_traffic]
 
 AGENT_ARGS = ["--ip-masq"]  # the recommended settings; everything else at its default
 IMAGE = "img/benchmarks.png"
@@ -87,15 +98,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--idle", type=float, default=30, help="seconds of idle measurement (default 30; the goal is over 60)"
     )
     add("--cni-runs", type=int, default=30, help="CNI ADD+DEL rounds per variant (default 30)")
+    add("--docker-runs", type=int, default=20, help="docker run -d per network in --only docker (default 20)")
     add("--tcp-seconds", type=int, default=5, help="iperf3 -t per run (default 5)")
     add("--tcp-rounds", type=int, default=2, help="alternating host/container iperf3 runs (default 2)")
-    add("--no-tcp", action="store_true", help="skip the data-path lab")
+    add("--no-tcp", action="store_true", help="skip the data-path labs")
+    add(
+        "--backends",
+        default=",".join(DATA_PATH_BACKENDS),
+        help=f"backends whose data path is measured, a lab each, comma-separated (default: every one "
+        f"that has one, {','.join(DATA_PATH_BACKENDS)})",
+    )
     add(
         "--only",
-        choices=["cni", "tcp", "events", "probe"],
+        choices=["cni", "tcp", "events", "udp", "docker", "probe"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
-        "path, --tcp-rounds pairs, events: lease events at --peers, probe: the data path probes' CPU at "
-        "--peers for --probe-seconds); not with --docs",
+        "path, --tcp-rounds pairs, events: lease events at --peers, udp: the udp backend against the "
+        "in-kernel one and the forwarders' CPU, --tcp-rounds pairs, docker: `docker run` through the "
+        "docker plugin beside Docker's bridge driver, --docker-runs each, probe: the data path probes' CPU "
+        "at --peers for --probe-seconds); not with --docs",
     )
     add("--probe-seconds", type=float, default=30.0, help="CPU measurement of the probe thread (default 30)")
     add("--no-plot", action="store_true", help="write no PNG")
@@ -108,6 +128,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     except ValueError:
         parser.error(f"--sizes {args.sizes!r}: use peer counts like 100,1000,5000")
+    args.backends = [name.strip().lower() for name in args.backends.split(",") if name.strip()]
+    unknown = [name for name in args.backends if name not in BACKENDS]
+    if unknown or not args.backends:
+        named = ",".join(unknown) or "(none)"
+        choices = ",".join(DATA_PATH_BACKENDS)
+        parser.error(f"--backends {named}: overlayd has no such backend; use some of {choices}")
+    if pathless := [name for name in args.backends if name not in DATA_PATH_BACKENDS]:
+        parser.error(f"--backends {','.join(pathless)}: no data path of its own to measure; use some of "
+                     f"{','.join(DATA_PATH_BACKENDS)}")  # fmt: skip
     args.churn = max(1, round(args.churn_rate * args.churn_seconds))
     args.changes = min(args.changes, args.events)
     needed = max([*args.sizes, args.peers]) + args.events + args.churn
@@ -119,8 +148,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    no_tcp = args.no_tcp or args.only in ("cni", "events", "probe")
-    needs = ["etcd", "ip", "bridge"] + ([] if no_tcp else ["iperf3"])
+    without_tcp = args.no_tcp or args.only in ("cni", "events", "docker", "probe")
+    needs = ["etcd", "ip", "bridge"] + ([] if without_tcp else ["iperf3"])
+    needs += ["dockerd", "docker"] if args.only == "docker" else []
     missing = [tool for tool in needs if shutil.which(tool) is None]
     if not (REFERENCE_PLUGINS / "bridge").exists():
         missing.append(f"{REFERENCE_PLUGINS}/bridge")
@@ -218,12 +248,13 @@ def events_only(args: argparse.Namespace, root: str, results: dict) -> None:
         print(f"full passes meanwhile, by trigger: {', '.join(f'{t} {n:.0f}' for t, n in ran.items())}")
 
 
-def converged_lab(root: str, results: dict, hosts: int, purpose: str) -> Lab:
-    """A lab of ``hosts`` with running agents, converged; registered in ``results`` for teardown."""
+def converged_lab(root: str, results: dict, hosts: int, purpose: str, backend: str | None = None) -> Lab:
+    """A lab of ``hosts`` with running agents (on ``backend``, else the lab's default), converged;
+    registered in ``results`` for teardown."""
     lab = Lab(name=random_lab_name(), root=root, agent_args=AGENT_ARGS)
     results["labs"].append(lab)
     print(f"lab {lab.name}: {purpose}", flush=True)
-    lab.up(hosts=hosts)
+    lab.up(hosts=hosts, **({"network_config": lab_network_config(backend)} if backend else {}))
     lab.wait_converged(timeout=60)
     return lab
 
@@ -237,20 +268,38 @@ def cni_only(args: argparse.Namespace, root: str, results: dict) -> None:
         results["cni"] = cni_add_del(host, lab.container_ns("cniadd"), Path(host.dir), args.cni_runs)
 
 
+def docker_only(args: argparse.Namespace, root: str, results: dict) -> None:
+    """``docker run`` on one lab host: the plugin's network beside Docker's bridge driver."""
+    lab = converged_lab(root, results, 1, "one host with dockerd and the docker plugin")
+    print(f"docker run -d: plugin and bridge networks, {args.docker_runs} runs each ...", flush=True)
+    results["docker"] = docker_run_times(lab, lab.hosts[0], args.docker_runs)
+
+
 def data_path(args: argparse.Namespace, root: str, results: dict) -> None:
-    lab = converged_lab(root, results, 2, "data path, two hosts with a container each")
-    h1, h2 = lab.hosts
-    lab.add_container(h1, "c1")
-    c2_ip = lab.add_container(h2, "c2")
-    results["mtu"] = h1.subnet_env().get("FLANNEL_MTU", "?")
-    print(f"TCP: iperf3 -t {args.tcp_seconds}, {args.tcp_rounds} rounds ...", flush=True)
-    results["tcp"] = throughput(
-        (lab.container_ns("c1"), lab.container_ns("c2"), c2_ip),
-        (h1.netns, h2.netns, h2.ip),
-        args.tcp_seconds,
-        args.tcp_rounds,
-        Path(h1.dir),
-    )
+    """The data path of each of ``--backends`` in turn, each lab down before the next is built."""
+    for backend in args.backends:
+        purpose = f"data path, {backend}, two hosts with a container each"
+        lab = converged_lab(root, results, 2, purpose, backend)
+        h1, h2 = lab.hosts
+        lab.add_container(h1, "c1")
+        c2_ip = lab.add_container(h2, "c2")
+        print(f"TCP, {backend}: iperf3 -t {args.tcp_seconds}, {args.tcp_rounds} rounds ...", flush=True)
+        tcp = throughput(
+            (lab.container_ns("c1"), lab.container_ns("c2"), c2_ip),
+            (h1.netns, h2.netns, h2.ip),
+            args.tcp_seconds,
+            args.tcp_rounds,
+            Path(h1.dir),
+        )
+        mtu = h1.subnet_env().get("FLANNEL_MTU", "?")
+        device = device_made(h1.log_file.read_text(errors="replace"))
+        results.setdefault("tcp", []).append(DataPath(backend, tcp, mtu, underlay_mtu(h1), device))
+        lab.down()
+
+
+def underlay_mtu(host: LabHost) -> int:
+    """The MTU of the host's underlay interface (eth0 in the lab)."""
+    return int(json.loads(sh("ip", "-j", "link", "show", "eth0", netns=host.netns))[0]["mtu"])
 
 
 def machine() -> str:
@@ -336,6 +385,10 @@ def main(argv: list[str]) -> int:
             events_only(args, root, raw)
         elif args.only == "probe":
             raw["probe"] = probe_cost(args.peers, args.probe_seconds)
+        elif args.only == "udp":
+            raw["udp"] = udp_rounds(root, raw["labs"], args.tcp_seconds, args.tcp_rounds)
+        elif args.only == "docker":
+            docker_only(args, root, raw)
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -353,8 +406,13 @@ def main(argv: list[str]) -> int:
             only = event_rows(args.peers, raw["events"], raw["changes"])
         elif args.only == "probe":
             only = probe_rows(raw["probe"])
+        elif args.only == "udp":
+            only = udp_rows(raw["udp"], args.tcp_seconds)
+        elif args.only == "docker":
+            only = docker_rows(raw["docker"])
         else:
-            only = cni_rows(raw["cni"]) if args.only == "cni" else tcp_rows(raw["tcp"], raw.get("mtu", "?"))
+            tcp = [row for path in raw.get("tcp", []) for row in tcp_rows(path)]
+            only = cni_rows(raw["cni"]) if args.only == "cni" else tcp
         print(render_table(only))
         return 0
     results = Results(
@@ -366,8 +424,7 @@ def main(argv: list[str]) -> int:
         cold=raw["cold"],
         floor=raw["floor"],
         cni=raw.get("cni"),
-        tcp=raw.get("tcp"),
-        mtu=raw.get("mtu", "?"),
+        tcp=raw.get("tcp", []),
     )
     print(f"\noverlayd bench: {machine()}; {time.perf_counter() - started:.0f} s in all\n")
     print(render_table(rows(results)))

@@ -63,6 +63,7 @@ def ping_table(endpoints: list[tuple[str, str, str]]) -> tuple[str, bool]:
 
 
 def ping_argv(netns: str, address: str, count: int, wait: float) -> list[str]:
-    """``ping`` of ``address`` from inside ``netns``: quiet, numeric, probes 0.2 s apart."""
-    return ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-            "-W", str(wait), address]  # fmt: skip
+    """``ping`` of ``address`` from inside ``netns`` (an ``ip netns`` name, or a path such as a Docker
+    container's ``/proc/<pid>/ns/net``): quiet, numeric, probes 0.2 s apart."""
+    enter = ["nsenter", f"--net={netns}", "--"] if netns.startswith("/") else ["ip", "netns", "exec", netns]
+    return [*enter, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(wait), address]

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.lab.shell import LabError, stop_pid
+from overlayd.lab.shell import LabError, log_tail, stop_pid
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: runs without any library in the image
@@ -206,8 +206,4 @@ class LabDocker:
         return done
 
     def _log_tail(self) -> str:
-        try:
-            lines = self.log_file.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(lines[-5:])
+        return log_tail(self.log_file)

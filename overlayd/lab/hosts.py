@@ -30,6 +30,19 @@ SHIPPED_CONFLIST = Path(__file__).parents[2] / "deploy" / "10-flannel.conflist"
 METRICS_PORT = 9464  # each host serves /metrics, /healthz and /readyz on its own 127.0.0.1
 
 
+@dataclass(frozen=True)
+class LabNetwork:
+    """A further network on the lab's hosts (``Lab.add_network``): a second agent on each host with
+    its own etcd prefix, files, container bridge and metrics port, as a node serving two networks has."""
+
+    name: str  # names the agent's files directory on each host, e.g. "blue"
+    prefix: str  # its --etcd-prefix
+    config: str  # its network config (JSON), put at <prefix>/config
+    bridge: str  # the CNI bridge of its containers (the first network's is cni0)
+    metrics_port: int  # on each host's 127.0.0.1, beside METRICS_PORT
+    agent_args: tuple[str, ...] = ()  # on top of the lab's, for this network's agents only
+
+
 @dataclass
 class LabHost:
     name: str
@@ -39,18 +52,48 @@ class LabHost:
     pid: int = 0
     agent_args: list[str] = field(default_factory=list)  # on top of the lab's, e.g. a short lease TTL
     containers: dict[str, str] = field(default_factory=dict)  # name -> IP, attached on this host
+    network_pids: dict[str, int] = field(default_factory=dict)  # further networks' agents, by network
+    docker: bool = False  # runs a dockerd and the Docker plugin (`lab up --docker`)
+    docker_containers: dict[str, str] = field(default_factory=dict)  # name -> IP, on the plugin's network
+
+    def files(self, network: str | None = None) -> Path:
+        """Where the agent of ``network`` (None: the lab's first network) keeps its files here."""
+        return Path(self.dir) if network is None else Path(self.dir) / network
 
     @property
     def subnet_file(self) -> Path:
-        return Path(self.dir) / "subnet.env"
+        return self.files() / "subnet.env"
 
     @property
     def log_file(self) -> Path:
-        return Path(self.dir) / "agent.log"
+        return self.files() / "agent.log"
 
-    def subnet_env(self) -> dict[str, str]:
+    @property
+    def run_wireguard(self) -> Path:
+        """The host's own ``/run/wireguard`` (wireguard-go's UAPI sockets), bind-mounted there
+        for its agent and its commands: every host's device has the same name."""
+        return Path(self.dir) / "run-wireguard"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the host: its network namespace, and a mount namespace of its own
+        (``ip netns exec`` makes one) where ``/run/wireguard`` is the host's."""
+        bind = 'mkdir -p "$1" /run/wireguard && mount --bind "$1" /run/wireguard && shift && exec "$@"'
+        return ["ip", "netns", "exec", self.netns, "sh", "-c", bind, "sh", str(self.run_wireguard), *argv]
+
+    def agent_pid(self, network: str | None = None) -> int:
+        """The pid of ``network``'s agent on this host (0: not running)."""
+        return self.pid if network is None else self.network_pids.get(network, 0)
+
+    def set_agent_pid(self, pid: int, network: str | None = None) -> None:
+        """Record the pid of ``network``'s agent on this host (0: stopped)."""
+        if network is None:
+            self.pid = pid
+        else:
+            self.network_pids[network] = pid
+
+    def subnet_env(self, network: str | None = None) -> dict[str, str]:
         try:
-            return parse_keys(self.subnet_file.read_text())
+            return parse_keys((self.files(network) / "subnet.env").read_text())
         except OSError:
             return {}
 

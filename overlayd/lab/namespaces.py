@@ -9,7 +9,10 @@ collide, and ``down`` finds everything even after a crash, from the state file):
   192.0.2.3 and .4, one cluster; agents get all three endpoints);
 - ``P-h1`` .. ``P-hN``: hosts at 192.0.2.11.., each with ``eth0`` on the underlay and an
   ``overlayd run`` agent writing ``subnet.env`` and its state under the lab directory;
-- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin.
+- ``P-<name>``: containers (``add_container``), attached on a host by the installed CNI plugin;
+- further networks (``add_network``): a second agent per host, its files under ``<host dir>/<network>``.
+- with ``--docker``, a dockerd and the Docker plugin per host, and Docker containers
+  (``dockerhosts.py``).
 
 Only the namespaces' own interfaces are touched; the root namespace is never changed.
 """
@@ -29,7 +32,9 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS
 from overlayd.lab import checks
+from overlayd.lab.dockerhosts import destroy_docker_hosts, docker_endpoints
 from overlayd.lab.etcdserver import EtcdServer, EtcdServerError
 from overlayd.lab.hosts import (
     DEFAULT_NETWORK_CONFIG,
@@ -43,6 +48,7 @@ from overlayd.lab.hosts import (
     SHIPPED_CONFLIST,
     UNDERLAY_GATEWAY,
     LabHost,
+    LabNetwork,
 )
 from overlayd.lab.shell import (
     LabError,
@@ -54,6 +60,7 @@ from overlayd.lab.shell import (
     stop_pid,
 )
 from overlayd.ops.install_cni import install_cni
+from overlayd.subnet.config import ConfigError, parse_network_config
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,8 @@ class Lab:
     etcd_pids: list[int] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
     etcd_members: int = 1
+    networks: list[LabNetwork] = field(default_factory=list)  # beyond the first (add_network)
+    network_config: str = ""  # what ``up`` put in etcd ("": none, or the default)
 
     # ---- naming and persistence -------------------------------------------------------------
 
@@ -132,6 +141,7 @@ class Lab:
         except OSError:
             return None
         data["hosts"] = [LabHost(**host) for host in data["hosts"]]
+        data["networks"] = [LabNetwork(**network) for network in data.get("networks", [])]
         return cls(**data)
 
     # ---- building ----------------------------------------------------------------------------
@@ -147,6 +157,7 @@ class Lab:
             raise LabError(f"--hosts {hosts}: use between 1 and {MAX_HOSTS}")
         if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"etcd_members {self.etcd_members}: use between 1 and {MAX_ETCD_MEMBERS}")
+        self.network_config = network_config or ""
         self.save()
         try:
             self._make_underlay()
@@ -230,35 +241,55 @@ class Lab:
             self.start_agent(host)
         return host
 
-    def agent_command(self, host: LabHost) -> list[str]:
+    def add_network(self, network: LabNetwork) -> None:
+        """Serve a further network: its config under its own prefix in the lab's etcd, its agent beside
+        the first network's on each host (on a host added later: ``start_agent(host, network.name)``)."""
+        self.networks.append(network)
+        self.save()
+        self.etcd().etcdctl("put", f"{network.prefix}/config", network.config)
+        for host in self.hosts:
+            self.start_agent(host, network.name)
+
+    def network(self, name: str) -> LabNetwork:
+        """The further network ``name``; LabError if the lab has none of that name."""
+        if found := [network for network in self.networks if network.name == name]:
+            return found[0]
+        raise LabError(f"lab {self.name} has no network {name!r}; add it with add_network")
+
+    def agent_command(self, host: LabHost, network: str | None = None) -> list[str]:
+        """``overlayd run`` for ``network``'s agent on ``host`` (None: the lab's first network)."""
+        files = host.files(network)
+        extra = self.network(network) if network else None
         return [
             sys.executable, "-m", "overlayd", "run",
             f"--etcd-endpoints={self.etcd_endpoint}",
-            f"--subnet-file={host.subnet_file}",
-            f"--state-dir={Path(host.dir) / 'state'}",
-            f"--metrics-address=127.0.0.1:{METRICS_PORT}",
+            f"--subnet-file={files / 'subnet.env'}",
+            f"--state-dir={files / 'state'}",
+            f"--metrics-address=127.0.0.1:{extra.metrics_port if extra else METRICS_PORT}",
+            *([f"--etcd-prefix={extra.prefix}"] if extra else []),
             *self.agent_args,
+            *(extra.agent_args if extra else ()),
             *host.agent_args,
         ]  # fmt: skip
 
-    def start_agent(self, host: LabHost) -> None:
-        """Start ``overlayd run`` in the host's namespace, detached, logging to its agent.log."""
-        with host.log_file.open("ab") as out:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *self.agent_command(host)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        host.pid = process.pid
+    def start_agent(self, host: LabHost, network: str | None = None) -> None:
+        """Start ``network``'s (None: the first's) agent in the host's namespace, detached, logging."""
+        files, command = host.files(network), self.agent_command(host, network)
+        files.mkdir(parents=True, exist_ok=True)
+        with (files / "agent.log").open("ab") as out:
+            process = subprocess.Popen(host.command(command),
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)  # fmt: skip
+        host.set_agent_pid(process.pid, network)
         self.save()
 
-    def stop_agent(self, host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop the host's agent; SIGKILL if it does not exit within ``timeout``."""
-        if host.pid:
-            stop_pid(host.pid, sig, timeout)
-        host.pid = 0
+    def stop_agent(
+        self, host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0, network: str | None = None
+    ) -> None:
+        """Stop ``network``'s agent on the host (None: the first's); SIGKILL after ``timeout``."""
+        if pid := host.agent_pid(network):
+            stop_pid(pid, sig, timeout)
+        host.set_agent_pid(0, network)
         self.save()
 
     # ---- containers ----------------------------------------------------------------------------
@@ -266,12 +297,12 @@ class Lab:
     def container_ns(self, name: str) -> str:
         return f"{self.name}-{name}"
 
-    def add_container(self, host: LabHost, name: str) -> str:
-        """Create container namespace ``<lab>-<name>``, attach it on ``host`` with the installed CNI
-        plugin (flannel + portmap, as deploy/10-flannel.conflist), and return its IP address."""
+    def add_container(self, host: LabHost, name: str, network: str | None = None) -> str:
+        """Create container namespace ``<lab>-<name>``, attach it on ``host`` to ``network`` (None: the
+        first) with the CNI plugin (flannel + portmap, as deploy/10-flannel.conflist); its IP address."""
         netns = self.container_ns(name)
         sh("ip", "netns", "add", netns)
-        result = json.loads(self.cni(host, "add", netns))
+        result = json.loads(self.cni(host, "add", netns, network))
         address = str(result["ips"][0]["address"].split("/")[0])
         host.containers[name] = address
         self.save()
@@ -283,26 +314,26 @@ class Lab:
             for k in range(1, per_host + 1):
                 self.add_container(host, f"{host.name}c{k}")
 
-    def del_container(self, host: LabHost, name: str) -> None:
+    def del_container(self, host: LabHost, name: str, network: str | None = None) -> None:
         """CNI DEL the container on ``host`` (releasing its IP), then delete its namespace."""
         netns = self.container_ns(name)
-        self.cni(host, "del", netns)
+        self.cni(host, "del", netns, network)
         sh("ip", "netns", "del", netns)
         host.containers.pop(name, None)
         self.save()
 
-    def cni(self, host: LabHost, command: str, container_ns: str) -> str:
-        """`overlayd cni <command>` in the host's namespace, as a runtime on that host would; stdout."""
+    def cni(self, host: LabHost, command: str, container_ns: str, network: str | None = None) -> str:
+        """`overlayd cni <command>` in the host's namespace with ``network``'s conflist; stdout."""
         bin_dir = self.dir / "cni-bin"
         if not (bin_dir / "flannel").exists():
             install_cni(bin_dir)
         env = {
             **os.environ,
             "CNI_PATH": f"{bin_dir}:/usr/lib/cni",
-            "CNI_CACHE_DIR": str(Path(host.dir) / "cni-cache"),
+            "CNI_CACHE_DIR": str(host.files(network) / "cni-cache"),
         }
         argv = [sys.executable, "-m", "overlayd", "cni", command, container_ns]
-        argv += ["--conflist", str(self._conflist(host))]
+        argv += ["--conflist", str(self.cni_conflist(host, network))]
         done = subprocess.run(
             ["ip", "netns", "exec", host.netns, *argv], capture_output=True, text=True, env=env, check=False
         )
@@ -310,14 +341,18 @@ class Lab:
             raise LabError(f"overlayd cni {command} {container_ns} on {host.name}: {done.stderr.strip()}")
         return done.stdout
 
-    def _conflist(self, host: LabHost) -> Path:
-        """The shipped conflist with this host's subnet.env and CNI state kept under its lab dir."""
+    def cni_conflist(self, host: LabHost, network: str | None = None) -> Path:
+        """The shipped conflist with ``network``'s subnet.env, CNI state (and bridge) on this host."""
+        files = host.files(network)
         shipped = json.loads(SHIPPED_CONFLIST.read_text())
         flannel = shipped["plugins"][0]
-        flannel["subnetFile"] = str(host.subnet_file)
-        flannel["dataDir"] = str(Path(host.dir) / "cni-state")
-        flannel["ipam"] = {"dataDir": str(Path(host.dir) / "ipam")}
-        path = Path(host.dir) / "net.conflist"
+        flannel["subnetFile"] = str(files / "subnet.env")
+        flannel["dataDir"] = str(files / "cni-state")
+        flannel["ipam"] = {"dataDir": str(files / "ipam")}
+        if network is not None:
+            shipped["name"] = f"{shipped['name']}-{network}"
+            flannel["delegate"] = {**flannel.get("delegate", {}), "bridge": self.network(network).bridge}
+        path = files / "net.conflist"
         path.write_text(json.dumps(shipped))
         return path
 
@@ -333,24 +368,26 @@ class Lab:
         """The sum of the host agent's ``name`` samples whose labels include ``labels`` (0 if none)."""
         return checks.metric(host, name, **labels)
 
-    def wait_converged(self, timeout: float = 60.0) -> None:
-        """Wait until every running agent has written subnet.env and routes to every other host."""
+    def wait_converged(self, timeout: float = 60.0, network: str | None = None) -> None:
+        """Wait until every running agent of ``network`` (None: the first) routes to every other host."""
         deadline = time.monotonic() + timeout
         missing: list[str] = []
         while time.monotonic() < deadline:
-            missing = self.unconverged()
+            missing = self.unconverged(network)
             if not missing:
                 return
             time.sleep(0.2)
         raise LabError(f"lab {self.name} not converged after {timeout:.0f}s: " + "; ".join(missing))
 
-    def unconverged(self) -> list[str]:
+    def unconverged(self, network: str | None = None) -> list[str]:
         """What is still missing: hosts without subnet.env, or without a route (other than the
-        default) covering some peer's subnet, whatever device the backend routes it through."""
-        running = [host for host in self.hosts if host.pid]
-        subnets = {host.name: host.subnet_env().get("FLANNEL_SUBNET") for host in running}
+        default) covering some peer's subnet, whatever device the backend routes it through
+        (none for a backend that writes no routes: ``Backend.routes_traffic``)."""
+        running = [host for host in self.hosts if host.agent_pid(network)]
+        subnets = {host.name: host.subnet_env(network).get("FLANNEL_SUBNET") for host in running}
         missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
-        if missing:
+        config = self.network(network).config if network else self.network_config
+        if missing or not routes_traffic(config):
             return missing
         for host in running:
             for peer in running:
@@ -372,12 +409,26 @@ class Lab:
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
     def ping_table(self) -> tuple[str, bool]:
-        """All-pairs ping of the hosts' flannel.1 addresses, as text; and whether all passed."""
-        endpoints = [(h.name, h.netns, h.flannel_address() or "") for h in self.hosts]
-        table, ok = checks.ping_table(endpoints)
-        legend = ", ".join(f"{h.name}={h.ip} flannel.1 {address or None}"
-                           for h, (_, _, address) in zip(self.hosts, endpoints, strict=True))  # fmt: skip
+        """All-pairs ping of the hosts' own overlay addresses, as text; and whether all passed."""
+        named = [(h, *self.overlay_address(h)) for h in self.hosts]
+        table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
+        legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
         return f"{table}\n\n{legend}", ok
+
+    @staticmethod
+    def overlay_address(host: LabHost) -> tuple[str, str]:
+        """(device, address) of the host's own overlay address: the backend's device's
+        ``<subnet>.0`` where it has one (flannel.1), else the container bridge's ``<subnet>.1``
+        (host-gw has no device; the bridge comes with the first container)."""
+        address = host.flannel_address()
+        if not address:
+            return "", ""
+        held = json.loads(sh("ip", "-j", "-4", "addr", "show", netns=host.netns) or "[]")
+        for link in held:
+            for info in link.get("addr_info", []):
+                if info.get("local") == address:
+                    return link["ifname"], address
+        return "cni0", str(IPv4Address(address) + 1)
 
     def container_ping_table(self) -> tuple[str, bool]:
         """All-pairs ping between the lab's containers (same host and across hosts); "" if none."""
@@ -385,12 +436,12 @@ class Lab:
             (name, self.container_ns(name), address)
             for host in self.hosts
             for name, address in host.containers.items()
-        ]
+        ] + docker_endpoints(self.hosts)
         if not endpoints:
             return "", True
         table, ok = checks.ping_table(endpoints)
         legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
-                           for name, address in host.containers.items())
+                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
         return f"{table}\n\n{legend}", ok
 
     def running_pids(self) -> set[int]:
@@ -414,20 +465,34 @@ class Lab:
             )
             for name, address in host.containers.items():
                 lines.append(f"       container {self.container_ns(name):<16} {address}")
+            for name, address in host.docker_containers.items():
+                lines.append(f"       docker container {name:<9} {address}  (network overlayd)")
         return "\n".join(lines)
 
     # ---- tearing down ------------------------------------------------------------------------
 
     def down(self) -> None:
         """Stop agents and etcd, delete every namespace of the lab and its directory."""
+        destroy_docker_hosts(self.hosts)  # before the namespaces: containers live outside them
         running = self.running_pids()
-        for pid in (*(host.pid for host in self.hosts), *self.etcd_pids):  # agents first, then etcd
+        agents = [pid for host in self.hosts for pid in (host.pid, *host.network_pids.values())]
+        for pid in (*agents, *self.etcd_pids):  # agents first, then etcd
             if pid in running:
                 stop_pid(pid, signal.SIGTERM, 5.0)
         for netns in lab_namespaces(self.name):
             kill_namespace_processes(netns)
             sh("ip", "netns", "del", netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def routes_traffic(network_config: str) -> bool:
+    """Whether the backend ``network_config`` names writes a route to every peer (True when the
+    config cannot be read: its agents then never converge, and the wait says so)."""
+    try:
+        config = parse_network_config(network_config or DEFAULT_NETWORK_CONFIG, backends=CONFIG_PARSERS)
+    except ConfigError:
+        return True
+    return BACKENDS[config.backend.type].routes_traffic
 
 
 def random_lab_name() -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 class LabError(RuntimeError):
@@ -73,3 +74,11 @@ def kill_namespace_processes(netns: str) -> None:
     for pid in namespace_pids(netns):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` lines of a process's log joined on one line, for an error message."""
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

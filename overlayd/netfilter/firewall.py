@@ -5,16 +5,22 @@ inside the overlay Network keeps its source address, traffic leaving it is masqu
 towards multicast), and traffic entering our subnet from outside is left alone; with forward
 rules, forwarding to and from the Network is accepted.
 
-Why our own ``ip overlayd`` table rather than iptables chains: the whole rule set is replaced in
-one ``nft -f`` transaction (declare, delete, recreate), so there is never a moment with half the
-rules, nothing of anyone else's is edited, and comparing the live table with the desired one is a
-text comparison. The limit: an nftables ``accept`` ends evaluation only in its own base chain.
-Every other table hooked at ``forward`` still runs, so a ``drop`` there — for example the
-``FORWARD`` policy DROP that Docker sets — still drops overlay traffic. So with forward rules the
-accept is also written where iptables users drop, as flanneld's ``FLANNEL-FWD`` was: chain
-``OVERLAYD-FWD`` jumped from ``filter FORWARD`` (``iptfwd``). A drop by policy in any other
-nftables table is named in a warning. Our ``return`` in ``postrouting`` likewise cannot stop
-another table's masquerade.
+Why our own table (``ip overlayd`` for the default network; named after the etcd prefix for any
+other, see ``names``) rather than iptables chains: the whole rule set is replaced in one ``nft -f``
+transaction (declare, delete, recreate), so there is never a moment with half the rules, nothing of
+anyone else's (another network's agent included) is edited, and comparing the live table with the
+desired one is a text comparison. The limit: an nftables ``accept`` ends evaluation only in its own
+base chain. Every other table hooked at ``forward`` still runs, so a ``drop`` there — for example
+the ``FORWARD`` policy DROP that Docker sets — still drops overlay traffic. So with forward rules
+the accept is also written where iptables users drop, as flanneld's ``FLANNEL-FWD`` was: chain
+``OVERLAYD-FWD`` jumped from ``filter FORWARD`` (``iptfwd``). A drop by policy in any other nftables
+table is named in a warning. Our ``return`` in ``postrouting`` likewise cannot stop another table's
+masquerade.
+
+Masquerading follows flanneld's ``FLANNEL-POSTRTG``: packets kube-proxy marked (``0x4000/0x4000``,
+masqueraded by kube-proxy's own rules) return first, so they are never translated twice, and the
+masquerade is ``fully-random`` (source ports picked at random, which avoids SNAT port clashes under
+load) unless ``--ip-masq-fully-random-disable`` says otherwise.
 
 An overlay encapsulation such as VXLAN has no authentication: whoever can send UDP to its port
 injects frames into the overlay. With the ingress allowlist, an ``input`` chain drops packets to
@@ -45,12 +51,15 @@ import subprocess
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
+from overlayd.base.headerfield import HeaderField
 from overlayd.netfilter.iptfwd import ForwardState, IptablesError, IptablesForwardRules, iptables_backend
+from overlayd.netfilter.names import LEGACY, LEGACY_TABLE, NetfilterNames, names_for_prefix
 from overlayd.netfilter.nftnl import NftNetlink
 
 log = logging.getLogger(__name__)
 
 MULTICAST = IPv4Network("224.0.0.0/4")
+KUBE_PROXY_MARK = 0x4000  # kube-proxy's masquerade mark: its packets are masqueraded by its own rules
 PEER_SUFFIX = "_peers"  # the allowlist's sets are <name>_peers and <name>_dropped
 DROPPED_SUFFIX = "_dropped"
 DROPPED_FOR = "10m"  # how long a dropped source stays listed after its last packet
@@ -99,6 +108,7 @@ class IngressGuard:
     protocol: str  # "udp"
     port: int
     name: str
+    network_field: HeaderField | None = None  # only this network's packets on the port (VXLAN's VNI)
 
     @property
     def peer_set(self) -> str:
@@ -123,6 +133,10 @@ class FirewallSpec:
     # listing), so ``Firewall.ensure`` keeps the live set, or has none yet, rather than drop
     # every peer's traffic meanwhile.
     ingress_sources: frozenset[IPv4Address] | None = frozenset()
+    masq_fully_random: bool = True  # False: --ip-masq-fully-random-disable
+    # The underlay interface on which new connections into the Network are dropped (the backend's
+    # tunnel is the only way in); DNAT'd ones (hostPort, NodePort) and replies pass. None: none.
+    sealed_underlay: str | None = None
 
     @property
     def guarded(self) -> IngressGuard | None:
@@ -130,16 +144,18 @@ class FirewallSpec:
         return self.ingress if self.ingress_allowlist else None
 
 
-def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
+def render_table(spec: FirewallSpec, table: str = LEGACY_TABLE, features: NftFeatures = NftFeatures()) -> str:
     """The table definition, laid out as ``nft list table`` prints it."""
     net, sub = spec.network, spec.own_subnet
-    masquerade = "masquerade fully-random" if features.fully_random else "masquerade"
+    fully_random = features.fully_random and spec.masq_fully_random
+    masquerade = "masquerade fully-random" if fully_random else "masquerade"
     chains = []
     if (guard := spec.guarded) is not None:
         peers = sorted(spec.ingress_sources or ())
         elements = [f"\t\telements = {{ {', '.join(map(str, peers))} }}"] if peers else []
         chains.append("\n".join([f"\tset {guard.peer_set} {{", "\t\ttype ipv4_addr", *elements, "\t}\n"]))
-        not_a_peer = f"{guard.protocol} dport {guard.port} ip saddr != @{guard.peer_set}"
+        ours = f" {guard.network_field.nft()}" if guard.network_field else ""
+        not_a_peer = f"{guard.protocol} dport {guard.port}{ours} ip saddr != @{guard.peer_set}"
         rules = [f"{not_a_peer} counter drop"]
         if features.record_drops:
             chains.append(_dropped_set(guard.dropped_set))
@@ -147,20 +163,24 @@ def render_table(spec: FirewallSpec, table: str = "overlayd", features: NftFeatu
         chains.append(_chain("input", "filter hook input priority filter", rules))
     if spec.ip_masq:
         chains.append(_chain("postrouting", "nat hook postrouting priority srcnat", [
+            f"meta mark & {KUBE_PROXY_MARK:#010x} == {KUBE_PROXY_MARK:#010x} return",
             f"ip saddr {net} ip daddr {net} return",
             f"ip saddr {net} ip daddr != {MULTICAST} {masquerade}",
             f"ip saddr != {net} ip daddr {sub} return",
             f"ip saddr != {net} ip daddr {net} {masquerade}",
         ]))
-    if spec.forward_rules:
-        chains.append(_chain("forward", "filter hook forward priority filter", [
-            f"ip saddr {net} accept",
-            f"ip daddr {net} accept",
-        ]))
+    forward = [f"ip saddr {net} accept", f"ip daddr {net} accept"] if spec.forward_rules else []
+    if spec.sealed_underlay is not None:
+        forward.insert(0, f'iifname "{spec.sealed_underlay}" ip daddr {net} '
+                          "ct state != { established, related } ct status ! dnat counter drop")
+    if forward:
+        chains.append(_chain("forward", "filter hook forward priority filter", forward))
     return f"table ip {table} {{\n" + "\n".join(chains) + "}\n"
 
 
-def render_ruleset(spec: FirewallSpec, table: str = "overlayd", features: NftFeatures = NftFeatures()) -> str:
+def render_ruleset(
+    spec: FirewallSpec, table: str = LEGACY_TABLE, features: NftFeatures = NftFeatures()
+) -> str:
     """The nft script that atomically replaces our table (creating it if absent)."""
     return f"table ip {table}\ndelete table ip {table}\n" + render_table(spec, table, features)
 
@@ -174,6 +194,12 @@ def _chain(name: str, hook: str, rules: list[str]) -> str:
     lines = [f"\tchain {name} {{", f"\t\ttype {hook}; policy accept;"]
     lines += [f"\t\t{rule}" for rule in rules]
     return "\n".join(lines) + "\n\t}\n"
+
+
+def _mentions(listing: str, network: IPv4Network) -> bool:
+    """Whether a normalised table listing has a rule about ``network`` (as a source or destination)."""
+    return any(f"{field} {network} " in line + " " for line in listing.splitlines()
+               for field in ("ip saddr", "ip daddr"))
 
 
 def _addresses(elements: str) -> list[IPv4Address]:
@@ -205,11 +231,17 @@ def _normalise(listing: str) -> str:
     return "\n".join(line.strip() for line in listing.splitlines() if line.strip())
 
 
+def network_firewall(prefix: str) -> Firewall:
+    """The firewall of the network under etcd ``prefix``: its own table and chain on this host."""
+    return Firewall(names_for_prefix(prefix))
+
+
 class Firewall:
     """Keeps our nftables table equal to the rules of a ``FirewallSpec``."""
 
-    def __init__(self, table: str = "overlayd") -> None:
-        self._table = table
+    def __init__(self, names: NetfilterNames = LEGACY) -> None:
+        self._table = names.table
+        self._legacy_checked = names.legacy  # another network's agent looks once for its old table
         self._features = NftFeatures()  # assumed until nft refuses a table with them
         self._probed: set[str] = set()
         # The script we last applied and the kernel's listing right after: recognises our own
@@ -220,7 +252,7 @@ class Firewall:
         # (ruleset generation, script) of the last pass that found the table as wanted.
         self._verified: tuple[int, str] | None = None
         self._generation: int | None = None  # read at the start of the last pass
-        self.forward = IptablesForwardRules()
+        self.forward = IptablesForwardRules(names.forward_chain)
         self._forward_off_cleared = False  # forward rules off: a previous run's removed (once)
         self._foreign_checked: int | None = -1  # the generation the foreign drops were looked at in
         self._guard: IngressGuard | None = None  # the allowlist of the last spec ensured
@@ -229,6 +261,9 @@ class Firewall:
         """Make our nftables table and, with forward rules, our iptables forward chain what ``spec``
         says; True if either changed."""
         changed = self._ensure_table(spec)
+        if not self._legacy_checked:
+            self._legacy_checked = True
+            changed = self._remove_legacy(spec.network) or changed
         if spec.forward_rules:
             changed = self.forward.ensure(spec.network) or changed
             self._forward_off_cleared = False
@@ -237,7 +272,7 @@ class Firewall:
             try:
                 if self.forward.remove():
                     log.info("removed iptables chain %s: forward rules are off, the forward "
-                             "policy is the host's own", "OVERLAYD-FWD")
+                             "policy is the host's own", self.forward.chain)
                     changed = True
             except IptablesError as exc:
                 log.warning("cannot remove iptables forward rules of an earlier run: %s", exc)
@@ -246,6 +281,26 @@ class Firewall:
             self._foreign_checked = self._generation
             self._warn_about_foreign_drops(spec.forward_rules)
         return changed
+
+    def _remove_legacy(self, network: IPv4Network) -> bool:
+        """Delete the single ``ip overlayd`` table and ``OVERLAYD-FWD`` chain that this network's
+        agent wrote before names came from the prefix: only where they hold our Network (another
+        network's, the default prefix's, stay). True if anything was removed."""
+        removed = False
+        live = self._live_listing(LEGACY_TABLE)
+        if live is not None and _mentions(live, network):
+            self._nft(["-f", "-"], f"table ip {LEGACY_TABLE}\ndelete table ip {LEGACY_TABLE}\n")
+            log.info("deleted nftables table ip %s for %s, written by an earlier release; this "
+                     "network's rules are in table ip %s now", LEGACY_TABLE, network, self._table)
+            removed = True
+        try:
+            if self.forward.remove_legacy(network):
+                log.info("deleted iptables chain %s for %s, written by an earlier release; this "
+                         "network's is %s now", "OVERLAYD-FWD", network, self.forward.chain)
+                removed = True
+        except IptablesError as exc:
+            log.warning("cannot remove the iptables chain of an earlier release: %s", exc)
+        return removed
 
     def _ensure_table(self, spec: FirewallSpec) -> bool:
         """Replace the table if it differs from ``spec``'s rules; True if it changed anything.
@@ -334,16 +389,17 @@ class Firewall:
         log.info("deleted nftables table ip %s", self._table)
         try:
             if self.forward.remove():
-                log.info("deleted iptables chain OVERLAYD-FWD and its jump from filter FORWARD")
+                log.info("deleted iptables chain %s and its jump from filter FORWARD", self.forward.chain)
         except IptablesError as exc:
             raise FirewallError(f"cannot remove the iptables forward rules: {exc}") from exc
 
-    def _live_listing(self) -> str | None:
-        proc = self._run_nft(["list", "table", "ip", self._table])
+    def _live_listing(self, table: str | None = None) -> str | None:
+        table = table or self._table
+        proc = self._run_nft(["list", "table", "ip", table])
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr:
                 return None
-            raise FirewallError(f"nft list table ip {self._table} failed: {proc.stderr.strip()}")
+            raise FirewallError(f"nft list table ip {table} failed: {proc.stderr.strip()}")
         return _normalise(proc.stdout)
 
     def _write(self, spec: FirewallSpec, script: str) -> str:

@@ -27,10 +27,11 @@ import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from overlayd.netfilter.names import LEGACY_CHAIN
+
 log = logging.getLogger(__name__)
 
-CHAIN = "OVERLAYD-FWD"
-JUMP = f"-A FORWARD -j {CHAIN}"
+CHAIN = LEGACY_CHAIN  # the default network's; another network's is named after its prefix (``names``)
 LOCK_WAIT = "5"  # seconds to wait for /run/xtables.lock (iptables-legacy) held by dockerd
 
 
@@ -50,49 +51,54 @@ class FilterListing:
     chain_rules: tuple[str, ...] | None  # None: the chain does not exist
 
 
-def parse_listing(text: str) -> FilterListing:
+def jump(chain: str = CHAIN) -> str:
+    """The jump to ``chain`` from ``FORWARD``, as ``iptables -S`` prints it."""
+    return f"-A FORWARD -j {chain}"
+
+
+def parse_listing(text: str, chain: str = CHAIN) -> FilterListing:
     """Our jumps and chain from an ``iptables -S`` listing (other chains and comments ignored)."""
     jumps: list[str] = []
     rules: list[str] = []
     chain_exists = False
     for line in (raw.strip() for raw in text.splitlines()):
-        if line == f"-N {CHAIN}":
+        if line == f"-N {chain}":
             chain_exists = True
-        elif line.startswith("-A FORWARD ") and line.endswith(f"-j {CHAIN}"):
+        elif line.startswith("-A FORWARD ") and line.endswith(f"-j {chain}"):
             jumps.append(line)
-        elif line.startswith(f"-A {CHAIN} "):
+        elif line.startswith(f"-A {chain} "):
             rules.append(line)
     return FilterListing(tuple(jumps), tuple(rules) if chain_exists else None)
 
 
-def wanted_rules(network: IPv4Network) -> tuple[str, ...]:
+def wanted_rules(network: IPv4Network, chain: str = CHAIN) -> tuple[str, ...]:
     """Our chain's rules, as ``iptables -S`` prints them: from and to the Network, nothing else."""
-    return (f"-A {CHAIN} -s {network} -j ACCEPT", f"-A {CHAIN} -d {network} -j ACCEPT")
+    return (f"-A {chain} -s {network} -j ACCEPT", f"-A {chain} -d {network} -j ACCEPT")
 
 
-def in_place(listing: FilterListing, network: IPv4Network) -> bool:
-    return listing.jumps == (JUMP,) and listing.chain_rules == wanted_rules(network)
+def in_place(listing: FilterListing, network: IPv4Network, chain: str = CHAIN) -> bool:
+    return listing.jumps == (jump(chain),) and listing.chain_rules == wanted_rules(network, chain)
 
 
-def restore_script(listing: FilterListing, network: IPv4Network) -> str:
+def restore_script(listing: FilterListing, network: IPv4Network, chain: str = CHAIN) -> str:
     """An ``iptables-restore --noflush`` script that makes our rules exactly the wanted ones.
 
     Declaring the chain creates or empties it; every existing jump is deleted before one is put
     first in ``FORWARD``, ahead of whatever drops, so the whole change is one transaction.
     """
-    lines = ["*filter", f":{CHAIN} - [0:0]"]
-    lines += ["-D" + jump.removeprefix("-A") for jump in listing.jumps]
-    lines += [f"-I FORWARD 1 -j {CHAIN}", *wanted_rules(network), "COMMIT", ""]
+    lines = ["*filter", f":{chain} - [0:0]"]
+    lines += ["-D" + found.removeprefix("-A") for found in listing.jumps]
+    lines += [f"-I FORWARD 1 -j {chain}", *wanted_rules(network, chain), "COMMIT", ""]
     return "\n".join(lines)
 
 
-def removal_script(listing: FilterListing) -> str | None:
+def removal_script(listing: FilterListing, chain: str = CHAIN) -> str | None:
     """A script deleting our jumps and chain; None when there is nothing of ours."""
     if not listing.jumps and listing.chain_rules is None:
         return None
-    lines = ["*filter", *("-D" + jump.removeprefix("-A") for jump in listing.jumps)]
+    lines = ["*filter", *("-D" + found.removeprefix("-A") for found in listing.jumps)]
     if listing.chain_rules is not None:
-        lines += [f"-F {CHAIN}", f"-X {CHAIN}"]
+        lines += [f"-F {chain}", f"-X {chain}"]
     return "\n".join([*lines, "COMMIT", ""])
 
 
@@ -101,9 +107,11 @@ class IptablesError(Exception):
 
 
 class IptablesForwardRules:
-    """Keeps ``OVERLAYD-FWD`` and its jump from ``FORWARD`` equal to the wanted rules."""
+    """Keeps our chain (``OVERLAYD-FWD`` for the default network) and its jump from ``FORWARD``
+    equal to the wanted rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, chain: str = CHAIN) -> None:
+        self.chain = chain
         self.state = ForwardState.UNKNOWN
         self._problem = ""  # the last error logged, so that a persisting one is logged once
 
@@ -112,13 +120,14 @@ class IptablesForwardRules:
         logged once and retried on the next pass (the nftables table still accepts in its own
         chain, which is all a host without an iptables DROP needs)."""
         try:
-            listing = parse_listing(self._iptables("-t", "filter", "-S"))
-            if in_place(listing, network):
+            listing = parse_listing(self._iptables("-t", "filter", "-S"), self.chain)
+            if in_place(listing, network, self.chain):
                 self._now(ForwardState.IN_PLACE)
                 return False
-            self._restore(restore_script(listing, network))
-            if not in_place(parse_listing(self._iptables("-t", "filter", "-S")), network):
-                raise IptablesError(f"chain {CHAIN} is not as written right after iptables-restore; "
+            self._restore(restore_script(listing, network, self.chain))
+            written = parse_listing(self._iptables("-t", "filter", "-S"), self.chain)
+            if not in_place(written, network, self.chain):
+                raise IptablesError(f"chain {self.chain} is not as written right after iptables-restore; "
                                     "is another program rewriting filter FORWARD?")
         except IptablesError as exc:
             self._failed(exc)
@@ -126,11 +135,11 @@ class IptablesForwardRules:
         if self.state is ForwardState.IN_PLACE:
             log.warning("iptables forward rules for %s were missing or changed (a firewall reload, or "
                         "a service flushing filter FORWARD); restored chain %s and its jump from FORWARD",
-                        network, CHAIN)
+                        network, self.chain)
         else:
             log.info("iptables: accepting forwarded traffic from and to %s (chain %s, jumped from "
                      "filter FORWARD), so a FORWARD policy DROP such as Docker's spares the overlay",
-                     network, CHAIN)
+                     network, self.chain)
         self._now(ForwardState.IN_PLACE)
         return True
 
@@ -138,11 +147,24 @@ class IptablesForwardRules:
         """Delete our chain and jump if present; True if there was anything. Raises IptablesError."""
         if shutil.which("iptables") is None:
             return False  # nothing can have been written through it
-        script = removal_script(parse_listing(self._iptables("-t", "filter", "-S")))
+        script = removal_script(parse_listing(self._iptables("-t", "filter", "-S"), self.chain), self.chain)
         if script is not None:
             self._restore(script)
         self._now(ForwardState.ABSENT)
         return script is not None
+
+    def remove_legacy(self, network: IPv4Network) -> bool:
+        """Delete ``OVERLAYD-FWD`` if it holds exactly ``network``'s rules: written by this
+        network's agent before chains were named per network. True if it was. Raises IptablesError."""
+        if self.chain == LEGACY_CHAIN or shutil.which("iptables") is None:
+            return False
+        listing = parse_listing(self._iptables("-t", "filter", "-S"), LEGACY_CHAIN)
+        if listing.chain_rules != wanted_rules(network, LEGACY_CHAIN):
+            return False  # absent, or another network's: not ours to touch
+        script = removal_script(listing, LEGACY_CHAIN)
+        assert script is not None
+        self._restore(script)
+        return True
 
     def _now(self, state: ForwardState) -> None:
         if self.state is ForwardState.FAILING and state is ForwardState.IN_PLACE:

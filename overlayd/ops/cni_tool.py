@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ from cni_shim.delegate import invoke
 from cni_shim.errors import CniError
 from cni_shim.state import write_file_atomically
 from cni_shim.version import SUPPORTED_VERSIONS, at_least, version_key
+from overlayd.ops.cni_target import CniTarget, resolve_target
 
 CONF_DIR = Path("/etc/cni/net.d")
 DEFAULT_CONFLIST = CONF_DIR / "10-flannel.conflist"
@@ -55,14 +55,19 @@ def run_cni_command(argv: list[str]) -> int:
         "portMappings). check and del reuse the CNI_ARGS and CAP_ARGS that add cached.",
     )
     parser.add_argument("command", choices=("add", "del", "check"))
-    parser.add_argument("netns", help="netns path, or a name from `ip netns`")
+    parser.add_argument(
+        "netns",
+        help="netns path, a name from `ip netns`, or a Docker container's name or ID "
+        "(`docker run --net=none`; DOCKER_HOST chooses the daemon)",
+    )
     parser.add_argument(
         "--conflist", type=Path, help=f"default: {DEFAULT_CONFLIST}, else the first *.conflist in {CONF_DIR}"
     )
     parser.add_argument("--ifname", default="eth0", help="container interface (default eth0)")
     args = parser.parse_args(argv)
     try:
-        chain = Chain.load(args.conflist or default_conflist(), args.netns, args.ifname, os.environ)
+        target = resolve_target(args.netns)
+        chain = Chain.load(args.conflist or default_conflist(), target, args.ifname, os.environ)
         if args.command == "add":
             sys.stdout.write(json.dumps(chain.add(), indent=4) + "\n")
         elif args.command == "del":
@@ -87,16 +92,6 @@ def default_conflist() -> Path:
     if not found:
         raise ToolError(f"no *.conflist in {CONF_DIR}; pass --conflist PATH")
     return found[0]
-
-
-def netns_path(netns: str) -> str:
-    """A path as given; a bare name means ``ip netns``'s /var/run/netns/<name>."""
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
-
-
-def container_id_for(netns: str) -> str:
-    """A stable container ID per netns path (cnitool hashes the path too)."""
-    return "overlayd-" + hashlib.sha512(netns.encode()).hexdigest()[:16]
 
 
 def choose_version(conflist: Mapping[str, Any]) -> str:
@@ -144,7 +139,7 @@ class Chain:
         conflist: dict[str, Any],
         conflist_bytes: bytes,
         source: Path,
-        netns: str,
+        target: CniTarget,
         ifname: str,
         environ: Mapping[str, str],
     ) -> None:
@@ -160,8 +155,9 @@ class Chain:
         except ToolError as err:
             raise ToolError(f"{source}: {err}") from None
         self.conflist_bytes = conflist_bytes
-        self.netns = netns_path(netns)
-        self.container_id = container_id_for(self.netns)
+        self.netns = target.netns
+        self.target = target
+        self.container_id = target.container_id
         self.ifname = ifname
         self.cni_args = _cni_args_from_env(environ.get("CNI_ARGS", ""))
         self.capability_args = _capability_args(environ.get("CAP_ARGS", ""))
@@ -176,7 +172,7 @@ class Chain:
         self.cache_path = cache_dir / f"{name}-{self.container_id}-{ifname}"
 
     @classmethod
-    def load(cls, path: Path, netns: str, ifname: str, environ: Mapping[str, str]) -> Chain:
+    def load(cls, path: Path, target: CniTarget, ifname: str, environ: Mapping[str, str]) -> Chain:
         try:
             conflist_bytes = path.read_bytes()
             conflist = json.loads(conflist_bytes)
@@ -184,7 +180,7 @@ class Chain:
             raise ToolError(f"cannot read conflist {path}: {err}") from None
         if not isinstance(conflist, dict):
             raise ToolError(f"{path} is not a JSON object")
-        return cls(conflist, conflist_bytes, path, netns, ifname, environ)
+        return cls(conflist, conflist_bytes, path, target, ifname, environ)
 
     @property
     def env(self) -> dict[str, str]:
@@ -193,10 +189,13 @@ class Chain:
 
     def add(self) -> dict[str, Any]:
         """ADD through the chain; cache the final result; on failure DEL the whole chain."""
+        if not self.netns:
+            raise ToolError(f"{self.target.described} is not running, so it has no network namespace; "
+                            "start it first")
         if self.cache_path.exists():
             raise ToolError(
-                f"{self.netns} already has {self.ifname} on {self.name} (cache {self.cache_path}); "
-                "run `overlayd cni del` first"
+                f"{self.target.described} already has {self.ifname} on {self.name} "
+                f"(cache {self.cache_path}); run `overlayd cni del` first"
             )
         result: dict[str, Any] | None = None
         try:

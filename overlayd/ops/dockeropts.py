@@ -5,6 +5,11 @@ masquerade only when the agent does not (``--ip-masq=!FLANNEL_IPMASQ``), so traf
 overlay subnets is never NATed twice. The output file has the same variables as the script's:
 ``DOCKER_OPT_BIP``, ``DOCKER_OPT_IPMASQ``, ``DOCKER_OPT_MTU`` and the combined key (``DOCKER_OPTS``
 unless ``-k`` names another, such as ``DOCKER_NETWORK_OPTIONS`` in flannel's unit file).
+
+As in the script, options already in the environment under the combined key (``$DOCKER_OPTS``,
+or ``-k``'s variable) come first in the combined line, so a unit that sets its own Docker options
+keeps them; and a ``FLANNEL_IPMASQ`` other than ``true`` or ``false`` is an error (exit 1), not
+silently dropped, unless ``-m`` leaves ``--ip-masq`` out anyway.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ class DockerOpts:
     ip_masq: bool = True  # False: leave --ip-masq out (-m, for old Docker versions)
 
 
-def render_docker_opts(subnet_env: Mapping[str, str], choice: DockerOpts, where: str) -> str:
-    """The env file's text: individual ``DOCKER_OPT_*`` lines, then the combined line."""
+def render_docker_opts(
+    subnet_env: Mapping[str, str], choice: DockerOpts, where: str, existing: str = ""
+) -> str:
+    """The env file's text: individual ``DOCKER_OPT_*`` lines, then the combined line, which starts
+    with ``existing`` (the combined key's value in the environment) when that is set."""
     missing = [key for key in REQUIRED_KEYS if not subnet_env.get(key)]
     if missing:
         raise DockerOptsError(
@@ -43,12 +51,19 @@ def render_docker_opts(subnet_env: Mapping[str, str], choice: DockerOpts, where:
         "DOCKER_OPT_MTU": f"--mtu={subnet_env['FLANNEL_MTU']}",
     }
     agent_masq = subnet_env.get("FLANNEL_IPMASQ", "")
-    if choice.ip_masq and agent_masq in ("true", "false"):
+    if choice.ip_masq and agent_masq:
+        if agent_masq not in ("true", "false"):
+            raise DockerOptsError(
+                f"{where}: invalid value of FLANNEL_IPMASQ: {agent_masq!r}; it must be true or false, as "
+                "the agent writes it (or give -m to leave --ip-masq out)"
+            )
         options["DOCKER_OPT_IPMASQ"] = f"--ip-masq={'false' if agent_masq == 'true' else 'true'}"
     lines = []
     if choice.individual:
         lines += [f'{key}="{value}"' for key, value in options.items() if value]
     if choice.combined:
         joined = "".join(f" {value}" for value in options.values() if value)
+        if existing:  # the script's separator: one space after them, then each option's own
+            joined = f"{existing} {joined}"
         lines.append(f'{choice.combined_key}="{joined}"')
     return "".join(f"{line}\n" for line in lines)

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from overlayd.backend.select import CONFIG_PARSERS, backend_for
+from overlayd.backend.select import CONFIG_PARSERS, backend_for, default_type_notice
 from overlayd.subnet.confchange import describe, leases_outside, name_leases
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 
@@ -70,6 +70,8 @@ def validate(text: str, where: str, out: TextIO = sys.stdout, err: TextIO = sys.
         print(exc, file=err)
         return 1
     print(json.dumps(defaulted_view(config), indent=2), file=out)
+    if not config.backend_type_given:
+        print(default_type_notice(where), file=err)
     return 0
 
 

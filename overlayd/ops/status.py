@@ -14,13 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
+from socket import AF_INET
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.backend.api import DeviceState
-from overlayd.backend.select import CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.netfilter.names import names_for_prefix
 from overlayd.ops.reachview import Reachability, fetch_peers, read_views, render_cluster, render_peers
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
@@ -38,6 +40,7 @@ class DeviceView:
     routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24"
     neighbours: int
     fdb_entries: int
+    tunnel_peers: int = 0  # a WireGuard device's peers
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class HostStatus:
     reach_error: str | None = None
     views: dict[str, NodeView] | None = None  # every node's stored data path view, with --cluster
     view_problems: tuple[str, ...] = ()
+    # This network's firewall objects, named from --etcd-prefix: "ip <table>, iptables <chain>".
+    firewall: str = ""
 
     @property
     def nothing_read(self) -> bool:
@@ -262,6 +267,7 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(
             f"  device      {dev.name} mtu {dev.mtu} mac {dev.mac}: {len(dev.routes)} routes, "
             f"{dev.neighbours} neighbours, {dev.fdb_entries} fdb entries"
+            + (f", {dev.tunnel_peers} tunnel peers" if dev.tunnel_peers else "")
         )
     else:
         lines.append(f"  device      {status.device_error}")
@@ -278,6 +284,8 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
     else:
         lines.append(f"  etcd lease  {status.etcd_error or 'none found for this host'}")
+    if status.firewall:
+        lines.append(f"  firewall    nftables table {status.firewall}")
     if status.leases is not None:
         lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
         header = ("SUBNET", "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
@@ -307,22 +315,50 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
         return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
 
 
+def _present_type() -> str:
+    """The type of the first backend owning a device here (the config, and so the type, unknown)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = [str(link.get("IFLA_IFNAME")) for link in ipr.get_links()]
+    for backend_type, backend in BACKENDS.items():
+        owner = backend()
+        try:
+            if any(owner.owns_device(name, None) for name in names):
+                return backend_type
+        finally:
+            owner.close()
+    return DEFAULT_TYPE
+
+
 def read_device(
-    config: NetworkConfig | None, network: IPv4Network | None
+    config: NetworkConfig | None, network: IPv4Network | None, public_ip: str | None = None
 ) -> tuple[DeviceView | None, str | None]:
-    """The backend's device for ``config`` (when it is unknown: any device of the default
-    backend) in this namespace.
+    """The backend's device for ``config`` in this namespace (the config unknown: the first
+    device some backend owns, else the default backend's); for a backend without one (host-gw),
+    the interface holding our lease's ``public_ip``, where its routes are.
 
     Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
     a peer reached directly is programmed too."""
     from pyroute2 import IPRoute
 
-    backend = backend_for(config.backend.type if config is not None else DEFAULT_TYPE)
+    backend = backend_for(config.backend.type if config is not None else _present_type())
+    if config is not None and not backend.routes_traffic:
+        backend.close()
+        return None, f"none: the {config.backend.type} backend makes no device"
+    deviceless = config is not None and not backend.device_names(config)
     try:
         with IPRoute() as ipr:
-            links = [link for link in ipr.get_links()
-                     if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]
+            if deviceless:
+                held = {addr["index"] for addr in ipr.get_addr(family=AF_INET)
+                        if addr.get_attr("IFA_LOCAL") == public_ip}  # fmt: skip
+                links = [link for link in ipr.get_links() if link["index"] in held]
+            else:
+                links = [link for link in ipr.get_links()
+                         if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]  # fmt: skip
         if not links:
+            if deviceless:
+                return None, f"no interface holds this host's PublicIP {public_ip or '(no lease found)'}"
             wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
             return None, f"no {wanted} device in this network namespace; the agent has not set it up"
         link = links[0]
@@ -338,6 +374,7 @@ def read_device(
         routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
         neighbours=len(plane.neighs),
         fdb_entries=len(plane.fdbs),
+        tunnel_peers=len({peer.public_key for peer in plane.peers}),
     ), None
 
 
@@ -414,7 +451,9 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             found: list[Any] | None = registry.list_leases()[0]
         except RegistryError as exc:
             config, found, etcd_error = None, None, str(exc)
-        device, device_error = read_device(config, overlay_network(subnet_env))
+        mine = [lease for lease in found or () if lease.subnet == subnet]
+        public_ip = str(mine[0].attrs.public_ip) if mine else None
+        device, device_error = read_device(config, overlay_network(subnet_env), public_ip)
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:
@@ -442,4 +481,10 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         reach_error=reach_error,
         views=views,
         view_problems=tuple(view_problems),
+        firewall=_firewall_names(options.etcd_prefix),
     )
+
+
+def _firewall_names(prefix: str) -> str:
+    names = names_for_prefix(prefix)
+    return f"ip {names.table}, iptables chain {names.forward_chain}"

@@ -28,6 +28,7 @@ class ConfigAction(Enum):
     UNCHANGED = "unchanged"  # the stored config is the one in force
     APPLY = "apply"  # every live lease fits it: use it from now on
     RESTART = "restart"  # a backend change the data path cannot follow (a new VNI): a clean restart
+    SWITCH = "switch"  # another backend: the old one's kernel state removed, the new one brought up
     HOLD = "hold"  # live leases fall outside it: keep the config in force, report
 
 
@@ -87,8 +88,11 @@ def decide(
         return ConfigDecision(
             ConfigAction.HOLD, in_force, stored, own.subnet, own_outside, others_outside, announce=announce
         )
-    restart = stored.backend.restart_key != in_force.backend.restart_key
-    action = ConfigAction.RESTART if restart else ConfigAction.APPLY
+    action = ConfigAction.APPLY
+    if stored.backend.type != in_force.backend.type:
+        action = ConfigAction.SWITCH
+    elif stored.backend.restart_key != in_force.backend.restart_key:
+        action = ConfigAction.RESTART
     return ConfigDecision(action, in_force, stored, own.subnet, False, (), cleared=held is not None)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
@@ -25,6 +25,8 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendSettings
+    # False when the config names no Backend.Type and the default backend runs (the agent says so).
+    backend_type_given: bool = field(default=True, compare=False)
 
     @property
     def subnet_size(self) -> int:
@@ -127,6 +129,15 @@ class BackendParsers:
 
     parsers: Mapping[str, BackendParser]
     default_type: str
+    # Backends a config may name that are refused: type -> why, and what to use instead.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def refusal(self, backend_type: object) -> str:
+        """Why ``backend_type`` cannot be used, as the end of a sentence naming it."""
+        why = self.refused.get(backend_type.lower()) if isinstance(backend_type, str) else None
+        if why is not None:
+            return why
+        return f"is invalid; overlayd supports {', '.join(self.parsers)}"
 
     def parse(self, where: str, raw: object) -> BackendSettings:
         """The ``Backend`` section ``raw`` parsed by the backend it names."""
@@ -141,7 +152,7 @@ class BackendParsers:
             backend_type = backend_type.lower()  # flanneld lower-cases it too
         parser = self.parsers.get(backend_type) if isinstance(backend_type, str) else None
         if parser is None:
-            raise fields.fail("Type", backend_type, f"overlayd supports {', '.join(self.parsers)}")
+            raise ConfigError(f"{where}: Backend.Type {backend_type!r} {self.refusal(backend_type)}")
         return parser(fields)
 
 
@@ -251,4 +262,9 @@ def parse_network_config(
         subnet_min=subnet_min,
         subnet_max=subnet_max,
         backend=backends.parse(where, fields.value.get("backend")),
+        backend_type_given=_names_backend_type(fields.value.get("backend")),
     )
+
+
+def _names_backend_type(raw: object) -> bool:
+    return isinstance(raw, dict) and "type" in _lower_keys(raw)

@@ -15,6 +15,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import inet_aton
 from typing import Protocol
 
+from overlayd.base.gojson import go_json
+
 _KEY_RE = re.compile(
     r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<len>[0-9]{1,2})"
     r"(?:&(?P<ip6>[0-9a-fA-F:]+)-(?P<len6>[0-9]{1,3}))?$"
@@ -57,7 +59,8 @@ class LeaseAttrs:
     vtep_mac: str | None = None
     public_ipv6: IPv6Address | None = None
     # BackendData of a backend without a codec (any JSON value: extension's is a string), as compact
-    # JSON text: kept whole (and hashable); "" when the lease has none.
+    # JSON text in Go's spelling (``overlayd.base.gojson``): kept whole (and hashable); "" when the
+    # lease has none.
     extra_backend_data: str = ""
 
 
@@ -164,10 +167,13 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
     if attrs.backend_type:
         value["BackendType"] = attrs.backend_type
     codec = _codecs.get(attrs.backend_type)
-    if codec is not None:
-        backend = codec.encode(attrs)
-    else:
-        backend = json.loads(attrs.extra_backend_data) if attrs.extra_backend_data else None
+    if codec is None:
+        text = json.dumps(value, separators=(",", ":"))
+        if not attrs.extra_backend_data:
+            return text
+        # Already Go's JSON text (``go_json``): written as it is, as Go writes a RawMessage.
+        return f'{text[:-1]},"BackendData":{attrs.extra_backend_data}}}'
+    backend = codec.encode(attrs)
     if backend is not None:
         value["BackendData"] = backend
     return json.dumps(value, separators=(",", ":"))
@@ -213,7 +219,8 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             public_ip=public_ip,
             backend_type=backend_type,
             public_ipv6=public_ipv6,
-            extra_backend_data="" if backend is None else json.dumps(backend, separators=(",", ":")),
+            # In Go's spelling, which is flanneld's own: what it wrote reads back to the same text.
+            extra_backend_data="" if backend is None else go_json(backend),
         )
     backend = backend or {}
     if not isinstance(backend, dict):

@@ -66,14 +66,14 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
 metric = Lab.metric
 
 
-def log_mark(host: LabHost) -> int:
-    """A position in the host's agent.log, for log_since()."""
-    return host.log_file.stat().st_size
+def log_mark(host: LabHost, network: str | None = None) -> int:
+    """A position in the agent.log of the host's agent of ``network`` (None: the first), for log_since()."""
+    return (host.files(network) / "agent.log").stat().st_size
 
 
-def log_since(host: LabHost, mark: int) -> str:
-    """What the host's agent logged after ``mark``."""
-    with host.log_file.open("rb") as log:
+def log_since(host: LabHost, mark: int, network: str | None = None) -> str:
+    """What the host's agent (of ``network``) logged after ``mark``."""
+    with (host.files(network) / "agent.log").open("rb") as log:
         log.seek(mark)
         return log.read().decode(errors="replace")
 

@@ -14,6 +14,8 @@ from labtools import log_mark, log_since, needs_lab, running_lab, status_json, w
 
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
+VXLAN_NETWORK = '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}'
+
 pytestmark = [needs_lab, pytest.mark.root]
 
 
@@ -47,7 +49,7 @@ def test_missing_then_invalid_then_valid_config(bare_lab: Lab) -> None:
     )
     assert not h1.subnet_file.exists(), "no subnet.env may be written from a broken config"
     assert all(host.pid and os.path.exists(f"/proc/{host.pid}") for host in bare_lab.hosts), "agent exited"
-    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/config", VXLAN_NETWORK)
     bare_lab.wait_converged(timeout=30)
     env = h1.subnet_env()
     assert env["FLANNEL_IPMASQ"] == "true"
@@ -92,7 +94,7 @@ def test_backend_mtu_is_the_underlays_as_in_flanneld(bare_lab: Lab) -> None:
 def test_an_unusable_state_dir_stops_the_agent_with_exit_2_naming_the_option(bare_lab: Lab) -> None:
     """Restarting cannot fix it: one line naming --state-dir and the fix, exit code 2 (which the
     unit does not restart), no traceback and no claim of a lease left in place."""
-    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", VXLAN_NETWORK)
     blocker = bare_lab.dir / "not-a-directory"
     blocker.write_text("")
     h3 = bare_lab.add_host(agent_args=[f"--state-dir={blocker}/state"])
@@ -107,7 +109,7 @@ def test_an_unusable_state_dir_stops_the_agent_with_exit_2_naming_the_option(bar
 
 def test_a_second_agent_for_the_same_state_dir_refuses_to_run(bare_lab: Lab) -> None:
     """Two agents on one host would take turns rewriting the firewall and subnet.env."""
-    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", VXLAN_NETWORK)
     bare_lab.wait_converged(timeout=30)
     h1 = bare_lab.hosts[0]
     command = [*bare_lab.agent_command(h1), "--metrics-address=off", "--ip-masq=false"]
@@ -121,7 +123,7 @@ def test_a_second_agent_for_the_same_state_dir_refuses_to_run(bare_lab: Lab) -> 
 def test_an_unwritable_subnet_file_is_reported_once_and_in_readyz(bare_lab: Lab) -> None:
     """The data path is programmed, but containers cannot start: not ready, with the option named;
     one log line, not a traceback per pass."""
-    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", VXLAN_NETWORK)
     blocker = bare_lab.dir / "not-a-directory"
     blocker.write_text("")
     h3 = bare_lab.add_host(agent_args=[f"--subnet-file={blocker}/subnet.env", "--reconcile-interval=0.3"])
@@ -138,7 +140,7 @@ def test_an_unwritable_subnet_file_is_reported_once_and_in_readyz(bare_lab: Lab)
 
 def test_a_deleted_config_is_kept_and_the_hint_restores_the_one_in_use(bare_lab: Lab) -> None:
     """Following an example Network instead would renumber every node it does not contain."""
-    config = '{"Network": "198.18.0.0/16", "SubnetLen": 25}'
+    config = '{"Network": "198.18.0.0/16", "SubnetLen": 25, "Backend": {"Type": "vxlan"}}'
     etcd = bare_lab.etcd()
     etcd.etcdctl("put", f"{ETCD_PREFIX}/config", config)
     bare_lab.wait_converged(timeout=30)
@@ -158,7 +160,7 @@ def test_a_deleted_config_is_kept_and_the_hint_restores_the_one_in_use(bare_lab:
 def test_a_lease_that_runs_out_during_an_etcd_outage_is_not_ready_until_etcd_answers(bare_lab: Lab) -> None:
     """Before that point the data path is served from memory (ready); after it, peers have dropped
     our routes with our key, so "ready" would mislead."""
-    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", '{"Network": "198.18.0.0/16"}')
+    bare_lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", VXLAN_NETWORK)
     h3 = bare_lab.add_host(agent_args=["--subnet-lease-ttl=6", "--reconcile-interval=0.5"])
     bare_lab.wait_converged(timeout=30)
     bare_lab.stop_etcd()

@@ -38,6 +38,7 @@ def test_render_has_flannel_masquerade_and_forward_rules() -> None:
     rules = [line.strip() for line in script.splitlines() if line.startswith("\t\t")]
     assert rules == [
         "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return",  # kube-proxy's: it masquerades those itself
         "ip saddr 198.18.0.0/16 ip daddr 198.18.0.0/16 return",
         "ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
         "ip saddr != 198.18.0.0/16 ip daddr 198.18.5.0/24 return",

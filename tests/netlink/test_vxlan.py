@@ -9,15 +9,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 from nsutil import SPEC, in_netns, ip_json, peer, run, union
 
+from overlayd.backend.api import ApplyError, BackendError, DeviceState
 from overlayd.backend.desired import DirectRoute, Neigh, Plane, PlaneDiff, diff_planes
-from overlayd.backend.vxlan.device import (
-    ApplyError,
-    BackendError,
-    DeviceSpec,
-    DeviceState,
-    DirectRoutes,
-    VxlanBackend,
-)
+from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 
 pytestmark = pytest.mark.root
 

@@ -125,3 +125,9 @@ def test_our_own_key_deleted_or_missing_is_a_lost_lease_and_a_renewal_is_nothing
     assert state.on_event(event("put", 1, lease(1, revision=4)), 1.0) == Unchanged()
     assert state.on_event(event("delete", 1, None), 1.0) == OwnKeyLost("key delete seen on the watch")
     assert state.snapshot({key(2): lease(2)}, 2.0).own_missing
+
+
+def test_safe_peers_are_every_lease_but_ours_and_the_unsafe_ones() -> None:
+    state, _ = state_with(2, 3)
+    state.on_event(LeaseEvent("put", "198.19.9.0-24", lease(9, subnet="198.19.9.0/24"), 9), 1.0)  # type: ignore[arg-type]
+    assert sorted(state.safe_peers()) == [key(2), key(3)]  # not ours, not one outside the Network

@@ -34,6 +34,7 @@ USER_VISIBLE: dict[tuple[str, str], str] = {
     ): "the same log line, naming the flag",
     ("lab/hosts.py", "vxlan"): "the lab's default backend (`overlayd lab up --backend`)",
     ("bench/peers.py", "vxlan"): "the bench's config",
+    ("bench/udpforward.py", "vxlan"): "the backend the udp bench compares with",
     (
         "bench/kernel.py",
         " type vxlan id 4242 dev eth0 local 192.0.2.11 dstport 4799 nolearning",

@@ -13,19 +13,22 @@ import pytest
 from overlayd.backend.api import Backend, HostFacts, UnderlayIngress
 from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Route
 from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.backend.udp.config import UdpConfig
 from overlayd.backend.vxlan.backend import Vxlan
-from overlayd.backend.vxlan.config import VxlanConfig
 from overlayd.backend.vxlan.lease import vxlan_lease_attrs
+from overlayd.base.headerfield import HeaderField
 from overlayd.netfilter.firewall import FirewallSpec, IngressGuard, render_table
 from overlayd.subnet.config import BackendParsers, ConfigError, ConfigFields, parse_network_config
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_attrs, encode_attrs
 
 WHERE = "network config at /coreos.com/network/config"
+SUPPORTED = ", ".join(BACKENDS)
 MAC = "0a:58:c6:12:05:01"
 
 
 def config(backend: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
-    raw = {"Network": "198.18.0.0/16", **({"Backend": backend} if backend is not None else {})}
+    """A vxlan network config: the section ``backend`` with Type vxlan unless it names another."""
+    raw = {"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", **(backend or {})}}
     return parse_network_config(json.dumps(raw), where=WHERE, backends=CONFIG_PARSERS)
 
 
@@ -107,7 +110,9 @@ def test_peer_entries_over_vxlan_or_direct() -> None:
 
 
 def test_underlay_ingress_is_udp_to_the_vxlan_port_with_the_sets_operators_know() -> None:
-    assert Vxlan().underlay_ingress(config()) == UnderlayIngress("udp", 8472, "vxlan")
+    vni_1 = HeaderField(96, 24, 1)  # the VNI: another network's VXLAN on the same port is not ours to judge
+    assert Vxlan().underlay_ingress(config()) == UnderlayIngress("udp", 8472, "vxlan", vni_1)
+    assert Vxlan().underlay_ingress(config({"VNI": 7})).network_field == HeaderField(96, 24, 7)
     assert Vxlan().underlay_ingress(config({"Port": 4789})).port == 4789
     assert Vxlan().device_names(config({"VNI": 7})) == ("flannel.7",)
 
@@ -136,7 +141,7 @@ def test_the_vxlan_backend_refuses_another_backends_config() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"Type": "udp"}, f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"),
+        ({"Type": "bogus"}, f"{WHERE}: Backend.Type 'bogus' is invalid; overlayd supports {SUPPORTED}"),
         ({"VNI": -1}, f"{WHERE}: Backend.VNI -1 is invalid; use a whole number between 0 and 16777215"),
         (
             {"Port": "8472"},
@@ -153,10 +158,10 @@ def test_config_errors_are_worded_as_before(section: dict[str, object], message:
 
 
 def test_backend_for_refuses_an_unknown_type_as_the_config_does() -> None:
-    assert isinstance(backend_for("VXLAN"), Vxlan) and DEFAULT_TYPE == "vxlan"
+    assert isinstance(backend_for("VXLAN"), Vxlan) and DEFAULT_TYPE == "udp"  # flanneld's default
     with pytest.raises(ConfigError) as caught:
-        backend_for("udp", WHERE)
-    assert str(caught.value) == f"{WHERE}: Backend.Type 'udp' is invalid; overlayd supports vxlan"
+        backend_for("bogus", WHERE)
+    assert str(caught.value) == f"{WHERE}: Backend.Type 'bogus' is invalid; overlayd supports {SUPPORTED}"
 
 
 @dataclass(frozen=True)
@@ -184,9 +189,10 @@ def test_a_second_backend_plugs_in_without_touching_the_network_config() -> None
         '{"Network": "198.18.0.0/16", "Backend": {"Type": "Other", "Colour": "green"}}', backends=_WITH_OTHER
     )
     assert parsed.backend == OtherConfig(colour="green")
-    assert parse_network_config('{"Network": "198.18.0.0/16"}', backends=_WITH_OTHER).backend == VxlanConfig()
-    with pytest.raises(ConfigError, match=r"Backend.Type 'udp' is invalid; overlayd supports vxlan, other"):
-        parse_network_config('{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}', backends=_WITH_OTHER)
+    assert parse_network_config('{"Network": "198.18.0.0/16"}', backends=_WITH_OTHER).backend == UdpConfig()
+    with pytest.raises(ConfigError, match=r"Backend.Type 'bogus' is invalid; overlayd supports .*, other$"):
+        config = {"Network": "198.18.0.0/16", "Backend": {"Type": "bogus"}}
+        parse_network_config(json.dumps(config), backends=_WITH_OTHER)
     with pytest.raises(ConfigError, match=r"Backend.Colour 'red' is invalid; use blue or green"):
         parse_network_config(
             '{"Network": "198.18.0.0/16", "Backend": {"Type": "other", "Colour": "red"}}',

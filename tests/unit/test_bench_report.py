@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from overlayd.bench.datapath import Throughput
+from overlayd.bench.datapath import DataPath, Throughput, device_made
 from overlayd.bench.report import BEGIN, END, splice, tcp_rows
 from overlayd.bench.stats import Row, fmt_ratio, fmt_seconds, percentile, render_markdown_table, render_table
 
@@ -54,8 +54,28 @@ def test_splice_appends_when_the_markers_are_missing() -> None:
 
 def test_tcp_rows_give_the_best_of_each_and_the_ratio_within_each_pair() -> None:
     tcp = Throughput(containers=[12e9, 8e9, 13e9], hosts=[15e9, 16e9, 14e9])
-    best, paired = tcp_rows(tcp, "1450")
+    best, paired = tcp_rows(DataPath("vxlan", tcp, "1450", 1500))
+    assert best.figure.startswith("TCP across hosts, vxlan: container → container (MTU 1450")
     assert best.value == "13.00 Gbit/s" and best.goal == "≥ 0.85"
     assert best.baseline == "host → host 16.00 Gbit/s" and best.ratio == "0.81"
     assert paired.value == "0.80 (0.50 to 0.93)"  # 12/15, 8/16, 13/14
-    assert "3 rounds" in paired.figure
+    assert "3 rounds" in paired.figure and "vxlan" in paired.figure
+
+
+def test_a_backend_that_adds_no_header_is_held_to_the_higher_goal() -> None:
+    tcp = Throughput(containers=[9e9], hosts=[10e9])
+    [best, _] = tcp_rows(DataPath("host-gw", tcp, "1500", 1500))
+    assert best.goal == "≥ 0.95" and "host-gw" in best.figure and best.ratio == "0.90"
+    assert DataPath("x", tcp, "?", 1500).goal == "≥ 0.85"
+
+
+def test_the_device_the_agent_made_is_read_from_its_log_and_named_in_the_row() -> None:
+    log = (
+        "2026-12-06 03:41:31,614 INFO overlayd.backend.wireguard.device: flannel-wg: created flannel-wg "
+        "by starting wireguard-go\n2026-12-06 03:41:31,615 INFO overlayd.agent.reconciler: other\n"
+    )
+    assert device_made(log) == "created flannel-wg by starting wireguard-go"
+    assert device_made("nothing of the kind\n") == ""
+    tcp = Throughput(containers=[1e8], hosts=[1e10])
+    [best, _] = tcp_rows(DataPath("wireguard", tcp, "1420", 1500, device_made(log)))
+    assert "(MTU 1420, created flannel-wg by starting wireguard-go, best of 1)" in best.figure

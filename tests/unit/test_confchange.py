@@ -24,7 +24,9 @@ RESTORE = "etcdctl put /coreos.com/network/config '{\"Network\": \"198.18.0.0/16
 
 
 def config(**keys: object) -> NetworkConfig:
-    return parse_network_config(json.dumps(keys), backends=CONFIG_PARSERS)
+    """A vxlan network config (Backend.Type vxlan unless the section names another)."""
+    backend = {"Type": "vxlan", **keys.pop("Backend", {})}  # type: ignore[dict-item]
+    return parse_network_config(json.dumps({**keys, "Backend": backend}), backends=CONFIG_PARSERS)
 
 
 OLD = config(Network="198.18.0.0/16")

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.backend.udp.config import UdpConfig
 from overlayd.backend.vxlan.config import VxlanConfig as BackendConfig
 from overlayd.subnet.config import ConfigError, parse_network_config
 
@@ -34,9 +35,7 @@ def test_defaults_for_a_slash_16() -> None:
     assert config.subnet_min == IPv4Address("198.18.1.0")
     assert config.subnet_max == IPv4Address("198.18.255.0")
     assert config.subnet_size == 256
-    assert config.backend == BackendConfig(
-        type="vxlan", vni=1, port=8472, gbp=False, learning=False, direct_routing=False, mtu=None
-    )
+    assert config.backend == UdpConfig(type="udp", port=8285)  # no Backend: udp, as in flanneld
 
 
 @pytest.mark.parametrize(
@@ -139,7 +138,7 @@ def test_backend_mtu_is_the_underlays_and_the_device_gets_50_less(
 ) -> None:
     """flanneld's meaning: Backend.MTU (default: the external interface's) less VXLAN's 50 bytes is
     the device's MTU and FLANNEL_MTU."""
-    config = parse({"Network": "198.18.0.0/16", "Backend": backend})
+    config = parse({"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", **backend}})
     assert config.backend.device_mtu(interface_mtu) == device_mtu
 
 
@@ -152,16 +151,21 @@ def test_backend_mtu_is_the_underlays_and_the_device_gets_50_less(
         ({"Type": "vxlan", "VNI": 0}, BackendConfig(vni=0)),
         ({"Type": "vxlan", "VNI": 16777215}, BackendConfig(vni=16777215)),
         ({"Type": "vxlan", "Port": 65535}, BackendConfig(port=65535)),
-        ({}, BackendConfig()),
+        ({"Type": "vxlan"}, BackendConfig()),
     ],
 )
 def test_backend_defaults(backend: dict[str, object], expected: BackendConfig) -> None:
     assert parse({"Network": "198.18.0.0/16", "Backend": backend}).backend == expected
 
 
-def test_missing_or_null_backend_defaults_to_vxlan() -> None:
-    assert parse({"Network": "198.18.0.0/16"}).backend == BackendConfig()
-    assert parse({"Network": "198.18.0.0/16", "Backend": None}).backend == BackendConfig()
+def test_missing_or_null_backend_or_type_means_udp_as_in_flanneld() -> None:
+    for backend in ({}, {"Backend": None}, {"Backend": {}}, {"Backend": {"Port": 9000}}):
+        config = parse({"Network": "198.18.0.0/16", **backend})
+        assert isinstance(config.backend, UdpConfig) and not config.backend_type_given
+    assert config.backend.port == 9000
+    named = parse({"Network": "198.18.0.0/16", "Backend": {"type": "udp"}})
+    assert named.backend == UdpConfig() and named.backend_type_given
+    assert named == parse({"Network": "198.18.0.0/16"})  # the same config in force either way
 
 
 def test_keys_are_case_insensitive() -> None:
@@ -319,19 +323,19 @@ def test_error_is_a_value_error() -> None:
         # Backend
         (
             '{"Network": "198.18.0.0/16", "Backend": "vxlan"}',
-            ["Backend 'vxlan' is not a JSON object", '{"Type": "vxlan"}'],
+            ["Backend 'vxlan' is not a JSON object", '{"Type": "udp"}'],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": []}',
-            ["Backend [] is not a JSON object", '"Type": "vxlan"'],
+            ["Backend [] is not a JSON object", '"Type": "udp"'],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}',
-            ["Backend.Type 'udp' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "bogus"}}',
+            ["Backend.Type 'bogus' is invalid", "overlayd supports vxlan, host-gw, udp"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Type": "host-gw"}}',
-            ["Backend.Type 'host-gw' is invalid", "overlayd supports vxlan"],
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "ipip"}}',
+            ["Backend.Type 'ipip' is not supported", "no ipip module", "use Backend vxlan"],
         ),
         (
             '{"Network": "198.18.0.0/16", "Backend": {"Type": ""}}',
@@ -342,23 +346,23 @@ def test_error_is_a_value_error() -> None:
             ["Backend.Type 1 is invalid", "supports vxlan"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"VNI": 16777216}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
             ["Backend.VNI 16777216 is invalid", "use a whole number between 0 and 16777215"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"VNI": -1}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}',
             ["Backend.VNI -1 is invalid", "use a whole number between 0 and 16777215"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"VNI": "1"}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "VNI": "1"}}',
             ["Backend.VNI '1' is invalid", "use a whole number between 0 and 16777215"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"VNI": true}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "VNI": true}}',
             ["Backend.VNI True is invalid", "use a whole"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"VNI": 1.5}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1.5}}',
             ["Backend.VNI 1.5 is invalid", "use a whole"],
         ),
         (
@@ -374,30 +378,33 @@ def test_error_is_a_value_error() -> None:
             ["Backend.Port '8472' is invalid", "use"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"GBP": "true"}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "GBP": "true"}}',
             ["Backend.GBP 'true' is invalid", "use true or false"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"GBP": 1}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "GBP": 1}}',
             ["Backend.GBP 1 is invalid", "use true or false"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"Learning": "no"}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "Learning": "no"}}',
             ["Backend.Learning 'no' is invalid", "use true or false"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"DirectRouting": 0}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": 0}}',
             ["Backend.DirectRouting 0 is invalid", "use true or false"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"MTU": 600}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": 600}}',
             ["Backend.MTU 600 is invalid", "use a whole number between 626 and 65535"],
         ),
         (
-            '{"Network": "198.18.0.0/16", "Backend": {"MTU": "1450"}}',
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": "1450"}}',
             ["Backend.MTU '1450' is invalid", "use"],
         ),
-        ('{"Network": "198.18.0.0/16", "Backend": {"MTU": false}}', ["Backend.MTU False is invalid", "use"]),
+        (
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan", "MTU": false}}',
+            ["Backend.MTU False is invalid", "use"],
+        ),
     ],
 )
 def test_error_messages(raw: str | bytes, fragments: list[str]) -> None:

@@ -104,15 +104,16 @@ def test_lease_alert_fires_for_a_lease_running_out_not_for_an_agent_without_one(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    unit = (DEPLOY / "overlayd.service").read_text()
+@pytest.mark.parametrize("name", ["overlayd.service", "overlayd-docker-plugin.service"])
+def test_systemd_accepts_the_unit(tmp_path: Path, name: str) -> None:
+    unit = (DEPLOY / name).read_text()
     assert "CAP_NET_ADMIN" in unit and "ProtectSystem=strict" in unit
     # verify checks that ExecStart's binary exists; the unit names the installed path.
-    copy = tmp_path / "overlayd.service"
+    copy = tmp_path / name
     copy.write_text(unit.replace("/opt/overlayd/.venv/bin/overlayd", shutil.which("true") or "/bin/true"))
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 0 and "overlayd.service" not in done.stderr, done.stderr
+    assert done.returncode == 0 and name not in done.stderr, done.stderr
 
 
 def test_the_unit_lets_the_agent_run_iptables() -> None:
@@ -155,3 +156,35 @@ def test_the_unit_raises_the_descriptor_limit() -> None:
     unit = (DEPLOY / "overlayd.service").read_text()
     [limit] = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert int(limit.removeprefix("LimitNOFILE=")) >= 8 * MAX_CONNECTIONS
+
+
+def test_the_docker_plugin_unit_starts_between_the_agent_and_dockerd_with_its_paths_writable() -> None:
+    from overlayd.dockerplugin.server import DEFAULT_SOCKET, DEFAULT_STATE_FILE, build_parser
+    from overlayd.dockerplugin.settings import HOST_LOCAL_DATA_DIR
+
+    unit = (DEPLOY / "overlayd-docker-plugin.service").read_text()
+    settings = [line.partition("=") for line in unit.splitlines() if "=" in line and line[0] != "#"]
+    values = {key: value for key, _, value in settings if not key.startswith("ExecStartP")}
+    assert "docker.service" in values["Before"].split() and "overlayd.service" in values["After"].split()
+    command = values["ExecStart"].split()
+    assert command[:2] == ["/opt/overlayd/.venv/bin/overlayd", "docker-plugin"]
+    args = build_parser().parse_args(command[2:])
+    assert args.socket == DEFAULT_SOCKET and str(DEFAULT_SOCKET) in unit  # ExecStartPost waits for it
+    writable = {Path(path) for path in values["ReadWritePaths"].split()}
+    assert {DEFAULT_SOCKET.parent, HOST_LOCAL_DATA_DIR, DEFAULT_STATE_FILE.parent} <= writable
+    assert {"AF_UNIX", "AF_NETLINK"} <= set(values["RestrictAddressFamilies"].split())
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_accepts_the_docker_plugin_socket_at_the_plugins_default_path(tmp_path: Path) -> None:
+    from overlayd.dockerplugin.server import DEFAULT_SOCKET
+
+    installed = shutil.which("true") or "/bin/true"
+    for name in ("overlayd-docker-plugin.service", "overlayd-docker-plugin.socket"):
+        text = (DEPLOY / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/overlayd/.venv/bin/overlayd", installed))
+    socket_unit = (DEPLOY / "overlayd-docker-plugin.socket").read_text()
+    assert f"ListenStream={DEFAULT_SOCKET}\n" in socket_unit and "Before=docker.service" in socket_unit
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "overlayd-docker-plugin.socket")],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0 and "overlayd-docker-plugin" not in done.stderr, done.stderr

@@ -3,7 +3,8 @@
 Layers, lowest first (a module may import its own package and the layers below it):
 
     0  base/        1  subnet/        2  etcd/ backend/ netfilter/ (siblings: not each other)
-    3  options.py (with option_specs.py, option_sources.py)   4  agent/ ops/ (siblings)   5  lab/
+    3  options.py (with option_specs.py, option_sources.py)
+    4  agent/ ops/ dockerplugin/ (siblings)   5  lab/
     6  bench/   7  cli.py __main__.py logsetup.py
 
 The package root (``overlayd/__init__.py``: the version constant) may be imported by every layer.
@@ -35,6 +36,7 @@ LAYERS: dict[str, int] = {
     "option_sources": 3,
     "agent": 4,
     "ops": 4,
+    "dockerplugin": 4,
     "lab": 5,
     "bench": 6,
     "cli": 7,

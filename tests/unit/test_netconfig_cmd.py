@@ -71,3 +71,15 @@ def test_the_renumber_warning_counts_and_names_the_live_leases_left_outside() ->
     assert netconfig_cmd._renumber_warning(None, half, leases).startswith(
         "this change (Network 198.18.0.0/17) does not hand out 4 of 5"
     )
+
+
+def test_validate_says_what_a_config_without_backend_type_runs_and_the_fix() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert netconfig_cmd.validate('{"Network": "198.18.0.0/16"}', "my.json", out, err) == 0
+    assert json.loads(out.getvalue())["Backend"] == {"Type": "udp", "Port": 8285}
+    assert err.getvalue().startswith("my.json names no Backend.Type: running the udp backend, as flanneld")
+    assert 'add "Backend": {"Type": "vxlan"} to the config' in err.getvalue()
+    quiet = io.StringIO()
+    assert netconfig_cmd.validate('{"Network": "198.18.0.0/16", "Backend": {"Type": "udp"}}', "my.json",
+                                  io.StringIO(), quiet) == 0  # fmt: skip
+    assert quiet.getvalue() == ""

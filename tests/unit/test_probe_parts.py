@@ -107,13 +107,20 @@ def test_the_probe_target_is_the_peers_first_address_unless_the_backend_names_an
     finally:
         default.close()
 
-    class Quiet:  # a backend that carries no traffic says so
-        def probe_target(self, lease: Lease) -> IPv4Address | None:
-            return None
+    class Quiet:  # a backend that routes no traffic is not probed
+        routes_traffic = False
 
     class Gateway:  # one whose peers answer on their bridge gateway
+        routes_traffic = True
+
         def probe_target(self, lease: Lease) -> IPv4Address | None:
             return lease.subnet.network_address + 1
 
     assert probe_target(Quiet(), peer) is None  # type: ignore[arg-type]
     assert probe_target(Gateway(), peer) == IPv4Address("198.18.7.1")  # type: ignore[arg-type]
+    for name in ("alloc", "host-gw"):
+        backend = backend_for(name)
+        try:
+            assert probe_target(backend, peer) is None, name
+        finally:
+            backend.close()

@@ -30,7 +30,9 @@ def state(**changes: object) -> AgentState:
     lease = Lease(IPv4Network("198.18.5.0/24"), attrs)
     fields: dict[str, object] = {
         "options": options,
-        "config": parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS),
+        "config": parse_network_config(
+            '{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}', backends=CONFIG_PARSERS
+        ),
         "lease": lease,
         "lease_expires_in": 86000.4,
         "subnet_leases": 3,

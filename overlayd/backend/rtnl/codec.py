@@ -51,7 +51,7 @@ NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
 RTPROT_BOOT = 3  # `ip route add`'s default, and flanneld's (its netlink library's default)
 RTPROT_STATIC = 4  # "proto static": pyroute2's default, and overlayd's routes before
-RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 MAIN_TABLE = 254
 ZERO_MAC = b"\0" * 6
@@ -420,3 +420,44 @@ def route_summary(message: Message) -> tuple[int, int | None, IPv4Address | None
     dst_len = _RTMSG.unpack_from(message.body)[1]
     attrs = _attrs(message.body, _RTMSG.size)
     return dst_len, _u32(attrs.get(RTA_OIF)), _ip(attrs.get(RTA_PREFSRC))
+
+
+def create_link_request(seq: int, name: str, kind: str, mtu: int) -> bytes:
+    """``RTM_NEWLINK`` creating a device of ``kind`` with no settings of its own (``wireguard``)."""
+    info = _attr(IFLA_INFO_KIND, kind.encode())
+    body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_MTU, _U32.pack(mtu)) + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+    return _message(RTM_NEWLINK, CREATE, seq, body)
+
+
+# -- a route to a whole network on a device, without a gateway (the udp backend's into flannel0,
+# -- the wireguard backend's Network onto flannel-wg) --
+
+
+def device_route_request(
+    seq: int, ifindex: int, dst: IPv4Network, add: bool, scope_link: bool = False
+) -> bytes:
+    """``ip route add|del <dst> dev <ifindex>`` (scope universe, protocol boot, as flanneld's udp;
+    ``scope_link``: scope link, as flanneld's wireguard)."""
+    flags = CREATE if add else DELETE
+    scope = RT_SCOPE_LINK if scope_link else RT_SCOPE_UNIVERSE
+    protocol, scope, kind = (RTPROT_BOOT, scope, RTN_UNICAST) if add else (0, RT_SCOPE_NOWHERE, 0)
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind, 0)
+    body += _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
+    body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
+    return _message(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
+
+
+def decode_device_route(message: Message, ifindex: int) -> IPv4Network | None:
+    """The destination of a main-table IPv4 unicast route on ``ifindex`` without a gateway."""
+    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(message.body)
+    attrs = _attrs(message.body, _RTMSG.size)
+    if RTA_TABLE in attrs:
+        table = _U32.unpack(attrs[RTA_TABLE])[0]
+    oif = attrs.get(RTA_OIF)
+    if family != socket.AF_INET or table != MAIN_TABLE or kind != RTN_UNICAST or RTA_GATEWAY in attrs:
+        return None
+    if oif is None or _U32.unpack(oif)[0] != ifindex:
+        return None
+    dst = attrs.get(RTA_DST, b"\0\0\0\0")
+    return IPv4Network((int.from_bytes(dst, "big"), dst_len))

@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 
+from overlayd.backend.rtnl.codec import Link, decode_link, get_link_request
 from overlayd.base.netlink import NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR, Message, error_code, split_messages
 
 SOL_NETLINK = 270
@@ -92,6 +93,16 @@ class RtnlSocket:
                     code = error_code(message) or errno.EPROTO
                     raise OSError(code, os.strerror(code))
                 return message
+
+    def find_link(self, name: str) -> Link | None:
+        """The link called ``name``; None if there is none."""
+        seq = self.next_seq()
+        try:
+            return decode_link(self.get(get_link_request(seq, name=name), seq))
+        except OSError as err:
+            if err.errno == errno.ENODEV:
+                return None
+            raise
 
     def write(self, request: bytes, seq: int) -> None:
         """One acknowledged request; OSError with the kernel's errno if it fails."""

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import Entry, Plane, PlaneDiff, entries_for
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
+from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # The allowlist's nftables sets are named after it (``vxlan_peers``, ``vxlan_dropped``), as
 # operators know them.
 INGRESS_NAME = TYPE
+# The VNI in the VXLAN header: after the 8-byte UDP header, a flags byte and 3 reserved bytes.
+VNI_OFFSET, VNI_BITS = 96, 24
 DEVICE_PREFIX = "flannel."
 
 
@@ -64,6 +67,7 @@ class Vxlan:
     data_codec: ClassVar[VxlanLeaseData] = VxlanLeaseData()
     parse_config = staticmethod(parse_vxlan_config)
     device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
+    routes_traffic: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
@@ -132,8 +136,16 @@ class Vxlan:
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
         self.kernel.apply(device.ifindex, diff)
 
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
+
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
-        return UnderlayIngress(protocol="udp", port=settings(config).port, name=INGRESS_NAME)
+        section = settings(config)
+        return UnderlayIngress(protocol="udp", port=section.port, name=INGRESS_NAME,
+                               network_field=HeaderField(VNI_OFFSET, VNI_BITS, section.vni))
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # the device's every entry is reported by netlink
 
     def remove(self, config: NetworkConfig) -> list[str]:
         """The device ``flannel.<VNI>`` and the direct routes on its underlay into the Network."""

@@ -5,9 +5,10 @@ FDB entry with a ``dst``, onlink route via the peer's ``<subnet>.0``), so either
 over the other's device. Unlike flanneld, the device is repaired rather than trusted: MTU drift,
 a wrong MAC or stray addresses are fixed, and an incompatible device is recreated.
 
-The device and the per-peer entries, thousands of them, go through one raw rtnetlink socket
-(``rtnl.socket``, batching) with a ``struct`` codec (``rtnl.codec``), bound to the network namespace
-current when the backend is created; no multicast groups are joined (``backend.monitor`` watches). The
+The device and the per-peer entries, thousands of them (``backend.entrytable``), go through one raw
+rtnetlink socket (``rtnl.socket``, batching) with a ``struct`` codec (``rtnl.codec``), bound to the
+network namespace current when the backend is created; no multicast groups are joined
+(``backend.monitor`` watches). The
 project names pyroute2 as its netlink library and the CLI's ``status`` still uses it, but the
 agent no longer imports it: its package ``__init__`` alone cost ~0.1 s of every cold start
 (``python -X importtime``: ``pyroute2`` pulls in ndb, ipdb, conntrack and asyncio whichever
@@ -17,45 +18,31 @@ on every periodic pass.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from operator import attrgetter
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from overlayd.backend.api import ApplyError, BackendError, DeviceState
-from overlayd.backend.desired import DirectRoute, Fdb, Neigh, Plane, PlaneDiff, Route
+from overlayd.backend.api import BackendError, DeviceState
+from overlayd.backend.entrytable import DirectRoutes, EntryTable
 from overlayd.backend.rtnl.codec import (
     IFF_UP,
-    Entry,
     Link,
-    Message,
     address_request,
     create_vxlan_request,
     decode_address,
-    decode_direct_route,
-    decode_entry,
-    decode_link,
     delete_link_request,
     dump_addresses_request,
-    dump_requests,
-    encode_entry,
-    entry_key,
-    get_link_request,
-    route_dump_request,
     set_link_request,
 )
-from overlayd.backend.rtnl.socket import RtnlSocket
 from overlayd.backend.vxlan.config import DEFAULT_VXLAN_PORT
 
 log = logging.getLogger(__name__)
 
-GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+__all__ = ["DeviceSpec", "DirectRoutes", "VxlanBackend"]
 
 
 @dataclass(frozen=True)
@@ -82,27 +69,13 @@ class DeviceSpec:
         return self.port or DEFAULT_VXLAN_PORT
 
 
-@dataclass(frozen=True)
-class DirectRoutes:
-    """Where DirectRouting's routes live: the underlay device, and the overlay network whose
-    routes via a gateway on it are peers' direct routes."""
-
-    underlay: int
-    network: IPv4Network
-
-
-class VxlanBackend:
-    """Owns a raw rtnetlink socket in the current network namespace."""
+class VxlanBackend(EntryTable):
+    """The device and, through ``EntryTable``, its entries; owns a raw rtnetlink socket in the
+    current network namespace."""
 
     def __init__(self) -> None:
-        self._rtnl = RtnlSocket()
-        self._basis: tuple[int, DirectRoutes | None] = (0, None)  # what the last dump was decoded against
-        self._decoded: dict[bytes, Entry | None] = {}  # the last dump's messages, decoded
-        self._plane = Plane()  # the last dump's Plane, returned again while the dump is unchanged
+        super().__init__()
         self._ra_off = 0  # ifindex of the device whose IPv6 router advertisements were turned off
-
-    def close(self) -> None:
-        self._rtnl.close()
 
     # -- device -------------------------------------------------------------------------------
 
@@ -171,29 +144,6 @@ class VxlanBackend:
         log.info("%s: deleted", name)
         return True
 
-    def _write(self, build: Callable[[int], bytes]) -> None:
-        """One acknowledged request, built for the next sequence number."""
-        seq = self._rtnl.next_seq()
-        self._rtnl.write(build(seq), seq)
-
-    def _get_link(self, *, index: int = 0, name: str | None = None) -> Link:
-        seq = self._rtnl.next_seq()
-        return decode_link(self._rtnl.get(get_link_request(seq, index=index, name=name), seq))
-
-    def _find_link(self, ifname: str) -> Link | None:
-        try:
-            return self._get_link(name=ifname)
-        except OSError as err:
-            if err.errno == errno.ENODEV:
-                return None
-            raise
-
-    def _link_by_name(self, ifname: str, role: str) -> Link:
-        link = self._find_link(ifname)
-        if link is None:
-            raise BackendError(f"{role} {ifname} does not exist; check the interface option")
-        return link
-
     def _identity_mismatches(self, link: Link, spec: DeviceSpec) -> list[str]:
         """Attributes that cannot be changed in place (the device must be recreated)."""
         if link.vxlan is None:
@@ -253,104 +203,6 @@ class VxlanBackend:
                 self._write(lambda seq: address_request(seq, index, spec.address.ip,
                                                         spec.address.network.prefixlen, True))
             _record(spec, f"added address {spec.address}", actions)
-
-    # -- per-peer entries ---------------------------------------------------------------------
-
-    def read_plane(self, ifindex: int, direct: DirectRoutes | None = None) -> Plane:
-        """The peer entries the kernel holds on ``ifindex`` (kernel-made entries left out), and
-        with ``direct`` the direct routes into its overlay network on its underlay device.
-
-        One dump each of neighbours, FDB and routes, filtered to ``ifindex`` by the kernel (and
-        one of the underlay's routes). An entry whose message is unchanged since the last dump
-        is not decoded again (``entry_key``): decoding, not the kernel, was most of an idle
-        pass. When no message changed at all, the very same Plane object is returned, so a
-        caller can tell "nothing changed" by identity without hashing thousands of entries.
-        """
-        basis = (ifindex, direct)
-        previous = self._decoded if basis == self._basis else {}  # decoded against the same
-        decoded: dict[bytes, Entry | None] = {}
-        seq = self._rtnl.next_seq(4 if direct else 3)
-        dumps: list[tuple[bytes, Callable[[Message], Entry | None]]] = [
-            (request, partial(decode_entry, ifindex=ifindex)) for request in dump_requests(ifindex, seq)
-        ]
-        if direct is not None:
-            decode = partial(decode_direct_route, underlay=direct.underlay, network=direct.network)
-            dumps.append((route_dump_request(direct.underlay, seq + 3), decode))
-        for offset, (request, decode_message) in enumerate(dumps):
-            for message in self._rtnl.dump(request, seq + offset):
-                key = entry_key(message)
-                decoded[key] = previous[key] if key in previous else decode_message(message)
-        if basis == self._basis and decoded.keys() == previous.keys():
-            return self._plane
-        entries: dict[type, set[Entry]] = {Neigh: set(), Fdb: set(), Route: set(), DirectRoute: set()}
-        for entry in decoded.values():
-            if entry is not None:
-                entries[type(entry)].add(entry)
-        self._basis, self._decoded = basis, decoded
-        self._plane = Plane(*(frozenset(entries[kind]) for kind in (Neigh, Fdb, Route, DirectRoute)))
-        return self._plane
-
-    def apply(self, ifindex: int, diff: PlaneDiff) -> None:
-        """Apply ``diff`` without dumping: removals, then additions in flannel's per-peer order.
-
-        The requests go out in batches (see ``rtnl.socket``); the kernel handles them in order, so
-        the removals still precede the additions. Each entry is attempted even if another failed,
-        so one bad lease cannot block the rest; the failures are raised together as
-        ``ApplyError``. Entries already gone count as removed.
-        """
-        failures: list[str] = []
-        requests: list[tuple[int, bytes]] = []
-        # seq -> (verb, entry, is a removal); described only when logged or failed: formatting
-        # 3000 entries' addresses cost ~10 ms of a cold start.
-        sent: dict[int, tuple[str, Entry, bool]] = {}
-        operations = [("del", entry, False) for entry in _removal_order(diff.remove)]
-        operations += [("replace", entry, True) for entry in _addition_order(diff.add)]
-        for verb, entry, replace in operations:
-            seq = self._rtnl.next_seq()
-            try:
-                requests.append((seq, encode_entry(entry, ifindex, replace, seq)))
-            except ValueError as err:  # a malformed value from a lease
-                failures.append(f"{verb} {_describe(entry)}: {err}")
-                continue
-            sent[seq] = (verb, entry, not replace)
-        debug = log.isEnabledFor(logging.DEBUG)
-        for seq, code in sorted(self._rtnl.request(requests).items()):
-            verb, entry, removal = sent[seq]
-            if code == 0:
-                if debug:
-                    log.debug("%s %s", verb, _describe(entry))
-            elif not (removal and code in GONE_ERRNOS):
-                failures.append(f"{verb} {_describe(entry)}: {os.strerror(code)}")
-        if failures:
-            raise ApplyError(failures)
-
-
-def _in_order(*groups: Iterable[Entry]) -> list[Entry]:
-    """The groups one after the other, each sorted for a stable order by the entries' key tuples
-    of ints and strings: the dataclass order compares IPv4Network and IPv4Address objects in
-    Python, ~25 ms for 3000 entries."""
-    key = attrgetter("_key")
-    return [entry for group in groups for entry in sorted(group, key=key)]
-
-
-def _removal_order(plane: Plane) -> list[Entry]:
-    """Routes first, so no route points at a gateway whose neighbour is already gone."""
-    return _in_order(plane.routes, plane.direct, plane.fdbs, plane.neighs)
-
-
-def _addition_order(plane: Plane) -> list[Entry]:
-    """Neighbour, FDB, then route: a route is only usable once both entries exist."""
-    return _in_order(plane.neighs, plane.fdbs, plane.routes, plane.direct)
-
-
-def _describe(entry: Entry) -> str:
-    if isinstance(entry, Neigh):
-        return f"neigh {entry.ip} lladdr {entry.mac}"
-    if isinstance(entry, Fdb):
-        return f"fdb {entry.mac} dst {entry.dst}"
-    if isinstance(entry, DirectRoute):
-        return f"direct route {entry.dst} via {entry.gateway}"
-    return f"route {entry.dst} via {entry.gateway}"
 
 
 def _record(spec: DeviceSpec, action: str, actions: list[str]) -> None:

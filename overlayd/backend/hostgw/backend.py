@@ -1,0 +1,128 @@
+"""host-gw behind the backend seam (``overlayd.backend.api.Backend``), as flanneld's host-gw.
+
+No device and no encapsulation: each peer's subnet is routed via the peer's PublicIP on the
+external interface, so every host must share one L2 segment (a peer elsewhere is named in a
+warning with the fix and gets no route). The lease carries ``"BackendType":"host-gw"`` and no
+BackendData; containers get the interface's whole MTU. The agent's reconciler and netlink
+monitor keep the routes as for any backend: a deleted route is back within the netlink debounce,
+not on flanneld's 10 s check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Network
+from typing import ClassVar
+
+from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
+from overlayd.backend.desired import DirectRoute, Entry, Plane, PlaneDiff
+from overlayd.backend.hostgw.config import TYPE, HostGwConfig, config_fields, parse_host_gw_config
+from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_segment
+from overlayd.backend.hostgw.routes import HostRoutes
+from overlayd.subnet.config import BackendSettings, NetworkConfig
+from overlayd.subnet.lease import Lease, LeaseAttrs
+
+
+class HostGw:
+    """The host-gw backend; owns a raw rtnetlink socket in the current network namespace, opened
+    when first needed."""
+
+    type: ClassVar[str] = TYPE
+    data_codec: ClassVar[None] = None  # no BackendData: whatever a lease carries there is kept whole
+    parse_config = staticmethod(parse_host_gw_config)
+    device_pattern: ClassVar[str] = "(none: routes on the external interface)"
+    routes_traffic: ClassVar[bool] = True
+
+    def probe_target(self, lease: Lease) -> None:
+        """Not probed: a host-gw peer holds no address of its subnet until its first container's
+        bridge exists, so a probe would report an idle node unreachable."""
+        return None
+
+    def __init__(self) -> None:
+        self._routes: HostRoutes | None = None
+        self._host: HostFacts | None = None  # the segments peers must be on, once known
+        self._off_segment = OffSegmentLog()
+
+    @property
+    def kernel(self) -> HostRoutes:
+        if self._routes is None:
+            self._routes = HostRoutes()
+        return self._routes
+
+    def close(self) -> None:
+        if self._routes is not None:
+            self._routes.close()
+            self._routes = None
+
+    def config_fields(self, config: BackendSettings) -> dict[str, object]:
+        assert isinstance(config, HostGwConfig)
+        return config_fields(config)
+
+    def lease_data(self, config: NetworkConfig, host: HostFacts) -> LeaseAttrs:
+        """Our PublicIP, which must be the external interface's own address: peers route to it."""
+        if host.public_ip != host.external_ip:
+            raise HostUnfit(
+                f"host-gw: PublicIP {host.public_ip} is not {host.external_ifname}'s address "
+                f"{host.external_ip} (a NAT, or --public-ip set to another address): peers would route "
+                f"this host's subnet to an address it does not hold. Drop --public-ip, or use Backend "
+                '{"Type": "vxlan"}'
+            )
+        self._host = host
+        return LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE)
+
+    def container_mtu(self, config: NetworkConfig, underlay_mtu: int) -> int:
+        return underlay_mtu  # nothing is added to a packet
+
+    def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
+        """The external interface, which the routes use; nothing is created."""
+        self._host = host
+        link = self.kernel.interface(host.external_ifname)
+        return DeviceState(link.index, link.mac, link.mtu, link.index), []
+
+    def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
+        return ()
+
+    def owns_device(self, name: str, config: NetworkConfig | None) -> bool:
+        return False
+
+    def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
+        """Another host's host-gw lease whose PublicIP is on our segment; one off it is named."""
+        if not is_host_gw_peer(lease, own.subnet, own.attrs.public_ip):
+            return False
+        host = self._host
+        if host is None or on_segment(host.segments)(lease):
+            return True
+        self._off_segment.name(lease, host.segments, host.external_ifname)
+        return False
+
+    def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool]:
+        self._host = host
+        return on_segment(host.segments)
+
+    def peer_entries(self, lease: Lease, direct: bool = True) -> tuple[Entry, ...]:
+        return (DirectRoute(lease.subnet, lease.attrs.public_ip),)
+
+    def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
+        if network is None:
+            return Plane()
+        return self.kernel.read(device.ifindex, network)
+
+    def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
+        self.kernel.apply(device.ifindex, diff)
+
+    def peer_actions(self) -> PeerActions | None:
+        return None  # every peer is kernel entries
+
+    def drift_probe(self, config: NetworkConfig) -> None:
+        return None  # netlink reports every change of its state, or it has none
+
+    def underlay_ingress(self, config: NetworkConfig) -> None:
+        return None  # packets arrive as they are: nothing to tell overlay traffic by
+
+    def remove(self, config: NetworkConfig) -> list[str]:
+        """The routes into the Network via a gateway, on whichever interface they are."""
+        routes = self.kernel.read_anywhere(config.network)
+        if not routes:
+            return []
+        self.kernel.remove_all(routes)
+        return [f"removed {len(routes)} route(s) into {config.network} via peers' PublicIPs"]

@@ -1,0 +1,47 @@
+"""Which leases a host-gw host routes to, and the peers it cannot reach that way, named once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from overlayd.backend.hostgw.config import TYPE
+from overlayd.subnet.lease import Lease
+
+log = logging.getLogger(__name__)
+
+
+def is_host_gw_peer(lease: Lease, own_subnet: IPv4Network | None, own_ip: IPv4Address | None) -> bool:
+    """Another host's host-gw lease; leases of other backends are not routed, as in flanneld."""
+    return lease.subnet != own_subnet and lease.attrs.public_ip != own_ip and lease.attrs.backend_type == TYPE
+
+
+def on_segment(segments: tuple[IPv4Network, ...]) -> Callable[[Lease], bool]:
+    """Whether a peer's PublicIP is on one of this host's underlay segments: a route via it needs
+    no router in between, the one thing host-gw requires."""
+    return lambda lease: any(lease.attrs.public_ip in segment for segment in segments)
+
+
+def off_segment_message(lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> str:
+    """The warning for a peer host-gw cannot route to: who it is, why, and the fix."""
+    here = ", ".join(str(segment) for segment in segments) or "no IPv4 prefix"
+    return (
+        f"host-gw: peer {lease.subnet} (key {lease.key}) has PublicIP {lease.attrs.public_ip}, which is "
+        f"not on this host's L2 segment ({here} on {ifname}): a route via it would need a router in "
+        "between, so none is installed and its pods are unreachable from here. Put the hosts on one "
+        'segment, or use Backend {"Type": "vxlan"}, with "DirectRouting": true to keep direct routes '
+        "where the segment is shared"
+    )
+
+
+class OffSegmentLog:
+    """Logs each off-segment peer once per PublicIP, whatever asks about it again."""
+
+    def __init__(self) -> None:
+        self._named: dict[IPv4Network, IPv4Address] = {}
+
+    def name(self, lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> None:
+        if self._named.get(lease.subnet) != lease.attrs.public_ip:
+            self._named[lease.subnet] = lease.attrs.public_ip
+            log.warning("%s", off_segment_message(lease, segments, ifname))

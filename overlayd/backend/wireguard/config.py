@@ -1,0 +1,95 @@
+"""The WireGuard backend's ``Backend`` section: flannel's keys and defaults, and the MTU it leaves."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from overlayd.backend.wireguard.keys import BadKey, parse_key
+from overlayd.subnet.config import BackendSettings, ConfigFields
+
+TYPE = "wireguard"
+DEVICE_NAME = "flannel-wg"
+DEVICE_NAME_V6 = "flannel-wg-v6"
+DEFAULT_PORT = 51820
+DEFAULT_PORT_V6 = 51821
+# WireGuard over IPv4 adds up to 80 bytes, flannel's figure: outer IP (20, 40 for IPv6) + UDP (8)
+# + type (4) + key index (4) + nonce (8) + authentication tag (16).
+WIREGUARD_OVERHEAD = 80
+
+
+class Mode(enum.Enum):
+    """flannel's ``Mode``: one tunnel per family, or one for both reached over a chosen family."""
+
+    SEPARATE = "separate"
+    AUTO = "auto"
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+@dataclass(frozen=True)
+class WireguardConfig:
+    type: str = TYPE
+    listen_port: int = DEFAULT_PORT
+    listen_port_v6: int = DEFAULT_PORT_V6
+    psk: str = field(default="", repr=False)  # base64, as `wg genpsk` writes it; "" for none; a secret
+    keepalive: int = 0  # PersistentKeepaliveInterval, seconds; 0: off
+    mode: Mode = Mode.SEPARATE
+
+    @property
+    def restart_key(self) -> tuple[object, ...]:
+        """The device's port and the PSK of every peer are set in place; only the type restarts."""
+        return (self.type,)
+
+    @property
+    def summary(self) -> str:
+        psk = ", PSK" if self.psk else ""
+        return f"port {self.listen_port} mode {self.mode.value}{psk}"  # never the PSK itself
+
+    def restart_reason(self, previous: BackendSettings) -> str:
+        return f"Backend {previous.type} -> {self.type}"
+
+    @property
+    def device_name(self) -> str:
+        return DEVICE_NAME
+
+    def device_mtu(self, interface_mtu: int) -> int:
+        """The device's MTU, which is also FLANNEL_MTU: the underlay's less the overhead."""
+        return interface_mtu - WIREGUARD_OVERHEAD
+
+
+def parse_wireguard_config(fields: ConfigFields) -> WireguardConfig:
+    """The ``Backend`` section of a wireguard network (keys lower-cased); raises ConfigError."""
+    raw_mode = fields.value.get("mode")
+    modes = ", ".join(mode.value for mode in Mode)
+    try:
+        mode = Mode(raw_mode) if raw_mode not in (None, "") else Mode.SEPARATE
+    except ValueError:
+        raise fields.fail("Mode", raw_mode, f"use one of {modes}") from None
+    raw_psk = fields.value.get("psk")
+    psk = ""
+    if raw_psk not in (None, ""):
+        try:
+            psk = parse_key(raw_psk)
+        except BadKey:
+            # The value is a secret: the message names the key, not what it holds.
+            raise fields.fail("PSK", "<hidden>", "use a 32-byte base64 key, as `wg genpsk` prints") from None
+    return WireguardConfig(
+        listen_port=fields.get_int("ListenPort", DEFAULT_PORT, 1, 65535),
+        listen_port_v6=fields.get_int("ListenPortV6", DEFAULT_PORT_V6, 1, 65535),
+        psk=psk,
+        keepalive=fields.get_int("PersistentKeepaliveInterval", 0, 0, 65535),
+        mode=mode,
+    )
+
+
+def config_fields(config: WireguardConfig) -> dict[str, object]:
+    """The section as the config command shows it: flannel's keys, defaults filled in, no secret."""
+    return {
+        "Type": config.type,
+        "ListenPort": config.listen_port,
+        "ListenPortV6": config.listen_port_v6,
+        "PSK": "<set>" if config.psk else "",
+        "PersistentKeepaliveInterval": config.keepalive,
+        "Mode": config.mode.value,
+    }

@@ -1,0 +1,1 @@
+"""The Docker network plugin: libnetwork's remote NetworkDriver and IpamDriver on a unix socket."""
