@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -104,12 +105,16 @@ class Prometheus:
 def alert_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Prometheus]]:
     args = (f"--healthz-port={SCRAPE_PORT}", "--subnet-lease-ttl=60")
     with running_lab(tmp_path_factory, hosts=3, agent_args=args, network_config=json.dumps(NETWORK)) as lab:
-        prometheus = Prometheus(lab, tmp_path_factory.mktemp("prometheus"))
+        # A directory of its own: pytest prunes old session directories under its shared base,
+        # which other sessions on the machine can do while this one runs.
+        workdir = Path(tempfile.mkdtemp(prefix="overlayd-prometheus-"))
+        prometheus = Prometheus(lab, workdir)
         try:
             wait_for(lambda: prometheus.up() == 3, 60, "Prometheus to scrape all three agents")
             yield lab, prometheus
         finally:
             prometheus.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def instance(host: LabHost) -> str:
