@@ -44,6 +44,7 @@ pytestmark = [
 SCRAPE_PORT = 9465
 NETWORK = {"Network": "198.18.0.0/21", "Backend": {"Type": "vxlan"}}  # 7 subnets: a pool that can fill
 STRANGER = "192.0.2.77"  # on the underlay, holding no lease
+VXLAN_VNI_1 = bytes([0x08, 0, 0, 0, 0, 0, 1, 0])  # a VXLAN header for VNI 1, the lab's
 PROM_PORT = 19090
 FIRE, RESOLVE = 150.0, 150.0  # seconds; the faults' reports take seconds, a lapsed lease up to a minute
 
@@ -128,7 +129,13 @@ def await_alerts(prometheus: Prometheus, expected: set[tuple[str, str]], firing:
             return False
         return expected <= now if firing else not (expected & now)
 
-    wait_for(check, FIRE if firing else RESOLVE, f"{what} (firing now: {sorted(prometheus.firing())})")
+    try:
+        wait_for(check, FIRE if firing else RESOLVE, what)
+    except AssertionError as exc:  # say what was missing at the end, not at the start
+        now = prometheus.firing() or set()
+        wrong = expected - now if firing else expected & now
+        state = "not firing" if firing else "still firing"
+        raise AssertionError(f"{exc}; {state}: {sorted(wrong)}") from None
 
 
 @contextlib.contextmanager
@@ -154,9 +161,10 @@ def stranger_sending_vxlan(lab: Lab, target: LabHost) -> Iterator[None]:
     """VXLAN packets to ``target`` from an underlay address that holds no lease."""
     sh("ip", "addr", "add", f"{STRANGER}/32", "dev", "eth0", netns=lab.etcd_ns)
     script = (
-        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"import socket, time\nVXLAN_VNI_1 = {VXLAN_VNI_1!r}\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         f"s.bind(('{STRANGER}', 0))\nwhile True:\n"
-        f"    s.sendto(b'\\x08' + bytes(15), ('{target.ip}', 8472))\n    time.sleep(0.2)"
+        f"    s.sendto(VXLAN_VNI_1 + bytes(14), ('{target.ip}', 8472))\n    time.sleep(0.2)"
     )
     sender = subprocess.Popen(["ip", "netns", "exec", lab.etcd_ns, sys.executable, "-c", script])
     try:
