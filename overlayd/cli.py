@@ -389,7 +389,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="this host's lease, device, peers and repairs (--cluster: all)")
     build_parser(status, (*ETCD_OPTIONS, "subnet_file", "metrics_address"))
-    status.add_argument("--cluster", action="store_true", help="also list every lease in etcd")
+    status.add_argument(
+        "--cluster", action="store_true", help="also every lease in etcd and which node cannot reach which"
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=_cmd_status)
 

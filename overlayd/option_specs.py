@@ -110,6 +110,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _probe_rate(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1000:
+        raise ValueError(f"{value} is not between 0 (probing off) and 1000 probes a second")
+    return value
+
+
 def _log_level(raw: str) -> str:
     level = raw.lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -183,6 +190,9 @@ SPECS: dict[str, _Spec] = {
     ),
     "state_dir": _Spec(Path, "directory for state the agent keeps across restarts; one agent per directory"),
     "reconcile_interval": _Spec(_positive_float, "seconds between full reconcile passes"),
+    "probe_rate": _Spec(
+        _probe_rate, "data path probes a second to peers through the overlay, all peers together (0: off)"
+    ),
     "log_level": _Spec(_log_level, "debug, info, warning or error"),
     "log_format": _Spec(_log_format, "text, or json: one object per line with ts, level, logger, msg"),
     "verbose": _Spec(

@@ -53,6 +53,7 @@ class AgentOptions:
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: off
     state_dir: Path = Path("/var/lib/overlayd")
     reconcile_interval: float = 10.0  # seconds between full dump-and-diff passes
+    probe_rate: float = 20.0  # data path probes a second, for all peers together (0: off)
     log_level: str = "info"
     log_format: str = "text"
     verbose: int = 0  # -v: debug from overlayd; -vv: debug from libraries too

@@ -32,6 +32,7 @@ from overlayd.agent.leasekeeper import ACQUIRE_ERRORS, Acquired, LeaseAction, Le
 from overlayd.agent.metrics import Metrics, MetricsServer
 from overlayd.agent.passtimer import PassTimer
 from overlayd.agent.peerstate import PeerState
+from overlayd.agent.probefeed import Prober, start_prober
 from overlayd.agent.reconciler import Reconciler
 from overlayd.agent.sdnotify import Notifier
 from overlayd.agent.startup import (
@@ -88,6 +89,7 @@ class Agent(ConfigFollower):
         self.watcher: PeerWatcher | None = None
         self.heap = HeapKeeper()  # full garbage collections at quiet moments, not mid-burst
         self.monitor: NetlinkMonitor | None = None
+        self.prober: Prober | None = None  # probes peers through the overlay (its own thread)
         self.http: list[MetricsServer] = []
         self.exit_code = 0
         self.lock_fd: int | None = None  # the state directory's lock, held while running
@@ -175,7 +177,6 @@ class Agent(ConfigFollower):
             return False
         self.config = config
         self.metrics.pool_size.set(config.subnet_count)
-        self.metrics.config_ok.set(1)
         backend = backend_for(config.backend.type, self.keeper.where())  # another type: a restart
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
@@ -194,6 +195,7 @@ class Agent(ConfigFollower):
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False
+        self.prober = start_prober(opts.probe_rate, self.health, self.registry, self.state, backend)
         self.watcher = PeerWatcher(self.registry, self.events, first_listing=self.first_listing)
         self.watcher.start()
         self._watch_kernel(backend, config, external.name)
@@ -203,6 +205,7 @@ class Agent(ConfigFollower):
         """Stop threads and sockets; the kernel state and the etcd lease are deliberately kept."""
         for closer in (
             self.monitor.stop if self.monitor else None,
+            self.prober.stop if self.prober else None,
             self.watcher.stop if self.watcher else None,
             *(server.stop for server in self.http),
             self.registry.close if self.registry else None,
@@ -216,10 +219,8 @@ class Agent(ConfigFollower):
                     closer()
                 except Exception:  # shutting down: report, keep closing the rest
                     log.exception("error while stopping")
-        if self.lease is not None:
-            log.info("stopped; the VXLAN device, routes, rules and lease are left in place")
-        else:
-            log.info("stopped (no lease was held)")
+        kept = "stopped; the VXLAN device, routes, rules and lease are left in place"
+        log.info(kept if self.lease is not None else "stopped (no lease was held)")
 
     # ---- the lease ----------------------------------------------------------------------------
 
@@ -263,6 +264,7 @@ class Agent(ConfigFollower):
         assert self.keeper is not None
         if (remaining := self.keeper.remaining()) is not None:
             self.metrics.lease_expiry.set(time.time() + remaining)
+            self.metrics.lease_renew.set(time.time() + self.keeper.renew_at - self.keeper.clock())
 
     def _check_lease(self) -> None:
         """Renew when due; re-acquire if our key or its etcd lease is gone (see ``LeaseKeeper``)."""
@@ -357,8 +359,6 @@ class Agent(ConfigFollower):
                     trigger = Trigger.SIGHUP
                 case DeviceChange():
                     trigger = trigger or Trigger.NETLINK
-                case Wake():
-                    pass
         self.health.count_peers()
         return trigger
 

@@ -8,6 +8,7 @@ everything here runs on the loop's thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from overlayd.agent.metrics import Metrics
@@ -23,6 +24,7 @@ class HealthReporter:
 
     def __init__(self, metrics: Metrics, notifier: Notifier, state: PeerState) -> None:
         self.metrics, self.notifier, self.state = metrics, notifier, state
+        self.on_peers: Callable[[], None] | None = None  # told after each count (the probe feed)
 
     def set(self, ready: bool, reason: str) -> None:
         """Ready or not, and why (/readyz says why, not only what)."""
@@ -71,6 +73,8 @@ class HealthReporter:
             self.metrics.peers_known.set(len(state.wanted()))
         self.metrics.peers_programmed.set(len(state.programmed))
         self.metrics.peers_held.set(len(state.holds))
+        if self.on_peers is not None:
+            self.on_peers()
 
     def status_line(self) -> str:
         """One line for systemd's STATUS: what we hold and how many peers, or what we wait for."""

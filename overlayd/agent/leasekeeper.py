@@ -109,6 +109,8 @@ class LeaseKeeper:
         # While etcd is down, log when each starts and stops failing, once.
         self.lease_check = Outage(log, "could not check our lease")
         self.config_check = Outage(log, "could not re-read the network config", logging.ERROR)
+        # Told whether etcd answered with a valid config at start (not called when it did not answer).
+        self.on_config_read: Callable[[bool], None] = lambda valid: None
 
     # ---- the lease -----------------------------------------------------------------------------
 
@@ -208,6 +210,15 @@ class LeaseKeeper:
 
     def read_config(self) -> NetworkConfig:
         """The stored config, parsed; ConfigError names what is wrong and the fix."""
+        try:
+            config = self._read_config()
+        except ConfigError:
+            self.on_config_read(False)
+            raise
+        self.on_config_read(True)
+        return config
+
+    def _read_config(self) -> NetworkConfig:
         raw, _revision = self.registry.get_config()
         if raw is None and self.config_raw is not None:
             # Running: the config in use is the one to put back. An example network here would

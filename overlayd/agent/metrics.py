@@ -44,6 +44,21 @@ REPAIRS = {
     "subnet_env": ("fix",),
     "blackhole_route": ("fix",),  # --ip-blackhole-route
 }
+# The label values each labelled counter can take, exported at 0 from the start: a counter without
+# a series until its first increment shows "No data" on a healthy node, and rate() misses a burst.
+KNOWN_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "etcd_errors": {"operation": (
+        "get_config", "list_leases", "create_lease", "take_over", "renew", "lease_remaining", "watch",
+        "put_health",
+    )},
+    "lease_acquire_failures": {"reason": ("etcd", "contention", "out_of_subnets")},
+    "relists": {"reason": ("start", "error", "compaction")},
+    "peer_events": {"kind": ("put", "delete")},
+    "reconciles": {"trigger": ("lease", "resync", "event", "netlink", "timer", "sighup")},
+    "pass_step_failures": {"step": ("firewall", "device", "entries")},
+}  # fmt: skip
+# Probe round trips through the overlay: a LAN answers in well under a millisecond, a continent in tens.
+PROBE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 Address = tuple[str, int]
 # A scrape or probe sends its request at once and reads a small answer: seconds are plenty, and
 # bound how long an idle local client can hold a connection.
@@ -86,6 +101,10 @@ class Metrics:
         )
         self.lease_expiry = Gauge(
             "overlayd_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires", registry=r
+        )
+        self.lease_renew = Gauge(
+            "overlayd_lease_renew_timestamp_seconds", "Unix time the agent means to renew our subnet lease",
+            registry=r,
         )
         self.lease_acquisitions = Counter(
             "overlayd_lease_acquisitions", "Subnet leases acquired (start and re-acquire)", registry=r
@@ -199,9 +218,11 @@ class Metrics:
         )
         self.config_ok = Gauge(
             "overlayd_network_config_ok",
-            "0 while the network config in etcd is missing or invalid (the agent keeps the one it runs)",
+            "0 while the network config in etcd is missing or invalid (the agent keeps the one it runs); "
+            "NaN until etcd has answered",
             registry=r,
         )
+        self.config_ok.set(float("nan"))  # an unreachable etcd says nothing about the config
         self.config_mismatch = Gauge(
             "overlayd_config_mismatch",
             "1 while the network config in etcd would renumber live leases: the agent keeps the one in force",
@@ -217,7 +238,29 @@ class Metrics:
             "Sources that hold no peer lease (nor did just before) whose VXLAN the allowlist dropped lately",
             registry=r,
         )
+        self.peers_unreachable = Gauge(
+            "overlayd_peers_unreachable",
+            "Peers that did not answer the last probes through the overlay (overlayd status names them)",
+            registry=r,
+        )
+        self.probes_sent = Counter("overlayd_probes_sent", "Data path probes sent to peers", registry=r)
+        self.probes_answered = Counter(
+            "overlayd_probes_answered", "Data path probes a peer answered in time", registry=r
+        )
+        self.probes_lost = Counter(
+            "overlayd_probes_lost", "Data path probes with no answer in time", registry=r
+        )
+        self.probe_rtt = Histogram(
+            "overlayd_probe_rtt_seconds", "Round trip of answered data path probes", buckets=PROBE_BUCKETS,
+            registry=r,
+        )
+        for attribute, labels in KNOWN_LABELS.items():
+            counter = getattr(self, attribute)
+            for name, values in labels.items():
+                for value in values:
+                    counter.labels(**{name: value})
         self.health = Health()
+        self.reach: Callable[[], bytes] = lambda: b'{"peers": [], "problem": "not probing yet"}\n'
 
     def set_lease_info(self, subnet: str, public_ip: str, vtep_mac: str, network: str) -> None:
         self.lease_info.clear()
@@ -253,6 +296,8 @@ def _route(metrics: Metrics, stale_after: float) -> Callable[[Request], Response
         health = metrics.health  # one read: the reconciler replaces the snapshot whole
         if request.path == "/metrics":
             return Response(HTTPStatus.OK, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+        if request.path == "/peers":
+            return Response(HTTPStatus.OK, metrics.reach(), "application/json")
         if request.path == "/healthz":
             idle = time.monotonic() - health.last_loop
             if idle < stale_after:
@@ -262,7 +307,7 @@ def _route(metrics: Metrics, stale_after: float) -> Callable[[Request], Response
         if request.path == "/readyz":
             status = HTTPStatus.OK if health.ready else HTTPStatus.SERVICE_UNAVAILABLE
             return Response(status, f"{_readiness(health)}\n".encode())
-        return Response(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz or /readyz\n")
+        return Response(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz, /readyz or /peers\n")
 
     return route
 

@@ -186,6 +186,7 @@ def connect(
     manager = LeaseManager(registry, public_ip, ttl=ttl, renew_margin=margin)
     keeper = LeaseKeeper(manager, registry, opts.etcd_prefix)
     keeper.previous_ipv6 = previous_ipv6_subnet(opts.subnet_file)
+    keeper.on_config_read = lambda valid: metrics.config_ok.set(1 if valid else 0)
     return registry, keeper
 
 

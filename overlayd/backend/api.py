@@ -185,3 +185,18 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+
+
+def probe_target(backend: Backend, peer: Lease) -> IPv4Address | None:
+    """The address of ``peer`` that answers a ping through the overlay, as containers' packets go
+    (None: nothing to probe, as for a backend that routes no traffic).
+
+    A backend may say it with a method ``probe_target(lease)``; without one it is the first address
+    of the peer's subnet, which the backends with a device of their own put on it (flannel's VXLAN,
+    udp and WireGuard alike: flanneld's hosts as well as ours), so a mixed cluster needs nothing new."""
+    if not backend.routes_traffic:
+        return None
+    own_answer = getattr(backend, "probe_target", None)
+    if own_answer is not None:
+        return own_answer(peer)
+    return peer.subnet.network_address

@@ -40,6 +40,7 @@ from overlayd.bench.docker import docker_rows, docker_run_times
 from overlayd.bench.families import family_rows, measure_family
 from overlayd.bench.kernel import in_netns, iproute_floor
 from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
+from overlayd.bench.probe import probe_cost, probe_rows
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
 from overlayd.bench.udpforward import udp_rounds, udp_rows
@@ -110,13 +111,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add(
         "--only",
-        choices=["cni", "tcp", "events", "udp", "docker", "families"],
+        choices=["cni", "tcp", "events", "udp", "docker", "families", "probe"],
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
         "path, --tcp-rounds pairs, events: lease events at --peers, udp: the udp backend against the "
         "in-kernel one and the forwarders' CPU, --tcp-rounds pairs, docker: `docker run` through the "
         "docker plugin beside Docker's bridge driver, --docker-runs each, families: a dual-stack "
-        "network's cold start and IPv6 event latency at --peers against an IPv4-only one's); not with --docs",
+        "network's cold start and IPv6 event latency at --peers against an IPv4-only one's, probe: the "
+        "data path probes' CPU at --peers for --probe-seconds); not with --docs",
     )
+    add("--probe-seconds", type=float, default=30.0, help="CPU measurement of the probe thread (default 30)")
     add("--no-plot", action="store_true", help="write no PNG")
     add("--docs", type=Path, help="write DOCS/benchmarks.md and DOCS/img/benchmarks.png (e.g. docs)")
     add("--cold-timeout", type=float, default=120.0, help="give up on a cold start after this many seconds")
@@ -147,7 +150,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def missing_tools(args: argparse.Namespace) -> list[str]:
-    without_tcp = args.no_tcp or args.only in ("cni", "events", "docker", "families")
+    without_tcp = args.no_tcp or args.only in ("cni", "events", "docker", "families", "probe")
     needs = ["etcd", "ip", "bridge"] + ([] if without_tcp else ["iperf3"])
     needs += ["dockerd", "docker"] if args.only == "docker" else []
     missing = [tool for tool in needs if shutil.which(tool) is None]
@@ -382,6 +385,8 @@ def main(argv: list[str]) -> int:
             data_path(args, root, raw)
         elif args.only == "events":
             events_only(args, root, raw)
+        elif args.only == "probe":
+            raw["probe"] = probe_cost(args.peers, args.probe_seconds)
         elif args.only == "udp":
             raw["udp"] = udp_rounds(root, raw["labs"], args.tcp_seconds, args.tcp_rounds)
         elif args.only == "docker":
@@ -404,6 +409,8 @@ def main(argv: list[str]) -> int:
         print(f"\noverlayd bench --only {args.only}: {machine()}; {took:.0f} s in all\n")
         if args.only == "events":
             only = event_rows(args.peers, raw["events"], raw["changes"])
+        elif args.only == "probe":
+            only = probe_rows(raw["probe"])
         elif args.only == "udp":
             only = udp_rows(raw["udp"], args.tcp_seconds)
         elif args.only == "docker":

@@ -53,6 +53,12 @@ class LeaseEvent:
 Cancel = Callable[[], None]
 
 
+def health_prefix(prefix: str) -> str:
+    """Where nodes store their data path views for ``prefix``: beside it, not under it, so no
+    flanneld (which lists ``<prefix>/subnets/``) and no watch of ``<prefix>/`` ever sees them."""
+    return f"{prefix.rstrip('/')}-overlayd/health/"
+
+
 class SubnetRegistry(Protocol):
     """Leases and config of one overlay network; thread-safe."""
 
@@ -98,6 +104,15 @@ class SubnetRegistry(Protocol):
 
     def lease_remaining(self, lease: Lease) -> float | None:
         """Seconds until our key expires (``math.inf`` for a reservation); None if it is gone."""
+        ...
+
+    def put_health(self, node: str, view: bytes, ttl: int) -> None:
+        """Store ``node``'s view of the data path at ``<prefix>-overlayd/health/<node>``, bound to a
+        new lease of ``ttl`` seconds (outside ``<prefix>/``, which flanneld lists)."""
+        ...
+
+    def list_health(self) -> dict[str, bytes]:
+        """Every node's stored view of the data path, by node."""
         ...
 
     def watch_leases(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import TypeVar
 
-from overlayd.etcd.api import Cancel, LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.api import Cancel, LeaseEvent, RegistryError, WatchCompacted, health_prefix
 from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ class MemoryRegistry:
         prefix = prefix.rstrip("/")
         self._config_key = f"{prefix}/config"
         self._subnets_prefix = f"{prefix}/subnets/"
+        self._health_prefix = health_prefix(prefix)
         self._on_error = on_error
         self._watches: set[_Watch] = set()
         self._watches_lock = threading.Lock()
@@ -347,6 +348,19 @@ class MemoryRegistry:
         lease, _ = self._guarded_put("take_over", template, unchanged,
                                      ttl if existing.etcd_lease_id else None)
         return lease
+
+    def put_health(self, node: str, view: bytes, ttl: int) -> None:
+        key = f"{self._health_prefix}{node}"
+        self._call("put_health", f"write {key}",
+                   lambda: self.store._commit([(key, bytes(view), self.store._grant(ttl))]))
+
+    def list_health(self) -> dict[str, bytes]:
+        prefix = self._health_prefix
+
+        def read() -> dict[str, bytes]:
+            return {key.removeprefix(prefix): stored.value for key, stored in self.store._range(prefix)}
+
+        return self._call("list_health", f"list {prefix}", read)
 
     def delete_lease(self, lease: Lease) -> bool:
         key = self._lease_key(lease.key)

@@ -62,7 +62,7 @@ from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, e
 # once; only the slice length changes. A private name: if a grpc release drops it, this is a no-op.
 if hasattr(grpc, "_common") and hasattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT"):
     grpc._common.MAXIMUM_WAIT_TIMEOUT = 2.0
-from overlayd.etcd.api import LeaseEvent, RegistryError, WatchCompacted
+from overlayd.etcd.api import LeaseEvent, RegistryError, WatchCompacted, health_prefix
 from overlayd.etcd.connection import Connection
 from overlayd.etcd.settings import EtcdSettings, etcd_security_problem
 from overlayd.etcd.watchstream import WatchStream
@@ -115,6 +115,7 @@ class Registry:
         prefix = options.prefix.rstrip("/")
         self._config_key = f"{prefix}/config"
         self._subnets_prefix = f"{prefix}/subnets/"
+        self._health_prefix = health_prefix(prefix)
         self._lock = threading.Lock()
         self._watches: set[WatchStream] = set()
         # Told about every undecodable lease value; the agent logs each once and counts it.
@@ -343,6 +344,28 @@ class Registry:
         else:
             log.info("renewed lease %s (etcd lease %x, ttl %ds)", renewed.key, renewed.etcd_lease_id, ttl)
         return renewed
+
+    def put_health(self, node: str, view: bytes, ttl: int) -> None:
+        """Store ``node``'s data path view on a new etcd lease of ``ttl`` seconds (the previous
+        one expires on its own: revoking it first would leave a moment without a view)."""
+        key = f"{self._health_prefix}{node}"
+
+        def put(client: etcd3.Etcd3Client) -> None:
+            client.put(key, view, lease=client.lease(ttl).id)
+
+        self._connection.call("put_health", f"write {key}", put)
+
+    def list_health(self) -> dict[str, bytes]:
+        """Every node's data path view, by node."""
+        prefix = self._health_prefix
+
+        def read(client: etcd3.Etcd3Client) -> dict[str, bytes]:
+            return {
+                meta.key.decode().removeprefix(prefix): bytes(value)
+                for value, meta in client.get_prefix(prefix)
+            }
+
+        return self._connection.call("list_health", f"list {prefix}", read)
 
     def lease_remaining(self, lease: Lease) -> float | None:
         """Seconds until our key expires; None if the key or its etcd lease is gone.

@@ -14,32 +14,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from socket import AF_INET
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from overlayd.backend.api import DeviceState
-from overlayd.backend.select import BACKENDS, CONFIG_PARSERS, DEFAULT_TYPE, backend_for
+from overlayd.backend.select import CONFIG_PARSERS
 from overlayd.netfilter.names import names_for_prefix
+from overlayd.ops.devicestatus import DeviceView, read_device
+from overlayd.ops.reachview import Reachability, fetch_peers, read_views, render_cluster, render_peers
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
+from overlayd.subnet.healthview import NodeView, broken_pairs
 from overlayd.subnet.subnetenv import parse_keys
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    """The backend's device and the peer entries the kernel holds for it."""
-
-    name: str
-    mtu: int
-    mac: str
-    routes: tuple[str, ...]  # destination subnets, e.g. "198.18.7.0/24" (IPv6 ones too)
-    neighbours: int
-    fdb_entries: int
-    ipv6_name: str | None = None  # a dual-stack network's IPv6 device, whose entries are counted in
-    tunnel_peers: int = 0  # a WireGuard device's peers
 
 
 @dataclass(frozen=True)
@@ -91,6 +78,10 @@ class HostStatus:
     own_lease: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None  # every lease, with --cluster
     etcd_error: str | None = None
+    reach: Reachability | None = None  # this node's probes of its peers (the agent's /peers)
+    reach_error: str | None = None
+    views: dict[str, NodeView] | None = None  # every node's stored data path view, with --cluster
+    view_problems: tuple[str, ...] = ()
     # This network's firewall objects, named from --etcd-prefix: "ip <table>, iptables <chain>"
     # (with "ip6 <table>" between them where subnet.env has an IPv6 subnet).
     firewall: str = ""
@@ -193,6 +184,9 @@ def to_json(status: HostStatus) -> dict[str, Any]:
             lease["reservation"] = lease["ttl"] is not None and math.isinf(lease["ttl"])
             lease["ttl"] = _json_number(lease["ttl"])
     data["etcd_endpoints"] = list(status.etcd_endpoints)
+    if status.views is not None:
+        pairs = broken_pairs(status.views)
+        data["broken_pairs"] = [{"source": pair.source, "target": pair.target} for pair in pairs]
     return data
 
 
@@ -273,6 +267,10 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  agent       {status.metrics_address}{version}: {_agent_line(status.agent, now)}")
     else:
         lines.append(f"  agent       {status.agent_error}")
+    if status.reach is not None:
+        lines += render_peers(status.reach, now)
+    elif status.reach_error:
+        lines.append(f"  data path   {status.reach_error}")
     if status.own_lease is not None:
         lines.append(f"  etcd lease  {_lease_line(status.own_lease)}")
     else:
@@ -295,6 +293,8 @@ def render_text(status: HostStatus, now: float) -> str:
             for lease in status.leases
         ]
         lines += _table([header, *rows])
+    if status.views is not None:
+        lines += render_cluster(status.views, list(status.view_problems), now)
     return "\n".join(lines)
 
 
@@ -306,75 +306,6 @@ def read_subnet_env(path: Path) -> tuple[dict[str, str] | None, str | None]:
         return parse_keys(path.read_text()), None
     except OSError as exc:
         return None, f"{path}: {exc.strerror}; is the agent running with --subnet-file={path}?"
-
-
-def _present_type() -> str:
-    """The type of the first backend owning a device here (the config, and so the type, unknown)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        names = [str(link.get("IFLA_IFNAME")) for link in ipr.get_links()]
-    for backend_type, backend in BACKENDS.items():
-        owner = backend()
-        try:
-            if any(owner.owns_device(name, None) for name in names):
-                return backend_type
-        finally:
-            owner.close()
-    return DEFAULT_TYPE
-
-
-def read_device(
-    config: NetworkConfig | None, network: IPv4Network | None, public_ip: str | None = None
-) -> tuple[DeviceView | None, str | None]:
-    """The backend's device for ``config`` in this namespace (the config unknown: the first
-    device some backend owns, else the default backend's); for a backend without one (host-gw),
-    the interface holding our lease's ``public_ip``, where its routes are.
-
-    Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
-    a peer reached directly is programmed too."""
-    from pyroute2 import IPRoute
-
-    backend = backend_for(config.backend.type if config is not None else _present_type())
-    if config is not None and not backend.routes_traffic:
-        backend.close()
-        return None, f"none: the {config.backend.type} backend makes no device"
-    deviceless = config is not None and not backend.device_names(config)
-    try:
-        with IPRoute() as ipr:
-            if deviceless:
-                held = {addr["index"] for addr in ipr.get_addr(family=AF_INET)
-                        if addr.get_attr("IFA_LOCAL") == public_ip}  # fmt: skip
-                links = [link for link in ipr.get_links() if link["index"] in held]
-            else:
-                links = [link for link in ipr.get_links()
-                         if backend.owns_device(str(link.get("IFLA_IFNAME")), config)]  # fmt: skip
-        if not links:
-            if deviceless:
-                return None, f"no interface holds this host's PublicIP {public_ip or '(no lease found)'}"
-            wanted = " or ".join(backend.device_names(config)) if config else backend.device_pattern
-            return None, f"no {wanted} device in this network namespace; the agent has not set it up"
-        by_name = {str(found.get("IFLA_IFNAME")): found for found in links}
-        names = backend.device_names(config) if config is not None else ()
-        link = by_name.get(names[0], links[0]) if names else links[0]
-        # A dual-stack network's second device: its IPv6 entries are read with the first's.
-        link6 = by_name.get(names[1]) if len(names) > 1 else None
-        mac = str(link.get("IFLA_ADDRESS")).lower()
-        mtu = int(link.get("IFLA_MTU"))
-        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=link6["index"] if link6 else 0)
-        plane = backend.read_entries(state, network)
-    finally:
-        backend.close()
-    return DeviceView(
-        name=str(link.get("IFLA_IFNAME")),
-        mtu=mtu,
-        mac=mac,
-        routes=tuple(sorted(str(route.dst) for route in (*plane.routes, *plane.direct))),
-        neighbours=len(plane.neighs),
-        fdb_entries=len(plane.fdbs),
-        ipv6_name=str(link6.get("IFLA_IFNAME")) if link6 else None,
-        tunnel_peers=len({peer.public_key for peer in plane.peers}),
-    ), None
 
 
 def scrape_metrics(address: str, timeout: float = 3.0) -> tuple[AgentView | None, str | None]:
@@ -436,10 +367,16 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
 
     subnet_env, subnet_env_error = read_subnet_env(options.subnet_file)
     subnet = own_subnet(subnet_env)
+    reach: Reachability | None = None
+    reach_error: str | None = None
     if metrics_address:
         agent, agent_error = scrape_metrics(metrics_address)
+        if agent is not None:
+            reach, reach_error = fetch_peers(metrics_address)
     else:
         agent, agent_error = None, "metrics server is off (--metrics-address=off); no agent figures"
+    views: dict[str, NodeView] | None = None
+    view_problems: list[str] = []
     registry = Registry(replace(options.etcd_settings(), timeout=3.0))
     own: LeaseView | None = None
     leases: tuple[LeaseView, ...] | None = None
@@ -457,6 +394,8 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             routes = frozenset(device.routes) if device else None
             try:
                 own, leases = _lease_views(registry, found, subnet, routes, cluster)
+                if cluster:
+                    views, view_problems = read_views(registry)
             except RegistryError as exc:
                 etcd_error = str(exc)
     finally:
@@ -474,6 +413,10 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         own_lease=own,
         leases=leases,
         etcd_error=etcd_error,
+        reach=reach,
+        reach_error=reach_error,
+        views=views,
+        view_problems=tuple(view_problems),
         firewall=_firewall_names(options.etcd_prefix, bool((subnet_env or {}).get("FLANNEL_IPV6_SUBNET"))),
     )
 

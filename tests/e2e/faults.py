@@ -7,6 +7,7 @@ the agents logged): the figures in docs/reliability.md come from such runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -122,3 +123,18 @@ def record(fault: str, stats: PingStats, recovery: float | None, logged: str, **
 
 def since(started: float) -> float:
     return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def udp_dropped(host: LabHost, source: LabHost) -> Iterator[None]:
+    """``host`` drops every UDP packet from ``source``'s underlay address (its overlay traffic too,
+    while every kernel entry stays right), until the block ends."""
+    table = ("inet", "udp_fault")
+    sh("nft", "add", "table", *table, netns=host.netns)
+    sh("nft", "add", "chain", *table, "input", "{ type filter hook input priority -400 ; }", netns=host.netns)
+    match = ("ip", "saddr", source.ip, "meta", "l4proto", "udp")
+    sh("nft", "add", "rule", *table, "input", *match, "drop", netns=host.netns)
+    try:
+        yield
+    finally:
+        sh("nft", "delete", "table", *table, netns=host.netns)

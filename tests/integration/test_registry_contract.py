@@ -413,3 +413,38 @@ def test_unreachable_every_call_fails_alike_and_watches_end_then_all_works_again
         own_store.up()
     assert registry.renew(lease, ttl=600) is not None
     assert [listed.key for listed in registry.list_leases()[0]] == [lease.key]
+
+
+# -- data path views ------------------------------------------------------------------------------
+
+
+def test_health_views_live_beside_the_prefix_expire_with_their_ttl_and_leave_leases_be(store: Store) -> None:
+    registry = store.client()
+    assert registry.list_health() == {}
+    registry.put_health("198.18.46.0-24", b'{"unreachable":[]}', ttl=2)
+    registry.put_health("198.18.47.0-24", b'{"unreachable":["198.18.46.0-24"]}', ttl=60)
+    registry.put_health("198.18.46.0-24", b'{"unreachable":["198.18.47.0-24"]}', ttl=2)  # rewritten
+    assert registry.list_health() == {
+        "198.18.46.0-24": b'{"unreachable":["198.18.47.0-24"]}',
+        "198.18.47.0-24": b'{"unreachable":["198.18.46.0-24"]}',
+    }
+    assert registry.list_leases()[0] == []  # nothing a lease listing (nor flanneld's) would see
+    assert registry.get_config()[0] is None
+    store.pass_time(3.5)
+    assert list(registry.list_health()) == ["198.18.47.0-24"]
+
+
+def test_health_calls_fail_as_registry_errors_while_unreachable(own_store: Store) -> None:
+    failed: list[str] = []
+    registry = own_store.client(on_error=failed.append)
+    own_store.down()
+    try:
+        with pytest.raises(RegistryError):
+            registry.put_health("198.18.46.0-24", b"{}", ttl=60)
+        with pytest.raises(RegistryError):
+            registry.list_health()
+    finally:
+        own_store.up()
+    assert {"put_health", "list_health"} <= set(failed)
+    registry.put_health("198.18.46.0-24", b"{}", ttl=60)
+    assert registry.list_health() == {"198.18.46.0-24": b"{}"}

@@ -9,9 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlayd.agent.leasekeeper import Acquired, LeaseAction, LeaseKeeper
+from overlayd.etcd.api import RegistryError
 from overlayd.etcd.leasing import LeaseManager
 from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.subnet.confchange import ConfigAction
+from overlayd.subnet.config import ConfigError
 from tests.integration.support import host_attrs
 
 TTL, MARGIN, PREFIX = 600, 60.0, "/coreos.com/network"
@@ -158,3 +160,22 @@ def test_a_renumbering_network_is_held_once_announced_and_cleared_on_revert(
     reverted = keeper.recheck([acquired.lease]).decision
     assert reverted is not None and reverted.action is ConfigAction.UNCHANGED and reverted.cleared
     assert keeper.hold is None and keeper.config is in_force
+
+
+def test_config_read_reports_valid_or_not_only_when_etcd_answered(
+    etcd: MemoryEtcd, clock: ManualClock
+) -> None:
+    keeper = keeper_of(etcd, clock)
+    seen: list[bool] = []
+    keeper.on_config_read = seen.append
+    etcd.set_unreachable(True)
+    with pytest.raises(RegistryError):
+        keeper.read_config()
+    assert seen == [], "an unreachable etcd says nothing about the config"
+    etcd.set_unreachable(False)
+    keeper.read_config()
+    assert seen == [True]
+    etcd.put(f"{PREFIX}/config", b'{"Network": "not a network"}')
+    with pytest.raises(ConfigError):
+        keeper.read_config()
+    assert seen == [True, False]

@@ -49,7 +49,7 @@ def test_every_metric_used_is_exported(source) -> None:  # type: ignore[no-untyp
 
 def test_alerts_cover_the_operator_cases() -> None:
     exprs = " ".join(alert_exprs())
-    for name in ("overlayd_lease_expiry_timestamp_seconds", "overlayd_peers_programmed",
+    for name in ("overlayd_lease_expiry_timestamp_seconds", "overlayd_peers_unreachable",
                  "overlayd_repairs_total", "overlayd_etcd_errors_total", 'up{job="overlayd"}',
                  "overlayd_network_config_ok", "overlayd_vxlan_ingress_dropped_sources"):  # fmt: skip
         assert name in exprs
@@ -72,7 +72,7 @@ def test_promtool_accepts_config_and_rules() -> None:
 def test_lease_alert_fires_for_a_lease_running_out_not_for_an_agent_without_one(tmp_path: Path) -> None:
     """The expiry gauge is 0 until a lease is held: that is OverlaydNotReady's case, and a lease
     "expiring in -55 years" would page for the wrong reason."""
-    expiry = "overlayd_lease_expiry_timestamp_seconds"
+    expiry, renew = "overlayd_lease_expiry_timestamp_seconds", "overlayd_lease_renew_timestamp_seconds"
     rule = next(r for group in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
                 for r in group["rules"] if r.get("alert") == "OverlaydLeaseExpiringSoon")  # fmt: skip
     annotations = {**rule["annotations"], "summary": "subnet lease of soon expires in 10m 0s"}
@@ -83,8 +83,11 @@ def test_lease_alert_fires_for_a_lease_running_out_not_for_an_agent_without_one(
             "interval": "1m",
             "input_series": [  # promtool's clock starts at 0: expiry 1200 is 20 minutes away
                 {"series": f'{expiry}{{instance="nolease"}}', "values": "0x20"},
-                {"series": f'{expiry}{{instance="soon"}}', "values": "1200x20"},
+                {"series": f'{renew}{{instance="nolease"}}', "values": "0x20"},
+                {"series": f'{expiry}{{instance="soon"}}', "values": "1200x20"},  # renewal due 1h before
+                {"series": f'{renew}{{instance="soon"}}', "values": "-2400x20"},
                 {"series": f'{expiry}{{instance="fine"}}', "values": "90000x20"},
+                {"series": f'{renew}{{instance="fine"}}', "values": "86400x20"},
             ],
             "alert_rule_test": [{
                 "eval_time": "10m",

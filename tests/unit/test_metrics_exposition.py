@@ -65,6 +65,15 @@ def test_labels_and_initial_series() -> None:
         assert f'overlayd_repairs_total{{action="add",kind="{kind}"}} 0.0' in text
     for kind in ("device", "firewall", "subnet_env"):
         assert f'overlayd_repairs_total{{action="fix",kind="{kind}"}} 0.0' in text
+    # So do the other labelled counters, for their known values: a panel shows 0, not "No data".
+    for series in ('overlayd_etcd_errors_total{operation="watch"} 0.0',
+                   'overlayd_etcd_errors_total{operation="renew"} 0.0',
+                   'overlayd_lease_acquire_failures_total{reason="etcd"} 0.0',
+                   'overlayd_reconciles_total{trigger="timer"} 0.0',
+                   'overlayd_reconcile_step_failures_total{step="entries"} 0.0'):  # fmt: skip
+        assert series in text
+    # Unknown until etcd answers: an agent started while etcd is down does not blame the config.
+    assert "overlayd_network_config_ok NaN" in text
 
 
 def test_listen_addresses() -> None:

@@ -3,9 +3,9 @@
 import json
 import math
 
+from overlayd.ops.devicestatus import DeviceView
 from overlayd.ops.status import (
     AgentView,
-    DeviceView,
     HostStatus,
     LeaseView,
     own_subnet,

@@ -37,6 +37,11 @@ class HostGw:
     device_pattern: ClassVar[str] = "(none: routes on the external interface)"
     routes_traffic: ClassVar[bool] = True
 
+    def probe_target(self, lease: Lease) -> None:
+        """Not probed: a host-gw peer holds no address of its subnet until its first container's
+        bridge exists, so a probe would report an idle node unreachable."""
+        return None
+
     def __init__(self) -> None:
         self._routes: HostRoutes | None = None
         self._routes6: HostRoutes | None = None  # a dual-stack network's IPv6 routes

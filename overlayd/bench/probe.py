@@ -1,0 +1,92 @@
+"""The data path probes' cost: the agent's probe thread pinging N peers, measured in CPU time.
+
+The peers are N overlay addresses on the loopback of a namespace of their own, so the kernel
+answers every echo as a peer host would; the probe thread is the agent's (``agent.prober``) with
+its default budget. Its CPU time comes from ``/proc/self/task/<tid>/schedstat``; the same thread idle
+(no peers: its 50 ms tick alone) is the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from overlayd.agent.metrics import Metrics
+from overlayd.agent.prober import Prober, ProbeTargets
+from overlayd.agent.reach import ProbeBudget
+from overlayd.bench.kernel import in_netns
+from overlayd.bench.stats import Row
+from overlayd.lab.namespaces import random_lab_name, sh
+
+GOAL = 0.2  # % of a core at 1000 peers
+FIRST_PEER = IPv4Address("198.18.0.0")
+
+
+@dataclass(frozen=True)
+class ProbeCost:
+    peers: int
+    seconds: float
+    busy: float  # % of a core, with the peers
+    idle: float  # % of a core, the same thread with none
+    sent: float
+    answered: float
+    rate: float
+
+
+def _thread_cpu(tid: int) -> float:
+    """Seconds thread ``tid`` of this process has run on a CPU.
+
+    From ``schedstat`` (the scheduler's nanoseconds), not ``stat``'s utime and stime: those are
+    sampled at the clock tick, too coarse for a thread that runs for microseconds at a time."""
+    with open(f"/proc/self/task/{tid}/schedstat") as stat:
+        return int(stat.read().split()[0]) / 1e9
+
+
+def _measure(
+    netns: str, targets: dict[str, IPv4Address], seconds: float, budget: ProbeBudget
+) -> tuple[float, Metrics]:
+    metrics = Metrics()
+    with in_netns(netns):  # the raw socket belongs to the namespace it is made in
+        prober = Prober(metrics, budget)
+        prober.start()
+    try:
+        prober.feed(ProbeTargets("bench", targets, frozenset(targets), "-"))
+        time.sleep(min(2.0, seconds / 4))  # past the start, where new peers are spread out
+        start_cpu, start = _thread_cpu(prober.tid), time.monotonic()
+        time.sleep(seconds)
+        used = _thread_cpu(prober.tid) - start_cpu
+        return used / (time.monotonic() - start) * 100, metrics
+    finally:
+        prober.stop()
+
+
+def probe_cost(peers: int = 1000, seconds: float = 30.0, rate: float = ProbeBudget.rate) -> ProbeCost:
+    """The probe thread's CPU at ``peers`` peers against itself idle, ``seconds`` each."""
+    netns = f"{random_lab_name()}-probe"
+    sh("ip", "netns", "add", netns)
+    try:
+        batch = ["link set lo up"]
+        addresses = [FIRST_PEER + index for index in range(peers)]
+        batch += [f"addr add {address}/32 dev lo" for address in addresses]
+        script = "\n".join(batch) + "\n"
+        subprocess.run(["ip", "-n", netns, "-batch", "-"], input=script, text=True, check=True)
+        budget = ProbeBudget(rate=rate)
+        idle, _ = _measure(netns, {}, seconds, budget)
+        targets = {f"{address}-32": address for address in addresses}
+        busy, metrics = _measure(netns, targets, seconds, budget)
+    finally:
+        sh("ip", "netns", "delete", netns, check=False)
+    sent = metrics.probes_sent._value.get()
+    answered = metrics.probes_answered._value.get()
+    return ProbeCost(peers, seconds, busy, idle, sent, answered, rate)
+
+
+def probe_rows(cost: ProbeCost) -> list[Row]:
+    ratio = f"{cost.busy / cost.idle:.1f}x" if cost.idle > 0 else "-"
+    return [
+        Row(f"probe thread CPU, {cost.peers} peers at {cost.rate:g}/s ({cost.seconds:g} s)",
+            f"{cost.busy:.3f} % of a core", f"{cost.idle:.3f} % (no peers)", ratio, f"< {GOAL} %"),
+        Row("probes answered / sent", f"{cost.answered:.0f} / {cost.sent:.0f}", "-", "-", "all answered"),
+    ]  # fmt: skip
