@@ -195,7 +195,7 @@ class Agent(ConfigFollower):
         self.subnets = SubnetMemory(opts.state_dir)
         if not self._acquire(self.subnets.earlier(previous_subnet(opts.subnet_file))):
             return False
-        self.prober = start_prober(opts.probe_rate, self.health, self.registry, self.state, backend)
+        self.prober = start_prober(opts.probe_rate, self.health, self.registry, self.state)
         self.watcher = PeerWatcher(self.registry, self.events, first_listing=self.first_listing)
         self.watcher.start()
         self._watch_kernel(backend, config, external.name)

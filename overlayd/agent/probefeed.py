@@ -30,29 +30,30 @@ def likely_causes(backend: Backend, config: NetworkConfig) -> str:
 
 
 class ProbeFeed:
-    """Called by the loop after each batch of events and each pass (``HealthReporter.on_peers``)."""
+    """Called by the loop after each batch of events and each pass (``HealthReporter.on_peers``).
+    It asks the backend in force at each call: a live switch changes it under the feed."""
 
-    def __init__(self, prober: Prober, state: PeerState, backend: Backend) -> None:
-        self.prober, self.state, self.backend = prober, state, backend
+    def __init__(self, prober: Prober, state: PeerState) -> None:
+        self.prober, self.state = prober, state
         self._basis: tuple[object, ...] = ()
         self._next = 0.0
         self._fed: ProbeTargets | None = None
 
     def __call__(self) -> None:
-        state, now = self.state, time.monotonic()
-        if state.lease is None or state.config is None or state.underlay is None:
+        state, now, backend = self.state, time.monotonic(), self.state.backend
+        if state.lease is None or state.config is None or state.underlay is None or backend is None:
             return
         wanted = state.wanted()
-        basis = (state.lease, state.config, len(wanted), len(state.programmed), len(state.peers))
+        basis = (state.lease, state.config, backend, len(wanted), len(state.programmed), len(state.peers))
         if basis == self._basis and now < self._next:
             return
         self._basis, self._next = basis, now + FEED_INTERVAL
         targets: dict[str, IPv4Address] = {}
         for key in wanted.keys():  # noqa: SIM118 (a DesiredEntries, not a dict)
             lease = state.peers.get(key)
-            if lease is not None and (target := probe_target(self.backend, lease)) is not None:
+            if lease is not None and (target := probe_target(backend, lease)) is not None:
                 targets[key] = target
-        causes = likely_causes(self.backend, state.config)
+        causes = likely_causes(backend, state.config)
         fed = ProbeTargets(state.lease.key, targets, frozenset(state.programmed), causes)
         if fed != self._fed:  # the same peers again: the probe thread need not look
             self._fed = fed
@@ -68,7 +69,7 @@ def snapshot_json(snapshot: ReachSnapshot) -> bytes:
 
 
 def start_prober(
-    rate: float, health: HealthReporter, registry: SubnetRegistry, state: PeerState, backend: Backend
+    rate: float, health: HealthReporter, registry: SubnetRegistry, state: PeerState
 ) -> Prober | None:
     """The probe thread, started and fed after each turn of the loop (None: ``--probe-rate=0``)."""
     metrics = health.metrics
@@ -78,5 +79,5 @@ def start_prober(
     prober = Prober(metrics, ProbeBudget(rate=rate), ViewPublisher(registry))
     metrics.reach = lambda: snapshot_json(prober.snapshot())
     prober.start()
-    health.on_peers = ProbeFeed(prober, state, backend)
+    health.on_peers = ProbeFeed(prober, state)
     return prober
