@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from overlayd.backend.api import HostFacts, PeerActions
 from overlayd.backend.deviceless import NoDevice
+from overlayd.backend.section import KeylessSection
 from overlayd.subnet.config import BackendSettings, ConfigFields, NetworkConfig
 from overlayd.subnet.lease import LeaseAttrs
 
@@ -19,21 +20,11 @@ TYPE = "alloc"
 
 
 @dataclass(frozen=True)
-class AllocConfig:
+class AllocConfig(KeylessSection):
     """alloc's section has no keys of its own; any others are ignored, as flanneld does."""
 
     type: str = TYPE
-
-    @property
-    def restart_key(self) -> tuple[object, ...]:
-        return (self.type,)
-
-    @property
-    def summary(self) -> str:
-        return "subnet leases only, no data path"
-
-    def restart_reason(self, previous: BackendSettings) -> str:
-        return f"Backend {previous.type} -> {self.type}"
+    summary: str = "subnet leases only, no data path"
 
 
 def parse_alloc_config(fields: ConfigFields) -> AllocConfig:

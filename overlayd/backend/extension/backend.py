@@ -22,6 +22,7 @@ from overlayd.backend.deviceless import NoDevice
 from overlayd.backend.extension.command import run_command, shown
 from overlayd.backend.extension.config import TYPE, ExtensionConfig, config_fields, parse_extension_config
 from overlayd.backend.extension.runner import OWN, CommandRunner, OwnStart
+from overlayd.backend.section import section_of
 from overlayd.base.gojson import go_string, go_trimmed_output
 from overlayd.subnet.config import BackendSettings, NetworkConfig
 from overlayd.subnet.lease import MAX_VALUE_BYTES, Lease, LeaseAttrs, encode_attrs
@@ -32,11 +33,7 @@ RECORD = "extension-peers.json"  # in the state directory: the peers SubnetAddCo
 
 
 def settings(config: NetworkConfig) -> ExtensionConfig:
-    """``config``'s Backend section, which must be an extension one."""
-    backend = config.backend
-    if not isinstance(backend, ExtensionConfig):
-        raise TypeError(f"a {backend.type} network config was handed to the {TYPE} backend")
-    return backend
+    return section_of(config, ExtensionConfig, TYPE)
 
 
 def record_path(state_dir: Path) -> Path:

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from overlayd.subnet.config import BackendSettings, ConfigFields
+from overlayd.backend.section import KeylessSection
+from overlayd.subnet.config import ConfigFields
 
 TYPE = "host-gw"
 
 
 @dataclass(frozen=True)
-class HostGwConfig:
+class HostGwConfig(KeylessSection):
     type: str = TYPE
-
-    @property
-    def restart_key(self) -> tuple[object, ...]:
-        return (self.type,)
-
-    @property
-    def summary(self) -> str:
-        return "routes via peers' PublicIPs"
-
-    def restart_reason(self, previous: BackendSettings) -> str:
-        return f"Backend {previous.type} -> {self.type}"
+    summary: str = "routes via peers' PublicIPs"
 
 
 def parse_host_gw_config(fields: ConfigFields) -> HostGwConfig:

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from overlayd.backend.api import ApplyError, DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.plane import DirectRoute, Entry, Plane, PlaneDiff
+from overlayd.backend.section import section_of
 from overlayd.backend.udp.config import DEVICE_NAME, TYPE, UdpConfig, config_fields, parse_udp_config
 from overlayd.backend.udp.control import ForwarderKeeper, ForwarderSpec, request
 from overlayd.backend.udp.device import TunDevice, TunSpec
@@ -27,11 +28,7 @@ INGRESS_NAME = TYPE
 
 
 def settings(config: NetworkConfig) -> UdpConfig:
-    """``config``'s Backend section, which must be a udp one."""
-    backend = config.backend
-    if not isinstance(backend, UdpConfig):
-        raise TypeError(f"a {backend.type} network config was handed to the {TYPE} backend")
-    return backend
+    return section_of(config, UdpConfig, TYPE)
 
 
 def _every_peer(lease: Lease) -> bool:

@@ -17,6 +17,7 @@ from typing import ClassVar
 from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.desired import entries_for
 from overlayd.backend.plane import Entry, Plane, PlaneDiff
+from overlayd.backend.section import section_of
 from overlayd.backend.vxlan.config import TYPE, VxlanConfig, config_fields, parse_vxlan_config
 from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend, device_name
 from overlayd.backend.vxlan.family import union_planes
@@ -40,11 +41,7 @@ IPV6_EXTRA_OVERHEAD = 20  # an IPv6 outer header is 40 bytes, IPv4's 20
 
 
 def settings(config: NetworkConfig) -> VxlanConfig:
-    """``config``'s Backend section, which must be a vxlan one."""
-    backend = config.backend
-    if not isinstance(backend, VxlanConfig):
-        raise TypeError(f"a {backend.type} network config was handed to the {TYPE} backend")
-    return backend
+    return section_of(config, VxlanConfig, TYPE)
 
 
 def device_spec(config: NetworkConfig, host: HostFacts, subnet: IPv4Network | None, mac: str) -> DeviceSpec:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
 from overlayd.backend.plane import Entry, Plane, PlaneDiff, Route, WgPeer
+from overlayd.backend.section import section_of
 from overlayd.backend.wireguard import wgtool
 from overlayd.backend.wireguard.config import (
     DEVICE_NAME,
@@ -43,10 +44,7 @@ PROBE_INTERVAL = 0.5  # seconds between reads of the device's peers by the drift
 
 
 def settings(config: NetworkConfig) -> WireguardConfig:
-    backend = config.backend
-    if not isinstance(backend, WireguardConfig):
-        raise TypeError(f"a {backend.type} network config was handed to the {TYPE} backend")
-    return backend
+    return section_of(config, WireguardConfig, TYPE)
 
 
 def wireguard_entries(lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
