@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv6Address, IPv6Network
 
 from overlayd.subnet.allocate import RANDOM_POOL, OutOfSubnets, SubnetChoice, free_subnets
 from overlayd.subnet.config import SubnetPool
-from overlayd.subnet.lease import Lease
-
-# The IPv4 half of an IPv6-only lease key (``0.0.0.0-0``) and its PublicIP, as flanneld renders
-# its unset IPv4 fields.
-NO_IPV4_SUBNET = IPv4Network("0.0.0.0/0")
-NO_PUBLIC_IP = IPv4Address("0.0.0.0")
-
-
-def is_ipv6_only(lease: Lease) -> bool:
-    """Whether ``lease`` is an IPv6-only one: the ``0.0.0.0-0`` IPv4 half and an IPv6 subnet."""
-    return lease.subnet == NO_IPV4_SUBNET and lease.ipv6_subnet is not None
+from overlayd.subnet.lease import NO_IPV4_SUBNET, Lease, is_ipv6_only
 
 
 def _fits(pool: SubnetPool, lease: Lease) -> bool:

@@ -86,6 +86,17 @@ class Lease:
         return subnet_to_key(self.subnet, self.ipv6_subnet)
 
 
+# The IPv4 half of an IPv6-only lease key (``0.0.0.0-0``) and its PublicIP, as flanneld renders
+# its unset IPv4 fields: no IPv4 subnet and no IPv4 address, not all of IPv4.
+NO_IPV4_SUBNET = IPv4Network("0.0.0.0/0")
+NO_PUBLIC_IP = IPv4Address("0.0.0.0")
+
+
+def is_ipv6_only(lease: Lease) -> bool:
+    """Whether ``lease`` is an IPv6-only one: the ``0.0.0.0-0`` IPv4 half and an IPv6 subnet."""
+    return lease.subnet == NO_IPV4_SUBNET and lease.ipv6_subnet is not None
+
+
 class BackendDataCodec(Protocol):
     """One backend's ``BackendData``: what its leases carry beyond the PublicIP, both ways."""
 

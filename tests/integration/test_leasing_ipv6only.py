@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 
 from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.etcd.leasing import LeaseManager
 from overlayd.etcd.registry import Registry
 from overlayd.lab.etcdserver import EtcdServer
 from overlayd.subnet.config import parse_network_config
-from overlayd.subnet.ipv6only import NO_PUBLIC_IP, choose_ipv6_only_subnets
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.ipv6only import choose_ipv6_only_subnets
+from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
+
+from .support import host_attrs, network_config
 
 MakeRegistry = Callable[[EtcdServer], Registry]
 POOL = parse_network_config(
@@ -21,6 +24,10 @@ POOL = parse_network_config(
     backends=CONFIG_PARSERS,
 ).ipv6
 assert POOL is not None
+FLANNELD_V6_ONLY = (
+    '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"vxlan",'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"6e:2b:01:9c:44:d0"}}'
+)
 
 
 def v6_only_attrs(n: int) -> LeaseAttrs:
@@ -75,11 +82,7 @@ def test_flanneld_ipv6_only_lease_of_another_host_is_not_taken_for_ours(
 ) -> None:
     """flanneld v0.20.2 on the first host wrote this; a second flanneld took it as its own."""
     key = "0.0.0.0-0&2001:db8:1000:1::-64"
-    etcd_server.etcdctl(
-        "put", f"{prefix}/subnets/{key}",
-        '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"vxlan",'
-        '"BackendV6Data":{"VNI":1,"VtepMAC":"6e:2b:01:9c:44:d0"}}',
-    )  # fmt: skip
+    etcd_server.etcdctl("put", f"{prefix}/subnets/{key}", FLANNELD_V6_ONLY)
     ours = acquire(make_registry(etcd_server), v6_only_attrs(3), seed=1)
     assert ours.key != key and ours.ipv6_subnet is not None and POOL.contains_subnet(ours.ipv6_subnet)
     listed, _ = make_registry(etcd_server).list_leases()
@@ -87,3 +90,16 @@ def test_flanneld_ipv6_only_lease_of_another_host_is_not_taken_for_ours(
         key: IPv6Address("2001:db8::11"),
         ours.key: IPv6Address("2001:db8::3"),
     }
+
+
+def test_an_ipv6_only_lease_left_in_an_ipv4_network_does_not_stop_leasing(
+    make_registry: MakeRegistry, etcd_server: EtcdServer, prefix: str
+) -> None:
+    """flanneld counts its 0.0.0.0-0 as all of IPv4 and reports "out of subnets"."""
+    key = "0.0.0.0-0&2001:db8:1000:1::-64"
+    etcd_server.etcdctl("put", f"{prefix}/subnets/{key}", FLANNELD_V6_ONLY)
+    manager = LeaseManager(make_registry(etcd_server), IPv4Address("192.0.2.7"), ttl=600)
+    lease = manager.acquire(network_config(), host_attrs(7), previous=None)
+    assert network_config().contains_subnet(lease.subnet)
+    listed, _ = make_registry(etcd_server).list_leases()
+    assert sorted(listed_lease.key for listed_lease in listed) == sorted([key, lease.key])

@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import json
 import random
-from ipaddress import IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
 from overlayd.backend import select
 from overlayd.backend.select import CONFIG_PARSERS
-from overlayd.subnet.allocate import OutOfSubnets
+from overlayd.subnet.allocate import OutOfSubnets, choose_subnets
 from overlayd.subnet.config import parse_network_config
-from overlayd.subnet.ipv6only import (
+from overlayd.subnet.ipv6only import choose_ipv6_only_subnets, own_ipv6_only_lease, stale_own_ipv6_only_leases
+from overlayd.subnet.lease import (
     NO_IPV4_SUBNET,
     NO_PUBLIC_IP,
-    choose_ipv6_only_subnets,
+    Lease,
+    LeaseAttrs,
+    LeaseError,
+    decode_lease,
+    encode_attrs,
     is_ipv6_only,
-    own_ipv6_only_lease,
-    stale_own_ipv6_only_leases,
 )
-from overlayd.subnet.lease import Lease, LeaseAttrs, LeaseError, decode_lease, encode_attrs
+from overlayd.subnet.leasecheck import lease_problem
 
 select.install()
 
@@ -32,10 +35,12 @@ FLANNELD_V6_ONLY = (
     '{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"vxlan",'
     '"BackendV6Data":{"VNI":1,"VtepMAC":"6e:2b:01:9c:44:d0"}}'
 )
-POOL = parse_network_config(
+DUAL = parse_network_config(
     json.dumps({"Network": "198.18.0.0/16", "EnableIPv6": True, "IPv6Network": "2001:db8:1000::/48"}),
     backends=CONFIG_PARSERS,
-).ipv6
+)
+V4_ONLY = parse_network_config('{"Network": "198.18.0.0/16"}', backends=CONFIG_PARSERS)
+POOL = DUAL.ipv6
 assert POOL is not None
 OURS = IPv6Address("2001:db8::10")
 
@@ -126,3 +131,23 @@ def test_a_full_pool_names_the_network_and_the_fix() -> None:
         OutOfSubnets, match=r"IPv6Network 2001:db8:1000::/62 has no free /64 .* widen the IPv6Network"
     ):
         choose_ipv6_only_subnets(small, leases, OURS)
+
+
+def test_an_ipv6_only_lease_holds_no_ipv4_space_in_a_network_with_ipv4() -> None:
+    """flanneld counts its 0.0.0.0-0 as all of IPv4 and finds no subnet free; one such lease left
+    in etcd must not stop every host from leasing, and its IPv6 subnet stays taken."""
+    stray = decode_lease(KEY, FLANNELD_V6_ONLY)
+    for network in (V4_ONLY, DUAL):
+        choices = choose_subnets(network, [stray], IPv4Address("192.0.2.3"), rng=random.Random(2))
+        assert choices and all(network.contains_subnet(choice.subnet) for choice in choices)
+    assert stray.ipv6_subnet not in {
+        choice.ipv6_subnet for choice in choose_subnets(DUAL, [stray], IPv4Address("192.0.2.3"))
+    }
+
+
+def test_an_ipv6_only_peer_lease_in_a_network_with_ipv4_is_skipped_and_named() -> None:
+    stray = decode_lease(KEY, FLANNELD_V6_ONLY)
+    for network in (V4_ONLY, DUAL):
+        problem = lease_problem(stray, network, own=None)
+        assert problem is not None and problem.reason == "outside_network"
+        assert f"lease {KEY} is an IPv6-only one" in problem.message and "delete it" in problem.message
