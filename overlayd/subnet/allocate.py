@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.subnet.config import NetworkConfig, SubnetPool
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, is_ipv6_only
 
 # flanneld picks among the first 100 free subnets; enough spread to avoid racing peers.
 RANDOM_POOL = 100
@@ -132,7 +132,9 @@ def choose_subnets(
     mine = own_lease(config, lease_list, public_ip)
     if mine is not None:
         return [SubnetChoice(mine.subnet, existing=mine)]
-    taken = [lease.subnet for lease in lease_list]
+    # An IPv6-only lease (``0.0.0.0-0``) holds no IPv4 space: counted, its 0.0.0.0/0 would leave
+    # no subnet free, as flanneld then reports "out of subnets".
+    taken = [lease.subnet for lease in lease_list if not is_ipv6_only(lease)]
     earlier = [
         subnet for subnet in _earlier(previous)
         if config.contains_subnet(subnet) and not any(subnet.overlaps(other) for other in taken)

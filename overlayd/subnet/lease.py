@@ -86,6 +86,17 @@ class Lease:
         return subnet_to_key(self.subnet, self.ipv6_subnet)
 
 
+# The IPv4 half of an IPv6-only lease key (``0.0.0.0-0``) and its PublicIP, as flanneld renders
+# its unset IPv4 fields: no IPv4 subnet and no IPv4 address, not all of IPv4.
+NO_IPV4_SUBNET = IPv4Network("0.0.0.0/0")
+NO_PUBLIC_IP = IPv4Address("0.0.0.0")
+
+
+def is_ipv6_only(lease: Lease) -> bool:
+    """Whether ``lease`` is an IPv6-only one: the ``0.0.0.0-0`` IPv4 half and an IPv6 subnet."""
+    return lease.subnet == NO_IPV4_SUBNET and lease.ipv6_subnet is not None
+
+
 class BackendDataCodec(Protocol):
     """One backend's ``BackendData``: what its leases carry beyond the PublicIP, both ways."""
 
@@ -180,7 +191,10 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
         if attrs.extra_backend_v6_data:
             text = f'{text[:-1]},"BackendV6Data":{attrs.extra_backend_v6_data}}}'
         return text
-    backend = codec.encode(attrs)
+    # flanneld writes BackendData only beside an IPv4 PublicIP: an IPv6-only lease (PublicIP
+    # 0.0.0.0, its data for the IPv6 device) has none.
+    ipv6_only = attrs.public_ip.is_unspecified and attrs.vtep_mac_v6 is not None
+    backend = None if ipv6_only else codec.encode(attrs)
     v6 = codec.encode(replace(attrs, vtep_mac=attrs.vtep_mac_v6)) if attrs.vtep_mac_v6 else None
     if backend is not None:
         value["BackendData"] = backend
@@ -234,16 +248,20 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
             extra_backend_data="" if backend is None else go_json(backend),
             extra_backend_v6_data="" if backend_v6 is None else go_json(backend_v6),
         )
+    ipv6_only = backend is None and backend_v6 is not None and public_ip.is_unspecified
     backend = backend or {}
     if not isinstance(backend, dict):
         raise LeaseError(f"lease {key}: BackendData is not a JSON object", "bad_backend_data")
-    fields = codec.decode(key, backend)
-    if backend_v6 is not None:
-        if not isinstance(backend_v6, dict):
-            raise LeaseError(f"lease {key}: BackendV6Data is not a JSON object", "bad_backend_data")
-        v6_mac = codec.decode(key, backend_v6).get("vtep_mac")
-        if v6_mac:
-            fields = {**fields, "vtep_mac_v6": v6_mac}
+    if backend_v6 is not None and not isinstance(backend_v6, dict):
+        raise LeaseError(f"lease {key}: BackendV6Data is not a JSON object", "bad_backend_data")
+    v6_fields = codec.decode(key, backend_v6) if backend_v6 is not None else {}
+    if ipv6_only:
+        # flanneld's IPv6-only lease carries BackendV6Data alone: the VNI and the IPv6 device's MAC.
+        fields = {name: value for name, value in v6_fields.items() if name != "vtep_mac"}
+    else:
+        fields = codec.decode(key, backend)
+    if v6_fields.get("vtep_mac"):
+        fields = {**fields, "vtep_mac_v6": v6_fields["vtep_mac"]}
     # One construction: on a cold start every peer's lease is decoded here.
     return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **fields)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease, unicast_mac_problem
+from overlayd.subnet.lease import Lease, is_ipv6_only, unicast_mac_problem
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,13 @@ def lease_problem(
     """What makes ``lease`` unsafe to program under ``config`` while we hold ``own`` on
     ``underlay`` (None: no PublicIP checks); None if fine."""
     subnet, network = lease.subnet, config.network
+    if is_ipv6_only(lease):
+        return LeaseProblem(
+            "outside_network",
+            f"lease {lease.key} is an IPv6-only one (no IPv4 subnet) in a network with IPv4 Network "
+            f"{config.network}; it is left from an IPv6-only config or written under another one: "
+            "delete it, or let it expire",
+        )
     if subnet.prefixlen < network.prefixlen or not _same_block(subnet, network, network.prefixlen):
         return LeaseProblem(
             "outside_network", f"subnet {lease.subnet} is outside Network {config.network}"

@@ -91,6 +91,20 @@ def test_dual_stack_subnet_env_adds_an_ipv6_range(host: Node) -> None:
     _assert_released(host, netns)
 
 
+def test_ipv6_only_subnet_env_gives_an_ipv6_address_alone(host: Node) -> None:
+    """The file flanneld writes with EnableIPv4 false: no FLANNEL_NETWORK nor FLANNEL_SUBNET."""
+    ipv6_keys = ("FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+    host.write_subnet_env({key: DUAL_STACK[key] for key in ipv6_keys})
+    netns = host.netns()
+    reply = host.call("ADD", host.conf(), netns)
+    assert reply.returncode == 0, reply.stdout
+    assert [ip["address"] for ip in reply.json["ips"]] == ["2001:db8:0:5::2/64"]
+    assert reply.json["routes"] == [{"dst": "2001:db8::/48", "gw": "2001:db8:0:5::1"}]
+    assert "inet " not in run_netns(["ip", "-n", netns, "-o", "addr", "show", "eth0"]).stdout
+    assert host.call("DEL", host.conf(), netns).returncode == 0
+    _assert_released(host, netns)
+
+
 def test_add_succeeds_when_subnet_env_appears_while_waiting(host: Node) -> None:
     host.subnet_file.unlink()
     writer = threading.Timer(0.4, host.write_subnet_env, args=(SUBNET_ENV,))
