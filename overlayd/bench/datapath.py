@@ -20,6 +20,9 @@ class Throughput:
 # The container / host ratio each kind of backend should reach: one that adds no header to a
 # packet leaves containers the underlay's whole MTU, an encapsulating one costs its header.
 PLAIN_GOAL, ENCAPSULATED_GOAL = "≥ 0.95", "≥ 0.85"
+# Backends that forward in user space hold no ratio to the kernel's: udp's goal is half of what
+# flanneld's C proxy moved in this lab (450 to 470 Mbit/s), wireguard-go's has none.
+USER_SPACE_GOALS = {"udp": "≥ 0.23 Gbit/s"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class DataPath:
 
     @property
     def goal(self) -> str:
+        if self.backend in USER_SPACE_GOALS:
+            return USER_SPACE_GOALS[self.backend]
+        if "wireguard-go" in self.device:
+            return "- (user space)"
         plain = self.mtu.isdigit() and int(self.mtu) >= self.underlay_mtu
         return PLAIN_GOAL if plain else ENCAPSULATED_GOAL
 

@@ -14,12 +14,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from typing import TYPE_CHECKING
 
 from overlayd.backend.api import BackendError
 from overlayd.base.atomicfile import write_atomic
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ def load_or_create_key(path: Path) -> KeyPair:
     A file that exists but holds no key is an error, not replaced: replacing it would change our
     public key under every peer's feet, and an operator may have put it there.
     """
+    # Imported here: ~30 ms and several MB that an agent on any other backend never needs.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
@@ -89,4 +94,6 @@ def load_or_create_key(path: Path) -> KeyPair:
 
 
 def _public(private: X25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     return base64.b64encode(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
