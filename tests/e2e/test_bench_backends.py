@@ -33,7 +33,8 @@ def test_every_backend_gets_its_data_path_figures() -> None:
         figure = f"TCP across hosts, {backend}: container → container"
         row = next((line for line in done.stdout.splitlines() if line.startswith(figure)), None)
         assert row is not None, f"no row for {backend} in:\n{done.stdout[-3000:]}"
-        assert re.search(r"\d+\.\d\d Gbit/s +host → host \d+\.\d\d Gbit/s +\d+\.\d\d +≥ 0\.(85|95)", row), row
+        goal = r"(≥ 0\.(85|95)|≥ 0\.23 Gbit/s|- \(user space\))"
+        assert re.search(r"\d+\.\d\d Gbit/s +host → host \d+\.\d\d Gbit/s +\d+\.\d\d +" + goal, row), row
     labs = re.findall(r"^lab (\w+): data path, ([\w-]+),", done.stdout, re.MULTILINE)
     assert sorted(backend for _, backend in labs) == sorted(DATA_PATH_BACKENDS)
     for name, _ in labs:
