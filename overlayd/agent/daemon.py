@@ -42,6 +42,7 @@ from overlayd.agent.startup import (
     connect,
     host_facts,
     lock_state_dir,
+    published_ip,
     start_http,
     state_dir_error,
 )
@@ -56,7 +57,7 @@ from overlayd.etcd.registry import Registry
 from overlayd.netfilter.firewall import network_firewall
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay
 from overlayd.subnet.subnetenv import previous_subnet
 
@@ -168,15 +169,18 @@ class Agent(ConfigFollower):
         external = self.retrier.retry("choosing the external interface", lambda: select_interface(choice))
         if external is None:
             return False
-        public_ip = opts.public_ip or external.ip
-        log.info("using interface %s (%s), public IP %s", external.name, external.ip, public_ip)
-        self.registry, self.keeper = connect(opts, public_ip, self.metrics, self.bad_leases)
+        self.registry, self.keeper = connect(opts, NO_PUBLIC_IP, self.metrics, self.bad_leases)
         # Poll the config often (as flanneld does, every second or two): an operator is waiting.
         config = self.retrier.retry("reading the network config", self.keeper.read_config, cap=2.0)
         if config is None:
             return False
         self.config = config
-        self.metrics.pool_size.set(config.subnet_count)
+        public_ip = self.keeper.manager.public_ip = published_ip(opts, external, config)
+        log.info("using interface %s (%s), public IP %s", external.name, external.ip or external.ipv6,
+                 public_ip if config.ipv4 is not None else f"{opts.public_ipv6 or external.ipv6} (IPv6-only)")
+        self.metrics.pool_size.set(config.primary.subnet_count)
+        if config.ipv4 is None and opts.ip_blackhole_route:
+            log.warning("-ip-blackhole-route adds an IPv4 route; the network is IPv6-only, so none is added")
         backend = backend_for(config.backend.type, self.keeper.where())  # another type: a restart
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first
@@ -242,15 +246,16 @@ class Agent(ConfigFollower):
             return False
         lease = acquired.lease
         if acquired.moved_from is not None:
-            log.warning("our subnet changed from %s to %s", acquired.moved_from, lease.subnet)
+            log.warning("our subnet changed from %s to %s", acquired.moved_from, lease.own_subnet)
         self.lease, self.lease_expired = lease, ""
         self.metrics.lease_acquisitions.inc()
         self.metrics.set_lease_info(
-            str(lease.subnet), str(attrs.public_ip), attrs.vtep_mac or "", str(config.network)
+            str(lease.own_subnet), str(lease.public_address), attrs.vtep_mac or attrs.vtep_mac_v6 or "",
+            str(config.primary.network),
         )
         self._update_expiry()
-        log.info("holding subnet %s (key %s)", lease.subnet, lease.key)
-        if self.subnets is not None:
+        log.info("holding subnet %s (key %s)", lease.own_subnet, lease.key)
+        if self.subnets is not None and config.ipv4 is not None:
             self.subnets.keep(lease.subnet)
         if not self.state.listed:
             # Know the peers before the first pass, from the listing our lease was chosen from
@@ -275,7 +280,7 @@ class Agent(ConfigFollower):
         if check.action is LeaseAction.RENEWED and check.lease is not None:
             self.lease, self.lease_expired = check.lease, ""
             self.metrics.lease_renewals.inc()
-            log.info("renewed lease on %s", check.lease.subnet)
+            log.info("renewed lease on %s", check.lease.own_subnet)
             self._update_expiry()
         elif check.action is LeaseAction.LOST:
             self._lease_lost(check.why)

@@ -31,9 +31,10 @@ def firewall_spec(
     # Without an allowlist the set is not rendered: no pass over every lease for it.
     sources = (peer_sources() if peer_sources else None) if allowlist else frozenset()
     dual = config.ipv6 is not None and lease.ipv6_subnet is not None
+    v4 = config.ipv4 is not None
     return FirewallSpec(
-        network=config.network,
-        own_subnet=lease.subnet,
+        network=config.ipv4.network if v4 else None,  # type: ignore[union-attr, arg-type]
+        own_subnet=lease.subnet if v4 else None,
         ip_masq=options.ip_masq,
         forward_rules=options.iptables_forward_rules,
         ingress_allowlist=allowlist,

@@ -81,7 +81,7 @@ class HealthReporter:
         health = self.metrics.health
         if self.state.lease is None or not health.ready:
             return health.reason
-        line = f"holding subnet {self.state.lease.subnet}, {len(self.state.programmed)} peers"
+        line = f"holding subnet {self.state.lease.own_subnet}, {len(self.state.programmed)} peers"
         if health.etcd_problem:
             line += "; etcd unreachable, data path served from memory"
         if health.config_problem:

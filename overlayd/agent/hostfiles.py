@@ -35,7 +35,7 @@ class SubnetFile:
             ) from None
         self.check.succeeded()
         if written:
-            log.info("wrote %s (subnet %s)", self.path, env.subnet)
+            log.info("wrote %s (subnet %s)", self.path, env.own_subnet)
         return written
 
     def failed(self, exc: SubnetFileError) -> None:

@@ -62,7 +62,7 @@ class Acquired:
     """A lease granted; ``moved_from``: the subnet we held before, if it is another one."""
 
     lease: Lease
-    moved_from: IPv4Network | None
+    moved_from: IPv4Network | IPv6Network | None
 
 
 # What a failed acquisition raises; each is counted by its ``failure_reason`` and retried.
@@ -137,12 +137,12 @@ class LeaseKeeper:
             attrs = self._published[1]
         before = self.lease
         previous_ipv6 = (before.ipv6_subnet if before is not None else None) or self.previous_ipv6
-        # Only in a dual-stack network: an IPv4-only one calls the manager as before.
+        # Only with an IPv6 pool: an IPv4-only network calls the manager as before.
         halves = {"previous_ipv6": previous_ipv6} if config.ipv6 is not None and previous_ipv6 else {}
         lease = self.manager.acquire(config, attrs, previous, **halves)
         self.lease = lease
         self.renew_at = self.manager.renew_at(lease)
-        moved = before.subnet if before is not None and before.subnet != lease.subnet else None
+        moved = before.own_subnet if before is not None and before.own_subnet != lease.own_subnet else None
         return Acquired(lease, moved)
 
     def check(self) -> LeaseCheck:
@@ -285,10 +285,11 @@ class LeaseKeeper:
             # value): a clean restart is the safe path. Every live lease fits the new config (else
             # it is held), so the restart renumbers none.
             assert in_force is not None
-            log.warning(
-                "network config changed %s; restarting to rebuild the device",
-                stored.backend.restart_reason(in_force.backend),
-            )
+            if (stored.ipv4 is None) != (in_force.ipv4 is None):
+                why = "EnableIPv4 " + ("false -> true" if in_force.ipv4 is None else "true -> false")
+            else:
+                why = stored.backend.restart_reason(in_force.backend)
+            log.warning("network config changed %s; restarting to rebuild the device", why)
         elif decision.action is ConfigAction.APPLY:
             log.warning("network config changed: %s", stored)
         elif decision.action is ConfigAction.SWITCH:

@@ -173,7 +173,7 @@ class PeerState:
         if rebuild or self._synced_with is not self.peers:
             desired = self.desired
             if rebuild:  # rivals' subnets are compared in blocks of the shortest length accepted
-                claim_prefixlen = min(self.config.subnet_len, self.lease.subnet.prefixlen)
+                claim_prefixlen = min(self.config.primary.subnet_len, self.lease.own_subnet.prefixlen)
                 assert self.backend is not None and self.host is not None
                 direct = self.backend.reached_directly(self.config, self.host)
                 dual_stack = self.config.ipv6 is not None and self.lease.ipv6_subnet is not None

@@ -175,10 +175,11 @@ class Reconciler:
             return
         elif new is not None and change.is_peer:
             kind = Logged.CHANGED if old is not None and change.was_peer else Logged.ADDED
-            mac = f" (MAC {new.attrs.vtep_mac})" if new.attrs.vtep_mac else ""
-            self._log_peer(kind, "peer %s at %s%s", new.subnet, new.attrs.public_ip, mac)
+            shown = new.attrs.vtep_mac or new.attrs.vtep_mac_v6
+            mac = f" (MAC {shown})" if shown else ""
+            self._log_peer(kind, "peer %s at %s%s", new.own_subnet, new.public_address, mac)
         elif old is not None:
-            self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.subnet, old.attrs.public_ip)
+            self._log_peer(Logged.REMOVED, "peer %s at %s removed", old.own_subnet, old.public_address)
 
     def relisted(self, ended: list[HoldEnded]) -> None:
         """Count and log the holds a re-list ended."""
@@ -190,7 +191,7 @@ class Reconciler:
         self.metrics.peer_holds.labels(outcome=end.value).inc()
         self.metrics.peers_held.set(len(self.state.holds))
         after = f"{(now - held.deleted_at) * 1000:.0f} ms after its lease was deleted"
-        subnet, ip = held.lease.subnet, held.lease.attrs.public_ip
+        subnet, ip = held.lease.own_subnet, held.lease.public_address
         if end is HoldEnd.RETURNED:
             self._log_peer(
                 Logged.RETURNED, "peer %s at %s returned %s; its entries were kept", subnet, ip, after
@@ -305,6 +306,8 @@ class Reconciler:
     def _ensure_blackhole(self, trigger: Trigger) -> None:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None
+        if config.ipv4 is None:
+            return  # the blackhole route is IPv4's (the agent warned at start if it was asked for)
         wanted = lease.subnet if self.options.ip_blackhole_route else None
         if wanted is None and self.blackhole_cleared:
             return
@@ -353,7 +356,7 @@ class Reconciler:
         assert self.backend is not None and self.device is not None and config is not None
         desired = self.state.wanted()
         wanted = desired.plane()  # the same object while no peer's entries changed
-        actual = self.backend.read_entries(self.device, config.network)
+        actual = self.backend.read_entries(self.device, config.ipv4.network if config.ipv4 else None)  # type: ignore[arg-type]
         synced = self.in_sync
         if synced is None or synced[0] is not wanted or synced[1] is not actual:
             diff = diff_planes(wanted, actual)

@@ -37,6 +37,7 @@ from overlayd.etcd.registry import Registry
 from overlayd.options import AgentOptions
 from overlayd.subnet.allocate import OutOfSubnets
 from overlayd.subnet.config import ConfigError, NetworkConfig
+from overlayd.subnet.lease import NO_PUBLIC_IP
 from overlayd.subnet.leasecheck import BadLeaseLog
 from overlayd.subnet.subnetenv import previous_ipv6_subnet
 
@@ -54,8 +55,9 @@ def host_facts(
     when ``config`` is dual-stack and there is no IPv6 address to publish."""
     public_ipv6 = options.public_ipv6 or external.ipv6
     if config is not None and config.ipv6 is not None and public_ipv6 is None:
+        kind = "IPv6-only" if config.ipv4 is None else "dual-stack"
         raise StartError(
-            f"the network config is dual-stack (EnableIPv6, IPv6Network {config.ipv6.network}) but "
+            f"the network config is {kind} (EnableIPv6, IPv6Network {config.ipv6.network}) but "
             f"interface {external.name} has no global IPv6 address; add one, choose another "
             "interface with --iface, or give --public-ipv6"
         )
@@ -63,6 +65,25 @@ def host_facts(
         public_ip, external.name, external.ip, external.mtu, external.segments, options.state_dir,
         public_ipv6, external.ipv6, external.ipv6_segments,
     )  # fmt: skip
+
+
+def published_ip(options: AgentOptions, external: ExternalInterface, config: NetworkConfig) -> IPv4Address:
+    """The PublicIP our lease carries: ``--public-ip``, else the interface's IPv4 address; 0.0.0.0
+    in an IPv6-only network, as flanneld writes it there. Raises StartError when the network has
+    IPv4 and there is no IPv4 address to publish."""
+    if config.ipv4 is None:
+        if options.public_ip is not None:
+            log.warning("ignoring --public-ip %s: the network is IPv6-only (EnableIPv4 false)",
+                        options.public_ip)
+        return NO_PUBLIC_IP
+    public_ip = options.public_ip or external.ip
+    if public_ip is None:
+        raise StartError(
+            f"interface {external.name} has no IPv4 address and the network config has IPv4 Network "
+            f"{config.network}; add an IPv4 address, choose another interface with --iface, give "
+            "--public-ip, or make the network IPv6-only (EnableIPv4 false)"
+        )
+    return public_ip
 
 
 class StartError(RuntimeError):

@@ -45,7 +45,7 @@ def describe(state: AgentState) -> str:
     if state.lease is None:
         lease = "no lease"
     else:
-        lease = f"lease {state.lease.subnet} (public IP {state.lease.attrs.public_ip}"
+        lease = f"lease {state.lease.own_subnet} (public IP {state.lease.public_address}"
         lease += f", VTEP MAC {state.lease.attrs.vtep_mac or '-'}"
         if state.lease.ipv6_subnet is not None:
             attrs = state.lease.attrs
@@ -63,7 +63,8 @@ def describe(state: AgentState) -> str:
         c = state.config
         ipv6 = f", IPv6Network {c.ipv6.network}, IPv6SubnetLen {c.ipv6.subnet_len}" if c.ipv6 else ""
         backend = f"backend {c.backend.type} {c.backend.summary}"
-        config = f"Network {c.network}, SubnetLen {c.subnet_len}{ipv6}, {backend}"
+        ipv4 = f"Network {c.network}, SubnetLen {c.subnet_len}" if c.ipv4 is not None else "IPv6-only"
+        config = f"{ipv4}{ipv6}, {backend}"
     o = state.options
     security = "TLS" if o.etcd_cafile or any(e.startswith("https://") for e in o.etcd_endpoints) else "plain"
     if o.etcd_username:

@@ -49,7 +49,9 @@ class HostFacts:
 
     public_ip: IPv4Address  # where peers send this host's traffic
     external_ifname: str  # the underlay interface
-    external_ip: IPv4Address  # its own address, which the backend sends from (behind NAT: not public_ip)
+    # Its own address, which the backend sends from (behind NAT: not public_ip); None: it has
+    # IPv6 addresses alone (an IPv6-only network).
+    external_ip: IPv4Address | None
     external_mtu: int
     segments: tuple[IPv4Network, ...]  # the external interface's connected prefixes
     state_dir: Path  # for what must survive a restart (the VTEP MAC)
@@ -63,7 +65,7 @@ class HostFacts:
     def own_ips(self) -> frozenset[IPv4Address | IPv6Address]:
         """This host's underlay addresses, which no peer's PublicIP (or PublicIPv6) may be."""
         return frozenset(ip for ip in (self.public_ip, self.external_ip, self.public_ipv6, self.external_ipv6)
-                         if ip is not None)  # fmt: skip
+                         if ip is not None and not ip.is_unspecified)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class Backend(Protocol):
     # Whether it writes a route to every peer's subnet (what the lab waits for); alloc writes
     # none, and extension's routes are whatever its commands make.
     routes_traffic: ClassVar[bool]
+    # Whether it runs an IPv6-only network (EnableIPv4 false); a config asking that of one that
+    # does not is refused.
+    serves_ipv6_only: ClassVar[bool]
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         """The parsed section in flannel's key spelling, defaults filled in."""

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
 
 from overlayd.backend.plane import DirectRoute, Entry, Fdb, Ip, Neigh, Plane, PlaneDiff, Route, WgPeer
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, is_ipv6_only
 
 
 def entries_for(lease: Lease, direct: bool, ipv6: bool = False) -> tuple[Entry, ...]:
     """The entries one peer needs: three over VXLAN, or one route when it is reached directly;
-    with ``ipv6`` (a dual-stack network) as many more for its IPv6 half, when it has one."""
+    with ``ipv6`` (a dual-stack network) as many more for its IPv6 half, when it has one. An
+    IPv6-only lease has its IPv6 half alone."""
+    if is_ipv6_only(lease):
+        if direct:
+            subnet6, ip6 = lease.ipv6_subnet, lease.attrs.public_ipv6
+            return (DirectRoute(subnet6, ip6),) if subnet6 and ip6 else ()  # type: ignore[arg-type]
+        return ipv6_entries_for(lease)
     if direct:
         # Both halves routed on the underlay, each via the peer's address of its family (the
         # routes of host-gw, and of vxlan's DirectRouting for a peer on both segments).
@@ -117,7 +122,7 @@ class DesiredEntries:
         self._public_ips: dict[Ip, int] = {}  # the winners' PublicIPs (and PublicIPv6s), counted by entry
         self._subnet_claims: dict[tuple[int, int], dict[str, tuple[int, str]]] = {}
         # VTEP MAC -> {lease key: (age, its PublicIP)}, of the leases that won their subnet.
-        self._mac_claims: dict[str, dict[str, tuple[tuple[int, str], IPv4Address]]] = {}
+        self._mac_claims: dict[str, dict[str, tuple[tuple[int, str], Ip]]] = {}
         self._neigh_ips: dict[Ip, int] = {}  # wanted neighbours' addresses, counted
 
     def __len__(self) -> int:
@@ -164,11 +169,11 @@ class DesiredEntries:
         self._set(key, lease)
 
     def _candidate(self, key: str, lease: Lease) -> _Candidate:
-        subnet = lease.subnet
+        subnet = lease.own_subnet  # an IPv6-only lease claims its IPv6 subnet
         prefixlen = subnet.prefixlen if self._claim_prefixlen is None else min(
             subnet.prefixlen, self._claim_prefixlen
         )
-        block = (prefixlen, int(subnet.network_address) >> (32 - prefixlen))
+        block = (prefixlen, int(subnet.network_address) >> (subnet.max_prefixlen - prefixlen))
         direct = self._direct is not None and self._direct(lease)
         entries = self._entries(lease, direct, self._ipv6)
         sender = next((_sender(entry) for entry in entries if type(entry) in _SENDERS), "")
@@ -201,7 +206,7 @@ class DesiredEntries:
                 self._subnet_claims[new.block] = {key: new.age}
                 self._candidates[key] = new
                 if not new.direct:
-                    self._mac_claims[mac] = {key: (new.age, new.lease.attrs.public_ip)}
+                    self._mac_claims[mac] = {key: (new.age, new.lease.public_address)}
                 self._settle((key,), gained, lost)
                 if any(gained):
                     self._plane = None
@@ -291,19 +296,19 @@ class DesiredEntries:
         if oldest != candidate.age:
             winner = self._candidates[oldest[1]].lease
             return Rivalry(key, lease, "subnet_taken", (
-                f"subnet {lease.subnet} overlaps {winner.subnet} of the older lease {oldest[1]} "
-                f"(PublicIP {winner.attrs.public_ip}), which keeps it; delete the newer key if it was "
+                f"subnet {lease.own_subnet} overlaps {winner.own_subnet} of the older lease {oldest[1]} "
+                f"(PublicIP {winner.public_address}), which keeps it; delete the newer key if it was "
                 "written by mistake"
             ))  # fmt: skip
         if candidate.direct:
             return None
         mac = candidate.sender
         first_age, first_ip = min(self._mac_claims[mac].values())
-        if first_ip != lease.attrs.public_ip:
+        if first_ip != lease.public_address:
             what, reason = ("PublicKey", "public_key_taken") if any(
                 type(entry) is WgPeer for entry in candidate.entries) else ("VtepMAC", "vtep_mac_taken")
             return Rivalry(key, lease, reason, (
-                f"{what} {mac} at PublicIP {lease.attrs.public_ip} is already claimed by the older "
+                f"{what} {mac} at PublicIP {lease.public_address} is already claimed by the older "
                 f"lease {first_age[1]} at {first_ip}, which keeps it; if that is this host's own old "
                 "lease (its address changed), delete the old key"
             ))  # fmt: skip
@@ -315,7 +320,7 @@ class DesiredEntries:
             return set()
         mac = candidate.sender
         claims = self._mac_claims.setdefault(mac, {})
-        claims[key] = (candidate.age, candidate.lease.attrs.public_ip)
+        claims[key] = (candidate.age, candidate.lease.public_address)
         return set(claims)
 
     def _unclaim_mac(self, key: str) -> str | None:

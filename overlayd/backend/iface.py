@@ -7,9 +7,11 @@ found nothing, and the choice fails only when every one given failed. With none 
 interface holding ``--public-ip``, else the interface holding the default route (``--public-ip``
 may be a NAT's address that no interface here holds).
 
-The chosen interface needs an IPv4 address. Its IPv6 address, for a dual-stack network, is the
-one an IPv6 selector matched, else ``--public-ipv6`` if the interface holds it, else its first
-global one (as flanneld finds it); an interface without one has ``ipv6`` None.
+The chosen interface needs a global address: an IPv4 one for a network with IPv4 (the agent
+checks that once it has read the config), an IPv6 one alone serves an IPv6-only network. Its IPv6
+address is the one an IPv6 selector matched, else ``--public-ipv6`` if the interface holds it,
+else its first global one (as flanneld finds it); an interface without one has ``ipv6`` None.
+Without a selector or an IPv4 default route, the IPv6 default route's interface is taken.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class InterfaceChoice:
 class ExternalInterface:
     name: str
     index: int
-    ip: IPv4Address
+    ip: IPv4Address | None  # None: an interface with IPv6 addresses alone (an IPv6-only network's)
     mtu: int
     segments: tuple[IPv4Network, ...] = ()  # its connected prefixes: DirectRouting's peers are on them
     ipv6: IPv6Address | None = None  # its global IPv6 address, for a dual-stack network
@@ -103,9 +105,9 @@ def _links(rtnl: RtnlSocket) -> list[_Link]:
 
 def _usable(link: _Link, address: Ip | None = None) -> ExternalInterface | None:
     """``link`` as the external interface, preferring ``address`` (of either family) if it holds it."""
-    if not link.addresses:
+    if not link.addresses and not link.addresses6:
         return None
-    ip = address if address in link.addresses else link.addresses[0]
+    ip = address if address in link.addresses else (link.addresses[0] if link.addresses else None)
     ipv6 = address if address in link.addresses6 else (link.addresses6[0] if link.addresses6 else None)
     return ExternalInterface(
         link.name, link.index, ip, link.mtu, link.segments, ipv6, link.segments6  # type: ignore[arg-type]
@@ -139,7 +141,7 @@ def _by_regex(links: list[_Link], pattern: str) -> ExternalInterface | None:
             if regex.search(str(address6)):
                 return _usable(link, address6)
     for link in links:
-        if regex.search(link.name) and link.addresses:
+        if regex.search(link.name) and (link.addresses or link.addresses6):
             return _with_matched_ipv6(_usable(link), link, regex)
     return None
 
@@ -152,10 +154,14 @@ def _with_matched_ipv6(
     return replace(found, ipv6=matched) if found is not None and matched is not None else found
 
 
-def _by_route(rtnl: RtnlSocket, links: list[_Link], target: Ip | None) -> ExternalInterface | None:
+def _by_route(
+    rtnl: RtnlSocket, links: list[_Link], target: Ip | None, family: int = socket.AF_INET
+) -> ExternalInterface | None:
+    """The interface of the route to ``target``, or of ``family``'s default route (None)."""
     seq = rtnl.next_seq()
     if target is None:
-        routes = [route_summary(message) for message in rtnl.dump(dump_routes_request(seq), seq)
+        request = dump_routes_request(seq, family)
+        routes = [route_summary(message) for message in rtnl.dump(request, seq)
                   if message.type == RTM_NEWROUTE]
         index = next((oif for dst_len, oif, _ in routes if dst_len == 0), None)
         source = None
@@ -202,12 +208,16 @@ def _select(rtnl: RtnlSocket, links: list[_Link], choice: InterfaceChoice) -> Ex
         return found
     if tried := _selectors(choice):
         raise InterfaceError(
-            f"{tried}: no interface with an IPv4 address matches; give an interface name or "
+            f"{tried}: no interface with a global address matches; give an interface name or "
             "address that `ip addr` shows, fix the pattern, or check the route to the address"
         )
     if choice.public_ip and (found := _by_spec(links, str(choice.public_ip))):
         return found
     if found := _by_route(rtnl, links, None):
+        return found
+    if choice.public_ipv6 and (found := _by_spec(links, str(choice.public_ipv6))):
+        return found
+    if found := _by_route(rtnl, links, None, socket.AF_INET6):
         return found
     raise InterfaceError(
         "no default route, so no external interface to pick; pass --iface NAME or --iface-can-reach IP"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network
 
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, is_ipv6_only
 
 
 def on_segments(
@@ -17,6 +17,9 @@ def on_segments(
     those too, when it has an IPv6 half: each family's route goes to the peer's own address."""
 
     def reachable(lease: Lease) -> bool:
+        if is_ipv6_only(lease):  # its PublicIP is 0.0.0.0: the IPv6 half is all there is
+            ip6 = lease.attrs.public_ipv6
+            return ipv6_segments is not None and ip6 is not None and any(ip6 in s for s in ipv6_segments)
         if not any(lease.attrs.public_ip in segment for segment in segments):
             return False
         ip6 = lease.attrs.public_ipv6

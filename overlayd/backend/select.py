@@ -54,6 +54,7 @@ CONFIG_PARSERS = BackendParsers(
     parsers={name: backend.parse_config for name, backend in BACKENDS.items()},
     default_type=DEFAULT_TYPE,
     refused=REFUSED,
+    ipv6_only={name for name, backend in BACKENDS.items() if backend.serves_ipv6_only},
 )
 
 

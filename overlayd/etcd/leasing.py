@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.allocate import SubnetChoice, choose_subnets, stale_own_leases
 from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.ipv6only import choose_ipv6_only_subnets, stale_own_ipv6_only_leases
 from overlayd.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ class LeaseManager:
         """
         for listing in range(1, MAX_LISTINGS + 1):
             leases, revision = self.registry.list_leases()
-            leases = self._drop_stale(config, leases)
-            choices = choose_subnets(config, leases, self.public_ip, previous, self.rng, previous_ipv6)
+            leases = self._drop_stale(config, leases, attrs)
+            choices = self._choices(config, attrs, leases, previous, previous_ipv6)
             for choice in choices[:CHOICES_PER_LISTING]:
                 lease = self._try(choice, attrs)
                 if lease is not None:
@@ -99,18 +100,43 @@ class LeaseManager:
             lo, hi = RETRY_SLEEP
             time.sleep(self.rng.uniform(lo, hi) * listing)
         raise AcquireError(
-            f"could not lease a subnet of Network {config.network}: lost every race in "
+            f"could not lease a subnet of {_network_label(config)}: lost every race in "
             f"{MAX_LISTINGS} listings; check for many agents starting at once with the same PublicIP"
         )
 
-    def _drop_stale(self, config: NetworkConfig, leases: list[Lease]) -> list[Lease]:
+    def _choices(
+        self,
+        config: NetworkConfig,
+        attrs: LeaseAttrs,
+        leases: list[Lease],
+        previous: IPv4Network | Sequence[IPv4Network] | None,
+        previous_ipv6: IPv6Network | None,
+    ) -> list[SubnetChoice]:
+        if config.ipv6 is not None and config.ipv4 is None:
+            # An IPv6-only lease is told apart by its PublicIPv6: every such lease's PublicIP is 0.0.0.0.
+            assert attrs.public_ipv6 is not None, "an IPv6-only lease needs a PublicIPv6 (checked at start)"
+            return choose_ipv6_only_subnets(config.ipv6, leases, attrs.public_ipv6, previous_ipv6, self.rng)
+        return choose_subnets(config, leases, self.public_ip, previous, self.rng, previous_ipv6)
+
+    def _drop_stale(self, config: NetworkConfig, leases: list[Lease], attrs: LeaseAttrs) -> list[Lease]:
         """Delete our leases that no longer fit ``config`` (as flanneld does); the rest of the
         listing. One rewritten since the listing is left to the next acquisition to judge."""
         deleted = set()
-        for lease in stale_own_leases(config, leases, self.public_ip):
+        if config.ipv6 is not None and config.ipv4 is None and attrs.public_ipv6 is not None:
+            # Our leases of before (dual-stack ones included) carry our PublicIPv6.
+            stale = stale_own_ipv6_only_leases(config.ipv6, leases, attrs.public_ipv6)
+        else:
+            stale = stale_own_leases(config, leases, self.public_ip)
+        for lease in stale:
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
-                if config.ipv6 is not None and lease.ipv6_subnet is None:
+                if config.ipv4 is None:
+                    why = (
+                        "the network is IPv6-only (EnableIPv4 false) and IPv6Network "
+                        f"{config.ipv6.network} does not hand out its IPv6 subnet {lease.ipv6_subnet}; "  # type: ignore[union-attr]
+                        "this node takes an IPv6-only lease"
+                    )
+                elif config.ipv6 is not None and lease.ipv6_subnet is None:
                     why = (
                         "it has no IPv6 subnet and the config is dual-stack (EnableIPv6); "
                         "this node takes a dual-stack lease, its IPv4 subnet again when free"
@@ -125,9 +151,8 @@ class LeaseManager:
                         "(an earlier one if the config hands it out), so re-create its containers "
                         f"that have addresses of {lease.subnet}"
                     )
-                log.warning(
-                    "deleted lease %s, which carries our PublicIP %s: %s", lease.key, self.public_ip, why
-                )
+                ours = lease.public_address
+                log.warning("deleted lease %s, which carries our PublicIP %s: %s", lease.key, ours, why)
         return [lease for lease in leases if lease.key not in deleted] if deleted else leases
 
     def _try(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease | None:
@@ -175,3 +200,10 @@ class LeaseManager:
         if renewed is not None:
             self._granted(renewed)
         return renewed
+
+
+def _network_label(config: NetworkConfig) -> str:
+    if config.ipv4 is None and config.ipv6 is not None:
+        return f"IPv6Network {config.ipv6.network}"
+    return f"Network {config.network}"
+

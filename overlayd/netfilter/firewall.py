@@ -87,6 +87,7 @@ class Firewall:
         self._ipv6: Firewall | None = None  # the ip6 table's keeper, while the network is dual-stack
         self._ipv6_cleared = False  # an ip6 table of an earlier dual-stack run removed (once)
         self._ipv6_pass_seen = False
+        self._ipv4_cleared = False  # IPv6-only: the ip table of an earlier run removed (once)
         self._features = NftFeatures()  # assumed until nft refuses a table with them
         self._probed: set[str] = set()
         # The script we last applied and the kernel's listing right after: recognises our own
@@ -105,6 +106,9 @@ class Firewall:
     def ensure(self, spec: FirewallSpec) -> bool:
         """Make our nftables table(s) and, with forward rules, our iptables forward chain what
         ``spec`` says; True if any changed."""
+        if spec.network is None:
+            return self._ensure_ipv6_only(spec)
+        self._ipv4_cleared = False
         changed = self._ensure_table(spec.family_part(IP))
         changed = self._ensure_ipv6(spec) or changed
         if not self._legacy_checked:
@@ -126,6 +130,26 @@ class Firewall:
         if self._foreign_checked != self._generation or self._generation is None:
             self._foreign_checked = self._generation
             self._warn_about_foreign_drops(spec.forward_rules)
+        return changed
+
+    def _ensure_ipv6_only(self, spec: FirewallSpec) -> bool:
+        """An IPv6-only network's rules: the ``ip6`` table alone. The ``ip`` table and the
+        iptables forward chain of an earlier IPv4 or dual-stack run are removed once."""
+        changed = self._ensure_ipv6(spec)
+        if self._ipv4_cleared:
+            return changed
+        self._ipv4_cleared = True
+        if self._live_listing() is not None:
+            self._nft(["-f", "-"], delete_script(self._table, IP))
+            log.info("deleted nftables %s: the network is IPv6-only", self._name)
+            changed = True
+        try:
+            if self.forward.remove():
+                log.info("removed iptables chain %s: the network is IPv6-only (its forward rules "
+                         "are in table ip6 %s)", self.forward.chain, self._table)
+                changed = True
+        except IptablesError as exc:
+            log.warning("cannot remove the IPv4 forward rules of an earlier run: %s", exc)
         return changed
 
     @property

@@ -69,8 +69,8 @@ class IngressGuard:
 class FirewallSpec:
     """Inputs of the overlay's rules."""
 
-    network: IPv4Network
-    own_subnet: IPv4Network
+    network: IPv4Network | None  # None: an IPv6-only network (its rules are the ip6 table's alone)
+    own_subnet: IPv4Network | None
     ip_masq: bool
     forward_rules: bool
     ingress_allowlist: bool = False
@@ -83,7 +83,8 @@ class FirewallSpec:
     # The underlay interface on which new connections into the Network are dropped (the backend's
     # tunnel is the only way in); DNAT'd ones (hostPort, NodePort) and replies pass. None: none.
     sealed_underlay: str | None = None
-    # A dual-stack network's IPv6 half: the same rules in a ``table ip6`` (None: IPv4 only).
+    # The IPv6 half of a dual-stack or IPv6-only network: the same rules in a ``table ip6``
+    # (None: IPv4 only).
     ipv6_network: IPv6Network | None = None
     ipv6_own_subnet: IPv6Network | None = None
 

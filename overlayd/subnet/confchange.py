@@ -97,7 +97,10 @@ def decide(
             ConfigAction.HOLD, in_force, stored, own.subnet, own_outside, others_outside, announce=announce
         )
     action = ConfigAction.APPLY
-    if stored.backend.type != in_force.backend.type:
+    if (stored.ipv4 is None) != (in_force.ipv4 is None):
+        # IPv4 turned on or off: the lease key changes form (``0.0.0.0-0&...``), so start anew.
+        action = ConfigAction.RESTART
+    elif stored.backend.type != in_force.backend.type:
         action = ConfigAction.SWITCH
     elif stored.backend.restart_key != in_force.backend.restart_key:
         action = ConfigAction.RESTART
@@ -107,6 +110,9 @@ def decide(
 def describe(config: NetworkConfig, other: NetworkConfig) -> str:
     """``config``'s Network, with its SubnetLen where it differs from ``other``'s and SubnetMin and
     SubnetMax where they are not the Network's defaults: what tells the two configs apart."""
+    if config.ipv4 is None or other.ipv4 is None:
+        six = f" IPv6Network {config.ipv6.network}" if config.ipv6 is not None else ""
+        return f"Network {config.ipv4.network}{six}" if config.ipv4 is not None else f"IPv6-only{six}"
     parts = [f"Network {config.network}"]
     if config.ipv6 is not None and other.ipv6 is not None and config.ipv6 != other.ipv6:
         parts.append(f"IPv6Network {config.ipv6.network} IPv6SubnetLen {config.ipv6.subnet_len}")
@@ -124,7 +130,7 @@ def describe(config: NetworkConfig, other: NetworkConfig) -> str:
 def name_leases(leases: Iterable[Lease], limit: int = NAMED_LEASES) -> str:
     """``198.18.7.0/24 (192.0.2.12), ... and 4 more``: a few leases and how many are left."""
     listed = list(leases)
-    named = ", ".join(f"{lease.subnet} ({lease.attrs.public_ip})" for lease in listed[:limit])
+    named = ", ".join(f"{lease.own_subnet} ({lease.public_address})" for lease in listed[:limit])
     more = len(listed) - limit
     return f"{named} and {more} more" if more > 0 else named
 

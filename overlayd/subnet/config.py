@@ -8,7 +8,7 @@ the bad value and a value that would work, because the reader is an operator fix
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol
@@ -83,12 +83,15 @@ class SubnetPool:
         )
 
 
+class NoIPv4Pool(RuntimeError):
+    """IPv4 fields asked of an IPv6-only network's config: a caller that forgot that family."""
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
-    network: IPv4Network
-    subnet_len: int
-    subnet_min: IPv4Address
-    subnet_max: IPv4Address
+    # The IPv4 pool (Network, SubnetLen, SubnetMin, SubnetMax); None in an IPv6-only network
+    # (EnableIPv4 false), whose leases carry an IPv6 subnet alone.
+    ipv4: SubnetPool | None
     backend: BackendSettings
     # False when the config names no Backend.Type and the default backend runs (the agent says so).
     backend_type_given: bool = field(default=True, compare=False)
@@ -96,30 +99,52 @@ class NetworkConfig:
     ipv6: SubnetPool | None = None
 
     @property
-    def ipv4(self) -> SubnetPool:
-        """The IPv4 pool, the same rules as ``ipv6``'s."""
-        return SubnetPool(self.network, self.subnet_len, self.subnet_min, self.subnet_max)
+    def ipv6_only(self) -> bool:
+        return self.ipv4 is None
 
     @property
     def families(self) -> tuple[SubnetPool, ...]:
         """Each enabled family's pool, IPv4 first."""
-        return (self.ipv4,) if self.ipv6 is None else (self.ipv4, self.ipv6)
+        return tuple(pool for pool in (self.ipv4, self.ipv6) if pool is not None)
+
+    @property
+    def primary(self) -> SubnetPool:
+        """The pool a lease is chosen from: IPv4's, or IPv6's in an IPv6-only network."""
+        return self.families[0]
+
+    def _v4(self) -> SubnetPool:
+        if self.ipv4 is None:
+            raise NoIPv4Pool("the IPv4 Network of an IPv6-only network (EnableIPv4 false) was asked for")
+        return self.ipv4
+
+    @property
+    def network(self) -> IPv4Network:
+        return self._v4().network  # type: ignore[return-value]
+
+    @property
+    def subnet_len(self) -> int:
+        return self._v4().subnet_len
+
+    @property
+    def subnet_min(self) -> IPv4Address:
+        return self._v4().subnet_min  # type: ignore[return-value]
+
+    @property
+    def subnet_max(self) -> IPv4Address:
+        return self._v4().subnet_max  # type: ignore[return-value]
 
     @property
     def subnet_size(self) -> int:
-        return 1 << (32 - self.subnet_len)
+        return self._v4().subnet_size
 
     @property
     def subnet_count(self) -> int:
         """How many subnets lie between SubnetMin and SubnetMax: the size of the lease pool."""
-        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+        return self._v4().subnet_count
 
     def contains_subnet(self, subnet: IPv4Network) -> bool:
-        """True if subnet is one flannel would hand out under this config."""
-        return (
-            subnet.prefixlen == self.subnet_len
-            and self.subnet_min <= subnet.network_address <= self.subnet_max
-        )
+        """True if subnet is one flannel would hand out under this config (IPv4)."""
+        return self.ipv4 is not None and self.ipv4.contains_subnet(subnet)
 
 
 def is_unset(raw: object) -> bool:
@@ -208,6 +233,8 @@ class BackendParsers:
     default_type: str
     # Backends a config may name that are refused: type -> why, and what to use instead.
     refused: Mapping[str, str] = field(default_factory=dict)
+    # The types that run an IPv6-only network (EnableIPv4 false).
+    ipv6_only: Collection[str] = ()
 
     def refusal(self, backend_type: object) -> str:
         """Why ``backend_type`` cannot be used, as the end of a sentence naming it."""
@@ -332,25 +359,23 @@ def parse_network_config(
     enable_ipv4 = fields.get_bool("EnableIPv4", default=True)
     # flanneld reads the IPv6 keys only with EnableIPv6, and ignores them otherwise.
     ipv6 = parse_pool(fields, IPV6) if fields.get_bool("EnableIPv6") else None
-    if not enable_ipv4:
-        if ipv6 is None:
-            raise ConfigError(
-                f"{where}: EnableIPv4 false without EnableIPv6 true leaves the network no "
-                "addresses; set EnableIPv6 true with an IPv6Network such as "
-                f'"{IPV6.example_network}", or remove EnableIPv4'
-            )
+    if not enable_ipv4 and ipv6 is None:
         raise ConfigError(
-            f"{where}: EnableIPv4 false (an IPv6-only network) is not supported yet, overlayd "
-            "serves IPv4 and dual-stack networks; remove EnableIPv4 or set it to true, with an "
-            "IPv4 Network beside IPv6Network"
+            f"{where}: EnableIPv4 false without EnableIPv6 true leaves the network no "
+            "addresses; set EnableIPv6 true with an IPv6Network such as "
+            f'"{IPV6.example_network}", or remove EnableIPv4'
         )
-    ipv4 = parse_pool(fields, IPV4)
+    backend = backends.parse(where, fields.value.get("backend"))
+    if not enable_ipv4 and backend.type not in backends.ipv6_only:
+        raise ConfigError(
+            f"{where}: Backend.Type {backend.type!r} carries IPv4 only, and EnableIPv4 false makes "
+            f"the network IPv6-only; use Backend {', '.join(sorted(backends.ipv6_only))}, or set "
+            "EnableIPv4 true with an IPv4 Network"
+        )
+    # flanneld ignores the IPv4 keys of an IPv6-only network; so do we.
     return NetworkConfig(
-        network=ipv4.network,  # type: ignore[arg-type]
-        subnet_len=ipv4.subnet_len,
-        subnet_min=ipv4.subnet_min,  # type: ignore[arg-type]
-        subnet_max=ipv4.subnet_max,  # type: ignore[arg-type]
-        backend=backends.parse(where, fields.value.get("backend")),
+        ipv4=parse_pool(fields, IPV4) if enable_ipv4 else None,
+        backend=backend,
         backend_type_given=_names_backend_type(fields.value.get("backend")),
         ipv6=ipv6,
     )

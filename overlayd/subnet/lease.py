@@ -85,6 +85,21 @@ class Lease:
     def key(self) -> str:
         return subnet_to_key(self.subnet, self.ipv6_subnet)
 
+    @property
+    def own_subnet(self) -> IPv4Network | IPv6Network:
+        """The subnet that names this lease: its IPv4 one, or an IPv6-only lease's IPv6 one."""
+        if self.ipv6_subnet is not None and self.subnet == NO_IPV4_SUBNET:
+            return self.ipv6_subnet
+        return self.subnet
+
+    @property
+    def public_address(self) -> IPv4Address | IPv6Address:
+        """Where its host is: the PublicIP, or an IPv6-only lease's PublicIPv6."""
+        attrs = self.attrs
+        if attrs.public_ipv6 is not None and attrs.public_ip == NO_PUBLIC_IP and is_ipv6_only(self):
+            return attrs.public_ipv6
+        return attrs.public_ip
+
 
 # The IPv4 half of an IPv6-only lease key (``0.0.0.0-0``) and its PublicIP, as flanneld renders
 # its unset IPv4 fields: no IPv4 subnet and no IPv4 address, not all of IPv4.

@@ -76,6 +76,8 @@ def lease_problem(
 ) -> LeaseProblem | None:
     """What makes ``lease`` unsafe to program under ``config`` while we hold ``own`` on
     ``underlay`` (None: no PublicIP checks); None if fine."""
+    if config.ipv4 is None:
+        return ipv6_only_problem(lease, config, own, underlay)
     subnet, network = lease.subnet, config.network
     if is_ipv6_only(lease):
         return LeaseProblem(
@@ -116,6 +118,27 @@ def lease_problem(
         )
     if underlay is not None and (why := public_ip_problem(lease.attrs.public_ip, underlay)):
         return LeaseProblem("bad_public_ip", f"PublicIP {lease.attrs.public_ip} {why}")
+    return ipv6_problem(lease, config, own, underlay)
+
+
+def ipv6_only_problem(
+    lease: Lease, config: NetworkConfig, own: Lease | None, underlay: Underlay | None = None
+) -> LeaseProblem | None:
+    """What makes ``lease`` unsafe in an IPv6-only ``config``: it must be an IPv6-only lease
+    (flannel's ``0.0.0.0-0&...`` key) with a PublicIPv6, and pass the IPv6 half's checks."""
+    if not is_ipv6_only(lease):
+        return LeaseProblem(
+            "outside_network",
+            f"lease {lease.key} has IPv4 subnet {lease.subnet} in an IPv6-only network (EnableIPv4 "
+            "false); it is left from an IPv4 or dual-stack config: delete it, or let it expire",
+        )
+    if lease.attrs.public_ipv6 is None:
+        why = "no host of an IPv6-only network can reach it"
+        return LeaseProblem("bad_public_ip", f"lease {lease.key} has no PublicIPv6: {why}")
+    if own is not None and lease.key == own.key and lease.attrs.public_ipv6 != own.attrs.public_ipv6:
+        return LeaseProblem(
+            "own_subnet", f"PublicIPv6 {lease.attrs.public_ipv6} claims our IPv6 subnet {own.ipv6_subnet}"
+        )
     return ipv6_problem(lease, config, own, underlay)
 
 

@@ -19,26 +19,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SubnetEnv:
-    network: IPv4Network
-    subnet: IPv4Network
+    network: IPv4Network | None  # None: an IPv6-only network, whose file has no IPv4 lines
+    subnet: IPv4Network | None
     mtu: int
     ip_masq: bool
-    ipv6_network: IPv6Network | None = None  # a dual-stack network's IPv6 half
+    ipv6_network: IPv6Network | None = None  # a dual-stack or IPv6-only network's IPv6 half
     ipv6_subnet: IPv6Network | None = None
 
     @classmethod
     def of(cls, config: NetworkConfig, lease: Lease, mtu: int, ip_masq: bool) -> SubnetEnv:
-        """The file for ``lease`` under ``config``: the IPv6 lines when both are dual-stack."""
-        dual = config.ipv6 is not None and lease.ipv6_subnet is not None
+        """The file for ``lease`` under ``config``: each family both have."""
+        v6 = config.ipv6 is not None and lease.ipv6_subnet is not None
+        v4 = config.ipv4 is not None
         return cls(
-            config.network, lease.subnet, mtu, ip_masq,
-            config.ipv6.network if dual else None, lease.ipv6_subnet if dual else None,  # type: ignore[union-attr]
+            config.ipv4.network if v4 else None, lease.subnet if v4 else None, mtu, ip_masq,  # type: ignore[union-attr, arg-type]
+            config.ipv6.network if v6 else None, lease.ipv6_subnet if v6 else None,  # type: ignore[union-attr]
         )  # fmt: skip
+
+    @property
+    def own_subnet(self) -> IPv4Network | IPv6Network | None:
+        """The subnet to name in a log line: the IPv4 one, else the IPv6 one."""
+        return self.subnet or self.ipv6_subnet
 
     def render(self) -> str:
         """The file's text, in flanneld's key order and format: each family's network and first
         address (the bridge's), IPv4 then IPv6, then the MTU and IPMASQ."""
-        lines = [f"FLANNEL_NETWORK={self.network}", f"FLANNEL_SUBNET={_gateway(self.subnet)}"]
+        lines = []
+        if self.network is not None and self.subnet is not None:
+            lines += [f"FLANNEL_NETWORK={self.network}", f"FLANNEL_SUBNET={_gateway(self.subnet)}"]
         if self.ipv6_network is not None and self.ipv6_subnet is not None:
             lines.append(f"FLANNEL_IPV6_NETWORK={self.ipv6_network}")
             lines.append(f"FLANNEL_IPV6_SUBNET={_gateway(self.ipv6_subnet)}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
 from overlayd.backend.select import CONFIG_PARSERS
-from overlayd.subnet.config import ConfigError, parse_network_config
+from overlayd.subnet.config import ConfigError, NoIPv4Pool, parse_network_config
 
 WHERE = "network config at /coreos.com/network/config"
 
@@ -131,10 +131,35 @@ def test_enable_ipv4_false_without_ipv6_leaves_no_addresses() -> None:
         parse_network_config(raw, backends=CONFIG_PARSERS)
 
 
-def test_an_ipv6_only_network_is_validated_then_refused_naming_enable_ipv4() -> None:
-    bad = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/126"}'
+def test_an_ipv6_only_network_has_its_ipv6_pool_alone_and_ignores_the_ipv4_keys() -> None:
+    raw = (
+        '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8:1000::/48", '
+        '"Network": "not even a network", "Backend": {"Type": "vxlan"}}'
+    )
+    config = parse_network_config(raw, backends=CONFIG_PARSERS)
+    assert config.ipv4 is None and config.ipv6_only
+    assert config.ipv6 is not None and config.primary is config.ipv6
+    assert config.ipv6.network == IPv6Network("2001:db8:1000::/48") and config.ipv6.subnet_len == 64
+    assert config.families == (config.ipv6,)
+    # A caller that forgot the family fails loudly instead of using some IPv4 network.
+    with pytest.raises(NoIPv4Pool):
+        _ = config.network
+    assert not config.contains_subnet(IPv4Network("198.18.1.0/24"))
+
+
+def test_an_ipv6_only_network_is_validated_and_refused_for_a_backend_carrying_ipv4_only() -> None:
+    bad = (
+        '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/126", '
+        '"Backend": {"Type": "vxlan"}}'
+    )
     with pytest.raises(ConfigError, match="IPv6Network 2001:db8::/126 is too small"):
         parse_network_config(bad, backends=CONFIG_PARSERS)
-    raw = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/48"}'
-    with pytest.raises(ConfigError, match=r"EnableIPv4 false \(an IPv6-only network\) is not supported yet"):
-        parse_network_config(raw, backends=CONFIG_PARSERS)
+    # No Backend: udp, as in flanneld, which carries IPv4 alone.
+    for backend in ("", ', "Backend": {"Type": "udp"}', ', "Backend": {"Type": "extension"}'):
+        raw = '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8::/48"' + backend + "}"
+        expected = (
+            r"Backend.Type '(udp|extension)' carries IPv4 only, and EnableIPv4 false makes the "
+            r"network IPv6-only; use Backend alloc, host-gw, vxlan"
+        )
+        with pytest.raises(ConfigError, match=expected):
+            parse_network_config(raw, backends=CONFIG_PARSERS)

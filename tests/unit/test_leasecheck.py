@@ -60,7 +60,7 @@ def test_lease_problem_agrees_with_ipaddress(
     subnet: IPv4Network, network: IPv4Network, own: IPv4Network
 ) -> None:
     """The checks run on plain ints; ``subnet_of`` and ``overlaps`` are the reference."""
-    config = replace(CONFIG, network=network)
+    config = replace(CONFIG, ipv4=replace(CONFIG.ipv4, network=network))
     own_lease = Lease(own, OWN.attrs)
     problem = lease_problem(peer(str(subnet)), config, own_lease)
     if not subnet.subnet_of(network):
@@ -162,7 +162,7 @@ def test_our_own_lease_is_never_refused_for_our_address() -> None:
 
 def test_the_length_we_hold_is_accepted_after_a_subnet_len_change() -> None:
     """SubnetLen changed to 25 while the nodes still hold /24s: they keep reaching each other."""
-    config = replace(CONFIG, subnet_len=25)
+    config = replace(CONFIG, ipv4=replace(CONFIG.ipv4, subnet_len=25))
     assert lease_problem(peer_with(), config, OWN, UNDERLAY) is None
     assert lease_problem(peer_with(subnet="198.18.6.128/25"), config, OWN, UNDERLAY) is None
     assert lease_problem(peer_with(subnet="198.18.6.0/26"), config, OWN, UNDERLAY).reason == "subnet_size"

@@ -38,13 +38,16 @@ class Alloc(NoDevice):
     data_codec: ClassVar[None] = None  # its leases have no BackendData
     parse_config = staticmethod(parse_alloc_config)
     routes_traffic: ClassVar[bool] = False
+    serves_ipv6_only: ClassVar[bool] = True
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         return {"Type": TYPE}
 
     def lease_data(self, config: NetworkConfig, host: HostFacts) -> LeaseAttrs:
-        """Only the PublicIP: flanneld's alloc lease sets no BackendType (so none is written)."""
-        return LeaseAttrs(public_ip=host.public_ip)
+        """Only the PublicIP: flanneld's alloc lease sets no BackendType (so none is written). An
+        IPv6-only network's lease carries the PublicIPv6 too: it tells our lease from others'."""
+        public_ipv6 = host.public_ipv6 if config.ipv4 is None else None
+        return LeaseAttrs(public_ip=host.public_ip, public_ipv6=public_ipv6)
 
     def peer_actions(self) -> PeerActions | None:
         return None

@@ -47,6 +47,7 @@ class Extension(NoDevice):
     data_codec: ClassVar[None] = None  # its BackendData is a JSON string, kept whole
     parse_config = staticmethod(parse_extension_config)
     routes_traffic: ClassVar[bool] = False  # only if its commands make routes
+    serves_ipv6_only: ClassVar[bool] = False  # its commands get IPv4 leases, as flanneld gives them
 
     def __init__(self) -> None:
         self._runner: CommandRunner | None = None

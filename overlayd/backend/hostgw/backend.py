@@ -24,7 +24,7 @@ from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_seg
 from overlayd.backend.hostgw.routes import HostRoutes
 from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.subnet.config import BackendSettings, NetworkConfig
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 
 
 class HostGw:
@@ -36,6 +36,7 @@ class HostGw:
     parse_config = staticmethod(parse_host_gw_config)
     device_pattern: ClassVar[str] = "(none: routes on the external interface)"
     routes_traffic: ClassVar[bool] = True
+    serves_ipv6_only: ClassVar[bool] = True
 
     def probe_target(self, lease: Lease) -> None:
         """Not probed: a host-gw peer holds no address of its subnet until its first container's
@@ -72,8 +73,9 @@ class HostGw:
         return config_fields(config)
 
     def lease_data(self, config: NetworkConfig, host: HostFacts) -> LeaseAttrs:
-        """Our PublicIP, which must be the external interface's own address: peers route to it."""
-        if host.public_ip != host.external_ip:
+        """Our PublicIP, which must be the external interface's own address: peers route to it.
+        An IPv6-only network's lease carries PublicIP 0.0.0.0 and the PublicIPv6 alone."""
+        if config.ipv4 is not None and host.public_ip != host.external_ip:
             raise HostUnfit(
                 f"host-gw: PublicIP {host.public_ip} is not {host.external_ifname}'s address "
                 f"{host.external_ip} (a NAT, or --public-ip set to another address): peers would route "
@@ -81,7 +83,8 @@ class HostGw:
                 '{"Type": "vxlan"}'
             )
         self._host = host
-        attrs = LeaseAttrs(public_ip=host.public_ip, backend_type=TYPE)
+        public_ip = host.public_ip if config.ipv4 is not None else NO_PUBLIC_IP
+        attrs = LeaseAttrs(public_ip=public_ip, backend_type=TYPE)
         if config.ipv6 is None or host.public_ipv6 is None:
             return attrs
         if host.public_ipv6 != host.external_ipv6:
@@ -110,7 +113,7 @@ class HostGw:
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
         """Another host's host-gw lease whose PublicIP is on our segment; one off it is named."""
-        if not is_host_gw_peer(lease, own.subnet, own.attrs.public_ip):
+        if not is_host_gw_peer(lease, own.own_subnet, own.public_address):
             return False
         host = self._host
         if host is None or self._on_segment(host, config)(lease):
@@ -130,9 +133,9 @@ class HostGw:
         return entries_for(lease, True, ipv6)  # a route per family, via the peer's address of each
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
-        if network is None:
+        if network is None and self._ipv6_network is None:
             return Plane()
-        plane = self.kernel.read(device.ifindex, network)
+        plane = self.kernel.read(device.ifindex, network) if network is not None else Plane()
         if self._ipv6_network is None:
             return plane
         plane6 = self.kernel6.read(device.ifindex, self._ipv6_network)
@@ -153,7 +156,7 @@ class HostGw:
     def remove(self, config: NetworkConfig) -> list[str]:
         """The routes into the Network via a gateway, on whichever interface they are."""
         actions = []
-        networks = (config.network, config.ipv6.network if config.ipv6 else None)
+        networks = tuple(pool.network if pool else None for pool in (config.ipv4, config.ipv6))
         for kernel, network in zip((self.kernel, self.kernel6), networks, strict=True):
             routes = kernel.read_anywhere(network) if network else None
             if routes:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlayd.backend.hostgw.config import TYPE
 from overlayd.backend.segments import on_segments
 from overlayd.subnet.lease import Lease
 
 log = logging.getLogger(__name__)
+Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
 
 
-def is_host_gw_peer(lease: Lease, own_subnet: IPv4Network | None, own_ip: IPv4Address | None) -> bool:
-    """Another host's host-gw lease; leases of other backends are not routed, as in flanneld."""
-    return lease.subnet != own_subnet and lease.attrs.public_ip != own_ip and lease.attrs.backend_type == TYPE
+def is_host_gw_peer(lease: Lease, own_subnet: Network | None, own_ip: Address | None) -> bool:
+    """Another host's host-gw lease; leases of other backends are not routed, as in flanneld.
+    An IPv6-only lease is another host's by its IPv6 subnet and PublicIPv6 (``Lease.own_subnet``)."""
+    return (
+        lease.own_subnet != own_subnet and lease.public_address != own_ip and lease.attrs.backend_type == TYPE
+    )
 
 
 def on_segment(

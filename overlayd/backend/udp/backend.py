@@ -48,6 +48,7 @@ class Udp:
     parse_config = staticmethod(parse_udp_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
     routes_traffic: ClassVar[bool] = True
+    serves_ipv6_only: ClassVar[bool] = False  # flannel's udp carries IPv4 alone
 
     def __init__(self) -> None:
         self._device: TunDevice | None = None

@@ -23,10 +23,10 @@ from overlayd.backend.vxlan.device import DeviceSpec, DirectRoutes, VxlanBackend
 from overlayd.backend.vxlan.family import union_planes
 from overlayd.backend.vxlan.lease import VxlanLeaseData, vxlan_lease_attrs
 from overlayd.backend.vxlan.mac import load_or_create_mac
-from overlayd.backend.vxlan.peers import is_vxlan_peer, reached_directly
+from overlayd.backend.vxlan.peers import is_vxlan_ipv6_only_peer, is_vxlan_peer, reached_directly
 from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendSettings, NetworkConfig
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Vxlan:
     parse_config = staticmethod(parse_vxlan_config)
     device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
     routes_traffic: ClassVar[bool] = True
+    serves_ipv6_only: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None
@@ -99,6 +100,7 @@ class Vxlan:
         self._mac = ""
         self._mac6 = ""
         self._ipv6_cleared = False  # no IPv6 device left behind (checked in an IPv4-only network)
+        self._ipv4_cleared = False  # no IPv4 device left behind (checked in an IPv6-only network)
         self._ipv6_network: IPv6Network | None = None  # where the IPv6 direct routes lead (DirectRouting)
         # The last two planes read (IPv4, IPv6) and their union: the same object while both are.
         self._union: tuple[Plane, Plane, Plane] | None = None
@@ -129,12 +131,15 @@ class Vxlan:
         """Our PublicIP, VNI and VTEP MAC: a compatible existing device's MAC (flanneld's, say),
         else the one kept in the state directory."""
         section = settings(config)
-        spec = device_spec(config, host, None, "")
-        adopt = self.kernel.find_compatible_mac(spec)
-        if adopt:
-            log.info("adopting MAC %s of the existing compatible %s", adopt, spec.name)
-        self._mac = load_or_create_mac(host.state_dir, section.vni, adopt=adopt)
-        attrs = vxlan_lease_attrs(section, host.public_ip, self._mac)
+        if config.ipv4 is None:  # IPv6-only: PublicIP 0.0.0.0 and no IPv4 device, as flanneld
+            attrs = replace(vxlan_lease_attrs(section, NO_PUBLIC_IP, ""), vtep_mac=None)
+        else:
+            spec = device_spec(config, host, None, "")
+            adopt = self.kernel.find_compatible_mac(spec)
+            if adopt:
+                log.info("adopting MAC %s of the existing compatible %s", adopt, spec.name)
+            self._mac = load_or_create_mac(host.state_dir, section.vni, adopt=adopt)
+            attrs = vxlan_lease_attrs(section, host.public_ip, self._mac)
         if not wants_ipv6(config) or host.public_ipv6 is None:
             return attrs
         spec6 = ipv6_device_spec(config, host, None, "")
@@ -148,11 +153,14 @@ class Vxlan:
         """The IPv4 device's MTU; in a dual-stack network the IPv6 device's (20 bytes less),
         so that a container's packet fits either device."""
         mtu = settings(config).device_mtu(underlay_mtu)
-        return mtu - IPV6_EXTRA_OVERHEAD if wants_ipv6(config) else mtu
+        return mtu - IPV6_EXTRA_OVERHEAD if wants_ipv6(config) else mtu  # IPv6-only: the IPv6 device's
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """``flannel.<VNI>``, and in a dual-stack network ``flannel-v6.<VNI>`` too (removed
-        when the network is IPv4-only again)."""
+        when the network is IPv4-only again); in an IPv6-only network ``flannel-v6.<VNI>`` alone."""
+        if config.ipv4 is None:
+            return self._ensure_ipv6_only(config, own, host)
+        self._ipv4_cleared = False
         mac = own.attrs.vtep_mac or self._mac
         spec = device_spec(config, host, own.subnet, mac)
         state, actions = self.kernel.ensure_device(spec)
@@ -172,8 +180,25 @@ class Vxlan:
         state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
         return replace(state, ipv6_ifindex=state6.ifindex), actions + actions6
 
+    def _ensure_ipv6_only(
+        self, config: NetworkConfig, own: Lease, host: HostFacts
+    ) -> tuple[DeviceState, list[str]]:
+        """``flannel-v6.<VNI>`` as the only device, holding every entry; an IPv4 device an
+        earlier run left goes (once)."""
+        vni = settings(config).vni
+        actions: list[str] = []
+        if not self._ipv4_cleared and self.kernel.delete_device(device_name(vni)):
+            actions.append(f"deleted {device_name(vni)} (the network is IPv6-only)")
+        self._ipv4_cleared = True
+        self._ipv6_network = config.ipv6.network  # type: ignore[union-attr]
+        mac6 = own.attrs.vtep_mac_v6 or self._mac6
+        state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
+        return replace(state6, ipv6_ifindex=state6.ifindex), actions + actions6
+
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
         vni = settings(config).vni
+        if config.ipv4 is None:
+            return (device_name(vni, ipv6=True),)
         return (device_name(vni), device_name(vni, ipv6=True)) if wants_ipv6(config) else (device_name(vni),)
 
     def owns_device(self, name: str, config: NetworkConfig | None) -> bool:
@@ -182,6 +207,8 @@ class Vxlan:
         return name.startswith((DEVICE_PREFIX, DEVICE_PREFIX_V6))
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
+        if config.ipv4 is None:
+            return is_vxlan_ipv6_only_peer(lease, own, settings(config).vni)
         return is_vxlan_peer(lease, own.subnet, settings(config).vni, own.attrs.public_ip)
 
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
@@ -198,6 +225,10 @@ class Vxlan:
         underlay = device.underlay
         if underlay is None:
             underlay = self.kernel.underlay_index(device.ifindex)
+        if device.ipv6_ifindex and device.ipv6_ifindex == device.ifindex:  # IPv6-only: one device
+            network6 = self._ipv6_network
+            direct6 = DirectRoutes(underlay, network6) if underlay and network6 else None
+            return self.kernel6.read_plane(device.ifindex, direct6)
         direct = DirectRoutes(underlay, network) if underlay and network else None
         plane = self.kernel.read_plane(device.ifindex, direct)
         if not device.ipv6_ifindex:
@@ -230,9 +261,10 @@ class Vxlan:
         actions: list[str] = []
         link = self.kernel.find_device(section.device_name)
         if link is None:
-            return actions
+            name6 = device_name(section.vni, ipv6=True)
+            return [f"deleted {name6}"] if self.kernel6.delete_device(name6) else actions
         ifindex, underlay = link
-        if underlay:
+        if underlay and config.ipv4 is not None:
             plane = self.kernel.read_plane(ifindex, DirectRoutes(underlay, config.network))
             if plane.direct:
                 self.kernel.apply(ifindex, PlaneDiff(remove=Plane(direct=plane.direct)))

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from overlayd.backend.segments import on_segments
 from overlayd.backend.vxlan.config import TYPE
-from overlayd.subnet.lease import Lease, lease_vni
+from overlayd.subnet.lease import Lease, is_ipv6_only, lease_vni
 
 
 def reached_directly(
@@ -27,7 +27,8 @@ def is_vxlan_peer(
     """A lease we program: another host's, of the vxlan backend, on our VNI (as leases carry it).
 
     One carrying our own PublicIP is this host's too, under another subnet: a dual-stack one
-    flanneld left, say. Programmed, its route would replace the local bridge's to that subnet."""
+    flanneld left, say. Programmed, its route would replace the local bridge's to that subnet.
+    An IPv6-only lease is judged by its IPv6 half (``is_vxlan_ipv6_only_peer``)."""
     return (
         lease.subnet != own_subnet
         and lease.attrs.public_ip != own_ip
@@ -35,4 +36,18 @@ def is_vxlan_peer(
         and lease.attrs.vni is not None
         and lease_vni(lease.attrs.vni) == lease_vni(vni)
         and bool(lease.attrs.vtep_mac)
+    )
+
+
+def is_vxlan_ipv6_only_peer(lease: Lease, own: Lease, vni: int) -> bool:
+    """``is_vxlan_peer`` in an IPv6-only network: another host's IPv6-only lease on our VNI,
+    with the IPv6 device's MAC (its PublicIP is 0.0.0.0 on every host: the PublicIPv6 tells)."""
+    return (
+        is_ipv6_only(lease)
+        and lease.ipv6_subnet != own.ipv6_subnet
+        and lease.attrs.public_ipv6 != own.attrs.public_ipv6
+        and lease.attrs.backend_type == TYPE
+        and lease.attrs.vni is not None
+        and lease_vni(lease.attrs.vni) == lease_vni(vni)
+        and bool(lease.attrs.vtep_mac_v6)
     )

@@ -63,6 +63,7 @@ class Wireguard:
     parse_config = staticmethod(parse_wireguard_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
     routes_traffic: ClassVar[bool] = True
+    serves_ipv6_only: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._kernel: WgKernel | None = None
