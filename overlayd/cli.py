@@ -100,8 +100,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             if lab is not None or lab_namespaces(args.name):
                 leftover.down()
                 print(f"lab {args.name}: removed what an earlier run left behind (none of its processes ran)")
-            lab = Lab(name=args.name, root=str(root), ipv6=args.ipv6)
-            network_config = args.network_config or lab_network_config(args.backend, ipv6=args.ipv6)
+            ipv6 = args.ipv6 or args.ipv6_only
+            lab = Lab(name=args.name, root=str(root), ipv6=ipv6)
+            network_config = args.network_config or lab_network_config(
+                args.backend, ipv6=ipv6, ipv4=not args.ipv6_only
+            )
             lab.up(args.hosts, network_config=network_config)
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)
@@ -140,7 +143,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 def _print_ping_tables(lab: Lab) -> int:
     """The hosts' and the containers' all-pairs ping tables; exit status 1 if any pair failed."""
     hosts, hosts_ok = lab.ping_table()
-    print("\nping between flannel.1 addresses (3 probes each):\n" + hosts)
+    print("\nping between the hosts' overlay addresses (3 probes each):\n" + hosts)
     containers, containers_ok = lab.container_ping_table()
     if containers:
         print("\nping between containers, same host and across hosts (3 probes each):\n" + containers)
@@ -383,6 +386,9 @@ def make_parser() -> argparse.ArgumentParser:
     lab.add_argument("--ipv6", action="store_true",
                      help="`up`: IPv6 on the underlay (2001:db8::/64) and a dual-stack network "
                           "(IPv6Network 2001:db8:1000::/48)")
+    lab.add_argument("--ipv6-only", action="store_true",
+                     help="`up`: like --ipv6, with an IPv6-only network (EnableIPv4 false): hosts and "
+                          "containers reach each other over IPv6 alone")
     lab.add_argument("--network-config", metavar="JSON",
                      help="`up`: the whole network config to put in etcd (overrides --backend)")
     lab.set_defaults(func=_cmd_lab)

@@ -80,12 +80,20 @@ def wait_untentative(*namespaces: str, timeout: float = 5.0) -> None:
             time.sleep(0.1)
 
 
-def with_ipv6_table(
-    text: str, ok: bool, endpoints6: list[tuple[str, str, str]], title: str
+def family_tables(
+    endpoints: list[tuple[str, str, str]], legend: str, endpoints6: list[tuple[str, str, str]], title: str
 ) -> tuple[str, bool]:
-    """``text`` (an IPv4 table and its legend) followed by the IPv6 ping table of ``endpoints6``
-    under ``title`` when any has an address (a dual-stack lab); and whether all passed."""
-    if not any(address for _, _, address in endpoints6):
+    """The IPv4 ping table of ``endpoints`` and its ``legend``, followed by the IPv6 one of
+    ``endpoints6`` under ``title`` when any has an address (a dual-stack lab); an IPv6-only lab's
+    (no IPv4 address anywhere) is the IPv6 table alone. And whether every pair answered."""
+    has6 = any(address for _, _, address in endpoints6)
+    if has6 and not any(address for _, _, address in endpoints):
+        table6, ok6 = ping_table(endpoints6)
+        legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
+        return f"{title}:\n{table6}\n\n{legend6}", ok6
+    table, ok = ping_table(endpoints)
+    text = f"{table}\n\n{legend}"
+    if not has6:
         return text, ok
     table6, ok6 = ping_table(endpoints6)
     legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)

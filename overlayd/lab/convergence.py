@@ -28,13 +28,15 @@ def missing_routes(hosts: list[LabHost], network_config: str, network: str | Non
     running = [host for host in hosts if host.agent_pid(network)]
     envs = {host.name: host.subnet_env(network) for host in running}
     subnets = {name: env.get("FLANNEL_SUBNET") for name, env in envs.items()}
-    missing = [f"{name} has no subnet.env" for name, subnet in subnets.items() if not subnet]
+    subnets6 = {name: env.get("FLANNEL_IPV6_SUBNET") for name, env in envs.items()}
+    # An IPv6-only network's subnet.env has the IPv6 lines alone.
+    missing = [f"{name} has no subnet.env" for name in envs if not subnets[name] and not subnets6[name]]
     if missing or not routes_traffic(network_config):
         return missing
-    subnets6 = {name: env.get("FLANNEL_IPV6_SUBNET") for name, env in envs.items()}
     for host in running:
         for peer in running:
-            if peer is not host and not _routed(host, str(subnets[peer.name]).split("/")[0]):
+            peer4 = subnets[peer.name] if subnets[host.name] else None  # both serve IPv4
+            if peer is not host and peer4 and not _routed(host, peer4.split("/")[0]):
                 missing.append(f"{host.name} lacks a route to {peer.name}")
             peer6 = subnets6[peer.name] if subnets6[host.name] else None  # both serve IPv6
             if peer is not host and peer6 and not _routed(host, peer6.split("/")[0], "-6"):

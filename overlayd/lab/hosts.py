@@ -15,10 +15,11 @@ LAB_IPV6_NETWORK = "2001:db8:1000::/48"  # the overlay's IPv6 half, inside 2001:
 DEFAULT_BACKEND = "vxlan"
 
 
-def lab_network_config(backend_type: str = DEFAULT_BACKEND, ipv6: bool = False) -> str:
-    """The lab's network config for a backend with its defaults (``ipv6``: dual-stack)."""
-    config: dict[str, object] = {"Network": LAB_NETWORK}
-    if ipv6:
+def lab_network_config(backend_type: str = DEFAULT_BACKEND, ipv6: bool = False, ipv4: bool = True) -> str:
+    """The lab's network config for a backend with its defaults (``ipv6``: dual-stack; without
+    ``ipv4`` too: IPv6-only)."""
+    config: dict[str, object] = {"Network": LAB_NETWORK} if ipv4 else {"EnableIPv4": False}
+    if ipv6 or not ipv4:
         config |= {"EnableIPv6": True, "IPv6Network": LAB_IPV6_NETWORK}
     return json.dumps(config | {"Backend": {"Type": backend_type}})
 

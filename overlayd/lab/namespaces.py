@@ -317,9 +317,14 @@ class Lab:
         sh("ip", "netns", "add", netns)
         result = json.loads(self.cni(host, "add", netns, network))
         addresses = [str(ip["address"].split("/")[0]) for ip in result["ips"]]
-        address = next(a for a in addresses if ":" not in a)
-        host.containers[name] = address
-        if ipv6 := next((a for a in addresses if ":" in a), None):
+        ipv6 = next((a for a in addresses if ":" in a), None)
+        # An IPv6-only network's container has no IPv4 address: its IPv6 one is its address.
+        address = next((a for a in addresses if ":" not in a), None) or ipv6
+        if address is None:
+            raise LabError(f"{name}: the CNI plugin gave no address: {result}")
+        if address != ipv6:
+            host.containers[name] = address
+        if ipv6:
             host.containers6[name] = ipv6  # a dual-stack network's container has both
             # Usable once duplicate address detection is over (a second): the container's and the bridge's.
             checks.wait_untentative(netns, host.netns)
@@ -410,10 +415,10 @@ class Lab:
     def ping_table(self) -> tuple[str, bool]:
         """All-pairs ping of the hosts' overlay addresses (IPv6 too), as text; and whether all passed."""
         named = [(h, *self.overlay_address(h)) for h in self.hosts]
-        table, ok = checks.ping_table([(h.name, h.netns, address) for h, _, address in named])
+        endpoints = [(h.name, h.netns, address) for h, _, address in named]
         legend = ", ".join(f"{h.name}={h.ip} {device} {address or None}" for h, device, address in named)
         endpoints6 = [(h.name, h.netns, self.overlay_address(h, ipv6=True)[1]) for h in self.hosts]
-        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6")
+        return checks.family_tables(endpoints, legend, endpoints6, "IPv6")
 
     @staticmethod
     def overlay_address(host: LabHost, ipv6: bool = False) -> tuple[str, str]:
@@ -437,14 +442,13 @@ class Lab:
             for host in self.hosts
             for name, address in host.containers.items()
         ] + docker_endpoints(self.hosts)
-        if not endpoints:
-            return "", True
-        table, ok = checks.ping_table(endpoints)
-        legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
-                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
         endpoints6 = [(name, self.container_ns(name), address) for host in self.hosts
                       for name, address in host.containers6.items()]  # fmt: skip
-        return checks.with_ipv6_table(f"{table}\n\n{legend}", ok, endpoints6, "IPv6")
+        if not endpoints and not endpoints6:
+            return "", True
+        legend = ", ".join(f"{name}={address} on {host.name}" for host in self.hosts
+                           for name, address in (*host.containers.items(), *host.docker_containers.items()))
+        return checks.family_tables(endpoints, legend, endpoints6, "IPv6")
 
     def running_pids(self) -> set[int]:
         """Every process inside the lab's namespaces: its agents and etcd, and anything else.
