@@ -21,7 +21,7 @@ from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.allocate import SubnetChoice, choose_subnets, stale_own_leases
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.ipv6only import choose_ipv6_only_subnets, stale_own_ipv6_only_leases
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import Lease, LeaseAttrs, is_ipv6_only
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,17 @@ class LeaseManager:
             stale = stale_own_ipv6_only_leases(config.ipv6, leases, attrs.public_ipv6)
         else:
             stale = stale_own_leases(config, leases, self.public_ip)
+            if attrs.public_ipv6 is not None:
+                # An IPv6-only lease of ours (PublicIP 0.0.0.0) from before IPv4 was turned on:
+                # it would hold the IPv6 subnet we take back.
+                stale += [lease for lease in leases if is_ipv6_only(lease) and lease.etcd_lease_id
+                          and lease.attrs.public_ipv6 == attrs.public_ipv6]  # fmt: skip
         for lease in stale:
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
-                if config.ipv4 is None:
+                if is_ipv6_only(lease) and config.ipv4 is not None:
+                    why = "it is IPv6-only and the network has IPv4 now; this node takes a lease of both"
+                elif config.ipv4 is None:
                     why = (
                         "the network is IPv6-only (EnableIPv4 false) and IPv6Network "
                         f"{config.ipv6.network} does not hand out its IPv6 subnet {lease.ipv6_subnet}; "  # type: ignore[union-attr]
