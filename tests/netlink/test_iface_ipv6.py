@@ -67,3 +67,32 @@ def test_an_interface_without_global_ipv6_has_none(netns: str) -> None:
 def test_an_ipv6_can_reach_without_a_route_names_it(dual_links: str) -> None:
     message = in_netns(dual_links, chosen, "--iface-can-reach=2001:db8:99::1")
     assert message.startswith("--iface-can-reach 2001:db8:99::1: no interface"), message
+
+
+@pytest.fixture
+def v6_only_links(netns: str) -> str:
+    """u0 loses its IPv4 address: 2001:db8::5/64 alone, with the IPv6 default route; u1 has none."""
+    run("ip", "-n", netns, "addr", "flush", "dev", "u0")
+    run("ip", "-n", netns, "-6", "addr", "add", "2001:db8::5/64", "dev", "u0", "nodad")
+    run("ip", "-n", netns, "-6", "route", "add", "default", "via", "2001:db8::9", "dev", "u0")
+    return netns
+
+
+V6_ONLY_SELECTORS = [
+    (), ("--iface=u0",), ("--iface=2001:db8::5",), ("--iface-regex=^u0$",),
+    ("--iface-can-reach=2001:db8::77",), ("--public-ipv6=2001:db8::5",),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", V6_ONLY_SELECTORS)
+def test_an_interface_with_ipv6_alone_serves_an_ipv6_only_network(
+    v6_only_links: str, argv: tuple[str, ...]
+) -> None:
+    # No IPv4 address and no IPv4 default route: the IPv6 default route's interface, IPv4 None
+    # (the agent refuses it for a network with IPv4, naming the interface).
+    assert in_netns(v6_only_links, chosen, *argv)[:3] == ("u0", None, IPv6Address("2001:db8::5"))
+
+
+def test_no_address_of_either_family_is_refused_naming_the_selector(v6_only_links: str) -> None:
+    refused = in_netns(v6_only_links, chosen, "--iface=u1")
+    assert "--iface u1: no interface with a global address matches" in refused
