@@ -281,7 +281,7 @@ class Reconciler:
 
     def _ensure_firewall(self, trigger: Trigger, fw_spec: FirewallSpec) -> None:
         if self.firewall.ensure(fw_spec):
-            log.info("firewall rules written for %s", fw_spec.network)
+            log.info("firewall rules written for %s", fw_spec.network or fw_spec.ipv6_network)
             self._count_repair(trigger, "firewall", "fix")
 
     def _note_ipv6_half(self, config: NetworkConfig, lease: Lease) -> None:
