@@ -157,7 +157,7 @@ class LeaseKeeper:
             # so the lease is taken again, its IPv4 subnet kept, while the data path stays.
             wanted = "with" if self.config.ipv6 is not None else "without"
             return LeaseCheck(LeaseAction.LOST, why=f"the network config in force wants a lease {wanted} "
-                              f"an IPv6 subnet; taking one, keeping subnet {lease.subnet}")  # fmt: skip
+                              f"an IPv6 subnet; taking one, keeping subnet {lease.own_subnet}")  # fmt: skip
         renewing = self.clock() >= self.renew_at
         try:
             checked = self._check(lease, renewing)

@@ -39,7 +39,13 @@ class SubnetChoice:
 
 def fits_config(config: NetworkConfig, lease: Lease) -> bool:
     """Whether ``lease`` is one the config hands out: its IPv4 subnet, and an IPv6 subnet of the
-    IPv6 pool exactly when the config has one (flanneld's two compatibility tests)."""
+    IPv6 pool exactly when the config has one (flanneld's two compatibility tests). In an
+    IPv6-only network: an IPv6-only lease of the IPv6 pool."""
+    if config.ipv4 is None:
+        pool, subnet6 = config.ipv6, lease.ipv6_subnet
+        return pool is not None and subnet6 is not None and is_ipv6_only(lease) and pool.contains_subnet(
+            subnet6
+        )
     if not config.contains_subnet(lease.subnet):
         return False
     if config.ipv6 is None or lease.ipv6_subnet is None:

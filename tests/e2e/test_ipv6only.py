@@ -58,6 +58,14 @@ def entries(host: LabHost, peer: LabHost) -> dict[str, bool]:
     }
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (neither gone nor a zombie left for its parent to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
 def ready(host: LabHost) -> bool:
     try:
         return metric(host, "overlayd_ready") == 1
@@ -84,6 +92,8 @@ def test_all_pairs_ping_over_ipv6_alone_hosts_and_containers(v6lab: Lab) -> None
     assert hosts_ok and "IPv6" in hosts_table, hosts_table
     assert containers_ok and "IPv6" in containers_table, containers_table
     for host in v6lab.hosts:
+        # Lease checks (every 2 s here) find the IPv6-only lease fitting: never taken for lost.
+        assert " lost (" not in host.log_file.read_text()
         # flanneld's WriteSubnetFile for an IPv6-only network: no IPv4 lines at all.
         keys = [line.split("=")[0] for line in host.subnet_file.read_text().splitlines()]
         assert keys == ["FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
@@ -197,3 +207,41 @@ def test_host_gw_routes_via_the_peers_public_ipv6(tmp_path_factory: pytest.TempP
         )
         sh("ip", "-6", "route", "del", network6, netns=h1.netns)
         wait_for(lambda: f"{network6} via {h2.ipv6}" in ip6(h1, "route"), 15, "h1 to restore the route")
+
+
+def test_turning_ipv4_on_restarts_the_agents_which_keep_their_ipv6_subnets(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=V6_ONLY_CONFIG) as lab:
+        subnets6 = {host.name: host.subnet_env()["FLANNEL_IPV6_SUBNET"] for host in lab.hosts}
+        marks = {host.name: log_mark(host) for host in lab.hosts}
+        lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", lab_network_config(ipv6=True))
+        for host in lab.hosts:
+            # The lease key changes form, so the agent exits for the unit to restart it (75).
+            wait_for(lambda h=host: not running(h.pid), 20, f"{host.name}'s agent to exit")
+            logged = log_since(host, marks[host.name])
+            assert "network config changed EnableIPv4 false -> true; restarting" in logged
+            lab.start_agent(host)
+        dual_keys = lambda: [key for key in raw_leases(lab) if key.startswith("198.18.")]  # noqa: E731
+        wait_for(lambda: len(dual_keys()) == 2, 30, "both agents to lease both halves")
+        assert len(raw_leases(lab)) == 2  # the IPv6-only keys went, not left to expire in a day
+        lab.wait_converged(timeout=30)
+        for host in lab.hosts:
+            assert host.subnet_env()["FLANNEL_IPV6_SUBNET"] == subnets6[host.name]
+            assert host.subnet_env()["FLANNEL_SUBNET"].startswith("198.18.")
+        table, ok = lab.ping_table()
+        assert ok and "IPv6" in table, table
+
+
+def test_turning_ipv4_off_is_held_as_the_renumbering_it_is(tmp_path_factory: pytest.TempPathFactory) -> None:
+    dual = lab_network_config(ipv6=True)
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=dual) as lab:
+        h1 = lab.hosts[0]
+        before = raw_leases(lab)
+        mark = log_mark(h1)
+        lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", V6_ONLY_CONFIG)
+        wait_for(lambda: metric(h1, "overlayd_config_mismatch") == 1, 15, "h1 to hold the IPv6-only config")
+        assert "IPv6-only" in log_since(h1, mark)
+        assert raw_leases(lab) == before and all(host.pid for host in lab.hosts)
+        table, ok = lab.ping_table()
+        assert ok, table  # both families still carried under the config in force

@@ -106,3 +106,15 @@ def test_an_ipv4_only_config_still_sees_a_dual_stack_own_lease_as_stale() -> Non
     mine = lease("198.18.46.0/24", "2001:db8:1000:2e::/64", public_ip=str(OUR_IP))
     assert stale_own_leases(V4_ONLY, [mine], OUR_IP) == [mine]
     assert all(c.ipv6_subnet is None for c in choose_subnets(V4_ONLY, [], OUR_IP))
+
+
+def test_an_ipv6_only_lease_fits_an_ipv6_only_network_alone() -> None:
+    v6_only = parse_network_config(
+        json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "2001:db8:1000::/48",
+                    "Backend": {"Type": "vxlan"}}), backends=CONFIG_PARSERS,
+    )  # fmt: skip
+    ours = lease("0.0.0.0/0", "2001:db8:1000:2e::/64", public_ip="0.0.0.0")
+    assert fits_config(v6_only, ours)  # a lease check must not take it for lost
+    assert not fits_config(DUAL, ours)  # once IPv4 is on, it is replaced
+    assert not fits_config(v6_only, lease("198.18.46.0/24", "2001:db8:1000:2e::/64"))
+    assert not fits_config(v6_only, lease("0.0.0.0/0", "2001:db8:2000:2e::/64", public_ip="0.0.0.0"))
