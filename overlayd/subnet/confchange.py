@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from overlayd.subnet.config import NetworkConfig
 from overlayd.subnet.lease import Lease
@@ -39,7 +39,7 @@ class ConfigDecision:
     action: ConfigAction
     in_force: NetworkConfig
     stored: NetworkConfig
-    own_subnet: IPv4Network
+    own_subnet: IPv4Network | IPv6Network
     own_outside: bool  # the stored config does not hand out this node's subnet
     others_outside: tuple[Lease, ...]  # other nodes' live leases it does not hand out, by subnet
     announce: bool = False  # a new hold (or a hold on another stored config): log it once
@@ -59,7 +59,7 @@ def leases_outside(
     does not harm them."""
     return sorted(
         (lease for lease in leases if renumbers(current, proposed, lease)),
-        key=lambda lease: lease.subnet,
+        key=lambda lease: (lease.subnet, lease.own_subnet.network_address.packed),
     )
 
 
@@ -86,15 +86,16 @@ def decide(
     verdict while holding (None otherwise). ``peers`` may include ``own``."""
     if stored == in_force:
         return ConfigDecision(
-            ConfigAction.UNCHANGED, in_force, stored, own.subnet, False, (), cleared=held is not None
+            ConfigAction.UNCHANGED, in_force, stored, own.own_subnet, False, (), cleared=held is not None
         )
-    others = [lease for lease in peers if lease.subnet != own.subnet]
+    others = [lease for lease in peers if lease.own_subnet != own.own_subnet]
     own_outside = renumbers(in_force, stored, own)
     others_outside = tuple(leases_outside(in_force, stored, others))
     if own_outside or others_outside:
         announce = held is None or held.stored != stored
         return ConfigDecision(
-            ConfigAction.HOLD, in_force, stored, own.subnet, own_outside, others_outside, announce=announce
+            ConfigAction.HOLD, in_force, stored, own.own_subnet, own_outside, others_outside,
+            announce=announce,
         )
     action = ConfigAction.APPLY
     if (stored.ipv4 is None) != (in_force.ipv4 is None):
@@ -104,7 +105,7 @@ def decide(
         action = ConfigAction.SWITCH
     elif stored.backend.restart_key != in_force.backend.restart_key:
         action = ConfigAction.RESTART
-    return ConfigDecision(action, in_force, stored, own.subnet, False, (), cleared=held is not None)
+    return ConfigDecision(action, in_force, stored, own.own_subnet, False, (), cleared=held is not None)
 
 
 def describe(config: NetworkConfig, other: NetworkConfig) -> str:
