@@ -179,8 +179,6 @@ class Agent(ConfigFollower):
         log.info("using interface %s (%s), public IP %s", external.name, external.ip or external.ipv6,
                  public_ip if config.ipv4 is not None else f"{opts.public_ipv6 or external.ipv6} (IPv6-only)")
         self.metrics.pool_size.set(config.primary.subnet_count)
-        if config.ipv4 is None and opts.ip_blackhole_route:
-            log.warning("-ip-blackhole-route adds an IPv4 route; the network is IPv6-only, so none is added")
         backend = backend_for(config.backend.type, self.keeper.where())  # another type: a restart
         host = self.attach(external, public_ip, backend)
         try:  # what a previous run's other backend left goes first

@@ -306,14 +306,14 @@ class Reconciler:
     def _ensure_blackhole(self, trigger: Trigger) -> None:
         config, lease = self.state.config, self.state.lease
         assert config is not None and lease is not None
-        if config.ipv4 is None:
-            return  # the blackhole route is IPv4's (the agent warned at start if it was asked for)
-        wanted = lease.subnet if self.options.ip_blackhole_route else None
-        if wanted is None and self.blackhole_cleared:
+        on = self.options.ip_blackhole_route
+        if not on and self.blackhole_cleared:
             return
-        if self.blackhole.ensure(config.network, wanted):
-            self._count_repair(trigger, "blackhole_route", "fix")
-        self.blackhole_cleared = wanted is None
+        halves = ((config.ipv4, lease.subnet), (config.ipv6, lease.ipv6_subnet))  # one route per family
+        for pool, subnet in halves:
+            if pool is not None and self.blackhole.ensure(pool.network, subnet if on else None):
+                self._count_repair(trigger, "blackhole_route", "fix")
+        self.blackhole_cleared = not on
 
     def _ensure_device(self, trigger: Trigger, backend: Backend, host: HostFacts) -> None:
         config, lease = self.state.config, self.state.lease

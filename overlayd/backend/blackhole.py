@@ -1,4 +1,5 @@
-"""``--ip-blackhole-route``: a blackhole route for this host's own subnet (flanneld v0.28's flag).
+"""``--ip-blackhole-route``: a blackhole route for this host's own subnet of each family (flanneld
+v0.28's flag; it adds an IPv6 one for the IPv6 subnet too).
 
 Without it, a packet to an address of our subnet that no container holds follows the default
 route out of the host (and back in through a peer, or to the internet). Where container routes
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from overlayd.backend.rtnl.socket import RtnlSocket
 from overlayd.base.netlink import (
@@ -44,11 +45,13 @@ MAIN_TABLE = 254
 METRIC = 0xFFFFFFFF  # the highest: every other route to the subnet is preferred
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _U32 = struct.Struct("=I")
+Subnet = IPv4Network | IPv6Network
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
-def route_request(subnet: IPv4Network, add: bool, seq: int) -> bytes:
+def route_request(subnet: Subnet, add: bool, seq: int) -> bytes:
     """Replace (create) or delete our blackhole route for ``subnet`` in the main table."""
-    body = _RTMSG.pack(socket.AF_INET, subnet.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT if add else 0,
+    body = _RTMSG.pack(_FAMILY[subnet.version], subnet.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BOOT if add else 0,
                        RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, 0)
     body += attr(RTA_DST, subnet.network_address.packed) + attr(RTA_PRIORITY, _U32.pack(METRIC))
     body += attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
@@ -56,22 +59,23 @@ def route_request(subnet: IPv4Network, add: bool, seq: int) -> bytes:
     return message(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
 
 
-def dump_request(seq: int) -> bytes:
-    """A dump of the main table's IPv4 blackhole routes (filtered in the kernel where it can)."""
-    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, MAIN_TABLE, 0, 0, RTN_BLACKHOLE, 0)
+def dump_request(seq: int, version: int = 4) -> bytes:
+    """A dump of the main table's blackhole routes of IP ``version`` (filtered in the kernel where
+    it can)."""
+    body = _RTMSG.pack(_FAMILY[version], 0, 0, 0, MAIN_TABLE, 0, 0, RTN_BLACKHOLE, 0)
     return message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
-def ours(body: bytes) -> IPv4Network | None:
+def ours(body: bytes) -> Subnet | None:
     """The subnet of a route message's body if it is one of our blackhole routes, else None."""
     family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(body)
     attrs = attribute_map(body, _RTMSG.size)
     table = _U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
     metric = _U32.unpack(attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
-    if family != socket.AF_INET or kind != RTN_BLACKHOLE or table != MAIN_TABLE or metric != METRIC:
+    if family not in _FAMILY.values() or kind != RTN_BLACKHOLE or table != MAIN_TABLE or metric != METRIC:
         return None
-    dst = attrs.get(RTA_DST, b"\0\0\0\0")
-    return IPv4Network((IPv4Address(dst), dst_len))
+    dst = attrs.get(RTA_DST, bytes(4 if family == socket.AF_INET else 16))
+    return ip_network((ip_address(dst), dst_len))
 
 
 class BlackholeRoute:
@@ -80,17 +84,18 @@ class BlackholeRoute:
     def __init__(self) -> None:
         self._rtnl: RtnlSocket | None = None
 
-    def ensure(self, network: IPv4Network, subnet: IPv4Network | None) -> bool:
+    def ensure(self, network: Subnet, subnet: Subnet | None) -> bool:
         """Our blackhole for ``subnet`` (None: for no subnet), and no other of ours inside
-        ``network``; True if it wrote. OSError if the kernel refuses."""
+        ``network`` (of either family); True if it wrote. OSError if the kernel refuses."""
         rtnl = self._rtnl = self._rtnl or RtnlSocket()
         seq = rtnl.next_seq()
         found = {
-            net for msg in rtnl.dump(dump_request(seq), seq)
-            if (net := ours(msg.body)) is not None and net.subnet_of(network)
+            net for msg in rtnl.dump(dump_request(seq, network.version), seq)
+            if (net := ours(msg.body)) is not None and net.version == network.version
+            and net.subnet_of(network)  # type: ignore[arg-type]
         }  # fmt: skip
         changed = False
-        for stale in sorted(found - {subnet}):
+        for stale in sorted(found - {subnet}):  # type: ignore[type-var]
             seq = rtnl.next_seq()
             rtnl.write(route_request(stale, add=False, seq=seq), seq)
             log.info("deleted blackhole route %s (not our subnet any more)", stale)

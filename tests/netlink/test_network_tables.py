@@ -181,6 +181,37 @@ def test_blackhole_route_for_our_subnet_yields_to_any_container_route(netns: str
     ]
 
 
+def ipv6_blackhole_steps() -> dict[str, object]:
+    route = BlackholeRoute()
+    network4, network6 = IPv4Network("198.18.0.0/16"), IPv6Network("2001:db8:1000::/48")
+    steps: dict[str, object] = {"add4": route.ensure(network4, IPv4Network("198.18.5.0/24"))}
+    steps["add6"] = route.ensure(network6, IPv6Network("2001:db8:1000:5::/64"))
+    steps["again6"] = route.ensure(network6, IPv6Network("2001:db8:1000:5::/64"))
+    sh("ip -6 route add blackhole 2001:db8:1000:7::/64")  # an operator's: another metric, not ours
+    steps["listing6"] = sh("ip -6 route show type blackhole")
+    steps["moved6"] = route.ensure(network6, IPv6Network("2001:db8:1000:6::/64"))
+    steps["moved listing6"] = sh("ip -6 route show type blackhole")
+    steps["off6"] = route.ensure(network6, None)
+    steps["off listing6"] = sh("ip -6 route show type blackhole")
+    steps["listing4"] = sh("ip route show type blackhole")  # the IPv4 one untouched by the IPv6 work
+    route.close()
+    return steps
+
+
+@pytest.mark.root
+def test_an_ipv6_blackhole_route_is_kept_beside_the_ipv4_one(netns: str) -> None:
+    steps = in_netns(netns, ipv6_blackhole_steps)
+    assert (steps["add4"], steps["add6"], steps["again6"], steps["moved6"], steps["off6"]) == (
+        True, True, False, True, True,
+    )  # fmt: skip
+    lines = lambda key: [line.split(" pref")[0].strip() for line in str(steps[key]).splitlines()]  # noqa: E731
+    operators = "blackhole 2001:db8:1000:7::/64 dev lo metric 1024"
+    assert lines("listing6") == [f"blackhole 2001:db8:1000:5::/64 dev lo metric {METRIC}", operators]
+    assert lines("moved listing6") == [f"blackhole 2001:db8:1000:6::/64 dev lo metric {METRIC}", operators]
+    assert lines("off listing6") == [operators]
+    assert lines("listing4") == [f"blackhole 198.18.5.0/24 metric {METRIC}"]
+
+
 def overlayd(netns: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = ["ip", "netns", "exec", netns, sys.executable, "-m", "overlayd", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60,
