@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network, IPv6Network
 
-from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.config import NetworkConfig, SubnetPool
 from overlayd.subnet.lease import Lease
 
 NAMED_LEASES = 3  # leases named in a message; the count says how many more
@@ -111,21 +111,28 @@ def decide(
 def describe(config: NetworkConfig, other: NetworkConfig) -> str:
     """``config``'s Network, with its SubnetLen where it differs from ``other``'s and SubnetMin and
     SubnetMax where they are not the Network's defaults: what tells the two configs apart."""
+    if config.ipv4 is None and other.ipv4 is None and config.ipv6 is not None and other.ipv6 is not None:
+        return " ".join(["IPv6-only", *_pool_parts(config.ipv6, other.ipv6, "IPv6")])
     if config.ipv4 is None or other.ipv4 is None:
         six = f" IPv6Network {config.ipv6.network}" if config.ipv6 is not None else ""
         return f"Network {config.ipv4.network}{six}" if config.ipv4 is not None else f"IPv6-only{six}"
-    parts = [f"Network {config.network}"]
+    network, *rest = _pool_parts(config.ipv4, other.ipv4, "")
     if config.ipv6 is not None and other.ipv6 is not None and config.ipv6 != other.ipv6:
-        parts.append(f"IPv6Network {config.ipv6.network} IPv6SubnetLen {config.ipv6.subnet_len}")
-    if config.subnet_len != other.subnet_len:
-        parts.append(f"SubnetLen {config.subnet_len}")
-    first = config.network.network_address + config.subnet_size
-    last = config.network.broadcast_address + 1 - config.subnet_size
-    if config.subnet_min != first:
-        parts.append(f"SubnetMin {config.subnet_min}")
-    if config.subnet_max != last:
-        parts.append(f"SubnetMax {config.subnet_max}")
-    return " ".join(parts)
+        network += f" IPv6Network {config.ipv6.network} IPv6SubnetLen {config.ipv6.subnet_len}"
+    return " ".join([network, *rest])
+
+
+def _pool_parts(pool: SubnetPool, other: SubnetPool, family: str) -> list[str]:
+    """``pool``'s Network, its SubnetLen where it differs from ``other``'s, and SubnetMin and
+    SubnetMax where they are not the Network's defaults, keys spelt with ``family`` (``IPv6``)."""
+    parts = [f"{family}Network {pool.network}"]
+    if pool.subnet_len != other.subnet_len:
+        parts.append(f"{family}SubnetLen {pool.subnet_len}")
+    if pool.subnet_min != pool.network.network_address + pool.subnet_size:
+        parts.append(f"{family}SubnetMin {pool.subnet_min}")
+    if pool.subnet_max != pool.network.broadcast_address + 1 - pool.subnet_size:
+        parts.append(f"{family}SubnetMax {pool.subnet_max}")
+    return parts
 
 
 def name_leases(leases: Iterable[Lease], limit: int = NAMED_LEASES) -> str:

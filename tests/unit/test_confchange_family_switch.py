@@ -1,6 +1,6 @@
 """A changed config to or from an IPv6-only network (EnableIPv4 false): IPv4 -> IPv6-only holds
 (every IPv4 subnet is renumbered), IPv6-only -> dual-stack restarts (the lease key changes form),
-and what the messages name."""
+a narrowed IPv6 pool holds for the peers it leaves out, and what the messages name."""
 
 from __future__ import annotations
 
@@ -110,6 +110,9 @@ def test_describe_names_what_tells_the_configs_apart() -> None:
     assert describe(V6_ONLY, V6_MOVED) == f"IPv6-only IPv6Network {V6NET}"
 
 
-@pytest.mark.xfail(strict=True, reason="describe() of two IPv6-only configs ignores IPv6SubnetLen/Min/Max")
 def test_describe_tells_two_ipv6_only_pools_of_one_network_apart() -> None:
-    assert describe(V6_ONLY, V6_NARROWED) != describe(V6_NARROWED, V6_ONLY)
+    """The hold message names what changed, not one IPv6Network twice."""
+    assert describe(V6_NARROWED, V6_ONLY) == f"IPv6-only IPv6Network {V6NET} IPv6SubnetMax 2001:db8:1000:10::"
+    assert describe(V6_ONLY, V6_NARROWED) == f"IPv6-only IPv6Network {V6NET}"
+    narrower = config(EnableIPv4=False, EnableIPv6=True, IPv6Network=V6NET, IPv6SubnetLen=80)
+    assert describe(narrower, V6_ONLY) == f"IPv6-only IPv6Network {V6NET} IPv6SubnetLen 80"
