@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from socket import AF_INET
+from socket import AF_INET, AF_INET6
 
 from overlayd.backend.api import DeviceState
 from overlayd.backend.select import BACKENDS, DEFAULT_TYPE, backend_for
@@ -47,7 +47,8 @@ def read_device(
 ) -> tuple[DeviceView | None, str | None]:
     """The backend's device for ``config`` in this namespace (the config unknown: the first
     device some backend owns, else the default backend's); for a backend without one (host-gw),
-    the interface holding our lease's ``public_ip``, where its routes are.
+    the interface holding our lease's ``public_ip`` (an IPv6-only network's: its PublicIPv6),
+    where its routes are.
 
     Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
     a peer reached directly is programmed too."""
@@ -61,8 +62,11 @@ def read_device(
     try:
         with IPRoute() as ipr:
             if deviceless:
-                held = {addr["index"] for addr in ipr.get_addr(family=AF_INET)
-                        if addr.get_attr("IFA_LOCAL") == public_ip}  # fmt: skip
+                # An IPv6 address has no IFA_LOCAL, only IFA_ADDRESS.
+                v6 = ":" in (public_ip or "")
+                family, attr = (AF_INET6, "IFA_ADDRESS") if v6 else (AF_INET, "IFA_LOCAL")
+                held = {addr["index"] for addr in ipr.get_addr(family=family)
+                        if addr.get_attr(attr) == public_ip}  # fmt: skip
                 links = [link for link in ipr.get_links() if link["index"] in held]
             else:
                 links = [link for link in ipr.get_links()
@@ -79,7 +83,11 @@ def read_device(
         link6 = by_name.get(names[1]) if len(names) > 1 else None
         mac = str(link.get("IFLA_ADDRESS")).lower()
         mtu = int(link.get("IFLA_MTU"))
-        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=link6["index"] if link6 else 0)
+        # An IPv6-only network's one device holds IPv6 entries alone: the backend is told so as
+        # its agent tells it, by the same index in both places.
+        ipv6_only = config is not None and config.ipv4 is None and not deviceless
+        ipv6_ifindex = link["index"] if ipv6_only else link6["index"] if link6 else 0
+        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=ipv6_ifindex)
         plane = backend.read_entries(state, network)
     finally:
         backend.close()

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,12 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlayd.backend.select import CONFIG_PARSERS
+from overlayd.etcd.api import SubnetRegistry
 from overlayd.netfilter.names import names_for_prefix
 from overlayd.ops.devicestatus import DeviceView, read_device
 from overlayd.ops.reachview import Reachability, fetch_peers, read_views, render_cluster, render_peers
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 from overlayd.subnet.healthview import NodeView, broken_pairs
+from overlayd.subnet.lease import Lease, is_ipv6_only
 from overlayd.subnet.subnetenv import parse_keys
 
 
@@ -53,13 +55,14 @@ class AgentView:
 class LeaseView:
     """One lease in etcd and whether this host routes to its subnet."""
 
-    subnet: str
-    public_ip: str
+    subnet: str | None  # None: an IPv6-only lease (flannel's ``0.0.0.0-0&...`` key), IPv6 alone
+    public_ip: str | None
     vtep_mac: str | None
     ttl: float | None  # seconds left; None: unknown, inf: a reservation
     programmed: bool | None = None  # route present here (both families'); None for our own subnet
-    ipv6_subnet: str | None = None  # a dual-stack lease's IPv6 half
+    ipv6_subnet: str | None = None  # a dual-stack or IPv6-only lease's IPv6 half
     public_ipv6: str | None = None
+    vtep_mac_v6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,11 +154,15 @@ def overlay_network(subnet_env: Mapping[str, str] | None) -> IPv4Network | None:
         return None
 
 
-def own_subnet(subnet_env: Mapping[str, str] | None) -> IPv4Network | None:
-    """This host's subnet from subnet.env's FLANNEL_SUBNET (``198.18.7.1/24`` → 198.18.7.0/24)."""
-    raw = (subnet_env or {}).get("FLANNEL_SUBNET")
+def own_subnet(subnet_env: Mapping[str, str] | None) -> IPv4Network | IPv6Network | None:
+    """This host's subnet from subnet.env's FLANNEL_SUBNET (``198.18.7.1/24`` → 198.18.7.0/24);
+    in an IPv6-only network, which has none, from FLANNEL_IPV6_SUBNET."""
+    env = subnet_env or {}
+    raw, parse = env.get("FLANNEL_SUBNET"), IPv4Interface
+    if not raw and "FLANNEL_NETWORK" not in env:
+        raw, parse = env.get("FLANNEL_IPV6_SUBNET"), IPv6Interface  # type: ignore[assignment]
     try:
-        return IPv4Interface(raw).network if raw else None
+        return parse(raw).network if raw else None
     except ValueError:
         return None
 
@@ -234,8 +241,27 @@ def _agent_line(agent: AgentView, now: float) -> str:
 
 def _lease_line(lease: LeaseView) -> str:
     ttl = "ttl ?" if lease.ttl is None else f"ttl {_duration(lease.ttl)}"
+    if lease.subnet is None:  # IPv6-only
+        return f"{lease.ipv6_subnet} public {lease.public_ipv6 or '-'} vtep {lease.vtep_mac_v6 or '-'} {ttl}"
     ipv6 = f" ipv6 {lease.ipv6_subnet} public {lease.public_ipv6 or '-'}" if lease.ipv6_subnet else ""
     return f"{lease.subnet} public {lease.public_ip} vtep {lease.vtep_mac or '-'}{ipv6} {ttl}"
+
+
+def _lease_row(lease: LeaseView, dual: bool) -> tuple[str, ...]:
+    """A cluster table row: an IPv6-only lease's IPv6 subnet, PublicIPv6 and MAC in place of
+    the IPv4 ones (all of them, in an IPv6-only network)."""
+    if lease.subnet is None:
+        subnets = ("-", lease.ipv6_subnet or "-") if dual else (lease.ipv6_subnet or "-",)
+        where = (lease.public_ipv6 or "-", lease.vtep_mac_v6 or "-")
+    else:
+        subnets = (lease.subnet, lease.ipv6_subnet or "-") if dual else (lease.subnet,)
+        where = (lease.public_ip or "-", lease.vtep_mac or "-")
+    return (
+        *subnets,
+        *where,
+        "?" if lease.ttl is None else _duration(lease.ttl),
+        "this host" if lease.programmed is None else "yes" if lease.programmed else "MISSING",
+    )
 
 
 def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
@@ -279,20 +305,11 @@ def render_text(status: HostStatus, now: float) -> str:
         lines.append(f"  firewall    nftables table {status.firewall}")
     if status.leases is not None:
         lines += ["", f"cluster ({len(status.leases)} leases in etcd)"]
-        dual = any(lease.ipv6_subnet for lease in status.leases)
-        header = ("SUBNET", *(("IPV6 SUBNET",) if dual else ()), "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
-        rows = [
-            (
-                lease.subnet,
-                *((lease.ipv6_subnet or "-",) if dual else ()),
-                lease.public_ip,
-                lease.vtep_mac or "-",
-                "?" if lease.ttl is None else _duration(lease.ttl),
-                "this host" if lease.programmed is None else "yes" if lease.programmed else "MISSING",
-            )
-            for lease in status.leases
-        ]
-        lines += _table([header, *rows])
+        v6_only = bool(status.leases) and all(lease.subnet is None for lease in status.leases)
+        dual = not v6_only and any(lease.ipv6_subnet for lease in status.leases)
+        subnets = ("IPV6 SUBNET",) if v6_only else ("SUBNET", "IPV6 SUBNET") if dual else ("SUBNET",)
+        header = (*subnets, "PUBLIC IPV6" if v6_only else "PUBLIC IP", "VTEP MAC", "TTL", "ROUTE HERE")
+        lines += _table([header, *(_lease_row(lease, dual) for lease in status.leases)])
     if status.views is not None:
         lines += render_cluster(status.views, list(status.view_problems), now)
     return "\n".join(lines)
@@ -320,19 +337,24 @@ def scrape_metrics(address: str, timeout: float = 3.0) -> tuple[AgentView | None
         return None, f"{url} did not return Prometheus text ({exc})"
 
 
-def _lease_view(lease: Any, ttl: float | None, routes: frozenset[str] | None, own: bool) -> LeaseView:
+def _lease_view(lease: Lease, ttl: float | None, routes: frozenset[str] | None, own: bool) -> LeaseView:
     subnet6 = str(lease.ipv6_subnet) if lease.ipv6_subnet is not None else None
+    v6_only = is_ipv6_only(lease)
     # Its IPv6 route is looked for where this host routes IPv6 peers at all (a dual-stack host).
     dual_here = routes is not None and any(":" in route for route in routes)
-    wanted = {str(lease.subnet), subnet6} if subnet6 and dual_here else {str(lease.subnet)}
+    if v6_only:
+        wanted = {subnet6}
+    else:
+        wanted = {str(lease.subnet), subnet6} if subnet6 and dual_here else {str(lease.subnet)}
     return LeaseView(
-        subnet=str(lease.subnet),
-        public_ip=str(lease.attrs.public_ip),
+        subnet=None if v6_only else str(lease.subnet),
+        public_ip=None if v6_only else str(lease.attrs.public_ip),
         vtep_mac=lease.attrs.vtep_mac,
         ttl=ttl,
         programmed=None if own or routes is None else wanted <= routes,
         ipv6_subnet=subnet6,
         public_ipv6=str(lease.attrs.public_ipv6) if lease.attrs.public_ipv6 else None,
+        vtep_mac_v6=lease.attrs.vtep_mac_v6,
     )
 
 
@@ -346,19 +368,29 @@ def _config(raw_config: bytes | None) -> NetworkConfig | None:
         return None  # the agent's log names the problem; `overlayd config get` shows it
 
 
-def _lease_views(
-    registry: Any, found: list[Any], subnet: IPv4Network | None, routes: frozenset[str] | None, cluster: bool
+def lease_views(
+    registry: SubnetRegistry,
+    found: list[Lease],
+    subnet: IPv4Network | IPv6Network | None,
+    routes: frozenset[str] | None,
+    cluster: bool,
 ) -> tuple[LeaseView | None, tuple[LeaseView, ...] | None]:
-    """Our lease, and every lease when ``cluster``, each with its TTL read from etcd."""
-    mine = [lease for lease in found if subnet is not None and lease.subnet == subnet]
+    """Our lease (the one named by ``subnet``, subnet.env's), and every lease when ``cluster``,
+    each with its TTL read from etcd; IPv4 subnets first, then IPv6-only ones."""
+    mine = own_leases(found, subnet)
     own = _lease_view(mine[0], registry.lease_remaining(mine[0]), routes, own=True) if mine else None
     if not cluster:
         return own, None
     leases = tuple(
-        _lease_view(lease, registry.lease_remaining(lease), routes, own=lease.subnet == subnet)
-        for lease in sorted(found, key=lambda lease: lease.subnet)
+        _lease_view(lease, registry.lease_remaining(lease), routes, own=lease.own_subnet == subnet)
+        for lease in sorted(found, key=lambda lease: (lease.own_subnet.version, lease.own_subnet))
     )
     return own, leases
+
+
+def own_leases(found: Iterable[Lease], subnet: IPv4Network | IPv6Network | None) -> list[Lease]:
+    """The leases named by our ``subnet``: by their IPv6 subnet where they are IPv6-only."""
+    return [lease for lease in found if subnet is not None and lease.own_subnet == subnet]
 
 
 def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) -> HostStatus:
@@ -384,16 +416,16 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
     try:
         try:
             config = _config(registry.get_config()[0])
-            found: list[Any] | None = registry.list_leases()[0]
+            found: list[Lease] | None = registry.list_leases()[0]
         except RegistryError as exc:
             config, found, etcd_error = None, None, str(exc)
-        mine = [lease for lease in found or () if lease.subnet == subnet]
-        public_ip = str(mine[0].attrs.public_ip) if mine else None
+        mine = own_leases(found or (), subnet)
+        public_ip = str(mine[0].public_address) if mine else None
         device, device_error = read_device(config, overlay_network(subnet_env), public_ip)
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:
-                own, leases = _lease_views(registry, found, subnet, routes, cluster)
+                own, leases = lease_views(registry, found, subnet, routes, cluster)
                 if cluster:
                     views, view_problems = read_views(registry)
             except RegistryError as exc:
@@ -417,12 +449,20 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
         reach_error=reach_error,
         views=views,
         view_problems=tuple(view_problems),
-        firewall=_firewall_names(options.etcd_prefix, bool((subnet_env or {}).get("FLANNEL_IPV6_SUBNET"))),
+        firewall=firewall_names(options.etcd_prefix, subnet_env),
     )
 
 
-def _firewall_names(prefix: str, dual_stack: bool) -> str:
-    """This network's nftables tables (the ``ip6`` one where subnet.env has an IPv6 subnet) and chain."""
-    names = names_for_prefix(prefix)
-    ip6 = f", ip6 {names.table}" if dual_stack else ""
-    return f"ip {names.table}{ip6}, iptables chain {names.forward_chain}"
+def firewall_names(prefix: str, subnet_env: Mapping[str, str] | None) -> str:
+    """This network's nftables tables and iptables chain, by the families subnet.env has: the
+    ``ip`` table and the chain for IPv4, the ``ip6`` table for IPv6 (an IPv6-only network's
+    rules are the ``ip6`` table's alone)."""
+    names, env = names_for_prefix(prefix), subnet_env or {}
+    ipv6, ipv4 = (
+        bool(env.get("FLANNEL_IPV6_SUBNET")),
+        bool(env.get("FLANNEL_SUBNET")) or "FLANNEL_NETWORK" in env,
+    )
+    parts = [f"ip {names.table}"] if ipv4 or not ipv6 else []
+    parts += [f"ip6 {names.table}"] if ipv6 else []
+    parts += [f"iptables chain {names.forward_chain}"] if ipv4 or not ipv6 else []
+    return ", ".join(parts)
