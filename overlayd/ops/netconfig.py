@@ -31,12 +31,15 @@ def defaulted_view(config: NetworkConfig) -> dict[str, Any]:
         section = backend.config_fields(config.backend)
     finally:
         backend.close()
-    view: dict[str, Any] = {
-        "Network": str(config.network),
-        "SubnetLen": config.subnet_len,
-        "SubnetMin": str(config.subnet_min),
-        "SubnetMax": str(config.subnet_max),
-    }
+    if config.ipv4 is None:  # IPv6-only: flannel's spelling, no IPv4 keys (their values are ignored)
+        view: dict[str, Any] = {"EnableIPv4": False}
+    else:
+        view = {
+            "Network": str(config.ipv4.network),
+            "SubnetLen": config.ipv4.subnet_len,
+            "SubnetMin": str(config.ipv4.subnet_min),
+            "SubnetMax": str(config.ipv4.subnet_max),
+        }
     if config.ipv6 is not None:
         view |= {
             "EnableIPv6": True,
