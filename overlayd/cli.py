@@ -213,7 +213,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_docker_opts(args: argparse.Namespace) -> int:
     from overlayd.base.atomicfile import write_atomic
-    from overlayd.ops.dockeropts import DockerOpts, DockerOptsError, render_docker_opts
+    from overlayd.ops.dockeropts import DockerOpts, DockerOptsError, ipv6_only_notice, render_docker_opts
     from overlayd.subnet.subnetenv import parse_keys
 
     text = _read_input(args.flannel_env)
@@ -225,12 +225,15 @@ def _cmd_docker_opts(args: argparse.Namespace) -> int:
         combined=args.combined or not args.individual,
         ip_masq=not args.no_ip_masq,
     )
+    subnet_env = parse_keys(text)
     try:
         existing = os.environ.get(args.combined_key, "")  # prepended, as mk-docker-opts.sh does
-        rendered = render_docker_opts(parse_keys(text), choice, args.flannel_env, existing)
+        rendered = render_docker_opts(subnet_env, choice, args.flannel_env, existing)
     except DockerOptsError as exc:
         print(f"overlayd docker-opts: {exc}", file=sys.stderr)
         return 1
+    if notice := ipv6_only_notice(subnet_env, args.flannel_env):
+        print(f"overlayd docker-opts: {notice}", file=sys.stderr)
     write_atomic(Path(args.docker_env), rendered)
     return 0
 
