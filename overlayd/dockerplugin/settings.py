@@ -93,6 +93,12 @@ def parse_host_pool(text: str, source: str, mtu_override: int | None = None) -> 
     address when the file names the bare network: the CNI plugin's rule, so both agree.
     """
     values = parse_keys(text)
+    if "FLANNEL_SUBNET" not in values and "FLANNEL_NETWORK" not in values and "FLANNEL_IPV6_SUBNET" in values:
+        raise SettingsError(
+            f"{source} is an IPv6-only network's (FLANNEL_IPV6_SUBNET {values['FLANNEL_IPV6_SUBNET']}, no "
+            "FLANNEL_SUBNET): the Docker network plugin gives containers IPv4 addresses only; attach "
+            "them with the CNI plugin (overlayd cni), which gives them IPv6 ones"
+        )
     try:
         subnet = IPv4Interface(values["FLANNEL_SUBNET"])
         overlay = IPv4Network(values["FLANNEL_NETWORK"], strict=False)
