@@ -18,7 +18,7 @@ from overlayd.etcd.leasing import LeaseManager
 from overlayd.etcd.registry import Registry
 from overlayd.lab.etcdserver import EtcdServer
 from overlayd.subnet.config import parse_network_config
-from overlayd.subnet.lease import NO_IPV4_SUBNET, NO_PUBLIC_IP, LeaseAttrs, is_ipv6_only
+from overlayd.subnet.lease import NO_IPV4_SUBNET, NO_PUBLIC_IP, Lease, LeaseAttrs, is_ipv6_only
 
 from .support import host_attrs
 
@@ -48,6 +48,15 @@ def v6_only_attrs(n: int) -> LeaseAttrs:
 def manager(registry: Registry, seed: int) -> LeaseManager:
     """The agent's manager in an IPv6-only network: its PublicIP is flannel's unset 0.0.0.0."""
     return LeaseManager(registry, NO_PUBLIC_IP, ttl=600, rng=random.Random(seed))
+
+
+def dual_stack_lease(registry: Registry, n: int) -> Lease:
+    """Host ``n``'s lease under the dual-stack config of before (PublicIP 192.0.2.n, PublicIPv6
+    2001:db8::n)."""
+    attrs = replace(
+        host_attrs(n), public_ipv6=IPv6Address(f"2001:db8::{n}"), vtep_mac_v6=f"02:42:20:01:0d:{n:02x}"
+    )
+    return LeaseManager(registry, IPv4Address(f"192.0.2.{n}"), ttl=600).acquire(DUAL, attrs, previous=None)
 
 
 def stored(etcd: EtcdServer, prefix: str, key: str) -> str:
@@ -109,16 +118,10 @@ def test_an_own_dual_stack_lease_is_deleted_as_stale_when_the_network_turns_ipv6
     make_registry: MakeRegistry, etcd_server: EtcdServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = make_registry(etcd_server)
-    dual_attrs = replace(
-        host_attrs(6), public_ipv6=IPv6Address("2001:db8::6"), vtep_mac_v6="02:42:20:01:0d:06"
-    )
-    old = LeaseManager(registry, IPv4Address("192.0.2.6"), ttl=600).acquire(DUAL, dual_attrs, previous=None)
+    old = dual_stack_lease(registry, 6)
     assert old.ipv6_subnet is not None and not is_ipv6_only(old)
     # Another host's dual-stack lease is not ours to delete (it has another PublicIPv6).
-    peer_attrs = replace(
-        host_attrs(8), public_ipv6=IPv6Address("2001:db8::8"), vtep_mac_v6="02:42:20:01:0d:08"
-    )
-    peer = LeaseManager(registry, IPv4Address("192.0.2.8"), ttl=600).acquire(DUAL, peer_attrs, previous=None)
+    peer = dual_stack_lease(registry, 8)
     with caplog.at_level(logging.WARNING, logger="overlayd.etcd.leasing"):
         new = manager(registry, seed=4).acquire(
             V6_ONLY, v6_only_attrs(6), previous=None, previous_ipv6=old.ipv6_subnet
@@ -141,10 +144,7 @@ def test_the_deleted_dual_stack_lease_is_explained_by_its_ipv4_half(
     make_registry: MakeRegistry, etcd_server: EtcdServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = make_registry(etcd_server)
-    dual_attrs = replace(
-        host_attrs(7), public_ipv6=IPv6Address("2001:db8::7"), vtep_mac_v6="02:42:20:01:0d:07"
-    )
-    old = LeaseManager(registry, IPv4Address("192.0.2.7"), ttl=600).acquire(DUAL, dual_attrs, previous=None)
+    old = dual_stack_lease(registry, 7)
     with caplog.at_level(logging.WARNING, logger="overlayd.etcd.leasing"):
         manager(registry, seed=4).acquire(
             V6_ONLY, v6_only_attrs(7), previous=None, previous_ipv6=old.ipv6_subnet

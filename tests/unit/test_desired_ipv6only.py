@@ -22,6 +22,12 @@ def key(lease: Lease) -> str:
     return lease.key
 
 
+def reporting() -> tuple[DesiredEntries, list[Rivalry]]:
+    """Desired entries judged in /64 blocks, and the rivalries they report."""
+    rivalries: list[Rivalry] = []
+    return DesiredEntries(claim_prefixlen=64, report=rivalries.append), rivalries
+
+
 def entries_of(cidr6: str, mac6: str, ip6: str) -> tuple[Neigh, Fdb, Route]:
     subnet = IPv6Network(cidr6)
     gateway = subnet.network_address
@@ -52,8 +58,7 @@ def test_an_ipv6_only_peer_without_public_ipv6_or_mac_gets_nothing() -> None:
 
 def test_two_ipv6_only_peers_on_distinct_subnets_are_both_programmed() -> None:
     """Both leases have PublicIP 0.0.0.0 and IPv4 half 0.0.0.0/0: neither is a rival for that."""
-    rivalries: list[Rivalry] = []
-    desired = DesiredEntries(claim_prefixlen=64, report=rivalries.append)
+    desired, rivalries = reporting()
     a = v6_peer("2001:db8:1000:2f::/64", "2001:db8::c", "02:00:00:00:00:6c", revision=5)
     b = v6_peer("2001:db8:1000:30::/64", "2001:db8::d", "02:00:00:00:00:6d", revision=6)
     desired.load(key(a), a)
@@ -65,8 +70,7 @@ def test_two_ipv6_only_peers_on_distinct_subnets_are_both_programmed() -> None:
 
 
 def test_overlapping_ipv6_subnets_the_older_lease_keeps_it_and_the_message_names_both() -> None:
-    rivalries: list[Rivalry] = []
-    desired = DesiredEntries(claim_prefixlen=64, report=rivalries.append)
+    desired, rivalries = reporting()
     older = v6_peer("2001:db8:1000:2f::/64", "2001:db8::c", "02:00:00:00:00:6c", revision=5)
     newer = v6_peer("2001:db8:1000:2f::/80", "2001:db8::d", "02:00:00:00:00:6d", revision=9)
     desired.load(key(older), older)
@@ -86,8 +90,7 @@ def test_overlapping_ipv6_subnets_the_older_lease_keeps_it_and_the_message_names
 
 
 def test_one_ipv6_vtep_mac_at_two_public_ipv6s_the_older_keeps_it() -> None:
-    rivalries: list[Rivalry] = []
-    desired = DesiredEntries(claim_prefixlen=64, report=rivalries.append)
+    desired, rivalries = reporting()
     older = v6_peer("2001:db8:1000:2f::/64", "2001:db8::c", "02:00:00:00:00:6c", revision=5)
     thief = v6_peer("2001:db8:1000:30::/64", "2001:db8::e", "02:00:00:00:00:6c", revision=9)
     desired.load(key(older), older)
@@ -104,8 +107,7 @@ def test_one_ipv6_vtep_mac_at_two_public_ipv6s_the_older_keeps_it() -> None:
 def test_one_host_holding_two_ipv6_only_subnets_agrees_with_itself() -> None:
     """Same MAC and same PublicIPv6 (a host that moved to a new subnet): both programmed, the FDB
     entry counted twice so the old lease going keeps it."""
-    rivalries: list[Rivalry] = []
-    desired = DesiredEntries(claim_prefixlen=64, report=rivalries.append)
+    desired, rivalries = reporting()
     old = v6_peer("2001:db8:1000:2f::/64", revision=5)
     new = replace(v6_peer("2001:db8:1000:31::/64"), create_revision=8)
     desired.load(key(old), old)
