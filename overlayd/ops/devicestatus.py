@@ -43,7 +43,10 @@ def _present_type() -> str:
 
 
 def read_device(
-    config: NetworkConfig | None, network: IPv4Network | None, public_ip: str | None = None
+    config: NetworkConfig | None,
+    network: IPv4Network | None,
+    public_ip: str | None = None,
+    ipv6_only: bool = False,
 ) -> tuple[DeviceView | None, str | None]:
     """The backend's device for ``config`` in this namespace (the config unknown: the first
     device some backend owns, else the default backend's); for a backend without one (host-gw),
@@ -51,7 +54,8 @@ def read_device(
     where its routes are.
 
     Its routes include those off the device into ``network`` (DirectRouting's, on the underlay):
-    a peer reached directly is programmed too."""
+    a peer reached directly is programmed too. ``ipv6_only``: subnet.env is an IPv6-only
+    network's, which tells how to read the device when the config is unknown."""
     from pyroute2 import IPRoute
 
     backend = backend_for(config.backend.type if config is not None else _present_type())
@@ -85,7 +89,7 @@ def read_device(
         mtu = int(link.get("IFLA_MTU"))
         # An IPv6-only network's one device holds IPv6 entries alone: the backend is told so as
         # its agent tells it, by the same index in both places.
-        ipv6_only = config is not None and config.ipv4 is None and not deviceless
+        ipv6_only = (config.ipv4 is None if config is not None else ipv6_only) and not deviceless
         ipv6_ifindex = link["index"] if ipv6_only else link6["index"] if link6 else 0
         state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=ipv6_ifindex)
         plane = backend.read_entries(state, network)

@@ -421,7 +421,8 @@ def gather(options: AgentOptions, metrics_address: str | None, cluster: bool) ->
             config, found, etcd_error = None, None, str(exc)
         mine = own_leases(found or (), subnet)
         public_ip = str(mine[0].public_address) if mine else None
-        device, device_error = read_device(config, overlay_network(subnet_env), public_ip)
+        v6_only = subnet is not None and subnet.version == 6  # subnet.env has no IPv4 lines
+        device, device_error = read_device(config, overlay_network(subnet_env), public_ip, v6_only)
         if found is not None:
             routes = frozenset(device.routes) if device else None
             try:

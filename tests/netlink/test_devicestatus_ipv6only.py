@@ -58,7 +58,8 @@ def vxlan_steps(state_dir: Path) -> dict[str, object]:
         backend.close()
     return {
         "status": read_device(config, None, "2001:db8::1"),
-        "unknown config": read_device(None, None, None),  # etcd unreachable: whatever device is here
+        # etcd unreachable: the device found by its name, read as subnet.env says
+        "unknown config": read_device(None, None, None, ipv6_only=True),
     }
 
 
@@ -71,6 +72,7 @@ def test_the_ipv6_only_vxlan_device_is_shown_with_its_ipv6_entries(netns: str, t
     assert (device.neighbours, device.fdb_entries) == (2, 2)
     found, error = steps["unknown config"]  # type: ignore[misc]
     assert error is None and found is not None and found.name == "flannel-v6.4"
+    assert found.routes == device.routes and (found.neighbours, found.fdb_entries) == (2, 2)
 
 
 def hostgw_steps() -> dict[str, object]:
