@@ -90,3 +90,20 @@ def test_host_gw_in_an_ipv6_only_network_finds_the_interface_holding_the_public_
     assert error is None and device is not None and device.name == "u0"
     device, error = steps["elsewhere"]  # type: ignore[misc]
     assert device is None and error == "no interface holds this host's PublicIP 2001:db8::99"
+
+
+def hostgw_route_steps() -> dict[str, object]:
+    run("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "u0", "nodad")
+    run("ip", "-6", "route", "add", "2001:db8:1000:7::/64", "via", "2001:db8::7", "dev", "u0")
+    return {"status": read_device(v6_only("host-gw"), None, "2001:db8::1")}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Backend.read_entries takes the IPv4 Network alone; host-gw's IPv6 "
+    "network is known only after its ensure, so status (which ensures nothing) reads no IPv6 route",
+)
+def test_host_gw_status_shows_the_ipv6_routes_of_an_ipv6_only_network(netns: str) -> None:
+    device, error = in_netns(netns, hostgw_route_steps)["status"]  # type: ignore[misc]
+    assert error is None and device is not None
+    assert device.routes == ("2001:db8:1000:7::/64",)
