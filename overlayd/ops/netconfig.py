@@ -161,7 +161,8 @@ def set_config(
     revision = registry.put_config(text.encode())
     print(
         f"wrote {where} (revision {revision}); agents waiting for a config start within seconds, "
-        "running agents apply it within their reconcile interval (a new VNI makes them restart)",
+        "running agents apply it within their reconcile interval (a new VNI, or EnableIPv4 turned on, "
+        "makes them restart)",
         file=out,
     )
     return 0
