@@ -69,7 +69,7 @@ class ConfigFollower:
             self._switch(decision.stored)
         elif decision.action is ConfigAction.APPLY:
             self.config = decision.stored
-            self.metrics.pool_size.set(decision.stored.subnet_count)
+            self.metrics.pool_size.set(decision.stored.primary.subnet_count)
 
     def _watch_kernel(self, backend: Backend, config: NetworkConfig, external: str) -> None:
         """Start the netlink monitor on ``backend``'s device (none: the ``external`` interface)."""

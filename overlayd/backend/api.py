@@ -95,6 +95,9 @@ class DeviceState:
     # A dual-stack network's IPv6 device, where the IPv6 entries live (0: none); a backend
     # with one device for both families leaves it 0 and takes both there.
     ipv6_ifindex: int = 0
+    # The IPv6Network whose routes off the device (host-gw's, DirectRouting's) are the backend's;
+    # None: none are read.
+    ipv6_network: IPv6Network | None = None
 
 
 # What ``ensure`` returns for a backend without a device (alloc, extension): its entries are none.

@@ -122,9 +122,11 @@ class LeaseManager:
         """Delete our leases that no longer fit ``config`` (as flanneld does); the rest of the
         listing. One rewritten since the listing is left to the next acquisition to judge."""
         deleted = set()
-        if config.ipv6 is not None and config.ipv4 is None and attrs.public_ipv6 is not None:
-            # Our leases of before (dual-stack ones included) carry our PublicIPv6.
-            stale = stale_own_ipv6_only_leases(config.ipv6, leases, attrs.public_ipv6)
+        if config.ipv4 is None:
+            # Our leases of before (dual-stack ones included) carry our PublicIPv6; without one
+            # (refused at start) nothing is ours: every IPv6-only lease has PublicIP 0.0.0.0.
+            stale = stale_own_ipv6_only_leases(config.ipv6, leases, attrs.public_ipv6) if (  # type: ignore[arg-type]
+                config.ipv6 is not None and attrs.public_ipv6 is not None) else []  # fmt: skip
         else:
             stale = stale_own_leases(config, leases, self.public_ip)
             if attrs.public_ipv6 is not None:
@@ -135,31 +137,11 @@ class LeaseManager:
         for lease in stale:
             if self.registry.delete_lease(lease):
                 deleted.add(lease.key)
-                if is_ipv6_only(lease) and config.ipv4 is not None:
-                    why = "it is IPv6-only and the network has IPv4 now; this node takes a lease of both"
-                elif config.ipv4 is None:
-                    why = (
-                        "the network is IPv6-only (EnableIPv4 false) and IPv6Network "
-                        f"{config.ipv6.network} does not hand out its IPv6 subnet {lease.ipv6_subnet}; "  # type: ignore[union-attr]
-                        "this node takes an IPv6-only lease"
-                    )
-                elif config.ipv6 is not None and lease.ipv6_subnet is None:
-                    why = (
-                        "it has no IPv6 subnet and the config is dual-stack (EnableIPv6); "
-                        "this node takes a dual-stack lease, its IPv4 subnet again when free"
-                    )
-                elif lease.ipv6_subnet is not None and config.contains_subnet(lease.subnet):
-                    why = f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
-                else:
-                    # A renumbering: say so, since containers made before keep the old addresses.
-                    why = (
-                        f"Network {config.network}, SubnetMin {config.subnet_min} and SubnetMax "
-                        f"{config.subnet_max} no longer hand it out; this node takes another subnet "
-                        "(an earlier one if the config hands it out), so re-create its containers "
-                        f"that have addresses of {lease.subnet}"
-                    )
-                ours = lease.public_address
-                log.warning("deleted lease %s, which carries our PublicIP %s: %s", lease.key, ours, why)
+                attrs_of = lease.attrs
+                by_v6 = config.ipv4 is None or is_ipv6_only(lease)  # matched by PublicIPv6
+                ours = f"PublicIPv6 {attrs_of.public_ipv6}" if by_v6 else f"PublicIP {attrs_of.public_ip}"
+                why = stale_reason(config, lease)
+                log.warning("deleted lease %s, which carries our %s: %s", lease.key, ours, why)
         return [lease for lease in leases if lease.key not in deleted] if deleted else leases
 
     def _try(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease | None:
@@ -214,3 +196,33 @@ def _network_label(config: NetworkConfig) -> str:
         return f"IPv6Network {config.ipv6.network}"
     return f"Network {config.network}"
 
+
+
+def stale_reason(config: NetworkConfig, lease: Lease) -> str:
+    """Why our ``lease`` no longer fits ``config``, for the line that says it was deleted."""
+    if is_ipv6_only(lease) and config.ipv4 is not None:
+        return "it is IPv6-only and the network has IPv4 now; this node takes a lease of both"
+    if config.ipv4 is None and config.ipv6 is not None:
+        if not is_ipv6_only(lease):
+            return (
+                f"it has IPv4 subnet {lease.subnet} and the network is IPv6-only (EnableIPv4 false); "
+                f"this node takes an IPv6-only lease, its IPv6 subnet {lease.ipv6_subnet} again when free"
+            )
+        return (
+            f"the network is IPv6-only (EnableIPv4 false) and IPv6Network {config.ipv6.network} does "
+            f"not hand out its IPv6 subnet {lease.ipv6_subnet}; this node takes another"
+        )
+    if config.ipv6 is not None and lease.ipv6_subnet is None:
+        return (
+            "it has no IPv6 subnet and the config is dual-stack (EnableIPv6); "
+            "this node takes a dual-stack lease, its IPv4 subnet again when free"
+        )
+    if lease.ipv6_subnet is not None and config.contains_subnet(lease.subnet):
+        return f"its IPv6 subnet {lease.ipv6_subnet} is one the config does not ask for"
+    # A renumbering: say so, since containers made before keep the old addresses.
+    return (
+        f"Network {config.network}, SubnetMin {config.subnet_min} and SubnetMax "
+        f"{config.subnet_max} no longer hand it out; this node takes another subnet "
+        "(an earlier one if the config hands it out), so re-create its containers "
+        f"that have addresses of {lease.subnet}"
+    )

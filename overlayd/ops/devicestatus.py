@@ -91,7 +91,8 @@ def read_device(
         # its agent tells it, by the same index in both places.
         ipv6_only = (config.ipv4 is None if config is not None else ipv6_only) and not deviceless
         ipv6_ifindex = link["index"] if ipv6_only else link6["index"] if link6 else 0
-        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=ipv6_ifindex)
+        network6 = config.ipv6.network if config is not None and config.ipv6 is not None else None
+        state = DeviceState(link["index"], mac, mtu, ipv6_ifindex=ipv6_ifindex, ipv6_network=network6)  # type: ignore[arg-type]
         plane = backend.read_entries(state, network)
     finally:
         backend.close()

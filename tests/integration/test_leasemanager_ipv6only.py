@@ -135,11 +135,6 @@ def test_an_own_dual_stack_lease_is_deleted_as_stale_when_the_network_turns_ipv6
     assert "the network is IPv6-only (EnableIPv4 false)" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leasing._drop_stale says the pool does not hand out the "
-    "IPv6 subnet of a dual-stack lease it does hand out, and names the PublicIP it did not match by",
-)
 def test_the_deleted_dual_stack_lease_is_explained_by_its_ipv4_half(
     make_registry: MakeRegistry, etcd_server: EtcdServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

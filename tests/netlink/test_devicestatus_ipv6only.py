@@ -98,11 +98,6 @@ def hostgw_route_steps() -> dict[str, object]:
     return {"status": read_device(v6_only("host-gw"), None, "2001:db8::1")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Backend.read_entries takes the IPv4 Network alone; host-gw's IPv6 "
-    "network is known only after its ensure, so status (which ensures nothing) reads no IPv6 route",
-)
 def test_host_gw_status_shows_the_ipv6_routes_of_an_ipv6_only_network(netns: str) -> None:
     device, error = in_netns(netns, hostgw_route_steps)["status"]  # type: ignore[misc]
     assert error is None and device is not None

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from ipaddress import IPv6Address, IPv6Network
 
-import pytest
-
 from overlayd.agent.daemon import Agent
 from overlayd.agent.events import Recheck, Trigger
 from overlayd.agent.leasekeeper import LeaseAction, LeaseKeeper
@@ -59,11 +57,6 @@ def test_the_lease_check_keeps_an_ipv6_only_lease() -> None:
     assert [lease.key for lease in registry.list_leases()[0]] == [held.key]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/configfollow.py sets pool_size from stored.subnet_count, "
-    "which raises NoIPv4Pool for an IPv6-only config (daemon.py uses primary.subnet_count)",
-)
 def test_a_wider_ipv6_network_is_applied_in_place() -> None:
     agent, registry = ipv6_only_agent()
     registry.put_config(json.dumps({**CONFIG, "IPv6Network": "2001:db8:1000::/40"}).encode())

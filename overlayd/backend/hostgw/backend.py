@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
 from typing import ClassVar
 
 from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
@@ -46,7 +46,6 @@ class HostGw:
     def __init__(self) -> None:
         self._routes: HostRoutes | None = None
         self._routes6: HostRoutes | None = None  # a dual-stack network's IPv6 routes
-        self._ipv6_network: IPv6Network | None = None  # where they lead, while dual-stack
         self._host: HostFacts | None = None  # the segments peers must be on, once known
         self._off_segment = OffSegmentLog()
 
@@ -101,9 +100,9 @@ class HostGw:
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """The external interface, which the routes use; nothing is created."""
         self._host = host
-        self._ipv6_network = config.ipv6.network if config.ipv6 and own.ipv6_subnet else None  # type: ignore[assignment]
+        network6 = config.ipv6.network if config.ipv6 and own.ipv6_subnet else None
         link = self.kernel.interface(host.external_ifname)
-        return DeviceState(link.index, link.mac, link.mtu, link.index), []
+        return DeviceState(link.index, link.mac, link.mtu, link.index, ipv6_network=network6), []  # type: ignore[arg-type]
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
         return ()
@@ -118,7 +117,8 @@ class HostGw:
         host = self._host
         if host is None or self._on_segment(host, config)(lease):
             return True
-        self._off_segment.name(lease, host.segments, host.external_ifname)
+        segments = host.ipv6_segments if lease.public_address.version == 6 else host.segments
+        self._off_segment.name(lease, segments, host.external_ifname)
         return False
 
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool]:
@@ -133,12 +133,13 @@ class HostGw:
         return entries_for(lease, True, ipv6)  # a route per family, via the peer's address of each
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
-        if network is None and self._ipv6_network is None:
+        network6 = device.ipv6_network
+        if network is None and network6 is None:
             return Plane()
         plane = self.kernel.read(device.ifindex, network) if network is not None else Plane()
-        if self._ipv6_network is None:
+        if network6 is None:
             return plane
-        plane6 = self.kernel6.read(device.ifindex, self._ipv6_network)
+        plane6 = self.kernel6.read(device.ifindex, network6)
         return Plane(direct=plane.direct | plane6.direct) if plane6 else plane
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:

@@ -32,11 +32,12 @@ def on_segment(
     return on_segments(segments, ipv6_segments)
 
 
-def off_segment_message(lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> str:
+def off_segment_message(lease: Lease, segments: tuple[Network, ...], ifname: str) -> str:
     """The warning for a peer host-gw cannot route to: who it is, why, and the fix."""
-    here = ", ".join(str(segment) for segment in segments) or "no IPv4 prefix"
+    here = ", ".join(str(segment) for segment in segments) or "no prefix of that family"
+    what = "PublicIPv6" if lease.public_address.version == 6 else "PublicIP"
     return (
-        f"host-gw: peer {lease.subnet} (key {lease.key}) has PublicIP {lease.attrs.public_ip}, which is "
+        f"host-gw: peer {lease.own_subnet} (key {lease.key}) has {what} {lease.public_address}, which is "
         f"not on this host's L2 segment ({here} on {ifname}): a route via it would need a router in "
         "between, so none is installed and its pods are unreachable from here. Put the hosts on one "
         'segment, or use Backend {"Type": "vxlan"}, with "DirectRouting": true to keep direct routes '
@@ -45,12 +46,14 @@ def off_segment_message(lease: Lease, segments: tuple[IPv4Network, ...], ifname:
 
 
 class OffSegmentLog:
-    """Logs each off-segment peer once per PublicIP, whatever asks about it again."""
+    """Logs each off-segment peer once per PublicIP (an IPv6-only peer's PublicIPv6), whatever asks
+    about it again."""
 
     def __init__(self) -> None:
-        self._named: dict[IPv4Network, IPv4Address] = {}
+        self._named: dict[Network, Address] = {}
 
-    def name(self, lease: Lease, segments: tuple[IPv4Network, ...], ifname: str) -> None:
-        if self._named.get(lease.subnet) != lease.attrs.public_ip:
-            self._named[lease.subnet] = lease.attrs.public_ip
+    def name(self, lease: Lease, segments: tuple[Network, ...], ifname: str) -> None:
+        subnet, address = lease.own_subnet, lease.public_address
+        if self._named.get(subnet) != address:
+            self._named[subnet] = address
             log.warning("%s", off_segment_message(lease, segments, ifname))

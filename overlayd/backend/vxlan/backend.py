@@ -101,7 +101,6 @@ class Vxlan:
         self._mac6 = ""
         self._ipv6_cleared = False  # no IPv6 device left behind (checked in an IPv4-only network)
         self._ipv4_cleared = False  # no IPv4 device left behind (checked in an IPv6-only network)
-        self._ipv6_network: IPv6Network | None = None  # where the IPv6 direct routes lead (DirectRouting)
         # The last two planes read (IPv4, IPv6) and their union: the same object while both are.
         self._union: tuple[Plane, Plane, Plane] | None = None
 
@@ -175,10 +174,9 @@ class Vxlan:
             self._ipv6_cleared = True
             return state, actions
         self._ipv6_cleared = False
-        self._ipv6_network = config.ipv6.network  # type: ignore[union-attr]
-        mac6 = own.attrs.vtep_mac_v6 or self._mac6
-        state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
-        return replace(state, ipv6_ifindex=state6.ifindex), actions + actions6
+        state6, actions6 = self._ensure_ipv6_device(config, own, host)
+        both = replace(state, ipv6_ifindex=state6.ifindex, ipv6_network=state6.ipv6_network)
+        return both, actions + actions6
 
     def _ensure_ipv6_only(
         self, config: NetworkConfig, own: Lease, host: HostFacts
@@ -190,10 +188,16 @@ class Vxlan:
         if not self._ipv4_cleared and self.kernel.delete_device(device_name(vni)):
             actions.append(f"deleted {device_name(vni)} (the network is IPv6-only)")
         self._ipv4_cleared = True
-        self._ipv6_network = config.ipv6.network  # type: ignore[union-attr]
+        state6, actions6 = self._ensure_ipv6_device(config, own, host)
+        return replace(state6, ipv6_ifindex=state6.ifindex), actions + actions6
+
+    def _ensure_ipv6_device(
+        self, config: NetworkConfig, own: Lease, host: HostFacts
+    ) -> tuple[DeviceState, list[str]]:
+        """``flannel-v6.<VNI>``; its state names the IPv6Network its direct routes lead into."""
         mac6 = own.attrs.vtep_mac_v6 or self._mac6
         state6, actions6 = self.kernel6.ensure_device(ipv6_device_spec(config, host, own.ipv6_subnet, mac6))
-        return replace(state6, ipv6_ifindex=state6.ifindex), actions + actions6
+        return replace(state6, ipv6_network=config.ipv6.network), actions6  # type: ignore[union-attr]
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
         vni = settings(config).vni
@@ -226,14 +230,14 @@ class Vxlan:
         if underlay is None:
             underlay = self.kernel.underlay_index(device.ifindex)
         if device.ipv6_ifindex and device.ipv6_ifindex == device.ifindex:  # IPv6-only: one device
-            network6 = self._ipv6_network
+            network6 = device.ipv6_network
             direct6 = DirectRoutes(underlay, network6) if underlay and network6 else None
             return self.kernel6.read_plane(device.ifindex, direct6)
         direct = DirectRoutes(underlay, network) if underlay and network else None
         plane = self.kernel.read_plane(device.ifindex, direct)
         if not device.ipv6_ifindex:
             return plane
-        network6 = self._ipv6_network
+        network6 = device.ipv6_network
         direct6 = DirectRoutes(underlay, network6) if underlay and network6 else None
         plane6 = self.kernel6.read_plane(device.ipv6_ifindex, direct6)
         if self._union is None or self._union[0] is not plane or self._union[1] is not plane6:
