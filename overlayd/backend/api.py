@@ -21,7 +21,7 @@ from typing import ClassVar, Literal, Protocol
 from overlayd.backend.plane import Entry, Plane, PlaneDiff, Route
 from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
-from overlayd.subnet.lease import NO_IPV4_SUBNET, BackendDataCodec, Lease, LeaseAttrs
+from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
 
 # (seconds between checks, the check): the check returns why a full pass is needed, or None.
 DriftProbe = tuple[float, Callable[[], str | None]]
@@ -208,5 +208,4 @@ def probe_targets(backend: Backend, peer: Lease, ipv6: bool = False) -> tuple[IP
     if own_answer is not None:
         return tuple(own_answer(peer, ipv6))
     routed = {entry.dst for entry in backend.peer_entries(peer, False, ipv6) if isinstance(entry, Route)}
-    routed.discard(NO_IPV4_SUBNET)  # an IPv6-only lease's placeholder, never routed nor probed
     return tuple(sorted((subnet.network_address for subnet in routed), key=lambda address: address.version))
