@@ -238,7 +238,7 @@ class Prober:
             unreachable = self.schedule.unreachable() if self.schedule.unreachable_count else []
         self.metrics.peers_unreachable.set(len(unreachable))
         for family, count in self.schedule.unreachable_paths.items():
-            self.metrics.paths_unreachable.labels(family=family.value).set(count)
+            self.metrics.peers_unreachable_by_family.labels(family=family.value).set(count)
         if self.publisher is not None:
             self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now)
 

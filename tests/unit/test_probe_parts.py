@@ -126,6 +126,22 @@ def test_a_dual_stack_peer_failing_over_ipv6_is_named_with_its_family_in_peers_j
     assert f"{key:<20} 2001:db8:1000:3::" in text and "UNREACHABLE over IPv6 for 50s" in text, text
 
 
+def test_a_transition_is_logged_once_naming_its_family(caplog: pytest.LogCaptureFixture) -> None:
+    from overlayd.agent.prober import ProbeTargets, log_transition
+    from overlayd.agent.reach import ProbeBudget, Transition
+
+    key, target = "198.18.3.0-24&2001:db8:1000:3::-64", IPv6Address("2001:db8:1000:3::")
+    targets = ProbeTargets("198.18.1.0-24", {key: (IPv4Address("198.18.3.0"), target)}, frozenset({key}),
+                           "UDP port 8472 blocked")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        log_transition(Transition(key, target, Reach.UNREACHABLE, Reach.REACHABLE, 3), targets, ProbeBudget())
+        log_transition(Transition(key, target, Reach.REACHABLE, Reach.UNREACHABLE, 0), targets, ProbeBudget())
+    lost, back = (record.getMessage() for record in caplog.records)
+    assert f"peer {key} unreachable through the overlay over IPv6: 3 probes in a row to {target}" in lost
+    assert "UDP port 8472 blocked" in lost
+    assert back == f"peer {key} answers through the overlay again over IPv6 (probe to {target})"
+
+
 def test_the_chart_is_an_svg_with_a_line_per_series_and_the_marks() -> None:
     svg = step_chart("t", [Series("a", ((0.0, 0.0), (5.0, 1.0))), Series("b", ((0.0, 1.0),))],
                      [Mark(2.0, "fault")], "count")  # fmt: skip
