@@ -1,7 +1,8 @@
 """A dual-stack network's IPv6 data path is probed too: every peer answers over both families, and an
 nft rule in one host's namespace dropping only the IPv6 underlay traffic from another (its IPv4
 overlay untouched, every kernel entry right) turns that peer unreachable over IPv6 alone, in
-/metrics, /peers, the log and ``overlayd status``; its removal turns it back."""
+/metrics, /peers, the log and ``overlayd status``; its removal turns it back. An IPv6-only
+network's peers are probed on their IPv6 address alone."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from faults import subnet_key
 from labtools import log_mark, log_since, needs_lab, running_lab, status_json, wait_for
 
-from overlayd.lab.hosts import lab_network_config
+from overlayd.lab.hosts import LAB_IPV6_NETWORK, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
@@ -88,3 +89,25 @@ def test_a_peers_ipv6_dropped_is_reported_for_ipv6_alone_then_its_recovery(dual_
     assert peer_paths(lab, h1) == {k2: both, k3: both}
     assert unreachable(lab, h1, "ipv6") == 0
     assert "answers through the overlay again over IPv6" in log_since(h1, mark)
+
+
+def test_an_ipv6_only_networks_peers_are_probed_on_their_ipv6_address_alone(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": LAB_IPV6_NETWORK,
+                         "Backend": {"Type": "vxlan"}})  # fmt: skip
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=config, converge=False) as lab:
+        h1, h2 = lab.hosts
+
+        def h2_seen_from_h1() -> dict | None:
+            try:
+                status, body = lab.http_get(h1, "/peers")
+            except Exception:  # the agent is not serving yet
+                return None
+            peers = json.loads(body)["peers"] if status == 200 else []
+            return peers[0] if len(peers) == 1 and peers[0]["state"] == "reachable" else None
+
+        peer = wait_for(h2_seen_from_h1, 60, "h1 to hear from h2 over IPv6")
+        assert isinstance(peer, dict) and peer["key"].startswith("0.0.0.0-0&"), peer
+        assert [path["family"] for path in peer["paths"]] == ["ipv6"], peer
+        assert peer["target"] == h2.flannel_ipv6_address(), "the first address of its IPv6 subnet"
