@@ -56,6 +56,7 @@ KNOWN_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "peer_events": {"kind": ("put", "delete")},
     "reconciles": {"trigger": ("lease", "resync", "event", "netlink", "timer", "sighup")},
     "pass_step_failures": {"step": ("firewall", "device", "entries")},
+    "peers_unreachable_by_family": {"family": ("ipv4", "ipv6")},  # a gauge, at 0 from the start too
 }  # fmt: skip
 # Probe round trips through the overlay: a LAN answers in well under a millisecond, a continent in tens.
 PROBE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -243,6 +244,11 @@ class Metrics:
             "Peers that did not answer the last probes through the overlay (overlayd status names them)",
             registry=r,
         )
+        self.peers_unreachable_by_family = Gauge(
+            "overlayd_peers_unreachable_by_family",
+            "Peers whose overlay address of this family (ipv4, ipv6) did not answer the last probes",
+            ["family"], registry=r,
+        )  # fmt: skip
         self.probes_sent = Counter("overlayd_probes_sent", "Data path probes sent to peers", registry=r)
         self.probes_answered = Counter(
             "overlayd_probes_answered", "Data path probes a peer answered in time", registry=r

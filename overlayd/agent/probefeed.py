@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from ipaddress import IPv4Address
 
 from overlayd.agent.health import HealthReporter
+from overlayd.agent.icmp import Address
 from overlayd.agent.peerstate import PeerState
 from overlayd.agent.prober import Prober, ProbeTargets, ReachSnapshot, ViewPublisher
 from overlayd.agent.reach import ProbeBudget
-from overlayd.backend.api import Backend, probe_target
+from overlayd.backend.api import Backend, probe_targets
 from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.config import NetworkConfig
+from overlayd.subnet.lease import Lease
 
 # Seconds between two rebuilds of the targets while peers keep changing one by one (a new, gone or
 # newly programmed peer is handed over at once): a rebuild walks every peer.
@@ -38,6 +39,9 @@ class ProbeFeed:
         self._basis: tuple[object, ...] = ()
         self._next = 0.0
         self._fed: ProbeTargets | None = None
+        # Each peer's addresses, by key, kept while its lease (and the basis) are the same: asking
+        # the backend costs a few microseconds a peer, too dear for every rebuild at 1000 peers.
+        self._known: dict[str, tuple[Lease, tuple[Address, ...]]] = {}
 
     def __call__(self) -> None:
         state, now, backend = self.state, time.monotonic(), self.state.backend
@@ -47,12 +51,24 @@ class ProbeFeed:
         basis = (state.lease, state.config, backend, len(wanted), len(state.programmed), len(state.peers))
         if basis == self._basis and now < self._next:
             return
+        if basis[:3] != self._basis[:3]:
+            self._known = {}  # another backend, config or own lease: every peer's addresses anew
         self._basis, self._next = basis, now + FEED_INTERVAL
-        targets: dict[str, IPv4Address] = {}
+        ipv6 = state.config.ipv6 is not None and state.lease.ipv6_subnet is not None
+        known, self._known = self._known, {}
+        targets: dict[str, tuple[Address, ...]] = {}
         for key in wanted.keys():  # noqa: SIM118 (a DesiredEntries, not a dict)
             lease = state.peers.get(key)
-            if lease is not None and (target := probe_target(backend, lease)) is not None:
-                targets[key] = target
+            if lease is None:
+                continue
+            held = known.get(key)
+            if held is not None and held[0] is lease:
+                addresses = held[1]
+            else:
+                addresses = probe_targets(backend, lease, ipv6)
+            self._known[key] = (lease, addresses)
+            if addresses:
+                targets[key] = addresses
         causes = likely_causes(backend, state.config)
         fed = ProbeTargets(state.lease.key, targets, frozenset(state.programmed), causes)
         if fed != self._fed:  # the same peers again: the probe thread need not look
@@ -61,10 +77,14 @@ class ProbeFeed:
 
 
 def snapshot_json(snapshot: ReachSnapshot) -> bytes:
-    """``/peers``: every peer's verdict (state, since, round trip), and how often peers are probed."""
+    """``/peers``: every peer's verdict (state, since, round trip; the families that fail and each
+    family's own), and how often each address is probed."""
     data = asdict(snapshot)
     for peer in data["peers"]:
         peer["state"] = peer["state"].value
+        peer["failing"] = [family.value for family in peer["failing"]]
+        for path in peer["paths"]:
+            path["family"], path["state"] = path["family"].value, path["state"].value
     return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 

@@ -1,11 +1,14 @@
-"""The probe thread: pings every peer's overlay address within the budget, keeps their verdicts,
-reports them (metrics, the ``/peers`` snapshot, the log) and stores this node's view in etcd.
+"""The probe thread: pings every peer's overlay addresses (one per family the network carries)
+within the budget, keeps their verdicts, reports them (metrics, the ``/peers`` snapshot, the log)
+and stores this node's view in etcd.
 
 It runs beside the loop, never in it: the loop hands in the peers to probe (``feed``, an atomic
 reference), and the HTTP thread asks for a ``snapshot``, built on request under a lock that this
 thread holds only while it updates verdicts (building one walks every peer: too dear to do on
-every turn at 1000 peers). The probe's path is the containers' path: the backend names the address each
-peer answers on through the overlay (``backend.api.probe_target``).
+every turn at 1000 peers). The probe's path is the containers' path: the backend names the addresses
+each peer answers on through the overlay (``backend.api.probe_targets``). One raw socket per family:
+the ICMPv6 one is opened at start too, and a host that cannot open it has every IPv6 path reported
+unreachable (the IPv6 overlay cannot work there either).
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
-from overlayd.agent.icmp import EchoSocket
+from overlayd.agent.icmp import Address, EchoSocket
 from overlayd.agent.metrics import Metrics
-from overlayd.agent.reach import PeerReach, ProbeBudget, ProbeSchedule, Reach, Transition
+from overlayd.agent.reach import Family, PeerReach, ProbeBudget, ProbeSchedule, Reach, Transition, family_of
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.subnet.healthview import NodeView, encode_view
 
@@ -43,7 +45,7 @@ class ProbeTargets:
     """What the loop hands the probe thread: whom to probe, and what to say when one fails."""
 
     node: str | None  # this node's lease key (None: no lease yet, nothing to store in etcd)
-    targets: Mapping[str, IPv4Address]  # lease key -> the overlay address it answers on
+    targets: Mapping[str, tuple[Address, ...]]  # lease key -> the overlay addresses it answers on
     programmed: frozenset[str]  # keys of peers whose kernel entries are in place here
     causes: str  # the likely causes of a loss on this backend, for the log line
 
@@ -55,7 +57,7 @@ class ReachSnapshot:
     peers: tuple[PeerReach, ...] = ()
     unreachable: int = 0
     rate: float = 0.0
-    period: float = 0.0  # seconds between two probes of one healthy peer
+    period: float = 0.0  # seconds between two probes of one healthy path (a peer's address)
     problem: str = ""  # why nothing is probed ("" while probing)
     taken: float = field(default_factory=time.time)
 
@@ -102,7 +104,7 @@ class ViewPublisher:
 
 
 class Prober:
-    """One thread, one raw socket; see the module docstring."""
+    """One thread, a raw socket per family; see the module docstring."""
 
     def __init__(self, metrics: Metrics, budget: ProbeBudget, publisher: ViewPublisher | None = None) -> None:
         self.metrics = metrics
@@ -117,7 +119,10 @@ class Prober:
         self._thread: threading.Thread | None = None
         self._ident = 0
         self._sequence = 0
-        self._outstanding: dict[int, tuple[str, IPv4Address, float]] = {}  # sequence: key, target, sent
+        self._outstanding: dict[int, tuple[str, Address, float]] = {}  # sequence: key, target, sent
+        self._sockets: dict[Family, EchoSocket] = {}
+        self._no_ipv6 = ""  # why no ICMPv6 socket could be opened ("" while there is one)
+        self._no_ipv6_told = False
 
     def feed(self, targets: ProbeTargets) -> None:
         """Probe these peers from now on (called from the loop's thread)."""
@@ -125,12 +130,16 @@ class Prober:
 
     def start(self) -> None:
         try:
-            self._socket = EchoSocket()
+            self._sockets[Family.IPV4] = EchoSocket()
         except OSError as exc:
             problem = f"cannot open a raw ICMP socket ({exc.strerror}): the data path is not probed"
             log.warning("%s; run the agent as root or with CAP_NET_RAW", problem)
             self._problem = problem
             return
+        try:
+            self._sockets[Family.IPV6] = EchoSocket(ipv6=True)
+        except OSError as exc:  # a kernel without IPv6; told when an IPv6 path is to be probed
+            self._no_ipv6 = exc.strerror or str(exc)
         self._ident = (os.getpid() ^ id(self)) & 0xFFFF
         self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
         self._thread.start()
@@ -139,7 +148,8 @@ class Prober:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-            self._socket.close()
+            for sock in self._sockets.values():
+                sock.close()
 
     def snapshot(self) -> ReachSnapshot:
         """Every peer's verdict now (called from the HTTP thread)."""
@@ -148,7 +158,8 @@ class Prober:
         with self._lock:
             peers = self.schedule.snapshot()
             unreachable = self.schedule.unreachable_count
-        return ReachSnapshot(peers, unreachable, self.budget.rate, self.budget.period(len(peers)))
+            period = self.budget.period(self.schedule.path_count)
+        return ReachSnapshot(peers, unreachable, self.budget.rate, period)
 
     def _run(self) -> None:
         self.tid = threading.get_native_id()
@@ -176,12 +187,24 @@ class Prober:
             self._sequence = (self._sequence + 1) & 0xFFFF
             self._outstanding[self._sequence] = (key, target, wall)
             self.metrics.probes_sent.inc()
-            if not self._socket.send(target, self._ident, self._sequence):
+            sock = self._sockets.get(family_of(target))
+            if sock is None:
+                self._tell_no_ipv6()
+            if sock is None or not sock.send(target, self._ident, self._sequence):
                 self._outstanding[self._sequence] = (key, target, wall - self.budget.timeout)  # lost now
+
+    def _tell_no_ipv6(self) -> None:
+        if not self._no_ipv6_told:
+            self._no_ipv6_told = True
+            log.warning(
+                "cannot open a raw ICMPv6 socket (%s): every peer's IPv6 path is reported unreachable; "
+                "does this kernel have IPv6 (ipv6.disable=1)?", self._no_ipv6,
+            )  # fmt: skip
 
     def _receive(self, wall: float, targets: ProbeTargets) -> bool:
         changed = False
-        for reply in self._socket.replies():
+        replies = [reply for sock in self._sockets.values() for reply in sock.replies()]
+        for reply in replies:
             if reply.ident != self._ident:
                 continue
             sent = self._outstanding.get(reply.sequence)
@@ -214,26 +237,28 @@ class Prober:
         with self._lock:  # a healthy node walks no peer list here
             unreachable = self.schedule.unreachable() if self.schedule.unreachable_count else []
         self.metrics.peers_unreachable.set(len(unreachable))
+        for family, count in self.schedule.unreachable_paths.items():
+            self.metrics.peers_unreachable_by_family.labels(family=family.value).set(count)
         if self.publisher is not None:
             self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now)
 
 
 def log_transition(transition: Transition, targets: ProbeTargets, budget: ProbeBudget) -> None:
-    """One line when a peer stops or starts answering through the overlay."""
-    key, target = transition.key, transition.target
+    """One line when a peer's path of one family stops or starts answering through the overlay."""
+    key, target, family = transition.key, transition.target, transition.family.title
     if transition.state is Reach.REACHABLE:
-        log.warning("peer %s answers through the overlay again (probe to %s)", key, target)
+        log.warning("peer %s answers through the overlay again over %s (probe to %s)", key, family, target)
         return
     lost = f"{transition.misses} probes in a row to {target} unanswered ({budget.timeout:g}s timeout)"
     if key in targets.programmed:
         log.warning(
-            "peer %s unreachable through the overlay: %s while its kernel entries here are right "
-            "(checked against its lease on the last pass); likely causes: %s",
-            key, lost, targets.causes,
+            "peer %s unreachable through the overlay over %s: %s while its kernel entries here are "
+            "right (checked against its lease on the last pass); likely causes: %s",
+            key, family, lost, targets.causes,
         )  # fmt: skip
     else:
         log.warning(
-            "peer %s unreachable through the overlay: %s, and its kernel entries here are not all "
-            "programmed yet (the log above names the failing entry)",
-            key, lost,
+            "peer %s unreachable through the overlay over %s: %s, and its kernel entries here are "
+            "not all programmed yet (the log above names the failing entry)",
+            key, family, lost,
         )  # fmt: skip

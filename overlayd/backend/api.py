@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
-from overlayd.backend.plane import Entry, Plane, PlaneDiff
+from overlayd.backend.plane import Entry, Plane, PlaneDiff, Route
 from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendParser, BackendSettings, NetworkConfig
 from overlayd.subnet.lease import BackendDataCodec, Lease, LeaseAttrs
@@ -195,16 +195,20 @@ class Backend(Protocol):
 
 
 
-def probe_target(backend: Backend, peer: Lease) -> IPv4Address | None:
-    """The address of ``peer`` that answers a ping through the overlay, as containers' packets go
-    (None: nothing to probe, as for a backend that routes no traffic).
+def probe_targets(backend: Backend, peer: Lease, ipv6: bool = False) -> tuple[IPv4Address | IPv6Address, ...]:
+    """The addresses of ``peer`` that answer a ping through the overlay, as containers' packets go,
+    one per family the backend carries to it (``ipv6``: the network is dual-stack, or IPv6-only);
+    none: nothing to probe, as for a backend that routes no traffic.
 
-    A backend may say it with a method ``probe_target(lease)``; without one it is the first address
-    of the peer's subnet, which the backends with a device of their own put on it (flannel's VXLAN,
-    udp and WireGuard alike: flanneld's hosts as well as ours), so a mixed cluster needs nothing new."""
+    A backend may say it with a method ``probe_targets(lease, ipv6)``; without one they are the
+    first address of each subnet of the peer that the backend's entries route (its IPv4 one, and its
+    IPv6 one where the backend carries that half), which the backends with a device of their own put
+    on it, as the gateway of their neighbour entry (flannel's VXLAN, udp and WireGuard alike:
+    flanneld's hosts as well as ours), so a mixed cluster needs nothing new."""
     if not backend.routes_traffic:
-        return None
-    own_answer = getattr(backend, "probe_target", None)
+        return ()
+    own_answer = getattr(backend, "probe_targets", None)
     if own_answer is not None:
-        return own_answer(peer)
-    return peer.subnet.network_address
+        return tuple(own_answer(peer, ipv6))
+    routed = {entry.dst for entry in backend.peer_entries(peer, False, ipv6) if isinstance(entry, Route)}
+    return tuple(sorted((subnet.network_address for subnet in routed), key=lambda address: address.version))

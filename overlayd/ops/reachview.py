@@ -25,6 +25,18 @@ class PeerRow:
     state: str  # reachable, unreachable, unknown
     since: float  # unix time
     rtt: float | None  # seconds
+    failing: tuple[str, ...] = ()  # the families whose probes go unanswered: ipv4, ipv6
+    families: tuple[str, ...] = ()  # the families probed (none named by an agent older than IPv6 probes)
+
+    def state_text(self) -> str:
+        """Its state as a status line says it, naming the failing families: UNREACHABLE over IPv6."""
+        if self.state != "unreachable":
+            return self.state
+        named = " and ".join(_FAMILY_TITLES.get(family, family) for family in self.failing)
+        return f"UNREACHABLE over {named}" if named else "UNREACHABLE"
+
+
+_FAMILY_TITLES = {"ipv4": "IPv4", "ipv6": "IPv6"}
 
 
 @dataclass(frozen=True)
@@ -40,9 +52,11 @@ def parse_peers(body: bytes) -> Reachability:
     """The agent's ``/peers`` answer; ValueError when it is not one."""
     data = json.loads(body)
     rows = tuple(
-        PeerRow(str(p["key"]), str(p["target"]), str(p["state"]), float(p["since"]), p.get("rtt"))
+        PeerRow(str(p["key"]), str(p["target"]), str(p["state"]), float(p["since"]), p.get("rtt"),
+                tuple(str(family) for family in p.get("failing", ())),
+                tuple(str(path["family"]) for path in p.get("paths", ())))
         for p in data.get("peers", [])
-    )
+    )  # fmt: skip
     return Reachability(rows, float(data.get("period", 0.0)), str(data.get("problem", "")))
 
 
@@ -86,13 +100,17 @@ def render_peers(reach: Reachability, now: float) -> list[str]:
     answered = [row.rtt for row in reach.peers if row.rtt is not None and row.state == "reachable"]
     worst = f", slowest round trip {max(answered) * 1000:.1f} ms" if answered else ""
     every = f"each probed every {reach.period:.0f}s" if reach.period and not math.isinf(reach.period) else ""
+    families = sorted({family for row in reach.peers for family in row.families})
+    over = " over " + " and ".join(_FAMILY_TITLES.get(f, f) for f in families) if len(families) > 1 else ""
+    if over and every:  # each family's address is probed in its own turn
+        every = every.replace("each probed", "each family probed")
     lines = [f"  data path   {len(reach.peers) - len(bad)} of {len(reach.peers)} peers answer through the "
-             f"overlay{worst}{'; ' + every if every else ''}"]  # fmt: skip
+             f"overlay{over}{worst}{'; ' + every if every else ''}"]  # fmt: skip
     shown = reach.peers if len(reach.peers) <= 10 else bad
     for row in shown:
         rtt = f" rtt {row.rtt * 1000:.1f} ms" if row.rtt is not None and row.state == "reachable" else ""
-        state = row.state.upper() if row.state == "unreachable" else row.state
-        lines.append(f"    {row.key:<20} {row.target:<16} {state} for {_ago(now - row.since)}{rtt}")
+        since = _ago(now - row.since)
+        lines.append(f"    {row.key:<20} {row.target:<16} {row.state_text()} for {since}{rtt}")
     return lines
 
 

@@ -38,10 +38,10 @@ class HostGw:
     routes_traffic: ClassVar[bool] = True
     serves_ipv6_only: ClassVar[bool] = True
 
-    def probe_target(self, lease: Lease) -> None:
-        """Not probed: a host-gw peer holds no address of its subnet until its first container's
-        bridge exists, so a probe would report an idle node unreachable."""
-        return None
+    def probe_targets(self, lease: Lease, ipv6: bool) -> tuple[()]:
+        """Not probed, in either family: a host-gw peer holds no address of its subnets until its
+        first container's bridge exists, so a probe would report an idle node unreachable."""
+        return ()
 
     def __init__(self) -> None:
         self._routes: HostRoutes | None = None
