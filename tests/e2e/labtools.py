@@ -87,3 +87,28 @@ def status_json(lab: Lab, host: LabHost, *extra: str) -> dict:
         f"--subnet-file={host.subnet_file}", *extra, netns=host.netns,
     )  # fmt: skip
     return json.loads(out)
+
+
+def ready(host: LabHost) -> bool:
+    """Whether the host's agent reports itself ready (False while it does not serve /metrics yet)."""
+    from overlayd.lab.shell import LabError
+
+    try:
+        return metric(host, "overlayd_ready") == 1
+    except LabError:
+        return False
+
+
+def ip6(host: LabHost, *argv: str) -> str:
+    """``ip -6 ...`` inside the host."""
+    return sh("ip", "-6", *argv, netns=host.netns)
+
+
+def put_json_lease(lab: Lab, key: str, value: dict) -> None:
+    """Put ``value`` (compact JSON, as flanneld writes) at lease ``key`` on a 600 s etcd lease."""
+    from overlayd.lab.hosts import ETCD_PREFIX
+
+    etcd = lab.etcd()
+    lease_id = etcd.etcdctl("lease", "grant", "600").split()[1]
+    etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/{key}", json.dumps(value, separators=(",", ":")),
+                 f"--lease={lease_id}")  # fmt: skip

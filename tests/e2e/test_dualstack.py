@@ -12,11 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, metric, needs_lab, running_lab, status_json, wait_for
+from labtools import (
+    ip6,
+    log_mark,
+    log_since,
+    metric,
+    needs_lab,
+    put_json_lease,
+    ready,
+    running_lab,
+    status_json,
+    wait_for,
+)
 
 from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, sh
-from overlayd.lab.shell import LabError
 from overlayd.lab.traffic import PingProbe
 
 pytestmark = needs_lab
@@ -32,8 +42,6 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-def ip6(host: LabHost, *argv: str) -> str:
-    return sh("ip", "-6", *argv, netns=host.netns)
 
 
 def lease_values(lab: Lab) -> dict[str, dict]:
@@ -139,18 +147,8 @@ def test_agent_restart_loses_no_ipv6_or_ipv4_ping(dual: Lab, tmp_path: Path) -> 
     assert lease_values(dual).keys() == keys  # same dual-stack key, both halves
 
 
-def ready(host: LabHost) -> bool:
-    try:
-        return metric(host, "overlayd_ready") == 1
-    except LabError:  # not serving /metrics yet
-        return False
 
 
-def put_lease(lab: Lab, key: str, value: dict) -> None:
-    etcd = lab.etcd()
-    lease_id = etcd.etcdctl("lease", "grant", "600").split()[1]
-    etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/{key}", json.dumps(value, separators=(",", ":")),
-                 f"--lease={lease_id}")  # fmt: skip
 
 
 def fake(ip: str, ip6: str | None, n: int) -> dict:
@@ -168,9 +166,9 @@ def test_bad_ipv6_halves_are_ignored_and_an_ipv4_only_peer_named(dual: Lab) -> N
     bad_ip = metric(h1, "overlayd_bad_leases_total", reason="bad_public_ip")
     keys = ["198.18.250.0-24&2001:db8:2000:fa::-64", "198.18.251.0-24&2001:db8:1000:fb::-64",
             "198.18.252.0-24"]  # fmt: skip
-    put_lease(dual, keys[0], fake("192.0.2.250", "2001:db8::fa", 0xFA))  # IPv6 subnet outside the network
-    put_lease(dual, keys[1], fake("192.0.2.251", "ff02::1", 0xFB))  # a multicast PublicIPv6
-    put_lease(dual, keys[2], fake("192.0.2.252", None, 0xFC))  # an IPv4-only peer
+    put_json_lease(dual, keys[0], fake("192.0.2.250", "2001:db8::fa", 0xFA))  # IPv6 subnet outside
+    put_json_lease(dual, keys[1], fake("192.0.2.251", "ff02::1", 0xFB))  # a multicast PublicIPv6
+    put_json_lease(dual, keys[2], fake("192.0.2.252", None, 0xFC))  # an IPv4-only peer
     try:
         routed = lambda: "198.18.252.0/24" in sh("ip", "route", netns=h1.netns)  # noqa: E731
         wait_for(routed, 10, "the IPv4-only peer's route")

@@ -27,10 +27,10 @@ from faults import (
     subnet_key,
     vtep_mac,
 )
-from labtools import log_mark, log_since, metric, needs_lab, wait_for
+from labtools import log_mark, log_since, metric, needs_lab, ready, wait_for
 
 from overlayd.backend.vxlan.mac import mac_path
-from overlayd.lab.namespaces import ETCD_PREFIX, LabError, LabHost, sh
+from overlayd.lab.namespaces import ETCD_PREFIX, LabHost, sh
 
 pytestmark = [
     needs_lab,
@@ -171,11 +171,6 @@ def test_3_agent_sigkill_and_restart_keeps_subnet_mac_and_traffic(pair: Pair) ->
     assert not tcp_stats.error and tcp_stats.bytes_received, f"TCP stream broke: {tcp_stats}"
 
 
-def ready(host: LabHost) -> bool:
-    try:
-        return metric(host, "overlayd_ready") == 1
-    except LabError:  # not serving /metrics yet
-        return False
 
 
 def test_4_own_lease_deleted_is_reacquired_with_the_same_subnet(pair: Pair) -> None:

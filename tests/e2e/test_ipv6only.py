@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, metric, needs_lab, running_lab, wait_for
+from labtools import ip6, log_mark, log_since, metric, needs_lab, put_json_lease, ready, running_lab, wait_for
 
 from overlayd.lab.hosts import ETCD_PREFIX, LAB_IPV6_NETWORK, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, sh
-from overlayd.lab.shell import LabError
 from overlayd.lab.traffic import PingProbe
 
 pytestmark = needs_lab
@@ -32,8 +31,6 @@ def v6lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-def ip6(host: LabHost, *argv: str) -> str:
-    return sh("ip", "-6", *argv, netns=host.netns)
 
 
 def raw_leases(lab: Lab) -> dict[str, str]:
@@ -66,18 +63,8 @@ def running(pid: int) -> bool:
         return False
 
 
-def ready(host: LabHost) -> bool:
-    try:
-        return metric(host, "overlayd_ready") == 1
-    except LabError:  # not serving /metrics yet
-        return False
 
 
-def put_lease(lab: Lab, key: str, value: dict) -> None:
-    etcd = lab.etcd()
-    lease_id = etcd.etcdctl("lease", "grant", "600").split()[1]
-    etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/{key}", json.dumps(value, separators=(",", ":")),
-                 f"--lease={lease_id}")  # fmt: skip
 
 
 def v6_only_value(public_ipv6: str | None, mac: str) -> dict:
@@ -171,8 +158,8 @@ def test_bad_leases_are_ignored_and_named_and_a_flanneld_peer_is_programmed(v6la
     }  # fmt: skip
     good = "0.0.0.0-0&2001:db8:1000:fd::-64"  # a flanneld node's lease: programmed
     for key, value in bad.items():
-        put_lease(v6lab, key, value)
-    put_lease(v6lab, good, v6_only_value("2001:db8::fd", "0a:00:00:00:06:fd"))
+        put_json_lease(v6lab, key, value)
+    put_json_lease(v6lab, good, v6_only_value("2001:db8::fd", "0a:00:00:00:06:fd"))
     try:
         wait_for(lambda: "2001:db8:1000:fd::/64 via 2001:db8:1000:fd::" in ip6(h1, "route"), 10,
                  "the flanneld peer's route")  # fmt: skip
