@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network, IPv6Network
 
-from overlayd.backend.select import CONFIG_PARSERS, default_type_notice
+from overlayd.backend.select import CONFIG_PARSERS, default_type_notice, ipv6_half_notice
 from overlayd.base.outage import Outage
 from overlayd.etcd.api import RegistryError, SubnetRegistry
 from overlayd.etcd.leasing import AcquireError, LeaseManager
@@ -238,6 +238,8 @@ class LeaseKeeper:
             self.config, self.config_raw = config, raw
             if not config.backend_type_given:
                 log.warning("%s", default_type_notice(self.where()))
+            if notice := ipv6_half_notice(config, self.where()):
+                log.warning("%s", notice)
         return config
 
     def judge(self, stored: NetworkConfig, peers: Iterable[Lease]) -> ConfigDecision | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
@@ -41,6 +42,14 @@ class ApplyError(BackendError):
     def __init__(self, failures: list[str]) -> None:
         super().__init__(f"{len(failures)} netlink operation(s) failed: " + "; ".join(failures))
         self.failures = failures
+
+
+class Ipv6Support(Enum):
+    """How far a backend goes with IPv6."""
+
+    NONE = "none"  # IPv4 only: a dual-stack network's IPv6 half is leased, not carried
+    DUAL_STACK = "dual-stack"  # carries a dual-stack network's IPv6 half
+    IPV6_ONLY = "ipv6-only"  # also runs an IPv6-only network (EnableIPv4 false)
 
 
 @dataclass(frozen=True)
@@ -122,9 +131,9 @@ class Backend(Protocol):
     # Whether it writes a route to every peer's subnet (what the lab waits for); alloc writes
     # none, and extension's routes are whatever its commands make.
     routes_traffic: ClassVar[bool]
-    # Whether it runs an IPv6-only network (EnableIPv4 false); a config asking that of one that
-    # does not is refused.
-    serves_ipv6_only: ClassVar[bool]
+    # What it does with IPv6: a config asking an IPv6-only network of one that does not run it is
+    # refused; a dual-stack one that it does not carry is run with a warning, as flanneld runs it.
+    ipv6_support: ClassVar[Ipv6Support]
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         """The parsed section in flannel's key spelling, defaults filled in."""

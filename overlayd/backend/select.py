@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 
 from overlayd.backend.alloc.backend import Alloc
-from overlayd.backend.api import Backend
+from overlayd.backend.api import Backend, Ipv6Support
 from overlayd.backend.extension.backend import Extension
 from overlayd.backend.hostgw.backend import HostGw
 from overlayd.backend.udp.backend import Udp
 from overlayd.backend.vxlan.backend import Vxlan
 from overlayd.backend.wireguard.backend import Wireguard
-from overlayd.subnet.config import BackendParsers, ConfigError
+from overlayd.subnet.config import BackendParsers, ConfigError, NetworkConfig
 from overlayd.subnet.lease import install_backend_data
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -54,7 +54,7 @@ CONFIG_PARSERS = BackendParsers(
     parsers={name: backend.parse_config for name, backend in BACKENDS.items()},
     default_type=DEFAULT_TYPE,
     refused=REFUSED,
-    ipv6_only={name for name, backend in BACKENDS.items() if backend.serves_ipv6_only},
+    ipv6_only={name for name, b in BACKENDS.items() if b.ipv6_support is Ipv6Support.IPV6_ONLY},
 )
 
 
@@ -66,6 +66,23 @@ def default_type_notice(where: str) -> str:
         f"{where} names no Backend.Type: running the {DEFAULT_TYPE} backend, as flanneld does "
         f"(packets forwarded in user space, far slower than {Vxlan.type}); if you meant {Vxlan.type}, "
         f"add {fix[1:-1]} to the config"
+    )
+
+
+def ipv6_half_notice(config: NetworkConfig, where: str) -> str | None:
+    """What the agent says once when ``config`` is dual-stack and its backend carries IPv4 alone
+    (flanneld runs such a config the same way); None otherwise."""
+    backend = BACKENDS.get(config.backend.type)
+    dual_stack = config.ipv4 is not None and config.ipv6 is not None
+    if not dual_stack or backend is None or backend.ipv6_support is not Ipv6Support.NONE:
+        return None
+    carriers = sorted(
+        name for name, b in BACKENDS.items() if b.ipv6_support is not Ipv6Support.NONE and b.routes_traffic
+    )
+    return (
+        f"{where} is dual-stack but Backend.Type {config.backend.type} carries IPv4 only (as flanneld's "
+        f"does): containers get IPv6 addresses of {config.ipv6.network} that no other host reaches; "  # type: ignore[union-attr]
+        f"use Backend {', '.join(carriers)} for IPv6, or remove EnableIPv6"
     )
 
 

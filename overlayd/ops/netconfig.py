@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from overlayd.backend.select import CONFIG_PARSERS, backend_for, default_type_notice
+from overlayd.backend.select import CONFIG_PARSERS, backend_for, default_type_notice, ipv6_half_notice
 from overlayd.subnet.confchange import describe, leases_outside, name_leases
 from overlayd.subnet.config import ConfigError, NetworkConfig, parse_network_config
 
@@ -83,6 +83,8 @@ def validate(text: str, where: str, out: TextIO = sys.stdout, err: TextIO = sys.
     print(json.dumps(defaulted_view(config), indent=2), file=out)
     if not config.backend_type_given:
         print(default_type_notice(where), file=err)
+    if notice := ipv6_half_notice(config, where):
+        print(notice, file=err)
     return 0
 
 

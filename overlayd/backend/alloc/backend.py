@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from overlayd.backend.api import HostFacts, PeerActions
+from overlayd.backend.api import HostFacts, Ipv6Support, PeerActions
 from overlayd.backend.deviceless import NoDevice
 from overlayd.backend.section import KeylessSection
 from overlayd.subnet.config import BackendSettings, ConfigFields, NetworkConfig
@@ -38,7 +38,7 @@ class Alloc(NoDevice):
     data_codec: ClassVar[None] = None  # its leases have no BackendData
     parse_config = staticmethod(parse_alloc_config)
     routes_traffic: ClassVar[bool] = False
-    serves_ipv6_only: ClassVar[bool] = True
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.IPV6_ONLY
 
     def config_fields(self, config: BackendSettings) -> dict[str, object]:
         return {"Type": TYPE}

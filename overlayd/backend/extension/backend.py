@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
-from overlayd.backend.api import NO_DEVICE, BackendError, DeviceState, HostFacts, PeerActions
+from overlayd.backend.api import NO_DEVICE, BackendError, DeviceState, HostFacts, Ipv6Support, PeerActions
 from overlayd.backend.deviceless import NoDevice
 from overlayd.backend.extension.command import run_command, shown
 from overlayd.backend.extension.config import TYPE, ExtensionConfig, config_fields, parse_extension_config
@@ -47,7 +47,7 @@ class Extension(NoDevice):
     data_codec: ClassVar[None] = None  # its BackendData is a JSON string, kept whole
     parse_config = staticmethod(parse_extension_config)
     routes_traffic: ClassVar[bool] = False  # only if its commands make routes
-    serves_ipv6_only: ClassVar[bool] = False  # its commands get IPv4 leases, as flanneld gives them
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.NONE  # its commands get flanneld's IPv4 leases
 
     def __init__(self) -> None:
         self._runner: CommandRunner | None = None

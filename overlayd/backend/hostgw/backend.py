@@ -17,7 +17,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, PeerActions
+from overlayd.backend.api import DeviceState, HostFacts, HostUnfit, Ipv6Support, PeerActions
 from overlayd.backend.desired import entries_for
 from overlayd.backend.hostgw.config import TYPE, HostGwConfig, config_fields, parse_host_gw_config
 from overlayd.backend.hostgw.peers import OffSegmentLog, is_host_gw_peer, on_segment
@@ -36,7 +36,7 @@ class HostGw:
     parse_config = staticmethod(parse_host_gw_config)
     device_pattern: ClassVar[str] = "(none: routes on the external interface)"
     routes_traffic: ClassVar[bool] = True
-    serves_ipv6_only: ClassVar[bool] = True
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.IPV6_ONLY
 
     def probe_targets(self, lease: Lease, ipv6: bool) -> tuple[()]:
         """Not probed, in either family: a host-gw peer holds no address of its subnets until its

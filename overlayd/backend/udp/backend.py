@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import ClassVar
 
-from overlayd.backend.api import ApplyError, DeviceState, HostFacts, PeerActions, UnderlayIngress
+from overlayd.backend.api import ApplyError, DeviceState, HostFacts, Ipv6Support, PeerActions, UnderlayIngress
 from overlayd.backend.plane import DirectRoute, Entry, Plane, PlaneDiff
 from overlayd.backend.section import section_of
 from overlayd.backend.udp.config import DEVICE_NAME, TYPE, UdpConfig, config_fields, parse_udp_config
@@ -48,7 +48,7 @@ class Udp:
     parse_config = staticmethod(parse_udp_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
     routes_traffic: ClassVar[bool] = True
-    serves_ipv6_only: ClassVar[bool] = False  # flannel's udp carries IPv4 alone
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.NONE  # flannel's udp carries IPv4 alone
 
     def __init__(self) -> None:
         self._device: TunDevice | None = None

@@ -14,7 +14,7 @@ from dataclasses import replace
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, Ipv6Support, PeerActions, UnderlayIngress
 from overlayd.backend.desired import entries_for
 from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.backend.section import section_of
@@ -92,7 +92,7 @@ class Vxlan:
     parse_config = staticmethod(parse_vxlan_config)
     device_pattern: ClassVar[str] = f"{DEVICE_PREFIX}<VNI>"
     routes_traffic: ClassVar[bool] = True
-    serves_ipv6_only: ClassVar[bool] = True
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.IPV6_ONLY
 
     def __init__(self) -> None:
         self._device: VxlanBackend | None = None

@@ -16,7 +16,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, PeerActions, UnderlayIngress
+from overlayd.backend.api import DeviceState, HostFacts, Ipv6Support, PeerActions, UnderlayIngress
 from overlayd.backend.plane import Entry, Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.section import section_of
 from overlayd.backend.wireguard import wgtool
@@ -63,7 +63,7 @@ class Wireguard:
     parse_config = staticmethod(parse_wireguard_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
     routes_traffic: ClassVar[bool] = True
-    serves_ipv6_only: ClassVar[bool] = False
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.NONE
 
     def __init__(self) -> None:
         self._kernel: WgKernel | None = None
