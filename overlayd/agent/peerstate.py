@@ -122,6 +122,7 @@ class PeerState:
     def __init__(self, bad_leases: BadLeaseLog, holds: HoldDown | None = None) -> None:
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None  # our own
+        self._own_key: tuple[Lease | None, str] = (None, "")  # ``lease`` and its key (``own_key``)
         self.underlay: Underlay | None = None  # our addresses, which no peer's PublicIP may be
         self.backend: Backend | None = None  # which leases are peers, which reached directly
         self.host: HostFacts | None = None
@@ -214,7 +215,7 @@ class PeerState:
             lease = self.peers[held.key]
             end = HoldEnd.RETURNED if same_entries(held.lease, lease) else HoldEnd.REPLACED
             ended.append(HoldEnded(held, end, lease))
-        return Relisted(ended, self.lease is not None and self.lease.key not in self.peers)
+        return Relisted(ended, self.lease is not None and self.own_key() not in self.peers)
 
     def first_listing(self, listing: tuple[list[Lease], int] | None) -> None:
         """Know the peers before the first pass, from the listing our lease was chosen from: the
@@ -228,9 +229,8 @@ class PeerState:
     def on_event(self, event: LeaseEvent, received: float) -> PeerUpdate:
         """Take one watch event in; the change it wants written, if any. A deleted peer's entries
         are held: they stay until the hold runs out (``release``) unless its lease comes back."""
-        assert self.lease is not None
         old = self.peers.get(event.key)
-        if event.key == self.lease.key:
+        if event.key == self.own_key():
             unsafe = event.lease is not None and not self.verdict(event.key, event.lease).safe
             if event.kind == "delete" or unsafe:
                 return OwnKeyLost(f"key {event.kind} seen on the watch")
@@ -280,12 +280,18 @@ class PeerState:
     def safe_peers(self) -> dict[str, Lease]:
         """Every live lease but ours that is safe to act on, by key: what a backend's per-peer
         work outside kernel entries is handed (``Backend.peer_actions``)."""
-        assert self.lease is not None
-        own = self.lease.key
+        own = self.own_key()
         peers = self.peers.items()
         return {key: lease for key, lease in peers if key != own and self.verdict(key, lease).safe}
 
     def others(self) -> list[Lease]:
         """Every live lease but ours."""
+        own = self.own_key()
+        return [lease for key, lease in self.peers.items() if key != own]
+
+    def own_key(self) -> str:
+        """Our lease's key, formatted once per lease: an IPv6 one took ~3 us, and every event asks."""
         assert self.lease is not None
-        return [lease for key, lease in self.peers.items() if key != self.lease.key]
+        if self._own_key[0] is not self.lease:
+            self._own_key = (self.lease, self.lease.key)
+        return self._own_key[1]

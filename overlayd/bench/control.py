@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overlayd.bench.kernel import DEVICE, DEVICE6, EntryWatcher, counts, run
-from overlayd.bench.peers import moved_ip, moved_mac, peer_ip, peer_kv, peer_subnet
+from overlayd.bench.kernel import DEVICE, DEVICE6, EntryWatcher, counts, peer_tokens, run
+from overlayd.bench.peers import Family, moved_ip, moved_mac, peer_ip, peer_kv, peer_subnet
 from overlayd.lab.hosts import LabHost
 from overlayd.lab.namespaces import Lab
 
@@ -30,27 +30,29 @@ class ColdStart:
     programmed: float
 
 
-def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float, ipv6: bool = False) -> ColdStart:
+def cold_start(
+    lab: Lab, host: LabHost, peers: int, timeout: float, family: Family = Family.IPV4
+) -> ColdStart:
     """Start the agent from nothing (device, subnet.env and state gone) and time it to converge.
 
     The agent's etcd lease is kept, as after a reboot. "Programmed" is when the last of the
     peers' entries appeared, stamped by the netlink watcher as its notification arrived; polling
     with ``ip`` instead spawned a dump every 10 ms beside the agent on two cores and stamped the
     end of the dump that saw the last entry (30-60 ms late on a slow machine). The counts are
-    checked with ``ip`` afterwards, untimed. ``ipv6``: a dual-stack network, whose peers' IPv6
-    entries on ``flannel-v6.1`` are waited for too.
+    checked with ``ip`` afterwards, untimed. In a network of another ``family`` the peers'
+    IPv6 entries on ``flannel-v6.1`` are waited for too (an IPv6-only one's are all there is).
     """
     lab.stop_agent(host)
     run("ip", "link", "del", DEVICE)
-    if ipv6:
+    if family.has_ipv6:
         run("ip", "link", "del", DEVICE6)
     host.subnet_file.unlink(missing_ok=True)
     shutil.rmtree(Path(host.dir) / "state", ignore_errors=True)
     indices = range(1, peers + 1)
-    tokens = [*indices, *(-i for i in indices)] if ipv6 else indices
-    watcher = EntryWatcher(ipv6)
+    tokens = [token for i in indices for token in peer_tokens(i, family)]
+    watcher = EntryWatcher(family)
     try:
-        watcher.expect(indices, ipv6)
+        watcher.expect(indices, family)
         started = time.perf_counter()
         lab.start_agent(host)
         deadline = started + timeout
@@ -62,15 +64,28 @@ def cold_start(lab: Lab, host: LabHost, peers: int, timeout: float, ipv6: bool =
             if env_at is not None and watcher.quiet_for(QUIET):
                 programmed_at = watcher.last_done(tokens)
             if now > deadline:
-                raise RuntimeError(f"cold start with {peers} peers: only {counts()} after {timeout:.0f}s")
+                got = _counts(family)
+                raise RuntimeError(f"cold start with {peers} peers: only {got} after {timeout:.0f}s")
             time.sleep(0.005)
     finally:
         watcher.close()
-    if (got := counts()) != (peers, peers, peers):
-        raise RuntimeError(f"cold start with {peers} peers: (routes, neighbours, FDB) {got} on {DEVICE}")
-    if ipv6 and (got := counts(DEVICE6, "-6")) != (peers, peers, peers):
-        raise RuntimeError(f"cold start with {peers} peers: (routes, neighbours, FDB) {got} on {DEVICE6}")
+    expected = {DEVICE: (peers, peers, peers) if family.has_ipv4 else None,
+                DEVICE6: (peers, peers, peers) if family.has_ipv6 else None}  # fmt: skip
+    if (got := _counts(family)) != expected:
+        raise RuntimeError(f"cold start with {peers} peers: (routes, neighbours, FDB) per device {got}, "
+                           f"expected {expected}")  # fmt: skip
     return ColdStart(subnet_env=env_at, programmed=programmed_at - started)
+
+
+def _counts(family: Family) -> dict[str, tuple[int, int, int] | None]:
+    """(routes, neighbours, FDB entries) on each device, None for one the network must not have
+    (it would carry a family the network has not)."""
+    devices = (DEVICE, "-4", family.has_ipv4), (DEVICE6, "-6", family.has_ipv6)
+    return {dev: counts(dev, flag) if wanted or _exists(dev) else None for dev, flag, wanted in devices}
+
+
+def _exists(dev: str) -> bool:
+    return run("ip", "link", "show", dev).returncode == 0
 
 
 @dataclass(frozen=True)
@@ -85,28 +100,27 @@ class EventTimes:
 
 
 def event_latency(
-    client: Any, indices: list[int], gap: float, timeout: float = 10.0, ipv6: bool = False
+    client: Any, indices: list[int], gap: float, timeout: float = 10.0, family: Family = Family.IPV4
 ) -> EventTimes:
-    """Put new peer leases one at a time, each after the previous one is programmed, ``gap`` apart.
-    ``ipv6``: dual-stack leases, timed to their IPv6 half's entries (the IPv4 half waited for too)."""
-    watcher = EntryWatcher(ipv6)
-    watcher.expect(indices, ipv6)
+    """Put new peer leases of ``family`` one at a time, each after the previous one is programmed,
+    ``gap`` apart; timed to the IPv6 half's entries when they have one (a dual-stack lease's IPv4
+    half is waited for too)."""
+    watcher = EntryWatcher(family)
+    watcher.expect(indices, family)
     put, reaction, sent_at, missed = [], [], [], 0
     first = time.perf_counter()
     try:
         for i in indices:
-            key, value = peer_kv(i, ipv6=ipv6)
+            key, value = peer_kv(i, family=family)
             before = time.perf_counter()
             client.put(key, value)
             returned = time.perf_counter()
-            done = watcher.wait(-i if ipv6 else i, timeout)
-            if ipv6 and watcher.wait(i, timeout) is None:
-                done = None
-            if done is None:
+            halves = [watcher.wait(token, timeout) for token in peer_tokens(i, family)]
+            if None in halves:
                 missed += 1
                 continue
             put.append(returned - before)
-            reaction.append(done - returned)
+            reaction.append(halves[-1] - returned)  # type: ignore[operator]
             sent_at.append(before - first)
             time.sleep(gap)
     finally:

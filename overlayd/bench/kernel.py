@@ -17,10 +17,10 @@ import time
 from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
-from overlayd.bench.peers import peer_ip, peer_mac, peer_mac6, peer_subnet, peer_subnet6
+from overlayd.bench.peers import Family, peer_ip, peer_mac, peer_mac6, peer_subnet, peer_subnet6
 
 DEVICE = "flannel.1"
-DEVICE6 = "flannel-v6.1"  # a dual-stack network's IPv6 device
+DEVICE6 = "flannel-v6.1"  # the IPv6 device: a dual-stack network's second, an IPv6-only one's only
 CLONE_NEWNET = 0x40000000
 RTMGRP_NEIGH = 0x4  # RTM_NEWNEIGH of both families: AF_INET neighbours and AF_BRIDGE FDB entries
 RTMGRP_IPV4_ROUTE = 0x40
@@ -113,6 +113,12 @@ def iproute_floor(indices: list[int], runs: int) -> list[float]:
     return times
 
 
+def peer_tokens(i: int, family: Family) -> tuple[int, ...]:
+    """``EntryWatcher``'s tokens of peer ``i`` in a network of ``family``: ``i`` for its IPv4
+    half's entries, ``-i`` for its IPv6 half's; the last one is the half the figures time."""
+    return (i,) * family.has_ipv4 + (-i,) * family.has_ipv6
+
+
 class EntryWatcher:
     """Timestamps (``perf_counter``) when all three entries of a watched peer have appeared.
 
@@ -126,15 +132,16 @@ class EntryWatcher:
     by the thread that asks, so the reader preempts the agent for a ``recv`` and no more.
     """
 
-    def __init__(self, ipv6: bool = False) -> None:
-        """``ipv6``: IPv6 routes are watched too (``expect(..., ipv6=True)``)."""
+    def __init__(self, family: Family = Family.IPV4) -> None:
+        """``family``: the network's, whose routes are watched (``expect(..., family)``)."""
         from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         self._marshal = MarshalRtnl()
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         # Forced past rmem_max: a cold start at 5000 peers queues 15000 notifications at once.
         self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 25)
-        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH | (RTMGRP_IPV6_ROUTE if ipv6 else 0)))
+        routes = (RTMGRP_IPV4_ROUTE if family.has_ipv4 else 0) | (RTMGRP_IPV6_ROUTE if family.has_ipv6 else 0)
+        self._sock.bind((0, routes | RTMGRP_NEIGH))
         self._by_key: dict[tuple[str, str], Hashable] = {}
         self._pending: dict[Hashable, set[tuple[str, str]]] = {}
         self._complete: dict[Hashable, float] = {}
@@ -149,16 +156,15 @@ class EntryWatcher:
         self._thread.start()
         started.wait()
 
-    def expect(self, indices: Iterable[int], ipv6: bool = False) -> None:
-        """Wait for peer ``i``'s three entries to appear (its token is ``i``); with ``ipv6`` also
-        for its IPv6 half's three (token ``-i``)."""
+    def expect(self, indices: Iterable[int], family: Family = Family.IPV4) -> None:
+        """Wait for peer ``i``'s entries in a network of ``family`` to appear: its IPv4 half's
+        three (token ``i``) and its IPv6 half's three (token ``-i``), as it has them."""
         for i in indices:
-            net = peer_subnet(i)
-            self.expect_changes(
-                i, [("route", f"{net.network_address}/{net.prefixlen}"), ("neigh", str(net.network_address)),
-                    ("fdb", peer_mac(i))],
-            )  # fmt: skip
-            if ipv6:
+            net, gateway = peer_subnet(i), str(peer_subnet(i).network_address)
+            if family.has_ipv4:
+                self.expect_changes(i, [("route", f"{gateway}/{net.prefixlen}"), ("neigh", gateway),
+                                        ("fdb", peer_mac(i))])  # fmt: skip
+            if family.has_ipv6:
                 net6 = peer_subnet6(i)
                 self.expect_changes(-i, [("route", str(net6)), ("neigh", str(net6.network_address)),
                                          ("fdb", peer_mac6(i))])  # fmt: skip

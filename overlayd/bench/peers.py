@@ -3,21 +3,41 @@
 Peer ``i`` owns the i-th /28 of 198.18.0.0/15 (room for 8190 peers), a distinct VTEP MAC and a
 PublicIP among 192.0.2.100..249. The network config's SubnetMin keeps the agent's own lease in
 the top ``OWN_POOL`` subnets, above every index the benchmark hands out, so a fake peer never
-lands on the agent's subnet however many are written.
+lands on the agent's subnet however many are written. A network of another ``Family`` gives its
+peers an IPv6 half (the i-th /64 of 2001:db8:1000::/48), or that half alone.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from overlayd.subnet.lease import LeaseAttrs, encode_attrs, subnet_to_key
+from overlayd.subnet.lease import NO_IPV4_SUBNET, NO_PUBLIC_IP, LeaseAttrs, encode_attrs, subnet_to_key
+
+
+class Family(enum.Enum):
+    """The address families of the benchmark's network and of its fake peers' leases."""
+
+    IPV4 = "IPv4-only"
+    DUAL = "dual-stack"
+    IPV6_ONLY = "IPv6-only"  # EnableIPv4 false: flanneld's 0.0.0.0-0&<v6> leases, flannel-v6.1 alone
+
+    @property
+    def has_ipv4(self) -> bool:
+        return self is not Family.IPV6_ONLY
+
+    @property
+    def has_ipv6(self) -> bool:
+        return self is not Family.IPV4
+
 
 NETWORK = IPv4Network("198.18.0.0/15")
 SUBNET_LEN = 28
-# A dual-stack run's IPv6 half: peer i owns the i-th /64 of the /48, its own lease the same index
-# range above every peer's as in IPv4.
+# The IPv6 half of a dual-stack run's peers, all of an IPv6-only run's: peer i owns the i-th /64
+# of the /48, the agent's own lease the same index range above every peer's as in IPv4.
 IPV6_NETWORK = IPv6Network("2001:db8:1000::/48")
 VNI = 1
 PREFIX = "/coreos.com/network/subnets/"
@@ -38,13 +58,15 @@ def peer_subnet6(i: int) -> IPv6Network:
     return IPv6Network((int(IPV6_NETWORK.network_address) + (i << 64), 64))
 
 
-def network_config(ipv6: bool = False) -> str:
-    """The flannel network config the benchmark lab runs with (JSON; ``ipv6``: dual-stack)."""
+def network_config(family: Family = Family.IPV4) -> str:
+    """The flannel network config the benchmark lab runs with (JSON), of ``family``."""
     subnet_min = peer_subnet(SUBNETS - OWN_POOL).network_address
-    config: dict[str, object] = {
-        "Network": str(NETWORK), "SubnetLen": SUBNET_LEN, "SubnetMin": str(subnet_min)
-    }  # fmt: skip
-    if ipv6:
+    config: dict[str, object] = (
+        {"Network": str(NETWORK), "SubnetLen": SUBNET_LEN, "SubnetMin": str(subnet_min)}
+        if family.has_ipv4
+        else {"EnableIPv4": False}
+    )
+    if family.has_ipv6:
         ipv6_min = peer_subnet6(SUBNETS - OWN_POOL).network_address
         config |= {"EnableIPv6": True, "IPv6Network": str(IPV6_NETWORK), "IPv6SubnetMin": str(ipv6_min)}
     return json.dumps(config | {"Backend": {"Type": "vxlan"}})
@@ -78,23 +100,28 @@ def moved_ip(i: int) -> IPv4Address:
 
 
 def peer_kv(
-    i: int, mac: str | None = None, public_ip: IPv4Address | None = None, ipv6: bool = False
+    i: int, mac: str | None = None, public_ip: IPv4Address | None = None, family: Family = Family.IPV4
 ) -> tuple[str, str]:
-    """The etcd key and flannel JSON value of peer ``i`` (with another MAC or PublicIP if given;
-    ``ipv6``: a dual-stack lease, with its IPv6 half)."""
+    """The etcd key and flannel JSON value of peer ``i`` in a network of ``family`` (with another
+    MAC or PublicIP if given: its IPv4 half's)."""
     if not 1 <= i <= MAX_PEER_INDEX:
         raise ValueError(f"peer index {i} outside 1..{MAX_PEER_INDEX}")
+    if family is Family.IPV6_ONLY and (mac or public_ip):
+        raise ValueError(f"peer {i}: an IPv6-only lease has no IPv4 MAC or PublicIP to change")
     ip, mac = public_ip or peer_ip(i), mac or peer_mac(i)
     attrs = LeaseAttrs(public_ip=ip, backend_type="vxlan", vni=VNI, vtep_mac=mac)
-    if ipv6:
-        attrs = LeaseAttrs(ip, "vxlan", VNI, mac, public_ipv6=peer_ip6(i), vtep_mac_v6=peer_mac6(i))
-    subnet6 = peer_subnet6(i) if ipv6 else None
-    return PREFIX + subnet_to_key(peer_subnet(i), subnet6), encode_attrs(attrs)
+    if family is Family.IPV6_ONLY:  # as flanneld writes one: PublicIP 0.0.0.0, BackendV6Data alone
+        attrs = LeaseAttrs(NO_PUBLIC_IP, "vxlan", VNI, public_ipv6=peer_ip6(i), vtep_mac_v6=peer_mac6(i))
+    elif family is Family.DUAL:
+        attrs = replace(attrs, public_ipv6=peer_ip6(i), vtep_mac_v6=peer_mac6(i))
+    subnet = peer_subnet(i) if family.has_ipv4 else NO_IPV4_SUBNET
+    subnet6 = peer_subnet6(i) if family.has_ipv6 else None
+    return PREFIX + subnet_to_key(subnet, subnet6), encode_attrs(attrs)
 
 
-def put_peers(client: Any, indices: range | list[int], ipv6: bool = False) -> None:
+def put_peers(client: Any, indices: range | list[int], family: Family = Family.IPV4) -> None:
     """Write the peers' leases (no TTL), ``TXN_OPS`` puts per transaction."""
-    kvs = [peer_kv(i, ipv6=ipv6) for i in indices]
+    kvs = [peer_kv(i, family=family) for i in indices]
     for start in range(0, len(kvs), TXN_OPS):
         puts = [client.transactions.put(k, v) for k, v in kvs[start : start + TXN_OPS]]
         client.transaction(compare=[], success=puts, failure=[])

@@ -39,7 +39,7 @@ from overlayd.bench.datapath import DataPath, device_made, throughput
 from overlayd.bench.docker import docker_rows, docker_run_times
 from overlayd.bench.families import family_rows, measure_family
 from overlayd.bench.kernel import in_netns, iproute_floor
-from overlayd.bench.peers import MAX_PEER_INDEX, delete_peers, network_config, put_peers
+from overlayd.bench.peers import MAX_PEER_INDEX, Family, delete_peers, network_config, put_peers
 from overlayd.bench.probe import probe_cost, probe_rows
 from overlayd.bench.report import Results, cni_rows, event_rows, markdown, rows, splice, tcp_rows
 from overlayd.bench.stats import render_table
@@ -115,9 +115,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure one figure in a small lab of its own and print it (cni: CNI ADD and DEL, tcp: the data "
         "path, --tcp-rounds pairs, events: lease events at --peers, udp: the udp backend against the "
         "in-kernel one and the forwarders' CPU, --tcp-rounds pairs, docker: `docker run` through the "
-        "docker plugin beside Docker's bridge driver, --docker-runs each, families: a dual-stack "
-        "network's cold start and IPv6 event latency at --peers against an IPv4-only one's, probe: the "
-        "data path probes' CPU at --peers for --probe-seconds); not with --docs",
+        "docker plugin beside Docker's bridge driver, --docker-runs each, families: dual-stack and "
+        "IPv6-only networks' cold start and IPv6 event latency at --peers against an IPv4-only one's, "
+        "probe: the data path probes' CPU at --peers for --probe-seconds); not with --docs",
     )
     add("--probe-seconds", type=float, default=30.0, help="CPU measurement of the probe thread (default 30)")
     add("--no-plot", action="store_true", help="write no PNG")
@@ -392,8 +392,8 @@ def main(argv: list[str]) -> int:
         elif args.only == "docker":
             docker_only(args, root, raw)
         elif args.only == "families":
-            for name, dual in (("ipv4", False), ("dual", True)):
-                raw[name] = measure_family(args, root, raw, AGENT_ARGS, etcd_client, dual)
+            raw["families"] = {family: measure_family(args, root, raw, AGENT_ARGS, etcd_client, family)
+                               for family in Family}  # fmt: skip
         else:
             control_plane(args, root, raw).down()
             if not args.no_tcp:
@@ -416,7 +416,7 @@ def main(argv: list[str]) -> int:
         elif args.only == "docker":
             only = docker_rows(raw["docker"])
         elif args.only == "families":
-            only = family_rows(args.peers, raw["ipv4"], raw["dual"])
+            only = family_rows(args.peers, raw["families"])
         else:
             tcp = [row for path in raw.get("tcp", []) for row in tcp_rows(path)]
             only = cni_rows(raw["cni"]) if args.only == "cni" else tcp

@@ -127,6 +127,17 @@ def test_our_own_key_deleted_or_missing_is_a_lost_lease_and_a_renewal_is_nothing
     assert state.snapshot({key(2): lease(2)}, 2.0).own_missing
 
 
+def test_our_key_follows_a_new_lease_of_ours() -> None:
+    """Our key is formatted once per lease of ours, not once per event: a new lease of ours is
+    recognised at once, and the old key is a peer's from then on."""
+    state, _ = state_with(2)
+    assert state.on_event(event("put", 1, lease(1, revision=4)), 1.0) == Unchanged()
+    state.lease = lease(3)
+    assert state.on_event(event("delete", 3, None), 1.0) == OwnKeyLost("key delete seen on the watch")
+    assert isinstance(state.on_event(event("put", 1, lease(1, revision=5)), 1.0), PeerChange)
+    assert IPv4Network("198.18.1.0/24") in {other.subnet for other in state.others()}
+
+
 def test_safe_peers_are_every_lease_but_ours_and_the_unsafe_ones() -> None:
     state, _ = state_with(2, 3)
     state.on_event(LeaseEvent("put", "198.19.9.0-24", lease(9, subnet="198.19.9.0/24"), 9), 1.0)  # type: ignore[arg-type]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlayd.subnet.lease import _ipv4_address, _ipv4_network, _json_value
+from overlayd.subnet.lease import _ipv4_address, _ipv4_network, _ipv6_address, _ipv6_network, _json_value
 
 PROPERTY = settings(max_examples=500, deadline=None)
 
@@ -49,6 +49,40 @@ def test_network_keeps_ipaddress_strictness() -> None:
     assert _ipv4_network("198.18.3.0", 24) == IPv4Network("198.18.3.0/24")
     for bad in (("198.18.3.1", 24), ("198.18.3.0", 33), ("198.018.3.0", 24)):
         assert outcome(lambda bad=bad: _ipv4_network(*bad)).startswith("<class")
+
+
+hextets = st.text(alphabet="0123456789abcdefABCDEF", max_size=5)
+groups = st.lists(hextets, max_size=9).map(":".join)
+ipv6_texts = (
+    groups
+    | st.builds("{}::{}".format, groups, groups)
+    | st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=45)
+    | st.sampled_from(["::", "::1", "1::", ":::", "1:2:3:4:5:6:7::", "::1:2:3:4:5:6:7", "1::2:3:4:5:6:7:8",
+                       "::ffff:192.0.2.1", "fe80::1%eth0", "2001:db8::/64", "٣::1", "2001:DB8::B"])
+)  # fmt: skip
+
+
+def message(parse: Callable[[], object]) -> str:
+    """The parser's result, or the error it raised with its message: an IPv6 parse that goes wrong
+    names the bad text in the same words either way."""
+    try:
+        return repr(parse())
+    except ValueError as exc:
+        return repr(exc)
+
+
+@PROPERTY
+@given(ipv6_texts, st.integers(0, 140))
+def test_ipv6_addresses_and_networks_parse_as_ipaddress_does(text: str, prefixlen: int) -> None:
+    assert message(lambda: _ipv6_address(text)) == message(lambda: IPv6Address(text))
+    network = message(lambda: _ipv6_network(text, prefixlen))
+    assert network == message(lambda: IPv6Network(f"{text}/{prefixlen}"))
+
+
+def test_ipv6_network_keeps_ipaddress_strictness() -> None:
+    assert _ipv6_network("2001:db8:1000:3::", 64) == IPv6Network("2001:db8:1000:3::/64")
+    for bad in (("2001:db8:1000:3::1", 64), ("2001:db8::", 129), ("2001:db8:::", 64)):
+        assert message(lambda bad=bad: _ipv6_network(*bad)).startswith(("ValueError", "Address", "Netmask"))
 
 
 json_texts = st.recursive(
