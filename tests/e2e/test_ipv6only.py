@@ -212,6 +212,8 @@ def test_turning_ipv4_on_restarts_the_agents_which_keep_their_ipv6_subnets(
         dual_keys = lambda: [key for key in raw_leases(lab) if key.startswith("198.18.")]  # noqa: E731
         wait_for(lambda: len(dual_keys()) == 2, 30, "both agents to lease both halves")
         assert len(raw_leases(lab)) == 2  # the IPv6-only keys went, not left to expire in a day
+        written = lambda: all("FLANNEL_SUBNET" in host.subnet_env() for host in lab.hosts)  # noqa: E731
+        wait_for(written, 15, "both agents to write their dual-stack subnet.env")
         lab.wait_converged(timeout=30)
         for host in lab.hosts:
             assert host.subnet_env()["FLANNEL_IPV6_SUBNET"] == subnets6[host.name]
