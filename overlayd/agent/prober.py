@@ -24,7 +24,7 @@ from overlayd.agent.icmp import Address, EchoSocket
 from overlayd.agent.metrics import Metrics
 from overlayd.agent.reach import Family, PeerReach, ProbeBudget, ProbeSchedule, Reach, Transition, family_of
 from overlayd.etcd.api import RegistryError, SubnetRegistry
-from overlayd.subnet.healthview import NodeView, encode_view
+from overlayd.subnet.healthview import NodeView, Partial, encode_view
 
 log = logging.getLogger(__name__)
 # Seconds between two turns: probes due are sent and answers read in batches (the kernel stamps
@@ -75,10 +75,15 @@ class ViewPublisher:
         self._not_before = 0.0  # no write before this (after a failure, or a write just done)
         self._writing = threading.Event()
 
-    def step(self, node: str | None, probed: int, unreachable: list[str], now: float) -> None:
+    def step(
+        self, node: str | None, probed: int, unreachable: list[str], now: float,
+        partial: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Store the view if it changed (or is due for its TTL); ``partial``: the unreachable
+        peers reached over some families, and the families that fail."""
         if node is None or now < self._not_before or self._writing.is_set():
             return
-        current = (node, tuple(unreachable))
+        current = (node, tuple(unreachable), tuple(sorted((partial or {}).items())))
         if current == self._written and now < self._refresh_at:
             return
         self._writing.set()
@@ -88,10 +93,10 @@ class ViewPublisher:
         else:
             self._write(current, probed, now)
 
-    def _write(self, current: tuple[str, tuple[str, ...]], probed: int, now: float) -> None:
-        node, unreachable = current
+    def _write(self, current: tuple[str, tuple[str, ...], Partial], probed: int, now: float) -> None:
+        node, unreachable, partial = current
         try:
-            view = encode_view(NodeView(node, probed, unreachable, time.time()))
+            view = encode_view(NodeView(node, probed, unreachable, time.time(), partial))
             self.registry.put_health(node, view, self.ttl)
         except RegistryError as exc:
             log.debug("could not store the data path view of %s: %s", node, exc)
@@ -236,11 +241,12 @@ class Prober:
     def _publish(self, targets: ProbeTargets, now: float) -> None:
         with self._lock:  # a healthy node walks no peer list here
             unreachable = self.schedule.unreachable() if self.schedule.unreachable_count else []
+            partial = self.schedule.partly_unreachable() if unreachable else {}
         self.metrics.peers_unreachable.set(len(unreachable))
         for family, count in self.schedule.unreachable_paths.items():
             self.metrics.peers_unreachable_by_family.labels(family=family.value).set(count)
         if self.publisher is not None:
-            self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now)
+            self.publisher.step(targets.node, len(self.schedule.peers), unreachable, now, partial)
 
 
 def log_transition(transition: Transition, targets: ProbeTargets, budget: ProbeBudget) -> None:

@@ -268,6 +268,13 @@ class ProbeSchedule:
         """The keys of the peers with an unreachable path."""
         return sorted(key for key, peer in self.peers.items() if peer.bad)
 
+    def partly_unreachable(self) -> dict[str, tuple[str, ...]]:
+        """The peers reached over some families but not all: the families that fail, by key."""
+        return {
+            key: tuple(path.family.value for path in peer.paths if path.state is Reach.UNREACHABLE)
+            for key, peer in self.peers.items() if 0 < peer.bad < len(peer.paths)
+        }  # fmt: skip
+
     def snapshot(self) -> tuple[PeerReach, ...]:
         """Every peer's verdict, by key."""
         return tuple(_peer_reach(key, peer) for key, peer in sorted(self.peers.items()))

@@ -126,15 +126,17 @@ def render_cluster(views: dict[str, NodeView], problems: list[str], now: float) 
         width = max(len(node) for node in nodes)
         lines.append(f"  {'':<{width}}     " + " ".join(f"{i + 1:>3}" for i in range(len(nodes))))
         for i, node in enumerate(nodes):
-            unreachable = set(views[node].unreachable)
-            cells = ["-" if other == node else "X" if other in unreachable else "." for other in nodes]
+            unreachable, partial = set(views[node].unreachable), dict(views[node].partial)
+            cells = ["-" if other == node else _cell(partial.get(other, ())) if other in unreachable else "."
+                     for other in nodes]  # fmt: skip
             lines.append(f"  {node:<{width}} {i + 1:>3} " + " ".join(cell.rjust(3) for cell in cells))
-        lines.append("  (row: the node probing, numbered; column: the node probed; X: unreachable)")
+        lines.append("  (row: the node probing, numbered; column: the node probed; X: unreachable; "
+                     "4 or 6: unreachable over IPv4 or IPv6 alone)")
     if not pairs:
         lines.append("  every node reaches every peer it probes")
     else:
         lines.append(f"  {len(pairs)} broken pair(s):")
-        lines += [f"    {pair.source} cannot reach {pair.target}" for pair in pairs[:200]]
+        lines += [f"    {pair.source} cannot reach {pair.target}{pair.over}" for pair in pairs[:200]]
         if len(pairs) > 200:
             lines.append(f"    ... and {len(pairs) - 200} more (overlayd status --cluster --json lists all)")
     stale = [node for node, view in views.items() if now - view.written > 1200]
@@ -142,3 +144,8 @@ def render_cluster(views: dict[str, NodeView], problems: list[str], now: float) 
         lines.append(f"  {len(stale)} view(s) older than 20 minutes: their agents may be down")
     return lines
 
+
+
+def _cell(families: tuple[str, ...]) -> str:
+    """A matrix cell of an unreachable peer: X, or the one family it fails over (4, 6)."""
+    return families[0][-1] if len(families) == 1 else "X"

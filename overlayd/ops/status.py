@@ -193,7 +193,9 @@ def to_json(status: HostStatus) -> dict[str, Any]:
     data["etcd_endpoints"] = list(status.etcd_endpoints)
     if status.views is not None:
         pairs = broken_pairs(status.views)
-        data["broken_pairs"] = [{"source": pair.source, "target": pair.target} for pair in pairs]
+        data["broken_pairs"] = [
+            {"source": pair.source, "target": pair.target, "families": list(pair.families)} for pair in pairs
+        ]
     return data
 
 

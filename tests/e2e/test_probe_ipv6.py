@@ -85,6 +85,12 @@ def test_a_peers_ipv6_dropped_is_reported_for_ipv6_alone_then_its_recovery(dual_
                   f"--subnet-file={h1.subnet_file}", netns=h1.netns)  # fmt: skip
         assert "UNREACHABLE over IPv6" in text and "over IPv4 and IPv6" in text, text
         assert unreachable(lab, h3) == 0
+        # The view h1 stores in etcd names the family too: `status --cluster` says which.
+        cluster = lambda: sh(sys.executable, "-m", "overlayd", "status", "--cluster",  # noqa: E731
+                             f"--etcd-endpoints={lab.etcd_endpoint}", f"--subnet-file={h1.subnet_file}",
+                             netns=h1.netns)  # fmt: skip
+        told = wait_for(lambda: " over ipv6" in cluster() and cluster(), GOAL, "the stored view to name IPv6")
+        assert f"cannot reach {k2}&" in str(told) and " over ipv6" in str(told), told
     wait_for(lambda: unreachable(lab, h1) == 0, GOAL, "h1 to report h2 back")
     assert peer_paths(lab, h1) == {k2: both, k3: both}
     assert unreachable(lab, h1, "ipv6") == 0

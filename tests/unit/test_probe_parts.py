@@ -19,7 +19,7 @@ from overlayd.agent.icmp import (
 )
 from overlayd.agent.probefeed import snapshot_json
 from overlayd.agent.prober import ReachSnapshot, ViewPublisher
-from overlayd.agent.reach import Family, PathReach, PeerReach, Reach
+from overlayd.agent.reach import Family, PathReach, PeerReach, ProbeBudget, ProbeSchedule, Reach
 from overlayd.bench.svgplot import Mark, Series, step_chart
 from overlayd.etcd.memory import ManualClock, MemoryEtcd, MemoryRegistry
 from overlayd.ops.reachview import parse_peers, render_cluster, render_peers
@@ -222,3 +222,29 @@ def test_a_dual_stack_peer_is_probed_on_the_first_address_of_each_subnet_the_bac
     finally:
         for backend in (vxlan, wireguard, udp):
             backend.close()
+
+
+def test_the_cluster_view_names_the_family_a_dual_stack_pair_fails_over() -> None:
+    a, b, c = "198.18.1.0-24&2001:db8:1000:1::-64", "198.18.2.0-24&2001:db8:1000:2::-64", "198.18.3.0-24"
+    partial = NodeView(a, 2, (b, c), 990.0, ((b, ("ipv6",)),))
+    assert decode_view(a, encode_view(partial)) == partial
+    # A view stored by an older agent has no "partial": every pair counts as broken over any family.
+    assert decode_view(a, b'{"probed":2,"unreachable":["x"],"written":1.0}').partial == ()
+    with pytest.raises(ViewError, match="partial is not a map"):
+        decode_view(a, b'{"probed":2,"unreachable":[],"written":1.0,"partial":{"x":"ipv6"}}')
+    views = {a: partial, b: NodeView(b, 2, (), 990.0), c: NodeView(c, 2, (), 990.0)}
+    assert [(p.target, p.families) for p in broken_pairs(views)] == [(b, ("ipv6",)), (c, ())]
+    text = "\n".join(render_cluster(views, [], 1000.0))
+    assert f"{a} cannot reach {b} over ipv6" in text and f"{a} cannot reach {c}\n" in text + "\n"
+    row = next(line for line in text.splitlines() if line.strip().startswith(a) and " 1 " in line)
+    assert row.split()[-3:] == ["-", "6", "X"]
+
+
+def test_the_schedule_tells_peers_failing_over_one_family_from_those_failing_over_all() -> None:
+    schedule = ProbeSchedule(ProbeBudget(rate=100.0, misses=1))
+    dual = (IPv4Address("198.18.2.0"), IPv6Address("2001:db8:1000:2::"))
+    schedule.set_targets({"dual": dual, "v4": (IPv4Address("198.18.3.0"),)}, 0.0, 0.0)
+    schedule.lost("dual", dual[1], 1.0, 1.0)
+    schedule.lost("v4", IPv4Address("198.18.3.0"), 1.0, 1.0)
+    assert schedule.unreachable() == ["dual", "v4"]
+    assert schedule.partly_unreachable() == {"dual": ("ipv6",)}
