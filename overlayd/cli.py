@@ -74,8 +74,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    from overlayd.backend.select import CONFIG_PARSERS
     from overlayd.lab.hosts import lab_network_config
     from overlayd.lab.namespaces import DEFAULT_ROOT, Lab, LabError, lab_namespaces
+    from overlayd.subnet.config import ConfigError, parse_network_config
 
     if os.geteuid() != 0:
         print("overlayd lab: needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
@@ -101,10 +103,15 @@ def _cmd_lab(args: argparse.Namespace) -> int:
                 leftover.down()
                 print(f"lab {args.name}: removed what an earlier run left behind (none of its processes ran)")
             ipv6 = args.ipv6 or args.ipv6_only
-            lab = Lab(name=args.name, root=str(root), ipv6=ipv6)
             network_config = args.network_config or lab_network_config(
                 args.backend, ipv6=ipv6, ipv4=not args.ipv6_only
             )
+            try:  # the agents would refuse it: say why now rather than time out waiting for them
+                parse_network_config(network_config, where="lab network config", backends=CONFIG_PARSERS)
+            except ConfigError as exc:
+                print(f"overlayd lab up: {exc}", file=sys.stderr)
+                return 2
+            lab = Lab(name=args.name, root=str(root), ipv6=ipv6)
             lab.up(args.hosts, network_config=network_config)
             lab.wait_converged(timeout=args.timeout)
             lab.add_containers(args.containers)

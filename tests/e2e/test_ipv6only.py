@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from labtools import ip6, log_mark, log_since, metric, needs_lab, put_json_lease, ready, running_lab, wait_for
 
 from overlayd.lab.hosts import ETCD_PREFIX, LAB_IPV6_NETWORK, lab_network_config
-from overlayd.lab.namespaces import Lab, LabHost, sh
+from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
 from overlayd.lab.traffic import PingProbe
 
 pytestmark = needs_lab
@@ -234,3 +236,13 @@ def test_turning_ipv4_off_is_held_as_the_renumbering_it_is(tmp_path_factory: pyt
         assert raw_leases(lab) == before and all(host.pid for host in lab.hosts)
         table, ok = lab.ping_table()
         assert ok, table  # both families still carried under the config in force
+
+
+def test_lab_up_refuses_an_ipv6_only_network_on_an_ipv4_only_backend_at_once(tmp_path: Path) -> None:
+    name = random_lab_name()
+    argv = [sys.executable, "-m", "overlayd", "lab", "up", "--name", name, "--root", str(tmp_path),
+            "--ipv6-only", "--backend", "udp", "--hosts", "2", "--containers", "0"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done
+    assert "Backend.Type 'udp' carries IPv4 only, and EnableIPv4 false makes the network" in done.stderr
+    assert not lab_namespaces(name), "nothing was started"
