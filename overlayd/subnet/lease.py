@@ -67,7 +67,8 @@ class LeaseAttrs:
     # lease has none.
     extra_backend_data: str = ""
     # BackendV6Data (a dual-stack lease): the same backend's data for the IPv6 device. Its codec
-    # reads it like BackendData; only its VtepMAC differs (the MAC of ``flannel-v6.<VNI>``).
+    # reads it like BackendData; what differs is kept here: its VtepMAC (the MAC of
+    # ``flannel-v6.<VNI>``) or, for a codec keeping its data whole (wireguard), its JSON.
     vtep_mac_v6: str | None = None
     extra_backend_v6_data: str = ""
 
@@ -236,14 +237,28 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
         return text
     # flanneld writes BackendData only beside an IPv4 PublicIP: an IPv6-only lease (PublicIP
     # 0.0.0.0, its data for the IPv6 device) has none.
-    ipv6_only = attrs.public_ip.is_unspecified and attrs.vtep_mac_v6 is not None
+    v6_half = _v6_half(attrs)
+    v6 = codec.encode(v6_half) if v6_half is not None else None
+    ipv6_only = attrs.public_ip.is_unspecified and v6_half is not None
     backend = None if ipv6_only else codec.encode(attrs)
-    v6 = codec.encode(replace(attrs, vtep_mac=attrs.vtep_mac_v6)) if attrs.vtep_mac_v6 else None
     if backend is not None:
         value["BackendData"] = backend
     if v6 is not None:
         value["BackendV6Data"] = v6
     return json.dumps(value, separators=(",", ":"))
+
+
+# The fields a codec fills from BackendData, and where the same fields of BackendV6Data go: the
+# IPv6 device's own VTEP MAC (vxlan), its own JSON (a backend keeping its data whole, wireguard).
+_V6_FIELDS = {"vtep_mac": "vtep_mac_v6", "extra_backend_data": "extra_backend_v6_data"}
+
+
+def _v6_half(attrs: LeaseAttrs) -> LeaseAttrs | None:
+    """``attrs`` as its codec encodes BackendV6Data (the IPv6 fields in the places of the IPv4
+    ones); None when the lease has no BackendV6Data."""
+    if not attrs.vtep_mac_v6 and not attrs.extra_backend_v6_data:
+        return None
+    return replace(attrs, vtep_mac=attrs.vtep_mac_v6, extra_backend_data=attrs.extra_backend_v6_data)
 
 
 def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
@@ -300,11 +315,12 @@ def decode_attrs(key: str, raw: bytes | str) -> LeaseAttrs:
     v6_fields = codec.decode(key, backend_v6) if backend_v6 is not None else {}
     if ipv6_only:
         # flanneld's IPv6-only lease carries BackendV6Data alone: the VNI and the IPv6 device's MAC.
-        fields = {name: value for name, value in v6_fields.items() if name != "vtep_mac"}
+        fields = {name: value for name, value in v6_fields.items() if name not in _V6_FIELDS}
     else:
         fields = codec.decode(key, backend)
-    if v6_fields.get("vtep_mac"):
-        fields = {**fields, "vtep_mac_v6": v6_fields["vtep_mac"]}
+    v6_own = {_V6_FIELDS[name]: value for name, value in v6_fields.items() if name in _V6_FIELDS and value}
+    if v6_own:
+        fields = {**fields, **v6_own}
     # One construction: on a cold start every peer's lease is decoded here.
     return LeaseAttrs(public_ip, backend_type, public_ipv6=public_ipv6, **fields)
 
