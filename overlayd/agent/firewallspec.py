@@ -38,8 +38,8 @@ def firewall_spec(
         ip_masq=options.ip_masq,
         forward_rules=options.iptables_forward_rules,
         ingress_allowlist=allowlist,
-        ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field)
-                 if ingress else None),
+        ingress=(IngressGuard(ingress.protocol, ingress.port, ingress.name, ingress.network_field,
+                              ingress.ipv6_port) if ingress else None),
         ingress_sources=sources,
         sealed_underlay=sealed_underlay,
         ipv6_network=config.ipv6.network if dual else None,  # type: ignore[union-attr,arg-type]

@@ -91,6 +91,8 @@ class UnderlayIngress:
     # The overlay only ever arrives through the backend's encrypted tunnel: whatever else comes
     # in on the underlay for the Network is a stranger's (or a spoofed peer's), and is dropped.
     sealed: bool = False
+    # Over IPv6 the packets come to another port (WireGuard's ListenPortV6); None: to ``port``.
+    ipv6_port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class IngressGuard:
     port: int
     name: str
     network_field: HeaderField | None = None  # only this network's packets on the port (VXLAN's VNI)
+    ipv6_port: int | None = None  # the port in the ``ip6`` table (WireGuard's ListenPortV6); None: ``port``
 
     @property
     def peer_set(self) -> str:
@@ -92,8 +93,11 @@ class FirewallSpec:
         """The spec of ``family``'s table: its network, subnet and allowlist sources."""
         if family is IP6:
             assert self.ipv6_network is not None and self.ipv6_own_subnet is not None
+            ingress = self.ingress
+            if ingress is not None and ingress.ipv6_port is not None:
+                ingress = replace(ingress, port=ingress.ipv6_port)
             return replace(self, network=self.ipv6_network, own_subnet=self.ipv6_own_subnet,  # type: ignore[arg-type]
-                           ingress_sources=of_family(self.ingress_sources, IP6))
+                           ingress_sources=of_family(self.ingress_sources, IP6), ingress=ingress)
         return replace(self, ingress_sources=of_family(self.ingress_sources, IP))
 
     @property
