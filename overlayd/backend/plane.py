@@ -87,16 +87,19 @@ class DirectRoute(Route):
 
 @dataclass(frozen=True, order=True, slots=True)
 class WgPeer:
-    """A WireGuard peer on the WireGuard device: its public key, reached at ``dst`` (its
-    PublicIP; the port is the network's), allowed to send from ``allowed`` (its subnet)."""
+    """A WireGuard peer on a WireGuard device: its public key, reached at ``dst`` (its PublicIP,
+    or PublicIPv6; the port is the network's), allowed to send from ``allowed`` (one of its
+    subnets, of either family)."""
 
     public_key: str
-    dst: IPv4Address
-    allowed: IPv4Network
-    _key: tuple[str, int, int, int] = field(init=False, repr=False, compare=False)
+    dst: Ip
+    allowed: Net
+    _key: tuple[str, int, int, int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        key = (self.public_key, int(self.dst), int(self.allowed.network_address), self.allowed.prefixlen)
+        allowed = self.allowed
+        key = (self.public_key, self.dst.version, int(self.dst), allowed.version,
+               int(allowed.network_address), allowed.prefixlen)  # fmt: skip
         object.__setattr__(self, "_key", key)
 
     __eq__ = _key_eq

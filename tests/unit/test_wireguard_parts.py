@@ -14,7 +14,7 @@ import pytest
 from overlayd.backend.desired import DesiredEntries
 from overlayd.backend.plane import Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.select import install
-from overlayd.backend.wireguard.backend import wireguard_entries
+from overlayd.backend.wireguard.peers import wireguard_entries
 from overlayd.backend.wireguard.config import Mode, WireguardConfig, config_fields, parse_wireguard_config
 from overlayd.backend.wireguard.device import peer_changes
 from overlayd.backend.wireguard.keys import KEY_FILE_ENV, BadKey, key_file, load_or_create_key, parse_key

@@ -49,6 +49,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
+RTPROT_KERNEL = 2  # the kernel's own routes (an address's prefix)
 RTPROT_BOOT = 3  # `ip route add`'s default, and flanneld's (its netlink library's default)
 RTPROT_STATIC = 4  # "proto static": pyroute2's default, and overlayd's routes before
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
@@ -457,29 +458,32 @@ def create_link_request(seq: int, name: str, kind: str, mtu: int) -> bytes:
 
 
 def device_route_request(
-    seq: int, ifindex: int, dst: IPv4Network, add: bool, scope_link: bool = False
+    seq: int, ifindex: int, dst: Net, add: bool, scope_link: bool = False
 ) -> bytes:
     """``ip route add|del <dst> dev <ifindex>`` (scope universe, protocol boot, as flanneld's udp;
-    ``scope_link``: scope link, as flanneld's wireguard)."""
+    ``scope_link``: scope link, as flanneld's wireguard), of either family."""
     flags = CREATE if add else DELETE
     scope = RT_SCOPE_LINK if scope_link else RT_SCOPE_UNIVERSE
     protocol, scope, kind = (RTPROT_BOOT, scope, RTN_UNICAST) if add else (0, RT_SCOPE_NOWHERE, 0)
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind, 0)
+    body = _RTMSG.pack(_FAMILY[dst.version], dst.prefixlen, 0, 0, MAIN_TABLE, protocol, scope, kind, 0)
     body += _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(ifindex))
     body += _attr(RTA_TABLE, _U32.pack(MAIN_TABLE))
     return _message(RTM_NEWROUTE if add else RTM_DELROUTE, flags, seq, body)
 
 
-def decode_device_route(message: Message, ifindex: int) -> IPv4Network | None:
-    """The destination of a main-table IPv4 unicast route on ``ifindex`` without a gateway."""
-    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(message.body)
+def decode_device_route(message: Message, ifindex: int) -> Net | None:
+    """The destination of a main-table unicast route (IPv4 or IPv6) on ``ifindex`` without a
+    gateway, other than the kernel's own (an IPv6 device's ``fe80::/64`` and address prefixes)."""
+    family, dst_len, _, _, table, protocol, _, kind, _ = _RTMSG.unpack_from(message.body)
     attrs = _attrs(message.body, _RTMSG.size)
     if RTA_TABLE in attrs:
         table = _U32.unpack(attrs[RTA_TABLE])[0]
     oif = attrs.get(RTA_OIF)
-    if family != socket.AF_INET or table != MAIN_TABLE or kind != RTN_UNICAST or RTA_GATEWAY in attrs:
+    if table != MAIN_TABLE or kind != RTN_UNICAST or RTA_GATEWAY in attrs or protocol == RTPROT_KERNEL:
         return None
     if oif is None or _U32.unpack(oif)[0] != ifindex:
         return None
-    dst = attrs.get(RTA_DST, b"\0\0\0\0")
-    return IPv4Network((int.from_bytes(dst, "big"), dst_len))
+    dst = int.from_bytes(attrs.get(RTA_DST, b""), "big")
+    if family == socket.AF_INET6:
+        return IPv6Network((dst, dst_len))
+    return IPv4Network((dst, dst_len)) if family == socket.AF_INET else None

@@ -1,35 +1,51 @@
 """WireGuard behind the backend seam (``overlayd.backend.api.Backend``), as flanneld's wireguard
-backend: one device ``flannel-wg``, one WireGuard peer per host with its PublicIP and the network's
-ListenPort as endpoint and its subnet as allowed IPs.
+backend: a device ``flannel-wg``, one WireGuard peer per host with its PublicIP and the network's
+ListenPort as endpoint and its subnet as allowed IPs; in a dual-stack network the IPv6 half too,
+laid out as the Mode says (``peers``): by default on a second device ``flannel-wg-v6`` listening
+on ListenPortV6, with the same key.
 
 Wires the parts of this folder: the section (``config``), the key pair (``keys``), the lease's
-BackendData (``lease``), the device and its entries (``device``) and the ``wg`` tool (``wgtool``).
-The netlink monitor sees the device and its routes but not its peers: ``drift_probe`` reads
-them, cheaply, between passes, and every full pass reads them (``reached_directly`` says so).
+BackendData and BackendV6Data (``lease``), the peers' entries per Mode (``peers``), the devices
+(``device``) and the ``wg`` tool (``wgtool``). The netlink monitor sees the devices and their
+routes but not their peers: ``drift_probe`` reads them, cheaply, between passes, and every full
+pass reads them (``reached_directly`` says so).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Address
 from pathlib import Path
 from typing import ClassVar
 
-from overlayd.backend.api import DeviceState, HostFacts, Ipv6Support, PeerActions, UnderlayIngress
-from overlayd.backend.plane import Entry, Plane, PlaneDiff, Route, WgPeer
+from overlayd.backend.api import (
+    ApplyError,
+    BackendError,
+    DeviceState,
+    HostFacts,
+    HostUnfit,
+    Ipv6Support,
+    PeerActions,
+    UnderlayIngress,
+)
+from overlayd.backend.plane import Entry, Plane, PlaneDiff
 from overlayd.backend.section import section_of
 from overlayd.backend.wireguard import wgtool
 from overlayd.backend.wireguard.config import (
     DEVICE_NAME,
+    DEVICE_NAME_V6,
     TYPE,
+    Mode,
     WireguardConfig,
     config_fields,
     parse_wireguard_config,
 )
 from overlayd.backend.wireguard.device import WgDeviceSpec, WgKernel
 from overlayd.backend.wireguard.keys import KeyPair, key_file, load_or_create_key
-from overlayd.backend.wireguard.lease import WireguardLeaseData, public_key_of, wireguard_lease_attrs
+from overlayd.backend.wireguard.lease import WireguardLeaseData, wireguard_lease_attrs
+from overlayd.backend.wireguard.peers import is_wireguard_peer, split_diff, union, wireguard_entries
 from overlayd.backend.wireguard.wgtool import PeerSettings
 from overlayd.base.atomicfile import write_atomic
 from overlayd.subnet.config import BackendSettings, NetworkConfig
@@ -47,12 +63,17 @@ def settings(config: NetworkConfig) -> WireguardConfig:
     return section_of(config, WireguardConfig, TYPE)
 
 
-def wireguard_entries(lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
-    """A peer's WireGuard peer and the route to its subnet through the device (IPv4 only: a
-    dual-stack network's IPv6 half is leased but not carried)."""
-    key = public_key_of(lease.attrs) or ""
-    subnet = lease.subnet
-    return WgPeer(key, lease.attrs.public_ip, subnet), Route(subnet, subnet.network_address)
+def serves_ipv6(config: NetworkConfig, own: Lease | None = None) -> bool:
+    """Whether the IPv6 half is carried: a dual-stack config (and, given, our lease has an IPv6 subnet)."""
+    return config.ipv6 is not None and (own is None or own.ipv6_subnet is not None)
+
+
+def refuse_mode(config: NetworkConfig, error: type[BackendError] = BackendError) -> WireguardConfig:
+    """The section, if its Mode can serve the network; ``error`` naming the fix else."""
+    section = settings(config)
+    if (problem := section.mode_problem(serves_ipv6(config))) is not None:
+        raise error(f"network config: {problem}")
+    return section
 
 
 class Wireguard:
@@ -63,12 +84,19 @@ class Wireguard:
     parse_config = staticmethod(parse_wireguard_config)
     device_pattern: ClassVar[str] = DEVICE_NAME
     routes_traffic: ClassVar[bool] = True
-    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.NONE
+    ipv6_support: ClassVar[Ipv6Support] = Ipv6Support.DUAL_STACK
 
     def __init__(self) -> None:
         self._kernel: WgKernel | None = None
         self._keys: KeyPair | None = None
         self._peer_settings = PeerSettings(0, None, 0)
+        self._peer_settings6 = PeerSettings(0, None, 0, family=6)  # flannel-wg-v6's peers'
+        # What the peers' entries depend on besides their leases: the Mode (a change restarts the
+        # agent) and, for Mode auto, our own IPv6 address.
+        self._mode = Mode.SEPARATE
+        self._own_ipv6: IPv6Address | None = None
+        self._v6_cleared = False  # no flannel-wg-v6 left behind (checked once while it has none)
+        self._read = (Plane(), Plane())  # what the two devices held when last read
 
     @property
     def kernel(self) -> WgKernel:
@@ -86,33 +114,55 @@ class Wireguard:
         return config_fields(config)
 
     def lease_data(self, config: NetworkConfig, host: HostFacts) -> LeaseAttrs:
-        """Our PublicIP and public key, from the private key kept across restarts."""
-        settings(config)
+        """Our PublicIP and public key, from the private key kept across restarts; in a
+        dual-stack network our PublicIPv6 and the same key as BackendV6Data, as flanneld."""
+        self._mode = refuse_mode(config, HostUnfit).mode
+        self._own_ipv6 = host.external_ipv6
         self._keys = load_or_create_key(key_file(host.state_dir))
         log.info("WireGuard public key %s (private key in %s)", self._keys.public_key,
                  self._keys.private_key_file)
-        return wireguard_lease_attrs(host.public_ip, self._keys.public_key)
+        ipv6 = host.public_ipv6 if serves_ipv6(config) else None
+        return wireguard_lease_attrs(host.public_ip, self._keys.public_key, ipv6)
 
     def container_mtu(self, config: NetworkConfig, underlay_mtu: int) -> int:
         return settings(config).device_mtu(underlay_mtu)
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
-        section = settings(config)
+        """``flannel-wg``; in a dual-stack network in Mode separate ``flannel-wg-v6`` too (removed
+        when the network is IPv4-only again), in the other Modes the IPv6 half on ``flannel-wg``."""
+        section = refuse_mode(config)
+        self._mode, self._own_ipv6 = section.mode, host.external_ipv6
         keys = self._keys or load_or_create_key(key_file(host.state_dir))
         self._keys = keys
-        self._peer_settings = PeerSettings(section.listen_port, self._psk_file(section, host.state_dir),
-                                           section.keepalive, section.psk)
+        psk_file = self._psk_file(section, host.state_dir)
+        self._peer_settings = PeerSettings(section.listen_port, psk_file, section.keepalive, section.psk)
+        self._peer_settings6 = replace(self._peer_settings, port=section.listen_port_v6, family=6)
         spec = WgDeviceSpec(
             name=DEVICE_NAME,
             mtu=section.device_mtu(host.external_mtu),
-            address=own.subnet.network_address,
-            network=config.network,
+            addresses=(own.subnet.network_address,),
+            networks=(config.network,),
             private_key_file=keys.private_key_file,
             public_key=keys.public_key,
             listen_port=section.listen_port,
             log_file=host.state_dir / WIREGUARD_GO_LOG,
         )
-        return self.kernel.ensure(spec)
+        ipv6 = serves_ipv6(config, own)
+        half6 = (own.ipv6_subnet.network_address, config.ipv6.network) if ipv6 else None  # type: ignore[union-attr]
+        if half6 is not None and not section.separate_ipv6(ipv6):
+            spec = replace(spec, addresses=(*spec.addresses, half6[0]), networks=(*spec.networks, half6[1]))
+        state, actions = self.kernel.ensure(spec)
+        if half6 is None or not section.separate_ipv6(ipv6):
+            # Once per spell without it, not every pass: one left by a dual-stack run or Mode goes.
+            if not self._v6_cleared and self.kernel.delete(DEVICE_NAME_V6):
+                actions.append(f"deleted {DEVICE_NAME_V6} (no IPv6 device in this network and Mode)")
+            self._v6_cleared = True
+            return state, actions
+        self._v6_cleared = False
+        spec6 = replace(spec, name=DEVICE_NAME_V6, addresses=(half6[0],), networks=(half6[1],),
+                        listen_port=section.listen_port_v6)  # fmt: skip
+        state6, actions6 = self.kernel.ensure(spec6)
+        return replace(state, ipv6_ifindex=state6.ifindex), actions + actions6
 
     @staticmethod
     def _psk_file(section: WireguardConfig, state_dir: Path) -> Path | None:
@@ -124,18 +174,17 @@ class Wireguard:
         return path
 
     def device_names(self, config: NetworkConfig) -> tuple[str, ...]:
+        if settings(config).separate_ipv6(serves_ipv6(config)):
+            return DEVICE_NAME, DEVICE_NAME_V6
         return (DEVICE_NAME,)
 
     def owns_device(self, name: str, config: NetworkConfig | None) -> bool:
-        return name == DEVICE_NAME
+        if config is not None:
+            return name in self.device_names(config)
+        return name in (DEVICE_NAME, DEVICE_NAME_V6)
 
     def wants_peer(self, lease: Lease, own: Lease, config: NetworkConfig) -> bool:
-        return (
-            lease.subnet != own.subnet
-            and lease.attrs.public_ip != own.attrs.public_ip
-            and lease.attrs.backend_type == TYPE
-            and public_key_of(lease.attrs) is not None
-        )
+        return is_wireguard_peer(lease, own, settings(config).mode)
 
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
         """No peer is reached without the tunnel; not None all the same, because the device's
@@ -143,20 +192,45 @@ class Wireguard:
         return _never
 
     def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
-        return wireguard_entries(lease)
+        return wireguard_entries(lease, direct, ipv6, self._mode, self._own_ipv6)
 
     def read_entries(self, device: DeviceState, network: IPv4Network | None) -> Plane:
-        return self.kernel.read_plane(DEVICE_NAME, device.ifindex, self._peer_settings)
+        """Both devices' routes and peers, as one Plane."""
+        plane = self.kernel.read_plane(DEVICE_NAME, device.ifindex, self._peer_settings)
+        plane6 = Plane()
+        if device.ipv6_ifindex:
+            plane6 = self.kernel.read_plane(DEVICE_NAME_V6, device.ipv6_ifindex, self._peer_settings6)
+        self._read = (plane, plane6)
+        return union(plane, plane6)
 
     def apply(self, device: DeviceState, diff: PlaneDiff) -> None:
-        self.kernel.apply(DEVICE_NAME, device.ifindex, diff, self._peer_settings)
+        """Each device's part of ``diff`` (``peers.split_diff``); ApplyError naming the failures."""
+        if not device.ipv6_ifindex:
+            self.kernel.apply(DEVICE_NAME, device.ifindex, diff, self._peer_settings)
+            return
+        diff4, diff6 = split_diff(diff, self._read)
+        failures: list[str] = []
+        for name, ifindex, part, peer_settings in (
+            (DEVICE_NAME, device.ifindex, diff4, self._peer_settings),
+            (DEVICE_NAME_V6, device.ipv6_ifindex, diff6, self._peer_settings6),
+        ):
+            try:
+                if not part.empty:
+                    self.kernel.apply(name, ifindex, part, peer_settings)
+            except ApplyError as err:
+                failures += err.failures
+        if failures:
+            raise ApplyError(failures)
 
     def peer_actions(self) -> PeerActions | None:
         return None  # every peer is a WireGuard peer and a route
 
     def underlay_ingress(self, config: NetworkConfig) -> UnderlayIngress:
-        port = settings(config).listen_port
-        return UnderlayIngress(protocol="udp", port=port, name=INGRESS_NAME, sealed=True)
+        """UDP to ListenPort; over IPv6 to ListenPortV6 where ``flannel-wg-v6`` listens."""
+        section = settings(config)
+        port6 = section.listen_port_v6 if section.separate_ipv6(serves_ipv6(config)) else None
+        return UnderlayIngress(protocol="udp", port=section.listen_port, name=INGRESS_NAME, sealed=True,
+                               ipv6_port=port6)
 
     def drift_probe(self, config: NetworkConfig) -> tuple[float, Callable[[], str | None]] | None:
         """Every ``PROBE_INTERVAL``: whether the device's keys, port or peers changed since the
@@ -165,18 +239,24 @@ class Wireguard:
 
     def _probe(self) -> str | None:
         kernel = self._kernel
-        if kernel is None or not kernel.fingerprint:
+        if kernel is None:
             return None
-        try:
-            dump = wgtool.show(DEVICE_NAME, self._peer_settings)
-        except Exception as err:  # the device is gone: the netlink monitor reports that
-            log.debug("drift probe: %s", err)
-            return None
-        return "WireGuard peers changed" if dump.fingerprint != kernel.fingerprint else None
+        for name, known in list(kernel.fingerprints.items()):
+            if not known:
+                continue
+            expected = self._peer_settings6 if name == DEVICE_NAME_V6 else self._peer_settings
+            try:
+                dump = wgtool.show(name, expected)
+            except Exception as err:  # the device is gone: the netlink monitor reports that
+                log.debug("drift probe: %s", err)
+                continue
+            if dump.fingerprint != known:
+                return f"WireGuard peers of {name} changed"
+        return None
 
     def remove(self, config: NetworkConfig) -> list[str]:
-        """The device ``flannel-wg`` (its peers and routes go with it)."""
-        return [f"deleted {DEVICE_NAME}"] if self.kernel.delete(DEVICE_NAME) else []
+        """The devices ``flannel-wg`` and ``flannel-wg-v6`` (their peers and routes go with them)."""
+        return [f"deleted {name}" for name in (DEVICE_NAME, DEVICE_NAME_V6) if self.kernel.delete(name)]
 
 
 def _never(lease: Lease) -> bool:

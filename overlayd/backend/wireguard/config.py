@@ -19,7 +19,9 @@ WIREGUARD_OVERHEAD = 80
 
 
 class Mode(enum.Enum):
-    """flannel's ``Mode``: one tunnel per family, or one for both reached over a chosen family."""
+    """flannel's ``Mode`` in a dual-stack network: a device per family (separate), or one device
+    carrying both, its peers reached over IPv4 (ipv4), IPv6 (ipv6) or whichever flannel deems
+    likelier to connect (auto)."""
 
     SEPARATE = "separate"
     AUTO = "auto"
@@ -38,20 +40,39 @@ class WireguardConfig:
 
     @property
     def restart_key(self) -> tuple[object, ...]:
-        """The device's port and the PSK of every peer are set in place; only the type restarts."""
-        return (self.type,)
+        """The devices' ports and the PSK of every peer are set in place; a new Mode lays the
+        devices out anew (as flanneld, which reads it at start), so it restarts the agent."""
+        return (self.type, self.mode)
 
     @property
     def summary(self) -> str:
         psk = ", PSK" if self.psk else ""
-        return f"port {self.listen_port} mode {self.mode.value}{psk}"  # never the PSK itself
+        v6 = f" (IPv6 {self.listen_port_v6})" if self.mode is Mode.SEPARATE else ""
+        return f"port {self.listen_port}{v6} mode {self.mode.value}{psk}"  # never the PSK itself
 
     def restart_reason(self, previous: BackendSettings) -> str:
+        if isinstance(previous, WireguardConfig) and previous.mode is not self.mode:
+            return f"Mode {previous.mode.value} -> {self.mode.value}"
         return f"Backend {previous.type} -> {self.type}"
 
     @property
     def device_name(self) -> str:
         return DEVICE_NAME
+
+    def separate_ipv6(self, dual_stack: bool) -> bool:
+        """Whether the IPv6 half has a device of its own (``flannel-wg-v6``): Mode separate in a
+        dual-stack network. The other modes carry both halves in ``flannel-wg``."""
+        return dual_stack and self.mode is Mode.SEPARATE
+
+    def mode_problem(self, dual_stack: bool) -> str | None:
+        """Why this Mode cannot serve the network (``dual_stack`` or IPv4 only), or None.
+        flanneld takes Mode ipv6 in an IPv4-only network and then fails on every peer, whose
+        endpoint would be an IPv6 address it does not have."""
+        if self.mode is Mode.IPV6 and not dual_stack:
+            return ("Backend.Mode ipv6 reaches peers at their PublicIPv6, which a network without "
+                    "EnableIPv6 does not publish; use Mode separate, auto or ipv4, or make the "
+                    "network dual-stack (EnableIPv6 with an IPv6Network)")
+        return None
 
     def device_mtu(self, interface_mtu: int) -> int:
         """The device's MTU, which is also FLANNEL_MTU: the underlay's less the overhead."""

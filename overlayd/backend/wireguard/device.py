@@ -1,9 +1,11 @@
-"""The ``flannel-wg`` device: created in the kernel where it has WireGuard, else by wireguard-go;
-its address, MTU and the route of the whole Network onto it; its per-peer routes and peers.
+"""A WireGuard device (``flannel-wg``, and ``flannel-wg-v6`` for a dual-stack network's IPv6
+half in Mode separate): created in the kernel where it has WireGuard, else by wireguard-go; its
+addresses, MTU and the route of the whole Network onto it; its per-peer routes and peers.
 
-Like flanneld, the device holds its subnet's network address as a /32 and the whole Network is
-routed onto it (scope link): a packet for a subnet whose peer is unknown or was skipped reaches
-the device, which has no peer for it and drops it, and never leaves in clear on the underlay.
+Like flanneld, the device holds its subnet's network address as a /32 (IPv6: /128) and the whole
+Network (IPv6Network) is routed onto it (scope link): a packet for a subnet whose peer is unknown
+or was skipped reaches the device, which has no peer for it and drops it, and never leaves in
+clear on the underlay.
 Each peer gets, besides its WireGuard peer, the route to its subnet via its ``<subnet>.0`` as the
 vxlan device has, so routes list the peers the device serves.
 
@@ -23,11 +25,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from overlayd.backend.api import ApplyError, BackendError, DeviceState
-from overlayd.backend.plane import Plane, PlaneDiff, Route
+from overlayd.backend.plane import Ip, Net, Plane, PlaneDiff, Route
 from overlayd.backend.rtnl.codec import (
     IFF_UP,
     Link,
@@ -45,9 +46,9 @@ from overlayd.backend.rtnl.codec import (
 )
 from overlayd.backend.rtnl.socket import RtnlSocket
 from overlayd.backend.wireguard import wgtool
-from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, DeviceDump, PeerSettings
+from overlayd.backend.wireguard.wgtool import NOTHING, NOTHING6, NOWHERE, NOWHERE6, DeviceDump, PeerSettings
 
-PeerConfig = tuple[IPv4Address, set[IPv4Network]]  # a peer's endpoint address and allowed IPs
+PeerConfig = tuple[Ip, set[Net]]  # a peer's endpoint address and allowed IPs
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def wireguard_go_command(binary: str, name: str) -> list[str]:
 class WgDeviceSpec:
     name: str
     mtu: int
-    address: IPv4Address | None  # the own subnet's network address, as a /32
-    network: IPv4Network  # routed onto the device
+    addresses: tuple[Ip, ...]  # the own subnets' network addresses, as a /32 (IPv6: /128)
+    networks: tuple[Net, ...]  # routed onto the device: the Network, and or the IPv6Network
     private_key_file: Path
     public_key: str
     listen_port: int
@@ -86,8 +87,10 @@ class WgKernel:
     def __init__(self) -> None:
         self._rtnl = RtnlSocket()
         self.implementation = ""  # "kernel" or "wireguard-go", once the device exists
-        self.peers: dict[str, PeerConfig] = {}  # each peer's endpoint and allowed IPs, last known
-        self.fingerprint = ""  # the device's configuration as last read (``wgtool.DeviceDump``)
+        # By device: each peer's endpoint and allowed IPs, last known.
+        self.peers: dict[str, dict[str, PeerConfig]] = {}
+        # By device: its configuration as last read (``wgtool.DeviceDump``).
+        self.fingerprints: dict[str, str] = {}
 
     def close(self) -> None:
         self._rtnl.close()
@@ -190,37 +193,49 @@ class WgKernel:
             raise BackendError(f"{name}: cannot {what}: {err.strerror}") from None
 
     def _fix_address(self, index: int, spec: WgDeviceSpec, actions: list[str]) -> None:
-        """Leave exactly ``spec.address``/32 on the device."""
-        seq = self._rtnl.next_seq()
-        present = False
-        for item in (decode_address(m) for m in self._rtnl.dump(dump_addresses_request(seq, index), seq)):
-            if item is None or item.index != index:
-                continue
-            if item.ip == spec.address and item.prefixlen == 32:
-                present = True
-                continue
-            stray = partial(address_request, ip=item.ip, prefixlen=item.prefixlen, add=False)
-            self._write_link(spec.name, f"remove address {item.ip}/{item.prefixlen}", stray, index)
-            _record(spec.name, f"removed address {item.ip}/{item.prefixlen}", actions)
-        if spec.address is not None and not present:
-            address = spec.address
-            self._write_link(spec.name, f"add address {address}/32",
-                             lambda s, i: address_request(s, i, address, 32, True), index)
-            _record(spec.name, f"added address {address}/32", actions)
+        """Leave exactly ``spec.addresses`` on the device, each as a /32 (IPv6: /128); the
+        kernel's IPv6 link-local address stays."""
+        wanted = {(ip, ip.max_prefixlen) for ip in spec.addresses}
+        present = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            seq = self._rtnl.next_seq()
+            # Read whole before any change: a write on the socket amid a dump would end the dump.
+            dump = list(self._rtnl.dump(dump_addresses_request(seq, index, family), seq))
+            for item in (decode_address(message) for message in dump):
+                if item is None or item.index != index or (item.ip.version == 6 and item.scope):
+                    continue
+                if (item.ip, item.prefixlen) in wanted:
+                    present.add((item.ip, item.prefixlen))
+                    continue
+                stray = partial(address_request, ip=item.ip, prefixlen=item.prefixlen, add=False)
+                self._write_link(spec.name, f"remove address {item.ip}/{item.prefixlen}", stray, index)
+                _record(spec.name, f"removed address {item.ip}/{item.prefixlen}", actions)
+        for address, prefixlen in sorted(wanted - present, key=lambda pair: pair[0].version):
+            self._write_link(spec.name, f"add address {address}/{prefixlen}",
+                             lambda s, i, a=address, n=prefixlen: address_request(s, i, a, n, True), index)
+            _record(spec.name, f"added address {address}/{prefixlen}", actions)
+
+    def _device_routes(self, index: int) -> list[bytes]:
+        """Both families' main-table routes on ``index``, as messages."""
+        messages = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            seq = self._rtnl.next_seq()
+            messages += self._rtnl.dump(route_dump_request(index, seq, family), seq)
+        return messages
 
     def _fix_network_route(self, index: int, spec: WgDeviceSpec, actions: list[str]) -> None:
-        """Route exactly the Network onto the device (a changed Network's old route goes)."""
-        seq = self._rtnl.next_seq()
-        dump = self._rtnl.dump(route_dump_request(index, seq), seq)
-        routed = {decode_device_route(message, index) for message in dump}
-        for stale in sorted(net for net in routed if net is not None and net != spec.network):
+        """Route exactly ``spec.networks`` onto the device (a changed Network's old route goes)."""
+        routed = {decode_device_route(message, index) for message in self._device_routes(index)}
+        routed.discard(None)
+        for stale in sorted(routed - set(spec.networks), key=str):  # type: ignore[operator]
             self._write_link(spec.name, f"remove the route of {stale}",
                              lambda s, i, stale=stale: device_route_request(s, i, stale, add=False), index)
             _record(spec.name, f"removed the route of {stale} from {spec.name}", actions)
-        if spec.network not in routed:
-            route = partial(device_route_request, dst=spec.network, add=True, scope_link=True)
-            self._write_link(spec.name, f"route {spec.network} onto it", route, index)
-            _record(spec.name, f"routed {spec.network} onto {spec.name}", actions)
+        for network in spec.networks:
+            if network not in routed:
+                route = partial(device_route_request, dst=network, add=True, scope_link=True)
+                self._write_link(spec.name, f"route {network} onto it", route, index)
+                _record(spec.name, f"routed {network} onto {spec.name}", actions)
 
     def delete(self, name: str) -> bool:
         """Delete the device (wireguard-go exits when its TUN goes); False if there is none."""
@@ -234,34 +249,36 @@ class WgKernel:
     # -- per-peer entries -------------------------------------------------------------------------
 
     def read_plane(self, name: str, ifindex: int, settings: PeerSettings) -> Plane:
-        """The device's routes via a gateway, and its WireGuard peers."""
-        seq = self._rtnl.next_seq()
-        routes = {decode_entry(m, ifindex) for m in self._rtnl.dump(route_dump_request(ifindex, seq), seq)}
+        """The device's routes via a gateway (both families), and its WireGuard peers."""
+        routes = {decode_entry(m, ifindex) for m in self._device_routes(ifindex)}
         dump = wgtool.show(name, settings)
-        self._remember(dump)
+        self._remember(name, dump)
         return Plane(routes=frozenset(r for r in routes if type(r) is Route), peers=dump.peers)
 
-    def _remember(self, dump: DeviceDump) -> None:
+    def _remember(self, name: str, dump: DeviceDump) -> None:
         peers: dict[str, PeerConfig] = {}
         for peer in dump.peers:
             peers.setdefault(peer.public_key, (peer.dst, set()))[1].add(peer.allowed)
-        self.peers, self.fingerprint = peers, dump.fingerprint
+        self.peers[name], self.fingerprints[name] = peers, dump.fingerprint
 
     def apply(self, name: str, ifindex: int, diff: PlaneDiff, settings: PeerSettings) -> None:
         """Routes removed, peers changed in one ``wg set``, routes added; ApplyError on failures."""
         failures = self._routes(ifindex, diff.remove.routes, replace=False)
-        wanted, gone = peer_changes(self.peers, diff)
+        known = self.peers.setdefault(name, {})
+        wanted, gone = peer_changes(known, diff, settings.family)
         try:
-            wgtool.set_peers(name, wanted, gone, settings)
+            if wanted or gone:
+                wgtool.set_peers(name, wanted, gone, settings)
             for key in gone:
-                self.peers.pop(key, None)
-            self.peers.update(wanted)
+                known.pop(key, None)
+            known.update(wanted)
         except BackendError as err:
             failures.append(str(err))
         failures += self._routes(ifindex, diff.add.routes, replace=True)
         if failures:
             raise ApplyError(failures)
-        start_handshakes(min(nets).network_address for _, nets in wanted.values() if nets)
+        start_handshakes(min(nets, key=lambda net: (net.version, net)).network_address
+                         for _, nets in wanted.values() if nets)  # fmt: skip
 
     def _routes(self, ifindex: int, routes: frozenset[Route], replace: bool) -> list[str]:
         requests = []
@@ -276,12 +293,14 @@ class WgKernel:
 
 
 def peer_changes(
-    known: Mapping[str, PeerConfig], diff: PlaneDiff
+    known: Mapping[str, PeerConfig], diff: PlaneDiff, family: int = 0
 ) -> tuple[dict[str, PeerConfig], set[str]]:
     """What ``wg set`` must do for ``diff``, given each peer's configuration ``known`` to the
     device: the peers to configure (key -> endpoint and *all* its allowed IPs, which ``wg``
-    replaces as a whole) and the keys to remove (no allowed IPs left)."""
-    removed: dict[str, set[IPv4Network]] = {}
+    replaces as a whole) and the keys to remove (no allowed IPs left). ``family``: the
+    device's placeholders' (``wgtool.parse_dump``)."""
+    nowhere, nothing = (NOWHERE6, NOTHING6) if family == 6 else (NOWHERE, NOTHING)
+    removed: dict[str, set[Net]] = {}
     for peer in diff.remove.peers:
         removed.setdefault(peer.public_key, set()).add(peer.allowed)
     added: dict[str, PeerConfig] = {}
@@ -290,9 +309,9 @@ def peer_changes(
     wanted: dict[str, PeerConfig] = {}
     gone: set[str] = set()
     for key in removed.keys() | added.keys():
-        dst, nets = known.get(key, (NOWHERE, set()))
+        dst, nets = known.get(key, (nowhere, set()))
         dst = added[key][0] if key in added else dst
-        nets = (nets - removed.get(key, set()) - {NOTHING}) | added.get(key, (dst, set()))[1]
+        nets = (nets - removed.get(key, set()) - {nothing}) | added.get(key, (dst, set()))[1]
         if nets:
             wanted[key] = (dst, nets)
         else:
@@ -300,18 +319,26 @@ def peer_changes(
     return wanted, gone
 
 
-def start_handshakes(addresses: Iterable[IPv4Address]) -> None:
+def start_handshakes(addresses: Iterable[Ip]) -> None:
     """Send one empty datagram through the tunnel to each of ``addresses`` (peers' device
-    addresses), so WireGuard starts their handshakes now. The side that adds the other as a peer
-    first has its handshake dropped (the other does not know its key yet) and tries again only
-    after 5 s; the side that adds it second gets through at once, and the first pings pass."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
+    addresses, of either family), so WireGuard starts their handshakes now. The side that adds the
+    other as a peer first has its handshake dropped (the other does not know its key yet) and
+    tries again only after 5 s; the side that adds it second gets through at once, and the first
+    pings pass."""
+    sockets: dict[int, socket.socket] = {}
+    try:
         for address in addresses:
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if family not in sockets:
+                sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
+                sockets[family].setblocking(False)
             try:
-                sock.sendto(b"", (str(address), DISCARD_PORT))
+                sockets[family].sendto(b"", (str(address), DISCARD_PORT))
             except OSError as err:  # no route yet, a full queue: the first real packet starts it
                 log.debug("no handshake started towards %s: %s", address, err)
+    finally:
+        for sock in sockets.values():
+            sock.close()
 
 
 def _record(name: str, action: str, actions: list[str]) -> None:

@@ -1,6 +1,7 @@
-"""What a WireGuard lease publishes: ``BackendData`` ``{"PublicKey": <base64 key>}``, both ways.
+"""What a WireGuard lease publishes: ``BackendData`` ``{"PublicKey": <base64 key>}``, both ways,
+and in a dual-stack network the same object as ``BackendV6Data`` (one key for both devices).
 
-flanneld writes exactly this object. The codec checks the key and keeps the canonical JSON in
+flanneld writes exactly these objects. The codec checks the key and keeps the canonical JSON in
 ``LeaseAttrs.extra_backend_data``, so no field of the shared lease type is WireGuard's; a lease
 whose key is not 32 bytes of base64 is a bad lease (named once, never programmed).
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
 
 from overlayd.backend.wireguard.config import TYPE
 from overlayd.backend.wireguard.keys import BadKey, parse_key
@@ -40,14 +42,29 @@ class WireguardLeaseData:
         return {"extra_backend_data": _canonical(public_key)}
 
 
-def public_key_of(attrs: LeaseAttrs) -> str | None:
-    """The peer's public key a decoded wireguard lease carries; None if it carries none."""
-    if not attrs.extra_backend_data:
+def _key_in(data: str) -> str | None:
+    if not data:
         return None
-    value = json.loads(attrs.extra_backend_data)
+    value = json.loads(data)
     return value.get(PUBLIC_KEY) if isinstance(value, dict) else None
 
 
-def wireguard_lease_attrs(public_ip: IPv4Address, public_key: str) -> LeaseAttrs:
-    """What this host publishes: its PublicIP and its public key."""
-    return LeaseAttrs(public_ip=public_ip, backend_type=TYPE, extra_backend_data=_canonical(public_key))
+def public_key_of(attrs: LeaseAttrs) -> str | None:
+    """The peer's public key a decoded wireguard lease carries; None if it carries none."""
+    return _key_in(attrs.extra_backend_data)
+
+
+def public_key_v6_of(attrs: LeaseAttrs) -> str | None:
+    """The public key of the lease's IPv6 half (its BackendV6Data); None if it has none."""
+    return _key_in(attrs.extra_backend_v6_data)
+
+
+def wireguard_lease_attrs(
+    public_ip: IPv4Address, public_key: str, public_ipv6: IPv6Address | None = None
+) -> LeaseAttrs:
+    """What this host publishes: its PublicIP and its public key; with ``public_ipv6`` (a
+    dual-stack network) its PublicIPv6 and the same key again as BackendV6Data, as flanneld."""
+    attrs = LeaseAttrs(public_ip=public_ip, backend_type=TYPE, extra_backend_data=_canonical(public_key))
+    if public_ipv6 is None:
+        return attrs
+    return replace(attrs, public_ipv6=public_ipv6, extra_backend_v6_data=_canonical(public_key))

@@ -13,19 +13,22 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
 from overlayd.backend.api import BackendError
-from overlayd.backend.plane import WgPeer
+from overlayd.backend.plane import Ip, Net, WgPeer
 
 WG = "wg"
 TIMEOUT = 10.0
 EMPTY_FILE = Path("/dev/null")
 PEERS_PER_CALL = 500  # ~80 kB of arguments
-# What a peer without an endpoint or allowed IPs reads as: never wanted, so it is replaced.
+# What a peer without an endpoint or allowed IPs reads as: never wanted, so it is replaced. The
+# IPv6 device's are IPv6 ones, so that what is read there is written back there.
 NOWHERE = IPv4Address(0)
 NOTHING = IPv4Network("0.0.0.0/32")
+NOWHERE6 = IPv6Address(0)
+NOTHING6 = IPv6Network("::/128")
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,22 @@ def run_wg(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def parse_dump(text: str, psk: str = "", keepalive: int = 0, port: int = 0) -> DeviceDump:
+def _endpoint(text: str) -> tuple[Ip | None, str]:
+    """(address, port) of a ``wg`` endpoint, ``192.0.2.12:51820`` or ``[2001:db8::c]:51821``;
+    None for no address."""
+    host, _, port = text.rpartition(":")
+    try:
+        return ip_address(host.strip("[]")), port
+    except ValueError:
+        return None, port
+
+
+def parse_dump(text: str, psk: str = "", keepalive: int = 0, port: int = 0, family: int = 0) -> DeviceDump:
     """``wg show <dev> dump``: the interface line, then one line per peer (tab-separated). A peer
     whose preshared key, keepalive or endpoint port is not ``psk``, ``keepalive`` and ``port`` (0:
-    any) reads as reached nowhere, so that it is configured again."""
+    any), or whose endpoint is not of ``family`` (4 or 6, the device's; 0: any) reads as reached
+    nowhere, so that it is configured again."""
+    nowhere, nothing = (NOWHERE6, NOTHING6) if family == 6 else (NOWHERE, NOTHING)
     lines = text.splitlines()
     if not lines:
         return DeviceDump("", 0, frozenset(), "")
@@ -69,16 +84,13 @@ def parse_dump(text: str, psk: str = "", keepalive: int = 0, port: int = 0) -> D
         peer_psk = "" if fields[1] == "(none)" else fields[1]
         peer_keepalive = fields[7] if len(fields) > 7 else "off"
         shape.append(f"{key} {endpoint} {allowed} {peer_keepalive} {bool(peer_psk)}")  # never the PSK
-        host, _, peer_port = endpoint.rpartition(":")
-        try:
-            dst = IPv4Address(host) if host else NOWHERE
-        except ValueError:
-            dst = NOWHERE  # an IPv6 endpoint: not one we set
+        address, peer_port = _endpoint(endpoint)
+        dst = address if address is not None and family in (0, address.version) else nowhere
         wanted_keepalive = str(keepalive) if keepalive else "off"
         if peer_psk != psk or peer_keepalive != wanted_keepalive or (port and peer_port != str(port)):
-            dst = NOWHERE
-        nets = [IPv4Network(net) for net in allowed.split(",") if net and net != "(none)" and ":" not in net]
-        peers.update(WgPeer(key, dst, net) for net in nets or [NOTHING])
+            dst = nowhere
+        nets = [ip_network(net) for net in allowed.split(",") if net and net != "(none)"]
+        peers.update(WgPeer(key, dst, net) for net in nets or [nothing])
     return DeviceDump(public_key, listen_port, frozenset(peers), "\n".join(shape))
 
 
@@ -87,7 +99,7 @@ def show(device: str, expected: PeerSettings | None = None) -> DeviceDump:
     text = run_wg(["show", device, "dump"], f"read WireGuard device {device}")
     if expected is None:
         return parse_dump(text)
-    return parse_dump(text, expected.psk, expected.keepalive, expected.port)
+    return parse_dump(text, expected.psk, expected.keepalive, expected.port, expected.family)
 
 
 def set_interface(device: str, private_key_file: Path, listen_port: int) -> None:
@@ -103,20 +115,30 @@ class PeerSettings:
     psk_file: Path | None
     keepalive: int
     psk: str = ""  # what ``psk_file`` holds, to compare with what the device has
+    family: int = 0  # the family of the peers' endpoints (the IPv6 device's: 6); 0: either
 
 
-def set_peers(device: str, wanted: dict[str, tuple[IPv4Address, Iterable[IPv4Network]]],
+def endpoint(dst: Ip, port: int) -> str:
+    """``dst:port`` as ``wg`` takes it, an IPv6 address in brackets."""
+    return f"[{dst}]:{port}" if dst.version == 6 else f"{dst}:{port}"
+
+
+def set_peers(device: str, wanted: dict[str, tuple[Ip, Iterable[Net]]],
               gone: set[str], settings: PeerSettings) -> None:
     """Configure ``wanted`` peers (key -> endpoint, all its allowed IPs) and remove ``gone`` ones:
     one ``wg set`` per ``PEERS_PER_CALL``, so that thousands of peers stay within the kernel's
     limit on a command line."""
     peers = [["peer", key, "remove"] for key in sorted(gone)]
     for key, (dst, nets) in sorted(wanted.items()):
-        peers.append(["peer", key, "endpoint", f"{dst}:{settings.port}",
-                      "allowed-ips", ",".join(str(net) for net in sorted(nets)),
+        peers.append(["peer", key, "endpoint", endpoint(dst, settings.port),
+                      "allowed-ips", ",".join(str(net) for net in sorted(nets, key=_net_order)),
                       "persistent-keepalive", str(settings.keepalive) if settings.keepalive else "off",
                       # An empty file clears a preshared key the network no longer has.
                       "preshared-key", str(settings.psk_file or EMPTY_FILE)])  # fmt: skip
     for start in range(0, len(peers), PEERS_PER_CALL):
         args = ["set", device, *(word for peer in peers[start:start + PEERS_PER_CALL] for word in peer)]
         run_wg(args, f"configure {len(wanted)} and remove {len(gone)} peer(s) on {device}")
+
+
+def _net_order(net: Net) -> tuple[int, Net]:
+    return net.version, net

@@ -1,0 +1,178 @@
+"""The wireguard backend in a dual-stack network (Mode separate, flanneld's default): real agents,
+wireguard-go for ``flannel-wg`` and ``flannel-wg-v6``, containers with both addresses, and a
+capture on the underlay bridge.
+
+One lab of three hosts with one container each serves the module; the tests run in file order and
+each leaves the lab converged for the next (the last switches it to vxlan).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labtools import log_mark, log_since, needs_lab, running_lab, wait_for
+
+from overlayd.lab.hosts import lab_network_config
+from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
+
+pytestmark = [needs_lab, pytest.mark.root]
+
+PORT, PORT6 = 51820, 51821
+DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    config = lab_network_config("wireguard", ipv6=True)
+    with running_lab(tmp_path_factory, hosts=3, ipv6=True, network_config=config) as lab:
+        lab.add_containers(1)
+        yield lab
+
+
+def wg(host: LabHost, *args: str) -> str:
+    return subprocess.run(host.command(["wg", *args]), capture_output=True, text=True, check=False).stdout
+
+
+def peers(host: LabHost, device: str) -> dict[str, tuple[str, str]]:
+    """The device's peers: public key -> (endpoint, allowed IPs)."""
+    lines = wg(host, "show", device, "dump").splitlines()[1:]
+    return {f[0]: (f[2], f[3]) for f in (line.split("\t") for line in lines)}
+
+
+def public_key(host: LabHost, device: str = DEVICE) -> str:
+    return wg(host, "show", device, "public-key").strip()
+
+
+def subnet6(host: LabHost) -> str:
+    return f"{host.flannel_ipv6_address()}/{host.subnet_env()['FLANNEL_IPV6_SUBNET'].split('/')[1]}"
+
+
+def all_v6_peers_know(lab: Lab) -> bool:
+    """Every host has every other host as a peer of flannel-wg-v6 at its PublicIPv6 and ListenPortV6."""
+    for host in lab.hosts:
+        want = {public_key(other): (f"[{other.ipv6}]:{PORT6}", subnet6(other))
+                for other in lab.hosts if other is not host}  # fmt: skip
+        if peers(host, DEVICE6) != want:
+            return False
+    return True
+
+
+def lease_values(lab: Lab) -> dict[str, dict]:
+    lines = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix").splitlines()
+    pairs = zip(lines[::2], lines[1::2], strict=True)
+    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in pairs}
+
+
+def test_every_pair_of_containers_meets_over_ipv4_and_ipv6(lab: Lab) -> None:
+    wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+    table, ok = lab.container_ping_table()
+    assert ok and "IPv6" in table, table
+    wait_for(lambda: all_v6_peers_know(lab), 10, "every host's IPv6 peers")
+    h1 = lab.hosts[0]
+    # One key on both devices; each listens on its own port; both 80 below the underlay's MTU.
+    assert public_key(h1, DEVICE6) == public_key(h1) != ""
+    assert wg(h1, "show", DEVICE6, "listen-port").strip() == str(PORT6)
+    link6 = sh("ip", "addr", "show", DEVICE6, netns=h1.netns)
+    assert "mtu 1420" in link6 and f"inet6 {h1.flannel_ipv6_address()}/128" in link6, link6
+    assert "2001:db8:1000::/48 dev flannel-wg-v6" in sh("ip", "-6", "route", netns=h1.netns)
+    assert h1.subnet_env()["FLANNEL_MTU"] == "1420"
+    # The lease is flanneld's: PublicIPv6, and the key again as BackendV6Data.
+    for host in lab.hosts:
+        value = next(v for v in lease_values(lab).values() if v["PublicIP"] == host.ip)
+        assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
+        assert value["PublicIPv6"] == host.ipv6
+        assert value["BackendData"] == value["BackendV6Data"] == {"PublicKey": public_key(host)}
+    # The ip6 table's allowlist lets in the peers' PublicIPv6s, on ListenPortV6.
+    table6 = sh("nft", "list", "table", "ip6", "overlayd", netns=h1.netns)
+    assert f"udp dport {PORT6} ip6 saddr != @wireguard_peers" in table6, table6
+    assert all(other.ipv6 in table6 for other in lab.hosts[1:]), table6
+
+
+def test_the_underlay_carries_only_wireguard_udp_for_both_families(lab: Lab) -> None:
+    """A capture on the underlay bridge while containers ping each other over both families:
+    only UDP between host addresses on the listen ports (IPv6's on ListenPortV6), besides the
+    underlay's own neighbour discovery, and no container address anywhere in it."""
+    capture = Path(lab.dir) / "underlay6.pcap"
+    tcpdump = subprocess.Popen(
+        ["ip", "netns", "exec", lab.underlay_ns, "tcpdump", "-i", "br0", "-U", "-nn", "-w", str(capture),
+         "(ip and not host 192.0.2.2) or ip6"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: capture.exists(), 10, "tcpdump to start")
+        time.sleep(0.5)
+        for source in lab.hosts:
+            name = next(iter(source.containers))
+            for target in lab.hosts:
+                if source is not target:
+                    for address in (*target.containers.values(), *target.containers6.values()):
+                        sh("ping", "-c", "2", "-i", "0.2", "-W", "1", address, netns=lab.container_ns(name))
+        time.sleep(0.5)
+    finally:
+        tcpdump.send_signal(signal.SIGINT)
+        tcpdump.wait(timeout=10)
+    lines = [line for line in sh("tcpdump", "-nn", "-r", str(capture)).splitlines() if line.strip()]
+    hosts4 = "|".join(re.escape(host.ip) for host in lab.hosts)
+    hosts6 = "|".join(re.escape(host.ipv6) for host in lab.hosts)
+    wireguard4 = re.compile(rf"IP ({hosts4})\.{PORT} > ({hosts4})\.{PORT}: UDP, length \d+$")
+    wireguard6 = re.compile(rf"IP6 ({hosts6})\.{PORT6} > ({hosts6})\.{PORT6}: UDP, length \d+$")
+    discovery = re.compile(r"ICMP6, (neighbor (solicitation|advertisement)|router solicitation|multicast "
+                           "listener)")
+    carried6 = [line for line in lines if wireguard6.search(line)]
+    assert len(carried6) >= 12, "\n".join(lines[:20])  # 6 pairs x 2 pings, each way
+    strays = [line for line in lines
+              if not wireguard4.search(line) and not wireguard6.search(line) and not discovery.search(line)]
+    assert not strays, "\n".join(strays[:10])
+    text = "\n".join(lines)
+    assert "198.18." not in text and "2001:db8:1000:" not in text
+
+
+def test_a_peer_removed_by_hand_from_the_ipv6_device_is_repaired(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    wait_for(lambda: all_v6_peers_know(lab), 10, "every host's IPv6 peers")
+    mark = log_mark(h1)
+    v4_before = peers(h1, DEVICE)
+    wg(h1, "set", DEVICE6, "peer", public_key(h2), "remove")
+    assert public_key(h2) not in peers(h1, DEVICE6)
+    wait_for(lambda: public_key(h2) in peers(h1, DEVICE6), 5, "h2's IPv6 peer back on h1")
+    assert all_v6_peers_know(lab)
+    assert "add 1 wireguard_peer entries" in log_since(h1, mark)
+    assert peers(h1, DEVICE) == v4_before  # the IPv4 device untouched
+    assert lab.ping(h1, h2.flannel_ipv6_address() or "", count=2)
+
+
+def test_the_ipv6_device_s_drift_is_repaired(lab: Lab) -> None:
+    """MTU, address, the IPv6Network's route and a peer's IPv6 route changed by hand come back."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    sh("ip", "link", "set", DEVICE6, "mtu", "1300", netns=h1.netns)
+    sh("ip", "-6", "route", "del", subnet6(h2), "dev", DEVICE6, netns=h1.netns)
+    sh("ip", "-6", "route", "del", "2001:db8:1000::/48", "dev", DEVICE6, netns=h1.netns)
+    sh("ip", "-6", "addr", "del", f"{h1.flannel_ipv6_address()}/128", "dev", DEVICE6, netns=h1.netns)
+
+    def repaired() -> bool:
+        link = sh("ip", "addr", "show", DEVICE6, netns=h1.netns)
+        routes = sh("ip", "-6", "route", "show", "dev", DEVICE6, netns=h1.netns)
+        return ("mtu 1420" in link and f"inet6 {h1.flannel_ipv6_address()}/128" in link
+                and "2001:db8:1000::/48" in routes and f"{subnet6(h2)} via" in routes)  # fmt: skip
+
+    wait_for(repaired, 10, "h1's flannel-wg-v6 as it was")
+    wait_for(lambda: lab.ping(h1, h2.flannel_ipv6_address() or "", count=1), 10, "h2 over IPv6 again")
+
+
+def test_switching_to_vxlan_removes_both_wireguard_devices(lab: Lab) -> None:
+    """Last: the lab leaves wireguard for vxlan, dual-stack; neither device is left."""
+    lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", lab_network_config("vxlan", ipv6=True))
+
+    def switched(host: LabHost) -> bool:
+        links = sh("ip", "-o", "link", "show", netns=host.netns)
+        return "flannel-v6.1" in links and DEVICE not in links
+
+    wait_for(lambda: all(switched(host) for host in lab.hosts), 40, "every host on vxlan, no flannel-wg*")
+    wait_for(lambda: lab.container_ping_table()[1], 20, "containers to reach each other over VXLAN")
