@@ -176,3 +176,26 @@ def test_switching_to_vxlan_removes_both_wireguard_devices(lab: Lab) -> None:
 
     wait_for(lambda: all(switched(host) for host in lab.hosts), 40, "every host on vxlan, no flannel-wg*")
     wait_for(lambda: lab.container_ping_table()[1], 20, "containers to reach each other over VXLAN")
+
+
+def test_mode_ipv6_carries_both_families_in_one_device_over_ipv6(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Mode ipv6, as flanneld: no flannel-wg-v6; flannel-wg holds both addresses and Networks, and
+    reaches each peer at its PublicIPv6 on ListenPort, allowed both its subnets."""
+    config = json.loads(lab_network_config("wireguard", ipv6=True))
+    config["Backend"]["Mode"] = "ipv6"
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=json.dumps(config)) as lab:
+        h1, h2 = lab.hosts
+        lab.add_containers(1)
+        wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+        both = f"{h2.flannel_address()}/24,{subnet6(h2)}"
+        assert peers(h1, DEVICE) == {public_key(h2): (f"[{h2.ipv6}]:{PORT}", both)}
+        links = sh("ip", "-o", "addr", "show", DEVICE, netns=h1.netns)
+        assert f"inet {h1.flannel_address()}/32" in links
+        assert f"inet6 {h1.flannel_ipv6_address()}/128" in links
+        assert DEVICE6 not in sh("ip", "-o", "link", "show", netns=h1.netns)
+        # Every peer is reached over IPv6: the ip table admits no source, the ip6 one h2 on ListenPort.
+        table6 = sh("nft", "list", "table", "ip6", "overlayd", netns=h1.netns)
+        assert f"udp dport {PORT} ip6 saddr != @wireguard_peers" in table6 and h2.ipv6 in table6, table6
+        assert h2.ip not in sh("nft", "list", "set", "ip", "overlayd", "wireguard_peers", netns=h1.netns)
