@@ -1,5 +1,5 @@
 """Helpers shared by the lab tests: polling with a named expectation, the lab skip marker, metrics, logs,
-``overlayd status``."""
+``overlayd status``, a capture on the underlay."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +65,29 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
             return result
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def underlay_capture(lab: Lab, name: str, bpf: str) -> Iterator[list[str]]:
+    """tcpdump on the underlay bridge of the packets ``bpf`` matches while the block runs; the
+    list it yields is filled with the capture's lines (``tcpdump -nn``) when the block ends."""
+    capture = Path(lab.dir) / f"{name}.pcap"
+    tcpdump = subprocess.Popen(
+        ["ip", "netns", "exec", lab.underlay_ns, "tcpdump", "-i", "br0", "-U", "-nn", "-w", str(capture),
+         bpf],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        wait_for(lambda: capture.exists(), 10, "tcpdump to start")
+        time.sleep(0.5)
+        yield lines
+        time.sleep(0.5)
+    finally:
+        tcpdump.send_signal(signal.SIGINT)
+        tcpdump.wait(timeout=10)
+    text = sh("tcpdump", "-nn", "-r", str(capture))
+    lines += [line for line in text.splitlines() if line.strip()]
 
 
 # The agent's metrics, read inside the host's namespace (sum of matching samples, 0 if none).

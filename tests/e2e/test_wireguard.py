@@ -19,7 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, needs_lab, running_lab, wait_for
+from labtools import log_mark, log_since, needs_lab, running_lab, underlay_capture, wait_for
 
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
@@ -104,29 +104,15 @@ def test_containers_reach_each_other_through_wireguard_go(lab: Lab) -> None:
 def test_the_underlay_carries_only_wireguard_udp_between_hosts(lab: Lab) -> None:
     """A capture on the underlay bridge while containers ping each other: only UDP between host
     addresses on the WireGuard port, and no container address anywhere in it."""
-    underlay = lab.underlay_ns
-    capture = Path(lab.dir) / "underlay.pcap"
     # etcd's TCP is the lab's control plane, not overlay traffic; ARP is link-local chatter.
-    tcpdump = subprocess.Popen(
-        ["ip", "netns", "exec", underlay, "tcpdump", "-i", "br0", "-U", "-nn", "-w", str(capture),
-         "ip and not host 192.0.2.2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: capture.exists(), 10, "tcpdump to start")
-        time.sleep(0.5)
+    with underlay_capture(lab, "underlay", "ip and not host 192.0.2.2") as lines:
         for source in lab.hosts:
             for target in lab.hosts:
                 if source is not target:
                     name, _ = container(source)
                     address = container(target)[1]
                     sh("ping", "-c", "3", "-i", "0.2", "-W", "1", address, netns=lab.container_ns(name))
-        time.sleep(0.5)
-    finally:
-        tcpdump.send_signal(signal.SIGINT)
-        tcpdump.wait(timeout=10)
-    text = sh("tcpdump", "-nn", "-r", str(capture))
-    lines = [line for line in text.splitlines() if line.strip()]
+    text = "\n".join(lines)
     hosts = "|".join(re.escape(host.ip) for host in lab.hosts)
     wireguard = re.compile(rf"IP ({hosts})\.{PORT} > ({hosts})\.{PORT}: UDP, length \d+$")
     assert len(lines) >= 18, text  # 6 pairs x 3 pings, each way

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, needs_lab, running_lab, wait_for
+from labtools import log_mark, log_since, needs_lab, running_lab, underlay_capture, wait_for
 
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
@@ -99,26 +96,13 @@ def test_the_underlay_carries_only_wireguard_udp_for_both_families(lab: Lab) -> 
     """A capture on the underlay bridge while containers ping each other over both families:
     only UDP between host addresses on the listen ports (IPv6's on ListenPortV6), besides the
     underlay's own neighbour discovery, and no container address anywhere in it."""
-    capture = Path(lab.dir) / "underlay6.pcap"
-    tcpdump = subprocess.Popen(
-        ["ip", "netns", "exec", lab.underlay_ns, "tcpdump", "-i", "br0", "-U", "-nn", "-w", str(capture),
-         "(ip and not host 192.0.2.2) or ip6"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: capture.exists(), 10, "tcpdump to start")
-        time.sleep(0.5)
+    with underlay_capture(lab, "underlay6", "(ip and not host 192.0.2.2) or ip6") as lines:
         for source in lab.hosts:
             name = next(iter(source.containers))
             for target in lab.hosts:
                 if source is not target:
                     for address in (*target.containers.values(), *target.containers6.values()):
                         sh("ping", "-c", "2", "-i", "0.2", "-W", "1", address, netns=lab.container_ns(name))
-        time.sleep(0.5)
-    finally:
-        tcpdump.send_signal(signal.SIGINT)
-        tcpdump.wait(timeout=10)
-    lines = [line for line in sh("tcpdump", "-nn", "-r", str(capture)).splitlines() if line.strip()]
     hosts4 = "|".join(re.escape(host.ip) for host in lab.hosts)
     hosts6 = "|".join(re.escape(host.ipv6) for host in lab.hosts)
     wireguard4 = re.compile(rf"IP ({hosts4})\.{PORT} > ({hosts4})\.{PORT}: UDP, length \d+$")

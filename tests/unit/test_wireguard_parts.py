@@ -14,11 +14,11 @@ import pytest
 from overlayd.backend.desired import DesiredEntries
 from overlayd.backend.plane import Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.select import install
-from overlayd.backend.wireguard.peers import wireguard_entries
 from overlayd.backend.wireguard.config import Mode, WireguardConfig, config_fields, parse_wireguard_config
 from overlayd.backend.wireguard.device import peer_changes
 from overlayd.backend.wireguard.keys import KEY_FILE_ENV, BadKey, key_file, load_or_create_key, parse_key
 from overlayd.backend.wireguard.lease import public_key_of, wireguard_lease_attrs
+from overlayd.backend.wireguard.peers import wireguard_entries
 from overlayd.backend.wireguard.wgtool import NOTHING, NOWHERE, parse_dump
 from overlayd.netfilter.firewall import FirewallSpec, render_table
 from overlayd.subnet.config import ConfigError, ConfigFields
