@@ -107,12 +107,13 @@ def log_since(host: LabHost, mark: int, network: str | None = None) -> str:
 
 
 def status_json(lab: Lab, host: LabHost, *extra: str) -> dict:
-    """``overlayd status --json`` run inside ``host``."""
-    out = sh(
-        sys.executable, "-m", "overlayd", "status", "--json", f"--etcd-endpoints={lab.etcd_endpoint}",
-        f"--subnet-file={host.subnet_file}", *extra, netns=host.netns,
-    )  # fmt: skip
-    return json.loads(out)
+    """``overlayd status --json`` run inside ``host`` (with its ``/run/wireguard``, where ``wg``
+    finds wireguard-go's device)."""
+    argv = [sys.executable, "-m", "overlayd", "status", "--json", f"--etcd-endpoints={lab.etcd_endpoint}",
+            f"--subnet-file={host.subnet_file}", *extra]  # fmt: skip
+    done = subprocess.run(host.command(argv), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"overlayd status failed ({done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(done.stdout)
 
 
 def ready(host: LabHost) -> bool:

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from labtools import log_mark, log_since, needs_lab, running_lab, underlay_capture, wait_for
+from labtools import log_mark, log_since, needs_lab, running_lab, status_json, underlay_capture, wait_for
 
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
@@ -86,6 +86,8 @@ def test_every_pair_of_containers_meets_over_ipv4_and_ipv6(lab: Lab) -> None:
         assert list(value) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
         assert value["PublicIPv6"] == host.ipv6
         assert value["BackendData"] == value["BackendV6Data"] == {"PublicKey": public_key(host)}
+    device = status_json(lab, h1)["device"]
+    assert (device["name"], device["ipv6_name"], len(device["routes"])) == (DEVICE, DEVICE6, 4), device
     # The ip6 table's allowlist lets in the peers' PublicIPv6s, on ListenPortV6.
     table6 = sh("nft", "list", "table", "ip6", "overlayd", netns=h1.netns)
     assert f"udp dport {PORT6} ip6 saddr != @wireguard_peers" in table6, table6
@@ -183,3 +185,25 @@ def test_mode_ipv6_carries_both_families_in_one_device_over_ipv6(
         table6 = sh("nft", "list", "table", "ip6", "overlayd", netns=h1.netns)
         assert f"udp dport {PORT} ip6 saddr != @wireguard_peers" in table6 and h2.ipv6 in table6, table6
         assert h2.ip not in sh("nft", "list", "set", "ip", "overlayd", "wireguard_peers", netns=h1.netns)
+
+
+def test_ipv6_turned_on_and_off_live_adds_and_removes_flannel_wg_v6(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The network config gains EnableIPv6 while the agents run: each takes a dual-stack lease,
+    makes flannel-wg-v6, and new containers meet over both families; without it again the
+    device goes. No agent restarts."""
+    config = lab_network_config("wireguard")
+    with running_lab(tmp_path_factory, hosts=2, ipv6=True, network_config=config) as lab:
+        pids = [host.pid for host in lab.hosts]
+        lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", lab_network_config("wireguard", ipv6=True))
+        wait_for(lambda: all("FLANNEL_IPV6_SUBNET" in host.subnet_env() for host in lab.hosts), 30,
+                 "every host to take a dual-stack lease")  # fmt: skip
+        lab.wait_converged(timeout=30)
+        lab.add_containers(1)
+        wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping, both families")
+        assert all(DEVICE6 in sh("ip", "-o", "link", "show", netns=host.netns) for host in lab.hosts)
+        lab.etcd().etcdctl("put", f"{ETCD_PREFIX}/config", config)
+        links = lambda: "".join(sh("ip", "-o", "link", "show", netns=host.netns) for host in lab.hosts)  # noqa: E731
+        wait_for(lambda: DEVICE6 not in links(), 30, "flannel-wg-v6 gone from every host")
+        assert [host.pid for host in lab.hosts] == pids
