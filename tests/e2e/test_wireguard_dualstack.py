@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from labtools import log_mark, log_since, needs_lab, running_lab, status_json, underlay_capture, wait_for
@@ -150,6 +151,21 @@ def test_the_ipv6_device_s_drift_is_repaired(lab: Lab) -> None:
 
     wait_for(repaired, 10, "h1's flannel-wg-v6 as it was")
     wait_for(lambda: lab.ping(h1, h2.flannel_ipv6_address() or "", count=1), 10, "h2 over IPv6 again")
+
+
+def serves(pid: str, device: str) -> bool:
+    """Whether process ``pid`` is the wireguard-go of ``device``."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[0].decode()).name == "wireguard-go" and device.encode() in argv[1:]
+
+
+def test_a_killed_wireguard_go_of_the_ipv6_device_is_replaced_with_its_peers(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    served = [pid for pid in sh("ip", "netns", "pids", h1.netns).split() if serves(pid, DEVICE6)]
+    assert len(served) == 1, served
+    subprocess.run(["kill", "-KILL", served[0]], check=True)
+    wait_for(lambda: all_v6_peers_know(lab), 15, "h1's flannel-wg-v6 and its peers back")
+    wait_for(lambda: lab.ping(h1, lab.hosts[2].flannel_ipv6_address() or "", count=1), 10, "h3 over IPv6")
 
 
 def test_switching_to_vxlan_removes_both_wireguard_devices(lab: Lab) -> None:
