@@ -126,6 +126,7 @@ def test_mode_ipv6_programs_no_peer_without_a_public_ipv6() -> None:
     no_ipv6 = peer(FLANNELD_VALUE.replace('"2001:db8::c"', "null"))
     assert is_wireguard_peer(no_ipv6, own, Mode.SEPARATE) and not is_wireguard_peer(no_ipv6, own, Mode.IPV6)
     assert is_wireguard_peer(peer(), own, Mode.IPV6)
+    assert wireguard_entries(no_ipv6, ipv6=True, mode=Mode.IPV6) == ()  # asked anyway (a probe): none
 
 
 def test_each_entry_goes_to_its_family_s_device_and_a_removal_where_it_was_read() -> None:

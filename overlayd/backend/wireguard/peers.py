@@ -61,7 +61,8 @@ def wireguard_entries(
     chosen = {Mode.IPV4: 4, Mode.IPV6: 6}.get(mode)
     family = chosen or auto_family(attrs.public_ip, attrs.public_ipv6, own_ipv6)
     dst: Ip | None = attrs.public_ipv6 if family == 6 else attrs.public_ip
-    assert dst is not None, "wants_peer lets in no peer without the address its Mode reaches"
+    if dst is None:  # Mode ipv6, a lease without a PublicIPv6: not a peer (``is_wireguard_peer``)
+        return ()
     key = half[1] if half is not None else public_key_of(attrs) or ""
     entries = WgPeer(key, dst, subnet), Route(subnet, subnet.network_address)
     if half is None:
