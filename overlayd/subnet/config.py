@@ -218,6 +218,9 @@ class BackendSettings(Protocol):
         """What changed from ``previous`` that makes the agent restart (``VNI 1 -> 2``)."""
         ...
 
+    # Optional: ``network_problem(ipv4: bool, ipv6: bool) -> str | None``, why the section cannot
+    # run a network of those families (the config is refused with it), or None.
+
 
 # Parses a backend's section (read through ConfigFields, whose errors name the key); raises ConfigError.
 BackendParser = Callable[[ConfigFields], BackendSettings]
@@ -372,6 +375,10 @@ def parse_network_config(
             f"the network IPv6-only; use Backend {', '.join(sorted(backends.ipv6_only))}, or set "
             "EnableIPv4 true with an IPv4 Network"
         )
+    # A section may refuse a family layout it cannot run (``network_problem``, optional).
+    network_problem = getattr(backend, "network_problem", None)
+    if network_problem is not None and (problem := network_problem(enable_ipv4, ipv6 is not None)):
+        raise ConfigError(f"{where}: {problem}")
     # flanneld ignores the IPv4 keys of an IPv6-only network; so do we.
     return NetworkConfig(
         ipv4=parse_pool(fields, IPV4) if enable_ipv4 else None,

@@ -48,5 +48,6 @@ def test_an_ipv6_only_config_for_udp_is_refused_naming_the_backends_that_serve_i
     assert out.getvalue() == ""
     assert err.getvalue() == (
         "network config: Backend.Type 'udp' carries IPv4 only, and EnableIPv4 false makes the network "
-        "IPv6-only; use Backend alloc, host-gw, vxlan, or set EnableIPv4 true with an IPv4 Network\n"
+        "IPv6-only; use Backend alloc, host-gw, vxlan, wireguard, or set EnableIPv4 true with an IPv4 "
+        "Network\n"
     )

@@ -74,6 +74,16 @@ class WireguardConfig:
                     "network dual-stack (EnableIPv6 with an IPv6Network)")
         return None
 
+    def network_problem(self, ipv4: bool, ipv6: bool) -> str | None:
+        """Why this Mode cannot run a network of these families, or None: the config is refused
+        with it. Mode ipv4 reaches every peer at its PublicIP, which in an IPv6-only network is
+        0.0.0.0 on every host (flanneld takes it and then reaches no peer)."""
+        if self.mode is Mode.IPV4 and not ipv4 and ipv6:
+            return ("Backend.Mode ipv4 reaches peers at their PublicIP, which an IPv6-only network "
+                    "(EnableIPv4 false) leaves 0.0.0.0; use Mode separate (flannel-wg-v6), ipv6 or "
+                    "auto (flannel-wg), or set EnableIPv4 true with an IPv4 Network")
+        return None
+
     def device_mtu(self, interface_mtu: int) -> int:
         """The device's MTU, which is also FLANNEL_MTU: the underlay's less the overhead."""
         return interface_mtu - WIREGUARD_OVERHEAD

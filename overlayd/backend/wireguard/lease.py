@@ -1,7 +1,9 @@
 """What a WireGuard lease publishes: ``BackendData`` ``{"PublicKey": <base64 key>}``, both ways,
-and in a dual-stack network the same object as ``BackendV6Data`` (one key for both devices).
+and in a dual-stack network the same object as ``BackendV6Data`` (one key for both devices); an
+IPv6-only lease carries ``BackendV6Data`` alone. flanneld v0.28 adds a ``"Port"`` to both objects:
+read (and dropped, as v0.20.2 does), never written, since every peer's port is our ListenPort(V6).
 
-flanneld writes exactly these objects. The codec checks the key and keeps the canonical JSON in
+flanneld v0.20.2 writes exactly these objects. The codec checks the key and keeps the canonical JSON in
 ``LeaseAttrs.extra_backend_data``, so no field of the shared lease type is WireGuard's; a lease
 whose key is not 32 bytes of base64 is a bad lease (named once, never programmed).
 """
@@ -15,7 +17,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from overlayd.backend.wireguard.config import TYPE
 from overlayd.backend.wireguard.keys import BadKey, parse_key
-from overlayd.subnet.lease import LeaseAttrs, LeaseError
+from overlayd.subnet.lease import NO_PUBLIC_IP, LeaseAttrs, LeaseError
 
 PUBLIC_KEY = "PublicKey"
 
@@ -68,3 +70,10 @@ def wireguard_lease_attrs(
     if public_ipv6 is None:
         return attrs
     return replace(attrs, public_ipv6=public_ipv6, extra_backend_v6_data=_canonical(public_key))
+
+
+def wireguard_ipv6_only_attrs(public_ipv6: IPv6Address, public_key: str) -> LeaseAttrs:
+    """What this host publishes in an IPv6-only network, as flanneld: PublicIP 0.0.0.0, its
+    PublicIPv6, and its public key as BackendV6Data alone (no BackendData)."""
+    return LeaseAttrs(public_ip=NO_PUBLIC_IP, backend_type=TYPE, public_ipv6=public_ipv6,
+                      extra_backend_v6_data=_canonical(public_key))  # fmt: skip

@@ -6,6 +6,10 @@ half on ``flannel-wg``, each peer reached at its PublicIP; the IPv6 half on ``fl
 peer reached at its PublicIPv6, its IPv6 subnet the allowed IPs. ``ipv4``, ``ipv6`` and ``auto``:
 one device, ``flannel-wg``, one WireGuard peer per host allowed both subnets, reached at its
 PublicIP, its PublicIPv6, or whichever ``auto_family`` picks.
+
+In an IPv6-only network every PublicIP is 0.0.0.0 and the IPv6 half is all there is: each peer is
+reached at its PublicIPv6 in every Mode (but ipv4, which the config refuses), on ``flannel-wg-v6``
+alone in Mode separate, on ``flannel-wg`` in Modes ipv6 and auto.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from overlayd.backend.plane import Entry, Ip, Plane, PlaneDiff, Route, WgPeer
 from overlayd.backend.wireguard.config import TYPE, Mode
 from overlayd.backend.wireguard.lease import public_key_of, public_key_v6_of
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, is_ipv6_only
 
 # What flannel calls private: RFC 1918 for IPv4, unique local (RFC 4193) for IPv6.
 _PRIVATE_V4 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
@@ -50,6 +54,8 @@ def wireguard_entries(
     ``ipv6`` (a dual-stack network): its IPv6 half too, when it has one. ``direct`` is never
     true: no peer is reached outside the tunnel. ``own_ipv6``: ours, which Mode auto weighs."""
     attrs, subnet = lease.attrs, lease.subnet
+    if is_ipv6_only(lease):
+        return ipv6_only_entries(lease)
     half = ipv6_half(lease) if ipv6 else None
     if mode is Mode.SEPARATE:
         entries: tuple[Entry, ...] = (WgPeer(public_key_of(attrs) or "", attrs.public_ip, subnet),
@@ -68,6 +74,30 @@ def wireguard_entries(
     if half is None:
         return entries
     return (*entries, WgPeer(key, dst, half[0]), Route(half[0], half[0].network_address))
+
+
+def ipv6_only_entries(lease: Lease) -> tuple[Entry, ...]:
+    """An IPv6-only peer's WireGuard peer, reached at its PublicIPv6, allowed its IPv6 subnet, and
+    the route to that subnet: the same entries in every Mode, on ``flannel-wg-v6`` in Mode
+    separate, else on ``flannel-wg``. None without a whole IPv6 half."""
+    half, public_ipv6 = ipv6_half(lease), lease.attrs.public_ipv6
+    if half is None or public_ipv6 is None:
+        return ()
+    subnet6, key6 = half
+    return WgPeer(key6, public_ipv6, subnet6), Route(subnet6, subnet6.network_address)
+
+
+def is_wireguard_ipv6_only_peer(lease: Lease, own: Lease) -> bool:
+    """``is_wireguard_peer`` in an IPv6-only network: another host's IPv6-only wireguard lease with
+    a public key in its BackendV6Data (every PublicIP is 0.0.0.0: the PublicIPv6 tells hosts apart)."""
+    return (
+        is_ipv6_only(lease)
+        and lease.ipv6_subnet != own.ipv6_subnet
+        and lease.attrs.public_ipv6 is not None
+        and lease.attrs.public_ipv6 != own.attrs.public_ipv6
+        and lease.attrs.backend_type == TYPE
+        and public_key_v6_of(lease.attrs) is not None
+    )
 
 
 def is_wireguard_peer(lease: Lease, own: Lease, mode: Mode) -> bool:
