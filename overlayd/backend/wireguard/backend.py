@@ -219,6 +219,7 @@ class Wireguard:
         """Delete ``name`` once per spell without it (an earlier run's or Mode's), not every pass."""
         if name not in self._cleared and self.kernel.delete(name):
             actions.append(f"deleted {name} ({why})")
+            log.info("%s", actions[-1])
         self._cleared.add(name)
 
     @staticmethod
