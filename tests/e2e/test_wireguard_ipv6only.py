@@ -11,13 +11,24 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, needs_lab, ready, running_lab, underlay_capture, wait_for
+from labtools import (
+    log_mark,
+    log_since,
+    needs_lab,
+    ready,
+    running_lab,
+    status_json,
+    underlay_capture,
+    wait_for,
+)
 
 from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
-from overlayd.lab.namespaces import Lab, LabHost, sh
+from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -88,6 +99,10 @@ def test_every_pair_of_containers_meets_over_ipv6_on_flannel_wg_v6_alone(lab: La
     table6 = sh("nft", "list", "table", "ip6", "overlayd", netns=h1.netns)
     assert f"udp dport {PORT6} ip6 saddr != @wireguard_peers" in table6, table6
     assert all(other.ipv6 in table6 for other in lab.hosts[1:]), table6
+    # overlayd status reads the one device's routes and peers.
+    device = status_json(lab, h1)["device"]
+    assert (device["name"], device["ipv6_name"], len(device["routes"])) == (DEVICE6, None, 2), device
+    assert device["tunnel_peers"] == 2, device
 
 
 def test_the_lease_is_flanneld_s_ipv6_only_one_byte_for_byte(lab: Lab) -> None:
@@ -186,3 +201,17 @@ def test_mode_ipv6_carries_the_ipv6_only_network_on_flannel_wg(
         assert f"udp dport {PORT} ip6 saddr != @wireguard_peers" in table6 and h2.ipv6 in table6, table6
         value = next(v for v in map(json.loads, raw_leases(lab).values()) if v["PublicIPv6"] == h2.ipv6)
         assert value["BackendV6Data"] == {"PublicKey": public_key(h2, DEVICE)} and "BackendData" not in value
+
+
+def test_lab_up_refuses_mode_ipv4_in_an_ipv6_only_network_at_once(tmp_path: Path) -> None:
+    config = json.loads(lab_network_config("wireguard", ipv4=False))
+    config["Backend"]["Mode"] = "ipv4"
+    name = random_lab_name()
+    argv = [sys.executable, "-m", "overlayd", "lab", "up", "--name", name, "--root", str(tmp_path),
+            "--ipv6-only", "--network-config", json.dumps(config), "--hosts", "2",
+            "--containers", "0"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done
+    assert "Backend.Mode ipv4 reaches peers at their PublicIP, which an IPv6-only network" in done.stderr
+    assert "use Mode separate (flannel-wg-v6), ipv6 or auto (flannel-wg)" in done.stderr
+    assert not lab_namespaces(name), "nothing was started"
