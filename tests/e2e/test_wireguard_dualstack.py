@@ -15,51 +15,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import log_mark, log_since, needs_lab, running_lab, status_json, underlay_capture, wait_for
+from labtools import needs_lab, running_lab, status_json, underlay_capture, wait_for
+from wgtools import (
+    DEVICE,
+    DEVICE6,
+    PORT,
+    PORT6,
+    all_v6_peers_know,
+    peers,
+    public_key,
+    remove_peer_by_hand_and_see_it_back,
+    subnet6,
+    wg,
+    wireguard_lab,
+)
 
 from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import ETCD_PREFIX, Lab, LabHost, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
-PORT, PORT6 = 51820, 51821
-DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    config = lab_network_config("wireguard", ipv6=True)
-    with running_lab(tmp_path_factory, hosts=3, ipv6=True, network_config=config) as lab:
-        lab.add_containers(1)
+    with wireguard_lab(tmp_path_factory, ipv6=True) as lab:
         yield lab
-
-
-def wg(host: LabHost, *args: str) -> str:
-    return subprocess.run(host.command(["wg", *args]), capture_output=True, text=True, check=False).stdout
-
-
-def peers(host: LabHost, device: str) -> dict[str, tuple[str, str]]:
-    """The device's peers: public key -> (endpoint, allowed IPs)."""
-    lines = wg(host, "show", device, "dump").splitlines()[1:]
-    return {f[0]: (f[2], f[3]) for f in (line.split("\t") for line in lines)}
-
-
-def public_key(host: LabHost, device: str = DEVICE) -> str:
-    return wg(host, "show", device, "public-key").strip()
-
-
-def subnet6(host: LabHost) -> str:
-    return f"{host.flannel_ipv6_address()}/{host.subnet_env()['FLANNEL_IPV6_SUBNET'].split('/')[1]}"
-
-
-def all_v6_peers_know(lab: Lab) -> bool:
-    """Every host has every other host as a peer of flannel-wg-v6 at its PublicIPv6 and ListenPortV6."""
-    for host in lab.hosts:
-        want = {public_key(other): (f"[{other.ipv6}]:{PORT6}", subnet6(other))
-                for other in lab.hosts if other is not host}  # fmt: skip
-        if peers(host, DEVICE6) != want:
-            return False
-    return True
 
 
 def lease_values(lab: Lab) -> dict[str, dict]:
@@ -122,17 +102,9 @@ def test_the_underlay_carries_only_wireguard_udp_for_both_families(lab: Lab) -> 
 
 
 def test_a_peer_removed_by_hand_from_the_ipv6_device_is_repaired(lab: Lab) -> None:
-    h1, h2 = lab.hosts[0], lab.hosts[1]
-    wait_for(lambda: all_v6_peers_know(lab), 10, "every host's IPv6 peers")
-    mark = log_mark(h1)
-    v4_before = peers(h1, DEVICE)
-    wg(h1, "set", DEVICE6, "peer", public_key(h2), "remove")
-    assert public_key(h2) not in peers(h1, DEVICE6)
-    wait_for(lambda: public_key(h2) in peers(h1, DEVICE6), 5, "h2's IPv6 peer back on h1")
-    assert all_v6_peers_know(lab)
-    assert "add 1 wireguard_peer entries" in log_since(h1, mark)
-    assert peers(h1, DEVICE) == v4_before  # the IPv4 device untouched
-    assert lab.ping(h1, h2.flannel_ipv6_address() or "", count=2)
+    v4_before = peers(lab.hosts[0], DEVICE)
+    remove_peer_by_hand_and_see_it_back(lab, DEVICE6)
+    assert peers(lab.hosts[0], DEVICE) == v4_before  # the IPv4 device untouched
 
 
 def test_the_ipv6_device_s_drift_is_repaired(lab: Lab) -> None:

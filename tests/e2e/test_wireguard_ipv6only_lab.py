@@ -26,50 +26,29 @@ from labtools import (
     underlay_capture,
     wait_for,
 )
+from wgtools import (
+    DEVICE,
+    DEVICE6,
+    PORT,
+    PORT6,
+    all_v6_peers_know,
+    public_key,
+    remove_peer_by_hand_and_see_it_back,
+    subnet6,
+    wg,
+    wireguard_lab,
+)
 
 from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
 
 pytestmark = [needs_lab, pytest.mark.root]
 
-PORT, PORT6 = 51820, 51821
-DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    config = lab_network_config("wireguard", ipv4=False)
-    with running_lab(tmp_path_factory, hosts=3, ipv6=True, network_config=config) as lab:
-        lab.add_containers(1)
+    with wireguard_lab(tmp_path_factory, ipv4=False) as lab:
         yield lab
-
-
-def wg(host: LabHost, *args: str) -> str:
-    return subprocess.run(host.command(["wg", *args]), capture_output=True, text=True, check=False).stdout
-
-
-def peers(host: LabHost, device: str) -> dict[str, tuple[str, str]]:
-    """The device's peers: public key -> (endpoint, allowed IPs)."""
-    lines = wg(host, "show", device, "dump").splitlines()[1:]
-    return {f[0]: (f[2], f[3]) for f in (line.split("\t") for line in lines)}
-
-
-def public_key(host: LabHost, device: str = DEVICE6) -> str:
-    return wg(host, "show", device, "public-key").strip()
-
-
-def subnet6(host: LabHost) -> str:
-    return f"{host.flannel_ipv6_address()}/{host.subnet_env()['FLANNEL_IPV6_SUBNET'].split('/')[1]}"
-
-
-def all_peers_know(lab: Lab, device: str = DEVICE6, port: int = PORT6) -> bool:
-    """Every host has every other as a peer of ``device`` at its PublicIPv6, allowed its IPv6 subnet."""
-    for host in lab.hosts:
-        want = {public_key(other, device): (f"[{other.ipv6}]:{port}", subnet6(other))
-                for other in lab.hosts if other is not host}  # fmt: skip
-        if peers(host, device) != want:
-            return False
-    return True
 
 
 def links(host: LabHost) -> str:
@@ -86,7 +65,7 @@ def test_every_pair_of_containers_meets_over_ipv6_on_flannel_wg_v6_alone(lab: La
     wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping over IPv6")
     table, ok = lab.container_ping_table()
     assert ok and "IPv6" in table, table
-    wait_for(lambda: all_peers_know(lab), 10, "every host's peers on flannel-wg-v6")
+    wait_for(lambda: all_v6_peers_know(lab), 10, "every host's peers on flannel-wg-v6")
     h1 = lab.hosts[0]
     for host in lab.hosts:
         assert DEVICE6 in links(host) and f"{DEVICE}:" not in links(host), links(host)
@@ -114,7 +93,7 @@ def test_the_lease_is_flanneld_s_ipv6_only_one_byte_for_byte(lab: Lab) -> None:
         # PublicIP 0.0.0.0, no BackendData, the key of flannel-wg-v6 as BackendV6Data.
         assert leases[key] == (
             f'{{"PublicIP":"0.0.0.0","PublicIPv6":"{host.ipv6}","BackendType":"wireguard",'
-            f'"BackendV6Data":{{"PublicKey":"{public_key(host)}"}}}}'
+            f'"BackendV6Data":{{"PublicKey":"{public_key(host, DEVICE6)}"}}}}'
         )
 
 
@@ -156,15 +135,7 @@ def test_the_underlay_carries_only_wireguard_udp_to_listen_port_v6(lab: Lab) -> 
 
 
 def test_a_peer_removed_by_hand_from_flannel_wg_v6_comes_back(lab: Lab) -> None:
-    h1, h2 = lab.hosts[0], lab.hosts[1]
-    wait_for(lambda: all_peers_know(lab), 10, "every host's peers on flannel-wg-v6")
-    mark = log_mark(h1)
-    wg(h1, "set", DEVICE6, "peer", public_key(h2), "remove")
-    assert public_key(h2) not in peers(h1, DEVICE6)
-    wait_for(lambda: public_key(h2) in peers(h1, DEVICE6), 5, "h2's peer back on h1's flannel-wg-v6")
-    assert all_peers_know(lab)
-    assert "add 1 wireguard_peer entries" in log_since(h1, mark)
-    assert lab.ping(h1, h2.flannel_ipv6_address() or "", count=2)
+    remove_peer_by_hand_and_see_it_back(lab, DEVICE6)
 
 
 def test_a_flannel_wg_left_by_an_earlier_run_is_deleted(lab: Lab) -> None:
@@ -179,7 +150,7 @@ def test_a_flannel_wg_left_by_an_earlier_run_is_deleted(lab: Lab) -> None:
     wait_for(lambda: ready(h3), 30, "h3's agent ready again")
     wait_for(lambda: f"{DEVICE}:" not in links(h3), 10, "the stray flannel-wg gone")
     assert f"deleted {DEVICE} (the network is IPv6-only: Mode separate uses {DEVICE6})" in log_since(h3, mark)
-    wait_for(lambda: all_peers_know(lab), 15, "every host's peers on flannel-wg-v6")
+    wait_for(lambda: all_v6_peers_know(lab), 15, "every host's peers on flannel-wg-v6")
     assert lab.ping(h3, lab.hosts[0].flannel_ipv6_address() or "", count=2)
 
 
@@ -193,7 +164,7 @@ def test_mode_ipv6_carries_the_ipv6_only_network_on_flannel_wg(
         h1, h2 = lab.hosts
         lab.add_containers(1)
         wait_for(lambda: lab.container_ping_table()[1], 15, "every pair of containers to ping over IPv6")
-        wait_for(lambda: all_peers_know(lab, DEVICE, PORT), 10, "every host's peers on flannel-wg")
+        wait_for(lambda: all_v6_peers_know(lab, DEVICE, PORT), 10, "every host's peers on flannel-wg")
         assert all(DEVICE6 not in links(host) for host in lab.hosts)
         link = sh("ip", "addr", "show", DEVICE, netns=h1.netns)
         assert f"inet6 {h1.flannel_ipv6_address()}/128" in link and "inet " not in link, link
