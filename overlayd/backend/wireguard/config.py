@@ -21,7 +21,8 @@ WIREGUARD_OVERHEAD = 80
 class Mode(enum.Enum):
     """flannel's ``Mode`` in a dual-stack network: a device per family (separate), or one device
     carrying both, its peers reached over IPv4 (ipv4), IPv6 (ipv6) or whichever flannel deems
-    likelier to connect (auto)."""
+    likelier to connect (auto). In an IPv6-only network: ``flannel-wg-v6`` (separate) or
+    ``flannel-wg`` (ipv6, auto), peers reached over IPv6; ipv4 is refused (``network_problem``)."""
 
     SEPARATE = "separate"
     AUTO = "auto"
