@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from wgtools import (
 
 from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
+from overlayd.lab.traffic import PingProbe
 
 pytestmark = [needs_lab, pytest.mark.root]
 
@@ -136,6 +139,22 @@ def test_the_underlay_carries_only_wireguard_udp_to_listen_port_v6(lab: Lab) -> 
 
 def test_a_peer_removed_by_hand_from_flannel_wg_v6_comes_back(lab: Lab) -> None:
     remove_peer_by_hand_and_see_it_back(lab, DEVICE6)
+
+
+def test_an_agent_restart_loses_no_ping_and_keeps_key_and_lease(lab: Lab, tmp_path: Path) -> None:
+    h2 = lab.hosts[1]
+    key, leases = public_key(h2, DEVICE6), raw_leases(lab)
+    client = lab.container_ns("h1c1")
+    with PingProbe(client, h2.containers6["h2c1"], tmp_path / "ping6.txt") as ping:
+        time.sleep(0.5)
+        lab.stop_agent(h2, signal.SIGKILL)
+        time.sleep(1)
+        lab.start_agent(h2)
+        wait_for(lambda: ready(h2), 30, "the restarted agent to be ready")
+        time.sleep(1)
+        stats = ping.stop()
+    assert stats.received and stats.lost == 0, f"pings lost across the restart: {stats}"
+    assert public_key(h2, DEVICE6) == key and raw_leases(lab) == leases
 
 
 def test_a_flannel_wg_left_by_an_earlier_run_is_deleted(lab: Lab) -> None:
