@@ -11,10 +11,15 @@ generations are collected automatically as before.
 
 Frozen objects are still freed by reference counting when dropped; only cyclic garbage among
 them would stay, so once every ``unfreeze_interval`` a settle unfreezes everything first.
+
+After a settle, the C allocator is asked to give back its free pages (glibc's ``malloc_trim``):
+what a cold start or a burst of events decoded and dropped would otherwise stay resident for
+the life of the process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections.abc import Callable, Iterator
@@ -79,4 +84,25 @@ class HeapKeeper:
             self._last_unfreeze = now
         gc.collect()
         gc.freeze()
+        _trim_heap()
         self._last_settle = now
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, another OS)."""
+    try:
+        # By its soname: ``ctypes.util.find_library`` would start a process to look for it.
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
+
+
+def _trim_heap() -> None:
+    global _malloc_trim
+    if _malloc_trim is False:
+        _malloc_trim = _load_trim()
+    if _malloc_trim:
+        _malloc_trim(0)  # type: ignore[operator]
