@@ -139,3 +139,16 @@ def put_json_lease(lab: Lab, key: str, value: dict) -> None:
     lease_id = etcd.etcdctl("lease", "grant", "600").split()[1]
     etcd.etcdctl("put", f"{ETCD_PREFIX}/subnets/{key}", json.dumps(value, separators=(",", ":")),
                  f"--lease={lease_id}")  # fmt: skip
+
+
+def sigkill_and_restart(lab: Lab, host: LabHost) -> None:
+    """Kill the host's agent with SIGKILL, start it again and wait until it is ready, with a
+    moment of traffic on either side (for a ping running meanwhile to cover the whole gap)."""
+    import signal
+
+    time.sleep(0.5)
+    lab.stop_agent(host, signal.SIGKILL)
+    time.sleep(1)
+    lab.start_agent(host)
+    wait_for(lambda: ready(host), 30, f"{host.name}'s restarted agent to be ready")
+    time.sleep(1)

@@ -5,7 +5,6 @@ ignored, and an IPv4-only network turned dual-stack without restarting the agent
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ from labtools import (
     metric,
     needs_lab,
     put_json_lease,
-    ready,
     running_lab,
+    sigkill_and_restart,
     status_json,
     wait_for,
 )
@@ -135,12 +134,7 @@ def test_agent_restart_loses_no_ipv6_or_ipv4_ping(dual: Lab, tmp_path: Path) -> 
         PingProbe(client, h2.containers6["h2c1"], tmp_path / "ping6.txt") as ping6,
         PingProbe(client, h2.containers["h2c1"], tmp_path / "ping4.txt") as ping4,
     ):
-        time.sleep(0.5)
-        dual.stop_agent(h2, signal.SIGKILL)
-        time.sleep(1)
-        dual.start_agent(h2)
-        wait_for(lambda: ready(h2), 30, "the restarted agent to be ready")
-        time.sleep(1)
+        sigkill_and_restart(dual, h2)
         stats6, stats4 = ping6.stop(), ping4.stop()
     assert stats6.received and stats6.lost == 0, f"IPv6 pings lost across the restart: {stats6}"
     assert stats4.received and stats4.lost == 0, f"IPv4 pings lost across the restart: {stats4}"

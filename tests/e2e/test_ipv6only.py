@@ -5,15 +5,23 @@ lost pings, bad leases ignored and named, and host-gw routing via the peers' Pub
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import ip6, log_mark, log_since, metric, needs_lab, put_json_lease, ready, running_lab, wait_for
+from labtools import (
+    ip6,
+    log_mark,
+    log_since,
+    metric,
+    needs_lab,
+    put_json_lease,
+    running_lab,
+    sigkill_and_restart,
+    wait_for,
+)
 
 from overlayd.lab.hosts import ETCD_PREFIX, LAB_IPV6_NETWORK, lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
@@ -131,12 +139,7 @@ def test_agent_restart_loses_no_ping_and_keeps_the_lease(v6lab: Lab, tmp_path: P
     h2 = v6lab.hosts[1]
     key = key_of(v6lab, h2)
     with PingProbe(v6lab.container_ns("h1c1"), h2.containers6["h2c1"], tmp_path / "ping6.txt") as ping:
-        time.sleep(0.5)
-        v6lab.stop_agent(h2, signal.SIGKILL)
-        time.sleep(1)
-        v6lab.start_agent(h2)
-        wait_for(lambda: ready(h2), 30, "the restarted agent to be ready")
-        time.sleep(1)
+        sigkill_and_restart(v6lab, h2)
         stats = ping.stop()
     assert stats.received and stats.lost == 0, f"pings lost across the restart: {stats}"
     assert key_of(v6lab, h2) == key

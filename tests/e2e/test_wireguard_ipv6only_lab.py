@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from labtools import (
     needs_lab,
     ready,
     running_lab,
+    sigkill_and_restart,
     status_json,
     underlay_capture,
     wait_for,
@@ -146,12 +145,7 @@ def test_an_agent_restart_loses_no_ping_and_keeps_key_and_lease(lab: Lab, tmp_pa
     key, leases = public_key(h2, DEVICE6), raw_leases(lab)
     client = lab.container_ns("h1c1")
     with PingProbe(client, h2.containers6["h2c1"], tmp_path / "ping6.txt") as ping:
-        time.sleep(0.5)
-        lab.stop_agent(h2, signal.SIGKILL)
-        time.sleep(1)
-        lab.start_agent(h2)
-        wait_for(lambda: ready(h2), 30, "the restarted agent to be ready")
-        time.sleep(1)
+        sigkill_and_restart(lab, h2)
         stats = ping.stop()
     assert stats.received and stats.lost == 0, f"pings lost across the restart: {stats}"
     assert public_key(h2, DEVICE6) == key and raw_leases(lab) == leases
