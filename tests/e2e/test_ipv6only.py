@@ -249,3 +249,26 @@ def test_lab_up_refuses_an_ipv6_only_network_on_an_ipv4_only_backend_at_once(tmp
     assert done.returncode == 2, done
     assert "Backend.Type 'udp' carries IPv4 only, and EnableIPv4 false makes the network" in done.stderr
     assert not lab_namespaces(name), "nothing was started"
+
+
+def test_a_key_taken_over_by_another_public_ipv6_is_left_to_it_and_another_leased(v6lab: Lab) -> None:
+    """What a flanneld node starting in an IPv6-only network does (it takes the first 0.0.0.0
+    lease for its own): this host names its rewritten key and leases another subnet."""
+    h3 = v6lab.hosts[2]
+    key = key_of(v6lab, h3)
+    mark = log_mark(h3)
+    stranger = v6_only_value("2001:db8::fe", "0a:00:00:00:06:fe")
+    put_json_lease(v6lab, key, stranger)
+    try:
+        wait_for(lambda: key_of(v6lab, h3) != key, 20, "h3 to lease another subnet")
+        logged = log_since(h3, mark)
+        old_subnet = key.split("&")[1].rsplit("-", 1)[0]
+        assert f"PublicIPv6 2001:db8::fe claims our IPv6 subnet {old_subnet}" in logged
+        assert json.loads(raw_leases(v6lab)[key])["PublicIPv6"] == "2001:db8::fe"  # left to its new holder
+        wait_for(lambda: h3.subnet_env()["FLANNEL_IPV6_SUBNET"].split("::")[0] in key_of(v6lab, h3), 15,
+                 "h3's subnet.env to name its new subnet")  # fmt: skip
+        v6lab.wait_converged(timeout=30)
+        table, ok = v6lab.ping_table()
+        assert ok, table
+    finally:
+        v6lab.etcd().etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
