@@ -152,3 +152,16 @@ def sigkill_and_restart(lab: Lab, host: LabHost) -> None:
     lab.start_agent(host)
     wait_for(lambda: ready(host), 30, f"{host.name}'s restarted agent to be ready")
     time.sleep(1)
+
+
+def raw_leases(lab: Lab) -> dict[str, str]:
+    """Every lease key's last element and its value exactly as stored."""
+    from overlayd.lab.hosts import ETCD_PREFIX
+
+    lines = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix").splitlines()
+    return {key.rsplit("/", 1)[1]: value for key, value in zip(lines[::2], lines[1::2], strict=True)}
+
+
+def lease_values(lab: Lab) -> dict[str, dict]:
+    """Every lease key's last element and its value, decoded."""
+    return {key: json.loads(value) for key, value in raw_leases(lab).items()}

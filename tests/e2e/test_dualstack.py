@@ -4,7 +4,6 @@ ignored, and an IPv4-only network turned dual-stack without restarting the agent
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from labtools import (
     ip6,
+    lease_values,
     log_mark,
     log_since,
     metric,
@@ -39,15 +39,6 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(tmp_path_factory, hosts=3, ipv6=True, network_config=DUAL_CONFIG) as lab:
         lab.add_containers(1)
         yield lab
-
-
-
-
-def lease_values(lab: Lab) -> dict[str, dict]:
-    out = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix")
-    lines = out.splitlines()
-    pairs = zip(lines[::2], lines[1::2], strict=True)
-    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in pairs}
 
 
 def v6_peer_entries(host: LabHost, peer: LabHost) -> dict[str, bool]:
@@ -139,10 +130,6 @@ def test_agent_restart_loses_no_ipv6_or_ipv4_ping(dual: Lab, tmp_path: Path) -> 
     assert stats6.received and stats6.lost == 0, f"IPv6 pings lost across the restart: {stats6}"
     assert stats4.received and stats4.lost == 0, f"IPv4 pings lost across the restart: {stats4}"
     assert lease_values(dual).keys() == keys  # same dual-stack key, both halves
-
-
-
-
 
 
 def fake(ip: str, ip6: str | None, n: int) -> dict:

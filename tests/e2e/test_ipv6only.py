@@ -18,6 +18,7 @@ from labtools import (
     metric,
     needs_lab,
     put_json_lease,
+    raw_leases,
     running_lab,
     sigkill_and_restart,
     wait_for,
@@ -39,14 +40,6 @@ def v6lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(tmp_path_factory, hosts=3, ipv6=True, network_config=V6_ONLY_CONFIG) as lab:
         lab.add_containers(1)
         yield lab
-
-
-
-
-def raw_leases(lab: Lab) -> dict[str, str]:
-    """Every lease key's last element and its value exactly as stored."""
-    lines = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix").splitlines()
-    return {key.rsplit("/", 1)[1]: value for key, value in zip(lines[::2], lines[1::2], strict=True)}
 
 
 def key_of(lab: Lab, host: LabHost) -> str:
@@ -71,10 +64,6 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
-
-
-
-
 
 
 def v6_only_value(public_ipv6: str | None, mac: str) -> dict:

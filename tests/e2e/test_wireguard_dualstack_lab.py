@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import needs_lab, running_lab, status_json, underlay_capture, wait_for
+from labtools import lease_values, needs_lab, running_lab, status_json, underlay_capture, wait_for
 from wgtools import (
     DEVICE,
     DEVICE6,
@@ -40,12 +40,6 @@ pytestmark = [needs_lab, pytest.mark.root]
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with wireguard_lab(tmp_path_factory, ipv6=True) as lab:
         yield lab
-
-
-def lease_values(lab: Lab) -> dict[str, dict]:
-    lines = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix").splitlines()
-    pairs = zip(lines[::2], lines[1::2], strict=True)
-    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in pairs}
 
 
 def test_every_pair_of_containers_meets_over_ipv4_and_ipv6(lab: Lab) -> None:

@@ -20,6 +20,7 @@ from labtools import (
     log_mark,
     log_since,
     needs_lab,
+    raw_leases,
     ready,
     running_lab,
     sigkill_and_restart,
@@ -40,7 +41,7 @@ from wgtools import (
     wireguard_lab,
 )
 
-from overlayd.lab.hosts import ETCD_PREFIX, lab_network_config
+from overlayd.lab.hosts import lab_network_config
 from overlayd.lab.namespaces import Lab, LabHost, lab_namespaces, random_lab_name, sh
 from overlayd.lab.traffic import PingProbe
 
@@ -55,12 +56,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def links(host: LabHost) -> str:
     return sh("ip", "-o", "link", "show", netns=host.netns)
-
-
-def raw_leases(lab: Lab) -> dict[str, str]:
-    """Every lease key's last element and its value exactly as stored."""
-    lines = lab.etcd().etcdctl("get", f"{ETCD_PREFIX}/subnets/", "--prefix").splitlines()
-    return {key.rsplit("/", 1)[1]: value for key, value in zip(lines[::2], lines[1::2], strict=True)}
 
 
 def test_every_pair_of_containers_meets_over_ipv6_on_flannel_wg_v6_alone(lab: Lab) -> None:
