@@ -10,7 +10,7 @@ from overlayd.backend.api import UnderlayIngress
 from overlayd.netfilter.rules import FirewallSpec, IngressGuard
 from overlayd.options import AgentOptions
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, serves_ipv6
 
 PeerSources = Callable[[], frozenset[IPv4Address | IPv6Address]]
 
@@ -30,7 +30,7 @@ def firewall_spec(
     # Until the first listing, keep the live allowlist: a restart drops no peer traffic.
     # Without an allowlist the set is not rendered: no pass over every lease for it.
     sources = (peer_sources() if peer_sources else None) if allowlist else frozenset()
-    dual = config.ipv6 is not None and lease.ipv6_subnet is not None
+    dual = serves_ipv6(config, lease)
     v4 = config.ipv4 is not None
     return FirewallSpec(
         network=config.ipv4.network if v4 else None,  # type: ignore[union-attr, arg-type]

@@ -18,7 +18,7 @@ from overlayd.backend.desired import DesiredEntries, Rivalry
 from overlayd.backend.plane import Plane, PlaneDiff
 from overlayd.etcd.api import LeaseEvent
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, serves_ipv6
 from overlayd.subnet.leasecheck import BadLeaseLog, Underlay, lease_problem, missing_ipv6
 
 
@@ -177,7 +177,7 @@ class PeerState:
                 claim_prefixlen = min(self.config.primary.subnet_len, self.lease.own_subnet.prefixlen)
                 assert self.backend is not None and self.host is not None
                 direct = self.backend.reached_directly(self.config, self.host)
-                dual_stack = self.config.ipv6 is not None and self.lease.ipv6_subnet is not None
+                dual_stack = serves_ipv6(self.config, self.lease)
                 desired = DesiredEntries(direct, claim_prefixlen, self._report_rivalry, dual_stack,
                                          self.backend.peer_entries)
             held = {held.key: held.lease for held in self.holds}  # their entries stay until due

@@ -14,7 +14,7 @@ from overlayd.agent.reach import ProbeBudget
 from overlayd.backend.api import Backend, probe_targets
 from overlayd.etcd.api import SubnetRegistry
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, serves_ipv6
 
 # Seconds between two rebuilds of the targets while peers keep changing one by one (a new, gone or
 # newly programmed peer is handed over at once): a rebuild walks every peer.
@@ -54,7 +54,7 @@ class ProbeFeed:
         if basis[:3] != self._basis[:3]:
             self._known = {}  # another backend, config or own lease: every peer's addresses anew
         self._basis, self._next = basis, now + FEED_INTERVAL
-        ipv6 = state.config.ipv6 is not None and state.lease.ipv6_subnet is not None
+        ipv6 = serves_ipv6(state.config, state.lease)
         known, self._known = self._known, {}
         targets: dict[str, tuple[Address, ...]] = {}
         for key in wanted.keys():  # noqa: SIM118 (a DesiredEntries, not a dict)

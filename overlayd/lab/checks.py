@@ -86,15 +86,12 @@ def family_tables(
     """The IPv4 ping table of ``endpoints`` and its ``legend``, followed by the IPv6 one of
     ``endpoints6`` under ``title`` when any has an address (a dual-stack lab); an IPv6-only lab's
     (no IPv4 address anywhere) is the IPv6 table alone. And whether every pair answered."""
-    has6 = any(address for _, _, address in endpoints6)
-    if has6 and not any(address for _, _, address in endpoints):
+    parts: list[tuple[str, bool]] = []
+    if any(address for _, _, address in endpoints) or not any(address for _, _, address in endpoints6):
+        table, ok = ping_table(endpoints)
+        parts.append((f"{table}\n\n{legend}", ok))
+    if any(address for _, _, address in endpoints6):
         table6, ok6 = ping_table(endpoints6)
         legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
-        return f"{title}:\n{table6}\n\n{legend6}", ok6
-    table, ok = ping_table(endpoints)
-    text = f"{table}\n\n{legend}"
-    if not has6:
-        return text, ok
-    table6, ok6 = ping_table(endpoints6)
-    legend6 = ", ".join(f"{name}={address or None}" for name, _, address in endpoints6)
-    return f"{text}\n\n{title}:\n{table6}\n\n{legend6}", ok and ok6
+        parts.append((f"{title}:\n{table6}\n\n{legend6}", ok6))
+    return "\n\n".join(text for text, _ in parts), all(ok for _, ok in parts)

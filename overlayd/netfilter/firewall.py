@@ -139,10 +139,7 @@ class Firewall:
         if self._ipv4_cleared:
             return changed
         self._ipv4_cleared = True
-        if self._live_listing() is not None:
-            self._nft(["-f", "-"], delete_script(self._table, IP))
-            log.info("deleted nftables %s: the network is IPv6-only", self._name)
-            changed = True
+        changed = self._delete_table("the network is IPv6-only") or changed
         try:
             if self.forward.remove():
                 log.info("removed iptables chain %s: the network is IPv6-only (its forward rules "
@@ -174,10 +171,14 @@ class Firewall:
     def _remove_ipv6_table(self, why: str) -> bool:
         """Delete the ``ip6`` table if there is one; True if there was."""
         keeper, self._ipv6 = self._ipv6 or Firewall(self._names, IP6), None
-        if keeper._live_listing() is None:
+        return keeper._delete_table(why)
+
+    def _delete_table(self, why: str) -> bool:
+        """Delete our table of our family if there is one; True if there was."""
+        if self._live_listing() is None:
             return False
-        keeper._nft(["-f", "-"], delete_script(self._table, IP6))
-        log.info("deleted nftables table ip6 %s: %s", self._table, why)
+        self._nft(["-f", "-"], delete_script(self._table, self._family))
+        log.info("deleted nftables %s: %s", self._name, why)
         return True
 
     def _remove_legacy(self, network: IPv4Network) -> bool:

@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import AF_INET6, inet_aton, inet_pton
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from overlayd.base.gojson import go_json
+
+if TYPE_CHECKING:
+    from overlayd.subnet.config import NetworkConfig
 
 _KEY_RE = re.compile(
     r"^(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3})-(?P<len>[0-9]{1,2})"
@@ -110,6 +113,12 @@ class Lease:
 # its unset IPv4 fields: no IPv4 subnet and no IPv4 address, not all of IPv4.
 NO_IPV4_SUBNET = IPv4Network("0.0.0.0/0")
 NO_PUBLIC_IP = IPv4Address("0.0.0.0")
+
+
+def serves_ipv6(config: NetworkConfig, own: Lease | None = None) -> bool:
+    """Whether the IPv6 half is served: the config has an IPv6 pool (dual-stack or IPv6-only)
+    and, given, our lease has an IPv6 subnet."""
+    return config.ipv6 is not None and (own is None or own.ipv6_subnet is not None)
 
 
 def is_ipv6_only(lease: Lease) -> bool:

@@ -12,7 +12,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip
 from pathlib import Path
 
 from overlayd.subnet.config import NetworkConfig
-from overlayd.subnet.lease import Lease
+from overlayd.subnet.lease import Lease, serves_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class SubnetEnv:
     @classmethod
     def of(cls, config: NetworkConfig, lease: Lease, mtu: int, ip_masq: bool) -> SubnetEnv:
         """The file for ``lease`` under ``config``: each family both have."""
-        v6 = config.ipv6 is not None and lease.ipv6_subnet is not None
+        v6 = serves_ipv6(config, lease)
         v4 = config.ipv4 is not None
         return cls(
             config.ipv4.network if v4 else None, lease.subnet if v4 else None, mtu, ip_masq,  # type: ignore[union-attr, arg-type]

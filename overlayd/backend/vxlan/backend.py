@@ -26,7 +26,7 @@ from overlayd.backend.vxlan.mac import load_or_create_mac
 from overlayd.backend.vxlan.peers import is_vxlan_ipv6_only_peer, is_vxlan_peer, reached_directly
 from overlayd.base.headerfield import HeaderField
 from overlayd.subnet.config import BackendSettings, NetworkConfig
-from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
+from overlayd.subnet.lease import NO_PUBLIC_IP, Lease, LeaseAttrs, serves_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ def ipv6_device_spec(
         address=IPv6Interface((subnet.network_address if subnet else 0, 128)),
     )
 
-
-def wants_ipv6(config: NetworkConfig, own: Lease | None = None) -> bool:
-    """Whether the IPv6 half is served: a dual-stack config (and, given, our lease has an IPv6 subnet)."""
-    return config.ipv6 is not None and (own is None or own.ipv6_subnet is not None)
 
 
 class Vxlan:
@@ -139,7 +135,7 @@ class Vxlan:
                 log.info("adopting MAC %s of the existing compatible %s", adopt, spec.name)
             self._mac = load_or_create_mac(host.state_dir, section.vni, adopt=adopt)
             attrs = vxlan_lease_attrs(section, host.public_ip, self._mac)
-        if not wants_ipv6(config) or host.public_ipv6 is None:
+        if not serves_ipv6(config) or host.public_ipv6 is None:
             return attrs
         spec6 = ipv6_device_spec(config, host, None, "")
         adopt6 = self.kernel6.find_compatible_mac(spec6)
@@ -152,7 +148,7 @@ class Vxlan:
         """The IPv4 device's MTU; in a dual-stack network the IPv6 device's (20 bytes less),
         so that a container's packet fits either device."""
         mtu = settings(config).device_mtu(underlay_mtu)
-        return mtu - IPV6_EXTRA_OVERHEAD if wants_ipv6(config) else mtu  # IPv6-only: the IPv6 device's
+        return mtu - IPV6_EXTRA_OVERHEAD if serves_ipv6(config) else mtu  # IPv6-only: the IPv6 device's
 
     def ensure(self, config: NetworkConfig, own: Lease, host: HostFacts) -> tuple[DeviceState, list[str]]:
         """``flannel.<VNI>``, and in a dual-stack network ``flannel-v6.<VNI>`` too (removed
@@ -164,7 +160,7 @@ class Vxlan:
         spec = device_spec(config, host, own.subnet, mac)
         state, actions = self.kernel.ensure_device(spec)
         name6 = device_name(settings(config).vni, ipv6=True)
-        if not wants_ipv6(config, own):
+        if not serves_ipv6(config, own):
             # Once per IPv4-only spell, not every pass: one left by a dual-stack run goes.
             if not self._ipv6_cleared and self.kernel6.delete_device(name6):
                 actions.append(f"deleted {name6} (the network is IPv4-only)")
@@ -203,7 +199,7 @@ class Vxlan:
         vni = settings(config).vni
         if config.ipv4 is None:
             return (device_name(vni, ipv6=True),)
-        return (device_name(vni), device_name(vni, ipv6=True)) if wants_ipv6(config) else (device_name(vni),)
+        return (device_name(vni), device_name(vni, ipv6=True)) if serves_ipv6(config) else (device_name(vni),)
 
     def owns_device(self, name: str, config: NetworkConfig | None) -> bool:
         if config is not None:
@@ -218,7 +214,7 @@ class Vxlan:
     def reached_directly(self, config: NetworkConfig, host: HostFacts) -> Callable[[Lease], bool] | None:
         if not settings(config).direct_routing:
             return None
-        return reached_directly(host.segments, host.ipv6_segments if wants_ipv6(config) else None)
+        return reached_directly(host.segments, host.ipv6_segments if serves_ipv6(config) else None)
 
     def peer_entries(self, lease: Lease, direct: bool = False, ipv6: bool = False) -> tuple[Entry, ...]:
         return entries_for(lease, direct, ipv6)

@@ -60,7 +60,7 @@ from overlayd.backend.wireguard.peers import (
 from overlayd.backend.wireguard.wgtool import PeerSettings
 from overlayd.base.atomicfile import write_atomic
 from overlayd.subnet.config import BackendSettings, NetworkConfig
-from overlayd.subnet.lease import Lease, LeaseAttrs
+from overlayd.subnet.lease import Lease, LeaseAttrs, serves_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,6 @@ PROBE_INTERVAL = 0.5  # seconds between reads of the device's peers by the drift
 def settings(config: NetworkConfig) -> WireguardConfig:
     return section_of(config, WireguardConfig, TYPE)
 
-
-def serves_ipv6(config: NetworkConfig, own: Lease | None = None) -> bool:
-    """Whether the IPv6 half is carried: a dual-stack config (and, given, our lease has an IPv6 subnet)."""
-    return config.ipv6 is not None and (own is None or own.ipv6_subnet is not None)
 
 
 def refuse_mode(config: NetworkConfig, error: type[BackendError] = BackendError) -> WireguardConfig:
